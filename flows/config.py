@@ -1,0 +1,82 @@
+"""Loading `Settings` from a YAML file and ``--set key=value`` overrides; printing them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from gcmodels.config import ConfigError, Settings
+
+__all__ = ["describe_settings", "load_settings", "parse_override"]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.steps=500' -> (['train', 'steps'], 500); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set train.steps=500")
+    key, raw = text.split("=", 1)
+    parts = [p.strip() for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"--set {text!r}: empty key part in {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({err})") from None
+    return parts, value
+
+
+def load_settings(config_file: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Settings:
+    """Defaults, then the YAML file, then each override in order; validated once at the end."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
+        values = loaded
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = values
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    try:
+        return Settings.from_dict(values)
+    except ConfigError as err:
+        where = f" (from {config_file})" if config_file else ""
+        raise ConfigError(f"{err}{where}") from None
+
+
+def describe_settings(settings: Settings) -> str:
+    """The effective settings as YAML, each field commented with its meaning and default."""
+    lines = ["# gcmine effective configuration (values differing from the default are marked *)"]
+    defaults = Settings()
+    for section, _ in Settings.model_fields.items():
+        model: BaseModel = getattr(settings, section)
+        default_model = getattr(defaults, section)
+        lines.append(f"{section}:")
+        for name, field in type(model).model_fields.items():
+            value = getattr(model, name)
+            default = getattr(default_model, name)
+            text = yaml.safe_dump(_plain(value), default_flow_style=True, allow_unicode=True).strip()
+            text = text.removesuffix("\n...").removesuffix("...").strip()
+            mark = "*" if value != default else " "
+            desc = field.description or ""
+            default_txt = "" if value == default else f" (default: {_plain(default)!r})"
+            lines.append(f"  {name}: {text}  #{mark} {desc}{default_txt}")
+    return "\n".join(lines)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value

@@ -1,0 +1,204 @@
+"""The gcmine settings: one frozen pydantic model per component, composed into `Settings`.
+
+Every default is defined here, once. Flows take a `Settings`; tasks receive the sections (or
+plain values) they need; model code receives explicit arguments. Loading from YAML and
+``--set key=value`` overrides lives in ``flows/config.py`` (file I/O stays out of gcmodels).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "ClusterConfig",
+    "ConfigError",
+    "DataConfig",
+    "EmbedConfig",
+    "ModelConfig",
+    "RankConfig",
+    "ReportConfig",
+    "RuntimeConfig",
+    "ScoreConfig",
+    "Settings",
+    "TrainConfig",
+    "format_validation_error",
+]
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, of the wrong type, or inconsistent with another one."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataConfig(_Section):
+    resolution: int = Field(32, ge=8, le=4096, description="working resolution (pixels per side) the model sees")
+    max_pixels: int = Field(64_000_000, ge=1, description="images with more pixels are rejected (decompression bombs)")
+    shard_size: int = Field(256, ge=1, description="images per shard of the sharded stages (score, rank)")
+    extensions: tuple[str, ...] = Field(
+        (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"),
+        description="file extensions ingested when IMAGES is a folder",
+    )
+
+
+class EmbedConfig(_Section):
+    method: Literal["pca"] = Field("pca", description="image encoder for the collection summary")
+    size: int = Field(16, ge=2, le=256, description="thumbnail side the encoder reads")
+    dim: int = Field(32, ge=1, description="embedding dimension (clipped to the number of images)")
+
+
+class ClusterConfig(_Section):
+    method: Literal["kmeans"] = Field("kmeans", description="clustering model")
+    k: int | None = Field(None, ge=1, description="number of clusters; null = choose by silhouette")
+    k_min: int = Field(2, ge=2, description="smallest k tried when choosing k")
+    k_max: int = Field(12, ge=2, description="largest k tried when choosing k")
+    n_init: int = Field(4, ge=1, description="k-means restarts (best objective kept)")
+    max_iter: int = Field(300, ge=1, description="Lloyd iterations per restart")
+    seed: int = Field(0, description="random_state of the clustering")
+
+    @model_validator(mode="after")
+    def _k_range(self) -> "ClusterConfig":
+        if self.k_min > self.k_max:
+            raise ValueError(f"k_min ({self.k_min}) must not exceed k_max ({self.k_max})")
+        return self
+
+
+class ModelConfig(_Section):
+    base: str | None = Field(None, description="local pretrained diffusers directory; null = small pixel UNet from scratch")
+    block_out_channels: tuple[int, ...] = Field((32, 64, 64), min_length=1, description="UNet channels per level")
+    layers_per_block: int = Field(1, ge=1, description="resnet layers per UNet level")
+    num_train_timesteps: int = Field(1000, ge=10, description="diffusion steps of the DDPM schedule")
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = Field("linear", description="DDPM betas")
+
+
+class TrainConfig(_Section):
+    steps: int | None = Field(None, ge=1, description="optimizer steps; null = scale with the dataset (epochs)")
+    epochs: float = Field(40.0, gt=0, description="passes over the data when steps is null")
+    min_steps: int = Field(500, ge=1, description="lower bound of the automatic budget")
+    max_steps: int = Field(4000, ge=1, description="upper bound of the automatic budget")
+    minutes: float | None = Field(None, gt=0, description="wall-clock cap on training (stops early, keeps the model)")
+    batch_size: int = Field(32, ge=1, description="images per optimizer step")
+    lr: float = Field(2e-3, gt=0, description="AdamW peak learning rate")
+    warmup_steps: int = Field(100, ge=0, description="linear warm-up steps, then cosine decay to lr/10")
+    weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay")
+    grad_clip: float = Field(1.0, gt=0, description="gradient-norm clip")
+    label_dropout: float = Field(0.15, ge=0, lt=1, description="probability of training on the null label")
+    checkpoint_every: int = Field(100, ge=1, description="steps between in-memory good checkpoints (NaN guard)")
+    seed: int = Field(0, description="seed of initialisation, batches, noise")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "TrainConfig":
+        if self.min_steps > self.max_steps:
+            raise ValueError(f"min_steps ({self.min_steps}) must not exceed max_steps ({self.max_steps})")
+        return self
+
+    def budget(self, n_images: int) -> int:
+        """Optimizer steps for a dataset of `n_images` (explicit `steps` wins)."""
+        if self.steps is not None:
+            return self.steps
+        auto = math.ceil(self.epochs * n_images / self.batch_size)
+        return int(min(max(auto, self.min_steps), self.max_steps))
+
+
+class ScoreConfig(_Section):
+    draws: int = Field(16, ge=1, description="(t, eps) draws N per image")
+    t_min: float = Field(0.1, ge=0, le=1, description="smallest t, as a fraction of the schedule")
+    t_max: float = Field(0.7, ge=0, le=1, description="largest t, as a fraction of the schedule")
+    batch_size: int = Field(128, ge=2, description="UNet inputs per forward pass (both branches counted)")
+    seed: int = Field(0, description="seed of the draws (the same draws for every image)")
+
+    @model_validator(mode="after")
+    def _t_range(self) -> "ScoreConfig":
+        if self.t_min >= self.t_max:
+            raise ValueError(f"t_min ({self.t_min}) must be smaller than t_max ({self.t_max})")
+        return self
+
+
+class RankConfig(_Section):
+    patch_size: int | None = Field(None, ge=1, description="patch side in working pixels; null = 0.2 x resolution")
+    per_image: int = Field(5, ge=1, description="top non-overlapping patches kept per image")
+    per_label: int = Field(1000, ge=1, description="most typical patches kept per label for clustering")
+    elements: int = Field(8, ge=1, description="visual elements (k-means clusters) per label")
+    feature_t: float = Field(0.16, ge=0, le=1, description="timestep of the diffusion features, fraction of schedule")
+    feature_draws: int = Field(4, ge=1, description="noise draws averaged for the features")
+    feature_block: int = Field(1, ge=0, description="index of the UNet decoder block whose output is the feature")
+    seed: int = Field(0, description="seed of feature noise and element clustering")
+
+
+class ReportConfig(_Section):
+    elements_per_label: int = Field(6, ge=1, description="elements shown per label")
+    patches_per_element: int = Field(8, ge=1, description="patch crops shown per element")
+    heatmaps_per_label: int = Field(4, ge=0, description="full images with the typicality map shown per label")
+
+
+class RuntimeConfig(_Section):
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; null = all cores")
+    workers: int = Field(1, ge=1, description="task runner threads (shards run concurrently)")
+    progress: bool = Field(True, description="progress bars on the terminal")
+
+
+class Settings(_Section):
+    data: DataConfig = DataConfig()
+    embed: EmbedConfig = EmbedConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    score: ScoreConfig = ScoreConfig()
+    rank: RankConfig = RankConfig()
+    report: ReportConfig = ReportConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Settings":
+        p = self.rank.patch_size
+        if p is not None and p > self.data.resolution:
+            raise ValueError(
+                f"rank.patch_size ({p}) is larger than the working image (data.resolution={self.data.resolution})"
+            )
+        if self.embed.size > self.data.resolution:
+            raise ValueError(
+                f"embed.size ({self.embed.size}) is larger than the working image (data.resolution={self.data.resolution})"
+            )
+        levels = len(self.model.block_out_channels)
+        if self.data.resolution % (2 ** (levels - 1)):
+            raise ValueError(
+                f"data.resolution ({self.data.resolution}) must be divisible by {2 ** (levels - 1)} "
+                f"for a UNet with {levels} levels (model.block_out_channels)"
+            )
+        if self.rank.feature_block >= levels:
+            raise ValueError(f"rank.feature_block ({self.rank.feature_block}) must be below the {levels} decoder blocks")
+        return self
+
+    @property
+    def patch_size(self) -> int:
+        """Patch side in working pixels (the paper's 50/256 of the image side by default)."""
+        if self.rank.patch_size is not None:
+            return self.rank.patch_size
+        return max(2, round(0.2 * self.data.resolution))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Settings":
+        """Validate nested `values`; raise `ConfigError` naming every bad field."""
+        try:
+            return cls.model_validate(values)
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err)) from None
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"])
+        got = e.get("input")
+        got_txt = "" if isinstance(got, dict) else f" (got {got!r})"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        lines.append(f"{field}: {msg}{got_txt}" if field else msg)
+    return "invalid configuration:\n  " + "\n  ".join(lines)

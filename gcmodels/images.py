@@ -1,0 +1,102 @@
+"""Decoding untrusted image bytes into RGB, with precise reasons for rejection."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["ImageRejected", "decode_image", "encode_png", "image_id", "to_working"]
+
+
+class ImageRejected(ValueError):
+    """The bytes are not a usable image; `reason` says why in words a user can act on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def image_id(data: bytes) -> str:
+    """Stable id of an image: the first 16 hex digits of the SHA-256 of its bytes."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Decode `data` into an RGB image, EXIF orientation applied; first frame of animations.
+
+    Raises `ImageRejected` for empty or non-image data, truncated or corrupt files, and images
+    of more than `max_pixels` pixels (checked from the header, before decoding: no bomb is
+    ever decompressed).
+    """
+    if not data:
+        raise ImageRejected("empty file (0 bytes)")
+    img: Image.Image | None = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageRejected(
+                    f"too many pixels: {w}x{h} = {w * h} > data.max_pixels = {max_pixels} (possible decompression bomb)"
+                )
+            if w < 1 or h < 1:
+                raise ImageRejected(f"empty image: {w}x{h}")
+            img.seek(0)
+            img.load()
+    except ImageRejected:
+        raise
+    except UnidentifiedImageError:
+        raise ImageRejected(f"not an image: {_sniff(data)}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageRejected(f"too many pixels (possible decompression bomb): {err}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        kind = getattr(img, "format", None) or "image"
+        raise ImageRejected(f"truncated or corrupt {kind} data: {err}") from None
+    try:
+        img = ImageOps.exif_transpose(img) or img
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the image
+        pass
+    return _to_rgb(img)
+
+
+def _sniff(data: bytes) -> str:
+    head = data[:64].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "the file is an HTML page"
+    if all(32 <= c < 127 or c in (9, 10, 13) for c in data[:256]):
+        return "the file is text"
+    return "unknown format"
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def to_working(img: Image.Image, resolution: int) -> Image.Image:
+    """Resize to `resolution` x `resolution` (area-averaging when shrinking)."""
+    if img.size == (resolution, resolution):
+        return img
+    shrink = img.width >= resolution and img.height >= resolution
+    return img.resize((resolution, resolution), Image.Resampling.BOX if shrink else Image.Resampling.BICUBIC)
+
+
+def encode_png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()

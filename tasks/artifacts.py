@@ -1,0 +1,151 @@
+"""Names and codecs of the run-root artifacts (see DESIGN.md, "Artifact contract")."""
+
+from __future__ import annotations
+
+import io
+import platform
+import subprocess
+import time
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from tasks.storage import RunStore
+
+MANIFEST = "manifest.parquet"
+EMBEDDINGS = "embeddings.parquet"
+CLUSTERS = "clusters.parquet"
+CLUSTER_METRICS = "cluster_metrics.parquet"
+MODEL = "model"
+TRAINING = "training.parquet"
+TYPICALITY = "typicality.parquet"
+PATCHES = "patches.parquet"
+ELEMENTS = "elements.parquet"
+REPORT = "report/index.html"
+RUN_JSON = "run.json"
+
+MANIFEST_COLUMNS = ["image_id", "source", "filename", "label", "width", "height", "status", "reason"]
+PATCH_COLUMNS = ["image_id", "label", "rank", "x0", "y0", "x1", "y1", "typicality", "element"]
+ELEMENT_COLUMNS = ["label", "element", "rank", "score", "size"]
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def images_part(name: str) -> str:
+    return f"images/{name}"
+
+
+def maps_part(name: str) -> str:
+    return f"maps/{name}"
+
+
+def scores_part(name: str) -> str:
+    return f"scores/{name}"
+
+
+def features_part(name: str) -> str:
+    return f"patch_candidates/{name}"
+
+
+# ------------------------------------------------------------------ working images
+def decode_pngs(column: pd.Series) -> np.ndarray:
+    """PNG bytes column -> uint8 array (N, H, W, 3)."""
+    return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in column])
+
+
+def read_images(store: RunStore, shards: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """(image_id, label) table and uint8 working images (N, H, W, 3) of the given shards."""
+    df = store.read_parts("images", shards)
+    pixels = decode_pngs(df["png"]) if len(df) else np.zeros((0, 1, 1, 3), np.uint8)
+    return df.drop(columns=["png"]), pixels
+
+
+# ------------------------------------------------------------------ maps
+def maps_frame(image_ids: list[str], labels: list[str], maps: np.ndarray) -> pd.DataFrame:
+    """maps (N, h, w) float32 -> table with one flattened map per row."""
+    n, h, w = maps.shape
+    return pd.DataFrame(
+        {
+            "image_id": image_ids,
+            "label": labels,
+            "height": np.full(n, h, np.int32),
+            "width": np.full(n, w, np.int32),
+            "map": list(maps.reshape(n, h * w).astype(np.float32)),
+        }
+    )
+
+
+def unpack_maps(df: pd.DataFrame) -> np.ndarray:
+    """Inverse of `maps_frame`: (N, h, w) float32."""
+    if len(df) == 0:
+        return np.zeros((0, 1, 1), np.float32)
+    h, w = int(df["height"].iloc[0]), int(df["width"].iloc[0])
+    return np.stack([np.asarray(m, dtype=np.float32) for m in df["map"]]).reshape(len(df), h, w)
+
+
+# ------------------------------------------------------------------ run.json
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("gcmine", "torch", "diffusers", "prefect", "numpy", "pandas", "pyarrow", "scikit-learn", "pillow"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def code_version() -> str:
+    """The git commit of the checkout gcmine runs from (with '-dirty'), else the package version."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(here), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        if rev:
+            return rev
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        return metadata.version("gcmine")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@contextmanager
+def stopwatch() -> Iterator[dict]:
+    """`with stopwatch() as t: ...` then t["seconds"]."""
+    out: dict = {}
+    start = time.perf_counter()
+    try:
+        yield out
+    finally:
+        out["seconds"] = round(time.perf_counter() - start, 3)
+
+
+def run_info(settings, *, images: str, labels: str | None, out: str, stages: dict[str, dict]) -> dict:
+    """Everything `run.json` records: inputs, config, code and library versions, seeds, device,
+    per-stage timings and the run summary shown in the report."""
+    ingested = stages.get("ingest", {})
+    timings = {name: round(float(s.get("seconds", 0.0)), 3) for name, s in stages.items()}
+    device = stages.get("finetune", {}).get("device", "unknown")
+    summary = {
+        k: ingested.get(k) for k in ("images", "ok", "rejected", "rejected_by_reason", "unlabeled", "missing_files", "missing_examples")
+    }
+    summary.update(labels=len(ingested.get("labels", {})), label_counts=ingested.get("labels", {}), timings=timings, device=device)
+    summary["config"] = settings.model_dump(mode="json")
+    return {
+        "images": images, "labels": labels, "out": out,
+        "code_version": code_version(), "libraries": library_versions(),
+        "seeds": {"train": settings.train.seed, "score": settings.score.seed, "rank": settings.rank.seed, "cluster": settings.cluster.seed},
+        "device": device, "timings": timings, "config": settings.model_dump(mode="json"),
+        "stages": {name: {k: v for k, v in s.items() if k not in ("shards", "missing_examples")} for name, s in stages.items()},
+        "summary": summary,
+    }

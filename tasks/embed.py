@@ -1,0 +1,27 @@
+"""embed: one global vector per image (the collection summary's input)."""
+
+from __future__ import annotations
+
+import pandas as pd
+from prefect import task
+
+from gcmodels.config import EmbedConfig
+from gcmodels.embedding import PixelPCAEncoder
+from tasks.artifacts import EMBEDDINGS, read_images, stopwatch
+from tasks.logs import stage_logger
+from tasks.storage import RunStore
+
+ENCODERS = {"pca": lambda cfg: PixelPCAEncoder(n_components=cfg.dim, size=cfg.size)}
+
+
+@task(name="embed")
+def embed(out: str, shards: list[str], config: EmbedConfig, storage_options: dict | None = None) -> dict:
+    """Fit the configured encoder on the working images and write `embeddings.parquet`."""
+    with stopwatch() as clock:
+        store = RunStore(out, storage_options)
+        meta, pixels = read_images(store, shards)
+        encoder = ENCODERS[config.method](config)
+        vectors = encoder.fit_transform(pixels)
+        store.write_parquet(EMBEDDINGS, pd.DataFrame({"image_id": meta["image_id"], "embedding": list(vectors)}))
+        stage_logger().info("embedded %d images with %s into %d dimensions", len(meta), config.method, vectors.shape[1])
+    return {"images": len(meta), "dim": int(vectors.shape[1]), "encoder": encoder.describe(), "seconds": clock["seconds"]}

@@ -1,0 +1,36 @@
+"""Loading the fine-tuned model once per process (per worker), keyed by its fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import torch
+
+from gcmodels.diffusion import PixelDiffusion
+from tasks.artifacts import MODEL
+from tasks.storage import RunStore
+
+_cache: dict[tuple[str, str, str], PixelDiffusion] = {}
+_lock = threading.Lock()
+
+
+def model_fingerprint(directory: Path) -> str:
+    """SHA-256 over the model folder's files (names and bytes), first 16 hex digits."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        h.update(path.relative_to(directory).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def load_model(store: RunStore, fingerprint: str, device: torch.device) -> PixelDiffusion:
+    """The run's model in eval mode on `device`; loaded from storage once per fingerprint."""
+    key = (store.root_uri, fingerprint, str(device))
+    with _lock:
+        if key not in _cache:
+            model = PixelDiffusion.load(store.local_dir(MODEL)).to(device).eval()
+            _cache.clear()  # one model per process at a time: a new run replaces the old one
+            _cache[key] = model
+        return _cache[key]

@@ -1,0 +1,121 @@
+"""report: the self-contained HTML report, `run.json` files, and the Prefect UI artifacts."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from prefect import task
+
+from gcmodels.config import ReportConfig
+from gcmodels.images import decode_image
+from tasks.artifacts import (
+    CLUSTER_METRICS, CLUSTERS, ELEMENTS, MANIFEST, MODEL, PATCHES, REPORT, RUN_JSON, TRAINING, TYPICALITY,
+    maps_part, stopwatch, unpack_maps,
+)
+from tasks.htmlreport import ReportData, render_report
+from tasks.logs import stage_logger
+from tasks.storage import RunStore, open_fs
+
+_log = logging.getLogger("gcmine.report")
+
+
+def _image_loader(manifest: pd.DataFrame, storage_options: dict | None):
+    ok = manifest[manifest["status"] == "ok"].drop_duplicates("image_id").set_index("image_id")
+
+    @lru_cache(maxsize=512)
+    def load(image_id: str) -> Image.Image:
+        source = ok.loc[image_id, "source"]
+        fs, path = open_fs(source, storage_options)
+        return decode_image(fs.cat_file(path), max_pixels=10**12)
+
+    return load
+
+
+def _map_loader(store: RunStore, shards: list[str], wanted: set[str]):
+    maps: dict[str, np.ndarray] = {}
+    for shard in shards:
+        df = store.read_parquet(maps_part(shard))
+        sel = df[df["image_id"].isin(wanted)]
+        if len(sel):
+            maps.update(zip(sel["image_id"], unpack_maps(sel)))
+    return lambda image_id: maps[image_id]
+
+
+def markdown_summary(elements: pd.DataFrame, patches: pd.DataFrame, report_uri: str, top: int = 3) -> str:
+    """The top elements of every label as a markdown table (for the Prefect UI)."""
+    lines = [
+        "# gcmine: what is typical of each label",
+        "",
+        f"[Open the full report]({report_uri})",
+        "",
+        "| label | element rank | score (median typicality) | patches | best patch (image, box) |",
+        "|---|---|---|---|---|",
+    ]
+    for _, e in elements[elements["rank"] < top].sort_values(["label", "rank"]).iterrows():
+        members = patches[(patches["label"] == e["label"]) & (patches["element"] == e["element"])]
+        best = members.nlargest(1, "typicality")
+        where = "" if best.empty else f"`{best['image_id'].iloc[0]}` ({int(best['x0'].iloc[0])}, {int(best['y0'].iloc[0])}, {int(best['x1'].iloc[0])}, {int(best['y1'].iloc[0])})"
+        label = str(e["label"]).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+        lines.append(f"| {label} | {int(e['rank'])} | {e['score']:.4g} | {int(e['size'])} | {where} |")
+    return "\n".join(lines)
+
+
+def _prefect_artifacts(elements: pd.DataFrame, patches: pd.DataFrame, report_uri: str) -> None:
+    try:
+        from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+        create_markdown_artifact(markdown_summary(elements, patches, report_uri), key="gcmine-summary", description="Top visual elements per label")
+        table = elements.sort_values(["label", "rank"]).astype({"score": float}).round({"score": 6})
+        create_table_artifact(table.to_dict(orient="records"), key="gcmine-elements", description="Ranked visual elements")
+        create_link_artifact(report_uri, link_text="gcmine report", key="gcmine-report", description="The HTML report")
+    except Exception as err:  # noqa: BLE001 - outside a flow run there is no API; the files are what matter
+        _log.debug("Prefect artifacts not created: %s", err)
+
+
+@task(name="report")
+def report(
+    out: str, shards: list[str], config: ReportConfig, run_info: dict, storage_options: dict | None = None,
+) -> dict:
+    """Render `report/index.html`, write `run.json` in each artifact folder, publish UI artifacts."""
+    log = stage_logger()
+    with stopwatch() as clock:
+        store = RunStore(out, storage_options)
+        manifest = store.read_parquet(MANIFEST)
+        elements_df = store.read_parquet(ELEMENTS)
+        patches = store.read_parquet(PATCHES)
+        typicality = store.read_parquet(TYPICALITY)
+        clusters = store.read_parquet(CLUSTERS).merge(
+            manifest[manifest["status"] == "ok"].drop_duplicates("image_id")[["image_id", "label"]], on="image_id", how="left"
+        )
+        labels = sorted(typicality["label"].dropna().unique().tolist())
+        wanted = set(typicality.sort_values("typicality", ascending=False).groupby("label").head(config.heatmaps_per_label)["image_id"])
+        data = ReportData(
+            title=f"gcmine report: {run_info.get('images', '')}",
+            summary=run_info.get("summary", {}),
+            labels=labels,
+            elements=elements_df,
+            patches=patches,
+            typicality=typicality,
+            clusters=clusters,
+            cluster_metrics=store.read_parquet(CLUSTER_METRICS),
+            training=store.read_parquet(TRAINING),
+            rejected=manifest[manifest["status"] == "rejected"][["source", "reason"]].reset_index(drop=True),
+            load_image=_image_loader(manifest, storage_options),
+            load_map=_map_loader(store, shards, wanted),
+        )
+        html = render_report(
+            data, elements_per_label=config.elements_per_label, patches_per_element=config.patches_per_element,
+            heatmaps_per_label=config.heatmaps_per_label,
+        )
+        store.write_text(REPORT, html)
+    info = {**run_info, "report_seconds": clock["seconds"]}
+    for folder in ("", f"{MODEL}/", "report/"):
+        store.write_json(folder + RUN_JSON, info)
+    report_uri = store.uri(REPORT)
+    _prefect_artifacts(elements_df, patches, report_uri)
+    log.info("report written to %s", report_uri)
+    return {"report": report_uri, "seconds": clock["seconds"]}

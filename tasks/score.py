@@ -1,0 +1,71 @@
+"""score: typicality maps of each image under its own label, one task run per shard."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from prefect import task
+
+from gcmodels.config import RuntimeConfig, ScoreConfig
+from gcmodels.runtime import configure_torch, resolve_device
+from gcmodels.typicality import TypicalityEstimator
+from tasks.artifacts import TYPICALITY, maps_frame, maps_part, read_images, scores_part, stopwatch
+from tasks.logs import stage_logger
+from tasks.models import load_model
+from tasks.progress import StageProgress
+from tasks.storage import RunStore
+
+CHUNK = 64  # images handed to the estimator at a time (bounds memory, paces the progress bar)
+
+
+@task(name="score", task_run_name="score[{shard}]")
+def score_shard(
+    out: str, shard: str, fingerprint: str, config: ScoreConfig, runtime: RuntimeConfig,
+    storage_options: dict | None = None,
+) -> dict:
+    """Write the shard's maps (`maps/part-*.parquet`) and image-level scores (`scores/part-*.parquet`)."""
+    configure_torch(runtime.threads)
+    device = resolve_device(runtime.device)
+    with stopwatch() as clock:
+        store = RunStore(out, storage_options)
+        model = load_model(store, fingerprint, device)
+        meta, pixels = read_images(store, [shard])
+        keep = meta["label"].map(lambda v: isinstance(v, str)).to_numpy()
+        meta, pixels = meta[keep].reset_index(drop=True), pixels[keep]
+        estimator = TypicalityEstimator(
+            draws=config.draws, t_min=config.t_min, t_max=config.t_max, batch_size=config.batch_size, seed=config.seed
+        )
+        cond = model.label_index(list(meta["label"]))
+        images = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
+        maps = np.zeros((len(meta), model.resolution, model.resolution), np.float32)
+        key = "score-" + shard.removesuffix(".parquet").replace("_", "-").lower()
+        with StageProgress(len(meta), f"score {shard}", bar=runtime.progress, key=key) as progress:
+            for start in range(0, len(meta), CHUNK):
+                stop = min(start + CHUNK, len(meta))
+                x0 = model.encode(images[start:stop])
+                m = estimator.maps(model, x0, cond[start:stop].to(device), progress=lambda k: progress.update(start + k))
+                maps[start:stop] = m.cpu().numpy()
+            progress.close()
+        ids, labels = list(meta["image_id"]), list(meta["label"])
+        store.write_parquet(maps_part(shard), maps_frame(ids, labels, maps))
+        store.write_parquet(
+            scores_part(shard),
+            pd.DataFrame({"image_id": ids, "label": labels, "typicality": maps.reshape(len(ids), -1).mean(1)}),
+        )
+    seconds = clock["seconds"]
+    stage_logger().info(
+        "scored %d images with N=%d draws in %.1f s (%.2f images/s)", len(ids), config.draws, seconds,
+        len(ids) / max(seconds, 1e-9),
+    )
+    return {"shard": shard, "images": len(ids), "seconds": seconds}
+
+
+@task(name="typicality-table")
+def typicality_table(out: str, shards: list[str], storage_options: dict | None = None) -> dict:
+    """Gather the shards' image-level scores into `typicality.parquet`."""
+    with stopwatch() as clock:
+        store = RunStore(out, storage_options)
+        table = store.read_parts("scores", shards)
+        store.write_parquet(TYPICALITY, table[["image_id", "label", "typicality"]])
+    return {"images": len(table), "seconds": clock["seconds"]}

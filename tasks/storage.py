@@ -1,0 +1,143 @@
+"""Run-root storage over fsspec: local paths, ``file://`` or ``s3://`` URIs.
+
+Writes are atomic: locally the bytes go to a temporary sibling that is renamed into place; on
+object stores each object is written whole by a single PUT. Relative artifact names are checked
+so that nothing is ever written outside the run root.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+__all__ = ["RunStore", "is_local", "join_uri", "open_fs"]
+
+
+def open_fs(uri: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem of `uri` and the path within it (a local path is made absolute)."""
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    if isinstance(fs, LocalFileSystem):
+        path = os.path.abspath(path)
+    return fs, path.rstrip("/") or "/"
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def join_uri(root: str, rel: str) -> str:
+    return root.rstrip("/") + "/" + rel.lstrip("/")
+
+
+class RunStore:
+    """Reads and writes the artifacts of one run root."""
+
+    def __init__(self, root: str, storage_options: dict | None = None) -> None:
+        self.root_uri = root
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = open_fs(root, self.storage_options)
+        self.protocol = "file" if is_local(self.fs) else (self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0])
+
+    # -------------------------------------------------------------- names
+    def path(self, rel: str) -> str:
+        """Path of artifact `rel` inside the root; refuses names that would leave the root."""
+        norm = posixpath.normpath("/" + rel.replace("\\", "/")).lstrip("/")
+        if not norm or norm == "." or ".." in norm.split("/"):
+            raise ValueError(f"artifact name {rel!r} is not a path inside the run root")
+        return posixpath.join(self.root, norm)
+
+    def uri(self, rel: str) -> str:
+        """URI of artifact `rel` (a file:// URI for local roots, so links open from a browser)."""
+        p = self.path(rel)
+        return Path(p).as_uri() if is_local(self.fs) else f"{self.protocol}://{p}"
+
+    # -------------------------------------------------------------- bytes
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        path = self.path(rel)
+        if is_local(self.fs):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        else:
+            self.fs.pipe_file(path, data)
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.fs.cat_file(self.path(rel))
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=2, ensure_ascii=False, default=str).encode())
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_bytes(rel))
+
+    def write_text(self, rel: str, text: str) -> None:
+        self.write_bytes(rel, text.encode("utf-8"))
+
+    # -------------------------------------------------------------- tables
+    def write_parquet(self, rel: str, df: pd.DataFrame) -> None:
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf, compression="zstd")
+        self.write_bytes(rel, buf.getvalue())
+
+    def read_parquet(self, rel: str, columns: list[str] | None = None) -> pd.DataFrame:
+        with self.fs.open(self.path(rel), "rb") as fh:
+            return pq.read_table(fh, columns=columns).to_pandas()
+
+    def read_parts(self, folder: str, names: list[str], columns: list[str] | None = None) -> pd.DataFrame:
+        """Concatenate the Parquet parts `names` of `folder`."""
+        frames = [self.read_parquet(f"{folder}/{name}", columns) for name in names]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+    # -------------------------------------------------------------- directories (models)
+    def put_dir(self, local_dir: str | Path, rel: str) -> None:
+        """Publish a local directory as artifact folder `rel` (replacing the previous one)."""
+        target = self.path(rel)
+        if is_local(self.fs):
+            parent = os.path.dirname(target)
+            os.makedirs(parent, exist_ok=True)
+            staging = f"{target}.tmp-{uuid.uuid4().hex}"
+            shutil.copytree(local_dir, staging)
+            old = f"{target}.old-{uuid.uuid4().hex}"
+            if os.path.exists(target):
+                os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            for src in sorted(Path(local_dir).rglob("*")):
+                if src.is_file():
+                    self.fs.put_file(str(src), posixpath.join(target, src.relative_to(local_dir).as_posix()))
+
+    def local_dir(self, rel: str, cache: str | Path | None = None) -> Path:
+        """A local directory holding artifact folder `rel` (the folder itself when local)."""
+        path = self.path(rel)
+        if is_local(self.fs):
+            if not os.path.isdir(path):
+                raise FileNotFoundError(f"artifact folder {self.uri(rel)} does not exist")
+            return Path(path)
+        dest = Path(cache or tempfile.mkdtemp(prefix="gcmine-"))
+        self.fs.get(path + "/", str(dest), recursive=True)
+        return dest
