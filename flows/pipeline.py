@@ -56,10 +56,13 @@ def mine(
         "score": {"seconds": sum(s["seconds"] for s in scored) + gathered["seconds"], "images": gathered["images"]},
         "rank": {"seconds": sum(r["seconds"] for r in ranked) + mined["seconds"], **mined},
     }
-    info = run_info(settings, images=images, labels=labels, out=out, stages=stages)
+    info = run_info(settings, images=images, labels=labels, out=out, stages=stages, flow_run_id=str(flow_run.id))
     reported = report(out, shards, settings.report, info, so)
     stages["report"] = reported
-    return {"out": out, "report": reported["report"], "stages": stages, "summary": info["summary"]}
+    return {
+        "out": out, "report": reported["report"], "stages": stages, "summary": info["summary"],
+        "flow_run_id": info["flow_run_id"],
+    }
 
 
 def run_pipeline(

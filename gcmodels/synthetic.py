@@ -212,9 +212,10 @@ def _render(shape: str, side: int, color: tuple[int, int, int]) -> Image.Image:
         draw.ellipse(full, fill=dark)
         draw.ellipse((outline, outline, big - 1 - outline, big - 1 - outline), fill=fill)
         inner = outline + band
-        draw.ellipse((inner, inner, big - 1 - inner, big - 1 - inner), fill=dark)
         hole = inner + outline
-        draw.ellipse((hole, hole, big - 1 - hole, big - 1 - hole), fill=(0, 0, 0, 0))
+        if 2 * hole < big - 1:  # tiny tiles (a few pixels) get a filled disc: no room for a hole
+            draw.ellipse((inner, inner, big - 1 - inner, big - 1 - inner), fill=dark)
+            draw.ellipse((hole, hole, big - 1 - hole, big - 1 - hole), fill=(0, 0, 0, 0))
     else:
         points = [(x * (big - 1), y * (big - 1)) for x, y in _POLYGONS[shape]]
         draw.polygon(points, fill=fill, outline=dark, width=outline)

@@ -130,7 +130,9 @@ def stopwatch() -> Iterator[dict]:
         out["seconds"] = round(time.perf_counter() - start, 3)
 
 
-def run_info(settings, *, images: str, labels: str | None, out: str, stages: dict[str, dict]) -> dict:
+def run_info(
+    settings, *, images: str, labels: str | None, out: str, stages: dict[str, dict], flow_run_id: str | None = None
+) -> dict:
     """Everything `run.json` records: inputs, config, code and library versions, seeds, device,
     per-stage timings and the run summary shown in the report."""
     ingested = stages.get("ingest", {})
@@ -142,7 +144,7 @@ def run_info(settings, *, images: str, labels: str | None, out: str, stages: dic
     summary.update(labels=len(ingested.get("labels", {})), label_counts=ingested.get("labels", {}), timings=timings, device=device)
     summary["config"] = settings.model_dump(mode="json")
     return {
-        "images": images, "labels": labels, "out": out,
+        "images": images, "labels": labels, "out": out, "flow_run_id": flow_run_id,
         "code_version": code_version(), "libraries": library_versions(),
         "seeds": {"train": settings.train.seed, "score": settings.score.seed, "rank": settings.rank.seed, "cluster": settings.cluster.seed},
         "device": device, "timings": timings, "config": settings.model_dump(mode="json"),

@@ -235,7 +235,20 @@ def ingest_images(
     return summary
 
 
-@task(name="ingest", retries=1, retry_delay_seconds=5)
+def _transient(task, task_run, state) -> bool:
+    """Retry only I/O failures (a flaky disk or network), never bad input."""
+    try:
+        state.result()
+    except InputError:
+        return False
+    except OSError:
+        return True
+    except Exception:  # noqa: BLE001 - anything else is a bug or bad data: no retry
+        return False
+    return False
+
+
+@task(name="ingest", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient)
 def ingest(images: str, labels: str | None, out: str, data: DataConfig, storage_options: dict | None = None) -> dict:
     """Prefect task: see `ingest_images`."""
     with stopwatch() as clock:

@@ -1,0 +1,30 @@
+# gcmine: `make demo` and `make test` do everything on a fresh clone (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test benchmark clean
+
+install: $(STAMP)
+
+# torch is installed first, pinned: on a CPU-only machine `torch==2.13.0` resolves to the local
+# CPU wheel; a bare `torch` requirement would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "gcmine needs Python 3.11, got " + sys.version'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/gcmine demo motifs
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/ground_truth.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

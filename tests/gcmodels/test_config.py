@@ -1,0 +1,169 @@
+"""Tests of the settings: defaults, validation errors naming the field, YAML + overrides, printing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.config import describe_settings, load_settings, parse_override
+from gcmodels.config import ConfigError, DataConfig, ScoreConfig, Settings, TrainConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_validate() -> None:
+    s = Settings()
+    assert Settings.from_dict({}) == s
+    assert load_settings(None, []) == s
+    assert s.data.resolution == 32 and s.score.t_min < s.score.t_max
+    assert isinstance(s.data, DataConfig)
+
+
+@pytest.mark.parametrize(("resolution", "expected"), [(32, 6), (64, 13), (8, 2), (256, 51), (40, 8)])
+def test_patch_size_default(resolution: int, expected: int) -> None:
+    s = load_settings(None, [f"data.resolution={resolution}", "embed.size=8"])
+    assert s.patch_size == expected == max(2, round(0.2 * resolution))
+
+
+def test_patch_size_explicit() -> None:
+    assert load_settings(None, ["rank.patch_size=7"]).patch_size == 7
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needles"),
+    [
+        (["train.stepz=5"], ["train.stepz", "unknown setting"]),
+        (["nosuchsection.x=1"], ["nosuchsection"]),
+        (["train.steps=abc"], ["train.steps", "'abc'"]),
+        (["score.t_min=0.9"], ["score", "t_min (0.9)", "t_max (0.7)"]),
+        (["score.t_min=-0.1"], ["score.t_min", "-0.1"]),
+        (["rank.per_image=0"], ["rank.per_image", "0"]),
+        (["rank.patch_size=64"], ["rank.patch_size (64)", "data.resolution=32"]),
+        (["data.resolution=30"], ["data.resolution (30)", "divisible by 4"]),
+        (["train.min_steps=5000"], ["min_steps (5000)", "max_steps (4000)"]),
+        (["cluster.k_min=20"], ["k_min (20)"]),
+        (["train.label_dropout=1.0"], ["train.label_dropout"]),
+        (["model.beta_schedule=cosine"], ["model.beta_schedule"]),
+        (["rank.feature_block=3"], ["rank.feature_block (3)"]),
+        (["embed.size=64"], ["embed.size (64)"]),
+    ],
+)
+def test_bad_values_name_the_field(overrides: list[str], needles: list[str]) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, overrides)
+    msg = str(err.value)
+    assert msg.startswith("invalid configuration")
+    for needle in needles:
+        assert needle in msg, (needle, msg)
+
+
+def test_several_errors_are_all_reported() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, ["train.steps=abc", "rank.per_image=0"])
+    assert "train.steps" in str(err.value) and "rank.per_image" in str(err.value)
+
+
+@pytest.mark.parametrize(("text", "needle"), [("train.steps", "key=value"), ("train..steps=3", "empty key part"), ("x.y=[1", "not valid YAML")])
+def test_bad_override_syntax(text: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        parse_override(text)
+
+
+def test_override_into_a_value_is_refused() -> None:
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        load_settings(None, ["train=3", "train.steps=4"])
+
+
+def test_parse_override_reads_yaml_values() -> None:
+    assert parse_override("train.steps=500") == (["train", "steps"], 500)
+    assert parse_override("model.block_out_channels=[8, 16]") == (["model", "block_out_channels"], [8, 16])
+    assert parse_override("cluster.k=") == (["cluster", "k"], None)
+    assert parse_override("runtime.device=cuda:1") == (["runtime", "device"], "cuda:1")
+
+
+def test_yaml_file_with_overrides(tmp_path) -> None:
+    cfg = tmp_path / "gcmine.yaml"
+    cfg.write_text("train:\n  steps: 300\n  lr: 0.001\nscore:\n  draws: 4\ndata:\n  resolution: 64\n")
+    s = load_settings(cfg, ["train.steps=42", "rank.per_image=3"])
+    assert s.train.steps == 42  # --set wins over the file
+    assert s.train.lr == 0.001 and s.score.draws == 4 and s.data.resolution == 64
+    assert s.rank.per_image == 3
+    assert load_settings(str(cfg)).train.steps == 300
+
+
+def test_yaml_file_errors_name_the_file(tmp_path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("train:\n  stepz: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    assert "train.stepz" in str(err.value) and str(cfg) in str(err.value)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_settings(tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("train: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(tmp_path / "broken.yaml")
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_settings(tmp_path / "empty.yaml") == Settings()
+
+
+def test_describe_settings_mentions_every_section_and_marks_changes() -> None:
+    s = load_settings(None, ["train.steps=42", "score.draws=8"])
+    text = describe_settings(s)
+    for section in Settings.model_fields:
+        assert f"\n{section}:" in text
+    lines = text.splitlines()
+    steps = next(line for line in lines if line.strip().startswith("steps:"))
+    draws = next(line for line in lines if line.strip().startswith("draws:"))
+    lr = next(line for line in lines if line.strip().startswith("lr:"))
+    assert "42" in steps and "#*" in steps and "default: None" in steps
+    assert "8" in draws and "#*" in draws and "default: 16" in draws
+    assert "#*" not in lr and "default:" not in lr
+    assert "#*" not in describe_settings(Settings())
+    # every field of every section is listed
+    for section in Settings.model_fields:
+        for name in type(getattr(s, section)).model_fields:
+            assert any(line.startswith(f"  {name}:") for line in lines), (section, name)
+
+
+def test_train_budget() -> None:
+    assert TrainConfig(steps=123).budget(10_000) == 123
+    t = TrainConfig()  # epochs 40, batch 32, [500, 4000]
+    assert t.budget(100) == 500  # ceil(125) clipped up
+    assert t.budget(2000) == 2500
+    assert t.budget(10_000) == 4000  # 12500 clipped down
+    assert TrainConfig(epochs=1.5, batch_size=10, min_steps=1, max_steps=100).budget(21) == 4  # ceil(3.15)
+    with pytest.raises(Exception):
+        TrainConfig(min_steps=10, max_steps=5)
+
+
+def test_sections_are_frozen_and_strict() -> None:
+    s = Settings()
+    with pytest.raises(Exception):
+        s.train.steps = 5  # type: ignore[misc]
+    with pytest.raises(Exception):
+        ScoreConfig(t_min=0.5, t_max=0.5)
+
+
+def test_gcmodels_does_not_import_prefect() -> None:
+    modules = [
+        "gcmodels", "gcmodels.config", "gcmodels.diffusion", "gcmodels.typicality", "gcmodels.patches",
+        "gcmodels.training", "gcmodels.images", "gcmodels.elements", "gcmodels.clustering",
+        "gcmodels.embedding", "gcmodels.synthetic", "gcmodels.evaluation", "gcmodels.runtime",
+    ]
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}:\n"
+        "    importlib.import_module(m)\n"
+        "bad = sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.'))\n"
+        "assert not bad, bad[:5]\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "ok"
