@@ -106,7 +106,7 @@ class TrainConfig(_Section):
 
 
 class ScoreConfig(_Section):
-    draws: int = Field(16, ge=1, description="(t, eps) draws N per image")
+    draws: int = Field(8, ge=1, description="(t, eps) draws N per image (stratified t, shared across images)")
     t_min: float = Field(0.1, ge=0, le=1, description="smallest t, as a fraction of the schedule")
     t_max: float = Field(0.7, ge=0, le=1, description="largest t, as a fraction of the schedule")
     batch_size: int = Field(128, ge=2, description="UNet inputs per forward pass (both branches counted)")
@@ -123,10 +123,10 @@ class RankConfig(_Section):
     patch_size: int | None = Field(None, ge=1, description="patch side in working pixels; null = 0.2 x resolution")
     per_image: int = Field(5, ge=1, description="top non-overlapping patches kept per image")
     per_label: int = Field(1000, ge=1, description="most typical patches kept per label for clustering")
-    elements: int = Field(8, ge=1, description="visual elements (k-means clusters) per label")
+    elements: int = Field(16, ge=1, description="visual elements (k-means clusters) per label")
     feature_t: float = Field(0.16, ge=0, le=1, description="timestep of the diffusion features, fraction of schedule")
     feature_draws: int = Field(4, ge=1, description="noise draws averaged for the features")
-    feature_block: int = Field(1, ge=0, description="index of the UNet decoder block whose output is the feature")
+    feature_block: int = Field(-1, description="UNet decoder block whose output is the feature (-1 = the last, full resolution)")
     seed: int = Field(0, description="seed of feature noise and element clustering")
 
 
@@ -171,8 +171,11 @@ class Settings(_Section):
                 f"data.resolution ({self.data.resolution}) must be divisible by {2 ** (levels - 1)} "
                 f"for a UNet with {levels} levels (model.block_out_channels)"
             )
-        if self.rank.feature_block >= levels:
-            raise ValueError(f"rank.feature_block ({self.rank.feature_block}) must be below the {levels} decoder blocks")
+        if not -levels <= self.rank.feature_block < levels:
+            raise ValueError(
+                f"rank.feature_block ({self.rank.feature_block}) must index one of the {levels} decoder blocks "
+                f"(from {-levels} to {levels - 1})"
+            )
         return self
 
     @property

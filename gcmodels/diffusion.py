@@ -120,7 +120,7 @@ class PixelDiffusion(nn.Module):
         if not meta_path.exists():
             raise FileNotFoundError(f"{directory} is not a gcmine model directory: {_META} is missing")
         meta = json.loads(meta_path.read_text())
-        unet = UNet2DModel.from_pretrained(directory / "unet")
+        unet = UNet2DModel.from_pretrained(directory / "unet", low_cpu_mem_usage=False)
         scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
         return cls(unet, scheduler, meta["labels"])
 
@@ -170,9 +170,10 @@ class PixelDiffusion(nn.Module):
         return (pred.float() - eps).pow(2).flatten(1).mean(1)
 
     def decoder_features(self, x0: Tensor, cond: Tensor, t: int, noise: Tensor, block: int) -> Tensor:
-        """Decoder activations (DIFT): output of ``unet.up_blocks[block]`` at timestep `t`, averaged
-        over the noise draws `noise` (D, C, H, W). x0 (B, C, H, W), cond (B,) -> (B, F, h, w)."""
-        if not 0 <= block < len(self.unet.up_blocks):
+        """Decoder activations (DIFT): output of ``unet.up_blocks[block]`` (negative = from the end)
+        at timestep `t`, averaged over the noise draws `noise` (D, C, H, W).
+        x0 (B, C, H, W), cond (B,) -> (B, F, h, w)."""
+        if not -len(self.unet.up_blocks) <= block < len(self.unet.up_blocks):
             raise ValueError(f"feature block {block} out of range: the UNet has {len(self.unet.up_blocks)} decoder blocks")
         captured: list[Tensor] = []
         handle = self.unet.up_blocks[block].register_forward_hook(lambda _m, _i, out: captured.append(out))

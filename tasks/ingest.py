@@ -46,7 +46,7 @@ def _read_table(uri: str, what: str, storage_options: dict | None) -> pd.DataFra
     except pd.errors.EmptyDataError:
         raise InputError(f"{what} file {uri} is empty") from None
     except Exception as err:  # noqa: BLE001 - any parser error becomes a user-facing error naming the file
-        raise InputError(f"{what} file {uri} could not be read as {'Parquet' if path.endswith('parquet') else 'CSV'}: {err}") from None
+        raise InputError(f"{what} file {uri} could not be read as {'Parquet' if path.lower().endswith(('.parquet', '.pq')) else 'CSV'}: {err}") from None
     df.columns = [str(c).strip() for c in df.columns]
     return df
 
@@ -204,7 +204,8 @@ def ingest_images(
         shards.append(name)
     manifest["shard"] = -1
     ok = manifest["status"] == "ok"
-    manifest.loc[ok, "shard"] = [i // data.shard_size for i in range(int(ok.sum()))]
+    if ok.any():
+        manifest.loc[ok, "shard"] = [i // data.shard_size for i in range(int(ok.sum()))]
     store.write_parquet(MANIFEST, manifest)
 
     rejected = manifest[~ok]

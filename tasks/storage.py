@@ -54,9 +54,10 @@ class RunStore:
     # -------------------------------------------------------------- names
     def path(self, rel: str) -> str:
         """Path of artifact `rel` inside the root; refuses names that would leave the root."""
-        norm = posixpath.normpath("/" + rel.replace("\\", "/")).lstrip("/")
-        if not norm or norm == "." or ".." in norm.split("/"):
-            raise ValueError(f"artifact name {rel!r} is not a path inside the run root")
+        parts = rel.replace("\\", "/").split("/")
+        norm = posixpath.normpath(rel.replace("\\", "/"))
+        if not rel or rel.startswith(("/", "\\")) or ".." in parts or norm in (".", ""):
+            raise ValueError(f"artifact name {rel!r} is not a relative path inside the run root")
         return posixpath.join(self.root, norm)
 
     def uri(self, rel: str) -> str:

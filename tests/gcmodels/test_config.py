@@ -113,7 +113,7 @@ def test_yaml_file_errors_name_the_file(tmp_path) -> None:
 
 
 def test_describe_settings_mentions_every_section_and_marks_changes() -> None:
-    s = load_settings(None, ["train.steps=42", "score.draws=8"])
+    s = load_settings(None, ["train.steps=42", "score.draws=12"])
     text = describe_settings(s)
     for section in Settings.model_fields:
         assert f"\n{section}:" in text
@@ -122,7 +122,7 @@ def test_describe_settings_mentions_every_section_and_marks_changes() -> None:
     draws = next(line for line in lines if line.strip().startswith("draws:"))
     lr = next(line for line in lines if line.strip().startswith("lr:"))
     assert "42" in steps and "#*" in steps and "default: None" in steps
-    assert "8" in draws and "#*" in draws and "default: 16" in draws
+    assert "12" in draws and "#*" in draws and "default: 8" in draws
     assert "#*" not in lr and "default:" not in lr
     assert "#*" not in describe_settings(Settings())
     # every field of every section is listed

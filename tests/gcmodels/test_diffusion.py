@@ -10,14 +10,6 @@ import torch
 from gcmodels.diffusion import NULL_LABEL, PixelDiffusion, validate_label_vocabulary
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _tiny(labels=("a", "b"), seed: int = 0, **kw) -> PixelDiffusion:
     args = dict(
         resolution=8, block_out_channels=(8, 16), layers_per_block=1, num_train_timesteps=100,

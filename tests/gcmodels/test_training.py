@@ -11,14 +11,6 @@ from gcmodels.diffusion import PixelDiffusion
 from gcmodels.training import TrainingDiverged, TrainResult, _lr_factor, train_diffusion
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _tiny(seed: int = 0) -> PixelDiffusion:
     return PixelDiffusion.create(
         ["a", "b"], resolution=8, block_out_channels=(8, 16), layers_per_block=1,

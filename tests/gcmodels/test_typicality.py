@@ -12,14 +12,6 @@ C, H, W = 3, 8, 10
 ROWS, COLS = slice(2, 6), slice(3, 8)  # the region where the conditional branch is right
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _alphas_cumprod(T: int) -> torch.Tensor:
     betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
     return torch.cumprod(1.0 - betas, 0).float()
