@@ -1,20 +1,24 @@
 """The gcmine flow: ingest -> embed -> cluster -> finetune -> score -> rank -> report.
 
 The flow only composes tasks; every computation lives in `tasks/` (I/O) and `gcmodels/` (math).
+Model stages are cached on content fingerprints (see tasks/caching.py), so a rerun - after a
+crash, or on a dataset that grew - redoes only what changed.
 """
 
 from __future__ import annotations
 
-from prefect import flow, unmapped
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from gcmodels.config import Settings
 from tasks.artifacts import run_info
+from tasks.caching import map_cached, run_cached
 from tasks.cluster import cluster
 from tasks.embed import embed
 from tasks.finetune import finetune
 from tasks.ingest import ingest
+from tasks.publish import publish
 from tasks.rank import elements, rank_shard
 from tasks.report import report
 from tasks.score import score_shard, typicality_table
@@ -36,32 +40,54 @@ def mine(
     settings: Settings = Settings(),
     storage_options: dict | None = None,
 ) -> dict:
-    """Mine the typical visual elements of each label of the images in `images` into `out`."""
-    so = storage_options
+    """Mine the typical visual elements of each label of the images in `images` into `out`.
+    `storage_options` (for s3:// URIs) default to those built from `settings.storage`."""
+    so = storage_options if storage_options is not None else settings.storage.options()
+    reused: list[str] = []
     ingested = ingest(images, labels, out, settings.data, so)
     shards = ingested["shards"]
-    embedded = embed(out, shards, settings.embed, so)
-    clustered = cluster(out, settings.cluster, so)
-    trained = finetune(out, shards, settings.data.resolution, settings.model, settings.train, settings.runtime, so)
+    names = [s["name"] for s in shards]
+
+    embedded, hit = run_cached(embed, ("embeddings",), out=out, shards=names, images_key=ingested["images_key"], config=settings.embed, storage_options=so)
+    reused += ["embed"] * hit
+    clustered, hit = run_cached(
+        cluster, ("clusters", "cluster_metrics"), out=out, embeddings=embedded["embeddings"],
+        labels_key=ingested["labels_key"], config=settings.cluster, storage_options=so,
+    )
+    reused += ["cluster"] * hit
+    trained = finetune(out, names, settings.data.resolution, settings.model, settings.train, settings.runtime, so)
+    reused += ["finetune"] * trained["reused"]
     fingerprint = trained["fingerprint"]
-    scored = score_shard.map(out, shards, unmapped(fingerprint), unmapped(settings.score), unmapped(settings.runtime), unmapped(so)).result()
-    gathered = typicality_table(out, shards, so)
-    ranked = rank_shard.map(
-        out, shards, unmapped(fingerprint), unmapped(settings.patch_size), unmapped(settings.rank),
-        unmapped(settings.runtime), unmapped(so),
-    ).result()
-    mined = elements(out, shards, settings.rank, so)
+
+    scored = map_cached(
+        score_shard, ("maps", "scores"), "shard", shards, out=out, fingerprint=fingerprint,
+        config=settings.score, runtime=settings.runtime, storage_options=so,
+    )
+    reused += [f"score[{r['shard']}]" for r, hit in scored if hit]
+    gathered = typicality_table(out, [r["scores"] for r, _ in scored], so)
+    ranked = [
+        run_cached(
+            rank_shard, ("candidates",), out=out, shard=shard, maps=s["maps"], fingerprint=fingerprint,
+            patch_size=settings.patch_size, config=settings.rank, runtime=settings.runtime, storage_options=so,
+        )
+        for shard, (s, _) in zip(shards, scored)
+    ]
+    reused += [f"rank[{r['shard']}]" for r, hit in ranked if hit]
+    mined = elements(out, [r["candidates"] for r, _ in ranked], settings.rank, so)
+    published = publish(out, {"embeddings": embedded["embeddings"], "clusters": clustered["clusters"], "cluster_metrics": clustered["cluster_metrics"]}, so)
+    if reused:
+        get_run_logger().info("reused from earlier runs (no model work): %s", ", ".join(reused))
     stages = {
         "ingest": ingested, "embed": embedded, "cluster": clustered, "finetune": trained,
-        "score": {"seconds": sum(s["seconds"] for s in scored) + gathered["seconds"], "images": gathered["images"]},
-        "rank": {"seconds": sum(r["seconds"] for r in ranked) + mined["seconds"], **mined},
+        "score": {"seconds": sum(r["seconds"] for r, hit in scored if not hit) + gathered["seconds"], "images": gathered["images"]},
+        "rank": {"seconds": sum(r["seconds"] for r, hit in ranked if not hit) + mined["seconds"] + published["seconds"], **mined},
     }
-    info = run_info(settings, images=images, labels=labels, out=out, stages=stages, flow_run_id=str(flow_run.id))
-    reported = report(out, shards, settings.report, info, so)
+    info = run_info(settings, images=images, labels=labels, out=out, stages=stages, flow_run_id=str(flow_run.id), reused=reused)
+    reported = report(out, [r["maps"] for r, _ in scored], settings.report, info, so)
     stages["report"] = reported
     return {
         "out": out, "report": reported["report"], "stages": stages, "summary": info["summary"],
-        "flow_run_id": info["flow_run_id"],
+        "flow_run_id": info["flow_run_id"], "reused": reused,
     }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 __all__ = [
     "ClusterConfig",
@@ -23,6 +23,7 @@ __all__ = [
     "RuntimeConfig",
     "ScoreConfig",
     "Settings",
+    "StorageConfig",
     "TrainConfig",
     "format_validation_error",
 ]
@@ -47,24 +48,76 @@ class DataConfig(_Section):
 
 
 class EmbedConfig(_Section):
-    method: Literal["pca"] = Field("pca", description="image encoder for the collection summary")
-    size: int = Field(16, ge=2, le=256, description="thumbnail side the encoder reads")
-    dim: int = Field(32, ge=1, description="embedding dimension (clipped to the number of images)")
+    method: Literal["pca", "autoencoder", "vae", "clip", "diffusion"] = Field(
+        "pca",
+        description="image encoder: pca (pixel thumbnails, no weights), autoencoder / vae (conv nets trained on "
+        "the collection), clip (pretrained, from clip_path), diffusion (features of the fine-tuned model)",
+    )
+    size: int = Field(16, ge=2, le=256, description="thumbnail side the pca / autoencoder / vae encoders read")
+    dim: int = Field(32, ge=1, description="embedding dimension of pca / autoencoder / vae (pca: clipped to the number of images)")
+    epochs: int = Field(30, ge=1, description="autoencoder / vae: training passes over the collection")
+    batch_size: int = Field(64, ge=1, description="images per training step / per forward pass")
+    lr: float = Field(1e-3, gt=0, description="autoencoder / vae: Adam learning rate")
+    width: int = Field(32, ge=1, description="autoencoder / vae: channels of the first convolution")
+    beta: float = Field(1.0, ge=0, description="vae: weight of the KL term of the ELBO")
+    seed: int = Field(0, description="seed of the encoder's initialisation, batch order and noise")
+    clip_path: str | None = Field(None, description="clip: local directory of a pretrained CLIP model (transformers layout)")
+    diffusion_t: float = Field(0.16, ge=0, le=1, description="diffusion: timestep of the features, fraction of the schedule")
+    diffusion_block: int = Field(0, description="diffusion: UNet decoder block whose output is pooled (0 = the coarsest, -1 = the last)")
+    diffusion_draws: int = Field(2, ge=1, description="diffusion: noise draws averaged")
+
+    @model_validator(mode="after")
+    def _method_needs(self) -> "EmbedConfig":
+        if self.method == "clip" and not self.clip_path:
+            raise ValueError("clip_path must name a local CLIP model directory when method is 'clip'")
+        if self.method in ("autoencoder", "vae") and (self.size % 4 or self.size < 4):
+            raise ValueError(
+                f"size ({self.size}) must be a multiple of 4 for method {self.method!r} (two stride-2 convolutions)"
+            )
+        return self
 
 
 class ClusterConfig(_Section):
-    method: Literal["kmeans"] = Field("kmeans", description="clustering model")
-    k: int | None = Field(None, ge=1, description="number of clusters; null = choose by silhouette")
+    method: Literal["kmeans", "gmm", "dbscan", "hdbscan", "agglomerative", "dec"] = Field(
+        "kmeans",
+        description="clustering model: kmeans, gmm (Gaussian mixture), dbscan / hdbscan (density, noise = -1), "
+        "agglomerative (ward etc., with dendrogram), dec (deep embedded clustering)",
+    )
+    k: int | None = Field(None, ge=1, description="number of clusters; null = choose by k_criterion (not for dbscan / hdbscan)")
+    k_criterion: Literal["silhouette", "bic"] = Field("silhouette", description="how k is chosen when k is null")
     k_min: int = Field(2, ge=2, description="smallest k tried when choosing k")
     k_max: int = Field(12, ge=2, description="largest k tried when choosing k")
-    n_init: int = Field(4, ge=1, description="k-means restarts (best objective kept)")
-    max_iter: int = Field(300, ge=1, description="Lloyd iterations per restart")
+    k_sample: int = Field(20_000, ge=3, description="rows (a random subset) on which k is chosen")
+    n_init: int = Field(4, ge=1, description="k-means restarts / mixture initialisations (best objective kept)")
+    max_iter: int = Field(300, ge=1, description="Lloyd / EM iterations per restart (mini-batch k-means: passes)")
     seed: int = Field(0, description="random_state of the clustering")
+    reduce: Literal["none", "pca", "umap"] = Field("none", description="dimensionality reduction before clustering (umap needs umap-learn)")
+    reduce_dim: int = Field(16, ge=1, description="dimension after reduction (clipped to the embedding dimension)")
+    batch_size: int | None = Field(
+        None, ge=1, description="k-means mini-batch rows; null = Lloyd up to minibatch_above rows, batches of 4096 beyond"
+    )
+    minibatch_above: int = Field(100_000, ge=1, description="k-means switches to mini-batches above this many rows")
+    covariance_type: Literal["full", "diag", "spherical"] = Field("full", description="gmm (and BIC): covariance per component")
+    eps: float | None = Field(None, gt=0, description="dbscan radius; null = median distance to the min_samples-th neighbour")
+    min_samples: int = Field(5, ge=1, description="dbscan / hdbscan: neighbours that make a core point")
+    min_cluster_size: int = Field(5, ge=2, description="hdbscan: smallest cluster")
+    linkage: Literal["ward", "complete", "average", "single"] = Field("ward", description="agglomerative merge criterion")
+    dec_hidden: tuple[int, ...] = Field((256, 128), min_length=1, description="dec: encoder hidden widths")
+    dec_latent_dim: int = Field(10, ge=1, description="dec: embedded space dimension")
+    dec_pretrain_epochs: int = Field(100, ge=0, description="dec: autoencoder pre-training passes")
+    dec_epochs: int = Field(100, ge=0, description="dec: most KL refinement passes")
+    dec_batch_size: int = Field(256, ge=1, description="dec: rows per step")
+    dec_lr: float = Field(1e-3, gt=0, description="dec: Adam learning rate")
+    silhouette_sample: int = Field(10_000, ge=2, description="rows (a random subset) the silhouette metric is computed on")
 
     @model_validator(mode="after")
     def _k_range(self) -> "ClusterConfig":
         if self.k_min > self.k_max:
             raise ValueError(f"k_min ({self.k_min}) must not exceed k_max ({self.k_max})")
+        if self.k is not None and self.method in ("dbscan", "hdbscan"):
+            raise ValueError(f"k ({self.k}) cannot be set for method {self.method!r}, which finds the number of clusters itself")
+        if any(h < 1 for h in self.dec_hidden):
+            raise ValueError(f"dec_hidden {self.dec_hidden} must hold positive layer widths")
         return self
 
 
@@ -89,6 +142,9 @@ class TrainConfig(_Section):
     grad_clip: float = Field(1.0, gt=0, description="gradient-norm clip")
     label_dropout: float = Field(0.15, ge=0, lt=1, description="probability of training on the null label")
     checkpoint_every: int = Field(100, ge=1, description="steps between in-memory good checkpoints (NaN guard)")
+    retrain_fraction: float = Field(
+        0.25, ge=0, description="rerun on changed data: retrain when more than this share of the training set changed"
+    )
     seed: int = Field(0, description="seed of initialisation, batches, noise")
 
     @model_validator(mode="after")
@@ -143,6 +199,33 @@ class RuntimeConfig(_Section):
     progress: bool = Field(True, description="progress bars on the terminal")
 
 
+class StorageConfig(_Section):
+    """Object-store access for s3:// images and run roots. Unset fields fall back to the standard
+    AWS environment and files (AWS_ENDPOINT_URL, AWS_PROFILE, AWS_ACCESS_KEY_ID, ~/.aws/...)."""
+
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
+    region: str | None = Field(None, description="S3 region")
+    profile: str | None = Field(None, description="AWS profile name in ~/.aws/credentials")
+    key: SecretStr | None = Field(None, description="access key id (prefer the environment or a profile)")
+    secret: SecretStr | None = Field(None, description="secret access key (prefer the environment or a profile)")
+
+    def options(self) -> dict:
+        """`storage_options` for s3fs, pandas and pyarrow-through-fsspec alike (secrets included:
+        never log or persist the result)."""
+        opts: dict = {}
+        if self.endpoint_url:
+            opts["endpoint_url"] = self.endpoint_url
+        if self.region:
+            opts["client_kwargs"] = {"region_name": self.region}
+        if self.profile:
+            opts["profile"] = self.profile
+        if self.key is not None:
+            opts["key"] = self.key.get_secret_value()
+        if self.secret is not None:
+            opts["secret"] = self.secret.get_secret_value()
+        return opts
+
+
 class Settings(_Section):
     data: DataConfig = DataConfig()
     embed: EmbedConfig = EmbedConfig()
@@ -153,6 +236,7 @@ class Settings(_Section):
     rank: RankConfig = RankConfig()
     report: ReportConfig = ReportConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> "Settings":

@@ -28,10 +28,21 @@ PATCHES = "patches.parquet"
 ELEMENTS = "elements.parquet"
 REPORT = "report/index.html"
 RUN_JSON = "run.json"
+SHARDS_META = "images/_shards.json"
 
 MANIFEST_COLUMNS = ["image_id", "source", "filename", "label", "width", "height", "status", "reason"]
 PATCH_COLUMNS = ["image_id", "label", "rank", "x0", "y0", "x1", "y1", "typicality", "element"]
 ELEMENT_COLUMNS = ["label", "element", "rank", "score", "size"]
+
+
+def stage_file(stem: str, key: str) -> str:
+    """Content-addressed name of a cached stage's output table."""
+    return f"stages/{stem}-{key}.parquet"
+
+
+def keyed_part(folder: str, shard: str, key: str) -> str:
+    """Content-addressed name of a shard's output: `folder/part-00003-<key>.parquet`."""
+    return f"{folder}/{shard.removesuffix('.parquet')}-{key}.parquet"
 
 
 def part_name(index: int) -> str:
@@ -42,18 +53,6 @@ def images_part(name: str) -> str:
     return f"images/{name}"
 
 
-def maps_part(name: str) -> str:
-    return f"maps/{name}"
-
-
-def scores_part(name: str) -> str:
-    return f"scores/{name}"
-
-
-def features_part(name: str) -> str:
-    return f"patch_candidates/{name}"
-
-
 # ------------------------------------------------------------------ working images
 def decode_pngs(column: pd.Series) -> np.ndarray:
     """PNG bytes column -> uint8 array (N, H, W, 3)."""
@@ -61,8 +60,14 @@ def decode_pngs(column: pd.Series) -> np.ndarray:
 
 
 def read_images(store: RunStore, shards: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
-    """(image_id, label) table and uint8 working images (N, H, W, 3) of the given shards."""
+    """(image_id, label) table and uint8 working images (N, H, W, 3) of the live images of the
+    given shards: those the current manifest lists as ok, with the manifest's labels (None if
+    unlabelled). Shards may hold images of earlier runs that were since removed."""
+    manifest = store.read_parquet(MANIFEST, ["image_id", "label", "status"])
+    live = manifest[manifest["status"] == "ok"].drop_duplicates("image_id").set_index("image_id")["label"]
     df = store.read_parts("images", shards)
+    df = df[df["image_id"].isin(live.index)].reset_index(drop=True)
+    df["label"] = [lab if isinstance(lab, str) else None for lab in live.reindex(df["image_id"])]
     pixels = decode_pngs(df["png"]) if len(df) else np.zeros((0, 1, 1, 3), np.uint8)
     return df.drop(columns=["png"]), pixels
 
@@ -131,7 +136,8 @@ def stopwatch() -> Iterator[dict]:
 
 
 def run_info(
-    settings, *, images: str, labels: str | None, out: str, stages: dict[str, dict], flow_run_id: str | None = None
+    settings, *, images: str, labels: str | None, out: str, stages: dict[str, dict], flow_run_id: str | None = None,
+    reused: list[str] | None = None,
 ) -> dict:
     """Everything `run.json` records: inputs, config, code and library versions, seeds, device,
     per-stage timings and the run summary shown in the report."""
@@ -141,13 +147,14 @@ def run_info(
     summary = {
         k: ingested.get(k) for k in ("images", "ok", "rejected", "rejected_by_reason", "unlabeled", "missing_files", "missing_examples")
     }
+    summary.update(reused=list(reused or []), new_images=ingested.get("new_images"))
     summary.update(labels=len(ingested.get("labels", {})), label_counts=ingested.get("labels", {}), timings=timings, device=device)
     summary["config"] = settings.model_dump(mode="json")
     return {
         "images": images, "labels": labels, "out": out, "flow_run_id": flow_run_id,
         "code_version": code_version(), "libraries": library_versions(),
         "seeds": {"train": settings.train.seed, "score": settings.score.seed, "rank": settings.rank.seed, "cluster": settings.cluster.seed},
-        "device": device, "timings": timings, "config": settings.model_dump(mode="json"),
+        "device": device, "timings": timings, "reused": list(reused or []), "config": settings.model_dump(mode="json"),
         "stages": {name: {k: v for k, v in s.items() if k not in ("shards", "missing_examples")} for name, s in stages.items()},
         "summary": summary,
     }

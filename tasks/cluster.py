@@ -8,18 +8,23 @@ from prefect import task
 
 from gcmodels.clustering import KMeans, choose_k, clustering_metrics
 from gcmodels.config import ClusterConfig
-from tasks.artifacts import CLUSTER_METRICS, CLUSTERS, EMBEDDINGS, MANIFEST, stopwatch
+from tasks.artifacts import MANIFEST, stage_file, stopwatch
+from tasks.caching import content_key
 from tasks.logs import stage_logger
 from tasks.storage import RunStore
 
 
 @task(name="cluster")
-def cluster(out: str, config: ClusterConfig, storage_options: dict | None = None) -> dict:
-    """Cluster `embeddings.parquet` into `clusters.parquet` and `cluster_metrics.parquet`."""
+def cluster(
+    out: str, embeddings: str, labels_key: str, config: ClusterConfig, storage_options: dict | None = None
+) -> dict:
+    """Cluster the embeddings; write the assignments and metrics under content-addressed names
+    (published as `clusters.parquet` and `cluster_metrics.parquet`). `labels_key` fingerprints
+    the labels the agreement metrics (NMI, ARI) are computed against."""
     log = stage_logger()
     with stopwatch() as clock:
         store = RunStore(out, storage_options)
-        emb = store.read_parquet(EMBEDDINGS)
+        emb = store.read_parquet(embeddings)
         x = np.stack(emb["embedding"].to_numpy()).astype(np.float64)
         n = len(x)
         curve: dict[int, float] = {}
@@ -45,13 +50,15 @@ def cluster(out: str, config: ClusterConfig, storage_options: dict | None = None
         rows = [("k", float(k)), ("inertia", float(km.inertia_)), ("iterations", float(km.n_iter_))]
         rows += [(name, float(value)) for name, value in metrics.items()]
         rows += [(f"silhouette_at_k={kk}", float(v)) for kk, v in sorted(curve.items())]
+        key = content_key(embeddings, labels_key, config)
+        names = {"clusters": stage_file("clusters", key), "cluster_metrics": stage_file("cluster_metrics", key)}
         store.write_parquet(
-            CLUSTERS,
+            names["clusters"],
             pd.DataFrame({"image_id": emb["image_id"], "cluster": km.labels_.astype(np.int64), "distance": distance}),
         )
-        store.write_parquet(CLUSTER_METRICS, pd.DataFrame(rows, columns=["metric", "value"]))
+        store.write_parquet(names["cluster_metrics"], pd.DataFrame(rows, columns=["metric", "value"]))
         log.info(
             "k-means: k=%d%s; %s", k, " (chosen by silhouette)" if curve else "",
             ", ".join(f"{m}={v:.3f}" for m, v in metrics.items()),
         )
-    return {"k": k, **{m: float(v) for m, v in metrics.items()}, "seconds": clock["seconds"]}
+    return {"k": k, **{m: float(v) for m, v in metrics.items()}, **names, "seconds": clock["seconds"]}

@@ -7,7 +7,8 @@ from prefect import task
 
 from gcmodels.config import EmbedConfig
 from gcmodels.embedding import PixelPCAEncoder
-from tasks.artifacts import EMBEDDINGS, read_images, stopwatch
+from tasks.artifacts import read_images, stage_file, stopwatch
+from tasks.caching import content_key
 from tasks.logs import stage_logger
 from tasks.storage import RunStore
 
@@ -15,13 +16,18 @@ ENCODERS = {"pca": lambda cfg: PixelPCAEncoder(n_components=cfg.dim, size=cfg.si
 
 
 @task(name="embed")
-def embed(out: str, shards: list[str], config: EmbedConfig, storage_options: dict | None = None) -> dict:
-    """Fit the configured encoder on the working images and write `embeddings.parquet`."""
+def embed(out: str, shards: list[str], images_key: str, config: EmbedConfig, storage_options: dict | None = None) -> dict:
+    """Fit the configured encoder on the working images; write the embeddings under a
+    content-addressed name (published as `embeddings.parquet` at the end of the run)."""
     with stopwatch() as clock:
         store = RunStore(out, storage_options)
         meta, pixels = read_images(store, shards)
         encoder = ENCODERS[config.method](config)
         vectors = encoder.fit_transform(pixels)
-        store.write_parquet(EMBEDDINGS, pd.DataFrame({"image_id": meta["image_id"], "embedding": list(vectors)}))
+        name = stage_file("embeddings", content_key(images_key, config))
+        store.write_parquet(name, pd.DataFrame({"image_id": meta["image_id"], "embedding": list(vectors)}))
         stage_logger().info("embedded %d images with %s into %d dimensions", len(meta), config.method, vectors.shape[1])
-    return {"images": len(meta), "dim": int(vectors.shape[1]), "encoder": encoder.describe(), "seconds": clock["seconds"]}
+    return {
+        "images": len(meta), "dim": int(vectors.shape[1]), "encoder": encoder.describe(), "embeddings": name,
+        "seconds": clock["seconds"],
+    }

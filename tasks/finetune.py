@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -15,19 +16,48 @@ from gcmodels.diffusion import PixelDiffusion
 from gcmodels.runtime import configure_torch, resolve_device
 from gcmodels.training import TrainingDiverged, train_diffusion
 from tasks.artifacts import MODEL, TRAINING, read_images, stopwatch
+from tasks.caching import content_key
 from tasks.logs import stage_logger
-from tasks.models import model_fingerprint
+from tasks.models import COMPLETE, TRAINING_SET, model_fingerprint
 from tasks.progress import StageProgress
 from tasks.storage import RunStore
 
 
-def _publish(store: RunStore, model: PixelDiffusion, history: list[dict]) -> str:
+def _publish(store: RunStore, model: PixelDiffusion, history: list[dict], trained_on: pd.DataFrame, config_key: str) -> str:
+    """Write `model/` (weights, training set, completion marker last) and `training.parquet`."""
     with tempfile.TemporaryDirectory(prefix="gcmine-model-") as tmp:
         model.save(tmp)
+        trained_on.to_parquet(Path(tmp) / TRAINING_SET, index=False)
         fingerprint = model_fingerprint(Path(tmp))
+        marker = {"fingerprint": fingerprint, "config_key": config_key, "labels": list(model.labels), "images": len(trained_on)}
+        (Path(tmp) / COMPLETE).write_text(json.dumps(marker, indent=2, ensure_ascii=False))
         store.put_dir(tmp, MODEL)
     store.write_parquet(TRAINING, pd.DataFrame(history, columns=["step", "loss", "lr", "seconds"]))
     return fingerprint
+
+
+def reuse_decision(store: RunStore, training_set: pd.DataFrame, config_key: str, retrain_fraction: float) -> tuple[str | None, str]:
+    """The fingerprint of the run root's model if it may score this dataset as it is, else None;
+    and the reason, for the log. A model is reused when it was trained with the same settings,
+    knows every current label, and at most `retrain_fraction` of its training set changed
+    (images added, removed or relabelled)."""
+    if not store.exists(f"{MODEL}/{COMPLETE}"):
+        return None, "no complete model in the run folder yet"
+    meta = store.read_json(f"{MODEL}/{COMPLETE}")
+    if meta.get("config_key") != config_key:
+        return None, "the model or training settings changed"
+    new_labels = sorted(set(training_set["label"]) - set(meta.get("labels", [])))
+    if new_labels:
+        return None, f"new label(s) {new_labels[:5]} unknown to the existing model"
+    before = store.read_parquet(f"{MODEL}/{TRAINING_SET}")
+    old = set(zip(before["image_id"], before["label"]))
+    cur = set(zip(training_set["image_id"], training_set["label"]))
+    added, removed = len(cur - old), len(old - cur)
+    frac = (added + removed) / max(1, len(old))
+    detail = f"{added} image(s) added, {removed} removed or relabelled since training ({frac:.1%} of {len(old)})"
+    if frac > retrain_fraction:
+        return None, f"{detail} > train.retrain_fraction = {retrain_fraction:.0%}"
+    return meta["fingerprint"], f"{detail} <= train.retrain_fraction = {retrain_fraction:.0%}"
 
 
 @task(name="finetune")
@@ -56,6 +86,14 @@ def finetune(
         vocab = sorted({lab for lab in meta["label"] if isinstance(lab, str)})
         if not vocab:
             raise ValueError("no labelled image to train a conditional model on: give LABELS or a folder per label")
+        training_set = meta[meta["label"].map(lambda v: isinstance(v, str))][["image_id", "label"]].reset_index(drop=True)
+        config_key = content_key(resolution, model_config, train_config.model_dump(exclude={"retrain_fraction"}))
+        reused, why = reuse_decision(store, training_set, config_key, train_config.retrain_fraction)
+        if reused is not None:
+            log.info("finetune reused the existing model %s: %s", reused, why)
+            return {"fingerprint": reused, "labels": vocab, "reused": True, "reason": why, "device": str(device),
+                    "seconds": 0.0}
+        log.info("training a new model: %s", why)
         generator = torch.Generator().manual_seed(train_config.seed)
         model = PixelDiffusion.create(
             vocab, resolution=resolution, block_out_channels=model_config.block_out_channels,
@@ -88,16 +126,16 @@ def finetune(
             )
         except TrainingDiverged:
             progress.close()
-            _publish(store, model.cpu(), history)
+            _publish(store, model.cpu(), history, training_set, config_key)
             log.error("training diverged; the last good checkpoint was saved to %s", store.uri(MODEL))
             raise
         progress.close()
-        fingerprint = _publish(store, model.cpu(), result.history)
+        fingerprint = _publish(store, model.cpu(), result.history, training_set, config_key)
         tail = np.mean([r["loss"] for r in result.history[-50:]])
         if result.stopped == "time":
             log.warning("train.minutes reached: stopped after %d of %d steps", result.steps, steps)
         log.info("trained %d steps; final loss (mean of last 50) %.4f", result.steps, tail)
     return {
         "steps": result.steps, "labels": vocab, "final_loss": float(tail), "fingerprint": fingerprint,
-        "parameters": n_params, "device": str(device), "seconds": clock["seconds"],
+        "parameters": n_params, "device": str(device), "reused": False, "reason": why, "seconds": clock["seconds"],
     }

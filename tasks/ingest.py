@@ -13,7 +13,8 @@ from prefect import task
 
 from gcmodels.config import DataConfig
 from gcmodels.images import ImageRejected, decode_image, encode_png, image_id, to_working
-from tasks.artifacts import MANIFEST, MANIFEST_COLUMNS, images_part, part_name, stopwatch
+from tasks.artifacts import MANIFEST, MANIFEST_COLUMNS, SHARDS_META, images_part, part_name, stopwatch
+from tasks.caching import content_key
 from tasks.logs import stage_logger
 from tasks.storage import RunStore, is_local, join_uri, open_fs
 
@@ -138,7 +139,8 @@ def match_labels(names: list[str], table: pd.DataFrame) -> tuple[list[str | None
     return out, missing
 
 
-def _decode_one(fs, uri: str, resolution: int, max_pixels: int) -> dict:
+def _decode_one(fs, uri: str, resolution: int, max_pixels: int, known: frozenset[str]) -> dict:
+    """Read one file; decode it unless its content (image_id) is already in a reusable shard."""
     try:
         data = fs.cat_file(uri if is_local(fs) else uri.split("://", 1)[-1])
     except FileNotFoundError:
@@ -146,6 +148,8 @@ def _decode_one(fs, uri: str, resolution: int, max_pixels: int) -> dict:
     except OSError as err:
         return {"status": "rejected", "reason": f"unreadable file: {err}", "image_id": None}
     iid = image_id(data)
+    if iid in known:
+        return {"status": "ok", "reason": None, "image_id": iid, "known": True}
     try:
         img = decode_image(data, max_pixels=max_pixels)
     except ImageRejected as err:
@@ -160,11 +164,34 @@ def _decode_one(fs, uri: str, resolution: int, max_pixels: int) -> dict:
     }
 
 
+def _previous_run(store: RunStore, resolution: int) -> tuple[list[dict], pd.DataFrame]:
+    """Shards of an earlier run at the same resolution (reusable as they are) and its ok rows."""
+    if not store.exists(SHARDS_META) or not store.exists(MANIFEST):
+        return [], pd.DataFrame(columns=["image_id", "width", "height", "first_seen"])
+    meta = store.read_json(SHARDS_META)
+    prev = store.read_parquet(MANIFEST)
+    prev = prev[prev["status"] == "ok"].drop_duplicates("image_id")
+    if "first_seen" not in prev.columns:
+        prev["first_seen"] = None
+    shards = meta["shards"] if meta.get("resolution") == resolution else []
+    have = set().union(*[set(sh["ids"]) for sh in shards]) if shards else set()
+    # A shard is reusable only if the previous manifest still describes all of its images.
+    if not have <= set(prev["image_id"]):
+        shards = []
+    return shards, prev[["image_id", "width", "height", "first_seen"]]
+
+
 def ingest_images(
     images: str, labels: str | None, store: RunStore, data: DataConfig, storage_options: dict | None = None,
     logger: logging.Logger | None = None,
 ) -> dict:
-    """Everything of the ingest stage but the Prefect wrapping; returns the ingest summary."""
+    """Everything of the ingest stage but the Prefect wrapping; returns the ingest summary.
+
+    Incremental: the image shards of an earlier run into the same root (same resolution) are
+    kept as they are; only images whose content is new are decoded, into new shards. Labels live
+    in the manifest only, so relabelling never rewrites a shard. Each downstream shard carries a
+    fingerprint of its images and of its live labelled images, which keys the cached stages.
+    """
     log = logger or logging.getLogger("gcmine.ingest")
     sources = list_sources(images, data.extensions, storage_options)
     if not sources.uris:
@@ -180,33 +207,58 @@ def ingest_images(
             )
     else:
         assigned = sources.labels if sources.labels is not None else [None] * len(sources.uris)
+    old_shards, previous = _previous_run(store, data.resolution)
+    shard_of = {iid: sh["name"] for sh in old_shards for iid in sh["ids"]}
+    known = frozenset(shard_of)
     fs, _ = open_fs(images, storage_options)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        decoded = list(pool.map(lambda u: _decode_one(fs, u, data.resolution, data.max_pixels), sources.uris))
+        decoded = list(pool.map(lambda u: _decode_one(fs, u, data.resolution, data.max_pixels, known), sources.uris))
 
-    rows, shard_rows, first_seen = [], [], {}
+    prev = previous.set_index("image_id")
+    now = pd.Timestamp.now(tz="UTC").isoformat()
+    rows, new_rows, seen = [], [], {}
     for uri, name, label, d in zip(sources.uris, sources.names, assigned, decoded):
+        iid = d["image_id"]
         row = {
-            "image_id": d["image_id"], "source": uri, "filename": posixpath.basename(name), "label": label,
+            "image_id": iid, "source": uri, "filename": posixpath.basename(name), "label": label,
             "width": d.get("width"), "height": d.get("height"), "status": d["status"], "reason": d["reason"],
+            "first_seen": now,
         }
-        if d["status"] == "ok" and d["image_id"] in first_seen:
-            row.update(status="rejected", reason=f"duplicate of {first_seen[d['image_id']]}")
+        if iid in prev.index and isinstance(prev.at[iid, "first_seen"], str):
+            row["first_seen"] = prev.at[iid, "first_seen"]
+        if d["status"] == "ok" and iid in seen:
+            row.update(status="rejected", reason=f"duplicate of {seen[iid]}")
         elif d["status"] == "ok":
-            first_seen[d["image_id"]] = uri
-            shard_rows.append({"image_id": d["image_id"], "label": label, "png": d["png"]})
+            seen[iid] = uri
+            if d.get("known"):
+                row.update(width=prev.at[iid, "width"], height=prev.at[iid, "height"], shard=shard_of[iid])
+            else:
+                new_rows.append({"image_id": iid, "png": d["png"]})
         rows.append(row)
-    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS).astype({"width": "Int64", "height": "Int64"})
-    shards = []
-    for i in range(0, len(shard_rows), data.shard_size):
-        name = part_name(len(shards))
-        store.write_parquet(images_part(name), pd.DataFrame(shard_rows[i : i + data.shard_size]))
-        shards.append(name)
-    manifest["shard"] = -1
-    ok = manifest["status"] == "ok"
-    if ok.any():
-        manifest.loc[ok, "shard"] = [i // data.shard_size for i in range(int(ok.sum()))]
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS + ["first_seen", "shard"])
+    manifest = manifest.astype({"width": "Int64", "height": "Int64", "shard": object, "first_seen": object})
+    all_shards = list(old_shards)
+    next_index = 1 + max((int(sh["name"].split("-")[1].split(".")[0]) for sh in old_shards), default=-1)
+    for i in range(0, len(new_rows), data.shard_size):
+        chunk = new_rows[i : i + data.shard_size]
+        name = part_name(next_index + len(all_shards) - len(old_shards))
+        store.write_parquet(images_part(name), pd.DataFrame(chunk))
+        ids = [r["image_id"] for r in chunk]
+        all_shards.append({"name": name, "ids": ids})
+        manifest.loc[manifest["image_id"].isin(ids) & (manifest["status"] == "ok"), "shard"] = name
+    for sh in all_shards:
+        sh["fingerprint"] = content_key(sorted(sh["ids"]), data.resolution)
+    store.write_json(SHARDS_META, {"resolution": data.resolution, "shards": all_shards})
     store.write_parquet(MANIFEST, manifest)
+    ok = manifest["status"] == "ok"
+    live = manifest[ok]
+    shards = []
+    for sh in all_shards:
+        members = live[live["shard"] == sh["name"]]
+        if len(members):
+            pairs = sorted(zip(members["image_id"], members["label"].map(lambda v: v if isinstance(v, str) else None)), key=str)
+            shards.append({"name": sh["name"], "fingerprint": sh["fingerprint"], "labels": content_key(pairs)})
+    labelled = live[live["label"].map(lambda v: isinstance(v, str))]
 
     rejected = manifest[~ok]
     by_reason = Counter(r.split(":", 1)[0] for r in rejected["reason"])
@@ -217,6 +269,9 @@ def ingest_images(
         "rejected_by_reason": dict(by_reason), "unlabeled": unlabeled,
         "missing_files": len(missing), "missing_examples": missing[:5],
         "labels": {str(k): int(v) for k, v in label_counts.items()}, "shards": shards,
+        "new_images": len(new_rows), "reused_shards": len(old_shards),
+        "images_key": content_key(sorted(live["image_id"]), data.resolution),
+        "labels_key": content_key(sorted(zip(labelled["image_id"], labelled["label"]))),
     }
     for _, r in rejected.head(10).iterrows():
         log.warning("rejected %s: %s", r["source"], r["reason"])
@@ -227,6 +282,8 @@ def ingest_images(
     if unlabeled:
         examples = manifest[ok & manifest["label"].isna()]["source"].head(3).tolist()
         log.warning("%d image(s) have no label (used for the unconditional model only), e.g. %s", unlabeled, examples)
+    if new_rows or old_shards:
+        log.info("%d new image(s) decoded; %d shard(s) of an earlier run reused", len(new_rows), len(old_shards))
     if not shards:
         raise InputError(f"no usable image in {images}: all {len(manifest)} were rejected ({dict(by_reason)}); see {store.uri(MANIFEST)}")
     log.info(

@@ -12,14 +12,17 @@ from gcmodels.diffusion import PixelDiffusion
 from tasks.artifacts import MODEL
 from tasks.storage import RunStore
 
+COMPLETE = "_COMPLETE.json"  # written last: a model folder without it is incomplete
+TRAINING_SET = "training_set.parquet"  # (image_id, label) the model was trained on
+
 _cache: dict[tuple[str, str, str], PixelDiffusion] = {}
 _lock = threading.Lock()
 
 
 def model_fingerprint(directory: Path) -> str:
-    """SHA-256 over the model folder's files (names and bytes), first 16 hex digits."""
+    """SHA-256 over the model folder's files (names and bytes; not the marker), first 16 hex digits."""
     h = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != COMPLETE):
         h.update(path.relative_to(directory).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -30,6 +33,11 @@ def load_model(store: RunStore, fingerprint: str, device: torch.device) -> Pixel
     key = (store.root_uri, fingerprint, str(device))
     with _lock:
         if key not in _cache:
+            if not store.exists(f"{MODEL}/{COMPLETE}"):
+                raise FileNotFoundError(f"model folder {store.uri(MODEL)} is incomplete ({COMPLETE} missing): rerun the run")
+            found = store.read_json(f"{MODEL}/{COMPLETE}")["fingerprint"]
+            if found != fingerprint:
+                raise RuntimeError(f"model folder {store.uri(MODEL)} holds model {found}, not {fingerprint}: another run replaced it")
             model = PixelDiffusion.load(store.local_dir(MODEL)).to(device).eval()
             _cache.clear()  # one model per process at a time: a new run replaces the old one
             _cache[key] = model

@@ -12,9 +12,9 @@ from gcmodels.elements import mine_elements
 from gcmodels.patches import box_mean, scale_boxes, top_patches
 from gcmodels.runtime import configure_torch, resolve_device
 from tasks.artifacts import (
-    ELEMENT_COLUMNS, ELEMENTS, MANIFEST, PATCH_COLUMNS, PATCHES, features_part, maps_part, read_images, stopwatch,
-    unpack_maps,
+    ELEMENT_COLUMNS, ELEMENTS, MANIFEST, PATCH_COLUMNS, PATCHES, keyed_part, read_images, stopwatch, unpack_maps,
 )
+from tasks.caching import content_key
 from tasks.logs import stage_logger
 from tasks.models import load_model
 from tasks.storage import RunStore
@@ -22,23 +22,24 @@ from tasks.storage import RunStore
 CHUNK = 64  # images per feature forward batch
 
 
-@task(name="rank", task_run_name="rank[{shard}]")
+@task(name="rank", task_run_name="rank[{shard[name]}]")
 def rank_shard(
-    out: str, shard: str, fingerprint: str, patch_size: int, config: RankConfig, runtime: RuntimeConfig,
+    out: str, shard: dict, maps: str, fingerprint: str, patch_size: int, config: RankConfig, runtime: RuntimeConfig,
     storage_options: dict | None = None,
 ) -> dict:
-    """Top `per_image` patches of each image of the shard, with their diffusion features,
-    written to `patch_candidates/part-*.parquet`."""
+    """Top `per_image` patches of each image of the shard (maps from artifact `maps`), with their
+    diffusion features, written to `patch_candidates/part-*-<key>.parquet`."""
+    name = shard["name"]
     configure_torch(runtime.threads)
     device = resolve_device(runtime.device)
     with stopwatch() as clock:
         store = RunStore(out, storage_options)
         model = load_model(store, fingerprint, device)
-        maps_df = store.read_parquet(maps_part(shard))
+        maps_df = store.read_parquet(maps)
         maps = torch.from_numpy(unpack_maps(maps_df))  # (N, h, w)
         n, h, w = maps.shape
         boxes, scores = top_patches(maps, patch_size, config.per_image)  # (N, k, 4) in map pixels
-        meta, pixels = read_images(store, [shard])
+        meta, pixels = read_images(store, [name])
         pixels = pixels[meta.reset_index(drop=True).set_index("image_id").index.get_indexer(maps_df["image_id"])]
         res = pixels.shape[1]
         images = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
@@ -73,18 +74,20 @@ def rank_shard(
                 "feature": list(features.reshape(n * k, -1).astype(np.float32)),
             }
         )[valid]
-        store.write_parquet(features_part(shard), table)
-    return {"shard": shard, "patches": int(valid.sum()), "seconds": clock["seconds"]}
+        candidates = keyed_part("patch_candidates", name, content_key(maps, fingerprint, patch_size, config))
+        store.write_parquet(candidates, table)
+    return {"shard": name, "patches": int(valid.sum()), "candidates": candidates, "seconds": clock["seconds"]}
 
 
 @task(name="elements")
-def elements(out: str, shards: list[str], config: RankConfig, storage_options: dict | None = None) -> dict:
-    """Keep each label's `per_label` most typical patches, cluster them into elements, rank the
-    elements; write `patches.parquet` and `elements.parquet`."""
+def elements(out: str, candidates: list[str], config: RankConfig, storage_options: dict | None = None) -> dict:
+    """Keep each label's `per_label` most typical patches (from the shards' `candidates`
+    artifacts), cluster them into elements, rank the elements; write `patches.parquet` and
+    `elements.parquet`."""
     log = stage_logger()
     with stopwatch() as clock:
         store = RunStore(out, storage_options)
-        cand = store.read_parts("patch_candidates", shards)
+        cand = pd.concat([store.read_parquet(c) for c in candidates], ignore_index=True)
         cand["element"] = -1
         cand["distance"] = np.nan
         rows = []

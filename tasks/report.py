@@ -14,7 +14,7 @@ from gcmodels.config import ReportConfig
 from gcmodels.images import decode_image
 from tasks.artifacts import (
     CLUSTER_METRICS, CLUSTERS, ELEMENTS, MANIFEST, MODEL, PATCHES, REPORT, RUN_JSON, TRAINING, TYPICALITY,
-    maps_part, stopwatch, unpack_maps,
+    stopwatch, unpack_maps,
 )
 from tasks.htmlreport import ReportData, render_report
 from tasks.logs import stage_logger
@@ -35,10 +35,10 @@ def _image_loader(manifest: pd.DataFrame, storage_options: dict | None):
     return load
 
 
-def _map_loader(store: RunStore, shards: list[str], wanted: set[str]):
+def _map_loader(store: RunStore, parts: list[str], wanted: set[str]):
     maps: dict[str, np.ndarray] = {}
-    for shard in shards:
-        df = store.read_parquet(maps_part(shard))
+    for part in parts:
+        df = store.read_parquet(part)
         sel = df[df["image_id"].isin(wanted)]
         if len(sel):
             maps.update(zip(sel["image_id"], unpack_maps(sel)))
@@ -78,7 +78,7 @@ def _prefect_artifacts(elements: pd.DataFrame, patches: pd.DataFrame, report_uri
 
 @task(name="report")
 def report(
-    out: str, shards: list[str], config: ReportConfig, run_info: dict, storage_options: dict | None = None,
+    out: str, maps: list[str], config: ReportConfig, run_info: dict, storage_options: dict | None = None,
 ) -> dict:
     """Render `report/index.html`, write `run.json` in each artifact folder, publish UI artifacts."""
     log = stage_logger()
@@ -105,7 +105,7 @@ def report(
             training=store.read_parquet(TRAINING),
             rejected=manifest[manifest["status"] == "rejected"][["source", "reason"]].reset_index(drop=True),
             load_image=_image_loader(manifest, storage_options),
-            load_map=_map_loader(store, shards, wanted),
+            load_map=_map_loader(store, maps, wanted),
         )
         html = render_report(
             data, elements_per_label=config.elements_per_label, patches_per_element=config.patches_per_element,

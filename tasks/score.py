@@ -10,7 +10,8 @@ from prefect import task
 from gcmodels.config import RuntimeConfig, ScoreConfig
 from gcmodels.runtime import configure_torch, resolve_device
 from gcmodels.typicality import TypicalityEstimator
-from tasks.artifacts import TYPICALITY, maps_frame, maps_part, read_images, scores_part, stopwatch
+from tasks.artifacts import TYPICALITY, keyed_part, maps_frame, read_images, stopwatch
+from tasks.caching import content_key
 from tasks.logs import stage_logger
 from tasks.models import load_model
 from tasks.progress import StageProgress
@@ -19,18 +20,21 @@ from tasks.storage import RunStore
 CHUNK = 64  # images handed to the estimator at a time (bounds memory, paces the progress bar)
 
 
-@task(name="score", task_run_name="score[{shard}]")
+@task(name="score", task_run_name="score[{shard[name]}]")
 def score_shard(
-    out: str, shard: str, fingerprint: str, config: ScoreConfig, runtime: RuntimeConfig,
+    out: str, shard: dict, fingerprint: str, config: ScoreConfig, runtime: RuntimeConfig,
     storage_options: dict | None = None,
 ) -> dict:
-    """Write the shard's maps (`maps/part-*.parquet`) and image-level scores (`scores/part-*.parquet`)."""
+    """Typicality maps of the shard's live labelled images under their labels, with the model of
+    `fingerprint`: `maps/part-*-<key>.parquet` and image-level scores `scores/part-*-<key>.parquet`
+    (content-addressed by shard, labels, model and settings)."""
+    name = shard["name"]
     configure_torch(runtime.threads)
     device = resolve_device(runtime.device)
     with stopwatch() as clock:
         store = RunStore(out, storage_options)
         model = load_model(store, fingerprint, device)
-        meta, pixels = read_images(store, [shard])
+        meta, pixels = read_images(store, [name])
         keep = meta["label"].map(lambda v: isinstance(v, str)).to_numpy()
         meta, pixels = meta[keep].reset_index(drop=True), pixels[keep]
         estimator = TypicalityEstimator(
@@ -39,8 +43,8 @@ def score_shard(
         cond = model.label_index(list(meta["label"]))
         images = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
         maps = np.zeros((len(meta), model.resolution, model.resolution), np.float32)
-        key = "score-" + shard.removesuffix(".parquet").replace("_", "-").lower()
-        with StageProgress(len(meta), f"score {shard}", bar=runtime.progress, key=key) as progress:
+        key = "score-" + name.removesuffix(".parquet").replace("_", "-").lower()
+        with StageProgress(len(meta), f"score {name}", bar=runtime.progress, key=key) as progress:
             for start in range(0, len(meta), CHUNK):
                 stop = min(start + CHUNK, len(meta))
                 x0 = model.encode(images[start:stop])
@@ -48,9 +52,11 @@ def score_shard(
                 maps[start:stop] = m.cpu().numpy()
             progress.close()
         ids, labels = list(meta["image_id"]), list(meta["label"])
-        store.write_parquet(maps_part(shard), maps_frame(ids, labels, maps))
+        okey = content_key(shard, fingerprint, config)
+        outputs = {"maps": keyed_part("maps", name, okey), "scores": keyed_part("scores", name, okey)}
+        store.write_parquet(outputs["maps"], maps_frame(ids, labels, maps))
         store.write_parquet(
-            scores_part(shard),
+            outputs["scores"],
             pd.DataFrame({"image_id": ids, "label": labels, "typicality": maps.reshape(len(ids), -1).mean(1)}),
         )
     seconds = clock["seconds"]
@@ -58,14 +64,14 @@ def score_shard(
         "scored %d images with N=%d draws in %.1f s (%.2f images/s)", len(ids), config.draws, seconds,
         len(ids) / max(seconds, 1e-9),
     )
-    return {"shard": shard, "images": len(ids), "seconds": seconds}
+    return {"shard": name, "images": len(ids), **outputs, "seconds": seconds}
 
 
 @task(name="typicality-table")
-def typicality_table(out: str, shards: list[str], storage_options: dict | None = None) -> dict:
-    """Gather the shards' image-level scores into `typicality.parquet`."""
+def typicality_table(out: str, scores: list[str], storage_options: dict | None = None) -> dict:
+    """Gather the shards' image-level scores (`scores`: their artifact names) into `typicality.parquet`."""
     with stopwatch() as clock:
         store = RunStore(out, storage_options)
-        table = store.read_parts("scores", shards)
+        table = pd.concat([store.read_parquet(name) for name in scores], ignore_index=True)
         store.write_parquet(TYPICALITY, table[["image_id", "label", "typicality"]])
     return {"images": len(table), "seconds": clock["seconds"]}

@@ -27,8 +27,10 @@ __all__ = ["RunStore", "is_local", "join_uri", "open_fs"]
 
 
 def open_fs(uri: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem of `uri` and the path within it (a local path is made absolute)."""
-    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    """The filesystem of `uri` and the path within it (a local path is made absolute).
+    `storage_options` apply to remote URIs only."""
+    remote = fsspec.utils.get_protocol(uri) not in ("file", "local")
+    fs, path = fsspec.core.url_to_fs(uri, **((storage_options or {}) if remote else {}))
     if isinstance(fs, LocalFileSystem):
         path = os.path.abspath(path)
     return fs, path.rstrip("/") or "/"
@@ -128,9 +130,13 @@ class RunStore:
             os.replace(staging, target)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            for src in sorted(Path(local_dir).rglob("*")):
-                if src.is_file():
-                    self.fs.put_file(str(src), posixpath.join(target, src.relative_to(local_dir).as_posix()))
+            # Object stores have no rename: upload every object whole, the `_`-prefixed
+            # completion marker(s) last, so a reader that checks the marker never sees half a folder.
+            for old_marker in self.fs.glob(posixpath.join(target, "_*")):
+                self.fs.rm(old_marker)  # the folder is incomplete until the new marker lands
+            files = sorted((p for p in Path(local_dir).rglob("*") if p.is_file()), key=lambda p: (p.name.startswith("_"), str(p)))
+            for src in files:
+                self.fs.put_file(str(src), posixpath.join(target, src.relative_to(local_dir).as_posix()))
 
     def local_dir(self, rel: str, cache: str | Path | None = None) -> Path:
         """A local directory holding artifact folder `rel` (the folder itself when local)."""
