@@ -64,6 +64,8 @@ def _print_summary(result: dict, wall: float) -> None:
         print(f"{name:<10}{stage.get('seconds', 0.0):>10.1f}", file=sys.stderr)
     compute = sum(s.get("seconds", 0.0) for s in stages.values())
     print(f"{'total':<10}{wall:>10.1f}  (stages {compute:.1f} s, orchestration {wall - compute:.1f} s)", file=sys.stderr)
+    reused = result.get("reused") or []
+    print(f"reused from earlier runs (no model work): {', '.join(reused) if reused else 'nothing'}", file=sys.stderr)
     print(f"report: {result['report']}", file=sys.stderr)
 
 

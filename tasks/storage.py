@@ -123,7 +123,11 @@ class RunStore:
             parent = os.path.dirname(target)
             os.makedirs(parent, exist_ok=True)
             staging = f"{target}.tmp-{uuid.uuid4().hex}"
-            shutil.copytree(local_dir, staging)
+            try:
+                shutil.copytree(local_dir, staging)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
             old = f"{target}.old-{uuid.uuid4().hex}"
             if os.path.exists(target):
                 os.replace(target, old)

@@ -132,3 +132,19 @@ def test_deleted_outputs_are_recomputed_not_trusted(first, tmp_path) -> None:
     assert "score[part-00000.parquet]" not in result["reused"]
     assert "score[part-00001.parquet]" in result["reused"]
     assert list((out / "maps").glob("part-00000-*.parquet"))
+
+
+def test_a_failing_stage_leaves_the_previous_artifacts(first, tmp_path, monkeypatch) -> None:
+    images, out = _clone(first, tmp_path)
+    names = ("patches.parquet", "elements.parquet", "typicality.parquet", "report/index.html", "run.json")
+    before = {n: (out / n).read_bytes() for n in names}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected fault in element mining")
+
+    monkeypatch.setattr("tasks.rank.mine_elements", broken)
+    with pytest.raises(RuntimeError, match="injected fault"):
+        run_pipeline(str(images), str(out), None, load_settings(None, [*TINY, "rank.elements=3"]))
+    for n in names:
+        assert (out / n).read_bytes() == before[n], n
+    assert not list(out.rglob("*.tmp-*"))

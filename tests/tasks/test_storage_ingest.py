@@ -379,3 +379,41 @@ def test_all_rejected_still_writes_the_manifest(tmp_path) -> None:
         _ingest(imgs, tmp_path=tmp_path)
     manifest = pd.read_parquet(next(tmp_path.rglob("manifest.parquet")))
     assert list(manifest["status"]) == ["rejected"] and manifest["reason"].iloc[0] == "empty file (0 bytes)"
+
+
+def test_a_write_failing_midway_leaves_the_old_artifact(tmp_path, monkeypatch) -> None:
+    store = RunStore(str(tmp_path))
+    store.write_parquet("t.parquet", pd.DataFrame({"a": [1, 2]}))
+    good = (tmp_path / "t.parquet").read_bytes()
+
+    def fail(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(OSError, match="No space left"):
+        store.write_parquet("t.parquet", pd.DataFrame({"a": [3, 4, 5]}))
+    assert (tmp_path / "t.parquet").read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.parquet"]
+    with pytest.raises(OSError):
+        store.write_bytes("new/x.bin", b"abc")
+    assert not (tmp_path / "new" / "x.bin").exists() and not list((tmp_path / "new").iterdir())
+
+
+def test_put_dir_failing_midway_keeps_the_old_folder(tmp_path, monkeypatch) -> None:
+    store = RunStore(str(tmp_path / "run"))
+    src = tmp_path / "m1"
+    (src / "unet").mkdir(parents=True)
+    (src / "unet" / "w.bin").write_bytes(b"old")
+    store.put_dir(src, "model")
+    src2 = tmp_path / "m2"
+    (src2 / "unet").mkdir(parents=True)
+    (src2 / "unet" / "w.bin").write_bytes(b"new")
+    import shutil
+
+    def fail(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copytree", fail)
+    with pytest.raises(OSError):
+        store.put_dir(src2, "model")
+    assert (tmp_path / "run" / "model" / "unet" / "w.bin").read_bytes() == b"old"

@@ -1,0 +1,93 @@
+"""A run killed during scoring, restarted with the same command, scores only the missing shards
+and ends with the same results as a run that was never interrupted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from gcmodels.synthetic import motif_dataset
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = [
+    "data.resolution=16", "data.shard_size=2", "embed.size=8", "embed.dim=4", "cluster.k=2",
+    "model.block_out_channels=[16, 32]", "train.steps=3", "train.batch_size=4", "train.warmup_steps=1",
+    "score.draws=384", "score.batch_size=128", "rank.per_image=2", "rank.elements=2", "rank.feature_draws=1",
+    "report.heatmaps_per_label=1", "runtime.progress=false", "runtime.threads=1",
+]
+
+
+def _command(images: Path, out: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "flows.cli", "run", str(images), "--out", str(out)]
+    for item in SETTINGS:
+        cmd += ["--set", item]
+    return cmd
+
+
+def _env() -> dict:
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ)
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()  # the session harness's server
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    return env
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("resume") / "images"
+    for i, item in enumerate(motif_dataset(n_per_label=4, size=16, labels=("circle", "cross"), seed=11)):
+        path = root / item.label / f"{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        item.image.save(path)
+    return root
+
+
+def _scores(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(out / "typicality.parquet").sort_values("image_id").reset_index(drop=True)
+
+
+def test_killed_during_scoring_resumes_missing_shards_only(prefect_harness, images, tmp_path) -> None:
+    env = _env()
+    reference = tmp_path / "reference"
+    done = subprocess.run(_command(images, reference), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_command(images, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        # Kill as soon as the first score shard has finished (its result record is persisted).
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any((out / "scores").glob("part-*.parquet")) and len(list((out / ".cache").glob("*"))) >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be killed: make scoring slower"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    scored_before = {p.name.split("-")[1] for p in (out / "scores").glob("part-*.parquet")}
+    assert 1 <= len(scored_before) < 4, scored_before
+    assert not (out / "typicality.parquet").exists()
+
+    resumed = subprocess.run(_command(images, out), env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    reused_line = next(line for line in resumed.stderr.splitlines() if "reused from earlier runs" in line)
+    assert "finetune" in reused_line and "embed" in reused_line
+    reused_shards = {s for s in ("00000", "00001", "00002", "00003") if f"score[part-{s}.parquet]" in reused_line}
+    assert reused_shards and reused_shards <= scored_before and len(reused_shards) < 4
+    pd.testing.assert_frame_equal(_scores(out), _scores(reference), check_exact=True)
+    for name in ("patches", "elements"):
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(out / f"{name}.parquet"), pd.read_parquet(reference / f"{name}.parquet"), check_exact=True
+        )

@@ -1,0 +1,94 @@
+"""The whole flow with images and run root on S3 (moto's server on 127.0.0.1, a free port)."""
+
+from __future__ import annotations
+
+import io
+import socket
+
+import pandas as pd
+import pytest
+
+from flows.config import load_settings
+from flows.pipeline import run_pipeline
+from gcmodels.synthetic import motif_dataset
+
+pytestmark = pytest.mark.slow
+
+KEY, SECRET = "AKIAGCMINETEST000001", "gcmine-test-secret-Zq8f3LxWv92N"
+TINY = [
+    "data.resolution=16", "data.shard_size=4", "embed.size=8", "embed.dim=4", "cluster.k=2",
+    "model.block_out_channels=[8, 16]", "train.steps=3", "train.batch_size=4", "train.warmup_steps=1",
+    "score.draws=2", "score.batch_size=8", "rank.per_image=2", "rank.elements=2", "rank.feature_draws=1",
+    "report.heatmaps_per_label=1", "runtime.progress=false",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    mp = pytest.MonkeyPatch()
+    # credentials from the test; the endpoint comes from the settings object
+    mp.setenv("AWS_ACCESS_KEY_ID", KEY)
+    mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint)
+    fs.mkdir("gcmine-data")
+    for i, item in enumerate(motif_dataset(n_per_label=4, size=16, labels=("circle", "cross"), seed=7)):
+        buf = io.BytesIO()
+        item.image.save(buf, format="PNG")
+        fs.pipe(f"gcmine-data/images/{item.label}/{i:03d}.png", buf.getvalue())
+    yield {"endpoint": endpoint, "fs": fs}
+    mp.undo()
+    server.stop()
+
+
+def test_flow_on_s3(prefect_harness, s3) -> None:
+    settings = load_settings(None, [*TINY, f"storage.endpoint_url={s3['endpoint']}", f"storage.key={KEY}", f"storage.secret={SECRET}"])
+    result = run_pipeline("s3://gcmine-data/images", "s3://gcmine-data/runs/r1", None, settings)
+    fs = s3["fs"]
+    opts = settings.storage.options()
+    manifest = pd.read_parquet("s3://gcmine-data/runs/r1/manifest.parquet", storage_options=opts)
+    assert (manifest["status"] == "ok").sum() == 8
+    assert manifest["source"].str.startswith("s3://gcmine-data/images/").all()
+    typ = pd.read_parquet("s3://gcmine-data/runs/r1/typicality.parquet", storage_options=opts)
+    assert len(typ) == 8
+    for name in ("patches", "elements", "clusters", "cluster_metrics", "embeddings", "training"):
+        assert fs.exists(f"gcmine-data/runs/r1/{name}.parquet"), name
+    assert fs.exists("gcmine-data/runs/r1/model/_COMPLETE.json")
+    assert fs.exists("gcmine-data/runs/r1/model/unet/config.json")
+    assert fs.exists("gcmine-data/runs/r1/report/index.html")
+    assert result["report"].startswith("s3://gcmine-data/runs/r1/report/")
+
+    # no secret in any object written
+    for path in fs.find("gcmine-data/runs/r1"):
+        data = fs.cat_file(path)
+        assert SECRET.encode() not in data and KEY.encode() not in data, path
+
+    # ... nor in what Prefect stored about the run
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        params = str(client.read_flow_run(result["flow_run_id"]).parameters)
+    assert SECRET not in params and KEY not in params
+
+    # a rerun does no model work, results and cache both on S3
+    again = run_pipeline("s3://gcmine-data/images", "s3://gcmine-data/runs/r1", None, settings)
+    assert {"embed", "cluster", "finetune", "score[part-00000.parquet]", "rank[part-00001.parquet]"} <= set(again["reused"])
+    assert fs.find("gcmine-data/runs/r1/.cache")
