@@ -62,8 +62,9 @@ class EmbedConfig(_Section):
     beta: float = Field(1.0, ge=0, description="vae: weight of the KL term of the ELBO")
     seed: int = Field(0, description="seed of the encoder's initialisation, batch order and noise")
     clip_path: str | None = Field(None, description="clip: local directory of a pretrained CLIP model (transformers layout)")
-    diffusion_t: float = Field(0.16, ge=0, le=1, description="diffusion: timestep of the features, fraction of the schedule")
+    diffusion_t: float = Field(0.05, ge=0, le=1, description="diffusion: timestep of the features, fraction of the schedule")
     diffusion_block: int = Field(0, description="diffusion: UNet decoder block whose output is pooled (0 = the coarsest, -1 = the last)")
+    diffusion_grid: int = Field(4, ge=1, le=16, description="diffusion: activations averaged over a grid x grid partition (1 = global pooling)")
     diffusion_draws: int = Field(2, ge=1, description="diffusion: noise draws averaged")
 
     @model_validator(mode="after")
@@ -162,7 +163,7 @@ class TrainConfig(_Section):
 
 
 class ScoreConfig(_Section):
-    draws: int = Field(8, ge=1, description="(t, eps) draws N per image (stratified t, shared across images)")
+    draws: int = Field(16, ge=1, description="(t, eps) draws N per image (stratified t, shared across images)")
     t_min: float = Field(0.1, ge=0, le=1, description="smallest t, as a fraction of the schedule")
     t_max: float = Field(0.7, ge=0, le=1, description="largest t, as a fraction of the schedule")
     batch_size: int = Field(128, ge=2, description="UNet inputs per forward pass (both branches counted)")

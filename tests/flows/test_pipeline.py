@@ -171,7 +171,7 @@ def test_prefect_ui_story(run) -> None:
 def test_cli_config_and_bad_settings(capsys) -> None:
     assert main(["config", "--set", "score.draws=4"]) == 0
     out = capsys.readouterr().out
-    assert "draws: 4" in out and "(default: 8)" in out
+    assert "draws: 4" in out and "(default: 16)" in out
     assert main(["run", "x", "--out", "y", "--set", "rank.per_image=0"]) == 2
     assert "rank.per_image" in capsys.readouterr().err
 

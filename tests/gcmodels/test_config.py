@@ -122,7 +122,7 @@ def test_describe_settings_mentions_every_section_and_marks_changes() -> None:
     draws = next(line for line in lines if line.strip().startswith("draws:"))
     lr = next(line for line in lines if line.strip().startswith("lr:"))
     assert "42" in steps and "#*" in steps and "default: None" in steps
-    assert "12" in draws and "#*" in draws and "default: 8" in draws
+    assert "12" in draws and "#*" in draws and "default: 16" in draws
     assert "#*" not in lr and "default:" not in lr
     assert "#*" not in describe_settings(Settings())
     # every field of every section is listed
