@@ -258,7 +258,7 @@ def ingest_images(
         if len(members):
             pairs = sorted(zip(members["image_id"], members["label"].map(lambda v: v if isinstance(v, str) else None)), key=str)
             shards.append({"name": sh["name"], "fingerprint": sh["fingerprint"], "labels": content_key(pairs)})
-    labelled = live[live["label"].map(lambda v: isinstance(v, str))]
+    labelled = live.loc[live["label"].map(lambda v: isinstance(v, str)).astype(bool)]
 
     rejected = manifest[~ok]
     by_reason = Counter(r.split(":", 1)[0] for r in rejected["reason"])

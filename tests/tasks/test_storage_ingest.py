@@ -154,12 +154,12 @@ def test_folder_per_label(tmp_path) -> None:
     assert store.exists("images/part-00000.parquet")
     part = store.read_parquet("images/part-00000.parquet")
     assert part["image_id"].tolist() == manifest["image_id"].tolist()
-    assert part["label"].tolist() == ["cat", "cat", "dog"]
+    assert "label" not in part.columns  # labels live in the manifest only: relabelling never rewrites a shard
     for png in part["png"]:
         assert Image.open(io.BytesIO(png)).size == (8, 8)
     assert summary["images"] == 3 and summary["ok"] == 3 and summary["rejected"] == 0
     assert summary["labels"] == {"cat": 2, "dog": 1}
-    assert summary["shards"] == ["part-00000.parquet"]
+    assert [s["name"] for s in summary["shards"]] == ["part-00000.parquet"]
     assert summary["unlabeled"] == 0 and summary["missing_files"] == 0
 
 
@@ -228,7 +228,7 @@ def test_corrupt_file_is_rejected_rest_ok(tmp_path) -> None:
     assert pd.isna(m.loc["half.png", "width"])
     assert summary["ok"] == 2 and summary["rejected"] == 2
     assert summary["rejected_by_reason"] == {"truncated or corrupt PNG data": 1, "not an image": 1}
-    assert m.loc["half.png", "shard"] == -1 and m.loc["good1.png", "shard"] == 0
+    assert pd.isna(m.loc["half.png", "shard"]) and m.loc["good1.png", "shard"] == "part-00000.parquet"
     part = store.read_parquet("images/part-00000.parquet")
     assert len(part) == 2
 
@@ -359,17 +359,17 @@ def test_shards_split_by_shard_size(tmp_path) -> None:
         _write(imgs / f"im{i}.png", _png(seed=10 + i))
     _write(imgs / "im2b.png", b"broken")  # rejected rows take no shard slot
     summary, store = _ingest(imgs, tmp_path=tmp_path, resolution=8, shard_size=2)
-    assert summary["shards"] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert [s["name"] for s in summary["shards"]] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     sizes = [len(store.read_parquet(f"images/{s}")) for s in summary["shards"]]
     assert sizes == [2, 2, 1]
     m = store.read_parquet(MANIFEST)
     ok = m[m["status"] == "ok"]
-    assert ok["shard"].tolist() == [0, 0, 1, 1, 2]
-    assert m.loc[m["status"] != "ok", "shard"].tolist() == [-1]
+    assert ok["shard"].tolist() == ["part-00000.parquet"] * 2 + ["part-00001.parquet"] * 2 + ["part-00002.parquet"]
+    assert m.loc[m["status"] != "ok", "shard"].isna().all()
     # each shard holds exactly the images the manifest assigns to it
     for i, name in enumerate(summary["shards"]):
         part = store.read_parquet(f"images/{name}")
-        assert part["image_id"].tolist() == ok.loc[ok["shard"] == i, "image_id"].tolist()
+        assert part["image_id"].tolist() == ok.loc[ok["shard"] == f"part-{i:05d}.parquet", "image_id"].tolist()
 
 
 def test_all_rejected_still_writes_the_manifest(tmp_path) -> None:
