@@ -360,14 +360,14 @@ def test_shards_split_by_shard_size(tmp_path) -> None:
     _write(imgs / "im2b.png", b"broken")  # rejected rows take no shard slot
     summary, store = _ingest(imgs, tmp_path=tmp_path, resolution=8, shard_size=2)
     assert [s["name"] for s in summary["shards"]] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
-    sizes = [len(store.read_parquet(f"images/{s}")) for s in summary["shards"]]
+    sizes = [len(store.read_parquet(f"images/{s}")) for s in [x["name"] for x in summary["shards"]]]
     assert sizes == [2, 2, 1]
     m = store.read_parquet(MANIFEST)
     ok = m[m["status"] == "ok"]
     assert ok["shard"].tolist() == ["part-00000.parquet"] * 2 + ["part-00001.parquet"] * 2 + ["part-00002.parquet"]
     assert m.loc[m["status"] != "ok", "shard"].isna().all()
     # each shard holds exactly the images the manifest assigns to it
-    for i, name in enumerate(summary["shards"]):
+    for i, name in enumerate(x["name"] for x in summary["shards"]):
         part = store.read_parquet(f"images/{name}")
         assert part["image_id"].tolist() == ok.loc[ok["shard"] == f"part-{i:05d}.parquet", "image_id"].tolist()
 
