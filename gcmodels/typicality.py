@@ -10,6 +10,11 @@
   in one batched forward pass (common random numbers across branches);
 - the per-draw squared errors are reduced on the device, as they come, to one (H, W) map per
   image: the (N, 2, C, H, W) loss tensor is never materialised.
+
+Cotypicality (our extension of the paper, which scores each image under its own label only)
+scores every image under every label of a list: each draw's x_t goes through the UNet once with
+the null label and once with each of the L labels, in one batched forward, so the L maps of an
+image share the null branch and the (t, eps) draws ((L + 1) inputs per draw instead of 2L).
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ class TypicalityEstimator:
     """Monte-Carlo estimator of per-pixel typicality maps.
 
     draws: N draws of (t, eps) per image; t_min, t_max: range of t as fractions of the schedule;
-    batch_size: UNet inputs per forward pass (the two branches of a draw count as two);
+    batch_size: UNet inputs per forward pass (the two branches of a draw count as two; with
+    cotypicality over L labels a draw counts as L + 1);
     seed: seed of the draws (the same draws for every image and every call).
     """
 
@@ -94,13 +100,57 @@ class TypicalityEstimator:
             raise ValueError(f"cond must be (B,) = ({x0.shape[0]},), got {tuple(cond.shape)}")
         if bool((cond == 0).any()):
             raise ValueError("typicality under the null label (index 0) is zero by definition; pass real labels")
+        return self._maps_under(model, x0, cond[:, None], progress)[:, 0]
+
+    @torch.inference_mode()
+    def cotypicality_maps(
+        self,
+        model: NoisePredictor,
+        x0: Tensor,
+        labels: Tensor,
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> Tensor:
+        """Typicality maps of every image x0 (B, C, H, W) under every label of labels (L,) long
+        -> (B, L, H, W) float32: ``out[b, j] = T(x0[b] | labels[j])`` per pixel (eq. 2).
+
+        Each (image, draw) pair costs L + 1 UNet inputs, not 2L: the null branch is evaluated once
+        and shared by the L labels, and all L + 1 branches see the same x_t (the same (t, eps) as
+        `maps` uses). Forwards hold at most `batch_size` inputs (a pair whose L + 1 inputs exceed
+        `batch_size` is split over several forwards).
+
+        ``out[:, j]`` equals ``maps(model, x0, labels[j].expand(B))`` up to float rounding: the
+        same draws, the same arithmetic and the same summation order over draws are used, so the
+        two are bit-for-bit identical for any model whose per-input output does not depend on
+        the other inputs of the batch; a real UNet may differ in the last bits because its
+        kernels see differently sized batches.
+        `progress`, if given, is called with the number of images finished after each forward.
+        """
+        if x0.dim() != 4:
+            raise ValueError(f"x0 must be (B, C, H, W), got shape {tuple(x0.shape)}")
+        if labels.dim() != 1 or labels.numel() == 0:
+            raise ValueError(f"labels must be a non-empty (L,) tensor of label indices, got shape {tuple(labels.shape)}")
+        if bool((labels == 0).any()):
+            raise ValueError("typicality under the null label (index 0) is zero by definition; pass real labels")
+        conds = labels.to(torch.long).view(1, -1).expand(x0.shape[0], -1)
+        return self._maps_under(model, x0, conds, progress)
+
+    def _maps_under(
+        self, model: NoisePredictor, x0: Tensor, conds: Tensor, progress: Callable[[int], None] | None
+    ) -> Tensor:
+        """Maps of x0 (B, C, H, W) under K labels per image, conds (B, K) long (no null) -> (B, K, H, W).
+
+        Units of work are (image, draw) pairs, image-major; a group of P pairs is one batch of
+        (K + 1) P UNet inputs laid out branch-major: label 0 of every pair, ..., label K-1 of
+        every pair, then the null label of every pair (for K = 1: [conditional, null]).
+        """
         b, _, h, w = x0.shape
+        k = conds.shape[1]
         device = x0.device
         t, eps = self.sample_draws(model.num_train_timesteps, tuple(x0.shape[1:]))
-        t, eps, cond = t.to(device), eps.to(device, x0.dtype), cond.to(device)
-        out = torch.zeros(b, h, w, dtype=torch.float32, device=device)
-        # Pairs (image, draw), image-major; each forward takes `pairs` of them x 2 branches.
-        pairs = max(1, self.batch_size // 2)
+        t, eps, conds = t.to(device), eps.to(device, x0.dtype), conds.to(device)
+        out = torch.zeros(b, k, h, w, dtype=torch.float32, device=device)
+        pairs = max(1, self.batch_size // (k + 1))
         img_of = torch.arange(b, device=device).repeat_interleave(self.draws)  # (B*N,)
         draw_of = torch.arange(self.draws, device=device).repeat(b)  # (B*N,)
         null = torch.zeros(pairs, dtype=torch.long, device=device)
@@ -110,9 +160,23 @@ class TypicalityEstimator:
             p = i.shape[0]
             e = eps[d]  # (P, C, H, W)
             x_t = model.add_noise(x0[i], e, t[d])
-            pred = model.predict_noise(torch.cat([x_t, x_t]), torch.cat([t[d], t[d]]), torch.cat([cond[i], null[:p]]))
-            err = (pred.float() - torch.cat([e, e]).float()).pow_(2).mean(1)  # (2P, H, W)
-            out.index_add_(0, i, typicality_from_losses(err[p:], err[:p]))
+            branch_cond = torch.cat([conds[i].t().reshape(-1), null[:p]])  # ((K+1) P,)
+            pred = self._predict(model, x_t.repeat(k + 1, 1, 1, 1), t[d].repeat(k + 1), branch_cond)
+            err = (pred.float() - e.repeat(k + 1, 1, 1, 1).float()).pow_(2).mean(1)  # ((K+1) P, H, W)
+            err = err.view(k + 1, p, h, w)
+            out.index_add_(0, i, typicality_from_losses(err[k], err[:k]).transpose(0, 1))  # (P, K, H, W)
             if progress is not None:
                 progress((start + p) // self.draws)
         return out.div_(self.draws)
+
+    def _predict(self, model: NoisePredictor, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        """eps predictions in forwards of at most `batch_size` inputs (one forward when they fit)."""
+        n = x_t.shape[0]
+        if n <= self.batch_size:
+            return model.predict_noise(x_t, t, cond)
+        return torch.cat(
+            [
+                model.predict_noise(x_t[s : s + self.batch_size], t[s : s + self.batch_size], cond[s : s + self.batch_size])
+                for s in range(0, n, self.batch_size)
+            ]
+        )

@@ -5,15 +5,12 @@ from __future__ import annotations
 import pandas as pd
 from prefect import task
 
-from gcmodels.config import EmbedConfig
-from gcmodels.embedding import PixelPCAEncoder
+from gcmodels.config import ConfigError, EmbedConfig
+from gcmodels.encoders import make_encoder
 from tasks.artifacts import read_images, stage_file, stopwatch
 from tasks.caching import content_key
 from tasks.logs import stage_logger
 from tasks.storage import RunStore
-
-ENCODERS = {"pca": lambda cfg: PixelPCAEncoder(n_components=cfg.dim, size=cfg.size)}
-
 
 @task(name="embed")
 def embed(out: str, shards: list[str], images_key: str, config: EmbedConfig, storage_options: dict | None = None) -> dict:
@@ -22,7 +19,12 @@ def embed(out: str, shards: list[str], images_key: str, config: EmbedConfig, sto
     with stopwatch() as clock:
         store = RunStore(out, storage_options)
         meta, pixels = read_images(store, shards)
-        encoder = ENCODERS[config.method](config)
+        if config.method == "diffusion":
+            raise ConfigError(
+                "embed.method='diffusion' needs the fine-tuned model, which the embed stage (before "
+                "finetune) does not have yet; choose pca, autoencoder, vae or clip"
+            )
+        encoder = make_encoder(config)
         vectors = encoder.fit_transform(pixels)
         name = stage_file("embeddings", content_key(images_key, config))
         store.write_parquet(name, pd.DataFrame({"image_id": meta["image_id"], "embedding": list(vectors)}))

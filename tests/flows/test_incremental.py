@@ -148,3 +148,15 @@ def test_a_failing_stage_leaves_the_previous_artifacts(first, tmp_path, monkeypa
     for n in names:
         assert (out / n).read_bytes() == before[n], n
     assert not list(out.rglob("*.tmp-*"))
+
+
+def test_other_encoder_and_clusterer_rerun_only_the_collection_stages(first, tmp_path) -> None:
+    images, out = _clone(first, tmp_path)
+    settings = load_settings(None, [*TINY, "embed.method=vae", "embed.epochs=2", "embed.dim=3", "cluster.method=gmm"])
+    result = run_pipeline(str(images), str(out), None, settings)
+    reused = set(result["reused"])
+    assert "embed" not in reused and "cluster" not in reused
+    assert {"finetune", "score[part-00000.parquet]", "rank[part-00001.parquet]"} <= reused
+    assert len(pd.read_parquet(out / "embeddings.parquet")["embedding"].iloc[0]) == 3
+    metrics = pd.read_parquet(out / "cluster_metrics.parquet").set_index("metric")["value"]
+    assert metrics["k"] == 2 and "log_likelihood_final" in metrics.index

@@ -1,0 +1,340 @@
+"""Tests of the clustering models beyond k-means: MiniBatchKMeans, GaussianMixture,
+Agglomerative, DBSCAN / HDBSCAN through the factory, choose_k by BIC, noise-aware metrics, the
+contingency table, and `fit_clustering` (CPU, tiny data, seconds)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import sklearn.mixture
+from scipy.cluster.hierarchy import linkage as scipy_linkage
+from scipy.cluster.hierarchy import fcluster
+from sklearn.cluster import DBSCAN, HDBSCAN
+from sklearn.datasets import make_blobs, make_moons
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import adjusted_rand_score
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from gcmodels.clusterers import (
+    AGGLOMERATIVE_MAX_SAMPLES,
+    centroid_distances,
+    estimate_eps,
+    fit_clustering,
+    make_clusterer,
+    make_reducer,
+)
+from gcmodels.clustering import (
+    Agglomerative,
+    GaussianMixture,
+    KMeans,
+    MiniBatchKMeans,
+    choose_k,
+    clustering_metrics,
+    contingency,
+)
+from gcmodels.config import ClusterConfig, ConfigError, Settings
+
+
+@parametrize_with_checks(
+    [
+        MiniBatchKMeans(n_clusters=3, n_init=2, batch_size=16),
+        GaussianMixture(n_clusters=3, max_iter=20),
+        GaussianMixture(n_clusters=2, covariance_type="diag", max_iter=20),
+        Agglomerative(n_clusters=3),
+        DBSCAN(),
+        HDBSCAN(copy=True),
+    ]
+)
+def test_sklearn_estimator_contract(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
+
+
+# ------------------------------------------------------------------ mini-batch k-means
+
+
+def test_minibatch_kmeans_is_close_to_lloyd_on_blobs():
+    X, y = make_blobs(n_samples=3000, centers=6, n_features=5, cluster_std=1.0, random_state=0)
+    mb = MiniBatchKMeans(6, batch_size=256, random_state=0).fit(X)
+    lloyd = KMeans(6, n_init=2, random_state=0).fit(X)
+    assert mb.inertia_ <= 1.02 * lloyd.inertia_
+    assert adjusted_rand_score(y, mb.labels_) > 0.95
+    assert mb.inertia_ == pytest.approx(min(mb.inertia_trace_))
+    assert len(mb.inertia_trace_) == mb.n_iter_ + 1
+    assert mb.n_steps_ >= mb.n_iter_ * (3000 // 256)
+    np.testing.assert_array_equal(mb.predict(X), mb.labels_)
+    assert mb.score(X) == pytest.approx(-mb.inertia_)
+    assert mb.transform(X[:5]).shape == (5, 6)
+
+
+def test_minibatch_kmeans_preserves_float32_and_is_seeded():
+    X, _ = make_blobs(n_samples=500, centers=3, n_features=4, random_state=1)
+    X = X.astype(np.float32)
+    a = MiniBatchKMeans(3, batch_size=64, random_state=3).fit(X)
+    b = MiniBatchKMeans(3, batch_size=64, random_state=3).fit(X)
+    assert a.cluster_centers_.dtype == np.float32
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    assert a.inertia_trace_ == b.inertia_trace_
+
+
+def test_minibatch_kmeans_bad_parameters():
+    X = np.arange(20.0).reshape(10, 2)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        MiniBatchKMeans(2, batch_size=0).fit(X)
+    with pytest.raises(ValueError, match=re.escape("n_clusters=11 is larger than the number of samples (10)")):
+        MiniBatchKMeans(11).fit(X)
+
+
+# ------------------------------------------------------------------ Gaussian mixture
+
+
+@pytest.mark.parametrize("cov", ["full", "diag", "spherical"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gmm_log_likelihood_never_decreases(cov, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(300, 4)) * rng.uniform(0.5, 2.0, size=4) + 50.0
+    gmm = GaussianMixture(5, covariance_type=cov, tol=0.0, reg_covar=0.0, max_iter=30, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gmm.fit(X)
+    trace = np.asarray(gmm.log_likelihood_trace_)
+    assert len(trace) == gmm.n_iter_ + 1 >= 10
+    assert np.all(np.diff(trace) >= -1e-10 * np.abs(trace[:-1]))
+    assert gmm.score(X) == pytest.approx(trace[-1], rel=1e-9)
+
+
+def test_gmm_matches_sklearn_on_blobs():
+    X, y = make_blobs(n_samples=600, centers=3, n_features=2, random_state=0)
+    X = X @ np.array([[1.0, 0.4], [0.0, 0.6]])  # correlated features
+    ours = GaussianMixture(3, random_state=0).fit(X)
+    ref = sklearn.mixture.GaussianMixture(3, random_state=0).fit(X)
+    assert ours.score(X) == pytest.approx(ref.score(X), rel=1e-3)
+    assert ours.bic(X) == pytest.approx(ref.bic(X), rel=1e-3)
+    assert ours.aic(X) == pytest.approx(ref.aic(X), rel=1e-3)
+    assert adjusted_rand_score(y, ours.labels_) == pytest.approx(adjusted_rand_score(y, ref.predict(X)), abs=0.02)
+    proba = ours.predict_proba(X[:10])
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(proba.argmax(axis=1), ours.predict(X[:10]))
+    assert ours.converged_ and ours.weights_.sum() == pytest.approx(1.0)
+
+
+def test_gmm_single_gaussian_is_the_sample_mean_and_covariance():
+    X = np.random.default_rng(0).normal(size=(200, 3)) @ np.array([[2.0, 0, 0], [0.5, 1.0, 0], [0, 0, 0.3]])
+    gmm = GaussianMixture(1, reg_covar=0.0).fit(X)
+    np.testing.assert_allclose(gmm.means_[0], X.mean(axis=0), atol=1e-10)
+    np.testing.assert_allclose(gmm.covariances_[0], np.cov(X.T, bias=True), atol=1e-10)
+    assert gmm._n_parameters() == 3 * 4 // 2 + 3  # covariance + mean, no free weight
+
+
+def test_gmm_bad_parameters():
+    X = np.arange(20.0).reshape(10, 2)
+    with pytest.raises(ValueError, match="covariance_type must be one of"):
+        GaussianMixture(2, covariance_type="tied").fit(X)
+    with pytest.raises(ValueError, match="reg_covar must be a non-negative number, got -1"):
+        GaussianMixture(2, reg_covar=-1).fit(X)
+
+
+# ------------------------------------------------------------------ agglomerative
+
+
+def test_agglomerative_linkage_matches_scipy_ward():
+    X, _ = make_blobs(n_samples=40, centers=3, n_features=2, random_state=0)
+    agg = Agglomerative(3).fit(X)
+    Z = agg.linkage_matrix_
+    assert Z.shape == (39, 4)
+    assert Z[-1, 3] == 40  # the root holds every row
+    np.testing.assert_allclose(np.sort(Z[:, 2]), np.sort(scipy_linkage(X, "ward")[:, 2]), rtol=1e-8)
+    # cutting the tree into 3 gives the labels
+    assert adjusted_rand_score(fcluster(Z, 3, criterion="maxclust"), agg.labels_) == pytest.approx(1.0)
+    dendro = agg.dendrogram(p=5)
+    assert len(dendro["ivl"]) == 5 and len(dendro["icoord"]) == 4
+
+
+def test_agglomerative_refuses_quadratic_sizes():
+    with pytest.raises(ValueError, match=f"at most {AGGLOMERATIVE_MAX_SAMPLES} rows, got {AGGLOMERATIVE_MAX_SAMPLES + 1}"):
+        make_clusterer(ClusterConfig(method="agglomerative", k=3), AGGLOMERATIVE_MAX_SAMPLES + 1)
+
+
+# ------------------------------------------------------------------ density methods
+
+
+def test_dbscan_finds_two_moons_that_kmeans_splits_wrongly():
+    X, y = make_moons(n_samples=400, noise=0.05, random_state=0)
+    db = fit_clustering(X, ClusterConfig(method="dbscan", eps=0.2, min_samples=5))
+    km = fit_clustering(X, ClusterConfig(method="kmeans", k=2))
+    assert db.k == 2
+    assert adjusted_rand_score(y, db.assignments) > 0.95
+    assert adjusted_rand_score(y, km.assignments) < 0.6
+    assert clustering_metrics(X, db.assignments, y)["nmi"] > 0.9
+
+
+def test_dbscan_noise_is_minus_one_and_reported():
+    X, _ = make_blobs(n_samples=200, centers=[[0, 0], [10, 10]], cluster_std=0.5, random_state=0)
+    X = np.vstack([X, [[50.0, 50.0], [-50.0, 40.0]]])  # two outliers
+    res = fit_clustering(X, ClusterConfig(method="dbscan", eps=1.0, min_samples=5))
+    assert res.assignments[-2:].tolist() == [-1, -1]
+    assert res.k == 2
+    assert res.metadata["noise_fraction"] == pytest.approx(2 / 202)
+    assert np.isnan(res.distance[-2:]).all() and np.isfinite(res.distance[:-2]).all()
+    y = np.array(["a"] * 100 + ["b"] * 100 + [None, None], dtype=object)
+    y[:200] = np.where(_blob_ids(X[:200]) == 0, "a", "b")
+    m = clustering_metrics(X, res.assignments, y)
+    assert m["noise_fraction"] == pytest.approx(2 / 202)
+    assert m["nmi"] == pytest.approx(1.0) and m["silhouette"] > 0.8  # noise rows unlabelled here
+
+
+def _blob_ids(X: np.ndarray) -> np.ndarray:
+    return (X[:, 0] > 5).astype(int)
+
+
+def test_hdbscan_through_the_factory():
+    X, y = make_blobs(n_samples=300, centers=[[0, 0], [8, 8], [-8, 8]], cluster_std=0.7, random_state=0)
+    res = fit_clustering(X, ClusterConfig(method="hdbscan", min_cluster_size=10))
+    assert res.k == 3
+    assert adjusted_rand_score(y[res.assignments >= 0], res.assignments[res.assignments >= 0]) > 0.95
+
+
+def test_estimate_eps_is_the_median_kth_neighbour_distance():
+    X = np.arange(10.0)[:, None]  # unit spacing: the 4th neighbour (self counted) is 2 away, 3 at the ends
+    assert estimate_eps(X, 4) == pytest.approx(2.0)
+    assert estimate_eps(X, 4, quantile=1.0) == pytest.approx(3.0)
+    assert estimate_eps(np.ones((5, 2)), 3) == 1.0
+
+
+# ------------------------------------------------------------------ choose_k, metrics
+
+
+def test_choose_k_by_bic_finds_three_gaussians():
+    X, _ = make_blobs(n_samples=450, centers=[[0, 0], [12, 0], [0, 12]], cluster_std=1.0, random_state=0)
+    k, curve = choose_k(X, 1, 6, n_init=1, max_iter=100, random_state=0, criterion="bic")
+    assert k == 3
+    assert sorted(curve) == list(range(1, 7))
+    assert curve[3] == min(curve.values())
+
+
+def test_choose_k_on_a_subset_and_bad_criterion():
+    X, _ = make_blobs(n_samples=2000, centers=[[0, 0], [20, 0], [0, 20], [20, 20]], random_state=0)
+    k, _ = choose_k(X, 2, 6, n_init=1, max_iter=50, random_state=0, fit_size=300)
+    assert k == 4
+    with pytest.raises(ValueError, match="criterion must be 'silhouette' or 'bic', got 'aic'"):
+        choose_k(X, 2, 6, n_init=1, max_iter=50, random_state=0, criterion="aic")
+
+
+def test_contingency_table():
+    labels = np.array(["cat", "dog", "cat", None, "dog", "cat"], dtype=object)
+    assignments = np.array([0, 1, 0, 1, -1, 1])
+    table = contingency(labels, assignments)
+    assert isinstance(table, pd.DataFrame)
+    assert table.index.name == "label" and table.columns.name == "cluster"
+    assert table.index.tolist() == ["cat", "dog"] and table.columns.tolist() == [-1, 0, 1]
+    np.testing.assert_array_equal(table.to_numpy(), [[0, 2, 1], [1, 0, 1]])
+    assert table.dtypes.unique().tolist() == [np.dtype(np.int64)]
+
+
+def test_silhouette_is_sampled_above_sample_size():
+    X, y = make_blobs(n_samples=600, centers=3, random_state=0)
+    full = clustering_metrics(X, y)
+    sampled = clustering_metrics(X, y, sample_size=200, random_state=0)
+    assert sampled["silhouette"] == pytest.approx(full["silhouette"], abs=0.05)
+    assert sampled["calinski_harabasz"] == full["calinski_harabasz"]  # linear metrics use every row
+
+
+def test_all_noise_gives_nan_internal_scores():
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    m = clustering_metrics(X, -np.ones(20, dtype=int), ["a"] * 20)
+    assert m["noise_fraction"] == 1.0 and math.isnan(m["silhouette"])
+
+
+def test_centroid_distances():
+    X = np.array([[0.0, 0.0], [2.0, 0.0], [10.0, 10.0], [5.0, 5.0]])
+    d = centroid_distances(X, np.array([0, 0, 1, -1]))
+    np.testing.assert_allclose(d[:3], [1.0, 1.0, 0.0])
+    assert np.isnan(d[3])
+
+
+# ------------------------------------------------------------------ factory and pipeline
+
+
+@pytest.mark.parametrize("method", ["kmeans", "gmm", "agglomerative"])
+def test_fit_clustering_chooses_k_for_every_k_method(method):
+    X, y = make_blobs(n_samples=240, centers=[[0, 0], [15, 0], [0, 15], [15, 15]], cluster_std=1.0, random_state=0)
+    res = fit_clustering(X, ClusterConfig(method=method, k_max=7))
+    assert res.k == 4 and res.metadata["k_source"] == "silhouette"
+    assert sorted(res.k_curve) == list(range(2, 8))
+    assert adjusted_rand_score(y, res.assignments) > 0.95
+    assert res.assignments.dtype == np.int64 and res.distance.shape == (240,)
+
+
+def test_fit_clustering_traces_reduction_and_metadata():
+    X, _ = make_blobs(n_samples=300, centers=3, n_features=10, random_state=0)
+    res = fit_clustering(X, ClusterConfig(method="gmm", k=3, reduce="pca", reduce_dim=4, covariance_type="diag"))
+    assert res.features.shape == (300, 4) and res.metadata["reduce_dim"] == 4
+    assert list(res.traces) == ["log_likelihood"]
+    assert res.metadata["estimator"] == "GaussianMixture" and res.metadata["params"]["covariance_type"] == "diag"
+    assert math.isfinite(res.metadata["bic"])
+    km = fit_clustering(X, ClusterConfig(k=3))
+    assert list(km.traces) == ["inertia"] and km.metadata["k_source"] == "config"
+
+
+def test_kmeans_switches_to_minibatches_above_the_threshold():
+    cfg = ClusterConfig(k=3, minibatch_above=100)
+    assert isinstance(make_clusterer(cfg, 100), KMeans)
+    assert isinstance(make_clusterer(cfg, 101), MiniBatchKMeans)
+    assert make_clusterer(ClusterConfig(k=3, batch_size=32), 10).batch_size == 32
+    X, _ = make_blobs(n_samples=500, centers=[[0, 0], [10, 0], [0, 10]], random_state=0)
+    res = fit_clustering(X, ClusterConfig(minibatch_above=100, k_max=5, k_sample=200))
+    assert res.metadata["estimator"] == "MiniBatchKMeans" and res.k == 3
+
+
+def test_fit_clustering_with_tiny_inputs():
+    assert fit_clustering(np.zeros((1, 3)), ClusterConfig()).k == 1
+    res = fit_clustering(np.array([[0.0], [1.0]]), ClusterConfig())
+    assert res.metadata["k_source"] == "only 2 rows" and res.k == 1
+    assert fit_clustering(np.array([[0.0], [1.0]]), ClusterConfig(k=5)).k == 2
+
+
+def test_make_clusterer_needs_k_and_eps():
+    with pytest.raises(ValueError, match="needs k"):
+        make_clusterer(ClusterConfig(method="gmm"), 10)
+    with pytest.raises(ValueError, match="needs eps"):
+        make_clusterer(ClusterConfig(method="dbscan"), 10)
+
+
+def test_reducers():
+    assert make_reducer("none", 3) is None
+    assert make_reducer("pca", 3).n_components == 3
+    if importlib.util.find_spec("umap") is None:  # importing umap-learn costs 10-30 s: not done here
+        with pytest.raises(ValueError, match="umap-learn"):
+            make_reducer("umap", 2)
+    with pytest.raises(ValueError, match="'none', 'pca' or 'umap'"):
+        make_reducer("tsne", 2)
+
+
+@pytest.mark.parametrize(
+    ("values", "needles"),
+    [
+        ({"method": "dbscan", "k": 4}, ["cluster", "k (4)", "'dbscan'"]),
+        ({"method": "spectral"}, ["cluster.method"]),
+        ({"k_criterion": "aic"}, ["cluster.k_criterion"]),
+        ({"reduce": "tsne"}, ["cluster.reduce"]),
+        ({"eps": 0}, ["cluster.eps"]),
+        ({"dec_hidden": [64, 0]}, ["dec_hidden"]),
+    ],
+)
+def test_cluster_config_errors_name_the_field(values, needles):
+    with pytest.raises(ConfigError) as err:
+        Settings.from_dict({"cluster": values})
+    for needle in needles:
+        assert needle in str(err.value), (needle, str(err.value))
+
+
+def test_cluster_config_defaults_are_unchanged():
+    cfg = ClusterConfig()
+    assert cfg.method == "kmeans" and cfg.k is None and cfg.k_criterion == "silhouette" and cfg.reduce == "none"
