@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from gcmodels.diffusion import PixelDiffusion
+from gcmodels.runtime import configure_torch, resolve_device
 from tasks.artifacts import MODEL
 from tasks.storage import RunStore
 
@@ -26,6 +27,15 @@ def model_fingerprint(directory: Path) -> str:
         h.update(path.relative_to(directory).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
+
+
+def model_stage(out: str, fingerprint: str, runtime, storage_options: dict | None) -> tuple[RunStore, PixelDiffusion, torch.device]:
+    """What every model stage starts with: torch configured per `runtime`, the run's store, and
+    the model of `fingerprint` on the chosen device."""
+    configure_torch(runtime.threads)
+    device = resolve_device(runtime.device)
+    store = RunStore(out, storage_options)
+    return store, load_model(store, fingerprint, device), device
 
 
 def load_model(store: RunStore, fingerprint: str, device: torch.device) -> PixelDiffusion:

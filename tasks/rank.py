@@ -10,13 +10,12 @@ from prefect import task
 from gcmodels.config import RankConfig, RuntimeConfig
 from gcmodels.elements import mine_elements
 from gcmodels.patches import box_mean, scale_boxes, top_patches
-from gcmodels.runtime import configure_torch, resolve_device
 from tasks.artifacts import (
     ELEMENT_COLUMNS, ELEMENTS, MANIFEST, PATCH_COLUMNS, PATCHES, keyed_part, read_images, stopwatch, unpack_maps,
 )
 from tasks.caching import content_key
 from tasks.logs import stage_logger
-from tasks.models import load_model
+from tasks.models import model_stage
 from tasks.storage import RunStore
 
 CHUNK = 64  # images per feature forward batch
@@ -30,11 +29,8 @@ def rank_shard(
     """Top `per_image` patches of each image of the shard (maps from artifact `maps`), with their
     diffusion features, written to `patch_candidates/part-*-<key>.parquet`."""
     name = shard["name"]
-    configure_torch(runtime.threads)
-    device = resolve_device(runtime.device)
     with stopwatch() as clock:
-        store = RunStore(out, storage_options)
-        model = load_model(store, fingerprint, device)
+        store, model, device = model_stage(out, fingerprint, runtime, storage_options)
         maps_df = store.read_parquet(maps)
         maps = torch.from_numpy(unpack_maps(maps_df))  # (N, h, w)
         n, h, w = maps.shape

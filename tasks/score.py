@@ -8,12 +8,11 @@ import torch
 from prefect import task
 
 from gcmodels.config import RuntimeConfig, ScoreConfig
-from gcmodels.runtime import configure_torch, resolve_device
 from gcmodels.typicality import TypicalityEstimator
 from tasks.artifacts import TYPICALITY, keyed_part, maps_frame, read_images, stopwatch
 from tasks.caching import content_key
 from tasks.logs import stage_logger
-from tasks.models import load_model
+from tasks.models import model_stage
 from tasks.progress import StageProgress
 from tasks.storage import RunStore
 
@@ -29,11 +28,8 @@ def score_shard(
     `fingerprint`: `maps/part-*-<key>.parquet` and image-level scores `scores/part-*-<key>.parquet`
     (content-addressed by shard, labels, model and settings)."""
     name = shard["name"]
-    configure_torch(runtime.threads)
-    device = resolve_device(runtime.device)
     with stopwatch() as clock:
-        store = RunStore(out, storage_options)
-        model = load_model(store, fingerprint, device)
+        store, model, device = model_stage(out, fingerprint, runtime, storage_options)
         meta, pixels = read_images(store, [name])
         keep = meta["label"].map(lambda v: isinstance(v, str)).to_numpy()
         meta, pixels = meta[keep].reset_index(drop=True), pixels[keep]
