@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from threadpoolctl import threadpool_limits
 
 from gcmodels.clusterers import fit_clustering
 from gcmodels.clustering import choose_k
@@ -85,17 +86,23 @@ def main() -> int:
     ap.add_argument("--diffusion-steps", type=int, default=800, help="training steps of the diffusion model (0 = skip)")
     ap.add_argument("--diffusion-resolution", type=int, default=16, help="side of the diffusion model's images")
     ap.add_argument("--diffusion-channels", type=int, nargs="+", default=[32, 64], help="its UNet channels per level")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these small nets on a busy 2-core machine)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch and BLAS threads (1 is fastest for these small problems on a busy 2-core machine)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     configure_torch(args.threads)
+    with threadpool_limits(args.threads):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     warnings.simplefilter("ignore", ConvergenceWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*n_jobs value.*")
 
     raw, images, y = digits_images(32)
     print(f"digits: {len(y)} images, 10 classes, upsampled to {images.shape[1]}x{images.shape[2]}; "
-          f"torch threads {torch.get_num_threads()}\n")
+          f"torch and BLAS threads {args.threads}\n")
 
     # ---------------------------------------------------------------- encoders
     embeddings: dict[str, np.ndarray] = {"raw-pixels": raw}

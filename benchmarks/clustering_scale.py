@@ -16,7 +16,7 @@ process's peak resident size:
 Run for several n to see time and memory grow linearly (a quadratic method would need
 n^2 x 8 bytes: 8 TB at n = 10^6).
 
-    .venv/bin/python benchmarks/clustering_scale.py [--n 100000 1000000] [--dim 64] [--k 20]
+    .venv/bin/python benchmarks/clustering_scale.py [--n 100000 1000000] [--dim 64] [--k 20] [--threads 1]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
+from threadpoolctl import threadpool_limits
 
 from gcmodels.clusterers import fit_clustering
 from gcmodels.clustering import clustering_metrics, contingency
@@ -73,9 +74,17 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip", nargs="*", default=[], help="steps to skip: lloyd, gmm, choose_k, pca")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="BLAS threads (on a busy 2-core machine one thread is many times faster than two)")
     args = ap.parse_args()
     warnings.simplefilter("ignore", ConvergenceWarning)
+    with threadpool_limits(args.threads):
+        return run(args)
 
+
+def run(args: argparse.Namespace) -> int:
+
+    print(f"BLAS threads: {args.threads}")
     print(f"{'n':>9s} {'step':34s} {'seconds':>8s} {'peak MiB':>9s} {'ARI':>6s}  notes")
     for n in args.n:
         X, y = blobs(n, args.dim, args.k, args.seed)

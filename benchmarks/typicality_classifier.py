@@ -39,6 +39,11 @@ from gcmodels.training import train_diffusion
 from gcmodels.typicality import TypicalityEstimator
 
 
+def log_step(row: dict, steps: int) -> None:
+    if (row["step"] + 1) % 100 == 0 or row["step"] + 1 == steps:
+        print(f"  step {row['step'] + 1}/{steps}  loss {row['loss']:.4f}  {row['seconds']:.0f} s", file=sys.stderr, flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--per-label", type=int, default=None, help="digits per label (default: all 1797)")
@@ -69,7 +74,7 @@ def main() -> int:
         model, pixels[train_idx], model.label_index(list(labels[train_idx])), steps=steps,
         batch_size=s.train.batch_size, lr=s.train.lr, warmup_steps=s.train.warmup_steps,
         weight_decay=s.train.weight_decay, grad_clip=s.train.grad_clip, label_dropout=s.train.label_dropout,
-        checkpoint_every=s.train.checkpoint_every, generator=gen,
+        checkpoint_every=s.train.checkpoint_every, generator=gen, callback=lambda row: log_step(row, steps),
     )
     train_s = time.perf_counter() - t0
 
@@ -83,6 +88,7 @@ def main() -> int:
     for start in range(0, len(test_idx), 64):
         x0 = model.encode(pixels[test_idx[start : start + 64]])
         scores.append(est.cotypicality_maps(model, x0, label_ids).mean((-2, -1)).numpy())
+        print(f"  scored {start + x0.shape[0]}/{len(test_idx)}  {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     scores = np.concatenate(scores)  # (B_test, L)
     score_s = time.perf_counter() - t0
 

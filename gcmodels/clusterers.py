@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.cluster import DBSCAN, HDBSCAN
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
@@ -58,6 +59,8 @@ _NEEDS_K = ("kmeans", "gmm", "agglomerative", "dec")
 AGGLOMERATIVE_MAX_SAMPLES = 20_000
 # default mini-batch of k-means when it switches to mini-batches on its own
 _DEFAULT_BATCH = 4096
+# rows per block when computing distances to the cluster means
+_BLOCK = 65536
 
 
 def make_reducer(method: str, dim: int, *, random_state: RandomStateLike = 0) -> Any | None:
@@ -71,7 +74,8 @@ def make_reducer(method: str, dim: int, *, random_state: RandomStateLike = 0) ->
     if not isinstance(dim, numbers.Integral) or dim < 1:
         raise ValueError(f"make_reducer: dim must be a positive integer, got {dim!r}")
     if method == "pca":
-        return PCA(n_components=int(dim), random_state=random_state)
+        # exact, from the d x d covariance: one pass over the rows (the embeddings have d << n)
+        return PCA(n_components=int(dim), svd_solver="covariance_eigh", random_state=random_state)
     if method == "umap":
         try:
             import umap  # noqa: PLC0415  (optional dependency)
@@ -169,22 +173,32 @@ def estimate_eps(
 def centroid_distances(X: np.ndarray, assignments: np.ndarray) -> np.ndarray:
     """Euclidean distance of every row to the mean of its cluster (NaN for noise, -1).
 
-    X: (n, d), assignments: (n,) int -> (n,) float64. Linear in n (one pass per cluster mean).
+    X: (n, d), assignments: (n,) int -> (n,) float64. Two passes over blocks of rows (the means,
+    then the distances): the extra memory is O(block x d + k x d), never a copy of X.
     """
     X = np.asarray(X)
     assignments = np.asarray(assignments)
-    out = np.full(X.shape[0], np.nan, dtype=np.float64)
-    clustered = assignments >= 0
-    if not clustered.any():
+    n, d = X.shape
+    out = np.full(n, np.nan, dtype=np.float64)
+    if n == 0 or assignments.max(initial=-1) < 0:
         return out
-    ids = assignments[clustered]
-    k = int(ids.max()) + 1
-    counts = np.bincount(ids, minlength=k).astype(np.float64)
-    sums = np.zeros((k, X.shape[1]), dtype=np.float64)
-    np.add.at(sums, ids, X[clustered].astype(np.float64, copy=False))
+    k = int(assignments.max()) + 1
+    sums = np.zeros((k, d), dtype=np.float64)
+    counts = np.zeros(k, dtype=np.float64)
+    for start in range(0, n, _BLOCK):
+        a = assignments[start : start + _BLOCK]
+        keep = a >= 0
+        ids = a[keep]
+        onehot = sp.csr_matrix((np.ones(ids.size), (ids, np.arange(ids.size))), shape=(k, ids.size))
+        sums += onehot @ X[start : start + _BLOCK][keep].astype(np.float64, copy=False)
+        counts += np.bincount(ids, minlength=k)
     means = sums / np.maximum(counts, 1)[:, None]
-    diff = X[clustered].astype(np.float64, copy=False) - means[ids]
-    out[clustered] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    for start in range(0, n, _BLOCK):
+        a = assignments[start : start + _BLOCK]
+        keep = a >= 0
+        diff = X[start : start + _BLOCK][keep].astype(np.float64, copy=False) - means[a[keep]]
+        block = out[start : start + _BLOCK]  # a view
+        block[keep] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
     return out
 
 

@@ -21,6 +21,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+import gcmodels.clusterers as clusterers
 from gcmodels.clusterers import (
     AGGLOMERATIVE_MAX_SAMPLES,
     centroid_distances,
@@ -257,6 +258,18 @@ def test_centroid_distances():
     d = centroid_distances(X, np.array([0, 0, 1, -1]))
     np.testing.assert_allclose(d[:3], [1.0, 1.0, 0.0])
     assert np.isnan(d[3])
+
+
+def test_centroid_distances_blockwise_match(monkeypatch):
+    rng = np.random.default_rng(0)
+    X, a = rng.normal(size=(500, 3)).astype(np.float32), rng.integers(-1, 4, size=500)
+    whole = centroid_distances(X, a)
+    monkeypatch.setattr(clusterers, "_BLOCK", 37)
+    np.testing.assert_allclose(centroid_distances(X, a), whole, rtol=1e-12)
+    means = np.stack([X[a == j].astype(np.float64).mean(axis=0) for j in range(4)])
+    expected = np.linalg.norm(X - means[np.clip(a, 0, None)], axis=1)
+    np.testing.assert_allclose(whole[a >= 0], expected[a >= 0], rtol=1e-6)
+    assert np.isnan(whole[a < 0]).all()
 
 
 # ------------------------------------------------------------------ factory and pipeline

@@ -85,3 +85,21 @@ def test_dec_through_the_factory():
     res = fit_clustering(X, cfg.model_copy(update={"k": None, "k_max": 5}))
     assert res.metadata["estimator"] == "DEC" and res.metadata["k_source"] == "silhouette"
     assert set(res.traces) == {"pretrain_loss", "kl", "delta_label"}
+
+
+def test_new_model_modules_import_neither_prefect_nor_umap():
+    """The clustering / encoder modules stay Prefect-free; the optional umap-learn (slow to
+    import) loads only when a UMAP reduction is asked for."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\n"
+        "import gcmodels.autoencoders, gcmodels.clusterers, gcmodels.dec, gcmodels.encoders\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'umap'))\n"
+        "assert not bad, bad[:5]\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
