@@ -14,7 +14,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from gcmodels.config import Settings
 from tasks.artifacts import run_info
 from tasks.caching import map_cached, run_cached
-from tasks.cluster import cluster
+from tasks.cluster import cluster, collection_map, condition
 from tasks.embed import embed
 from tasks.finetune import finetune
 from tasks.ingest import ingest
@@ -51,17 +51,29 @@ def mine(
     embedded, hit = run_cached(embed, ("embeddings",), out=out, shards=names, images_key=ingested["images_key"], config=settings.embed, storage_options=so)
     reused += ["embed"] * hit
     clustered, hit = run_cached(
-        cluster, ("clusters", "cluster_metrics"), out=out, embeddings=embedded["embeddings"],
-        labels_key=ingested["labels_key"], config=settings.cluster, storage_options=so,
+        cluster, ("clusters", "cluster_metrics", "cluster_traces", "cluster_contingency", "cluster_linkage"), out=out,
+        embeddings=embedded["embeddings"], labels_key=ingested["labels_key"], config=settings.cluster,
+        runtime=settings.runtime, storage_options=so,
     )
     reused += ["cluster"] * hit
-    trained = finetune(out, names, settings.data.resolution, settings.model, settings.train, settings.runtime, so)
+    # the labels that condition the model: the given ones, or the clusters as pseudo-labels
+    conditioned = condition(out, clustered["clusters"], ingested["labels_key"], settings.data.labels, so)
+    # given labels are read from the manifest (per-shard label fingerprints keep reruns incremental)
+    conditioning = conditioned["conditioning"] if conditioned["source"] == "clusters" else None
+    mapped, hit = run_cached(
+        collection_map, ("collection_map",), out=out, embeddings=embedded["embeddings"], clusters=clustered["clusters"],
+        method=settings.report.map_method, seed=settings.report.map_seed, storage_options=so,
+    )
+    reused += ["collection-map"] * hit
+    trained = finetune(
+        out, names, settings.data.resolution, settings.model, settings.train, settings.runtime, so, conditioning=conditioning
+    )
     reused += ["finetune"] * trained["reused"]
     fingerprint = trained["fingerprint"]
 
     scored = map_cached(
         score_shard, ("maps", "scores"), "shard", shards, out=out, fingerprint=fingerprint,
-        config=settings.score, runtime=settings.runtime, storage_options=so,
+        config=settings.score, runtime=settings.runtime, storage_options=so, conditioning=conditioning,
     )
     reused += [f"score[{r['shard']}]" for r, hit in scored if hit]
     gathered = typicality_table(out, [r["scores"] for r, _ in scored], so)
@@ -74,11 +86,18 @@ def mine(
     ]
     reused += [f"rank[{r['shard']}]" for r, hit in ranked if hit]
     mined = elements(out, [r["candidates"] for r, _ in ranked], settings.rank, so)
-    published = publish(out, {"embeddings": embedded["embeddings"], "clusters": clustered["clusters"], "cluster_metrics": clustered["cluster_metrics"]}, so)
+    cluster_outputs = ("clusters", "cluster_metrics", "cluster_traces", "cluster_contingency", "cluster_linkage")
+    published = publish(
+        out,
+        {"embeddings": embedded["embeddings"], **{r: clustered[r] for r in cluster_outputs}, "conditioning": conditioned["conditioning"],
+         "collection_map": mapped["collection_map"]},
+        so,
+    )
     if reused:
         get_run_logger().info("reused from earlier runs (no model work): %s", ", ".join(reused))
     stages = {
-        "ingest": ingested, "embed": embedded, "cluster": clustered, "finetune": trained,
+        "ingest": ingested, "embed": embedded, "cluster": clustered, "condition": conditioned, "map": mapped,
+        "finetune": trained,
         "score": {"seconds": sum(r["seconds"] for r, hit in scored if not hit) + gathered["seconds"], "images": gathered["images"]},
         "rank": {"seconds": sum(r["seconds"] for r, hit in ranked if not hit) + mined["seconds"] + published["seconds"], **mined},
     }

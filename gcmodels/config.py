@@ -45,6 +45,12 @@ class DataConfig(_Section):
         (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"),
         description="file extensions ingested when IMAGES is a folder",
     )
+    labels: Literal["auto", "given", "clusters"] = Field(
+        "auto",
+        description="labels that condition the model: given (LABELS or folder per label), clusters (the cluster "
+        "stage's groups, named cluster-00, ...; noise -1 stays unlabelled), auto (given if any image has one, "
+        "else clusters)",
+    )
 
 
 class EmbedConfig(_Section):
@@ -191,6 +197,14 @@ class ReportConfig(_Section):
     elements_per_label: int = Field(6, ge=1, description="elements shown per label")
     patches_per_element: int = Field(8, ge=1, description="patch crops shown per element")
     heatmaps_per_label: int = Field(4, ge=0, description="full images with the typicality map shown per label")
+    map_method: Literal["pca", "tsne", "umap"] = Field(
+        "pca", description="2-D map of the collection's embeddings: pca, tsne, umap (needs umap-learn)"
+    )
+    map_interactive_max: int = Field(
+        1000, ge=0, description="the map is interactive (hover shows the image) up to this many images; 0 = never"
+    )
+    map_thumbnails_per_cluster: int = Field(4, ge=0, description="thumbnails shown per cluster next to the map")
+    map_seed: int = Field(0, description="random_state of the t-SNE / UMAP map")
 
 
 class RuntimeConfig(_Section):
@@ -249,6 +263,12 @@ class Settings(_Section):
         if self.embed.size > self.data.resolution:
             raise ValueError(
                 f"embed.size ({self.embed.size}) is larger than the working image (data.resolution={self.data.resolution})"
+            )
+        if self.embed.method == "diffusion" and self.data.labels == "clusters":
+            raise ValueError(
+                "embed.method='diffusion' with data.labels='clusters' is circular: the diffusion features need the "
+                "model fine-tuned on the labels, and the labels would come from clustering those features; choose "
+                "embed.method pca, autoencoder, vae or clip"
             )
         levels = len(self.model.block_out_channels)
         if self.data.resolution % (2 ** (levels - 1)):

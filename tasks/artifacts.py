@@ -13,6 +13,7 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 from PIL import Image
 
 from tasks.storage import RunStore
@@ -21,6 +22,11 @@ MANIFEST = "manifest.parquet"
 EMBEDDINGS = "embeddings.parquet"
 CLUSTERS = "clusters.parquet"
 CLUSTER_METRICS = "cluster_metrics.parquet"
+CLUSTER_TRACES = "cluster_traces.parquet"
+CLUSTER_CONTINGENCY = "cluster_contingency.parquet"
+CLUSTER_LINKAGE = "cluster_linkage.parquet"
+CONDITIONING = "conditioning.parquet"
+COLLECTION_MAP = "collection_map.parquet"
 MODEL = "model"
 TRAINING = "training.parquet"
 TYPICALITY = "typicality.parquet"
@@ -59,17 +65,43 @@ def decode_pngs(column: pd.Series) -> np.ndarray:
     return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in column])
 
 
-def read_images(store: RunStore, shards: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+def read_images(store: RunStore, shards: list[str], conditioning: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """(image_id, label) table and uint8 working images (N, H, W, 3) of the live images of the
     given shards: those the current manifest lists as ok, with the manifest's labels (None if
-    unlabelled). Shards may hold images of earlier runs that were since removed."""
+    unlabelled), or, when `conditioning` names a conditioning table (image_id, label), with its
+    labels (images it does not label: None). Shards may hold images of earlier runs that were
+    since removed."""
     manifest = store.read_parquet(MANIFEST, ["image_id", "label", "status"])
     live = manifest[manifest["status"] == "ok"].drop_duplicates("image_id").set_index("image_id")["label"]
+    if conditioning is not None:
+        cond = store.read_parquet(conditioning, ["image_id", "label"]).drop_duplicates("image_id").set_index("image_id")["label"]
+        live = cond.reindex(live.index)
     df = store.read_parts("images", shards)
     df = df[df["image_id"].isin(live.index)].reset_index(drop=True)
     df["label"] = [lab if isinstance(lab, str) else None for lab in live.reindex(df["image_id"])]
     pixels = decode_pngs(df["png"]) if len(df) else np.zeros((0, 1, 1, 3), np.uint8)
     return df.drop(columns=["png"]), pixels
+
+
+# ------------------------------------------------------------------ embeddings
+def read_embeddings(store: RunStore, name: str) -> tuple[pd.Series, np.ndarray]:
+    """image ids (N,) and float32 embeddings (N, D) of the embeddings table `name`, read from
+    the Arrow list buffer directly (no per-row array objects, no float64 copy: 1M x 64 costs
+    256 MB). Empty or ragged vectors are an error naming the table."""
+    table = store.read_arrow(name, ["image_id", "embedding"])
+    ids = table.column("image_id").to_pandas()
+    col = table.column("embedding").combine_chunks()
+    n = len(col)
+    if n == 0:
+        return ids, np.zeros((0, 0), np.float32)
+    if col.null_count:
+        raise ValueError(f"{name}: {col.null_count} image(s) have no embedding")
+    lengths = pc.list_value_length(col)
+    bounds = pc.min_max(lengths).as_py()
+    if bounds["min"] != bounds["max"] or not bounds["min"]:
+        raise ValueError(f"{name}: embeddings have different or zero lengths ({bounds['min']} to {bounds['max']})")
+    flat = col.flatten().to_numpy(zero_copy_only=False)
+    return ids, flat.astype(np.float32, copy=False).reshape(n, int(bounds["max"]))
 
 
 # ------------------------------------------------------------------ maps
@@ -149,6 +181,9 @@ def run_info(
     }
     summary.update(reused=list(reused or []), new_images=ingested.get("new_images"))
     summary.update(labels=len(ingested.get("labels", {})), label_counts=ingested.get("labels", {}), timings=timings, device=device)
+    cond = stages.get("condition", {})
+    if cond:
+        summary["conditioning"] = f"{cond.get('source')} ({cond.get('reason')})"
     summary["config"] = settings.model_dump(mode="json")
     return {
         "images": images, "labels": labels, "out": out, "flow_run_id": flow_run_id,

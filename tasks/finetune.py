@@ -69,9 +69,12 @@ def finetune(
     train_config: TrainConfig,
     runtime: RuntimeConfig,
     storage_options: dict | None = None,
+    conditioning: str | None = None,
 ) -> dict:
     """Train on every usable image (unlabelled ones train the null branch only); write `model/`
-    (diffusers layout + label vocabulary) and `training.parquet` (the loss curve)."""
+    (diffusers layout + label vocabulary) and `training.parquet` (the loss curve). Labels come
+    from the conditioning table `conditioning` when given (see tasks.cluster.condition), else
+    from the manifest."""
     log = stage_logger()
     if model_config.base is not None:
         raise ConfigError(
@@ -82,10 +85,13 @@ def finetune(
     device = resolve_device(runtime.device)
     with stopwatch() as clock:
         store = RunStore(out, storage_options)
-        meta, pixels = read_images(store, shards)
+        meta, pixels = read_images(store, shards, conditioning)
         vocab = sorted({lab for lab in meta["label"] if isinstance(lab, str)})
         if not vocab:
-            raise ValueError("no labelled image to train a conditional model on: give LABELS or a folder per label")
+            raise ValueError(
+                "no labelled image to train a conditional model on: give LABELS or a folder per label, or set "
+                "data.labels=clusters to condition on the discovered clusters"
+            )
         training_set = meta[meta["label"].map(lambda v: isinstance(v, str))][["image_id", "label"]].reset_index(drop=True)
         config_key = content_key(resolution, model_config, train_config.model_dump(exclude={"retrain_fraction"}))
         reused, why = reuse_decision(store, training_set, config_key, train_config.retrain_fraction)

@@ -3,7 +3,9 @@
 ``render_report(data)`` returns a string; it reads and writes no file itself (images and
 typicality maps come through the ``load_image`` / ``load_map`` callables of ``ReportData``).
 The page opens from disk with no server and no network: every image is an embedded base64 PNG
-data URI, the CSS is inline, and there is no script at all.
+data URI, the CSS is inline, and there is no script, except the fixed hover script of the
+interactive collection map (tasks/mapreport.py; small collections only), into which no data is
+ever interpolated.
 
 Every string that comes from the data (labels, image ids, sources, reasons, metric names,
 config keys and values) is HTML-escaped with ``html.escape(..., quote=True)``; element ids and
@@ -25,6 +27,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
+
+from tasks.mapreport import MAP_CSS, map_section
 
 __all__ = [
     "BOX_COLOR",
@@ -67,6 +71,11 @@ class ReportData:
     load_image: Callable[[str], Image.Image]
     load_map: Callable[[str], np.ndarray]
     element_members: dict[tuple[str, int], list[int]] | None = None
+    # the collection at a glance (tasks/mapreport.py): map points (image_id, x, y, cluster, label),
+    # the conditioning decision, and the projection that made the map
+    collection_map: pd.DataFrame | None = None
+    conditioning: dict | None = None
+    map_method: str = "pca"
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -786,6 +795,8 @@ def render_report(
     elements_per_label: int = 6,
     patches_per_element: int = 8,
     heatmaps_per_label: int = 4,
+    map_interactive_max: int = 1000,
+    map_thumbnails_per_cluster: int = 4,
 ) -> str:
     """Render the whole report as one self-contained HTML string (no file I/O here).
 
@@ -833,7 +844,7 @@ def render_report(
     vmax = _robust_vmax(maps)
 
     anchors = [_slug(lab, i) for i, lab in enumerate(labels)]
-    sections = [("summary", "Run summary"), ("collection", "The collection"), ("training", "Training"),
+    sections = [("summary", "Run summary"), ("glance", "At a glance"), ("collection", "The collection"), ("training", "Training"),
                 ("rejected", "Rejected inputs")]
     toc = '<div class="toc-main"><b>Contents</b>' + "".join(f'<a href="#{a}">{t}</a>' for a, t in sections) + "</div>"
     if labels:
@@ -841,7 +852,10 @@ def render_report(
             f'<li><a href="#{a}">{_esc(lab)}</a></li>' for a, lab in zip(anchors, labels)
         ) + "</ol></div>"
 
-    body = [_summary_section(data)]
+    body = [_summary_section(data), map_section(
+        data.collection_map, data.clusters, data.conditioning, cache.image, method=data.map_method,
+        interactive_max=map_interactive_max, thumbnails_per_cluster=map_thumbnails_per_cluster,
+    )]
     if labels:
         for i, (lab, anchor) in enumerate(zip(labels, anchors)):
             body.append(
@@ -861,7 +875,7 @@ def render_report(
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{title}</title><style>{_CSS}</style></head><body><main>"
+        f"<title>{title}</title><style>{_CSS}{MAP_CSS}</style></head><body><main>"
         f'<h1>{title}</h1>{legend}<nav class="toc">{toc}</nav>'
         + "".join(body)
         + "</main></body></html>\n"

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from prefect import task
 
-from tasks.artifacts import CLUSTER_METRICS, CLUSTERS, EMBEDDINGS, stopwatch
+from tasks.artifacts import (
+    CLUSTER_CONTINGENCY, CLUSTER_LINKAGE, CLUSTER_METRICS, CLUSTER_TRACES, CLUSTERS, COLLECTION_MAP, CONDITIONING, EMBEDDINGS,
+    stopwatch,
+)
 from tasks.storage import RunStore
 
-CONTRACT_NAMES = {"embeddings": EMBEDDINGS, "clusters": CLUSTERS, "cluster_metrics": CLUSTER_METRICS}
+CONTRACT_NAMES = {
+    "embeddings": EMBEDDINGS, "clusters": CLUSTERS, "cluster_metrics": CLUSTER_METRICS, "cluster_traces": CLUSTER_TRACES,
+    "cluster_contingency": CLUSTER_CONTINGENCY, "cluster_linkage": CLUSTER_LINKAGE, "conditioning": CONDITIONING,
+    "collection_map": COLLECTION_MAP,
+}
 
 
 @task(name="publish")

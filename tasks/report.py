@@ -13,7 +13,7 @@ from prefect import task
 from gcmodels.config import ReportConfig
 from gcmodels.images import decode_image
 from tasks.artifacts import (
-    CLUSTER_METRICS, CLUSTERS, ELEMENTS, MANIFEST, MODEL, PATCHES, REPORT, RUN_JSON, TRAINING, TYPICALITY,
+    CLUSTER_METRICS, CLUSTERS, COLLECTION_MAP, ELEMENTS, MANIFEST, MODEL, PATCHES, REPORT, RUN_JSON, TRAINING, TYPICALITY,
     stopwatch, unpack_maps,
 )
 from tasks.htmlreport import ReportData, render_report
@@ -91,6 +91,8 @@ def report(
         clusters = store.read_parquet(CLUSTERS).merge(
             manifest[manifest["status"] == "ok"].drop_duplicates("image_id")[["image_id", "label"]], on="image_id", how="left"
         )
+        given = manifest[manifest["status"] == "ok"].drop_duplicates("image_id")[["image_id", "label"]]
+        points = store.read_parquet(COLLECTION_MAP).merge(given, on="image_id", how="left") if store.exists(COLLECTION_MAP) else None
         labels = sorted(typicality["label"].dropna().unique().tolist())
         wanted = set(typicality.sort_values("typicality", ascending=False).groupby("label").head(config.heatmaps_per_label)["image_id"])
         data = ReportData(
@@ -106,10 +108,14 @@ def report(
             rejected=manifest[manifest["status"] == "rejected"][["source", "reason"]].reset_index(drop=True),
             load_image=_image_loader(manifest, storage_options),
             load_map=_map_loader(store, maps, wanted),
+            collection_map=points,
+            conditioning=run_info.get("stages", {}).get("condition"),
+            map_method=run_info.get("stages", {}).get("map", {}).get("method", config.map_method),
         )
         html = render_report(
             data, elements_per_label=config.elements_per_label, patches_per_element=config.patches_per_element,
-            heatmaps_per_label=config.heatmaps_per_label,
+            heatmaps_per_label=config.heatmaps_per_label, map_interactive_max=config.map_interactive_max,
+            map_thumbnails_per_cluster=config.map_thumbnails_per_cluster,
         )
         store.write_text(REPORT, html)
     info = {**run_info, "report_seconds": clock["seconds"]}

@@ -22,15 +22,16 @@ CHUNK = 64  # images handed to the estimator at a time (bounds memory, paces the
 @task(name="score", task_run_name="score[{shard[name]}]")
 def score_shard(
     out: str, shard: dict, fingerprint: str, config: ScoreConfig, runtime: RuntimeConfig,
-    storage_options: dict | None = None,
+    storage_options: dict | None = None, conditioning: str | None = None,
 ) -> dict:
-    """Typicality maps of the shard's live labelled images under their labels, with the model of
+    """Typicality maps of the shard's live labelled images under their labels (from the
+    conditioning table `conditioning` when given, else the manifest), with the model of
     `fingerprint`: `maps/part-*-<key>.parquet` and image-level scores `scores/part-*-<key>.parquet`
     (content-addressed by shard, labels, model and settings)."""
     name = shard["name"]
     with stopwatch() as clock:
         store, model, device = model_stage(out, fingerprint, runtime, storage_options)
-        meta, pixels = read_images(store, [name])
+        meta, pixels = read_images(store, [name], conditioning)
         keep = meta["label"].map(lambda v: isinstance(v, str)).to_numpy()
         meta, pixels = meta[keep].reset_index(drop=True), pixels[keep]
         estimator = TypicalityEstimator(
@@ -48,7 +49,7 @@ def score_shard(
                 maps[start:stop] = m.cpu().numpy()
             progress.close()
         ids, labels = list(meta["image_id"]), list(meta["label"])
-        okey = content_key(shard, fingerprint, config)
+        okey = content_key(shard, fingerprint, config, conditioning)
         outputs = {"maps": keyed_part("maps", name, okey), "scores": keyed_part("scores", name, okey)}
         store.write_parquet(outputs["maps"], maps_frame(ids, labels, maps))
         store.write_parquet(

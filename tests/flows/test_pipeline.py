@@ -84,6 +84,18 @@ def test_tables_contract(run) -> None:
     assert set(clusters["cluster"]) <= {0, 1} and (clusters["distance"] >= 0).all()
     metrics = s.read_parquet("cluster_metrics.parquet").set_index("metric")["value"]
     assert {"k", "silhouette", "calinski_harabasz", "nmi", "ari"} <= set(metrics.index)
+    traces = s.read_parquet("cluster_traces.parquet")
+    inertia = traces[traces["trace"] == "inertia"].sort_values("iteration")["value"].to_numpy()
+    assert len(inertia) >= 1 and (np.diff(inertia) <= 1e-9 * inertia[0]).all()
+    assert metrics["inertia_final"] == pytest.approx(inertia[-1])
+    ct = s.read_parquet("cluster_contingency.parquet")
+    assert list(ct.columns) == ["label", "cluster", "count"] and set(ct["label"]) == set(LABELS)
+    assert ct["count"].sum() == ok["label"].notna().sum()
+    assert s.read_parquet("cluster_linkage.parquet").empty  # k-means: no merge tree
+    cond = s.read_parquet("conditioning.parquet").set_index("image_id")
+    assert set(cond["source"]) == {"labels"} and (cond["label"].fillna("") == ok["label"].reindex(cond.index).fillna("")).all()
+    points = s.read_parquet("collection_map.parquet")
+    assert sorted(points["image_id"]) == sorted(ok.index) and np.isfinite(points[["x", "y"]].to_numpy()).all()
 
     training = s.read_parquet("training.parquet")
     assert list(training.columns) == ["step", "loss", "lr", "seconds"] and list(training["step"]) == [0, 1, 2]
@@ -137,7 +149,9 @@ def test_report_is_self_contained_and_escaped(run) -> None:
     html = (run["out"] / "report" / "index.html").read_text()
     assert "<b>cross</b>" not in html and "&lt;b&gt;cross&lt;/b&gt;" in html
     assert "data:image/png;base64," in html
-    assert 'src="http' not in html and "<script" not in html
+    assert 'src="http' not in html and "<script src" not in html
+    assert html.count("<script") == 1  # the fixed hover script of the collection map, nothing from the data
+    assert "Coloured by label" in html and "&lt;b&gt;cross&lt;/b&gt; (" in html  # map legend, escaped
 
 
 def test_prefect_ui_story(run) -> None:
