@@ -73,21 +73,22 @@ def _esc(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def _png_uri(img: Image.Image) -> str:
+def _jpeg_uri(img: Image.Image) -> str:
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    img.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _thumb(load_image: Callable[[str], Image.Image], image_id: str) -> str | None:
-    """A THUMB_SIDE-px PNG data URI of the image, or None if it cannot be loaded."""
+    """A THUMB_SIDE-px JPEG data URI of the image (about 2 kB: a thousand fit in a few MB of
+    HTML), or None if it cannot be loaded."""
     try:
         img = load_image(image_id)
         if img is None:
             return None
         img = img.convert("RGB")
         img.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
-        return _png_uri(img)
+        return _jpeg_uri(img)
     except Exception:  # noqa: BLE001 - a missing image is shown as missing, not fatal
         return None
 
