@@ -110,11 +110,6 @@ class RunStore:
         with self.fs.open(self.path(rel), "rb") as fh:
             return pq.read_table(fh, columns=columns).to_pandas()
 
-    def read_arrow(self, rel: str, columns: list[str] | None = None) -> pa.Table:
-        """The Arrow table (no pandas conversion: list columns stay flat buffers)."""
-        with self.fs.open(self.path(rel), "rb") as fh:
-            return pq.read_table(fh, columns=columns)
-
     def read_parts(self, folder: str, names: list[str], columns: list[str] | None = None) -> pd.DataFrame:
         """Concatenate the Parquet parts `names` of `folder`."""
         frames = [self.read_parquet(f"{folder}/{name}", columns) for name in names]

@@ -32,9 +32,16 @@ def test_read_embeddings_is_float32_from_the_arrow_buffer(tmp_path):
     assert got.dtype == np.float32 and got.shape == X.shape and got.flags.c_contiguous
     np.testing.assert_array_equal(got, X)
     assert list(ids[:2]) == ["img000", "img001"]
+    ids5, got5 = read_embeddings(store, "stages/embeddings-x.parquet", batch_rows=5)  # several batches
+    np.testing.assert_array_equal(got5, X)
+    assert list(ids5) == list(ids)
     store.write_parquet("bad.parquet", pd.DataFrame({"image_id": ["a", "b"], "embedding": [[1.0, 2.0], [3.0]]}))
     with pytest.raises(ValueError, match=r"bad\.parquet: embeddings have different"):
         read_embeddings(store, "bad.parquet")
+    # ragged across batches
+    store.write_parquet("bad2.parquet", pd.DataFrame({"image_id": ["a", "b"], "embedding": [[1.0, 2.0], [3.0, 4.0, 5.0]]}))
+    with pytest.raises(ValueError, match=r"bad2\.parquet"):
+        read_embeddings(store, "bad2.parquet", batch_rows=1)
 
 
 def test_agglomerative_writes_its_merge_tree_and_the_contingency_table(tmp_path):
