@@ -10,7 +10,7 @@ from prefect import task
 from gcmodels.clusterers import fit_clustering
 from gcmodels.clustering import clustering_metrics, contingency
 from gcmodels.collection import conditioning_labels, project_2d
-from gcmodels.config import ClusterConfig, RuntimeConfig
+from gcmodels.config import ClusterConfig, ConfigError, RuntimeConfig
 from gcmodels.runtime import resolve_device
 from tasks.artifacts import MANIFEST, read_embeddings, stage_file, stopwatch
 from tasks.caching import content_key
@@ -115,7 +115,10 @@ def condition(out: str, clusters: str, labels_key: str, mode: str, storage_optio
         store = RunStore(out, storage_options)
         table = store.read_parquet(clusters, ["image_id", "cluster"])
         given = _manifest_labels(store, table["image_id"])
-        chosen = conditioning_labels(mode, given, table["cluster"].to_numpy())
+        try:
+            chosen = conditioning_labels(mode, given, table["cluster"].to_numpy())
+        except ValueError as err:  # a settings / data mismatch the user fixes: reported as such by the CLI
+            raise ConfigError(str(err)) from None
         name = stage_file("conditioning", content_key(clusters, labels_key, mode))
         store.write_parquet(
             name,

@@ -47,7 +47,7 @@ def run(prefect_harness, tmp_path_factory) -> dict:
     for item in TINY:
         argv += ["--set", item]
     assert main(argv) == 0
-    return {"out": out, "store": RunStore(str(out)), "kinds": names}
+    return {"out": out, "store": RunStore(str(out)), "kinds": names, "images": images}
 
 
 def test_clusters_condition_the_model_and_noise_is_left_out(run) -> None:
@@ -108,3 +108,12 @@ def test_report_shows_the_groups_and_an_interactive_map(run) -> None:
     assert len(re.findall(r'<img id="mt-\d+"', html)) == 13
     assert html.count("<script") == 1 and "<script src" not in html and 'src="http' not in html
     assert "No labels were given." in html
+
+
+def test_given_labels_required_but_none_is_a_clear_error(run, tmp_path, capsys) -> None:
+    argv = ["run", str(run["images"]), "--out", str(tmp_path / "o"), "--set", "data.labels=given"]
+    for item in TINY:
+        argv += ["--set", item]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "data.labels='given' but no image has a label" in err and "'clusters'" in err
