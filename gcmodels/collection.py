@@ -13,7 +13,6 @@ Pure functions on arrays; no Prefect, no paths.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass, field
 from typing import Any
 

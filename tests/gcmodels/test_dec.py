@@ -96,7 +96,7 @@ def test_new_model_modules_import_neither_prefect_nor_umap():
 
     code = (
         "import sys\n"
-        "import gcmodels.autoencoders, gcmodels.clusterers, gcmodels.dec, gcmodels.encoders\n"
+        "import gcmodels.autoencoders, gcmodels.clusterers, gcmodels.collection, gcmodels.dec, gcmodels.encoders\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'umap'))\n"
         "assert not bad, bad[:5]\n"
     )
