@@ -11,6 +11,7 @@ from gcmodels.clustering import clustering_metrics
 from gcmodels.config import ClusterConfig
 from tasks.artifacts import MANIFEST, stage_file, stopwatch
 from tasks.caching import content_key
+from tasks.errors import InputError
 from tasks.logs import stage_logger
 from tasks.storage import RunStore
 
@@ -27,8 +28,16 @@ def cluster(
         store = RunStore(out, storage_options)
         emb = store.read_parquet(embeddings)
         x = np.stack(emb["embedding"].to_numpy()).astype(np.float64)
+        if config.method == "hdbscan" and len(x) < max(2, config.min_samples):
+            raise InputError(
+                f"cluster.method=hdbscan needs at least cluster.min_samples = {config.min_samples} (and 2) usable "
+                f"images, this run has {len(x)}: lower cluster.min_samples or use cluster.method=kmeans"
+            )
         found = fit_clustering(x, config)
         k = found.k
+        if config.k is not None and k < config.k:
+            # Documented fallback: k is clipped to the number of usable images.
+            log.warning("cluster.k = %d but only %d usable image(s): clustered into k = %d", config.k, len(x), k)
         labels = store.read_parquet(MANIFEST, ["image_id", "label", "status"])
         labels = labels[labels["status"] == "ok"].drop_duplicates("image_id").set_index("image_id")["label"]
         image_labels = labels.reindex(emb["image_id"]).to_numpy(dtype=object)
