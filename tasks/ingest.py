@@ -234,6 +234,11 @@ def ingest_images(
     if labels is not None:
         table = read_labels(labels, storage_options, notes)
         assigned, missing = match_labels(sources.names, table)
+        if all(lab is None for lab in assigned) and len(missing) < len(table):
+            raise InputError(
+                f"labels file {labels}, column 'label': every row that names one of the images in {images} "
+                "has an empty label, so no image is labelled"
+            )
         if all(lab is None for lab in assigned):
             raise InputError(
                 f"labels file {labels} matches none of the {len(sources.names)} images in {images} "

@@ -175,6 +175,12 @@ class RunStore:
             staging = f"{target}.tmp-{uuid.uuid4().hex}"
             try:
                 shutil.copytree(local_dir, staging)
+            except OSError as err:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise StorageError(
+                    getattr(err, "errno", None) or 0,
+                    f"writing folder {self.uri(rel)} failed: {err}; its previous version (if any) is kept",
+                ) from err
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise

@@ -78,6 +78,7 @@ def cases() -> list[Case]:
     out.append(Case("multipage.tiff", _save(cross[2].rotate(180), "TIFF", save_all=True, append_images=[cross[3].copy()]), L_PATH, "ok", "multi-page TIFF", (24, 24)))
     out.append(Case("UPPER.PNG", _save(circle[1].rotate(90), "PNG"), L_HTML, "ok", "upper-case extension", (24, 24)))
     out.append(Case("single.png", _save(circle[2].rotate(270), "PNG"), L_UNI, "ok", "a label with a single image", (24, 24)))
+    out.append(Case("ünï <b>code<b> \"q\" & 'x'.png", _save(cross[1].rotate(270), "PNG"), L_PATH, "ok", "a file name with HTML, quotes, unicode", (24, 24)))
     out.append(Case("nolabel.png", _save(cross[0].rotate(90), "PNG"), None, "ok", "an image with no label", (24, 24)))
     out.append(Case("blank_label.png", _save(cross[0].rotate(270), "PNG"), "   ", "ok", "a whitespace label", (24, 24)))
 
@@ -89,6 +90,7 @@ def cases() -> list[Case]:
         Case("trunc.png", truncated_png[: len(truncated_png) // 2], L_HTML, "truncated or corrupt", "truncated PNG"),
         Case("trunc.jpg", truncated_jpg[: len(truncated_jpg) // 2], L_PATH, "truncated or corrupt", "truncated JPEG"),
         Case("text.png", b"filename,label\na.png,cat\n", L_PATH, "not an image", "a text file named .png"),
+        Case("<img src=x onerror=alert(2)>.png", b"<script>alert(2)</script>", L_PATH, "not an image", "a file name with HTML"),
         Case("error_page.jpg", html, L_HTML, "not an image", "an HTML error page saved as .jpg"),
         Case("bomb.png", _png_bomb(30000, 30000), L_PATH, "too many pixels", "a decompression bomb"),
         Case("tiny_1x1.png", _save(Image.new("RGB", (1, 1), (9, 9, 9)), "PNG"), L_HTML, "too small", "1x1 image"),

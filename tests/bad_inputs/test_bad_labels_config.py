@@ -128,3 +128,12 @@ def test_cli_refuses_bad_yaml_config(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert "score.drawz" in err and "unknown setting" in err and "train.steps" in err and str(cfg) in err
     assert not (tmp_path / "out").exists()
+
+
+def test_labels_that_are_all_blank_is_a_clear_error(tmp_path) -> None:
+    names = _images(tmp_path / "imgs", 2)
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"filename": names, "label": ["", "  "]}).to_csv(labels, index=False)
+    with pytest.raises(InputError) as err:
+        ingest_images(str(tmp_path / "imgs"), str(labels), RunStore(str(tmp_path / "out")), DataConfig(resolution=16))
+    assert str(labels) in str(err.value) and "column 'label'" in str(err.value) and "empty label" in str(err.value)

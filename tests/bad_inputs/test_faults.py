@@ -264,3 +264,36 @@ def test_cli_prints_faults_without_a_traceback(tmp_path, capsys, monkeypatch, er
     assert main(["run", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("gcmine: ") and needle in err and "Traceback" not in err
+
+
+def test_model_folder_upload_retries_each_file_and_marker_comes_last(s3, waits, monkeypatch, tmp_path) -> None:
+    src = tmp_path / "m"
+    (src / "unet").mkdir(parents=True)
+    (src / "unet" / "w.bin").write_bytes(b"weights")
+    (src / COMPLETE).write_text("{}")
+    store = RunStore("s3://faults/run7", s3)
+    order: list[str] = []
+    real = store.fs.put_file
+
+    def put(local, remote, *a, **k):
+        order.append(remote.rsplit("/", 1)[-1])
+        if len(order) == 1:
+            raise ConnectionError("connection reset")
+        return real(local, remote, *a, **k)
+
+    monkeypatch.setattr(store.fs, "put_file", put)
+    store.put_dir(src, MODEL)
+    assert order == ["w.bin", "w.bin", COMPLETE] and waits == [0.5]
+    monkeypatch.undo()
+    assert RunStore("s3://faults/run7", s3).read_bytes(f"{MODEL}/unet/w.bin") == b"weights"
+
+
+def test_out_of_memory_hint_translates_only_out_of_memory() -> None:
+    from tasks.errors import out_of_memory_hint
+
+    with pytest.raises(OutOfMemory, match=r"score ran out of memory on cuda:0: lower score.batch_size \(now 64\)"):
+        with out_of_memory_hint("score", {"score.batch_size": 64}, "cuda:0"):
+            raise RuntimeError("CUDA error: out of memory")
+    with pytest.raises(ValueError, match="shape mismatch"):
+        with out_of_memory_hint("score", {"score.batch_size": 64}):
+            raise ValueError("shape mismatch")

@@ -60,7 +60,7 @@ def test_the_run_finishes(messy) -> None:
 def test_cli_summary_counts_rejections_by_reason(messy) -> None:
     err = messy["stderr"]
     kinds = expected_kinds(messy["cases"])
-    assert f"({sum(1 for c in messy['cases'] if c.name) - 12} ok, 12 rejected)" in err
+    assert f"({sum(1 for c in messy['cases'] if c.name) - 13} ok, 13 rejected)" in err
     block = err.split("rejected by reason", 1)[1]
     for kind, count in kinds.items():
         assert re.search(rf"^\s+{count}\s+{re.escape(kind)}$", block, re.M), (kind, count, block[:800])
@@ -72,7 +72,7 @@ def test_report_counts_rejections_by_reason_and_escapes_everything(messy) -> Non
     section = page.split("Rejections by reason", 1)[1].split("</table>", 1)[0]
     rows = dict(re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td></tr>", section))
     assert {htmllib.unescape(k): int(v) for k, v in rows.items()} == expected_kinds(messy["cases"])
-    assert "<script" not in page.lower()
+    assert "<script" not in page.lower() and "<img src=x" not in page and "<b>code" not in page
     assert htmllib.escape(L_HTML) in page or htmllib.escape(L_HTML, quote=False) in page
     assert "Input warnings and decisions" in page
     # every rejected file is listed with its reason
@@ -83,7 +83,7 @@ def test_report_counts_rejections_by_reason_and_escapes_everything(messy) -> Non
 
 def test_results_hold_the_usable_images_and_labels(messy) -> None:
     m = pd.read_parquet(messy["out"] / "manifest.parquet")
-    assert (m["status"] == "rejected").sum() == 12
+    assert (m["status"] == "rejected").sum() == 13
     typ = pd.read_parquet(messy["out"] / "typicality.parquet")
     assert set(typ["label"]) == {L_HTML, L_PATH, L_UNI}
     elements = pd.read_parquet(messy["out"] / "elements.parquet")

@@ -56,14 +56,14 @@ def test_reasons_are_precise(ingested) -> None:
 def test_summary_counts_rejections_by_reason(ingested) -> None:
     s = ingested["summary"]
     assert s["rejected_by_reason"] == expected_kinds(ingested["cases"])
-    assert s["rejected"] == sum(s["rejected_by_reason"].values()) == 12
-    assert s["ok"] == s["images"] - 12
+    assert s["rejected"] == sum(s["rejected_by_reason"].values()) == 13
+    assert s["ok"] == s["images"] - 13
     assert s["missing_files"] == 1 and s["missing_examples"] == ["ghost.png"]
 
 
 def test_labels_stay_data_and_decisions_are_noted(ingested) -> None:
     m, s = ingested["manifest"], ingested["summary"]
-    assert s["labels"] == {L_HTML: 9, L_PATH: 8, L_UNI: 1}  # L_LOST lost all its images
+    assert s["labels"] == {L_HTML: 9, L_PATH: 9, L_UNI: 1}  # L_LOST lost all its images
     assert pd.isna(m.loc["nolabel.png", "label"]) and pd.isna(m.loc["blank_label.png", "label"])
     assert s["unlabeled"] == 2
     notes = "\n".join(s["notes"])

@@ -414,6 +414,6 @@ def test_put_dir_failing_midway_keeps_the_old_folder(tmp_path, monkeypatch) -> N
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(shutil, "copytree", fail)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match=r"writing folder file://.*/model failed: .*No space left on device.*previous version"):
         store.put_dir(src2, "model")
     assert (tmp_path / "run" / "model" / "unet" / "w.bin").read_bytes() == b"old"
