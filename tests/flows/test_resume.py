@@ -96,7 +96,7 @@ def test_killed_during_scoring_resumes_missing_shards_only(prefect_harness, imag
 def test_killed_during_finetune_resumes_after_the_collection_stages(prefect_harness, images, tmp_path) -> None:
     env = _env()
     out = tmp_path / "killed-finetune"
-    command = _command(images, out) + ["--set", "train.steps=600", "--set", "score.draws=2"]
+    command = _command(images, out) + ["--set", "train.steps=200", "--set", "score.draws=2"]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
@@ -121,5 +121,5 @@ def test_killed_during_finetune_resumes_after_the_collection_stages(prefect_harn
     reused_line = next(line for line in resumed.stderr.splitlines() if "reused from earlier runs" in line)
     assert "embed" in reused_line and "cluster" in reused_line and "finetune" not in reused_line
     assert (out / "model" / "_COMPLETE.json").exists()
-    assert len(pd.read_parquet(out / "training.parquet")) == 600
+    assert len(pd.read_parquet(out / "training.parquet")) == 200
     assert len(pd.read_parquet(out / "typicality.parquet")) == 8
