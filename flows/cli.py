@@ -53,12 +53,18 @@ def _print_summary(result: dict, wall: float) -> None:
     summary = result["summary"]
     print("\n== gcmine run summary ==", file=sys.stderr)
     print(
-        f"images: {summary.get('images')} ({summary.get('ok')} ok, {summary.get('rejected')} rejected"
-        + (f": {summary.get('rejected_by_reason')}" if summary.get("rejected") else "")
-        + f"), labels: {summary.get('labels')}, unlabeled: {summary.get('unlabeled')}, "
+        f"images: {summary.get('images')} ({summary.get('ok')} ok, {summary.get('rejected')} rejected), "
+        f"labels: {summary.get('labels')}, unlabeled: {summary.get('unlabeled')}, "
         f"labelled files not found: {summary.get('missing_files')}",
         file=sys.stderr,
     )
+    by_reason = summary.get("rejected_by_reason") or {}
+    if by_reason:
+        print("rejected by reason (details in manifest.parquet, column reason):", file=sys.stderr)
+        for reason, count in sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0])):
+            print(f"  {count:>6}  {reason}", file=sys.stderr)
+    for note in summary.get("notes") or []:
+        print(f"note: {note}", file=sys.stderr)
     print(f"{'stage':<10}{'seconds':>10}", file=sys.stderr)
     for name, stage in stages.items():
         print(f"{name:<10}{stage.get('seconds', 0.0):>10.1f}", file=sys.stderr)
@@ -103,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from flows.pipeline import run_pipeline
-    from tasks.ingest import InputError
+    from gcmodels.training import TrainingDiverged
+    from tasks.errors import InputError, OutOfMemory, StorageError
 
     truth = None
     if args.command == "demo":
@@ -121,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, ConfigError) as err:
         print(f"gcmine: {err}", file=sys.stderr)
         return 2
+    except (StorageError, OutOfMemory, TrainingDiverged) as err:
+        # Finished stages are kept: the same command resumes after the cause is fixed.
+        print(f"gcmine: {err}", file=sys.stderr)
+        return 1
     _print_summary(result, time.perf_counter() - start)
     if truth is not None:
         _print_ground_truth(str(out), truth)

@@ -40,9 +40,14 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     resolution: int = Field(32, ge=8, le=4096, description="working resolution (pixels per side) the model sees")
     max_pixels: int = Field(64_000_000, ge=1, description="images with more pixels are rejected (decompression bombs)")
+    min_side: int = Field(8, ge=1, description="images with a side shorter than this many pixels are rejected (1x1 trackers, icons)")
+    max_aspect: float | None = Field(
+        10.0, ge=1, description="images whose long side exceeds this many times the short side are rejected (banners); null = any shape"
+    )
+    max_labels: int = Field(1000, ge=1, description="most distinct labels a run accepts (one class embedding, elements and report section each)")
     shard_size: int = Field(256, ge=1, description="images per shard of the sharded stages (score, rank)")
     extensions: tuple[str, ...] = Field(
-        (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"),
+        (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"),
         description="file extensions ingested when IMAGES is a folder",
     )
     labels: Literal["auto", "given", "clusters"] = Field(

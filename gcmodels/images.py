@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageRejected", "decode_image", "encode_png", "image_id", "to_working"]
+__all__ = ["ImageRejected", "decode_image", "encode_png", "image_id", "reason_kind", "to_working"]
 
 
 class ImageRejected(ValueError):
@@ -20,20 +20,28 @@ class ImageRejected(ValueError):
         self.reason = reason
 
 
+def reason_kind(reason: str) -> str:
+    """The kind of a rejection reason, for counting: reasons are written ``kind: detail``."""
+    return reason.split(":", 1)[0].strip()
+
+
 def image_id(data: bytes) -> str:
     """Stable id of an image: the first 16 hex digits of the SHA-256 of its bytes."""
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Decode `data` into an RGB image, EXIF orientation applied; first frame of animations.
+def decode_image(data: bytes, *, max_pixels: int, min_side: int = 1, max_aspect: float | None = None) -> Image.Image:
+    """Decode `data` into an RGB image, EXIF orientation applied; first frame of animations and
+    multi-page files.
 
-    Raises `ImageRejected` for empty or non-image data, truncated or corrupt files, and images
-    of more than `max_pixels` pixels (checked from the header, before decoding: no bomb is
-    ever decompressed).
+    Raises `ImageRejected` for empty or non-image data, truncated or corrupt files, images of
+    more than `max_pixels` pixels (checked from the header, before decoding: no bomb is ever
+    decompressed), images with a side shorter than `min_side` and images whose long side is
+    more than `max_aspect` times their short side (None: any shape). Every reason reads
+    ``kind: detail`` (see `reason_kind`).
     """
     if not data:
-        raise ImageRejected("empty file (0 bytes)")
+        raise ImageRejected("empty file: 0 bytes")
     img: Image.Image | None = None
     try:
         with warnings.catch_warnings():
@@ -47,6 +55,12 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
                 )
             if w < 1 or h < 1:
                 raise ImageRejected(f"empty image: {w}x{h}")
+            if min(w, h) < min_side:
+                raise ImageRejected(f"too small: {w}x{h}, a side is shorter than data.min_side = {min_side} pixels")
+            if max_aspect is not None and max(w, h) > max_aspect * min(w, h):
+                raise ImageRejected(
+                    f"too elongated: {w}x{h}, aspect ratio {max(w, h) / min(w, h):.1f} > data.max_aspect = {max_aspect:g}"
+                )
             img.seek(0)
             img.load()
     except ImageRejected:
@@ -54,15 +68,25 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageRejected(f"not an image: {_sniff(data)}") from None
     except Image.DecompressionBombError as err:
-        raise ImageRejected(f"too many pixels (possible decompression bomb): {err}") from None
+        raise ImageRejected(f"too many pixels: {err} (data.max_pixels = {max_pixels}; possible decompression bomb)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
-        kind = getattr(img, "format", None) or "image"
-        raise ImageRejected(f"truncated or corrupt {kind} data: {err}") from None
+        kind = getattr(img, "format", None) or _magic(data) or "image"
+        raise ImageRejected(f"truncated or corrupt: {kind} data, {err}") from None
     try:
         img = ImageOps.exif_transpose(img) or img
     except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the image
         pass
     return _to_rgb(img)
+
+
+_MAGIC = ((b"\x89PNG", "PNG"), (b"\xff\xd8", "JPEG"), (b"GIF8", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"))
+
+
+def _magic(data: bytes) -> str | None:
+    """The format announced by the first bytes, when Pillow gave up before naming it."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for head, name in _MAGIC if data.startswith(head)), None)
 
 
 def _sniff(data: bytes) -> str:

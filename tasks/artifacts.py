@@ -188,7 +188,7 @@ def run_info(
     timings = {name: round(float(s.get("seconds", 0.0)), 3) for name, s in stages.items()}
     device = stages.get("finetune", {}).get("device", "unknown")
     summary = {
-        k: ingested.get(k) for k in ("images", "ok", "rejected", "rejected_by_reason", "unlabeled", "missing_files", "missing_examples")
+        k: ingested.get(k) for k in ("images", "ok", "rejected", "rejected_by_reason", "unlabeled", "missing_files", "missing_examples", "notes")
     }
     summary.update(reused=list(reused or []), new_images=ingested.get("new_images"))
     summary.update(labels=len(ingested.get("labels", {})), label_counts=ingested.get("labels", {}), timings=timings, device=device)

@@ -14,6 +14,7 @@ from gcmodels.config import ClusterConfig, ConfigError, RuntimeConfig
 from gcmodels.runtime import resolve_device
 from tasks.artifacts import MANIFEST, read_embeddings, stage_file, stopwatch
 from tasks.caching import content_key
+from tasks.errors import InputError
 from tasks.logs import stage_logger
 from tasks.storage import RunStore
 
@@ -65,8 +66,16 @@ def cluster(
         image_ids, x = read_embeddings(store, embeddings)
         if len(x) == 0:
             raise ValueError(f"{embeddings}: no embedding to cluster (no usable image)")
+        if config.method == "hdbscan" and len(x) < max(2, config.min_samples):
+            raise InputError(
+                f"cluster.method=hdbscan needs at least cluster.min_samples = {config.min_samples} (and 2) usable "
+                f"images, this run has {len(x)}: lower cluster.min_samples or use cluster.method=kmeans"
+            )
         found = fit_clustering(x, config, device=device)
         k = found.k
+        if config.k is not None and k < config.k:
+            # Documented fallback: k is clipped to the number of usable images.
+            log.warning("cluster.k = %d but only %d usable image(s): clustered into k = %d", config.k, len(x), k)
         image_labels = _manifest_labels(store, image_ids)
         has_labels = any(isinstance(lab, str) for lab in image_labels)
         metrics = clustering_metrics(

@@ -17,6 +17,7 @@ from gcmodels.runtime import configure_torch, resolve_device
 from gcmodels.training import TrainingDiverged, train_diffusion
 from tasks.artifacts import MODEL, TRAINING, read_images, stopwatch
 from tasks.caching import content_key
+from tasks.errors import InputError, out_of_memory_hint
 from tasks.logs import stage_logger
 from tasks.models import COMPLETE, TRAINING_SET, model_fingerprint
 from tasks.progress import StageProgress
@@ -88,9 +89,10 @@ def finetune(
         meta, pixels = read_images(store, shards, conditioning)
         vocab = sorted({lab for lab in meta["label"] if isinstance(lab, str)})
         if not vocab:
-            raise ValueError(
-                "no labelled image to train a conditional model on: give LABELS or a folder per label, or set "
-                "data.labels=clusters to condition on the discovered clusters"
+            raise InputError(
+                "no labelled image to train a conditional model on: give --labels (a CSV/Parquet with "
+                "filename,label) or a folder per label, or set data.labels=clusters to condition on the "
+                "discovered clusters"
             )
         training_set = meta[meta["label"].map(lambda v: isinstance(v, str))][["image_id", "label"]].reset_index(drop=True)
         config_key = content_key(resolution, model_config, train_config.model_dump(exclude={"retrain_fraction"}))
@@ -122,14 +124,15 @@ def finetune(
 
         history: list[dict] = []
         try:
-            result = train_diffusion(
-                model, images, cond, steps=steps, batch_size=train_config.batch_size, lr=train_config.lr,
-                warmup_steps=train_config.warmup_steps, weight_decay=train_config.weight_decay,
-                grad_clip=train_config.grad_clip, label_dropout=train_config.label_dropout,
-                checkpoint_every=train_config.checkpoint_every, generator=generator,
-                max_seconds=None if train_config.minutes is None else 60.0 * train_config.minutes,
-                callback=lambda row: (history.append(row), on_step(row)),
-            )
+            with out_of_memory_hint("finetune", {"train.batch_size": train_config.batch_size, "data.resolution": resolution}, device):
+                result = train_diffusion(
+                    model, images, cond, steps=steps, batch_size=train_config.batch_size, lr=train_config.lr,
+                    warmup_steps=train_config.warmup_steps, weight_decay=train_config.weight_decay,
+                    grad_clip=train_config.grad_clip, label_dropout=train_config.label_dropout,
+                    checkpoint_every=train_config.checkpoint_every, generator=generator,
+                    max_seconds=None if train_config.minutes is None else 60.0 * train_config.minutes,
+                    callback=lambda row: (history.append(row), on_step(row)),
+                )
         except TrainingDiverged:
             progress.close()
             _publish(store, model.cpu(), history, training_set, config_key)

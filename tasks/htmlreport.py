@@ -496,7 +496,7 @@ def _summary_section(data: ReportData) -> str:
             v = summary[key]
             val = _fmt_num(v) if isinstance(v, (int, float, np.integer, np.floating)) else str(v)
             cards.append(f'<div class="card"><div class="v">{_esc(val)}</div><div class="k">{_esc(names[key])}</div></div>')
-    handled = set(known) | {"rejected_by_reason", "timings", "config"}
+    handled = set(known) | {"rejected_by_reason", "timings", "config", "notes"}
     others = [(k, v) for k, v in summary.items() if k not in handled and not isinstance(v, (dict, list, tuple))]
     if cards:
         out.append('<div class="cards">' + "".join(cards) + "</div>")
@@ -535,6 +535,11 @@ def _summary_section(data: ReportData) -> str:
         blocks.append("<div><h3>Rejections by reason</h3>" + _table(["reason", "count"], rows) + "</div>")
     else:
         blocks.append("<div><h3>Rejections by reason</h3>" + _empty("No rejections.") + "</div>")
+
+    notes = summary.get("notes")
+    if isinstance(notes, (list, tuple)) and notes:
+        items = "".join(f"<li>{_esc(n)}</li>" for n in notes)
+        blocks.append(f"<div><h3>Input warnings and decisions</h3><ul>{items}</ul></div>")
 
     if others:
         rows = [[_esc(k), _esc(_fmt_num(v) if _isnum(v) else v)] for k, v in others]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import unicodedata
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,19 +13,16 @@ import pandas as pd
 from prefect import task
 
 from gcmodels.config import DataConfig
-from gcmodels.images import ImageRejected, decode_image, encode_png, image_id, to_working
+from gcmodels.images import ImageRejected, decode_image, encode_png, image_id, reason_kind, to_working
 from tasks.artifacts import MANIFEST, MANIFEST_COLUMNS, SHARDS_META, images_part, part_name, stopwatch
 from tasks.caching import content_key
+from tasks.errors import InputError, StorageError
 from tasks.logs import stage_logger
-from tasks.storage import RunStore, is_local, join_uri, open_fs
+from tasks.storage import RunStore, is_local, join_uri, open_fs, with_retries
 
 __all__ = ["InputError", "Sources", "ingest", "ingest_images", "list_sources", "match_labels", "read_labels"]
 
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
-
-
-class InputError(ValueError):
-    """The images or labels given by the user cannot be used; the message names the file."""
 
 
 @dataclass
@@ -35,15 +33,20 @@ class Sources:
 
 
 def _read_table(uri: str, what: str, storage_options: dict | None) -> pd.DataFrame:
+    import io
+
     fs, path = open_fs(uri, storage_options)
-    if not fs.exists(path):
+    if not with_retries(fs, f"checking {uri}", fs.exists, path):
         raise InputError(f"{what} file {uri} does not exist")
+    if with_retries(fs, f"checking {uri}", fs.isdir, path):
+        raise InputError(f"{what} file {uri} is a folder, not a CSV/Parquet file")
+    raw = with_retries(fs, f"reading {uri}", fs.cat_file, path)
     try:
-        with fs.open(path, "rb") as fh:
-            if path.lower().endswith((".parquet", ".pq")):
-                df = pd.read_parquet(fh)
-            else:
-                df = pd.read_csv(fh, dtype=str, keep_default_na=False, skipinitialspace=True)
+        fh = io.BytesIO(raw)
+        if path.lower().endswith((".parquet", ".pq")):
+            df = pd.read_parquet(fh)
+        else:
+            df = pd.read_csv(fh, dtype=str, keep_default_na=False, skipinitialspace=True)
     except pd.errors.EmptyDataError:
         raise InputError(f"{what} file {uri} is empty") from None
     except Exception as err:  # noqa: BLE001 - any parser error becomes a user-facing error naming the file
@@ -56,15 +59,15 @@ def list_sources(images: str, extensions: tuple[str, ...], storage_options: dict
     """The images named by IMAGES: a folder (recursive, by extension) or a CSV/Parquet manifest."""
     fs, path = open_fs(images, storage_options)
     base = images.rstrip("/")
-    if fs.isdir(path):
+    if with_retries(fs, f"checking {images}", fs.isdir, path):
         exts = tuple(e.lower() for e in extensions)
-        found = sorted(p for p in fs.find(path) if p.lower().endswith(exts))
+        found = sorted(p for p in with_retries(fs, f"listing {images}", fs.find, path) if p.lower().endswith(exts))
         names = [posixpath.relpath(p, path) if not is_local(fs) else _local_rel(p, path) for p in found]
         uris = found if is_local(fs) else [join_uri(base, n) for n in names]
         folder_labels = [n.split("/", 1)[0] if "/" in n else None for n in names]
         labels = folder_labels if any(lab is not None for lab in folder_labels) else None
         return Sources(uris=uris, names=names, labels=labels)
-    if not fs.exists(path):
+    if not with_retries(fs, f"checking {images}", fs.exists, path):
         raise InputError(f"IMAGES {images} does not exist")
     if not path.lower().endswith(MANIFEST_SUFFIXES):
         raise InputError(f"IMAGES {images} is neither a folder nor a CSV/Parquet manifest")
@@ -92,21 +95,43 @@ def _local_rel(p: str, root: str) -> str:
 
 
 def _clean_label(value: object) -> str | None:
+    """A label as text: stripped, Unicode NFC (so that visually equal labels are equal); None
+    when missing or blank. Labels are data, never paths: any other character is kept."""
     if value is None or (isinstance(value, float) and value != value):
         return None
-    text = str(value).strip()
+    text = unicodedata.normalize("NFC", str(value)).strip()
     return text or None
 
 
-def read_labels(labels: str, storage_options: dict | None = None) -> pd.DataFrame:
-    """The LABELS table (filename, label), validated; labels are stripped strings."""
+def _rows(mask: pd.Series) -> str:
+    """CSV row numbers (the header is row 1) of the true entries of `mask`, a few of them."""
+    rows = [int(i) + 2 for i in mask.index[mask.to_numpy()]]
+    return ", ".join(map(str, rows[:5])) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+
+
+def read_labels(labels: str, storage_options: dict | None = None, notes: list[str] | None = None) -> pd.DataFrame:
+    """The LABELS table (filename, label), validated; labels are stripped NFC strings.
+
+    Unusable rows (an empty file name) raise `InputError` naming the file, the rows and the
+    column; recoverable ones (an empty label: the image is kept unlabelled) add a sentence to
+    `notes`."""
     df = _read_table(labels, "labels", storage_options)
     missing = [c for c in ("filename", "label") if c not in df.columns]
     if missing:
         raise InputError(f"labels file {labels} lacks column(s) {missing}; it has {list(df.columns)} (need filename,label)")
     if len(df) == 0:
         raise InputError(f"labels file {labels} has no rows")
-    out = pd.DataFrame({"filename": df["filename"].astype(str).str.strip(), "label": [_clean_label(v) for v in df["label"]]})
+    df = df.reset_index(drop=True)
+    names = df["filename"].map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else str(v).strip())
+    if (names == "").any():
+        raise InputError(f"labels file {labels}, row(s) {_rows(names == '')}, column 'filename': empty file name")
+    out = pd.DataFrame({"filename": names, "label": [_clean_label(v) for v in df["label"]]})
+    blank = out["label"].isna()
+    if blank.any() and notes is not None:
+        notes.append(
+            f"labels file {labels}, row(s) {_rows(blank)}, column 'label': empty label; "
+            f"{int(blank.sum())} image(s) kept without a label (unconditional training only)"
+        )
     dup = out[out.duplicated("filename", keep=False)]
     conflicting = dup.groupby("filename")["label"].nunique()
     conflicting = conflicting[conflicting > 1]
@@ -139,19 +164,27 @@ def match_labels(names: list[str], table: pd.DataFrame) -> tuple[list[str | None
     return out, missing
 
 
-def _decode_one(fs, uri: str, resolution: int, max_pixels: int, known: frozenset[str]) -> dict:
-    """Read one file; decode it unless its content (image_id) is already in a reusable shard."""
+def _decode_one(fs, uri: str, data_config: DataConfig, known: frozenset[str]) -> dict:
+    """Read one file; decode it unless its content (image_id) is already in a reusable shard.
+    A file that cannot be read is rejected; an object store failing after its retries fails the
+    run (`StorageError`) rather than dropping images."""
     try:
-        data = fs.cat_file(uri if is_local(fs) else uri.split("://", 1)[-1])
+        data = with_retries(fs, f"reading {uri}", fs.cat_file, uri if is_local(fs) else uri.split("://", 1)[-1])
     except FileNotFoundError:
         return {"status": "rejected", "reason": "file not found", "image_id": None}
+    except StorageError as err:
+        if not is_local(fs):
+            raise
+        return {"status": "rejected", "reason": f"unreadable file: {err.__cause__ or err}", "image_id": None}
     except OSError as err:
         return {"status": "rejected", "reason": f"unreadable file: {err}", "image_id": None}
     iid = image_id(data)
     if iid in known:
         return {"status": "ok", "reason": None, "image_id": iid, "known": True}
     try:
-        img = decode_image(data, max_pixels=max_pixels)
+        img = decode_image(
+            data, max_pixels=data_config.max_pixels, min_side=data_config.min_side, max_aspect=data_config.max_aspect
+        )
     except ImageRejected as err:
         return {"status": "rejected", "reason": err.reason, "image_id": iid}
     return {
@@ -160,7 +193,7 @@ def _decode_one(fs, uri: str, resolution: int, max_pixels: int, known: frozenset
         "image_id": iid,
         "width": img.width,
         "height": img.height,
-        "png": encode_png(to_working(img, resolution)),
+        "png": encode_png(to_working(img, data_config.resolution)),
     }
 
 
@@ -197,9 +230,15 @@ def ingest_images(
     if not sources.uris:
         raise InputError(f"IMAGES {images} holds no image files with extensions {list(data.extensions)}")
     missing: list[str] = []
+    notes: list[str] = []  # recoverable problems and what was decided, for the log, summary and report
     if labels is not None:
-        table = read_labels(labels, storage_options)
+        table = read_labels(labels, storage_options, notes)
         assigned, missing = match_labels(sources.names, table)
+        if all(lab is None for lab in assigned) and len(missing) < len(table):
+            raise InputError(
+                f"labels file {labels}, column 'label': every row that names one of the images in {images} "
+                "has an empty label, so no image is labelled"
+            )
         if all(lab is None for lab in assigned):
             raise InputError(
                 f"labels file {labels} matches none of the {len(sources.names)} images in {images} "
@@ -212,11 +251,11 @@ def ingest_images(
     known = frozenset(shard_of)
     fs, _ = open_fs(images, storage_options)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        decoded = list(pool.map(lambda u: _decode_one(fs, u, data.resolution, data.max_pixels, known), sources.uris))
+        decoded = list(pool.map(lambda u: _decode_one(fs, u, data, known), sources.uris))
 
     prev = previous.set_index("image_id")
     now = pd.Timestamp.now(tz="UTC").isoformat()
-    rows, new_rows, seen = [], [], {}
+    rows, new_rows, seen = [], [], {}  # seen: image_id -> (uri, label) of its first (kept) copy
     for uri, name, label, d in zip(sources.uris, sources.names, assigned, decoded):
         iid = d["image_id"]
         row = {
@@ -227,9 +266,19 @@ def ingest_images(
         if iid in prev.index and isinstance(prev.at[iid, "first_seen"], str):
             row["first_seen"] = prev.at[iid, "first_seen"]
         if d["status"] == "ok" and iid in seen:
-            row.update(status="rejected", reason=f"duplicate of {seen[iid]}")
+            # Decision: the first copy (in listing order) is kept, later copies are rejected;
+            # with another label the copy is recorded as a label conflict (the first label wins).
+            first, first_label = seen[iid]
+            if label != first_label:
+                row.update(
+                    status="rejected",
+                    reason=f"duplicate with another label: same content as {first} (label {first_label!r}), "
+                    f"here labelled {label!r}; the first copy and its label are kept",
+                )
+            else:
+                row.update(status="rejected", reason=f"duplicate: same content as {first}")
         elif d["status"] == "ok":
-            seen[iid] = uri
+            seen[iid] = (uri, label)
             if d.get("known"):
                 row.update(width=prev.at[iid, "width"], height=prev.at[iid, "height"], shard=shard_of[iid])
             else:
@@ -261,9 +310,29 @@ def ingest_images(
     labelled = live.loc[live["label"].map(lambda v: isinstance(v, str)).astype(bool)]
 
     rejected = manifest[~ok]
-    by_reason = Counter(r.split(":", 1)[0] for r in rejected["reason"])
+    by_reason = Counter(reason_kind(r) for r in rejected["reason"])
     unlabeled = int((ok & manifest["label"].isna()).sum())
     label_counts = manifest[ok & manifest["label"].notna()]["label"].value_counts().sort_index()
+    named = manifest[manifest["label"].notna()]["label"].unique()
+    lost = sorted(str(lab) for lab in named if lab not in label_counts.index)
+    if lost:
+        notes.append(
+            f"{len(lost)} label(s) have no usable image left after rejection and are left out: "
+            + ", ".join(repr(lab) for lab in lost[:10]) + (" ..." if len(lost) > 10 else "")
+        )
+    single = sorted(str(lab) for lab, n in label_counts.items() if n == 1)
+    if single:
+        notes.append(
+            f"{len(single)} label(s) have a single usable image (kept; their elements come from that image alone): "
+            + ", ".join(repr(lab) for lab in single[:10]) + (" ..." if len(single) > 10 else "")
+        )
+    conflicts = int(rejected["reason"].str.startswith("duplicate with another label").sum())
+    if conflicts:
+        notes.append(f"{conflicts} duplicate image(s) carry another label than their first copy: the first copy and its label are kept")
+    if missing:
+        notes.append(f"{len(missing)} labelled file(s) not found among the images (ignored), e.g. {missing[:3]}")
+    if unlabeled:
+        notes.append(f"{unlabeled} usable image(s) have no label (used for the unconditional model only)")
     summary = {
         "images": len(manifest), "ok": int(ok.sum()), "rejected": int((~ok).sum()),
         "rejected_by_reason": dict(by_reason), "unlabeled": unlabeled,
@@ -272,20 +341,24 @@ def ingest_images(
         "new_images": len(new_rows), "reused_shards": len(old_shards),
         "images_key": content_key(sorted(live["image_id"]), data.resolution),
         "labels_key": content_key(sorted(zip(labelled["image_id"], labelled["label"]))),
+        "notes": notes,
     }
     for _, r in rejected.head(10).iterrows():
         log.warning("rejected %s: %s", r["source"], r["reason"])
     if len(rejected) > 10:
         log.warning("... and %d more rejected images (see %s)", len(rejected) - 10, store.uri(MANIFEST))
-    if missing:
-        log.warning("%d labelled file(s) not found among the images, e.g. %s", len(missing), missing[:5])
-    if unlabeled:
-        examples = manifest[ok & manifest["label"].isna()]["source"].head(3).tolist()
-        log.warning("%d image(s) have no label (used for the unconditional model only), e.g. %s", unlabeled, examples)
+    for note in notes:
+        log.warning("%s", note)
     if new_rows or old_shards:
         log.info("%d new image(s) decoded; %d shard(s) of an earlier run reused", len(new_rows), len(old_shards))
     if not shards:
         raise InputError(f"no usable image in {images}: all {len(manifest)} were rejected ({dict(by_reason)}); see {store.uri(MANIFEST)}")
+    if len(label_counts) > data.max_labels:
+        raise InputError(
+            f"{labels or images} gives {len(label_counts)} distinct labels to usable images, more than "
+            f"data.max_labels = {data.max_labels} (e.g. {[str(x) for x in label_counts.index[:3]]}); "
+            "check the label column, or raise data.max_labels"
+        )
     log.info(
         "ingested %d images (%d ok, %d rejected) with %d labels into %d shard(s)",
         len(manifest), summary["ok"], summary["rejected"], len(label_counts), len(shards),
@@ -297,7 +370,7 @@ def _transient(task, task_run, state) -> bool:
     """Retry only I/O failures (a flaky disk or network), never bad input."""
     try:
         state.result()
-    except InputError:
+    except (InputError, StorageError):  # bad input, or storage that already failed its own retries
         return False
     except OSError:
         return True

@@ -11,6 +11,7 @@ from gcmodels.config import RuntimeConfig, ScoreConfig
 from gcmodels.typicality import TypicalityEstimator
 from tasks.artifacts import TYPICALITY, keyed_part, maps_frame, read_images, stopwatch
 from tasks.caching import content_key
+from tasks.errors import out_of_memory_hint
 from tasks.logs import stage_logger
 from tasks.models import model_stage
 from tasks.progress import StageProgress
@@ -42,11 +43,12 @@ def score_shard(
         maps = np.zeros((len(meta), model.resolution, model.resolution), np.float32)
         key = "score-" + name.removesuffix(".parquet").replace("_", "-").lower()
         with StageProgress(len(meta), f"score {name}", bar=runtime.progress, key=key) as progress:
-            for start in range(0, len(meta), CHUNK):
-                stop = min(start + CHUNK, len(meta))
-                x0 = model.encode(images[start:stop])
-                m = estimator.maps(model, x0, cond[start:stop].to(device), progress=lambda k: progress.update(start + k))
-                maps[start:stop] = m.cpu().numpy()
+            with out_of_memory_hint(f"score {name}", {"score.batch_size": config.batch_size}, device):
+                for start in range(0, len(meta), CHUNK):
+                    stop = min(start + CHUNK, len(meta))
+                    x0 = model.encode(images[start:stop])
+                    m = estimator.maps(model, x0, cond[start:stop].to(device), progress=lambda k: progress.update(start + k))
+                    maps[start:stop] = m.cpu().numpy()
             progress.close()
         ids, labels = list(meta["image_id"]), list(meta["label"])
         okey = content_key(shard, fingerprint, config, conditioning)

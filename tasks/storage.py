@@ -3,17 +3,25 @@
 Writes are atomic: locally the bytes go to a temporary sibling that is renamed into place; on
 object stores each object is written whole by a single PUT. Relative artifact names are checked
 so that nothing is ever written outside the run root.
+
+Object-store calls are retried with exponential backoff (`RETRIES` attempts after the first,
+waiting `BACKOFF_SECONDS` x 1, 2, 4, ...) unless the error is permanent (missing object, access
+denied, bad argument); after the last attempt a `StorageError` names the URI. Local I/O is not
+retried (a full disk stays full): it fails at once with a `StorageError` naming the file.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import posixpath
 import shutil
 import tempfile
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +31,42 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-__all__ = ["RunStore", "is_local", "join_uri", "open_fs"]
+from tasks.errors import StorageError
+
+__all__ = ["BACKOFF_SECONDS", "RETRIES", "RunStore", "is_local", "join_uri", "open_fs", "with_retries"]
+
+RETRIES = 4  # retries of a failed object-store call (5 attempts in all)
+BACKOFF_SECONDS = 0.5  # first wait; doubled after each failed attempt (0.5 + 1 + 2 + 4 s)
+_PERMANENT = (
+    FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError,
+    ValueError, TypeError, KeyError, AttributeError, NotImplementedError, StorageError,
+)
+_log = logging.getLogger("gcmine.storage")
+
+
+def with_retries(fs: fsspec.AbstractFileSystem, what: str, call: Callable, *args, **kwargs):
+    """`call(*args, **kwargs)`, retried with backoff on transient errors of an object store.
+    `what` ("writing s3://b/x") names the operation in the log and in the final `StorageError`.
+    Local filesystems get one attempt; permanent errors (missing file, access denied) are re-raised."""
+    attempts = 1 if is_local(fs) else RETRIES + 1
+    wait = BACKOFF_SECONDS
+    start = time.monotonic()
+    for attempt in range(1, attempts + 1):
+        try:
+            return call(*args, **kwargs)
+        except _PERMANENT:
+            raise
+        except Exception as err:  # noqa: BLE001 - network and server errors come in many types
+            if attempt == attempts:
+                raise StorageError(
+                    getattr(err, "errno", None) or 0,
+                    f"{what} failed after {attempts} attempt(s) over {time.monotonic() - start:.1f} s: "
+                    f"{type(err).__name__}: {err}",
+                ) from err
+            _log.warning("%s failed (attempt %d of %d, retrying in %.1f s): %s", what, attempt, attempts, wait, err)
+            time.sleep(wait)
+            wait *= 2
+    raise AssertionError("unreachable")
 
 
 def open_fs(uri: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -69,27 +112,31 @@ class RunStore:
 
     # -------------------------------------------------------------- bytes
     def exists(self, rel: str) -> bool:
-        return self.fs.exists(self.path(rel))
+        return with_retries(self.fs, f"checking {self.uri(rel)}", self.fs.exists, self.path(rel))
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         path = self.path(rel)
         if is_local(self.fs):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.tmp-{uuid.uuid4().hex}"
             try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(tmp, "wb") as fh:
                     fh.write(data)
                     fh.flush()
                     os.fsync(fh.fileno())
                 os.replace(tmp, path)
+            except OSError as err:
+                raise StorageError(
+                    err.errno or 0, f"writing {self.uri(rel)} failed: {err.strerror or err}; its previous version (if any) is kept"
+                ) from err
             finally:
                 if os.path.exists(tmp):
                     os.remove(tmp)
         else:
-            self.fs.pipe_file(path, data)
+            with_retries(self.fs, f"writing {self.uri(rel)}", self.fs.pipe_file, path, data)
 
     def read_bytes(self, rel: str) -> bytes:
-        return self.fs.cat_file(self.path(rel))
+        return with_retries(self.fs, f"reading {self.uri(rel)}", self.fs.cat_file, self.path(rel))
 
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=2, ensure_ascii=False, default=str).encode())
@@ -107,8 +154,11 @@ class RunStore:
         self.write_bytes(rel, buf.getvalue())
 
     def read_parquet(self, rel: str, columns: list[str] | None = None) -> pd.DataFrame:
-        with self.fs.open(self.path(rel), "rb") as fh:
-            return pq.read_table(fh, columns=columns).to_pandas()
+        if is_local(self.fs):
+            with self.fs.open(self.path(rel), "rb") as fh:
+                return pq.read_table(fh, columns=columns).to_pandas()
+        # One GET, retried as a whole: a partial read never reaches the Parquet reader.
+        return pq.read_table(io.BytesIO(self.read_bytes(rel)), columns=columns).to_pandas()
 
     def read_parts(self, folder: str, names: list[str], columns: list[str] | None = None) -> pd.DataFrame:
         """Concatenate the Parquet parts `names` of `folder`."""
@@ -125,6 +175,12 @@ class RunStore:
             staging = f"{target}.tmp-{uuid.uuid4().hex}"
             try:
                 shutil.copytree(local_dir, staging)
+            except OSError as err:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise StorageError(
+                    getattr(err, "errno", None) or 0,
+                    f"writing folder {self.uri(rel)} failed: {err}; its previous version (if any) is kept",
+                ) from err
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
@@ -136,11 +192,15 @@ class RunStore:
         else:
             # Object stores have no rename: upload every object whole, the `_`-prefixed
             # completion marker(s) last, so a reader that checks the marker never sees half a folder.
-            for old_marker in self.fs.glob(posixpath.join(target, "_*")):
-                self.fs.rm(old_marker)  # the folder is incomplete until the new marker lands
+            markers = with_retries(self.fs, f"listing {self.uri(rel)}", self.fs.glob, posixpath.join(target, "_*"))
+            for old_marker in markers:
+                # the folder is incomplete until the new marker lands
+                with_retries(self.fs, f"removing {old_marker}", self.fs.rm, old_marker)
             files = sorted((p for p in Path(local_dir).rglob("*") if p.is_file()), key=lambda p: (p.name.startswith("_"), str(p)))
             for src in files:
-                self.fs.put_file(str(src), posixpath.join(target, src.relative_to(local_dir).as_posix()))
+                rel_file = src.relative_to(local_dir).as_posix()
+                dest = posixpath.join(target, rel_file)
+                with_retries(self.fs, f"uploading {self.uri(rel)}/{rel_file}", self.fs.put_file, str(src), dest)
 
     def local_dir(self, rel: str, cache: str | Path | None = None) -> Path:
         """A local directory holding artifact folder `rel` (the folder itself when local)."""
@@ -150,5 +210,5 @@ class RunStore:
                 raise FileNotFoundError(f"artifact folder {self.uri(rel)} does not exist")
             return Path(path)
         dest = Path(cache or tempfile.mkdtemp(prefix="gcmine-"))
-        self.fs.get(path + "/", str(dest), recursive=True)
+        with_retries(self.fs, f"downloading {self.uri(rel)}", self.fs.get, path + "/", str(dest), recursive=True)
         return dest

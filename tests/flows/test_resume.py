@@ -92,3 +92,35 @@ def test_killed_during_scoring_resumes_missing_shards_only(prefect_harness, imag
         pd.testing.assert_frame_equal(
             pd.read_parquet(out / f"{name}.parquet"), pd.read_parquet(reference / f"{name}.parquet"), check_exact=True
         )
+
+
+def test_killed_during_finetune_resumes_after_the_collection_stages(prefect_harness, images, tmp_path) -> None:
+    env = _env()
+    out = tmp_path / "killed-finetune"
+    command = _command(images, out) + ["--set", "train.steps=200", "--set", "score.draws=2"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        # Kill once the collection stages are done and training has had a moment to start.
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(list((out / "stages").glob("cluster_metrics-*.parquet"))) >= 1:
+                time.sleep(1.0)
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be killed: make training slower"
+        assert not (out / "model" / "_COMPLETE.json").exists(), "training finished before the kill"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (out / "model").exists() and not (out / "training.parquet").exists()  # nothing half-published
+    assert not (out / "typicality.parquet").exists()
+
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    reused_line = next(line for line in resumed.stderr.splitlines() if "reused from earlier runs" in line)
+    assert "embed" in reused_line and "cluster" in reused_line and "finetune" not in reused_line
+    assert (out / "model" / "_COMPLETE.json").exists()
+    assert len(pd.read_parquet(out / "training.parquet")) == 200
+    assert len(pd.read_parquet(out / "typicality.parquet")) == 8

@@ -227,7 +227,7 @@ def test_corrupt_file_is_rejected_rest_ok(tmp_path) -> None:
     assert m.loc["good1.png", "status"] == "ok" and m.loc["good2.png", "status"] == "ok"
     assert pd.isna(m.loc["half.png", "width"])
     assert summary["ok"] == 2 and summary["rejected"] == 2
-    assert summary["rejected_by_reason"] == {"truncated or corrupt PNG data": 1, "not an image": 1}
+    assert summary["rejected_by_reason"] == {"truncated or corrupt": 1, "not an image": 1}
     assert pd.isna(m.loc["half.png", "shard"]) and m.loc["good1.png", "shard"] == "part-00000.parquet"
     part = store.read_parquet("images/part-00000.parquet")
     assert len(part) == 2
@@ -243,7 +243,7 @@ def test_duplicate_bytes_second_rejected(tmp_path) -> None:
     m = store.read_parquet(MANIFEST).set_index("filename")
     assert m.loc["a.png", "status"] == "ok"
     assert m.loc["b.png", "status"] == "rejected"
-    assert m.loc["b.png", "reason"] == f"duplicate of {imgs / 'a.png'}"
+    assert m.loc["b.png", "reason"] == f"duplicate: same content as {imgs / 'a.png'}"
     assert m.loc["a.png", "image_id"] == m.loc["b.png", "image_id"]
     assert summary["rejected"] == 1 and list(summary["rejected_by_reason"].values()) == [1]
     assert summary["ok"] == 2
@@ -378,7 +378,7 @@ def test_all_rejected_still_writes_the_manifest(tmp_path) -> None:
     with pytest.raises(InputError, match="no usable image"):
         _ingest(imgs, tmp_path=tmp_path)
     manifest = pd.read_parquet(next(tmp_path.rglob("manifest.parquet")))
-    assert list(manifest["status"]) == ["rejected"] and manifest["reason"].iloc[0] == "empty file (0 bytes)"
+    assert list(manifest["status"]) == ["rejected"] and manifest["reason"].iloc[0] == "empty file: 0 bytes"
 
 
 def test_a_write_failing_midway_leaves_the_old_artifact(tmp_path, monkeypatch) -> None:
@@ -414,6 +414,6 @@ def test_put_dir_failing_midway_keeps_the_old_folder(tmp_path, monkeypatch) -> N
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(shutil, "copytree", fail)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match=r"writing folder file://.*/model failed: .*No space left on device.*previous version"):
         store.put_dir(src2, "model")
     assert (tmp_path / "run" / "model" / "unet" / "w.bin").read_bytes() == b"old"
