@@ -139,11 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in _PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from flows.pipeline import run_pipeline
-    from tasks.ingest import InputError
-
     if args.command == "watch":
         return _watch(args.uri, args.out, args.config, args.overrides)
+    from flows.pipeline import run_pipeline
+    from tasks.ingest import InputError
 
     truth = None
     if args.command == "demo":

@@ -14,7 +14,6 @@ from prefect import flow
 from prefect.runtime import deployment, flow_run
 
 from flows.config import load_settings
-from flows.pipeline import run_pipeline
 from gcmodels.config import ConfigError
 from tasks.watch import announce, compare, list_dataset, save_listing
 
@@ -48,6 +47,10 @@ def mine_configured(
     Into an existing run root this is the incremental path: only what changed is recomputed."""
     _check_templated(images=images, out=out, labels=labels, config=config)
     settings = load_settings(config, list(overrides or ()))
+    # imported here: the model stack (torch, diffusers) takes seconds to import, which the watch
+    # flow and `prefect deploy` (it imports this module) need not pay
+    from flows.pipeline import run_pipeline
+
     return run_pipeline(images, out, labels, settings)
 
 
