@@ -1,7 +1,8 @@
 """deployments/prefect.yaml on a real Prefect server: `prefect server start` on a free port with its
 own PREFECT_HOME, `prefect deploy --all`, a process worker; then the production deployment run on
-demand completes, and `gcmine watch` (a real `gcmine.dataset.updated` event) starts the reprocess
-deployment with the dataset's URI, which completes on the incremental path.
+demand completes; the watch deployment, run on demand after images were added, emits a real
+`gcmine.dataset.updated` event that starts the reprocess deployment with the dataset's URI, which
+completes on the incremental path; `gcmine watch` then finds nothing changed.
 
 This test uses its own server, not the session harness of tests/conftest.py. Every process it
 starts runs in its own process group, killed at the end."""
@@ -187,12 +188,15 @@ def test_deployments_on_a_real_server(stack) -> None:
     first = json.loads((stack.out / "run.json").read_text())
     assert first["summary"]["new_images"] == 8 and first["reused"] == []
 
-    # 2. two new images; the watch emits gcmine.dataset.updated, which starts `reprocess`
+    # 2. two new images; the watch deployment (run now, on the worker) emits gcmine.dataset.updated,
+    #    which starts `reprocess`
     _write_images(stack.images, n_per_label=1, seed=99, prefix="new-")
     reprocess_id = _deployment_id(stack, "gcmine-production", "reprocess")
-    watched = stack.call("-m", "flows.cli", "watch", str(stack.images), "--out", str(stack.out), "--config", stack.env["GCMINE_CONFIG"])
-    stack.mark("watch emitted")
-    assert "2 added, 0 changed, 0 removed" in watched and "emitted gcmine.dataset.updated" in watched, watched
+    watch = httpx.post(f"{api}/deployments/{by_name['watch']['id']}/create_flow_run", json={}, timeout=10).json()
+    watched = _wait(stack, watch["id"], 120)
+    stack.mark("watch run finished")
+    assert watched["state_type"] == "COMPLETED", f"{watched['state']}\n{stack.logs()}"
+    assert watched["name"] == "watch-images"
     deadline, runs = time.monotonic() + 60, []
     while not runs and time.monotonic() < deadline:
         runs = httpx.post(f"{api}/flow_runs/filter", json={"deployments": {"id": {"any_": [reprocess_id]}}}, timeout=10).json()
@@ -205,13 +209,17 @@ def test_deployments_on_a_real_server(stack) -> None:
     stack.mark("reprocess run finished")
     assert done["state_type"] == "COMPLETED", f"{done['state']}\n{stack.logs()}"
     assert done["name"] == "reprocess-images"
+    events = httpx.post(f"{api}/events/filter", json={"filter": {"event": {"name": ["gcmine.dataset.updated"]}}}, timeout=10).json()["events"]
+    assert len(events) == 1, events
+    assert events[0]["payload"] == {"uri": str(stack.images), "out": str(stack.out), "added": 2, "changed": 0, "removed": 0, "files": 10}
+    assert events[0]["resource"]["prefect.resource.id"] == f"gcmine.dataset.{stack.images}"
     second = json.loads((stack.out / "run.json").read_text())
     # the incremental path: only the new images were decoded and scored, the model was kept
     assert second["summary"]["new_images"] == 2
     assert "finetune" in second["reused"] and "score[part-00000.parquet]" in second["reused"]
     assert second["summary"]["ok"] == 10
 
-    # nothing changed since: the next watch emits nothing
+    # nothing changed since: `gcmine watch` compares with the watch run's listing and emits nothing
     again = stack.call("-m", "flows.cli", "watch", str(stack.images), "--out", str(stack.out), "--config", stack.env["GCMINE_CONFIG"])
     stack.mark("second watch done")
     assert "0 added, 0 changed, 0 removed" in again and "emitted gcmine.dataset.updated" not in again, again
