@@ -15,7 +15,7 @@ from prefect.runtime import deployment, flow_run
 
 from flows.config import load_settings
 from gcmodels.config import ConfigError
-from tasks.watch import announce, compare, list_dataset, save_listing
+from tasks.watch import announce, compare, save_listing
 
 __all__ = ["mine_configured", "watch"]
 
@@ -66,11 +66,10 @@ def watch(uri: str, out: str, config: str | None = None, overrides: list[str] | 
     _check_templated(uri=uri, out=out, config=config)
     settings = load_settings(config, list(overrides or ()))
     so = settings.storage.options()
-    listing = list_dataset(uri, settings.data.extensions, so)
-    changes = compare(uri, out, listing, so)
+    changes = compare(uri, out, settings.data.extensions, so)
     changed = bool(changes["added"] or changes["changed"] or changes["removed"])
     event_id = announce(uri, out, changes) if changed else None
     # A change whose event could not be sent stays pending: the next watch reports it again.
     if event_id is not None or not changed:
-        save_listing(out, listing, so)
+        save_listing(out, so)
     return {**changes, "event": event_id}

@@ -20,17 +20,18 @@ from prefect import task
 from prefect.events import emit_event
 
 from tasks.artifacts import MANIFEST
-from tasks.ingest import InputError, _local_rel
+from tasks.ingest import InputError, _local_rel, _transient
 from tasks.logs import stage_logger
 from tasks.storage import RunStore, is_local, open_fs
 
 __all__ = [
     "DATASET_UPDATED", "LISTING", "announce", "compare", "dataset_resource", "diff_listings",
-    "list_dataset", "listing_table", "save_listing",
+    "listing_table", "save_listing",
 ]
 
 DATASET_UPDATED = "gcmine.dataset.updated"
 LISTING = "watch/listing.parquet"
+LISTING_NEXT = "watch/listing-next.parquet"  # staged by compare, kept by save_listing
 LISTING_COLUMNS = ["name", "size", "stamp"]
 
 
@@ -99,18 +100,16 @@ def dataset_resource(uri: str) -> dict[str, str]:
     return {"prefect.resource.id": f"gcmine.dataset.{uri}", "prefect.resource.name": uri, "gcmine.uri": uri}
 
 
-@task(name="list-dataset", retries=2, retry_delay_seconds=2)
-def list_dataset(uri: str, extensions: tuple[str, ...], storage_options: dict | None = None) -> pd.DataFrame:
-    """Prefect task: see `listing_table`."""
-    return listing_table(uri, extensions, storage_options)
-
-
-@task(name="compare-listing")
-def compare(uri: str, out: str, listing: pd.DataFrame, storage_options: dict | None = None) -> dict[str, Any]:
-    """Files added, changed and removed since the last watch (or the last manifest), with counts
-    and up to 5 examples of each."""
-    old, against = _baseline(uri, RunStore(out, storage_options), storage_options)
+@task(name="compare-listing", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient)
+def compare(uri: str, out: str, extensions: tuple[str, ...], storage_options: dict | None = None) -> dict[str, Any]:
+    """List `uri` and compare it with the last watch (or the last manifest): counts of the files
+    added, changed and removed, up to 5 examples of each. The new listing is staged in the run
+    root (`save_listing` makes it the baseline), so no table passes between tasks."""
+    store = RunStore(out, storage_options)
+    listing = listing_table(uri, extensions, storage_options)
+    old, against = _baseline(uri, store, storage_options)
     diff = diff_listings(old, listing)
+    store.write_parquet(LISTING_NEXT, listing)
     counts = {k: len(v) for k, v in diff.items()}
     stage_logger().info(
         "%s against the %s: %d added, %d changed, %d removed (%d files now)",
@@ -132,8 +131,9 @@ def announce(uri: str, out: str, changes: dict[str, Any]) -> str | None:
 
 
 @task(name="save-listing", retries=2, retry_delay_seconds=2)
-def save_listing(out: str, listing: pd.DataFrame, storage_options: dict | None = None) -> str:
-    """Keep `listing` as the baseline of the next watch; its URI."""
+def save_listing(out: str, storage_options: dict | None = None) -> str:
+    """Make the listing staged by `compare` the baseline of the next watch; its URI."""
     store = RunStore(out, storage_options)
-    store.write_parquet(LISTING, listing)
+    store.write_bytes(LISTING, store.read_bytes(LISTING_NEXT))
+    store.fs.rm(store.path(LISTING_NEXT))
     return store.uri(LISTING)

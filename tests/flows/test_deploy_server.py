@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -100,22 +99,63 @@ class Stack:
     def logs(self) -> str:
         return "\n".join(f"--- {name}.log (tail)\n{log.read_text(errors='replace')[-4000:]}" for name, _, log in self.procs)
 
-    def stop(self) -> None:
-        for _, proc, _ in reversed(self.procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for _, proc, _ in reversed(self.procs):
+    def stop(self) -> list[int]:
+        """SIGTERM to the process group of everything started here, SIGKILL after 15 s; flow-run
+        subprocesses of the worker may sit in process groups of their own: those too. Returns
+        the processes still alive after that (none expected)."""
+        groups = {proc.pid for _, proc, _ in self.procs}
+        spawned = [d for _, proc, _ in self.procs for d in _descendants(proc.pid)]
+        for pid in spawned:
+            try:
+                groups.add(os.getpgid(pid))
+            except ProcessLookupError:
+                pass
+        groups.discard(os.getpgid(0))  # never this test process's own group
+        for pgid in groups:
+            _signal_group(pgid, signal.SIGTERM)
+        for _, proc, _ in self.procs:
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=15)
-        # a flow run's subprocess lives in the worker's group; make sure no group member survives
-        for _, proc, _ in self.procs:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
                 pass
+        for pgid in groups:
+            _signal_group(pgid, signal.SIGKILL)
+        for _, proc, _ in self.procs:
+            proc.wait(timeout=15)
+        time.sleep(0.5)
+        return [pid for pid in spawned if _alive(pid)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _descendants(pid: int) -> list[int]:
+    """Child processes of `pid`, recursively (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +186,8 @@ def stack(tmp_path_factory):
         s.mark("deployed")
         yield s
     finally:
-        s.stop()
+        survivors = s.stop()
+    assert not survivors, f"processes left running: {survivors}"
 
 
 def _deployment_id(stack: Stack, flow: str, name: str) -> str:
