@@ -83,16 +83,16 @@ def diff_listings(old: pd.DataFrame | None, new: pd.DataFrame) -> dict[str, list
     and removed between two listings."""
     if old is None:
         return {"added": sorted(new["name"]), "changed": [], "removed": []}
-    o = old.drop_duplicates("name").set_index("name")
-    n = new.set_index("name")
-    added = sorted(set(n.index) - set(o.index))
-    removed = sorted(set(o.index) - set(n.index))
-    both = sorted(set(n.index) & set(o.index))
-    changed = [
-        name for name in both
-        if not pd.isna(o.at[name, "size"]) and (int(o.at[name, "size"]) != int(n.at[name, "size"]) or str(o.at[name, "stamp"]) != str(n.at[name, "stamp"]))
-    ]
-    return {"added": added, "changed": changed, "removed": removed}
+    m = new.merge(old.drop_duplicates("name"), on="name", how="outer", suffixes=("", "_old"), indicator=True)
+    both = m[m["_merge"] == "both"]
+    old_size = pd.to_numeric(both["size_old"], errors="coerce")
+    differs = (pd.to_numeric(both["size"]) != old_size) | (both["stamp"].astype(str) != both["stamp_old"].astype(str))
+    changed = both.loc[old_size.notna() & differs, "name"]
+    return {
+        "added": sorted(m.loc[m["_merge"] == "left_only", "name"]),
+        "changed": sorted(changed),
+        "removed": sorted(m.loc[m["_merge"] == "right_only", "name"]),
+    }
 
 
 def dataset_resource(uri: str) -> dict[str, str]:
