@@ -48,3 +48,16 @@ def test_shipped_settings_file_is_valid() -> None:
 
     settings = load_settings(ROOT / "deployments" / "settings.yaml")
     assert settings.runtime.progress is False
+
+
+def test_a_parameter_left_templated_is_a_clear_error() -> None:
+    """`{{ $GCMINE_IMAGES }}` stays as it is when the variable was unset at `prefect deploy`."""
+    import pytest
+
+    from flows.production import mine_configured, watch
+    from gcmodels.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"parameter images='\{\{ \$GCMINE_IMAGES \}\}' was never filled in"):
+        mine_configured.fn(images="{{ $GCMINE_IMAGES }}", out="runs/x")
+    with pytest.raises(ConfigError, match=r"parameter config="):
+        watch.fn(uri="data", out="runs/x", config="{{ $GCMINE_CONFIG }}")
