@@ -1,4 +1,4 @@
-"""The `gcmine` command line: run, demo, config."""
+"""The `gcmine` command line: run, demo, watch, config."""
 
 from __future__ import annotations
 
@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("name", nargs="?", default="motifs", choices=sorted(DEMOS), help="; ".join(f"{k}: {v}" for k, v in DEMOS.items()))
     demo.add_argument("--out", help="run root (default runs/demo-NAME)")
     _settings_args(demo)
+    watch = sub.add_parser(
+        "watch", help="compare a dataset location with its last listing; on changes emit gcmine.dataset.updated",
+    )
+    watch.add_argument("uri", metavar="URI", help="dataset folder (local or s3://) or CSV/Parquet manifest to watch")
+    watch.add_argument("--out", help="run root the dataset is mined into; keeps the last listing (default runs/NAME)")
+    _settings_args(watch)
     cfg = sub.add_parser("config", help="print the effective configuration with its defaults")
     _settings_args(cfg)
     return parser
@@ -93,6 +99,37 @@ def _print_ground_truth(out: str, truth: Path) -> None:
         print(f"top element of {label!r}: {100 * purity:.0f}% motif patches ({rep['top_element_size'][label]} patches)", file=sys.stderr)
 
 
+def _watch(uri: str, out: str | None, config: str | None, overrides: list[str]) -> int:
+    from flows.production import watch
+    from tasks.ingest import InputError
+    from tasks.watch import DATASET_UPDATED
+
+    out = out or f"runs/{uri.rstrip('/').rsplit('/', 1)[-1]}"
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        # the event would go to a temporary server, trigger nothing, and the change would be forgotten
+        print(
+            f"gcmine watch: PREFECT_API_URL is not set, so {DATASET_UPDATED} would reach no Prefect server; "
+            "start one and set it (see README, Production)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        changes = watch(uri=uri, out=out, config=config, overrides=overrides)
+    except (InputError, ConfigError) as err:
+        print(f"gcmine: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"{uri}: {changes['added']} added, {changes['changed']} changed, {changes['removed']} removed "
+        f"({changes['files']} files; compared with the {changes['against']})",
+        file=sys.stderr,
+    )
+    if changes["event"]:
+        print(f"emitted {DATASET_UPDATED} (event {changes['event']})", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from flows.config import describe_settings, load_settings
@@ -108,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in _PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "watch":
+        return _watch(args.uri, args.out, args.config, args.overrides)
     from flows.pipeline import run_pipeline
     from gcmodels.training import TrainingDiverged
     from tasks.errors import InputError, OutOfMemory, StorageError

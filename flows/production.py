@@ -1,0 +1,75 @@
+"""The flows behind the deployments of deployments/prefect.yaml.
+
+- `mine_configured` (flow `gcmine-production`): the gcmine flow with its settings read from a
+  YAML config file on the worker, for scheduled runs and for reprocessing triggered by a
+  `gcmine.dataset.updated` event. Rerunning into the same run root is the incremental path:
+  only new images are decoded and scored (see tasks/ingest.py and tasks/caching.py).
+- `watch` (flow `gcmine-watch`): compares a dataset location with its last listing and emits
+  `gcmine.dataset.updated` (URI, run root, counts) when files were added, changed or removed.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.runtime import deployment, flow_run
+
+from flows.config import load_settings
+from gcmodels.config import ConfigError
+from tasks.watch import announce, compare, save_listing
+
+__all__ = ["mine_configured", "watch"]
+
+
+def _dataset_name(uri: str) -> str:
+    return str(uri).rstrip("/").rsplit("/", 1)[-1] or "dataset"
+
+
+def _check_templated(**params: object) -> None:
+    """A deployment parameter still holding `{{ $VAR }}` means VAR was unset at `prefect deploy`."""
+    for name, value in params.items():
+        if isinstance(value, str) and "{{" in value:
+            raise ConfigError(
+                f"parameter {name}={value!r} was never filled in: set the environment variable it names "
+                "when running `prefect deploy`, or pass the parameter to the run"
+            )
+
+
+def _production_run_name() -> str:
+    return f"{deployment.name or 'production'}-{_dataset_name(flow_run.parameters.get('images', ''))}"
+
+
+@flow(name="gcmine-production", flow_run_name=_production_run_name, log_prints=True)
+def mine_configured(
+    images: str, out: str, labels: str | None = None, config: str | None = None, overrides: list[str] | None = None,
+) -> dict:
+    """Run the gcmine flow on `images` into `out` with the settings of YAML file `config` (a path
+    on the worker, relative to its working directory) and `overrides` ("key=value", as `--set`).
+    Into an existing run root this is the incremental path: only what changed is recomputed."""
+    _check_templated(images=images, out=out, labels=labels, config=config)
+    settings = load_settings(config, list(overrides or ()))
+    # imported here: the model stack (torch, diffusers) takes seconds to import, which the watch
+    # flow and `prefect deploy` (it imports this module) need not pay
+    from flows.pipeline import run_pipeline
+
+    return run_pipeline(images, out, labels, settings)
+
+
+def _watch_run_name() -> str:
+    return f"watch-{_dataset_name(flow_run.parameters.get('uri', ''))}"
+
+
+@flow(name="gcmine-watch", flow_run_name=_watch_run_name, log_prints=True)
+def watch(uri: str, out: str, config: str | None = None, overrides: list[str] | None = None) -> dict:
+    """Compare dataset `uri` with its last listing (kept in run root `out`) and, if any image file
+    was added, changed or removed, emit `gcmine.dataset.updated` with `uri`, `out` and the counts.
+    `config`/`overrides` give the settings used here: `data.extensions` and `storage`."""
+    _check_templated(uri=uri, out=out, config=config)
+    settings = load_settings(config, list(overrides or ()))
+    so = settings.storage.options()
+    changes = compare(uri, out, settings.data.extensions, so)
+    changed = bool(changes["added"] or changes["changed"] or changes["removed"])
+    event_id = announce(uri, out, changes) if changed else None
+    # A change whose event could not be sent stays pending: the next watch reports it again.
+    if event_id is not None or not changed:
+        save_listing(out, so)
+    return {**changes, "event": event_id}

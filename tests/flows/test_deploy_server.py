@@ -1,0 +1,266 @@
+"""deployments/prefect.yaml on a real Prefect server: `prefect server start` on a free port with its
+own PREFECT_HOME, `prefect deploy --all`, a process worker; then the production deployment run on
+demand completes; the watch deployment, run on demand after images were added, emits a real
+`gcmine.dataset.updated` event that starts the reprocess deployment with the dataset's URI, which
+completes on the incremental path; `gcmine watch` then finds nothing changed.
+
+This test uses its own server, not the session harness of tests/conftest.py. Every process it
+starts runs in its own process group, killed at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from gcmodels.synthetic import motif_dataset
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = {
+    "data": {"resolution": 16, "shard_size": 4},
+    "embed": {"size": 8, "dim": 4},
+    "cluster": {"k": 2},
+    "model": {"block_out_channels": [8, 16]},
+    "train": {"steps": 3, "batch_size": 4, "warmup_steps": 1, "retrain_fraction": 0.5},
+    "score": {"draws": 2, "batch_size": 8},
+    "rank": {"per_image": 2, "elements": 2, "feature_draws": 1},
+    "report": {"heatmaps_per_label": 1},
+    "runtime": {"progress": False},
+}
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_images(folder: Path, n_per_label: int, seed: int, prefix: str = "") -> None:
+    for i, item in enumerate(motif_dataset(n_per_label=n_per_label, size=16, labels=("circle", "cross"), seed=seed)):
+        path = folder / item.label / f"{prefix}{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        item.image.save(path)
+
+
+class Stack:
+    """The processes of one test and how to reach the server."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.port = _free_port()
+        self.api = f"http://127.0.0.1:{self.port}/api"
+        self.procs: list[tuple[str, subprocess.Popen, Path]] = []
+        self.images, self.out = tmp / "data" / "images", tmp / "runs" / "images"
+        config = tmp / "tiny.yaml"
+        config.write_text(yaml.safe_dump(TINY))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update(
+            PREFECT_HOME=str(tmp / "prefect-home"), PREFECT_API_URL=self.api, PREFECT_CLI_PROMPT="false",
+            PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false",
+            PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",  # runs here are started on demand or by the event only
+            PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_PREFETCH_SECONDS="2",
+            PREFECT_LOGGING_LEVEL="INFO", OMP_NUM_THREADS="1",
+            PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+            GCMINE_REPO=str(ROOT), GCMINE_IMAGES=str(self.images), GCMINE_OUT=str(self.out), GCMINE_CONFIG=str(config),
+        )
+        self.env = env
+        self.t0 = time.monotonic()
+
+    def mark(self, what: str) -> None:
+        """Phase timings, shown with `pytest -s` (to keep this test fast)."""
+        print(f"[{time.monotonic() - self.t0:6.1f} s] {what}", flush=True)
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        log = self.tmp / f"{name}.log"
+        proc = subprocess.Popen(
+            [sys.executable, *args], cwd=ROOT, env=self.env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.procs.append((name, proc, log))
+        return proc
+
+    def call(self, *args: str, timeout: float = 180) -> str:
+        done = subprocess.run([sys.executable, *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
+        assert done.returncode == 0, f"{args} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        return done.stdout + done.stderr
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name}.log (tail)\n{log.read_text(errors='replace')[-4000:]}" for name, _, log in self.procs)
+
+    def stop(self) -> list[int]:
+        """SIGTERM to the process group of everything started here, SIGKILL after 15 s; flow-run
+        subprocesses of the worker may sit in process groups of their own: those too. Returns
+        the processes still alive after that (none expected)."""
+        groups = {proc.pid for _, proc, _ in self.procs}
+        spawned = [d for _, proc, _ in self.procs for d in _descendants(proc.pid)]
+        for pid in spawned:
+            try:
+                groups.add(os.getpgid(pid))
+            except ProcessLookupError:
+                pass
+        groups.discard(os.getpgid(0))  # never this test process's own group
+        for pgid in groups:
+            _signal_group(pgid, signal.SIGTERM)
+        for _, proc, _ in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+        for pgid in groups:
+            _signal_group(pgid, signal.SIGKILL)
+        for _, proc, _ in self.procs:
+            proc.wait(timeout=15)
+        time.sleep(0.5)
+        return [pid for pid in spawned if _alive(pid)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _descendants(pid: int) -> list[int]:
+    """Child processes of `pid`, recursively (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    s = Stack(tmp_path_factory.mktemp("deploy"))
+    _write_images(s.images, n_per_label=4, seed=5)
+    try:
+        server = s.start("server", "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(s.port))
+        deadline = time.monotonic() + 150
+        while True:
+            assert server.poll() is None, f"prefect server exited:\n{s.logs()}"
+            assert time.monotonic() < deadline, f"prefect server not healthy after 150 s:\n{s.logs()}"
+            try:
+                if httpx.get(f"{s.api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        s.mark("server healthy")
+        # the worker creates the process pool (saves a `prefect work-pool create` subprocess)
+        worker = s.start("worker", "-m", "prefect", "worker", "start", "--pool", "gcmine-process", "--type", "process", "--limit", "2")
+        while httpx.get(f"{s.api}/work_pools/gcmine-process", timeout=5).status_code != 200:
+            assert worker.poll() is None, f"prefect worker exited:\n{s.logs()}"
+            assert time.monotonic() < deadline + 120, f"no work pool after 120 s:\n{s.logs()}"
+            time.sleep(1)
+        s.mark("worker up")
+        s.deploy_output = s.call("-m", "prefect", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml", "--no-prompt")
+        s.mark("deployed")
+        yield s
+    finally:
+        survivors = s.stop()
+    assert not survivors, f"processes left running: {survivors}"
+
+
+def _deployment_id(stack: Stack, flow: str, name: str) -> str:
+    r = httpx.get(f"{stack.api}/deployments/name/{flow}/{name}", timeout=10)
+    assert r.status_code == 200, (flow, name, r.text, stack.deploy_output[-2000:])
+    return r.json()["id"]
+
+
+def _wait(stack: Stack, run_id: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = httpx.get(f"{stack.api}/flow_runs/{run_id}", timeout=10).json()
+        if run["state_type"] in TERMINAL:
+            return run
+        time.sleep(2)
+    raise AssertionError(f"flow run {run_id} not finished after {timeout} s (last state {run['state_type']}):\n{stack.logs()}")
+
+
+def test_deployments_on_a_real_server(stack) -> None:
+    api = stack.api
+    deployments = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
+    by_name = {d["name"]: d for d in deployments}
+    assert set(by_name) == {"production", "reprocess", "watch"}
+    prod = by_name["production"]
+    assert prod["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
+    assert prod["global_concurrency_limit"]["limit"] == 1 and prod["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+    assert prod["parameters"] == {"images": str(stack.images), "out": str(stack.out), "config": stack.env["GCMINE_CONFIG"]}
+    assert prod["work_pool_name"] == "gcmine-process"
+
+    # 1. the scheduled deployment, run on demand
+    run = httpx.post(f"{api}/deployments/{prod['id']}/create_flow_run", json={}, timeout=10).json()
+    done = _wait(stack, run["id"], 240)
+    stack.mark("production run finished")
+    assert done["state_type"] == "COMPLETED", f"{done['state']}\n{stack.logs()}"
+    assert done["name"] == "production-images"
+    children = httpx.post(f"{api}/flow_runs/filter", json={"flows": {"name": {"any_": ["gcmine"]}}}, timeout=10).json()
+    assert [c["name"] for c in children] == ["mine-images"] and children[0]["parent_task_run_id"]
+    assert children[0]["state_type"] == "COMPLETED"
+    first = json.loads((stack.out / "run.json").read_text())
+    assert first["summary"]["new_images"] == 8 and first["reused"] == []
+
+    # 2. two new images; the watch deployment (run now, on the worker) emits gcmine.dataset.updated,
+    #    which starts `reprocess`
+    _write_images(stack.images, n_per_label=1, seed=99, prefix="new-")
+    reprocess_id = _deployment_id(stack, "gcmine-production", "reprocess")
+    watch = httpx.post(f"{api}/deployments/{by_name['watch']['id']}/create_flow_run", json={}, timeout=10).json()
+    watched = _wait(stack, watch["id"], 120)
+    stack.mark("watch run finished")
+    assert watched["state_type"] == "COMPLETED", f"{watched['state']}\n{stack.logs()}"
+    assert watched["name"] == "watch-images"
+    deadline, runs = time.monotonic() + 60, []
+    while not runs and time.monotonic() < deadline:
+        runs = httpx.post(f"{api}/flow_runs/filter", json={"deployments": {"id": {"any_": [reprocess_id]}}}, timeout=10).json()
+        time.sleep(1)
+    assert len(runs) == 1, f"the event started {len(runs)} reprocess run(s)\n{stack.logs()}"
+    assert runs[0]["parameters"]["images"] == str(stack.images)
+    assert runs[0]["parameters"]["out"] == str(stack.out)
+    stack.mark("reprocess run created")
+    done = _wait(stack, runs[0]["id"], 240)
+    stack.mark("reprocess run finished")
+    assert done["state_type"] == "COMPLETED", f"{done['state']}\n{stack.logs()}"
+    assert done["name"] == "reprocess-images"
+    events = httpx.post(f"{api}/events/filter", json={"filter": {"event": {"name": ["gcmine.dataset.updated"]}}}, timeout=10).json()["events"]
+    assert len(events) == 1, events
+    assert events[0]["payload"] == {"uri": str(stack.images), "out": str(stack.out), "added": 2, "changed": 0, "removed": 0, "files": 10}
+    assert events[0]["resource"]["prefect.resource.id"] == f"gcmine.dataset.{stack.images}"
+    second = json.loads((stack.out / "run.json").read_text())
+    # the incremental path: only the new images were decoded and scored, the model was kept
+    assert second["summary"]["new_images"] == 2
+    assert "finetune" in second["reused"] and "score[part-00000.parquet]" in second["reused"]
+    assert second["summary"]["ok"] == 10
+
+    # nothing changed since: `gcmine watch` compares with the watch run's listing and emits nothing
+    again = stack.call("-m", "flows.cli", "watch", str(stack.images), "--out", str(stack.out), "--config", stack.env["GCMINE_CONFIG"])
+    stack.mark("second watch done")
+    assert "0 added, 0 changed, 0 removed" in again and "emitted gcmine.dataset.updated" not in again, again
