@@ -15,7 +15,7 @@ from tasks.logs import stage_logger
 from tasks.storage import RunStore
 
 
-@task(name="cluster")
+@task(name="cluster", task_run_name="cluster")
 def cluster(
     out: str, embeddings: str, labels_key: str, config: ClusterConfig, storage_options: dict | None = None
 ) -> dict:

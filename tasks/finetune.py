@@ -61,7 +61,7 @@ def reuse_decision(store: RunStore, training_set: pd.DataFrame, config_key: str,
     return meta["fingerprint"], f"{detail} <= train.retrain_fraction = {retrain_fraction:.0%}"
 
 
-@task(name="finetune")
+@task(name="finetune", task_run_name="finetune")
 def finetune(
     out: str,
     shards: list[str],

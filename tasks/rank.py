@@ -74,7 +74,7 @@ def rank_shard(
     return {"shard": name, "patches": int(valid.sum()), "candidates": candidates, "seconds": clock["seconds"], "worker": worker_name()}
 
 
-@task(name="elements")
+@task(name="elements", task_run_name="elements")
 def elements(out: str, candidates: list[str], config: RankConfig, storage_options: dict | None = None) -> dict:
     """Keep each label's `per_label` most typical patches (from the shards' `candidates`
     artifacts), cluster them into elements, rank the elements; write `patches.parquet` and

@@ -62,7 +62,7 @@ def score_shard(
     return {"shard": name, "images": len(ids), **outputs, "seconds": seconds, "worker": worker_name()}
 
 
-@task(name="typicality-table")
+@task(name="typicality-table", task_run_name="typicality-table")
 def typicality_table(out: str, scores: list[str], storage_options: dict | None = None) -> dict:
     """Gather the shards' image-level scores (`scores`: their artifact names) into `typicality.parquet`."""
     with stopwatch() as clock:

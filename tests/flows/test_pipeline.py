@@ -3,8 +3,10 @@ artifact contract of DESIGN.md."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -159,8 +161,7 @@ def test_prefect_ui_story(run) -> None:
         flt = FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
         names = {t.name for t in client.read_task_runs(flow_run_filter=flt)}
         artifacts = client.read_artifacts(flow_run_filter=flt)
-    for stage in ("ingest", "embed", "cluster", "finetune", "elements", "report"):
-        assert any(n.startswith(stage) for n in names), (stage, names)
+    assert {"ingest", "embed", "cluster", "finetune", "typicality-table", "elements", "publish", "report"} <= names
     shards = ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     assert {f"score[{s}]" for s in shards} <= names and {f"rank[{s}]" for s in shards} <= names
     by_key = {a.key: a for a in artifacts if a.key}
@@ -182,6 +183,10 @@ def test_prefect_ui_story(run) -> None:
     assert "| label | element rank | score (median typicality) |" in md
     for _, e in elements[elements["rank"] < 3].iterrows():
         assert f" | {int(e['rank'])} | {e['score']:.4g} | {int(e['size'])} | " in md
+    report = (run["out"] / "report" / "index.html").read_text()
+    for label in LABELS:  # each row links to its label's section of the report
+        anchor = next(a for a in re.findall(r'<section class="label" id="([^"]+)"><h2>([^<]*)', report) if html.unescape(a[1]) == label)[0]
+        assert f"[open]({(run['out'] / 'report' / 'index.html').as_uri()}#{anchor})" in md
     # the table artifact holds every element with its score
     table = pd.DataFrame(json.loads(by_key["gcmine-elements"].data))
     assert len(table) == len(elements)
@@ -254,3 +259,46 @@ def test_dask_runner_gives_the_same_artifacts(run, dataset, tmp_path) -> None:
         threads = json.loads((run["out"] / "run.json").read_text())["stages"][stage]["workers"]
         dask = json.loads((out / "run.json").read_text())["stages"][stage]["workers"]
         assert threads == [here] and dask and here not in dask, (stage, threads, dask)
+
+
+def test_prefect_ui_in_a_real_browser(run, tmp_path) -> None:
+    """Headless Chromium opens the Prefect UI page of the finished run and its artifacts (a
+    server with the UI, on the harness's database), saves screenshots under the test's tmp
+    folder, and sees the run's name, its state and its artifacts."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+    from uibrowser import chromium_page, chromium_path, prefect_ui_server
+
+    binary = chromium_path()
+    if binary is None:
+        if os.environ.get("GCMINE_REQUIRE_BROWSER"):
+            pytest.fail("GCMINE_REQUIRE_BROWSER is set but no chromium is installed (apt-get install chromium)")
+        pytest.skip("no chromium on this machine (apt-get install chromium); .ci/run installs it")
+    run_id = json.loads((run["out"] / "run.json").read_text())["flow_run_id"]
+    flt = FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+    with get_client(sync_client=True) as client:
+        name = client.read_flow_run(run_id).name
+        summary = client.read_artifacts(flow_run_filter=flt, artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["gcmine-summary"])))[0]
+    database = PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
+    database = database.get_secret_value() if hasattr(database, "get_secret_value") else str(database)
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with prefect_ui_server(database, tmp_path / "ui-server") as ui, chromium_page(binary, tmp_path / "chromium") as page:
+        page.goto(f"{ui}/runs/flow-run/{run_id}")
+        page.wait_text(name, "Completed", "Artifacts")
+        assert page.js("document.title") == f"Flow Run: {name} • Prefect Server"
+        page.screenshot(shots / "flow-run.png")
+
+        page.click_text(".p-tab", "Artifacts")
+        text = page.wait_text("gcmine-summary", "gcmine-elements", "gcmine-report", "finetune-progress", "score-part-00000")
+        assert name in text
+        page.screenshot(shots / "flow-run-artifacts.png")
+
+        page.goto(f"{ui}/artifacts/artifact/{summary.id}")
+        text = page.wait_text("gcmine-summary", "what is typical of each label", name)
+        assert "element rank" in text and "Open the full report" in text  # the markdown table, rendered
+        page.screenshot(shots / "summary-artifact.png")
+    for png in shots.iterdir():
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, png
