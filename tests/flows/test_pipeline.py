@@ -249,10 +249,15 @@ def test_dask_runner_gives_the_same_artifacts(run, dataset, tmp_path) -> None:
         skip = TIMING_COLUMNS.get(name, [])
         pd.testing.assert_frame_equal(a.drop(columns=skip), b.drop(columns=skip), check_exact=True, obj=name)
     run_id = json.loads((out / "run.json").read_text())["flow_run_id"]
+    flt = FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
     with get_client(sync_client=True) as client:
-        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+        tasks = client.read_task_runs(flow_run_filter=flt)
+        progress = {a.key: a for a in client.read_artifacts(flow_run_filter=flt) if a.type == "progress"}
     shard_runs = [t for t in tasks if t.name.startswith(("score[", "rank["))]
     assert len(shard_runs) == 6 and all(t.state.is_completed() for t in shard_runs)
+    # the workers reported their progress to the same API
+    assert {f"score-part-0000{i}" for i in range(3)} <= set(progress), sorted(progress)
+    assert all(float(progress[f"score-part-0000{i}"].data) == 100.0 for i in range(3))
     # the shards ran in the Dask worker processes, not in this one (where the thread runner ran them)
     here = f"{socket.gethostname()}:{os.getpid()}"
     for stage in ("score", "rank"):
