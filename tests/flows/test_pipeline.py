@@ -296,6 +296,10 @@ def test_prefect_ui_in_a_real_browser(run, tmp_path) -> None:
         assert page.js("document.title") == f"Flow Run: {name} • Prefect Server"
         page.screenshot(shots / "flow-run.png")
 
+        page.click_text(".p-tab", "Task Runs")  # readable names per stage and shard
+        page.wait_text("score[part-00000.parquet]", "rank[part-00002.parquet]", "finetune", "report")
+        page.screenshot(shots / "flow-run-tasks.png")
+
         page.click_text(".p-tab", "Artifacts")
         text = page.wait_text("gcmine-summary", "gcmine-elements", "gcmine-report", "finetune-progress", "score-part-00000")
         assert name in text
