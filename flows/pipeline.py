@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from gcmodels.config import Settings
+from gcmodels.config import ConfigError, RuntimeConfig, Settings
 from tasks.artifacts import run_info
 from tasks.caching import map_cached, run_cached
 from tasks.cluster import cluster, collection_map, condition
@@ -23,13 +23,18 @@ from tasks.rank import elements, rank_shard
 from tasks.report import report
 from tasks.score import score_shard, typicality_table
 
-__all__ = ["mine", "run_pipeline"]
+__all__ = ["mine", "run_pipeline", "task_runner"]
 
 
 def _run_name() -> str:
     params = flow_run.parameters
     images = str(params.get("images", "")).rstrip("/").rsplit("/", 1)[-1] or "images"
     return f"mine-{images}"
+
+
+def _workers(results: list[tuple[dict, bool]]) -> list[str]:
+    """The processes (`host:pid`) that computed the shards of a stage in this run."""
+    return sorted({r["worker"] for r, hit in results if not hit and "worker" in r})
 
 
 @flow(name="gcmine", flow_run_name=_run_name, log_prints=True)
@@ -77,13 +82,11 @@ def mine(
     )
     reused += [f"score[{r['shard']}]" for r, hit in scored if hit]
     gathered = typicality_table(out, [r["scores"] for r, _ in scored], so)
-    ranked = [
-        run_cached(
-            rank_shard, ("candidates",), out=out, shard=shard, maps=s["maps"], fingerprint=fingerprint,
-            patch_size=settings.patch_size, config=settings.rank, runtime=settings.runtime, storage_options=so,
-        )
-        for shard, (s, _) in zip(shards, scored)
-    ]
+    ranked = map_cached(
+        rank_shard, ("candidates",), ("shard", "maps"), [(shard, s["maps"]) for shard, (s, _) in zip(shards, scored)],
+        out=out, fingerprint=fingerprint, patch_size=settings.patch_size, config=settings.rank,
+        runtime=settings.runtime, storage_options=so,
+    )
     reused += [f"rank[{r['shard']}]" for r, hit in ranked if hit]
     mined = elements(out, [r["candidates"] for r, _ in ranked], settings.rank, so)
     cluster_outputs = ("clusters", "cluster_metrics", "cluster_traces", "cluster_contingency", "cluster_linkage")
@@ -98,8 +101,10 @@ def mine(
     stages = {
         "ingest": ingested, "embed": embedded, "cluster": clustered, "condition": conditioned, "map": mapped,
         "finetune": trained,
-        "score": {"seconds": sum(r["seconds"] for r, hit in scored if not hit) + gathered["seconds"], "images": gathered["images"]},
-        "rank": {"seconds": sum(r["seconds"] for r, hit in ranked if not hit) + mined["seconds"] + published["seconds"], **mined},
+        "score": {"seconds": sum(r["seconds"] for r, hit in scored if not hit) + gathered["seconds"], "images": gathered["images"],
+                  "workers": _workers(scored)},
+        "rank": {"seconds": sum(r["seconds"] for r, hit in ranked if not hit) + mined["seconds"] + published["seconds"], **mined,
+                 "workers": _workers(ranked)},
     }
     info = run_info(settings, images=images, labels=labels, out=out, stages=stages, flow_run_id=str(flow_run.id), reused=reused)
     reported = report(out, [r["maps"] for r, _ in scored], settings.report, info, so)
@@ -110,13 +115,30 @@ def mine(
     }
 
 
+def task_runner(runtime: RuntimeConfig):
+    """The task runner `runtime` asks for: threads on this machine (`runtime.workers`), or Dask -
+    the cluster at `runtime.dask_address`, or a local cluster of `runtime.dask_workers` worker
+    processes with one thread each. Tasks receive URIs and fingerprints only; each worker loads
+    the model from the run root itself (tasks/models.py), once per process."""
+    if runtime.runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=runtime.workers)
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise ConfigError("runtime.runner='dask' needs the prefect-dask package: pip install prefect-dask==0.3.7") from None
+    if runtime.dask_address:
+        return DaskTaskRunner(address=runtime.dask_address)
+    return DaskTaskRunner(
+        cluster_kwargs={"n_workers": runtime.dask_workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+    )
+
+
 def run_pipeline(
     images: str, out: str, labels: str | None = None, settings: Settings | None = None,
     storage_options: dict | None = None,
 ) -> dict:
     """Run the flow with the task runner the settings ask for."""
     settings = settings or Settings()
-    runner = ThreadPoolTaskRunner(max_workers=settings.runtime.workers)
-    return mine.with_options(task_runner=runner)(
+    return mine.with_options(task_runner=task_runner(settings.runtime))(
         images=images, out=out, labels=labels, settings=settings, storage_options=storage_options
     )

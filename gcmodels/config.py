@@ -215,8 +215,29 @@ class ReportConfig(_Section):
 class RuntimeConfig(_Section):
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; null = all cores")
-    workers: int = Field(1, ge=1, description="task runner threads (shards run concurrently)")
+    workers: int = Field(1, ge=1, description="task runner threads (shards run concurrently; runner=threads)")
     progress: bool = Field(True, description="progress bars on the terminal")
+    runner: Literal["threads", "dask"] = Field(
+        "threads", description="task runner: 'threads' (one machine) or 'dask' (shards of score and rank on Dask workers)"
+    )
+    dask_address: str | None = Field(
+        None, description="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786; null = start a local cluster"
+    )
+    dask_workers: int = Field(2, ge=1, description="worker processes of the local Dask cluster (runner=dask, no address)")
+    gpu_limit: str | None = Field(
+        "gpu", description="Prefect concurrency limit a GPU stage takes one slot of (one slot per GPU); null = none"
+    )
+    gpu_limit_strict: bool = Field(
+        False, description="fail a GPU stage when the gpu_limit does not exist on the server (default: warn and run)"
+    )
+
+    @model_validator(mode="after")
+    def _runner_settings(self) -> "RuntimeConfig":
+        if self.dask_address is not None and self.runner != "dask":
+            raise ValueError(f"runtime.dask_address ({self.dask_address!r}) is set but runtime.runner is {self.runner!r}, not 'dask'")
+        if self.gpu_limit is not None and not self.gpu_limit.strip():
+            raise ValueError("runtime.gpu_limit must name a concurrency limit (or be null for none)")
+        return self
 
 
 class StorageConfig(_Section):

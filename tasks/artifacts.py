@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import platform
+import socket
 import subprocess
 import time
 from contextlib import contextmanager
@@ -165,6 +167,11 @@ def code_version() -> str:
         return metadata.version("gcmine")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def worker_name() -> str:
+    """`host:pid` of the process running a task (shards may run on Dask workers elsewhere)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @contextmanager

@@ -118,23 +118,29 @@ def run_cached(task: Task, outputs: tuple[str, ...], **kwargs: Any) -> tuple[dic
     return result, state.name == "Cached"
 
 
-def map_cached(task: Task, outputs: tuple[str, ...], over: str, items: list, **fixed: Any) -> list[tuple[dict, bool]]:
-    """`task` mapped over `items` (its parameter `over`; the other parameters, `out` and
-    `storage_options` among them, in `fixed`), one cached task run per item, run concurrently by
-    the flow's task runner; returns (result, reused) per item, in order."""
+def map_cached(task: Task, outputs: tuple[str, ...], over: str | tuple[str, ...], items: list, **fixed: Any) -> list[tuple[dict, bool]]:
+    """`task` mapped over `items` (values of its parameter `over`, or tuples of values when `over`
+    names several parameters; the other parameters, `out` and `storage_options` among them, in
+    `fixed`), one cached task run per item, run concurrently by the flow's task runner (threads
+    or Dask workers); returns (result, reused) per item, in order."""
     from prefect import unmapped
 
+    names = (over,) if isinstance(over, str) else tuple(over)
+    rows = [(item,) if isinstance(over, str) else tuple(item) for item in items]
+    if any(len(row) != len(names) for row in rows):
+        raise ValueError(f"map_cached: every item must give {len(names)} values, for {names}")
+    mapped = {name: [row[i] for row in rows] for i, name in enumerate(names)}
     out, storage_options = fixed["out"], fixed.get("storage_options")
     stage = cached(task, out, storage_options)
-    futures = stage.map(**{over: items}, **{k: unmapped(v) for k, v in fixed.items()})
+    futures = stage.map(**mapped, **{k: unmapped(v) for k, v in fixed.items()})
     store = RunStore(out, storage_options)
     done = []
-    for item, future in zip(items, futures):
+    for row, future in zip(rows, futures):
         future.wait()
         state = future.state
         result = state.result()
         if state.name == "Cached" and _missing(store, result, outputs):
-            state = stage.with_options(refresh_cache=True)(**{over: item}, **fixed, return_state=True)
+            state = stage.with_options(refresh_cache=True)(**dict(zip(names, row)), **fixed, return_state=True)
             result = state.result()
         done.append((result, state.name == "Cached"))
     return done

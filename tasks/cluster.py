@@ -47,7 +47,7 @@ def _linkage_table(estimator) -> pd.DataFrame:
     )
 
 
-@task(name="cluster")
+@task(name="cluster", task_run_name="cluster")
 def cluster(
     out: str, embeddings: str, labels_key: str, config: ClusterConfig, runtime: RuntimeConfig | None = None,
     storage_options: dict | None = None,

@@ -12,7 +12,7 @@ from tasks.caching import content_key
 from tasks.logs import stage_logger
 from tasks.storage import RunStore
 
-@task(name="embed")
+@task(name="embed", task_run_name="embed")
 def embed(out: str, shards: list[str], images_key: str, config: EmbedConfig, storage_options: dict | None = None) -> dict:
     """Fit the configured encoder on the working images; write the embeddings under a
     content-addressed name (published as `embeddings.parquet` at the end of the run)."""

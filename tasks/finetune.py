@@ -18,6 +18,7 @@ from gcmodels.training import TrainingDiverged, train_diffusion
 from tasks.artifacts import MODEL, TRAINING, read_images, stopwatch
 from tasks.caching import content_key
 from tasks.errors import InputError, out_of_memory_hint
+from tasks.gpu import gpu_slot
 from tasks.logs import stage_logger
 from tasks.models import COMPLETE, TRAINING_SET, model_fingerprint
 from tasks.progress import StageProgress
@@ -61,7 +62,7 @@ def reuse_decision(store: RunStore, training_set: pd.DataFrame, config_key: str,
     return meta["fingerprint"], f"{detail} <= train.retrain_fraction = {retrain_fraction:.0%}"
 
 
-@task(name="finetune")
+@task(name="finetune", task_run_name="finetune")
 def finetune(
     out: str,
     shards: list[str],
@@ -102,44 +103,47 @@ def finetune(
             return {"fingerprint": reused, "labels": vocab, "reused": True, "reason": why, "device": str(device),
                     "seconds": 0.0}
         log.info("training a new model: %s", why)
-        generator = torch.Generator().manual_seed(train_config.seed)
-        model = PixelDiffusion.create(
-            vocab, resolution=resolution, block_out_channels=model_config.block_out_channels,
-            layers_per_block=model_config.layers_per_block, num_train_timesteps=model_config.num_train_timesteps,
-            beta_schedule=model_config.beta_schedule, generator=generator,
-        ).to(device)
-        labels = [lab if isinstance(lab, str) else None for lab in meta["label"]]
-        cond = model.label_index(labels)
-        images = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))  # (N, 3, H, W) uint8
-        steps = train_config.budget(len(images))
-        n_params = sum(p.numel() for p in model.parameters())
-        log.info(
-            "training a %.2fM-parameter UNet on %d images, %d labels, %d steps of batch %d on %s",
-            n_params / 1e6, len(images), len(vocab), steps, train_config.batch_size, device,
-        )
-        progress = StageProgress(steps, "finetune", bar=runtime.progress, key="finetune-progress")
+        with gpu_slot(device, runtime):  # one training per card (nothing taken on CPU)
+            generator = torch.Generator().manual_seed(train_config.seed)
+            model = PixelDiffusion.create(
+                vocab, resolution=resolution, block_out_channels=model_config.block_out_channels,
+                layers_per_block=model_config.layers_per_block, num_train_timesteps=model_config.num_train_timesteps,
+                beta_schedule=model_config.beta_schedule, generator=generator,
+            ).to(device)
+            labels = [lab if isinstance(lab, str) else None for lab in meta["label"]]
+            cond = model.label_index(labels)
+            images = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))  # (N, 3, H, W) uint8
+            steps = train_config.budget(len(images))
+            n_params = sum(p.numel() for p in model.parameters())
+            log.info(
+                "training a %.2fM-parameter UNet on %d images, %d labels, %d steps of batch %d on %s",
+                n_params / 1e6, len(images), len(vocab), steps, train_config.batch_size, device,
+            )
+            progress = StageProgress(steps, "finetune", bar=runtime.progress, key="finetune-progress")
 
-        def on_step(row: dict) -> None:
-            progress.update(row["step"] + 1, loss=row["loss"])
+            def on_step(row: dict) -> None:
+                progress.update(row["step"] + 1, loss=row["loss"])
 
-        history: list[dict] = []
-        try:
-            with out_of_memory_hint("finetune", {"train.batch_size": train_config.batch_size, "data.resolution": resolution}, device):
-                result = train_diffusion(
-                    model, images, cond, steps=steps, batch_size=train_config.batch_size, lr=train_config.lr,
-                    warmup_steps=train_config.warmup_steps, weight_decay=train_config.weight_decay,
-                    grad_clip=train_config.grad_clip, label_dropout=train_config.label_dropout,
-                    checkpoint_every=train_config.checkpoint_every, generator=generator,
-                    max_seconds=None if train_config.minutes is None else 60.0 * train_config.minutes,
-                    callback=lambda row: (history.append(row), on_step(row)),
-                )
-        except TrainingDiverged:
+            history: list[dict] = []
+            try:
+                with out_of_memory_hint(
+                    "finetune", {"train.batch_size": train_config.batch_size, "data.resolution": resolution}, device
+                ):
+                    result = train_diffusion(
+                        model, images, cond, steps=steps, batch_size=train_config.batch_size, lr=train_config.lr,
+                        warmup_steps=train_config.warmup_steps, weight_decay=train_config.weight_decay,
+                        grad_clip=train_config.grad_clip, label_dropout=train_config.label_dropout,
+                        checkpoint_every=train_config.checkpoint_every, generator=generator,
+                        max_seconds=None if train_config.minutes is None else 60.0 * train_config.minutes,
+                        callback=lambda row: (history.append(row), on_step(row)),
+                    )
+            except TrainingDiverged:
+                progress.close()
+                _publish(store, model.cpu(), history, training_set, config_key)
+                log.error("training diverged; the last good checkpoint was saved to %s", store.uri(MODEL))
+                raise
             progress.close()
-            _publish(store, model.cpu(), history, training_set, config_key)
-            log.error("training diverged; the last good checkpoint was saved to %s", store.uri(MODEL))
-            raise
-        progress.close()
-        fingerprint = _publish(store, model.cpu(), result.history, training_set, config_key)
+            fingerprint = _publish(store, model.cpu(), result.history, training_set, config_key)
         tail = np.mean([r["loss"] for r in result.history[-50:]])
         if result.stopped == "time":
             log.warning("train.minutes reached: stopped after %d of %d steps", result.steps, steps)

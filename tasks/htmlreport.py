@@ -92,6 +92,11 @@ def _slug(text: Any, index: int, prefix: str = "label") -> str:
     return f"{prefix}-{index}" + (f"-{slug}" if slug else "")
 
 
+def label_anchors(labels: list[Any]) -> list[str]:
+    """The HTML ids of the report's label sections, for `labels` in report order (sorted)."""
+    return [_slug(lab, i) for i, lab in enumerate(labels)]
+
+
 def _has(df: Any, columns: Iterable[str]) -> bool:
     return isinstance(df, pd.DataFrame) and not df.empty and all(c in df.columns for c in columns)
 
@@ -848,7 +853,7 @@ def render_report(
                 maps.append(m)
     vmax = _robust_vmax(maps)
 
-    anchors = [_slug(lab, i) for i, lab in enumerate(labels)]
+    anchors = label_anchors(labels)
     sections = [("summary", "Run summary"), ("glance", "At a glance"), ("collection", "The collection"), ("training", "Training"),
                 ("rejected", "Rejected inputs")]
     toc = '<div class="toc-main"><b>Contents</b>' + "".join(f'<a href="#{a}">{t}</a>' for a, t in sections) + "</div>"

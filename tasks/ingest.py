@@ -379,7 +379,7 @@ def _transient(task, task_run, state) -> bool:
     return False
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient)
+@task(name="ingest", task_run_name="ingest", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient)
 def ingest(images: str, labels: str | None, out: str, data: DataConfig, storage_options: dict | None = None) -> dict:
     """Prefect task: see `ingest_images`."""
     with stopwatch() as clock:

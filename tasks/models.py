@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -11,6 +13,7 @@ import torch
 from gcmodels.diffusion import PixelDiffusion
 from gcmodels.runtime import configure_torch, resolve_device
 from tasks.artifacts import MODEL
+from tasks.gpu import gpu_slot
 from tasks.storage import RunStore
 
 COMPLETE = "_COMPLETE.json"  # written last: a model folder without it is incomplete
@@ -29,13 +32,16 @@ def model_fingerprint(directory: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def model_stage(out: str, fingerprint: str, runtime, storage_options: dict | None) -> tuple[RunStore, PixelDiffusion, torch.device]:
-    """What every model stage starts with: torch configured per `runtime`, the run's store, and
-    the model of `fingerprint` on the chosen device."""
+@contextmanager
+def model_stage(out: str, fingerprint: str, runtime, storage_options: dict | None) -> Iterator[tuple[RunStore, PixelDiffusion, torch.device]]:
+    """What every model stage runs in: torch configured per `runtime`, the GPU slot of the chosen
+    device held (see tasks/gpu.py; nothing on CPU), the run's store, and the model of
+    `fingerprint` on the device (loaded from storage once per worker process, never passed in)."""
     configure_torch(runtime.threads)
     device = resolve_device(runtime.device)
-    store = RunStore(out, storage_options)
-    return store, load_model(store, fingerprint, device), device
+    with gpu_slot(device, runtime):
+        store = RunStore(out, storage_options)
+        yield store, load_model(store, fingerprint, device), device
 
 
 def load_model(store: RunStore, fingerprint: str, device: torch.device) -> PixelDiffusion:

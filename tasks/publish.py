@@ -17,7 +17,7 @@ CONTRACT_NAMES = {
 }
 
 
-@task(name="publish")
+@task(name="publish", task_run_name="publish")
 def publish(out: str, outputs: dict[str, str], storage_options: dict | None = None) -> dict:
     """Copy each content-addressed output (`outputs`: role -> artifact name) to its contract
     name (`embeddings.parquet`, ...), each copy an atomic write. Cheap, so never cached: the

@@ -11,7 +11,7 @@ from gcmodels.config import RankConfig, RuntimeConfig
 from gcmodels.elements import mine_elements
 from gcmodels.patches import box_mean, scale_boxes, top_patches
 from tasks.artifacts import (
-    ELEMENT_COLUMNS, ELEMENTS, MANIFEST, PATCH_COLUMNS, PATCHES, keyed_part, read_images, stopwatch, unpack_maps,
+    ELEMENT_COLUMNS, ELEMENTS, MANIFEST, PATCH_COLUMNS, PATCHES, keyed_part, read_images, stopwatch, unpack_maps, worker_name,
 )
 from tasks.caching import content_key
 from tasks.logs import stage_logger
@@ -29,8 +29,7 @@ def rank_shard(
     """Top `per_image` patches of each image of the shard (maps from artifact `maps`), with their
     diffusion features, written to `patch_candidates/part-*-<key>.parquet`."""
     name = shard["name"]
-    with stopwatch() as clock:
-        store, model, device = model_stage(out, fingerprint, runtime, storage_options)
+    with stopwatch() as clock, model_stage(out, fingerprint, runtime, storage_options) as (store, model, device):
         maps_df = store.read_parquet(maps)
         maps = torch.from_numpy(unpack_maps(maps_df))  # (N, h, w)
         n, h, w = maps.shape
@@ -72,10 +71,10 @@ def rank_shard(
         )[valid]
         candidates = keyed_part("patch_candidates", name, content_key(maps, fingerprint, patch_size, config))
         store.write_parquet(candidates, table)
-    return {"shard": name, "patches": int(valid.sum()), "candidates": candidates, "seconds": clock["seconds"]}
+    return {"shard": name, "patches": int(valid.sum()), "candidates": candidates, "seconds": clock["seconds"], "worker": worker_name()}
 
 
-@task(name="elements")
+@task(name="elements", task_run_name="elements")
 def elements(out: str, candidates: list[str], config: RankConfig, storage_options: dict | None = None) -> dict:
     """Keep each label's `per_label` most typical patches (from the shards' `candidates`
     artifacts), cluster them into elements, rank the elements; write `patches.parquet` and

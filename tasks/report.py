@@ -16,7 +16,7 @@ from tasks.artifacts import (
     CLUSTER_METRICS, CLUSTERS, COLLECTION_MAP, ELEMENTS, MANIFEST, MODEL, PATCHES, REPORT, RUN_JSON, TRAINING, TYPICALITY,
     stopwatch, unpack_maps,
 )
-from tasks.htmlreport import ReportData, render_report
+from tasks.htmlreport import ReportData, label_anchors, render_report
 from tasks.logs import stage_logger
 from tasks.storage import RunStore, open_fs
 
@@ -45,30 +45,34 @@ def _map_loader(store: RunStore, parts: list[str], wanted: set[str]):
     return lambda image_id: maps[image_id]
 
 
-def markdown_summary(elements: pd.DataFrame, patches: pd.DataFrame, report_uri: str, top: int = 3) -> str:
-    """The top elements of every label as a markdown table (for the Prefect UI)."""
+def markdown_summary(elements: pd.DataFrame, patches: pd.DataFrame, report_uri: str, labels: list[str] | None = None, top: int = 3) -> str:
+    """The top elements of every label as a markdown table (for the Prefect UI), each row linking
+    to its label's section of the report (`labels`: the report's labels, in its order)."""
+    labels = sorted(elements["label"].unique().tolist()) if labels is None else labels
+    anchors = dict(zip(labels, label_anchors(labels)))
     lines = [
         "# gcmine: what is typical of each label",
         "",
         f"[Open the full report]({report_uri})",
         "",
-        "| label | element rank | score (median typicality) | patches | best patch (image, box) |",
-        "|---|---|---|---|---|",
+        "| label | element rank | score (median typicality) | patches | best patch (image, box) | report |",
+        "|---|---|---|---|---|---|",
     ]
     for _, e in elements[elements["rank"] < top].sort_values(["label", "rank"]).iterrows():
         members = patches[(patches["label"] == e["label"]) & (patches["element"] == e["element"])]
         best = members.nlargest(1, "typicality")
         where = "" if best.empty else f"`{best['image_id'].iloc[0]}` ({int(best['x0'].iloc[0])}, {int(best['y0'].iloc[0])}, {int(best['x1'].iloc[0])}, {int(best['y1'].iloc[0])})"
         label = str(e["label"]).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-        lines.append(f"| {label} | {int(e['rank'])} | {e['score']:.4g} | {int(e['size'])} | {where} |")
+        link = f"[open]({report_uri}#{anchors[e['label']]})" if e["label"] in anchors else ""
+        lines.append(f"| {label} | {int(e['rank'])} | {e['score']:.4g} | {int(e['size'])} | {where} | {link} |")
     return "\n".join(lines)
 
 
-def _prefect_artifacts(elements: pd.DataFrame, patches: pd.DataFrame, report_uri: str) -> None:
+def _prefect_artifacts(elements: pd.DataFrame, patches: pd.DataFrame, report_uri: str, labels: list[str]) -> None:
     try:
         from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-        create_markdown_artifact(markdown_summary(elements, patches, report_uri), key="gcmine-summary", description="Top visual elements per label")
+        create_markdown_artifact(markdown_summary(elements, patches, report_uri, labels), key="gcmine-summary", description="Top visual elements per label")
         table = elements.sort_values(["label", "rank"]).astype({"score": float}).round({"score": 6})
         create_table_artifact(table.to_dict(orient="records"), key="gcmine-elements", description="Ranked visual elements")
         create_link_artifact(report_uri, link_text="gcmine report", key="gcmine-report", description="The HTML report")
@@ -76,7 +80,7 @@ def _prefect_artifacts(elements: pd.DataFrame, patches: pd.DataFrame, report_uri
         _log.debug("Prefect artifacts not created: %s", err)
 
 
-@task(name="report")
+@task(name="report", task_run_name="report")
 def report(
     out: str, maps: list[str], config: ReportConfig, run_info: dict, storage_options: dict | None = None,
 ) -> dict:
@@ -122,6 +126,6 @@ def report(
     for folder in ("", f"{MODEL}/", "report/"):
         store.write_json(folder + RUN_JSON, info)
     report_uri = store.uri(REPORT)
-    _prefect_artifacts(elements_df, patches, report_uri)
+    _prefect_artifacts(elements_df, patches, report_uri, labels)
     log.info("report written to %s", report_uri)
     return {"report": report_uri, "seconds": clock["seconds"]}

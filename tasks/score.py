@@ -9,7 +9,7 @@ from prefect import task
 
 from gcmodels.config import RuntimeConfig, ScoreConfig
 from gcmodels.typicality import TypicalityEstimator
-from tasks.artifacts import TYPICALITY, keyed_part, maps_frame, read_images, stopwatch
+from tasks.artifacts import TYPICALITY, keyed_part, maps_frame, read_images, stopwatch, worker_name
 from tasks.caching import content_key
 from tasks.errors import out_of_memory_hint
 from tasks.logs import stage_logger
@@ -30,8 +30,7 @@ def score_shard(
     `fingerprint`: `maps/part-*-<key>.parquet` and image-level scores `scores/part-*-<key>.parquet`
     (content-addressed by shard, labels, model and settings)."""
     name = shard["name"]
-    with stopwatch() as clock:
-        store, model, device = model_stage(out, fingerprint, runtime, storage_options)
+    with stopwatch() as clock, model_stage(out, fingerprint, runtime, storage_options) as (store, model, device):
         meta, pixels = read_images(store, [name], conditioning)
         keep = meta["label"].map(lambda v: isinstance(v, str)).to_numpy()
         meta, pixels = meta[keep].reset_index(drop=True), pixels[keep]
@@ -63,10 +62,10 @@ def score_shard(
         "scored %d images with N=%d draws in %.1f s (%.2f images/s)", len(ids), config.draws, seconds,
         len(ids) / max(seconds, 1e-9),
     )
-    return {"shard": name, "images": len(ids), **outputs, "seconds": seconds}
+    return {"shard": name, "images": len(ids), **outputs, "seconds": seconds, "worker": worker_name()}
 
 
-@task(name="typicality-table")
+@task(name="typicality-table", task_run_name="typicality-table")
 def typicality_table(out: str, scores: list[str], storage_options: dict | None = None) -> dict:
     """Gather the shards' image-level scores (`scores`: their artifact names) into `typicality.parquet`."""
     with stopwatch() as clock:

@@ -3,7 +3,11 @@ artifact contract of DESIGN.md."""
 
 from __future__ import annotations
 
+import html
 import json
+import os
+import re
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +25,7 @@ TINY = [
     "data.resolution=16", "data.shard_size=5", "embed.size=8", "embed.dim=4", "cluster.k=2",
     "model.block_out_channels=[8, 16]", "train.steps=3", "train.batch_size=4", "train.warmup_steps=1",
     "score.draws=2", "score.batch_size=8", "rank.per_image=2", "rank.elements=2", "rank.feature_draws=1",
-    "report.heatmaps_per_label=1", "runtime.progress=false",
+    "report.heatmaps_per_label=1", "runtime.progress=false", "runtime.threads=1",
 ]
 LABELS = ["circle", "<b>cross</b>"]
 
@@ -49,13 +53,17 @@ def dataset(tmp_path_factory) -> dict:
     return {"images": images, "labels": labels, "n_ok": len(items) + 1}
 
 
+def _run_cli(dataset: dict, out: Path, *extra: str) -> None:
+    argv = ["run", str(dataset["images"]), "--labels", str(dataset["labels"]), "--out", str(out)]
+    for item in [*TINY, *extra]:
+        argv += ["--set", item]
+    assert main(argv) == 0
+
+
 @pytest.fixture(scope="module")
 def run(prefect_harness, dataset, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("run") / "out"
-    argv = ["run", str(dataset["images"]), "--labels", str(dataset["labels"]), "--out", str(out)]
-    for item in TINY:
-        argv += ["--set", item]
-    assert main(argv) == 0
+    _run_cli(dataset, out)
     return {"out": out, "store": RunStore(str(out))}
 
 
@@ -167,8 +175,7 @@ def test_prefect_ui_story(run) -> None:
         flt = FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
         names = {t.name for t in client.read_task_runs(flow_run_filter=flt)}
         artifacts = client.read_artifacts(flow_run_filter=flt)
-    for stage in ("ingest", "embed", "cluster", "finetune", "elements", "report"):
-        assert any(n.startswith(stage) for n in names), (stage, names)
+    assert {"ingest", "embed", "cluster", "finetune", "typicality-table", "elements", "publish", "report"} <= names
     shards = ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     assert {f"score[{s}]" for s in shards} <= names and {f"rank[{s}]" for s in shards} <= names
     by_key = {a.key: a for a in artifacts if a.key}
@@ -180,6 +187,30 @@ def test_prefect_ui_story(run) -> None:
     md = by_key["gcmine-summary"].data
     assert by_key["gcmine-summary"].type == "markdown"
     assert "circle" in md and "&lt;b&gt;cross&lt;/b&gt;" in md
+    # progress artifacts of every score shard, finished
+    for s in shards:
+        key = "score-" + s.removesuffix(".parquet").replace("_", "-")
+        assert by_key[key].type == "progress" and float(by_key[key].data) == 100.0, key
+    # the summary: a table row per top element with its score, and the link to the report
+    elements = run["store"].read_parquet("elements.parquet")
+    assert f"[Open the full report]({(run['out'] / 'report' / 'index.html').as_uri()})" in md
+    assert "| label | element rank | score (median typicality) |" in md
+    for _, e in elements[elements["rank"] < 3].iterrows():
+        assert f" | {int(e['rank'])} | {e['score']:.4g} | {int(e['size'])} | " in md
+    report = (run["out"] / "report" / "index.html").read_text()
+    for label in LABELS:  # each row links to its label's section of the report
+        anchor = next(a for a in re.findall(r'<section class="label" id="([^"]+)"><h2>([^<]*)', report) if html.unescape(a[1]) == label)[0]
+        assert f"[open]({(run['out'] / 'report' / 'index.html').as_uri()}#{anchor})" in md
+    # the table artifact holds every element with its score
+    table = pd.DataFrame(json.loads(by_key["gcmine-elements"].data))
+    assert len(table) == len(elements)
+    merged = table.merge(elements, on=["label", "element"], suffixes=("", "_file"))
+    assert len(merged) == len(elements)
+    np.testing.assert_allclose(merged["score"], merged["score_file"], rtol=1e-5)
+    assert (merged["rank"] == merged["rank_file"]).all()
+    # the run's parameters are visible (settings as values)
+    assert flow_run.parameters["settings"]["train"]["steps"] == 3
+    assert flow_run.parameters["images"].endswith("images")
 
 
 def test_cli_config_and_bad_settings(capsys) -> None:
@@ -198,3 +229,99 @@ def test_cli_reports_bad_input(prefect_harness, tmp_path, capsys) -> None:
     assert main(["run", str(tmp_path / "imgs"), "--labels", str(labels), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert str(labels) in err and "filename" in err
+    # the UI shows the same clear message on the failed task run
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with get_client(sync_client=True) as client:
+        failed = [r for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["mine-imgs"])))
+                  if r.parameters.get("out") == str(tmp_path / "o")]
+        assert len(failed) == 1 and failed[0].state.is_failed()
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [failed[0].id]}))
+    bad = [t for t in tasks if t.state.is_failed()]
+    assert len(bad) == 1 and bad[0].name.startswith("ingest"), [t.name for t in tasks]
+    assert str(labels) in bad[0].state.message and "filename" in bad[0].state.message, bad[0].state.message
+
+
+# Columns that record when or how long, not what: they differ between any two runs.
+TIMING_COLUMNS = {"manifest.parquet": ["first_seen"], "training.parquet": ["seconds"]}
+
+
+def test_dask_runner_gives_the_same_artifacts(run, dataset, tmp_path) -> None:
+    """The flow on a local Dask cluster of 2 worker processes writes the same Parquet files, with
+    the same contents, as the thread runner (score and rank shards ran on the workers)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    out = tmp_path / "dask"
+    _run_cli(dataset, out, "runtime.runner=dask", "runtime.dask_workers=2")
+    files = sorted(p.relative_to(run["out"]).as_posix() for p in run["out"].rglob("*.parquet") if ".cache" not in p.parts)
+    assert files == sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet") if ".cache" not in p.parts)
+    assert any(f.startswith("maps/") for f in files) and any(f.startswith("patch_candidates/") for f in files)
+    for name in files:
+        a, b = pd.read_parquet(run["out"] / name), pd.read_parquet(out / name)
+        skip = TIMING_COLUMNS.get(name, [])
+        pd.testing.assert_frame_equal(a.drop(columns=skip), b.drop(columns=skip), check_exact=True, obj=name)
+    run_id = json.loads((out / "run.json").read_text())["flow_run_id"]
+    flt = FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=flt)
+        progress = {a.key: a for a in client.read_artifacts(flow_run_filter=flt) if a.type == "progress"}
+    shard_runs = [t for t in tasks if t.name.startswith(("score[", "rank["))]
+    assert len(shard_runs) == 6 and all(t.state.is_completed() for t in shard_runs)
+    # the workers reported their progress to the same API
+    assert {f"score-part-0000{i}" for i in range(3)} <= set(progress), sorted(progress)
+    assert all(float(progress[f"score-part-0000{i}"].data) == 100.0 for i in range(3))
+    # the shards ran in the Dask worker processes, not in this one (where the thread runner ran them)
+    here = f"{socket.gethostname()}:{os.getpid()}"
+    for stage in ("score", "rank"):
+        threads = json.loads((run["out"] / "run.json").read_text())["stages"][stage]["workers"]
+        dask = json.loads((out / "run.json").read_text())["stages"][stage]["workers"]
+        assert threads == [here] and dask and here not in dask, (stage, threads, dask)
+
+
+def test_prefect_ui_in_a_real_browser(run, tmp_path) -> None:
+    """Headless Chromium opens the Prefect UI page of the finished run and its artifacts (a
+    server with the UI, on the harness's database), saves screenshots under the test's tmp
+    folder, and sees the run's name, its state and its artifacts."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+    from uibrowser import chromium_page, chromium_path, prefect_ui_server
+
+    binary = chromium_path()
+    if binary is None:
+        if os.environ.get("GCMINE_REQUIRE_BROWSER"):
+            pytest.fail("GCMINE_REQUIRE_BROWSER is set but no chromium is installed (apt-get install chromium)")
+        pytest.skip("no chromium on this machine (apt-get install chromium); .ci/run installs it")
+    run_id = json.loads((run["out"] / "run.json").read_text())["flow_run_id"]
+    flt = FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+    with get_client(sync_client=True) as client:
+        name = client.read_flow_run(run_id).name
+        summary = client.read_artifacts(flow_run_filter=flt, artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["gcmine-summary"])))[0]
+    database = PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
+    database = database.get_secret_value() if hasattr(database, "get_secret_value") else str(database)
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with prefect_ui_server(database, tmp_path / "ui-server") as ui, chromium_page(binary, tmp_path / "chromium") as page:
+        page.goto(f"{ui}/runs/flow-run/{run_id}")
+        page.wait_text(name, "Completed", "Artifacts")
+        assert page.js("document.title") == f"Flow Run: {name} • Prefect Server"
+        page.screenshot(shots / "flow-run.png")
+
+        page.click_text(".p-tab", "Task Runs")  # readable names per stage and shard
+        page.wait_text("score[part-00000.parquet]", "rank[part-00002.parquet]", "finetune", "report")
+        page.screenshot(shots / "flow-run-tasks.png")
+
+        page.click_text(".p-tab", "Artifacts")
+        text = page.wait_text("gcmine-summary", "gcmine-elements", "gcmine-report", "finetune-progress", "score-part-00000")
+        assert name in text
+        page.screenshot(shots / "flow-run-artifacts.png")
+
+        page.goto(f"{ui}/artifacts/artifact/{summary.id}")
+        text = page.wait_text("gcmine-summary", "what is typical of each label", name)
+        assert "element rank" in text and "Open the full report" in text  # the markdown table, rendered
+        page.screenshot(shots / "summary-artifact.png")
+    for png in shots.iterdir():
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, png
