@@ -19,9 +19,9 @@ def pool_map(maps: Tensor, size: int) -> Tensor:
     """Mean of every size x size window (stride 1): maps (B, H, W) -> (B, H - size + 1, W - size + 1).
 
     The value at (y, x) is the typicality of the patch with top-left corner (x, y). Computed from
-    float64 running sums (separable), so the cost does not depend on the patch size (a 50 x 50 window over
-    a 256 x 256 map costs what a 2 x 2 one does); maps holding NaN or inf are pooled window by
-    window instead, so a bad pixel only affects the windows that contain it.
+    separable float64 running sums, so the cost does not depend on the patch size (a 50 x 50
+    window over a 256 x 256 map costs what a 2 x 2 one does); maps holding NaN or inf are pooled
+    window by window instead, so a bad pixel only affects the windows that contain it.
     """
     if maps.dim() != 3:
         raise ValueError(f"maps must be (B, H, W), got shape {tuple(maps.shape)}")
