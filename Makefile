@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test benchmark clean
+.PHONY: install demo test benchmark benchmark-perf clean
 
 install: $(STAMP)
 
@@ -25,6 +25,14 @@ test: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/ground_truth.py
+
+# issue 7: speed, storage, estimator variance and memory against the reference method
+# (one thread each; results and conditions in benchmarks/RESULTS.md)
+benchmark-perf: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/scoring_speed.py --images 16
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/patch_ranking.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/estimator_variance.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/memory_scaling.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

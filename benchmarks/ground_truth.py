@@ -80,6 +80,7 @@ def main() -> int:
     compute = sum(s["seconds"] for s in stages.values())
     print(f"{'wall':<12}{wall:>10.1f}")
     print(f"{'overhead':<12}{wall - compute:>10.1f}  (flow wall time minus stage compute: Prefect start-up, orchestration)")
+    print(f"{'overhead %':<12}{100 * (wall - compute) / wall:>10.1f}  (target for a 500-image run: < 10)")
     print(f"run folder: {work}")
     ok = rep["rank0_centre"] >= 0.9 and rep["min_top_element_purity"] >= 0.9
     print("RESULT:", "targets met" if ok else "targets NOT met")

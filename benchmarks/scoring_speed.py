@@ -1,37 +1,95 @@
-"""Typicality scoring speed against the bare batched UNet forward passes it needs.
+"""Typicality scoring speed against the bare batched UNet forward passes it needs, and against
+the reference method's way of scoring.
 
 For N draws, scoring M images needs 2*N*M UNet evaluations (conditional + null branch per draw).
 This times `TypicalityEstimator.maps` end to end and, separately, exactly the same sequence of
 forward calls (same batch sizes) on ready-made inputs, and prints the ratio
 bare-forward time / scoring time (target: >= 0.9, i.e. the estimator adds < 10%).
 
-    .venv/bin/python benchmarks/scoring_speed.py [--model RUN/model] [--images 64] [--draws 4 8 16 32]
+Alongside, on the same model and images and at the same N, the reference approach of the
+paper's code: per image, forwards of 10 draws x 2 conditions (20 inputs), the full per-draw loss
+tensor (N, 2, C, H, W) kept and written as a float16 `.npy` file per image, and the maps
+reduced from those files afterwards. Printed: the ratio of the two end-to-end times and the bytes
+stored per image by each (gcmine: the map in the zstd Parquet `maps` artifact, as the score
+task writes it; target: >= 100x less).
+
+Times are process CPU time with one torch thread (other jobs on a shared machine stay out of
+the ratios); the reference's file writes land in the page cache of a temporary folder, so its
+time is a lower bound of what it costs on a real disk or object store.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scoring_speed.py [--model RUN/model] [--images 64] [--draws 4 8 16 32]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import sys
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from gcmodels.config import ModelConfig, ScoreConfig
 from gcmodels.diffusion import PixelDiffusion
 from gcmodels.runtime import configure_torch
 from gcmodels.typicality import TypicalityEstimator
+from tasks.artifacts import maps_frame
+
+REF_DRAWS_PER_FORWARD = 10  # the paper's code: 10 draws x 2 conditions per UNet call
+
+
+def reference_scoring(model: PixelDiffusion, x0: torch.Tensor, cond: torch.Tensor, n: int, folder: Path) -> tuple[torch.Tensor, int]:
+    """The reference method: per image and per 10 draws one forward of the draws x (null, label),
+    the (N, 2, C, H, W) loss tensor written as float16 .npy, then reduced from the files.
+    Returns the maps (M, H, W) and the bytes written."""
+    m = x0.shape[0]
+    written = 0
+    with torch.inference_mode():
+        for i in range(m):
+            g = torch.Generator().manual_seed(i)  # the reference re-seeds per image
+            losses = []
+            for s in range(0, n, REF_DRAWS_PER_FORWARD):
+                d = min(REF_DRAWS_PER_FORWARD, n - s)
+                t = (torch.rand(d, generator=g) * 0.6 + 0.1).mul(model.num_train_timesteps).long()
+                eps = torch.randn((d, *x0.shape[1:]), generator=g)
+                x_t = model.add_noise(x0[i].expand(d, -1, -1, -1), eps, t)
+                c = torch.cat([torch.zeros(d, dtype=torch.long), cond[i].expand(d)])
+                pred = model.predict_noise(x_t.repeat(2, 1, 1, 1), t.repeat(2), c)
+                losses.append((pred - eps.repeat(2, 1, 1, 1)).pow(2).view(2, d, *x0.shape[1:]).transpose(0, 1))
+            path = folder / f"{i:06d}.npy"
+            np.save(path, torch.cat(losses).numpy().astype(np.float16))  # (N, 2, C, H, W)
+            written += path.stat().st_size
+    maps = []
+    for i in range(m):
+        dm = torch.from_numpy(np.load(folder / f"{i:06d}.npy")).float().mean(2)  # (N, 2, H, W)
+        maps.append((dm[:, 0] - dm[:, 1]).mean(0))
+    return torch.stack(maps), written
+
+
+def stored_bytes(maps: torch.Tensor) -> int:
+    """Bytes of the maps as the score task stores them (zstd Parquet via `maps_frame`)."""
+    m = maps.shape[0]
+    frame = maps_frame([f"{i:064x}" for i in range(m)], ["a"] * m, maps.numpy())
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf, compression="zstd")
+    return len(buf.getvalue())
 
 
 def bare_forwards(model: PixelDiffusion, n_inputs: int, batch: int, shape: tuple[int, ...]) -> float:
     x = torch.randn((batch, *shape))
     t = torch.randint(0, model.num_train_timesteps, (batch,))
     c = torch.randint(0, len(model.labels) + 1, (batch,))
-    start = time.perf_counter()
+    start = time.process_time()
     with torch.inference_mode():
         for s in range(0, n_inputs, batch):
             b = min(batch, n_inputs - s)
             model.predict_noise(x[:b], t[:b], c[:b])
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def main() -> int:
@@ -41,8 +99,8 @@ def main() -> int:
     ap.add_argument("--resolution", type=int, default=32)
     ap.add_argument("--draws", type=int, nargs="+", default=[4, 8, 16, 32])
     ap.add_argument("--batch-size", type=int, default=ScoreConfig().batch_size)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    configure_torch(None)
     if args.model:
         model = PixelDiffusion.load(args.model).eval()
     else:
@@ -52,6 +110,7 @@ def main() -> int:
             layers_per_block=mc.layers_per_block, num_train_timesteps=mc.num_train_timesteps,
             beta_schedule=mc.beta_schedule, generator=torch.Generator().manual_seed(0),
         ).eval()
+    configure_torch(args.threads)
     res = model.resolution
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.images, 3, res, res), dtype=torch.uint8, generator=g)
@@ -59,15 +118,27 @@ def main() -> int:
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {res}x{res}, "
           f"{args.images} images, batch {args.batch_size} UNet inputs, {torch.get_num_threads()} threads")
     bare_forwards(model, args.batch_size * 2, args.batch_size, (3, res, res))  # warm-up
-    print(f"{'N':>4}{'images/s':>10}{'fwd/s':>10}{'bare fwd/s':>12}{'ratio':>8}")
+    print(f"{'N':>4}{'images/s':>10}{'fwd/s':>10}{'bare fwd/s':>12}{'ratio':>8}"
+          f"{'ref images/s':>14}{'speed-up':>10}{'bytes/img':>11}{'ref bytes/img':>15}{'less':>8}")
+    x0 = model.encode(images)
     for n in args.draws:
         est = TypicalityEstimator(draws=n, batch_size=args.batch_size)
-        start = time.perf_counter()
-        est.maps(model, model.encode(images), cond)
-        scoring = time.perf_counter() - start
+        start = time.process_time()
+        maps = est.maps(model, x0, cond)
+        scoring = time.process_time() - start
         n_inputs = 2 * n * args.images
         bare = bare_forwards(model, n_inputs, args.batch_size, (3, res, res))
-        print(f"{n:>4}{args.images / scoring:>10.2f}{n_inputs / scoring:>10.1f}{n_inputs / bare:>12.1f}{bare / scoring:>8.3f}")
+        ours_bytes = stored_bytes(maps) / args.images
+        with tempfile.TemporaryDirectory(prefix="gcmine-ref-") as tmp:
+            start = time.process_time()
+            _, written = reference_scoring(model, x0, cond, n, Path(tmp))
+            ref = time.process_time() - start
+        ref_bytes = written / args.images
+        print(f"{n:>4}{args.images / scoring:>10.2f}{n_inputs / scoring:>10.1f}{n_inputs / bare:>12.1f}{bare / scoring:>8.3f}"
+              f"{args.images / ref:>14.2f}{ref / scoring:>9.2f}x{ours_bytes:>11.0f}{ref_bytes:>15.0f}{ref_bytes / ours_bytes:>7.0f}x")
+    paper = 100 * 2 * 4 * 32 * 32 * 2 + 128
+    print(f"(the paper's setting, 100 draws of a 4 x 32 x 32 latent per 256 x 256 image, stores {paper} bytes per "
+          f"image as float16 .npy)")
     return 0
 
 

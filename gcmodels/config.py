@@ -177,7 +177,11 @@ class ScoreConfig(_Section):
     draws: int = Field(16, ge=1, description="(t, eps) draws N per image (stratified t, shared across images)")
     t_min: float = Field(0.1, ge=0, le=1, description="smallest t, as a fraction of the schedule")
     t_max: float = Field(0.7, ge=0, le=1, description="largest t, as a fraction of the schedule")
-    batch_size: int = Field(128, ge=2, description="UNet inputs per forward pass (both branches counted)")
+    batch_size: int = Field(
+        32, ge=2,
+        description="UNet inputs per forward pass (both branches counted); 32 keeps the small UNet's activations "
+        "in CPU cache (1.3-1.6x the forwards/s of 128 on a CPU); raise it on a GPU",
+    )
     seed: int = Field(0, description="seed of the draws (the same draws for every image)")
 
     @model_validator(mode="after")

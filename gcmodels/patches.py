@@ -18,14 +18,23 @@ __all__ = ["box_mean", "pool_map", "scale_boxes", "top_patches"]
 def pool_map(maps: Tensor, size: int) -> Tensor:
     """Mean of every size x size window (stride 1): maps (B, H, W) -> (B, H - size + 1, W - size + 1).
 
-    The value at (y, x) is the typicality of the patch with top-left corner (x, y).
+    The value at (y, x) is the typicality of the patch with top-left corner (x, y). Computed from
+    separable float64 running sums, so the cost does not depend on the patch size (a 50 x 50
+    window over a 256 x 256 map costs what a 2 x 2 one does); maps holding NaN or inf are pooled
+    window by window instead, so a bad pixel only affects the windows that contain it.
     """
     if maps.dim() != 3:
         raise ValueError(f"maps must be (B, H, W), got shape {tuple(maps.shape)}")
     h, w = maps.shape[-2:]
     if not 1 <= size <= min(h, w):
         raise ValueError(f"patch size {size} does not fit maps of {h}x{w}")
-    return F.avg_pool2d(maps.unsqueeze(1).float(), size, stride=1).squeeze(1)
+    if not bool(torch.isfinite(maps).all()):  # a NaN / inf would spread through the running sums
+        return F.avg_pool2d(maps.unsqueeze(1).float(), size, stride=1).squeeze(1)
+    # Separable sliding sums from float64 running sums, each along the contiguous axis.
+    c = F.pad(maps.double().cumsum(2), (1, 0))  # (B, H, W+1)
+    rows = (c[:, :, size:] - c[:, :, :-size]).transpose(1, 2).contiguous()  # (B, Wp, H) sums over x
+    c = F.pad(rows.cumsum(2), (1, 0))  # (B, Wp, H+1)
+    return (c[:, :, size:] - c[:, :, :-size]).transpose(1, 2).div(size * size).float().contiguous()
 
 
 def top_patches(maps: Tensor, size: int, k: int) -> tuple[Tensor, Tensor]:
@@ -38,25 +47,27 @@ def top_patches(maps: Tensor, size: int, k: int) -> tuple[Tensor, Tensor]:
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    pooled = pool_map(maps, size)  # (B, Hp, Wp)
+    pooled = pool_map(maps, size)  # (B, Hp, Wp), a fresh tensor: suppressed in place below
     b, hp, wp = pooled.shape
-    scores = pooled.reshape(b, -1).clone()
-    ys = torch.arange(hp, device=maps.device).repeat_interleave(wp)  # (Hp*Wp,)
-    xs = torch.arange(wp, device=maps.device).repeat(hp)
+    flat = pooled.view(b, -1)
+    rows = torch.arange(hp, device=maps.device)
+    cols = torch.arange(wp, device=maps.device)
     out_boxes = torch.full((b, k, 4), -1, dtype=torch.long, device=maps.device)
     out_scores = torch.full((b, k), float("nan"), dtype=torch.float32, device=maps.device)
-    neg_inf = torch.tensor(float("-inf"), device=maps.device)
     for j in range(k):
-        best, idx = scores.max(dim=1)  # (B,)
+        best, idx = flat.max(dim=1)  # (B,); ties: the first index, i.e. row-major order
         valid = torch.isfinite(best)
-        y, x = ys[idx], xs[idx]
+        y, x = idx // wp, idx % wp
         box = torch.stack([x, y, x + size, y + size], dim=1)
         out_boxes[:, j] = torch.where(valid[:, None], box, out_boxes[:, j])
         out_scores[:, j] = torch.where(valid, best, out_scores[:, j])
-        # Suppress every top-left corner within `size` of the kept one on both axes: those boxes
-        # overlap or touch the kept box.
-        near = ((ys[None] - y[:, None]).abs() <= size) & ((xs[None] - x[:, None]).abs() <= size)
-        scores = torch.where(near & valid[:, None], neg_inf, scores)
+        if j == k - 1:
+            break
+        # Suppress every top-left corner within `size` of the kept one on both axes (a rectangle
+        # of rows x columns): those boxes overlap or touch the kept box.
+        near_rows = ((rows[None] - y[:, None]).abs() <= size) & valid[:, None]  # (B, Hp)
+        near_cols = (cols[None] - x[:, None]).abs() <= size  # (B, Wp)
+        pooled.masked_fill_(near_rows[:, :, None] & near_cols[:, None, :], float("-inf"))
     return out_boxes, out_scores
 
 

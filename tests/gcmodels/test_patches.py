@@ -36,6 +36,26 @@ def test_pool_map_non_square_and_batched() -> None:
                 assert out[b, y, x] == pytest.approx(arr[b, y : y + 3, x : x + 3].mean(), abs=1e-5)
 
 
+@pytest.mark.parametrize(("h", "w", "size"), [(64, 64, 8), (40, 33, 13), (96, 96, 50), (9, 9, 9)])
+def test_pool_map_equals_window_by_window_average_pooling(h: int, w: int, size: int) -> None:
+    # running sums must give the same window means as pooling each window separately
+    maps = torch.randn(3, h, w, generator=torch.Generator().manual_seed(h + size)) * 5 + 2
+    expected = torch.nn.functional.avg_pool2d(maps[:, None], size, stride=1)[:, 0]
+    out = pool_map(maps, size)
+    assert out.dtype == torch.float32 and out.shape == expected.shape
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_pool_map_nan_only_affects_windows_that_contain_it() -> None:
+    maps = torch.ones(1, 8, 8)
+    maps[0, 0, 0] = float("nan")
+    out = pool_map(maps, 3)[0]
+    assert torch.isnan(out[0, 0])
+    finite = torch.ones_like(out, dtype=torch.bool)
+    finite[0, 0] = False
+    assert torch.equal(out[finite], torch.ones(int(finite.sum())))
+
+
 @pytest.mark.parametrize("size", [0, 5, -1])
 def test_pool_map_rejects_sizes_that_do_not_fit(size: int) -> None:
     with pytest.raises(ValueError, match="patch size"):
@@ -269,3 +289,19 @@ def test_box_mean_missing_rows_are_zero() -> None:
     assert torch.equal(out[1, 0], torch.zeros(4))
     assert torch.allclose(out[0, 0], feats[0].mean(dim=(1, 2)), atol=1e-5)
     assert torch.allclose(out[1, 1], feats[1, :, 3:5, 2:4].mean(dim=(1, 2)), atol=1e-5)
+
+
+def test_top_patches_batched_random_maps_match_sequential_reference() -> None:
+    # larger maps, many per call, patch sizes and k as the pipeline uses them: the vectorised
+    # selection of every map equals the one-map-at-a-time reference (sort, then keep a patch
+    # unless it overlaps or touches one already kept)
+    g = torch.Generator().manual_seed(7)
+    for side, size, k in [(32, 6, 5), (64, 8, 5), (48, 20, 3)]:
+        raw = torch.randn(12, side, side, generator=g)
+        maps = torch.nn.functional.avg_pool2d(raw[:, None], 5, stride=1, padding=2, count_include_pad=False)[:, 0]
+        boxes, scores = top_patches(maps, size, k)
+        pooled = pool_map(maps, size).numpy()
+        for i in range(maps.shape[0]):
+            ref_boxes, ref_scores = _reference(pooled[i], size, k)
+            assert boxes[i].tolist() == ref_boxes, f"map {i}, {side}x{side}, patch {size}"
+            np.testing.assert_array_equal(scores[i].numpy(), np.asarray(ref_scores, dtype=np.float32))

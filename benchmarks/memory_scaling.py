@@ -1,0 +1,130 @@
+"""Peak resident memory of the score and rank stages as the dataset grows (shards must stream).
+
+For each size (default 100, 1 000, 10 000 images of 64x64, two labels, random pixels), the
+collection is written as PNGs and ingested with the ingest task (shards of `data.shard_size`),
+a tiny untrained model is published with the finetune task (one step: memory, not quality, is
+measured), and then, each in a fresh process, every shard is scored (`score_shard`) and ranked
+(`rank_shard`) one after the other, as the flow does with one worker. Each process prints its
+peak RSS (ru_maxrss): flat across sizes = the stages stream their shards.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory_scaling.py [--sizes 100 1000 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+import numpy as np  # noqa: E402
+
+from gcmodels.config import DataConfig, ModelConfig, RankConfig, RuntimeConfig, ScoreConfig, TrainConfig  # noqa: E402
+
+RES = 64
+DATA = DataConfig(resolution=RES)
+MODEL = ModelConfig(block_out_channels=(8, 16), num_train_timesteps=100)
+TRAIN = TrainConfig(steps=1, batch_size=8, warmup_steps=0)
+SCORE = ScoreConfig(draws=1)
+RANK = RankConfig(feature_draws=1)
+RUNTIME = RuntimeConfig(device="cpu", threads=1, progress=False)
+PATCH = 13  # 0.2 x 64
+
+
+def no_api() -> None:
+    """Run the task functions without a Prefect API: progress artifacts are skipped (StageProgress
+    tolerates that), so no in-process Prefect server is started and its memory is not measured."""
+    import prefect.artifacts
+
+    def refuse(**_kw: object) -> None:
+        raise RuntimeError("no Prefect API in this benchmark")
+
+    prefect.artifacts.create_progress_artifact = refuse
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def setup(work: Path, n: int) -> dict:
+    from PIL import Image
+
+    from tasks.finetune import finetune
+    from tasks.ingest import ingest
+
+    no_api()
+    rng = np.random.default_rng(n)
+    for i in range(n):
+        folder = work / "images" / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (RES, RES, 3), dtype=np.uint8)).save(folder / f"{i:06d}.png")
+    ingested = ingest.fn(str(work / "images"), None, str(work / "run"), DATA)
+    names = [s["name"] for s in ingested["shards"]]
+    trained = finetune.fn(str(work / "run"), names, RES, MODEL, TRAIN, RUNTIME)
+    return {"shards": ingested["shards"], "fingerprint": trained["fingerprint"]}
+
+
+def stage(work: Path, which: str) -> None:
+    """Child process: run one stage over every shard, then print the peak RSS as JSON."""
+    from tasks.rank import rank_shard
+    from tasks.score import score_shard
+
+    no_api()
+    info = json.loads((work / "setup.json").read_text())
+    out = str(work / "run")
+    base = peak_mib()
+    start = time.perf_counter()
+    maps = []
+    if which == "score":
+        for shard in info["shards"]:
+            maps.append(score_shard.fn(out, shard, info["fingerprint"], SCORE, RUNTIME)["maps"])
+        (work / "maps.json").write_text(json.dumps(maps))
+    else:
+        maps = json.loads((work / "maps.json").read_text())
+        for shard, m in zip(info["shards"], maps):
+            rank_shard.fn(out, shard, m, info["fingerprint"], PATCH, RANK, RUNTIME)
+    print(json.dumps({"stage": which, "peak_mib": peak_mib(), "after_imports_mib": base,
+                      "seconds": time.perf_counter() - start, "shards": len(info["shards"])}))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
+    ap.add_argument("--stage", choices=["score", "rank"], help=argparse.SUPPRESS)
+    ap.add_argument("--work", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.stage:
+        stage(Path(args.work), args.stage)
+        return 0
+    rows = []
+    for n in args.sizes:
+        with tempfile.TemporaryDirectory(prefix="gcmine-mem-") as tmp:
+            work = Path(tmp)
+            start = time.perf_counter()
+            (work / "setup.json").write_text(json.dumps(setup(work, n)))
+            setup_s = time.perf_counter() - start
+            for which in ("score", "rank"):
+                res = subprocess.run(
+                    [sys.executable, __file__, "--stage", which, "--work", str(work)],
+                    check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                )
+                row = json.loads(res.stdout.strip().splitlines()[-1])
+                rows.append({"images": n, **row, "setup_s": setup_s})
+                print(f"  {n} images, {which}: {row['peak_mib']:.0f} MiB peak ({row['seconds']:.0f} s)", flush=True)
+    print(f"\n64x64 images, {DATA.shard_size} per shard, tiny untrained model {MODEL.block_out_channels}, "
+          f"N={SCORE.draws} draw, {RANK.feature_draws} feature draw, 1 thread")
+    print(f"{'images':>8}{'shards':>8}{'stage':>7}{'peak RSS MiB':>14}{'after imports':>15}{'seconds':>9}")
+    for r in rows:
+        print(f"{r['images']:>8}{r['shards']:>8}{r['stage']:>7}{r['peak_mib']:>14.0f}{r['after_imports_mib']:>15.0f}{r['seconds']:>9.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
