@@ -1,4 +1,6 @@
-"""The gcmine flow: ingest -> embed -> cluster -> finetune -> score -> rank -> report.
+"""The gcmine flow: ingest -> embed -> cluster -> finetune -> score -> rank -> report, with the
+optional applications between rank and report (classify with score.cotypicality, translate,
+baseline).
 
 The flow only composes tasks; every computation lives in `tasks/` (I/O) and `gcmodels/` (math).
 Model stages are cached on content fingerprints (see tasks/caching.py), so a rerun - after a
@@ -14,6 +16,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from gcmodels.config import Settings
 from tasks.artifacts import run_info
 from tasks.caching import map_cached, run_cached
+from tasks.baseline import baseline
+from tasks.classify import classify
 from tasks.cluster import cluster
 from tasks.embed import embed
 from tasks.finetune import finetune
@@ -22,6 +26,7 @@ from tasks.publish import publish
 from tasks.rank import elements, rank_shard
 from tasks.report import report
 from tasks.score import score_shard, typicality_table
+from tasks.translate import translate
 
 __all__ = ["mine", "run_pipeline"]
 
@@ -55,7 +60,10 @@ def mine(
         labels_key=ingested["labels_key"], config=settings.cluster, storage_options=so,
     )
     reused += ["cluster"] * hit
-    trained = finetune(out, names, settings.data.resolution, settings.model, settings.train, settings.runtime, so)
+    trained = finetune(
+        out, names, settings.data.resolution, settings.model, settings.train, settings.runtime, so,
+        holdout=settings.score.holdout, holdout_seed=settings.score.seed,
+    )
     reused += ["finetune"] * trained["reused"]
     fingerprint = trained["fingerprint"]
 
@@ -74,6 +82,15 @@ def mine(
     ]
     reused += [f"rank[{r['shard']}]" for r, hit in ranked if hit]
     mined = elements(out, [r["candidates"] for r, _ in ranked], settings.rank, so)
+    applications: dict[str, dict] = {}
+    if settings.score.cotypicality:
+        applications["classify"] = classify(out, fingerprint, so)
+    if settings.translate.enabled:
+        applications["translate"] = translate(
+            out, names, fingerprint, settings.patch_size, settings.translate, settings.score, settings.runtime, so
+        )
+    if settings.baseline.enabled:
+        applications["baseline"] = baseline(out, names, settings.patch_size, settings.baseline, so)
     published = publish(out, {"embeddings": embedded["embeddings"], "clusters": clustered["clusters"], "cluster_metrics": clustered["cluster_metrics"]}, so)
     if reused:
         get_run_logger().info("reused from earlier runs (no model work): %s", ", ".join(reused))
@@ -81,13 +98,14 @@ def mine(
         "ingest": ingested, "embed": embedded, "cluster": clustered, "finetune": trained,
         "score": {"seconds": sum(r["seconds"] for r, hit in scored if not hit) + gathered["seconds"], "images": gathered["images"]},
         "rank": {"seconds": sum(r["seconds"] for r, hit in ranked if not hit) + mined["seconds"] + published["seconds"], **mined},
+        **applications,
     }
     info = run_info(settings, images=images, labels=labels, out=out, stages=stages, flow_run_id=str(flow_run.id), reused=reused)
-    reported = report(out, [r["maps"] for r, _ in scored], settings.report, info, so)
+    reported = report(out, [r["maps"] for r, _ in scored], settings.report, info, so, applications)
     stages["report"] = reported
     return {
         "out": out, "report": reported["report"], "stages": stages, "summary": info["summary"],
-        "flow_run_id": info["flow_run_id"], "reused": reused,
+        "flow_run_id": info["flow_run_id"], "reused": reused, "classifier": applications.get("classify"),
     }
 
 

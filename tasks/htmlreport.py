@@ -19,7 +19,7 @@ import math
 import re
 import unicodedata
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -67,6 +67,8 @@ class ReportData:
     load_image: Callable[[str], Image.Image]
     load_map: Callable[[str], np.ndarray]
     element_members: dict[tuple[str, int], list[int]] | None = None
+    #: extra sections (anchor, title, already-rendered HTML), shown before the collection section
+    extra_sections: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -833,8 +835,8 @@ def render_report(
     vmax = _robust_vmax(maps)
 
     anchors = [_slug(lab, i) for i, lab in enumerate(labels)]
-    sections = [("summary", "Run summary"), ("collection", "The collection"), ("training", "Training"),
-                ("rejected", "Rejected inputs")]
+    sections = [("summary", "Run summary"), *[(a, _esc(t)) for a, t, _ in data.extra_sections],
+                ("collection", "The collection"), ("training", "Training"), ("rejected", "Rejected inputs")]
     toc = '<div class="toc-main"><b>Contents</b>' + "".join(f'<a href="#{a}">{t}</a>' for a, t in sections) + "</div>"
     if labels:
         toc += '<div class="toc-labels"><span>Labels</span><ol>' + "".join(
@@ -849,6 +851,7 @@ def render_report(
             )
     else:
         body.append('<section id="labels"><h2>Labels</h2>' + _empty("No labels.") + "</section>")
+    body += [html_ for _, _, html_ in data.extra_sections]
     body += [_collection_section(data, labels), _training_section(data), _rejected_section(data)]
 
     legend = (
