@@ -81,6 +81,26 @@ def _print_summary(result: dict, wall: float) -> None:
     print(f"report: {result['report']}", file=sys.stderr)
 
 
+def _print_classifier(found: dict) -> None:
+    """Typicality as a classifier: accuracy, confusion matrix and most confused labels."""
+    labels = [str(v) for v in found["labels"]]
+    acc = found.get("accuracy")
+    print("\n== typicality as a classifier ==", file=sys.stderr)
+    print(
+        f"accuracy {'n/a' if acc is None else f'{100 * acc:.1f}%'} on {found['images']} {found['split']} images "
+        f"(chance {100 / max(1, len(labels)):.1f}%)"
+        + ("" if found["split"] == "held-out" else "; no held-out images: set score.holdout (e.g. 0.2) for a fair test"),
+        file=sys.stderr,
+    )
+    width = max(9, *(len(lab) for lab in labels)) + 1
+    corner = "true/pred"
+    print(f"{corner:<{width}}" + "".join(f"{lab[:width - 1]:>{width}}" for lab in labels), file=sys.stderr)
+    for lab, row in zip(labels, found["confusion"]):
+        print(f"{lab[:width - 1]:<{width}}" + "".join(f"{v:>{width}}" for v in row), file=sys.stderr)
+    for c in found.get("confused") or []:
+        print(f"  {c['true']!r} taken for {c['predicted']!r}: {c['count']} image(s), {100 * c['share']:.0f}%", file=sys.stderr)
+
+
 def _print_ground_truth(out: str, truth: Path) -> None:
     import pandas as pd
 
@@ -172,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gcmine: {err}", file=sys.stderr)
         return 1
     _print_summary(result, time.perf_counter() - start)
+    if result.get("classifier"):
+        _print_classifier(result["classifier"])
     if truth is not None:
         _print_ground_truth(str(out), truth)
     return 0

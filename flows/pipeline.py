@@ -1,4 +1,6 @@
-"""The gcmine flow: ingest -> embed -> cluster -> finetune -> score -> rank -> report.
+"""The gcmine flow: ingest -> embed -> cluster -> finetune -> score -> rank -> report, with the
+optional applications between rank and report (classify with score.cotypicality, translate,
+baseline).
 
 The flow only composes tasks; every computation lives in `tasks/` (I/O) and `gcmodels/` (math).
 Model stages are cached on content fingerprints (see tasks/caching.py), so a rerun - after a
@@ -14,6 +16,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from gcmodels.config import ConfigError, RuntimeConfig, Settings
 from tasks.artifacts import run_info
 from tasks.caching import map_cached, run_cached
+from tasks.baseline import baseline
+from tasks.classify import classify
 from tasks.cluster import cluster, collection_map, condition
 from tasks.embed import embed
 from tasks.finetune import finetune
@@ -22,6 +26,7 @@ from tasks.publish import publish
 from tasks.rank import elements, rank_shard
 from tasks.report import report
 from tasks.score import score_shard, typicality_table
+from tasks.translate import translate
 
 __all__ = ["mine", "run_pipeline", "task_runner"]
 
@@ -71,7 +76,8 @@ def mine(
     )
     reused += ["collection-map"] * hit
     trained = finetune(
-        out, names, settings.data.resolution, settings.model, settings.train, settings.runtime, so, conditioning=conditioning
+        out, names, settings.data.resolution, settings.model, settings.train, settings.runtime, so, conditioning=conditioning,
+        holdout=settings.score.holdout, holdout_seed=settings.score.seed,
     )
     reused += ["finetune"] * trained["reused"]
     fingerprint = trained["fingerprint"]
@@ -89,6 +95,15 @@ def mine(
     )
     reused += [f"rank[{r['shard']}]" for r, hit in ranked if hit]
     mined = elements(out, [r["candidates"] for r, _ in ranked], settings.rank, so)
+    applications: dict[str, dict] = {}
+    if settings.score.cotypicality:
+        applications["classify"] = classify(out, fingerprint, so)
+    if settings.translate.enabled:
+        applications["translate"] = translate(
+            out, names, fingerprint, settings.patch_size, settings.translate, settings.score, settings.runtime, so
+        )
+    if settings.baseline.enabled:
+        applications["baseline"] = baseline(out, names, settings.patch_size, settings.baseline, so, conditioning)
     cluster_outputs = ("clusters", "cluster_metrics", "cluster_traces", "cluster_contingency", "cluster_linkage")
     published = publish(
         out,
@@ -105,13 +120,14 @@ def mine(
                   "workers": _workers(scored)},
         "rank": {"seconds": sum(r["seconds"] for r, hit in ranked if not hit) + mined["seconds"] + published["seconds"], **mined,
                  "workers": _workers(ranked)},
+        **applications,
     }
     info = run_info(settings, images=images, labels=labels, out=out, stages=stages, flow_run_id=str(flow_run.id), reused=reused)
-    reported = report(out, [r["maps"] for r, _ in scored], settings.report, info, so)
+    reported = report(out, [r["maps"] for r, _ in scored], settings.report, info, so, applications)
     stages["report"] = reported
     return {
         "out": out, "report": reported["report"], "stages": stages, "summary": info["summary"],
-        "flow_run_id": info["flow_run_id"], "reused": reused,
+        "flow_run_id": info["flow_run_id"], "reused": reused, "classifier": applications.get("classify"),
     }
 
 

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 __all__ = [
+    "BaselineConfig",
     "ClusterConfig",
     "ConfigError",
     "DataConfig",
@@ -25,6 +26,7 @@ __all__ = [
     "Settings",
     "StorageConfig",
     "TrainConfig",
+    "TranslateConfig",
     "format_validation_error",
 ]
 
@@ -183,11 +185,23 @@ class ScoreConfig(_Section):
         "in CPU cache (1.3-1.6x the forwards/s of 128 on a CPU); raise it on a GPU",
     )
     seed: int = Field(0, description="seed of the draws (the same draws for every image)")
+    cotypicality: bool = Field(
+        False, description="score every image under every label (one row per image and label in typicality.parquet)"
+    )
+    holdout: float = Field(
+        0.0, ge=0, lt=1,
+        description="share of each label's images kept out of fine-tuning to test typicality as a classifier "
+        "(needs cotypicality; 0 = none)",
+    )
 
     @model_validator(mode="after")
     def _t_range(self) -> "ScoreConfig":
         if self.t_min >= self.t_max:
             raise ValueError(f"t_min ({self.t_min}) must be smaller than t_max ({self.t_max})")
+        if self.holdout > 0 and not self.cotypicality:
+            raise ValueError(
+                f"holdout ({self.holdout}) needs cotypicality: true (the classifier compares every label's typicality)"
+            )
         return self
 
 
@@ -200,6 +214,26 @@ class RankConfig(_Section):
     feature_draws: int = Field(4, ge=1, description="noise draws averaged for the features")
     feature_block: int = Field(-1, description="UNet decoder block whose output is the feature (-1 = the last, full resolution)")
     seed: int = Field(0, description="seed of feature noise and element clustering")
+
+
+class TranslateConfig(_Section):
+    enabled: bool = Field(False, description="translate the top images of each label's best element to every other label")
+    images_per_label: int = Field(4, ge=1, description="source images per label (the top images of its rank-0 element)")
+    strength: float = Field(0.6, ge=0, le=1, description="noise level of the partial noising (0 = unchanged, 1 = from pure noise)")
+    steps: int = Field(50, ge=1, description="DDIM steps over the whole schedule (ceil(steps x strength) are run)")
+    guidance: float = Field(1.0, ge=0, description="classifier-free guidance scale (1 = the plain conditional model)")
+    clusters: int = Field(4, ge=1, description="consistent-change clusters (k-means over the most changed patches)")
+    seed: int = Field(0, description="seed of the translation noise and the change clustering")
+
+
+class BaselineConfig(_Section):
+    enabled: bool = Field(False, description="also run the Doersch et al. 2012 baseline (HOG + linear detectors) on the working images")
+    cell_size: int = Field(4, ge=2, description="HOG cell side in working pixels")
+    patch_cells: int | None = Field(None, ge=1, description="patch side in cells; null = the typicality patch size in cells")
+    detectors: int = Field(10, ge=1, description="detectors trained per label")
+    keep: int = Field(5, ge=1, description="best detectors per label whose detections are kept")
+    rounds: int = Field(3, ge=1, description="rounds of iterative retraining")
+    seed: int = Field(0, description="seed of the candidate sampling and the folds")
 
 
 class ReportConfig(_Section):
@@ -279,6 +313,8 @@ class Settings(_Section):
     train: TrainConfig = TrainConfig()
     score: ScoreConfig = ScoreConfig()
     rank: RankConfig = RankConfig()
+    translate: TranslateConfig = TranslateConfig()
+    baseline: BaselineConfig = BaselineConfig()
     report: ReportConfig = ReportConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     storage: StorageConfig = StorageConfig()

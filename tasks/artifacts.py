@@ -36,11 +36,19 @@ TRAINING = "training.parquet"
 TYPICALITY = "typicality.parquet"
 PATCHES = "patches.parquet"
 ELEMENTS = "elements.parquet"
+LABEL_MATRIX = "label_matrix.parquet"
+CLASSIFICATION = "classification.parquet"
+CONFUSION = "confusion.parquet"
+TRANSLATIONS = "translations.parquet"
+TRANSLATION_CHANGES = "translation_changes.parquet"
+BASELINE = "baseline.parquet"
+BASELINE_DETECTORS = "baseline_detectors.parquet"
 REPORT = "report/index.html"
 RUN_JSON = "run.json"
 SHARDS_META = "images/_shards.json"
 
 MANIFEST_COLUMNS = ["image_id", "source", "filename", "label", "width", "height", "status", "reason"]
+TYPICALITY_COLUMNS = ["image_id", "label", "image_label", "typicality"]
 PATCH_COLUMNS = ["image_id", "label", "rank", "x0", "y0", "x1", "y1", "typicality", "element"]
 ELEMENT_COLUMNS = ["label", "element", "rank", "score", "size"]
 
@@ -69,19 +77,24 @@ def decode_pngs(column: pd.Series) -> np.ndarray:
     return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in column])
 
 
-def read_images(store: RunStore, shards: list[str], conditioning: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+def read_images(
+    store: RunStore, shards: list[str], conditioning: str | None = None, only: set[str] | None = None,
+) -> tuple[pd.DataFrame, np.ndarray]:
     """(image_id, label) table and uint8 working images (N, H, W, 3) of the live images of the
     given shards: those the current manifest lists as ok, with the manifest's labels (None if
     unlabelled), or, when `conditioning` names a conditioning table (image_id, label), with its
     labels (images it does not label: None). Shards may hold images of earlier runs that were
-    since removed."""
+    since removed. `only`, if given, keeps just those image ids (the others are not decoded)."""
     manifest = store.read_parquet(MANIFEST, ["image_id", "label", "status"])
     live = manifest[manifest["status"] == "ok"].drop_duplicates("image_id").set_index("image_id")["label"]
     if conditioning is not None:
         cond = store.read_parquet(conditioning, ["image_id", "label"]).drop_duplicates("image_id").set_index("image_id")["label"]
         live = cond.reindex(live.index)
     df = store.read_parts("images", shards)
-    df = df[df["image_id"].isin(live.index)].reset_index(drop=True)
+    df = df[df["image_id"].isin(live.index)]
+    if only is not None:
+        df = df[df["image_id"].isin(only)]
+    df = df.reset_index(drop=True)
     df["label"] = [lab if isinstance(lab, str) else None for lab in live.reindex(df["image_id"])]
     pixels = decode_pngs(df["png"]) if len(df) else np.zeros((0, 1, 1, 3), np.uint8)
     return df.drop(columns=["png"]), pixels

@@ -115,7 +115,7 @@ def cluster(
     }
 
 
-@task(name="condition")
+@task(name="condition", task_run_name="condition")
 def condition(out: str, clusters: str, labels_key: str, mode: str, storage_options: dict | None = None) -> dict:
     """Decide the labels that condition fine-tuning and typicality (`mode`, data.labels: given,
     clusters or auto) and write them as a conditioning table (image_id, label, cluster, source;
@@ -142,7 +142,7 @@ def condition(out: str, clusters: str, labels_key: str, mode: str, storage_optio
     return {"conditioning": name, **d, "seconds": clock["seconds"]}
 
 
-@task(name="collection-map")
+@task(name="collection-map", task_run_name="collection-map")
 def collection_map(
     out: str, embeddings: str, clusters: str, method: str, seed: int, storage_options: dict | None = None
 ) -> dict:

@@ -12,6 +12,7 @@ import torch
 from prefect import task
 
 from gcmodels.config import ConfigError, ModelConfig, RuntimeConfig, TrainConfig
+from gcmodels.cotypicality import stratified_split
 from gcmodels.diffusion import PixelDiffusion
 from gcmodels.runtime import configure_torch, resolve_device
 from gcmodels.training import TrainingDiverged, train_diffusion
@@ -36,6 +37,19 @@ def _publish(store: RunStore, model: PixelDiffusion, history: list[dict], traine
         store.put_dir(tmp, MODEL)
     store.write_parquet(TRAINING, pd.DataFrame(history, columns=["step", "loss", "lr", "seconds"]))
     return fingerprint
+
+
+def holdout_split(meta: pd.DataFrame, fraction: float, seed: int) -> set[str]:
+    """The image ids held out of fine-tuning: `fraction` of each label's labelled images
+    (`stratified_split` over the images sorted by id, so the split depends on the image contents,
+    labels, fraction and seed, not on file order). Empty for fraction 0."""
+    if fraction <= 0:
+        return set()
+    labelled = meta[meta["label"].map(lambda v: isinstance(v, str))].drop_duplicates("image_id").sort_values("image_id")
+    if labelled.empty:
+        return set()
+    _, test = stratified_split(labelled["label"].tolist(), fraction, seed)
+    return set(labelled["image_id"].iloc[test])
 
 
 def reuse_decision(store: RunStore, training_set: pd.DataFrame, config_key: str, retrain_fraction: float) -> tuple[str | None, str]:
@@ -72,9 +86,12 @@ def finetune(
     runtime: RuntimeConfig,
     storage_options: dict | None = None,
     conditioning: str | None = None,
+    holdout: float = 0.0,
+    holdout_seed: int = 0,
 ) -> dict:
-    """Train on every usable image (unlabelled ones train the null branch only); write `model/`
-    (diffusers layout + label vocabulary) and `training.parquet` (the loss curve). Labels come
+    """Train on every usable image (unlabelled ones train the null branch only) except the
+    held-out split (`holdout` of each label's images, see `holdout_split`); write `model/`
+    (diffusers layout + label vocabulary + the training set) and `training.parquet`. Labels come
     from the conditioning table `conditioning` when given (see tasks.cluster.condition), else
     from the manifest."""
     log = stage_logger()
@@ -95,13 +112,21 @@ def finetune(
                 "filename,label) or a folder per label, or set data.labels=clusters to condition on the "
                 "discovered clusters"
             )
+        held = holdout_split(meta, holdout, holdout_seed)
+        if held:
+            keep = ~meta["image_id"].isin(held).to_numpy()
+            meta, pixels = meta[keep].reset_index(drop=True), pixels[keep]
+            log.info("%d labelled image(s) held out of fine-tuning (score.holdout = %g)", len(held), holdout)
         training_set = meta[meta["label"].map(lambda v: isinstance(v, str))][["image_id", "label"]].reset_index(drop=True)
-        config_key = content_key(resolution, model_config, train_config.model_dump(exclude={"retrain_fraction"}))
+        config_key = content_key(
+            resolution, model_config, train_config.model_dump(exclude={"retrain_fraction"}),
+            *([{"holdout": holdout, "seed": holdout_seed}] if holdout > 0 else []),
+        )
         reused, why = reuse_decision(store, training_set, config_key, train_config.retrain_fraction)
         if reused is not None:
             log.info("finetune reused the existing model %s: %s", reused, why)
             return {"fingerprint": reused, "labels": vocab, "reused": True, "reason": why, "device": str(device),
-                    "seconds": 0.0}
+                    "held_out": len(held), "seconds": 0.0}
         log.info("training a new model: %s", why)
         with gpu_slot(device, runtime):  # one training per card (nothing taken on CPU)
             generator = torch.Generator().manual_seed(train_config.seed)
@@ -150,5 +175,6 @@ def finetune(
         log.info("trained %d steps; final loss (mean of last 50) %.4f", result.steps, tail)
     return {
         "steps": result.steps, "labels": vocab, "final_loss": float(tail), "fingerprint": fingerprint,
-        "parameters": n_params, "device": str(device), "reused": False, "reason": why, "seconds": clock["seconds"],
+        "parameters": n_params, "device": str(device), "reused": False, "reason": why, "held_out": len(held),
+        "seconds": clock["seconds"],
     }

@@ -21,7 +21,7 @@ import math
 import re
 import unicodedata
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -76,6 +76,8 @@ class ReportData:
     collection_map: pd.DataFrame | None = None
     conditioning: dict | None = None
     map_method: str = "pca"
+    #: extra sections (anchor, title, already-rendered HTML), shown before the collection section
+    extra_sections: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -854,8 +856,8 @@ def render_report(
     vmax = _robust_vmax(maps)
 
     anchors = label_anchors(labels)
-    sections = [("summary", "Run summary"), ("glance", "At a glance"), ("collection", "The collection"), ("training", "Training"),
-                ("rejected", "Rejected inputs")]
+    sections = [("summary", "Run summary"), ("glance", "At a glance"), *[(a, _esc(t)) for a, t, _ in data.extra_sections],
+                ("collection", "The collection"), ("training", "Training"), ("rejected", "Rejected inputs")]
     toc = '<div class="toc-main"><b>Contents</b>' + "".join(f'<a href="#{a}">{t}</a>' for a, t in sections) + "</div>"
     if labels:
         toc += '<div class="toc-labels"><span>Labels</span><ol>' + "".join(
@@ -873,6 +875,7 @@ def render_report(
             )
     else:
         body.append('<section id="labels"><h2>Labels</h2>' + _empty("No labels.") + "</section>")
+    body += [html_ for _, _, html_ in data.extra_sections]
     body += [_collection_section(data, labels), _training_section(data), _rejected_section(data)]
 
     legend = (

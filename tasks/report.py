@@ -12,9 +12,10 @@ from prefect import task
 
 from gcmodels.config import ReportConfig
 from gcmodels.images import decode_image
+from tasks.appreport import baseline_section, cotypicality_section, translation_section
 from tasks.artifacts import (
-    CLUSTER_METRICS, CLUSTERS, COLLECTION_MAP, ELEMENTS, MANIFEST, MODEL, PATCHES, REPORT, RUN_JSON, TRAINING, TYPICALITY,
-    stopwatch, unpack_maps,
+    BASELINE, BASELINE_DETECTORS, CLUSTER_METRICS, CLUSTERS, COLLECTION_MAP, CONFUSION, ELEMENTS, LABEL_MATRIX, MANIFEST,
+    MODEL, PATCHES, REPORT, RUN_JSON, TRAINING, TRANSLATION_CHANGES, TRANSLATIONS, TYPICALITY, stopwatch, unpack_maps,
 )
 from tasks.htmlreport import ReportData, label_anchors, render_report
 from tasks.logs import stage_logger
@@ -80,24 +81,65 @@ def _prefect_artifacts(elements: pd.DataFrame, patches: pd.DataFrame, report_uri
         _log.debug("Prefect artifacts not created: %s", err)
 
 
+def own_label_rows(typicality: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `typicality.parquet` that score each image under its own label (all rows of
+    a run without cotypicality; tables written before `image_label` existed are taken as they are)."""
+    if "image_label" not in typicality.columns:
+        return typicality
+    return typicality[typicality["label"] == typicality["image_label"]].reset_index(drop=True)
+
+
+def application_sections(store: RunStore, applications: dict, load_image, run_info: dict) -> list[tuple[str, str, str]]:
+    """The report sections of the applications that ran (classify, translate, baseline)."""
+    sections = []
+    if "classify" in applications:
+        html = cotypicality_section(store.read_parquet(LABEL_MATRIX), store.read_parquet(CONFUSION), applications["classify"])
+        sections.append(("cotypicality", "Cotypicality and classifier", html))
+    if "translate" in applications:
+
+        @lru_cache(maxsize=1024)
+        def load_png(path: str):
+            try:
+                return decode_image(store.read_bytes(path), max_pixels=10**8)
+            except Exception:  # noqa: BLE001 - shown as missing
+                return None
+
+        html = translation_section(
+            store.read_parquet(TRANSLATIONS), store.read_parquet(TRANSLATION_CHANGES), load_png, applications["translate"]
+        )
+        sections.append(("translation", "Translation across labels", html))
+    if "baseline" in applications:
+        timings = run_info.get("timings", {})
+        typ = sum(float(timings.get(k, 0.0)) for k in ("finetune", "score", "rank"))
+        html = baseline_section(
+            store.read_parquet(BASELINE), store.read_parquet(BASELINE_DETECTORS), store.read_parquet(ELEMENTS),
+            store.read_parquet(PATCHES), load_image, {"typicality": typ, "baseline": applications["baseline"]["seconds"]},
+        )
+        sections.append(("baseline", "Classic baseline", html))
+    return sections
+
+
 @task(name="report", task_run_name="report")
 def report(
     out: str, maps: list[str], config: ReportConfig, run_info: dict, storage_options: dict | None = None,
+    applications: dict | None = None,
 ) -> dict:
-    """Render `report/index.html`, write `run.json` in each artifact folder, publish UI artifacts."""
+    """Render `report/index.html`, write `run.json` in each artifact folder, publish UI artifacts.
+    `applications`: the results of the optional classify / translate / baseline tasks that ran."""
     log = stage_logger()
     with stopwatch() as clock:
         store = RunStore(out, storage_options)
         manifest = store.read_parquet(MANIFEST)
         elements_df = store.read_parquet(ELEMENTS)
         patches = store.read_parquet(PATCHES)
-        typicality = store.read_parquet(TYPICALITY)
+        typicality = own_label_rows(store.read_parquet(TYPICALITY))
         clusters = store.read_parquet(CLUSTERS).merge(
             manifest[manifest["status"] == "ok"].drop_duplicates("image_id")[["image_id", "label"]], on="image_id", how="left"
         )
         given = manifest[manifest["status"] == "ok"].drop_duplicates("image_id")[["image_id", "label"]]
         points = store.read_parquet(COLLECTION_MAP).merge(given, on="image_id", how="left") if store.exists(COLLECTION_MAP) else None
         labels = sorted(typicality["label"].dropna().unique().tolist())
+        load_image = _image_loader(manifest, storage_options)
         wanted = set(typicality.sort_values("typicality", ascending=False).groupby("label").head(config.heatmaps_per_label)["image_id"])
         data = ReportData(
             title=f"gcmine report: {run_info.get('images', '')}",
@@ -110,11 +152,12 @@ def report(
             cluster_metrics=store.read_parquet(CLUSTER_METRICS),
             training=store.read_parquet(TRAINING),
             rejected=manifest[manifest["status"] == "rejected"][["source", "reason"]].reset_index(drop=True),
-            load_image=_image_loader(manifest, storage_options),
+            load_image=load_image,
             load_map=_map_loader(store, maps, wanted),
             collection_map=points,
             conditioning=run_info.get("stages", {}).get("condition"),
             map_method=run_info.get("stages", {}).get("map", {}).get("method", config.map_method),
+            extra_sections=application_sections(store, applications or {}, load_image, run_info),
         )
         html = render_report(
             data, elements_per_label=config.elements_per_label, patches_per_element=config.patches_per_element,

@@ -100,7 +100,7 @@ def dataset_resource(uri: str) -> dict[str, str]:
     return {"prefect.resource.id": f"gcmine.dataset.{uri}", "prefect.resource.name": uri, "gcmine.uri": uri}
 
 
-@task(name="compare-listing", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient)
+@task(name="compare-listing", task_run_name="compare-listing", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient)
 def compare(uri: str, out: str, extensions: tuple[str, ...], storage_options: dict | None = None) -> dict[str, Any]:
     """List `uri` and compare it with the last watch (or the last manifest): counts of the files
     added, changed and removed, up to 5 examples of each. The new listing is staged in the run
@@ -118,7 +118,7 @@ def compare(uri: str, out: str, extensions: tuple[str, ...], storage_options: di
     return {**counts, "files": len(listing), "against": against, "examples": {k: v[:5] for k, v in diff.items()}}
 
 
-@task(name="announce")
+@task(name="announce", task_run_name="announce")
 def announce(uri: str, out: str, changes: dict[str, Any]) -> str | None:
     """Emit `gcmine.dataset.updated` for `uri` with the run root and the counts; the event id."""
     payload = {"uri": uri, "out": out, **{k: changes[k] for k in ("added", "changed", "removed", "files")}}
@@ -130,7 +130,7 @@ def announce(uri: str, out: str, changes: dict[str, Any]) -> str | None:
     return str(event.id)
 
 
-@task(name="save-listing", retries=2, retry_delay_seconds=2)
+@task(name="save-listing", task_run_name="save-listing", retries=2, retry_delay_seconds=2)
 def save_listing(out: str, storage_options: dict | None = None) -> str:
     """Make the listing staged by `compare` the baseline of the next watch; its URI."""
     store = RunStore(out, storage_options)

@@ -109,7 +109,8 @@ def test_tables_contract(run) -> None:
     assert list(training.columns) == ["step", "loss", "lr", "seconds"] and list(training["step"]) == [0, 1, 2]
 
     typ = s.read_parquet("typicality.parquet")
-    assert list(typ.columns) == ["image_id", "label", "typicality"]
+    assert list(typ.columns) == ["image_id", "label", "image_label", "typicality"]
+    assert (typ["label"] == typ["image_label"]).all()  # cotypicality off: one row per image, its own label
     labelled = ok[ok["label"].notna()]
     assert sorted(typ["image_id"]) == sorted(labelled.index)
     assert (typ.set_index("image_id")["label"] == labelled["label"].reindex(typ["image_id"]).values).all()

@@ -49,6 +49,10 @@ def test_patch_size_explicit() -> None:
         (["model.beta_schedule=cosine"], ["model.beta_schedule"]),
         (["rank.feature_block=3"], ["rank.feature_block (3)"]),
         (["embed.size=64"], ["embed.size (64)"]),
+        (["score.holdout=0.2"], ["score", "holdout (0.2)", "cotypicality"]),
+        (["score.cotypicality=true", "score.holdout=1"], ["score.holdout"]),
+        (["translate.strength=1.5"], ["translate.strength", "1.5"]),
+        (["baseline.cell_size=1"], ["baseline.cell_size"]),
     ],
 )
 def test_bad_values_name_the_field(overrides: list[str], needles: list[str]) -> None:
