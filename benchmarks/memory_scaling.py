@@ -5,7 +5,7 @@ collection is written as PNGs and ingested with the ingest task (shards of `data
 a tiny untrained model is published with the finetune task (one step: memory, not quality, is
 measured), and then, each in a fresh process, every shard is scored (`score_shard`) and ranked
 (`rank_shard`) one after the other, as the flow does with one worker. Each process prints its
-peak RSS (ru_maxrss): flat across sizes = the stages stream their shards.
+peak RSS (VmHWM): flat across sizes = the stages stream their shards.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory_scaling.py [--sizes 100 1000 10000]
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -50,7 +49,12 @@ def no_api() -> None:
 
 
 def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """Peak RSS of this process (VmHWM). Not ru_maxrss: that survives fork + exec, so a child
+    would report the parent's peak (here: the set-up that held every image)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status (this benchmark needs Linux)")
 
 
 def setup(work: Path, n: int) -> dict:
