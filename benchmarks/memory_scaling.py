@@ -5,7 +5,7 @@ collection is written as PNGs and ingested with the ingest task (shards of `data
 a tiny untrained model is published with the finetune task (one step: memory, not quality, is
 measured), and then, each in a fresh process, every shard is scored (`score_shard`) and ranked
 (`rank_shard`) one after the other, as the flow does with one worker. Each process prints its
-peak RSS (ru_maxrss): flat across sizes = the stages stream their shards.
+peak RSS (VmHWM): flat across sizes = the stages stream their shards.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory_scaling.py [--sizes 100 1000 10000]
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -50,7 +49,20 @@ def no_api() -> None:
 
 
 def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """Peak RSS of this process (VmHWM). Not ru_maxrss: that survives fork + exec, so a child
+    would report the parent's peak (here: the set-up that held every image)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status (this benchmark needs Linux)")
+
+
+def rss_mib() -> float:
+    """Current RSS of this process (VmRSS)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status (this benchmark needs Linux)")
 
 
 def setup(work: Path, n: int) -> dict:
@@ -81,22 +93,25 @@ def stage(work: Path, which: str) -> None:
     out = str(work / "run")
     base = peak_mib()
     start = time.perf_counter()
-    maps = []
+    maps, trace = [], []
     if which == "score":
         for shard in info["shards"]:
             maps.append(score_shard.fn(out, shard, info["fingerprint"], SCORE, RUNTIME)["maps"])
+            trace.append(rss_mib())
         (work / "maps.json").write_text(json.dumps(maps))
     else:
         maps = json.loads((work / "maps.json").read_text())
         for shard, m in zip(info["shards"], maps):
             rank_shard.fn(out, shard, m, info["fingerprint"], PATCH, RANK, RUNTIME)
-    print(json.dumps({"stage": which, "peak_mib": peak_mib(), "after_imports_mib": base,
+            trace.append(rss_mib())
+    print(json.dumps({"stage": which, "peak_mib": peak_mib(), "after_imports_mib": base, "rss_trace": trace,
                       "seconds": time.perf_counter() - start, "shards": len(info["shards"])}))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
+    ap.add_argument("--trace", action="store_true", help="print the RSS after every shard")
     ap.add_argument("--stage", choices=["score", "rank"], help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -120,9 +135,15 @@ def main() -> int:
                 print(f"  {n} images, {which}: {row['peak_mib']:.0f} MiB peak ({row['seconds']:.0f} s)", flush=True)
     print(f"\n64x64 images, {DATA.shard_size} per shard, tiny untrained model {MODEL.block_out_channels}, "
           f"N={SCORE.draws} draw, {RANK.feature_draws} feature draw, 1 thread")
-    print(f"{'images':>8}{'shards':>8}{'stage':>7}{'peak RSS MiB':>14}{'after imports':>15}{'seconds':>9}")
+    print(f"{'images':>8}{'shards':>8}{'stage':>7}{'peak RSS MiB':>14}{'after imports':>15}"
+          f"{'RSS after shard 1':>19}{'after last':>12}{'seconds':>9}")
     for r in rows:
-        print(f"{r['images']:>8}{r['shards']:>8}{r['stage']:>7}{r['peak_mib']:>14.0f}{r['after_imports_mib']:>15.0f}{r['seconds']:>9.0f}")
+        print(f"{r['images']:>8}{r['shards']:>8}{r['stage']:>7}{r['peak_mib']:>14.0f}{r['after_imports_mib']:>15.0f}"
+              f"{r['rss_trace'][0]:>19.0f}{r['rss_trace'][-1]:>12.0f}{r['seconds']:>9.0f}")
+    if args.trace:
+        for r in rows:
+            print(f"RSS after each shard, {r['images']} images, {r['stage']}: "
+                  + " ".join(f"{v:.0f}" for v in r["rss_trace"]))
     return 0
 
 
