@@ -58,7 +58,21 @@ def mine(
     shards = ingested["shards"]
     names = [s["name"] for s in shards]
 
-    embedded, hit = run_cached(embed, ("embeddings",), out=out, shards=names, images_key=ingested["images_key"], config=settings.embed, storage_options=so)
+    def train(conditioning: str | None) -> dict:
+        result = finetune(
+            out, names, settings.data.resolution, settings.model, settings.train, settings.runtime, so,
+            conditioning=conditioning, holdout=settings.score.holdout, holdout_seed=settings.score.seed,
+        )
+        reused.extend(["finetune"] * result["reused"])
+        return result
+
+    # embed.method=diffusion embeds with the fine-tuned model, so fine-tuning (on the given labels:
+    # the settings refuse clusters as labels then) comes first
+    trained = train(None) if settings.embed.method == "diffusion" else None
+    embedded, hit = run_cached(
+        embed, ("embeddings",), out=out, shards=names, images_key=ingested["images_key"], config=settings.embed,
+        storage_options=so, **({"fingerprint": trained["fingerprint"], "runtime": settings.runtime} if trained else {}),
+    )
     reused += ["embed"] * hit
     clustered, hit = run_cached(
         cluster, ("clusters", "cluster_metrics", "cluster_traces", "cluster_contingency", "cluster_linkage"), out=out,
@@ -75,11 +89,8 @@ def mine(
         method=settings.report.map_method, seed=settings.report.map_seed, storage_options=so,
     )
     reused += ["collection-map"] * hit
-    trained = finetune(
-        out, names, settings.data.resolution, settings.model, settings.train, settings.runtime, so, conditioning=conditioning,
-        holdout=settings.score.holdout, holdout_seed=settings.score.seed,
-    )
-    reused += ["finetune"] * trained["reused"]
+    if trained is None:
+        trained = train(conditioning)
     fingerprint = trained["fingerprint"]
 
     scored = map_cached(

@@ -154,6 +154,23 @@ def test_model_and_run_json(run) -> None:
         assert info["config"]["train"]["steps"] == 3
 
 
+def test_diffusion_embedding_runs_after_finetune(prefect_harness, dataset, tmp_path) -> None:
+    """embed.method=diffusion: the flow fine-tunes first, then embeds with that model's decoder
+    features; everything downstream (clusters, scores) uses the same single model."""
+    out = tmp_path / "out"
+    _run_cli(dataset, out, "embed.method=diffusion", "embed.diffusion_grid=2", "embed.diffusion_draws=1")
+    store = RunStore(str(out))
+    info = json.loads((out / "run.json").read_text())
+    encoder = info["stages"]["embed"]["encoder"]
+    assert encoder["encoder"] == "diffusion-features" and encoder["grid"] == 2
+    emb = store.read_parquet("embeddings.parquet")
+    vectors = np.stack(emb["embedding"].to_numpy())
+    assert vectors.shape == (dataset["n_ok"], encoder["dim"]) and np.isfinite(vectors).all()
+    assert vectors.std(0).max() > 0  # the images are told apart
+    assert len(store.read_parquet("clusters.parquet")) == dataset["n_ok"]
+    assert info["stages"]["finetune"]["reused"] is False and list(store.read_parquet("training.parquet")["step"]) == [0, 1, 2]
+
+
 def test_report_is_self_contained_and_escaped(run) -> None:
     html = (run["out"] / "report" / "index.html").read_text()
     assert "<b>cross</b>" not in html and "&lt;b&gt;cross&lt;/b&gt;" in html
