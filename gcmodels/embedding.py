@@ -81,6 +81,8 @@ class PixelPCAEncoder(TransformerMixin, BaseEstimator):
         (zeros when the training images are all identical).
     """
 
+    fits_on_collection = True  # mean, scale and axes come from the images
+
     def __init__(self, n_components: int = 32, size: int = 16) -> None:
         self.n_components = n_components
         self.size = size

@@ -5,6 +5,10 @@ Every encoder has
 - ``fit(images)``: images (N, H, W, 3) uint8; trains (autoencoders), loads (CLIP) or only
   checks (PCA is fitted, diffusion features need no fitting). Returns self.
 - ``transform(images) -> (N, D) float32``.
+- ``fits_on_collection`` (class attribute): whether ``fit`` learns from the images (PCA and
+  the autoencoders: one global fit over the whole collection, so the embed stage cannot be split
+  over shards) or not (CLIP, diffusion features: ``transform`` is the whole cost and images can
+  be embedded shard by shard with the same result).
 - ``describe() -> dict``: what it is, for the artifact metadata: ``encoder`` (its name), ``dim``,
   and what makes it reproducible (thumbnail size, training epochs / batch / lr / seed and the
   final loss, the CLIP source directory, the diffusion timestep and block).
@@ -48,6 +52,7 @@ __all__ = [
     "DiffusionFeatureEncoder",
     "ENCODERS",
     "PixelPCAEncoder",
+    "fits_on_collection",
     "make_encoder",
 ]
 
@@ -88,6 +93,7 @@ class ConvAutoencoderEncoder(TransformerMixin, BaseEstimator):
 
     _name = "conv-autoencoder"
     _variational = False
+    fits_on_collection = True  # trained on the images
 
     def __init__(
         self,
@@ -219,6 +225,8 @@ class CLIPImageEncoder(TransformerMixin, BaseEstimator):
     model_, processor_ : the loaded transformers objects. n_components_ : int, projection_dim.
     """
 
+    fits_on_collection = False  # pretrained: fit only loads it
+
     def __init__(self, path: str, *, batch_size: int = 64, normalize: bool = True, device: str = "cpu") -> None:
         self.path = path
         self.batch_size = batch_size
@@ -297,6 +305,8 @@ class DiffusionFeatureEncoder(TransformerMixin, BaseEstimator):
     ----------
     n_components_ : int, F * grid^2 (F: the channels of that block).
     """
+
+    fits_on_collection = False  # the model is fitted already (fine-tuned); fit only checks
 
     def __init__(
         self,
@@ -389,6 +399,18 @@ class DiffusionFeatureEncoder(TransformerMixin, BaseEstimator):
 # --------------------------------------------------------------------------------------------
 
 ENCODERS = ("pca", "autoencoder", "vae", "clip", "diffusion")
+_CLASSES = {
+    "pca": PixelPCAEncoder, "autoencoder": ConvAutoencoderEncoder, "vae": ConvVAEEncoder, "clip": CLIPImageEncoder,
+    "diffusion": DiffusionFeatureEncoder,
+}
+
+
+def fits_on_collection(method: str) -> bool:
+    """Whether the encoder `method` names is fitted on the whole collection (see the module doc):
+    then embedding is one global job; otherwise each image's embedding depends on that image only."""
+    if method not in _CLASSES:
+        raise ValueError(f"fits_on_collection: unknown embed.method {method!r}; expected one of {ENCODERS}")
+    return bool(_CLASSES[method].fits_on_collection)
 
 
 def make_encoder(config: EmbedConfig, *, diffusion: PixelDiffusion | None = None, device: str = "cpu") -> Any:

@@ -19,6 +19,7 @@ from gcmodels.encoders import (
     ConvVAEEncoder,
     DiffusionFeatureEncoder,
     PixelPCAEncoder,
+    fits_on_collection,
     make_encoder,
 )
 
@@ -219,6 +220,24 @@ def test_make_encoder_for_every_method(tiny_diffusion):
         make_encoder(EmbedConfig(method="diffusion"))
     with pytest.raises(ValueError, match="a diffusion model was passed"):
         make_encoder(EmbedConfig(), diffusion=tiny_diffusion)
+
+
+def test_fits_on_collection_and_shardwise_transform(tiny_diffusion, tiny_clip_dir):
+    """Encoders that learn nothing from the images embed a collection shard by shard exactly as in
+    one go (what lets the flow map the embed stage over shards); the fitted ones say they need the
+    whole collection."""
+    assert [fits_on_collection(m) for m in ("pca", "autoencoder", "vae", "clip", "diffusion")] == [True, True, True, False, False]
+    with pytest.raises(ValueError, match="unknown embed.method 'vit'"):
+        fits_on_collection("vit")
+    images = _images(7, h=8, w=8)
+    for enc in (
+        DiffusionFeatureEncoder(tiny_diffusion, grid=2, draws=2, batch_size=4, seed=1).fit(),
+        CLIPImageEncoder(str(tiny_clip_dir), batch_size=4).fit(),
+    ):
+        assert type(enc).fits_on_collection is False
+        whole = enc.transform(images)
+        parts = np.concatenate([enc.transform(images[:3]), enc.transform(images[3:5]), enc.transform(images[5:])])
+        np.testing.assert_allclose(parts, whole, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize(
