@@ -19,7 +19,8 @@ from tasks.caching import map_cached, run_cached
 from tasks.baseline import baseline
 from tasks.classify import classify
 from tasks.cluster import cluster, collection_map, condition
-from tasks.embed import embed
+from gcmodels.encoders import fits_on_collection
+from tasks.embed import embed, embed_shard, embeddings_table
 from tasks.finetune import finetune
 from tasks.ingest import ingest
 from tasks.publish import publish
@@ -28,7 +29,7 @@ from tasks.report import report
 from tasks.score import score_shard, typicality_table
 from tasks.translate import translate
 
-__all__ = ["mine", "run_pipeline", "task_runner"]
+__all__ = ["embed_stage", "mine", "run_pipeline", "task_runner"]
 
 
 def _run_name() -> str:
@@ -40,6 +41,31 @@ def _run_name() -> str:
 def _workers(results: list[tuple[dict, bool]]) -> list[str]:
     """The processes (`host:pid`) that computed the shards of a stage in this run."""
     return sorted({r["worker"] for r, hit in results if not hit and "worker" in r})
+
+
+def embed_stage(out: str, ingested: dict, settings: Settings, fingerprint: str | None, so: dict | None, reused: list[str]) -> dict:
+    """The embeddings table: one global fit-and-embed task for encoders fitted on the collection;
+    for the others (clip, diffusion) one task run per shard, mapped over the workers, and a gather."""
+    shards, config = ingested["shards"], settings.embed
+    model = {"fingerprint": fingerprint, "runtime": settings.runtime} if fingerprint else {}
+    if fits_on_collection(config.method):
+        embedded, hit = run_cached(
+            embed, ("embeddings",), out=out, shards=[s["name"] for s in shards], images_key=ingested["images_key"],
+            config=config, storage_options=so, **model,
+        )
+        reused += ["embed"] * hit
+        return embedded
+    parts = map_cached(embed_shard, ("embeddings",), "shard", shards, out=out, config=config, storage_options=so, **model)
+    reused += [f"embed[{r['shard']}]" for r, hit in parts if hit]
+    gathered, _ = run_cached(
+        embeddings_table, ("embeddings",), out=out, parts=[r["embeddings"] for r, _ in parts],
+        images_key=ingested["images_key"], config=config, fingerprint=fingerprint, storage_options=so,
+    )
+    first = parts[0][0]
+    return {
+        "images": gathered["images"], "dim": first["dim"], "encoder": first["encoder"], "embeddings": gathered["embeddings"],
+        "seconds": sum(r["seconds"] for r, hit in parts if not hit) + gathered["seconds"], "workers": _workers(parts),
+    }
 
 
 @flow(name="gcmine", flow_run_name=_run_name, log_prints=True)
@@ -69,11 +95,7 @@ def mine(
     # embed.method=diffusion embeds with the fine-tuned model, so fine-tuning (on the given labels:
     # the settings refuse clusters as labels then) comes first
     trained = train(None) if settings.embed.method == "diffusion" else None
-    embedded, hit = run_cached(
-        embed, ("embeddings",), out=out, shards=names, images_key=ingested["images_key"], config=settings.embed,
-        storage_options=so, **({"fingerprint": trained["fingerprint"], "runtime": settings.runtime} if trained else {}),
-    )
-    reused += ["embed"] * hit
+    embedded = embed_stage(out, ingested, settings, trained["fingerprint"] if trained else None, so, reused)
     clustered, hit = run_cached(
         cluster, ("clusters", "cluster_metrics", "cluster_traces", "cluster_contingency", "cluster_linkage"), out=out,
         embeddings=embedded["embeddings"], labels_key=ingested["labels_key"], config=settings.cluster,

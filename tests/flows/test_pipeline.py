@@ -169,6 +169,34 @@ def test_diffusion_embedding_runs_after_finetune(prefect_harness, dataset, tmp_p
     assert vectors.std(0).max() > 0  # the images are told apart
     assert len(store.read_parquet("clusters.parquet")) == dataset["n_ok"]
     assert info["stages"]["finetune"]["reused"] is False and list(store.read_parquet("training.parquet")["step"]) == [0, 1, 2]
+    # mapped over the shards (one embed task run each, gathered in shard order), with the same
+    # vectors as the encoder on all images in one go (up to float rounding of other batch sizes)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from gcmodels.config import EmbedConfig
+    from gcmodels.diffusion import PixelDiffusion
+    from gcmodels.encoders import make_encoder
+    from tasks.artifacts import read_images
+
+    shards = sorted(p.name for p in (out / "images").glob("part-*.parquet"))
+    assert len(shards) == 3 and info["stages"]["embed"]["workers"]
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[info["flow_run_id"]])))
+    embed_runs = sorted(r.name for r in runs if r.name.startswith("embed"))
+    assert embed_runs == [f"embed[{s}]" for s in shards] + ["embeddings-table"]  # no global embed task
+    meta, pixels = read_images(store, shards)
+    model = PixelDiffusion.load(out / "model").eval()
+    config = EmbedConfig(**info["config"]["embed"])
+    assert (config.method, config.diffusion_grid, config.diffusion_draws) == ("diffusion", 2, 1)
+    whole = make_encoder(config, diffusion=model).fit().transform(pixels)
+    assert list(emb["image_id"]) == list(meta["image_id"])
+    np.testing.assert_allclose(vectors, whole, rtol=1e-5, atol=1e-6)
+    # a rerun reuses every shard's embeddings
+    _run_cli(dataset, out, "embed.method=diffusion", "embed.diffusion_grid=2", "embed.diffusion_draws=1")
+    again = json.loads((out / "run.json").read_text())
+    assert {f"embed[{s}]" for s in shards} <= set(again["reused"])
+    pd.testing.assert_frame_equal(store.read_parquet("embeddings.parquet"), emb)
 
 
 def test_report_is_self_contained_and_escaped(run) -> None:
