@@ -18,25 +18,12 @@ from gcmodels.cotypicality import (
 )
 from gcmodels.diffusion import PixelDiffusion
 from gcmodels.typicality import TypicalityEstimator
+from stub_schedule import StubSchedule
 
 C, H, W = 3, 6, 7
 
 
-class _Schedule:
-    def __init__(self, T: int = 1000) -> None:
-        self.num_train_timesteps = T
-        betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
-        self.alphas_cumprod = torch.cumprod(1.0 - betas, 0).float()
-
-    def _abar(self, t: torch.Tensor) -> torch.Tensor:
-        return self.alphas_cumprod[t].view(-1, 1, 1, 1)
-
-    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        abar = self._abar(t)
-        return abar.sqrt() * x0 + (1.0 - abar).sqrt() * eps
-
-
-class OneLabelStub(_Schedule):
+class OneLabelStub(StubSchedule):
     """Knows x0 (shared by all images) and exactly one label: under `known` it recovers eps
     exactly; under the null label and every other label it predicts 0."""
 
@@ -50,7 +37,7 @@ class OneLabelStub(_Schedule):
         return torch.where((cond == self.known).view(-1, 1, 1, 1), eps, torch.zeros_like(eps))
 
 
-class SmoothStub(_Schedule):
+class SmoothStub(StubSchedule):
     """Deterministic, elementwise in x_t, different for every label."""
 
     def predict_noise(self, x_t, t, cond):

@@ -123,22 +123,6 @@ def test_train_autoencoder_reports_divergence():
 # ------------------------------------------------------------------ CLIP from a local directory
 
 
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory):
-    transformers = pytest.importorskip("transformers")
-    path = tmp_path_factory.mktemp("tiny-clip")
-    config = transformers.CLIPVisionConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        image_size=16, patch_size=4, projection_dim=8,
-    )
-    torch.manual_seed(0)
-    transformers.CLIPVisionModelWithProjection(config).save_pretrained(path)
-    transformers.CLIPImageProcessor(
-        size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}
-    ).save_pretrained(path)
-    return path
-
-
 def test_clip_encoder_from_a_local_directory(tiny_clip_dir):
     images = _images(5, h=20, w=24)
     enc = CLIPImageEncoder(str(tiny_clip_dir), batch_size=2).fit(images)

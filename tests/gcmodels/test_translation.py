@@ -13,25 +13,12 @@ from gcmodels.translation import (
     patch_crops,
     to_uint8,
 )
+from stub_schedule import StubSchedule
 
 C, H, W = 3, 8, 8
 
 
-class _Schedule:
-    def __init__(self, T: int = 1000) -> None:
-        self.num_train_timesteps = T
-        betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
-        self.alphas_cumprod = torch.cumprod(1.0 - betas, 0).float()
-
-    def _abar(self, t: torch.Tensor) -> torch.Tensor:
-        return self.alphas_cumprod[t].view(-1, 1, 1, 1)
-
-    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        abar = self._abar(t)
-        return abar.sqrt() * x0 + (1.0 - abar).sqrt() * eps
-
-
-class OracleStub(_Schedule):
+class OracleStub(StubSchedule):
     """Label c's model is an oracle for the clean image targets[c] (index 0 = null): it predicts
     the eps that x_t would have if its clean image were targets[c]."""
 
@@ -46,7 +33,7 @@ class OracleStub(_Schedule):
         return (x_t - abar.sqrt() * self.targets[cond]) / (1.0 - abar).sqrt()
 
 
-class SmoothStub(_Schedule):
+class SmoothStub(StubSchedule):
     def predict_noise(self, x_t, t, cond):
         scale = (1.0 + 0.3 * cond.float()).view(-1, 1, 1, 1)
         return torch.tanh(x_t * scale) * 0.8
@@ -192,7 +179,7 @@ def test_consistent_changes_find_and_separate_two_kinds_of_change() -> None:
 
 
 # ------------------------------------------------------------------ the ground-truth demo set
-class LocalPatchPrior(_Schedule):
+class LocalPatchPrior(StubSchedule):
     """A conditional denoiser fitted in closed form to images: the minimiser of the eps-prediction
     loss among models that see a 3 x 3 neighbourhood, for a bank of the label's training patches
     (index 0, the null label, = all images). E[x0 pixel | x_t patch, c] is the posterior mean of

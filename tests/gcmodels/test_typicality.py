@@ -7,30 +7,13 @@ import torch
 
 from gcmodels.diffusion import PixelDiffusion
 from gcmodels.typicality import TypicalityEstimator, typicality_from_losses
+from stub_schedule import StubSchedule
 
 C, H, W = 3, 8, 10
 ROWS, COLS = slice(2, 6), slice(3, 8)  # the region where the conditional branch is right
 
 
-def _alphas_cumprod(T: int) -> torch.Tensor:
-    betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
-    return torch.cumprod(1.0 - betas, 0).float()
-
-
-class _Schedule:
-    def __init__(self, T: int = 1000) -> None:
-        self.num_train_timesteps = T
-        self.alphas_cumprod = _alphas_cumprod(T)
-
-    def _abar(self, t: torch.Tensor) -> torch.Tensor:
-        return self.alphas_cumprod[t].view(-1, 1, 1, 1)
-
-    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        abar = self._abar(t)
-        return abar.sqrt() * x0 + (1.0 - abar).sqrt() * eps
-
-
-class RegionStub(_Schedule):
+class RegionStub(StubSchedule):
     """Knows x0 (the same for every image), so it recovers eps exactly from x_t.
 
     Real label: predicts eps inside ROWS x COLS and 0 elsewhere. Null label: 0 everywhere.
@@ -49,7 +32,7 @@ class RegionStub(_Schedule):
         return pred
 
 
-class SmoothStub(_Schedule):
+class SmoothStub(StubSchedule):
     """A deterministic elementwise predictor that depends on x_t, t and the label."""
 
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
