@@ -77,6 +77,12 @@ def decode_pngs(column: pd.Series) -> np.ndarray:
     return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in column])
 
 
+def live_rows(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The manifest's usable images, one row per `image_id` (status ok, the first copy), indexed
+    by `image_id`."""
+    return manifest[manifest["status"] == "ok"].drop_duplicates("image_id").set_index("image_id")
+
+
 def read_images(
     store: RunStore, shards: list[str], conditioning: str | None = None, only: set[str] | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
@@ -86,7 +92,7 @@ def read_images(
     labels (images it does not label: None). Shards may hold images of earlier runs that were
     since removed. `only`, if given, keeps just those image ids (the others are not decoded)."""
     manifest = store.read_parquet(MANIFEST, ["image_id", "label", "status"])
-    live = manifest[manifest["status"] == "ok"].drop_duplicates("image_id").set_index("image_id")["label"]
+    live = live_rows(manifest)["label"]
     if conditioning is not None:
         cond = store.read_parquet(conditioning, ["image_id", "label"]).drop_duplicates("image_id").set_index("image_id")["label"]
         live = cond.reindex(live.index)

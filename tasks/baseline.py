@@ -8,7 +8,7 @@ from prefect import task
 from gcmodels.baseline import DiscriminativeMiner
 from gcmodels.config import BaselineConfig
 from gcmodels.patches import scale_boxes
-from tasks.artifacts import BASELINE, BASELINE_DETECTORS, MANIFEST, read_images, stopwatch
+from tasks.artifacts import BASELINE, BASELINE_DETECTORS, MANIFEST, live_rows, read_images, stopwatch
 from tasks.logs import stage_logger
 from tasks.storage import RunStore
 
@@ -52,8 +52,7 @@ def baseline(
         except ValueError as err:
             raise ValueError(f"baseline: {err}") from None
         det = found.detections
-        sizes = store.read_parquet(MANIFEST, ["image_id", "width", "height", "status"])
-        sizes = sizes[sizes["status"] == "ok"].drop_duplicates("image_id").set_index("image_id")
+        sizes = live_rows(store.read_parquet(MANIFEST, ["image_id", "width", "height", "status"]))
         ids = meta["image_id"].to_numpy(object)[det["image"].to_numpy()]
         wh = sizes.reindex(ids)
         res = pixels.shape[1]

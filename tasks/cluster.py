@@ -12,7 +12,7 @@ from gcmodels.clustering import clustering_metrics, contingency
 from gcmodels.collection import conditioning_labels, project_2d
 from gcmodels.config import ClusterConfig, ConfigError, RuntimeConfig
 from gcmodels.runtime import resolve_device
-from tasks.artifacts import MANIFEST, read_embeddings, stage_file, stopwatch
+from tasks.artifacts import MANIFEST, live_rows, read_embeddings, stage_file, stopwatch
 from tasks.caching import content_key
 from tasks.errors import InputError
 from tasks.logs import stage_logger
@@ -27,8 +27,7 @@ LINKAGE_COLUMNS = ["child_a", "child_b", "distance", "size"]
 
 def _manifest_labels(store: RunStore, image_ids: pd.Series) -> np.ndarray:
     """The manifest's label (str or None) of each of `image_ids`."""
-    labels = store.read_parquet(MANIFEST, ["image_id", "label", "status"])
-    labels = labels[labels["status"] == "ok"].drop_duplicates("image_id").set_index("image_id")["label"]
+    labels = live_rows(store.read_parquet(MANIFEST, ["image_id", "label", "status"]))["label"]
     return np.asarray([lab if isinstance(lab, str) else None for lab in labels.reindex(image_ids)], dtype=object)
 
 

@@ -11,7 +11,8 @@ from gcmodels.config import RankConfig, RuntimeConfig
 from gcmodels.elements import mine_elements
 from gcmodels.patches import box_mean, scale_boxes, top_patches
 from tasks.artifacts import (
-    ELEMENT_COLUMNS, ELEMENTS, MANIFEST, PATCH_COLUMNS, PATCHES, keyed_part, read_images, stopwatch, unpack_maps, worker_name,
+    ELEMENT_COLUMNS, ELEMENTS, MANIFEST, PATCH_COLUMNS, PATCHES, keyed_part, live_rows, read_images, stopwatch, unpack_maps,
+    worker_name,
 )
 from tasks.caching import content_key
 from tasks.logs import stage_logger
@@ -50,9 +51,7 @@ def rank_shard(
                 fb = scale_boxes(boxes[sl].numpy(), (w, h), (fmap.shape[-1], fmap.shape[-2]))
                 feats.append(box_mean(fmap, torch.from_numpy(fb).to(device)).cpu())
         features = torch.cat(feats).numpy() if feats else np.zeros((0, config.per_image, 1), np.float32)
-        manifest = store.read_parquet(MANIFEST, ["image_id", "width", "height", "status"])
-        sizes = manifest[manifest["status"] == "ok"].drop_duplicates("image_id").set_index("image_id")
-        sizes = sizes.reindex(maps_df["image_id"])
+        sizes = live_rows(store.read_parquet(MANIFEST, ["image_id", "width", "height", "status"])).reindex(maps_df["image_id"])
         wid = sizes["width"].to_numpy(np.int64)[:, None]
         hei = sizes["height"].to_numpy(np.int64)[:, None]
         orig = scale_boxes(boxes.numpy(), (w, h), (wid, hei))  # (N, k, 4) original pixels

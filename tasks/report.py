@@ -15,7 +15,8 @@ from gcmodels.images import decode_image
 from tasks.appreport import baseline_section, cotypicality_section, translation_section
 from tasks.artifacts import (
     BASELINE, BASELINE_DETECTORS, CLUSTER_METRICS, CLUSTERS, COLLECTION_MAP, CONFUSION, ELEMENTS, LABEL_MATRIX, MANIFEST,
-    MODEL, PATCHES, REPORT, RUN_JSON, TRAINING, TRANSLATION_CHANGES, TRANSLATIONS, TYPICALITY, stopwatch, unpack_maps,
+    MODEL, PATCHES, REPORT, RUN_JSON, TRAINING, TRANSLATION_CHANGES, TRANSLATIONS, TYPICALITY, live_rows, stopwatch,
+    unpack_maps,
 )
 from tasks.htmlreport import ReportData, label_anchors, render_report
 from tasks.logs import stage_logger
@@ -25,7 +26,7 @@ _log = logging.getLogger("gcmine.report")
 
 
 def _image_loader(manifest: pd.DataFrame, storage_options: dict | None):
-    ok = manifest[manifest["status"] == "ok"].drop_duplicates("image_id").set_index("image_id")
+    ok = live_rows(manifest)
 
     @lru_cache(maxsize=512)
     def load(image_id: str) -> Image.Image:
@@ -133,10 +134,8 @@ def report(
         elements_df = store.read_parquet(ELEMENTS)
         patches = store.read_parquet(PATCHES)
         typicality = own_label_rows(store.read_parquet(TYPICALITY))
-        clusters = store.read_parquet(CLUSTERS).merge(
-            manifest[manifest["status"] == "ok"].drop_duplicates("image_id")[["image_id", "label"]], on="image_id", how="left"
-        )
-        given = manifest[manifest["status"] == "ok"].drop_duplicates("image_id")[["image_id", "label"]]
+        given = live_rows(manifest)["label"].reset_index()  # image_id, label (the given labels)
+        clusters = store.read_parquet(CLUSTERS).merge(given, on="image_id", how="left")
         points = store.read_parquet(COLLECTION_MAP).merge(given, on="image_id", how="left") if store.exists(COLLECTION_MAP) else None
         labels = sorted(typicality["label"].dropna().unique().tolist())
         load_image = _image_loader(manifest, storage_options)
