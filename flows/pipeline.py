@@ -51,7 +51,7 @@ def embed_stage(out: str, ingested: dict, settings: Settings, fingerprint: str |
     if fits_on_collection(config.method):
         embedded, hit = run_cached(
             embed, ("embeddings",), out=out, shards=[s["name"] for s in shards], images_key=ingested["images_key"],
-            config=config, storage_options=so, **model,
+            config=config, storage_options=so,
         )
         reused += ["embed"] * hit
         return embedded

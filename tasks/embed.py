@@ -33,8 +33,8 @@ _clip_lock = threading.Lock()
 def _needs_model(config: EmbedConfig, fingerprint: str | None) -> None:
     if config.method == "diffusion" and fingerprint is None:
         raise ConfigError(
-            "embed.method='diffusion' needs the fine-tuned model: the embed stage must run after finetune "
-            "(flows.pipeline does this when embed.method is 'diffusion')"
+            "embed.method='diffusion' needs the fine-tuned model: the embed stage must run after finetune, per "
+            "shard (embed_shard), as flows.pipeline does when embed.method is 'diffusion'"
         )
 
 
@@ -54,28 +54,19 @@ def embeddings_name(images_key: str, config: EmbedConfig, fingerprint: str | Non
     """Content-addressed name of the embeddings table of the live images `images_key`."""
     return stage_file("embeddings", content_key(images_key, config, fingerprint))
 
+
 @task(name="embed", task_run_name="embed")
-def embed(
-    out: str, shards: list[str], images_key: str, config: EmbedConfig, storage_options: dict | None = None,
-    fingerprint: str | None = None, runtime: RuntimeConfig | None = None,
-) -> dict:
-    """Fit the configured encoder on the working images; write the embeddings under a
-    content-addressed name (published as `embeddings.parquet` at the end of the run).
-    `embed.method=diffusion` embeds with the fine-tuned model of `fingerprint` (the flow then runs
-    this stage after finetune), on `runtime.device`."""
-    _needs_model(config, fingerprint)
+def embed(out: str, shards: list[str], images_key: str, config: EmbedConfig, storage_options: dict | None = None) -> dict:
+    """Fit the configured encoder on the working images and embed them; write the embeddings
+    under a content-addressed name (published as `embeddings.parquet` at the end of the run).
+    `embed.method=diffusion` needs the fine-tuned model and runs per shard (`embed_shard`)."""
+    _needs_model(config, None)
     with stopwatch() as clock:
-        if config.method == "diffusion":
-            with model_stage(out, fingerprint, runtime or RuntimeConfig(), storage_options) as (store, model, device):
-                meta, pixels = read_images(store, shards)
-                encoder = make_encoder(config, diffusion=model, device=str(device))
-                vectors = encoder.fit_transform(pixels)
-        else:
-            store = RunStore(out, storage_options)
-            meta, pixels = read_images(store, shards)
-            encoder = make_encoder(config)
-            vectors = encoder.fit_transform(pixels)
-        name = embeddings_name(images_key, config, fingerprint)
+        store = RunStore(out, storage_options)
+        meta, pixels = read_images(store, shards)
+        encoder = make_encoder(config)
+        vectors = encoder.fit_transform(pixels)
+        name = embeddings_name(images_key, config, None)
         store.write_parquet(name, pd.DataFrame({"image_id": meta["image_id"], "embedding": list(vectors)}))
         stage_logger().info("embedded %d images with %s into %d dimensions", len(meta), config.method, vectors.shape[1])
     return {
