@@ -8,6 +8,7 @@ plain values) they need; model code receives explicit arguments. Loading from YA
 from __future__ import annotations
 
 import math
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -27,6 +28,7 @@ __all__ = [
     "StorageConfig",
     "TrainConfig",
     "TranslateConfig",
+    "BASE_MODEL_DEFAULTS",
     "format_validation_error",
 ]
 
@@ -40,7 +42,17 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    resolution: int = Field(32, ge=8, le=4096, description="working resolution (pixels per side) the model sees")
+    resolution: int = Field(
+        32, ge=8, le=4096,
+        description="working resolution the model sees: pixels per side (resize=square) or of the short side "
+        "(resize=short_side); with model.base the default is 256",
+    )
+    resize: Literal["square", "short_side"] = Field(
+        "square",
+        description="working images: square (resolution x resolution, aspect not kept) or short_side (the short "
+        "side scaled to resolution, the long one to keep the aspect ratio, both rounded to multiples of 8); "
+        "with model.base the default is short_side",
+    )
     max_pixels: int = Field(64_000_000, ge=1, description="images with more pixels are rejected (decompression bombs)")
     min_side: int = Field(8, ge=1, description="images with a side shorter than this many pixels are rejected (1x1 trackers, icons)")
     max_aspect: float | None = Field(
@@ -136,11 +148,32 @@ class ClusterConfig(_Section):
 
 
 class ModelConfig(_Section):
-    base: str | None = Field(None, description="local pretrained diffusers directory; null = small pixel UNet from scratch")
+    base: str | None = Field(
+        None,
+        description="local diffusers Stable Diffusion directory (model_index.json, unet/, vae/, text_encoder/, "
+        "tokenizer/, scheduler/) to fine-tune in latent space with text prompts; null = small pixel UNet from scratch",
+    )
+    prompt_template: str = Field(
+        "An image of {label}.",
+        description="model.base: the prompt of a label ({label} = the label, underscores as spaces); the same in "
+        "fine-tuning, scoring and patch features",
+    )
+    null_prompt: str = Field("", description="model.base: the prompt of the unconditional branch (label dropout, typicality)")
     block_out_channels: tuple[int, ...] = Field((32, 64, 64), min_length=1, description="UNet channels per level")
     layers_per_block: int = Field(1, ge=1, description="resnet layers per UNet level")
     num_train_timesteps: int = Field(1000, ge=10, description="diffusion steps of the DDPM schedule")
-    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = Field("linear", description="DDPM betas")
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = Field(
+        "linear", description="DDPM betas of the pixel model (model.base uses its checkpoint's schedule)"
+    )
+
+    @model_validator(mode="after")
+    def _template(self) -> "ModelConfig":
+        fields = re.findall(r"{([^{}]*)}", self.prompt_template)
+        if fields != ["label"]:
+            raise ValueError(
+                f"prompt_template {self.prompt_template!r} must contain {{label}} exactly once and no other {{...}} field"
+            )
+        return self
 
 
 class TrainConfig(_Section):
@@ -155,7 +188,22 @@ class TrainConfig(_Section):
     weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay")
     grad_clip: float = Field(1.0, gt=0, description="gradient-norm clip")
     label_dropout: float = Field(0.15, ge=0, lt=1, description="probability of training on the null label")
-    checkpoint_every: int = Field(100, ge=1, description="steps between in-memory good checkpoints (NaN guard)")
+    checkpoint_every: int = Field(
+        100, ge=1,
+        description="steps between checkpoints: the last one is the NaN guard's restore point, and an interrupted "
+        "finetune resumes from it (weights, optimizer, data order, random state)",
+    )
+    lr_schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="after warm-up: cosine decay to lr/10, or constant (the paper's SD fine-tuning)"
+    )
+    ema_decay: float | None = Field(
+        None, ge=0, lt=1, description="exponential moving average of the weights (e.g. 0.999), used for scoring; null = off"
+    )
+    lora_rank: int = Field(0, ge=0, description="model.base: LoRA adapters of this rank on the UNet attention (peft); 0 = full fine-tuning")
+    lora_alpha: float | None = Field(None, gt=0, description="model.base: LoRA scaling alpha; null = lora_rank")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass (less memory, ~30% slower); with model.base the default is true"
+    )
     retrain_fraction: float = Field(
         0.25, ge=0, description="rerun on changed data: retrain when more than this share of the training set changed"
     )
@@ -252,6 +300,11 @@ class ReportConfig(_Section):
 
 class RuntimeConfig(_Section):
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="compute precision of the UNet on CUDA (training autocast, scoring weights; loss math stays "
+        "fp32): auto = bf16 where the GPU supports it, else fp16; always fp32 on CPU",
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; null = all cores")
     workers: int = Field(1, ge=1, description="task runner threads (shards run concurrently; runner=threads)")
     progress: bool = Field(True, description="progress bars on the terminal")
@@ -305,6 +358,18 @@ class StorageConfig(_Section):
         return opts
 
 
+# Defaults that change when model.base names a Stable Diffusion checkpoint (the paper's settings,
+# see METHOD.md); a value the user gives always wins. Defined here only.
+BASE_MODEL_DEFAULTS: dict[str, dict] = {
+    "data": {"resolution": 256, "resize": "short_side"},
+    "train": {
+        "lr": 1e-4, "lr_schedule": "constant", "warmup_steps": 0, "label_dropout": 0.1, "batch_size": 8,
+        "gradient_checkpointing": True,
+    },
+    "rank": {"feature_block": 1, "feature_t": 0.161, "feature_draws": 8},
+}
+
+
 class Settings(_Section):
     data: DataConfig = DataConfig()
     embed: EmbedConfig = EmbedConfig()
@@ -319,8 +384,41 @@ class Settings(_Section):
     runtime: RuntimeConfig = RuntimeConfig()
     storage: StorageConfig = StorageConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _base_model_defaults(cls, values: object) -> object:
+        """With model.base set, fill the settings the user left unset from BASE_MODEL_DEFAULTS."""
+        if not isinstance(values, dict):
+            return values
+        model = values.get("model")
+        base = model.get("base") if isinstance(model, dict) else getattr(model, "base", None)
+        if base is None:
+            return values
+        out = dict(values)
+        for section, defaults in BASE_MODEL_DEFAULTS.items():
+            given = out.get(section, {})
+            if isinstance(given, BaseModel):
+                given = given.model_dump(include=given.model_fields_set)
+            out[section] = {**defaults, **given}
+        return out
+
     @model_validator(mode="after")
     def _consistent(self) -> "Settings":
+        if self.model.base is not None:
+            if self.data.resolution % 8:
+                raise ValueError(
+                    f"data.resolution ({self.data.resolution}) must be a multiple of 8 with model.base (VAE latents)"
+                )
+            p = self.rank.patch_size
+            if p is not None and p > self.data.resolution:
+                raise ValueError(f"rank.patch_size ({p}) is larger than the working image's short side ({self.data.resolution})")
+            return self  # the UNet's levels and decoder blocks are checked against the checkpoint when it loads
+        if self.data.resize != "square":
+            raise ValueError(
+                f"data.resize={self.data.resize!r} needs model.base: the small pixel model works on square images"
+            )
+        if self.train.lora_rank:
+            raise ValueError(f"train.lora_rank ({self.train.lora_rank}) needs model.base: LoRA adapts a pretrained UNet")
         p = self.rank.patch_size
         if p is not None and p > self.data.resolution:
             raise ValueError(
