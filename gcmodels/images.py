@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageRejected", "decode_image", "encode_png", "image_id", "reason_kind", "to_working"]
+__all__ = ["ImageRejected", "decode_image", "encode_png", "image_id", "reason_kind", "to_working", "working_size"]
 
 
 class ImageRejected(ValueError):
@@ -113,12 +113,32 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def to_working(img: Image.Image, resolution: int) -> Image.Image:
-    """Resize to `resolution` x `resolution` (area-averaging when shrinking)."""
-    if img.size == (resolution, resolution):
+def working_size(width: int, height: int, resolution: int, resize: str = "square") -> tuple[int, int]:
+    """(width, height) of the working image of a `width` x `height` original.
+
+    square: `resolution` x `resolution` (the aspect ratio is not kept). short_side: the short side
+    becomes `resolution` and the long side keeps the aspect ratio, rounded to the nearest multiple
+    of 8 (the VAE's downsampling factor; at least 8). Boxes map back to the original exactly by
+    scaling each axis by original / working size.
+    """
+    if resize == "square":
+        return resolution, resolution
+    if resize != "short_side":
+        raise ValueError(f"resize must be 'square' or 'short_side', got {resize!r}")
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    scale = resolution / min(width, height)
+    snap = lambda side: max(8, int(round(side * scale / 8.0)) * 8)  # noqa: E731
+    return (resolution, snap(height)) if width <= height else (snap(width), resolution)
+
+
+def to_working(img: Image.Image, resolution: int, resize: str = "square") -> Image.Image:
+    """Resize to the working size (see `working_size`; area-averaging when shrinking)."""
+    size = working_size(img.width, img.height, resolution, resize)
+    if img.size == size:
         return img
-    shrink = img.width >= resolution and img.height >= resolution
-    return img.resize((resolution, resolution), Image.Resampling.BOX if shrink else Image.Resampling.BICUBIC)
+    shrink = img.width >= size[0] and img.height >= size[1]
+    return img.resize(size, Image.Resampling.BOX if shrink else Image.Resampling.BICUBIC)
 
 
 def encode_png(img: Image.Image) -> bytes:

@@ -72,9 +72,20 @@ def images_part(name: str) -> str:
 
 
 # ------------------------------------------------------------------ working images
-def decode_pngs(column: pd.Series) -> np.ndarray:
-    """PNG bytes column -> uint8 array (N, H, W, 3)."""
-    return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in column])
+def decode_pngs(column: pd.Series, square: int | None = None) -> np.ndarray:
+    """PNG bytes column -> uint8 array (N, H, W, 3); with `square`, every image resized to
+    `square` x `square` (views of working images that keep their aspect ratio)."""
+    imgs = [Image.open(io.BytesIO(b)).convert("RGB") for b in column]
+    if square is not None:
+        imgs = [im if im.size == (square, square) else im.resize((square, square), Image.Resampling.BOX) for im in imgs]
+    elif len({im.size for im in imgs}) > 1:
+        raise ValueError(f"working images of different sizes {sorted({im.size for im in imgs})[:4]}: pass a square size")
+    return np.stack([np.asarray(im) for im in imgs])
+
+
+def decode_png_list(column: pd.Series) -> list[np.ndarray]:
+    """PNG bytes column -> uint8 arrays (H_i, W_i, 3), each at its own working size."""
+    return [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in column]
 
 
 def live_rows(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -85,12 +96,18 @@ def live_rows(manifest: pd.DataFrame) -> pd.DataFrame:
 
 def read_images(
     store: RunStore, shards: list[str], conditioning: str | None = None, only: set[str] | None = None,
-) -> tuple[pd.DataFrame, np.ndarray]:
+    *, ragged: bool = False,
+) -> tuple[pd.DataFrame, np.ndarray | list[np.ndarray]]:
     """(image_id, label) table and uint8 working images (N, H, W, 3) of the live images of the
     given shards: those the current manifest lists as ok, with the manifest's labels (None if
     unlabelled), or, when `conditioning` names a conditioning table (image_id, label), with its
     labels (images it does not label: None). Shards may hold images of earlier runs that were
-    since removed. `only`, if given, keeps just those image ids (the others are not decoded)."""
+    since removed. `only`, if given, keeps just those image ids (the others are not decoded).
+
+    Working images that keep their aspect ratio (data.resize=short_side) may differ in size:
+    `ragged=True` returns them as a list of (H_i, W_i, 3) arrays at their own size; otherwise
+    they are returned as square views at the working resolution (for the stages that read
+    thumbnails: embeddings, baseline)."""
     manifest = store.read_parquet(MANIFEST, ["image_id", "label", "status"])
     live = live_rows(manifest)["label"]
     if conditioning is not None:
@@ -102,8 +119,13 @@ def read_images(
         df = df[df["image_id"].isin(only)]
     df = df.reset_index(drop=True)
     df["label"] = [lab if isinstance(lab, str) else None for lab in live.reindex(df["image_id"])]
-    pixels = decode_pngs(df["png"]) if len(df) else np.zeros((0, 1, 1, 3), np.uint8)
-    return df.drop(columns=["png"]), pixels
+    if ragged:
+        return df.drop(columns=["png"]), decode_png_list(df["png"])
+    if not len(df):
+        return df.drop(columns=["png"]), np.zeros((0, 1, 1, 3), np.uint8)
+    meta = store.read_json(SHARDS_META) if store.exists(SHARDS_META) else {}
+    square = int(meta["resolution"]) if meta.get("resize", "square") != "square" else None
+    return df.drop(columns=["png"]), decode_pngs(df["png"], square)
 
 
 # ------------------------------------------------------------------ embeddings

@@ -193,12 +193,12 @@ def _decode_one(fs, uri: str, data_config: DataConfig, known: frozenset[str]) ->
         "image_id": iid,
         "width": img.width,
         "height": img.height,
-        "png": encode_png(to_working(img, data_config.resolution)),
+        "png": encode_png(to_working(img, data_config.resolution, data_config.resize)),
     }
 
 
-def _previous_run(store: RunStore, resolution: int) -> tuple[list[dict], pd.DataFrame]:
-    """Shards of an earlier run at the same resolution (reusable as they are) and its ok rows."""
+def _previous_run(store: RunStore, resolution: int, resize: str = "square") -> tuple[list[dict], pd.DataFrame]:
+    """Shards of an earlier run at the same working size policy (reusable as they are) and its ok rows."""
     if not store.exists(SHARDS_META) or not store.exists(MANIFEST):
         return [], pd.DataFrame(columns=["image_id", "width", "height", "first_seen"])
     meta = store.read_json(SHARDS_META)
@@ -206,7 +206,8 @@ def _previous_run(store: RunStore, resolution: int) -> tuple[list[dict], pd.Data
     prev = prev[prev["status"] == "ok"].drop_duplicates("image_id")
     if "first_seen" not in prev.columns:
         prev["first_seen"] = None
-    shards = meta["shards"] if meta.get("resolution") == resolution else []
+    same = meta.get("resolution") == resolution and meta.get("resize", "square") == resize
+    shards = meta["shards"] if same else []
     have = set().union(*[set(sh["ids"]) for sh in shards]) if shards else set()
     # A shard is reusable only if the previous manifest still describes all of its images.
     if not have <= set(prev["image_id"]):
@@ -246,7 +247,7 @@ def ingest_images(
             )
     else:
         assigned = sources.labels if sources.labels is not None else [None] * len(sources.uris)
-    old_shards, previous = _previous_run(store, data.resolution)
+    old_shards, previous = _previous_run(store, data.resolution, data.resize)
     shard_of = {iid: sh["name"] for sh in old_shards for iid in sh["ids"]}
     known = frozenset(shard_of)
     fs, _ = open_fs(images, storage_options)
@@ -296,8 +297,8 @@ def ingest_images(
         all_shards.append({"name": name, "ids": ids})
         manifest.loc[manifest["image_id"].isin(ids) & (manifest["status"] == "ok"), "shard"] = name
     for sh in all_shards:
-        sh["fingerprint"] = content_key(sorted(sh["ids"]), data.resolution)
-    store.write_json(SHARDS_META, {"resolution": data.resolution, "shards": all_shards})
+        sh["fingerprint"] = content_key(sorted(sh["ids"]), data.resolution, *([data.resize] if data.resize != "square" else []))
+    store.write_json(SHARDS_META, {"resolution": data.resolution, "resize": data.resize, "shards": all_shards})
     store.write_parquet(MANIFEST, manifest)
     ok = manifest["status"] == "ok"
     live = manifest[ok]

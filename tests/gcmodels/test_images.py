@@ -242,3 +242,28 @@ def test_encode_png_round_trip() -> None:
     back = Image.open(io.BytesIO(encode_png(src)))
     assert back.format == "PNG"
     assert np.array_equal(np.asarray(back.convert("RGB")), np.asarray(src))
+
+
+@pytest.mark.parametrize(
+    ("size", "resize", "expected"),
+    [
+        ((640, 480), "square", (32, 32)),
+        ((640, 480), "short_side", (344, 256)),  # 341.3 -> 344 (nearest multiple of 8)
+        ((480, 640), "short_side", (256, 344)),
+        ((256, 256), "short_side", (256, 256)),
+        ((100, 10), "short_side", (2560, 256)),
+        ((13, 7), "short_side", (472, 256)),  # small images are scaled up: the short side is the resolution
+    ],
+)
+def test_working_size(size, resize, expected) -> None:
+    from gcmodels.images import working_size
+
+    res = 32 if resize == "square" else 256
+    assert working_size(*size, res, resize) == expected
+
+
+def test_working_size_rejects_unknown_policy() -> None:
+    from gcmodels.images import working_size
+
+    with pytest.raises(ValueError, match="resize must be"):
+        working_size(10, 10, 8, "crop")

@@ -417,3 +417,29 @@ def test_put_dir_failing_midway_keeps_the_old_folder(tmp_path, monkeypatch) -> N
     with pytest.raises(OSError, match=r"writing folder file://.*/model failed: .*No space left on device.*previous version"):
         store.put_dir(src2, "model")
     assert (tmp_path / "run" / "model" / "unet" / "w.bin").read_bytes() == b"old"
+
+
+def test_short_side_working_images_keep_the_aspect_ratio(tmp_path) -> None:
+    """data.resize=short_side (the SD path): the short side becomes the resolution, the long side
+    keeps the aspect ratio in multiples of 8; read_images gives them at their own size (ragged) or
+    as square views; a change of policy re-decodes rather than reusing the shards."""
+    from tasks.artifacts import SHARDS_META, read_images
+
+    imgs = tmp_path / "imgs"
+    _write(imgs / "wide.png", _png(seed=1, size=(60, 20)))  # 3:1 -> 48 x 16
+    _write(imgs / "tall.png", _png(seed=2, size=(20, 30)))  # 2:3 -> 16 x 24
+    _write(imgs / "square.png", _png(seed=3, size=(40, 40)))  # -> 16 x 16
+    _, store = _ingest(imgs, tmp_path=tmp_path, resolution=16, resize="short_side")
+    assert store.read_json(SHARDS_META)["resize"] == "short_side"
+    manifest = store.read_parquet(MANIFEST).set_index("filename")
+    meta, ragged = read_images(store, ["part-00000.parquet"], ragged=True)
+    sizes = {manifest.index[manifest["image_id"] == iid][0]: arr.shape for iid, arr in zip(meta["image_id"], ragged)}
+    assert sizes == {"wide.png": (16, 48, 3), "tall.png": (24, 16, 3), "square.png": (16, 16, 3)}
+    _, square = read_images(store, ["part-00000.parquet"])
+    assert square.shape == (3, 16, 16, 3)
+    fingerprint = store.read_json(SHARDS_META)["shards"][0]["fingerprint"]
+    _ingest(imgs, tmp_path=tmp_path, resolution=16)  # back to square: new shards, new fingerprints
+    shards = store.read_json(SHARDS_META)
+    assert shards["resize"] == "square" and shards["shards"][0]["fingerprint"] != fingerprint
+    _, square = read_images(store, [shards["shards"][-1]["name"]])
+    assert square.shape == (3, 16, 16, 3)
