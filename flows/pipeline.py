@@ -23,6 +23,7 @@ from gcmodels.encoders import fits_on_collection
 from tasks.embed import embed, embed_shard, embeddings_table
 from tasks.finetune import finetune
 from tasks.ingest import ingest
+from tasks.latents import base_key, latents_shard
 from tasks.publish import publish
 from tasks.rank import elements, rank_shard
 from tasks.report import report
@@ -83,11 +84,21 @@ def mine(
     ingested = ingest(images, labels, out, settings.data, so)
     shards = ingested["shards"]
     names = [s["name"] for s in shards]
+    # model.base (Stable Diffusion): every working image encoded once by the VAE, per shard
+    latents: list[str | None] = [None] * len(shards)
+    if settings.model.base is not None:
+        encoded = map_cached(
+            latents_shard, ("latents",), "shard", shards, out=out, base=settings.model.base,
+            vae_key=base_key(settings.model.base), runtime=settings.runtime, storage_options=so,
+        )
+        reused += [f"latents[{r['shard']}]" for r, hit in encoded if hit]
+        latents = [r["latents"] for r, _ in encoded]
 
     def train(conditioning: str | None) -> dict:
         result = finetune(
             out, names, settings.data.resolution, settings.model, settings.train, settings.runtime, so,
             conditioning=conditioning, holdout=settings.score.holdout, holdout_seed=settings.score.seed,
+            **({"latents": latents} if settings.model.base is not None else {}),
         )
         reused.extend(["finetune"] * result["reused"])
         return result
@@ -116,13 +127,14 @@ def mine(
     fingerprint = trained["fingerprint"]
 
     scored = map_cached(
-        score_shard, ("maps", "scores"), "shard", shards, out=out, fingerprint=fingerprint,
+        score_shard, ("maps", "scores"), ("shard", "latents"), list(zip(shards, latents)), out=out, fingerprint=fingerprint,
         config=settings.score, runtime=settings.runtime, storage_options=so, conditioning=conditioning,
     )
     reused += [f"score[{r['shard']}]" for r, hit in scored if hit]
     gathered = typicality_table(out, [r["scores"] for r, _ in scored], so)
     ranked = map_cached(
-        rank_shard, ("candidates",), ("shard", "maps"), [(shard, s["maps"]) for shard, (s, _) in zip(shards, scored)],
+        rank_shard, ("candidates",), ("shard", "maps", "latents"),
+        [(shard, s["maps"], z) for shard, (s, _), z in zip(shards, scored, latents)],
         out=out, fingerprint=fingerprint, patch_size=settings.patch_size, config=settings.rank,
         runtime=settings.runtime, storage_options=so,
     )

@@ -412,6 +412,13 @@ class Settings(_Section):
             p = self.rank.patch_size
             if p is not None and p > self.data.resolution:
                 raise ValueError(f"rank.patch_size ({p}) is larger than the working image's short side ({self.data.resolution})")
+            if self.embed.method == "diffusion":
+                raise ValueError(
+                    "embed.method='diffusion' is not available with model.base (the diffusion embedding reads the "
+                    "small pixel model); choose embed.method pca, autoencoder, vae or clip"
+                )
+            if self.translate.enabled:
+                raise ValueError("translate.enabled is not available with model.base yet (translation runs the pixel model)")
             return self  # the UNet's levels and decoder blocks are checked against the checkpoint when it loads
         if self.data.resize != "square":
             raise ValueError(

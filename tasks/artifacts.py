@@ -94,6 +94,17 @@ def live_rows(manifest: pd.DataFrame) -> pd.DataFrame:
     return manifest[manifest["status"] == "ok"].drop_duplicates("image_id").set_index("image_id")
 
 
+def live_labels(store: RunStore, conditioning: str | None = None) -> pd.Series:
+    """image_id -> label (None if unlabelled) of the live images: the manifest's labels, or those
+    of the conditioning table `conditioning` when given (images it does not label: None)."""
+    manifest = store.read_parquet(MANIFEST, ["image_id", "label", "status"])
+    live = live_rows(manifest)["label"]
+    if conditioning is not None:
+        cond = store.read_parquet(conditioning, ["image_id", "label"]).drop_duplicates("image_id").set_index("image_id")["label"]
+        live = cond.reindex(live.index)
+    return live.map(lambda v: v if isinstance(v, str) else None)
+
+
 def read_images(
     store: RunStore, shards: list[str], conditioning: str | None = None, only: set[str] | None = None,
     *, ragged: bool = False,
@@ -108,11 +119,7 @@ def read_images(
     `ragged=True` returns them as a list of (H_i, W_i, 3) arrays at their own size; otherwise
     they are returned as square views at the working resolution (for the stages that read
     thumbnails: embeddings, baseline)."""
-    manifest = store.read_parquet(MANIFEST, ["image_id", "label", "status"])
-    live = live_rows(manifest)["label"]
-    if conditioning is not None:
-        cond = store.read_parquet(conditioning, ["image_id", "label"]).drop_duplicates("image_id").set_index("image_id")["label"]
-        live = cond.reindex(live.index)
+    live = live_labels(store, conditioning)
     df = store.read_parts("images", shards)
     df = df[df["image_id"].isin(live.index)]
     if only is not None:
@@ -179,6 +186,32 @@ def unpack_maps(df: pd.DataFrame) -> np.ndarray:
         return np.zeros((0, 1, 1), np.float32)
     h, w = int(df["height"].iloc[0]), int(df["width"].iloc[0])
     return np.stack([np.asarray(m, dtype=np.float32) for m in df["map"]]).reshape(len(df), h, w)
+
+
+def ragged_maps_frame(image_ids: list[str], labels: list[str], maps: list[np.ndarray]) -> pd.DataFrame:
+    """Like `maps_frame` for maps (h_i, w_i) of possibly different shapes (images that keep their
+    aspect ratio); rows in the order given."""
+    if not maps:
+        return maps_frame([], [], np.zeros((0, 1, 1), np.float32))
+    order: list[int] = []
+    frames = []
+    for shape in dict.fromkeys(m.shape for m in maps):
+        idx = [i for i, m in enumerate(maps) if m.shape == shape]
+        frames.append(maps_frame([image_ids[i] for i in idx], [labels[i] for i in idx], np.stack([maps[i] for i in idx])))
+        order += idx
+    table = pd.concat(frames, ignore_index=True)
+    return table.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
+
+
+def unpack_map_rows(df: pd.DataFrame) -> list[np.ndarray]:
+    """Inverse of `ragged_maps_frame`: one float32 (h, w) map per row, in row order."""
+    out: list[np.ndarray | None] = [None] * len(df)
+    shapes = list(zip(df["height"].astype(int), df["width"].astype(int)))
+    for shape in dict.fromkeys(shapes):
+        idx = [i for i, s in enumerate(shapes) if s == shape]
+        for i, m in zip(idx, unpack_maps(df.iloc[idx])):
+            out[i] = m
+    return out  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------ run.json

@@ -16,7 +16,7 @@ from tasks.appreport import baseline_section, cotypicality_section, translation_
 from tasks.artifacts import (
     BASELINE, BASELINE_DETECTORS, CLUSTER_METRICS, CLUSTERS, COLLECTION_MAP, CONFUSION, ELEMENTS, LABEL_MATRIX, MANIFEST,
     MODEL, PATCHES, REPORT, RUN_JSON, TRAINING, TRANSLATION_CHANGES, TRANSLATIONS, TYPICALITY, live_rows, stopwatch,
-    unpack_maps,
+    unpack_map_rows,
 )
 from tasks.htmlreport import ReportData, label_anchors, render_report
 from tasks.logs import stage_logger
@@ -43,7 +43,7 @@ def _map_loader(store: RunStore, parts: list[str], wanted: set[str]):
         df = store.read_parquet(part)
         sel = df[df["image_id"].isin(wanted)]
         if len(sel):
-            maps.update(zip(sel["image_id"], unpack_maps(sel)))
+            maps.update(zip(sel["image_id"], unpack_map_rows(sel)))
     return lambda image_id: maps[image_id]
 
 

@@ -3,6 +3,8 @@ image-level typicality under every label), one task run per shard."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 import torch
@@ -11,11 +13,14 @@ from prefect import task
 from gcmodels.config import RuntimeConfig, ScoreConfig
 from gcmodels.cotypicality import cotypicality_frame
 from gcmodels.typicality import TypicalityEstimator
-from tasks.artifacts import TYPICALITY, TYPICALITY_COLUMNS, keyed_part, maps_frame, read_images, stopwatch, worker_name
+from tasks.artifacts import (
+    TYPICALITY, TYPICALITY_COLUMNS, keyed_part, live_labels, ragged_maps_frame, read_images, stopwatch, worker_name,
+)
 from tasks.caching import content_key
 from tasks.errors import out_of_memory_hint
 from tasks.logs import stage_logger
 from tasks.models import model_stage
+from tasks.latents import read_latents, shape_groups
 from tasks.progress import StageProgress
 from tasks.storage import RunStore
 
@@ -23,64 +28,93 @@ CHUNK = 64  # images handed to the estimator at a time (bounds memory, paces the
 
 
 def score_rows(
-    ids: list[str], labels: list[str], maps: np.ndarray, vocab: list[str], cotypicality: np.ndarray | None
+    ids: list[str], labels: list[str], typicality: np.ndarray, vocab: list[str], cotypicality: np.ndarray | None
 ) -> pd.DataFrame:
     """Image-level rows of `typicality.parquet`: `image_id`, `label` (the conditioning label),
-    `image_label` (the image's own label), `typicality`. One row per image (under its own label)
-    or, with `cotypicality` (B, L) in `vocab` order, one row per (image, label)."""
+    `image_label` (the image's own label), `typicality`. One row per image (under its own label,
+    `typicality` (B,): the means of the maps) or, with `cotypicality` (B, L) in `vocab` order, one
+    row per (image, label)."""
     if cotypicality is None:
-        return pd.DataFrame(
-            {"image_id": ids, "label": labels, "image_label": labels, "typicality": maps.reshape(len(ids), -1).mean(1)}
-        )
+        return pd.DataFrame({"image_id": ids, "label": labels, "image_label": labels, "typicality": typicality})
     frame = cotypicality_frame(ids, vocab, cotypicality)
     frame.insert(2, "image_label", np.repeat(np.asarray(labels, dtype=object), len(vocab)))
     return frame
 
 
+def _shard_inputs(
+    store: RunStore, model, name: str, conditioning: str | None, latents: str | None
+) -> tuple[pd.DataFrame, list[tuple[np.ndarray, Callable[[slice], torch.Tensor]]]]:
+    """The shard's live labelled images (image_id, label) and their model-space inputs, in groups
+    of one shape: (row indices, x0 of a slice of them). Pixel model: the working images,
+    encoded per chunk; model.base: the cached VAE latents `latents`, batched by aspect ratio."""
+    if latents is None:
+        meta, pixels = read_images(store, [name], conditioning)
+        keep = meta["label"].map(lambda v: isinstance(v, str)).to_numpy()
+        meta, pixels = meta[keep].reset_index(drop=True), pixels[keep]
+        images = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
+        return meta, [(np.arange(len(meta)), lambda sl: model.encode(images[sl]))]
+    labels = live_labels(store, conditioning)
+    found = read_latents(store, [latents], only=set(labels.index[labels.notna()]))
+    ids = sorted(found)
+    meta = pd.DataFrame({"image_id": ids, "label": [labels[i] for i in ids]})
+    arrays = [found[i] for i in ids]
+    groups = []
+    for idx in shape_groups(arrays).values():
+        stacked = torch.from_numpy(np.stack([arrays[i] for i in idx]))
+        groups.append((np.asarray(idx), lambda sl, z=stacked: z[sl].to(model.device)))
+    return meta, groups
+
+
 @task(name="score", task_run_name="score[{shard[name]}]")
 def score_shard(
     out: str, shard: dict, fingerprint: str, config: ScoreConfig, runtime: RuntimeConfig,
-    storage_options: dict | None = None, conditioning: str | None = None,
+    storage_options: dict | None = None, conditioning: str | None = None, latents: str | None = None,
 ) -> dict:
     """Typicality maps of the shard's live labelled images under their labels (from the
     conditioning table `conditioning` when given, else the manifest), with the model of
     `fingerprint`: `maps/part-*-<key>.parquet` and image-level scores `scores/part-*-<key>.parquet`
-    (content-addressed by shard, labels, model and settings)."""
+    (content-addressed by shard, labels, model and settings). With a Stable Diffusion model the
+    inputs are the shard's cached VAE latents (`latents`) and the maps are at latent resolution
+    (one value per latent cell; rank upsamples them to the working image)."""
     name = shard["name"]
     with stopwatch() as clock, model_stage(out, fingerprint, runtime, storage_options) as (store, model, device):
-        meta, pixels = read_images(store, [name], conditioning)
-        keep = meta["label"].map(lambda v: isinstance(v, str)).to_numpy()
-        meta, pixels = meta[keep].reset_index(drop=True), pixels[keep]
+        meta, groups = _shard_inputs(store, model, name, conditioning, latents)
         estimator = TypicalityEstimator(
             draws=config.draws, t_min=config.t_min, t_max=config.t_max, batch_size=config.batch_size, seed=config.seed
         )
         cond = model.label_index(list(meta["label"]))
         vocab = list(model.labels)
         every = model.label_index(vocab)  # (L,) the conditioning labels of cotypicality
-        images = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
-        maps = np.zeros((len(meta), model.resolution, model.resolution), np.float32)
+        maps: list[np.ndarray | None] = [None] * len(meta)  # (h, w) float32 per image
         co = np.zeros((len(meta), len(vocab)), np.float64)  # image-level T(x | label) per label
         key = "score-" + name.removesuffix(".parquet").replace("_", "-").lower()
+        done = 0
         with StageProgress(len(meta), f"score {name}", bar=runtime.progress, key=key) as progress:
             with out_of_memory_hint(f"score {name}", {"score.batch_size": config.batch_size}, device):
-                for start in range(0, len(meta), CHUNK):
-                    stop = min(start + CHUNK, len(meta))
-                    x0 = model.encode(images[start:stop])
-                    tick = lambda k: progress.update(start + k)  # noqa: E731
-                    if config.cotypicality:
-                        m = estimator.cotypicality_maps(model, x0, every.to(device), progress=tick)  # (b, L, H, W)
-                        co[start:stop] = m.mean((2, 3)).double().cpu().numpy()
-                        own = (cond[start:stop].to(device) - 1).view(-1, 1, 1, 1).expand(-1, 1, *m.shape[2:])
-                        m = m.gather(1, own)[:, 0]  # each image's map under its own label (what rank reads)
-                    else:
-                        m = estimator.maps(model, x0, cond[start:stop].to(device), progress=tick)
-                    maps[start:stop] = m.cpu().numpy()
+                for rows, inputs in groups:
+                    for start in range(0, len(rows), CHUNK):
+                        sl = slice(start, min(start + CHUNK, len(rows)))
+                        idx = rows[sl]
+                        x0 = inputs(sl)
+                        tick = lambda k, base=done: progress.update(base + k)  # noqa: E731
+                        c = cond[idx].to(device)
+                        if config.cotypicality:
+                            m = estimator.cotypicality_maps(model, x0, every.to(device), progress=tick)  # (b, L, h, w)
+                            co[idx] = m.mean((2, 3)).double().cpu().numpy()
+                            own = (c - 1).view(-1, 1, 1, 1).expand(-1, 1, *m.shape[2:])
+                            m = m.gather(1, own)[:, 0]  # each image's map under its own label (what rank reads)
+                        else:
+                            m = estimator.maps(model, x0, c, progress=tick)
+                        for i, mi in zip(idx, m.cpu().numpy()):
+                            maps[i] = mi
+                        done += len(idx)
             progress.close()
         ids, labels = list(meta["image_id"]), list(meta["label"])
-        okey = content_key(shard, fingerprint, config, conditioning)
+        okey = content_key(shard, fingerprint, config, conditioning, latents)
         outputs = {"maps": keyed_part("maps", name, okey), "scores": keyed_part("scores", name, okey)}
-        store.write_parquet(outputs["maps"], maps_frame(ids, labels, maps))
-        store.write_parquet(outputs["scores"], score_rows(ids, labels, maps, vocab, co if config.cotypicality else None))
+        store.write_parquet(outputs["maps"], ragged_maps_frame(ids, labels, maps))  # type: ignore[arg-type]
+        means = np.array([float(m.mean()) for m in maps]) if maps else np.zeros(0)  # type: ignore[union-attr]
+        store.write_parquet(outputs["scores"], score_rows(ids, labels, means, vocab, co if config.cotypicality else None))
     seconds = clock["seconds"]
     stage_logger().info(
         "scored %d images with N=%d draws in %.1f s (%.2f images/s)", len(ids), config.draws, seconds,

@@ -171,3 +171,33 @@ def test_gcmodels_does_not_import_prefect() -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "ok"
+
+
+def test_model_base_fills_the_papers_defaults_unless_given() -> None:
+    from gcmodels.config import BASE_MODEL_DEFAULTS
+
+    s = Settings.from_dict({"model": {"base": "/models/sd15"}, "train": {"lr": 3e-4}, "data": {"resolution": 512}})
+    assert (s.data.resolution, s.data.resize) == (512, "short_side")
+    assert s.train.lr == 3e-4  # given: kept
+    assert s.train.lr_schedule == "constant" and s.train.label_dropout == BASE_MODEL_DEFAULTS["train"]["label_dropout"]
+    assert (s.rank.feature_block, s.rank.feature_t, s.rank.feature_draws) == (1, 0.161, 8)
+    assert s.patch_size == round(0.2 * 512)
+    plain = Settings()
+    assert (plain.data.resolution, plain.data.resize, plain.train.lr) == (32, "square", 2e-3)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"model": {"prompt_template": "A {x} of {label}"}}, "exactly once"),
+        ({"model": {"prompt_template": "no label here"}}, "exactly once"),
+        ({"data": {"resize": "short_side"}}, "needs model.base"),
+        ({"train": {"lora_rank": 4}}, "needs model.base"),
+        ({"model": {"base": "/sd"}, "data": {"resolution": 100}}, "multiple of 8"),
+        ({"model": {"base": "/sd"}, "embed": {"method": "diffusion"}}, "not available with model.base"),
+        ({"runtime": {"precision": "fp8"}}, "precision"),
+    ],
+)
+def test_model_base_settings_are_checked(values, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_dict(values)

@@ -35,7 +35,7 @@ def test_holdout_split_is_stratified_deterministic_and_order_free() -> None:
 
 def test_score_rows_one_per_image_or_per_image_and_label() -> None:
     maps = np.arange(2 * 2 * 2, dtype=np.float32).reshape(2, 2, 2)
-    plain = score_rows(["x", "y"], ["a", "b"], maps, ["a", "b"], None)
+    plain = score_rows(["x", "y"], ["a", "b"], maps.reshape(2, -1).mean(1), ["a", "b"], None)
     assert list(plain.columns) == ["image_id", "label", "image_label", "typicality"]
     assert plain["typicality"].tolist() == [1.5, 5.5] and (plain["label"] == plain["image_label"]).all()
     co = score_rows(["x", "y"], ["a", "b"], maps, ["a", "b"], np.array([[1.0, 2.0], [3.0, 4.0]]))
@@ -47,7 +47,7 @@ def test_score_rows_one_per_image_or_per_image_and_label() -> None:
 
 def test_classifier_uses_held_out_images_and_falls_back_to_all() -> None:
     typ = score_rows(
-        ["x", "y", "z"], ["a", "b", "b"], np.zeros((3, 1, 1), np.float32), ["a", "b"],
+        ["x", "y", "z"], ["a", "b", "b"], np.zeros(3), ["a", "b"],
         np.array([[2.0, 1.0], [3.0, 0.0], [0.0, 1.0]]),
     )
     images, scores = cotypicality_scores(typ, ["a", "b"])
