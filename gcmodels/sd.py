@@ -7,7 +7,7 @@ typicality estimator, the trainer and the patch features take either:
 - labels are a vocabulary (index 0 = the null label, label ``i`` = index ``i + 1``); each label
   becomes a prompt through ONE template (``"An image of {label}."``), index 0 the null prompt;
   the L + 1 prompts are encoded once by the frozen text encoder and cached;
-- ``encode``: uint8 images -> VAE latents, the MEAN of the encoder's distribution (deterministic)
+- ``encode``: uint8 images -> VAE latents (``decode`` goes back to uint8 images), the MEAN of the encoder's distribution (deterministic)
   times the VAE's scaling factor (0.18215 for SD v1.x). The paper samples the latent; the mean is
   the same point without the encoder's small noise, so scores do not depend on an extra draw;
 - ``add_noise``: DDPM forward process with the checkpoint's betas (scaled-linear 0.00085-0.012),
@@ -454,6 +454,21 @@ class LatentDiffusion(nn.Module):
             z = z - shift
         return (z * self.vae.config.scaling_factor).to(self.device)
 
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents (B, 4, h, w) -> uint8 images (B, 3, h f, w f) on the latents' device: the VAE
+        decoder applied to latents / scaling_factor (+ shift_factor), clipped to [-1, 1]; the
+        inverse of `encode` up to the VAE's reconstruction error."""
+        if latents.dim() != 4 or latents.shape[1] != self.latent_channels:
+            raise ValueError(f"decode expects latents (B, {self.latent_channels}, h, w), got shape {tuple(latents.shape)}")
+        p = next(self.vae.parameters())
+        z = latents.detach().to(p.device, torch.float32) / self.vae.config.scaling_factor
+        shift = getattr(self.vae.config, "shift_factor", None)
+        if shift is not None:
+            z = z + shift
+        with torch.no_grad():
+            x = self.vae.decode(z.to(p.dtype)).sample.float()
+        return ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round_().to(torch.uint8).to(latents.device)
+
     def add_noise(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
         """DDPM forward process q(x_t | x0): sqrt(abar_t) x0 + sqrt(1 - abar_t) eps. t: (B,) long."""
         abar = self.alphas_cumprod.to(x0.device)[t].view(-1, *([1] * (x0.dim() - 1)))
@@ -544,9 +559,9 @@ def _check_compatible(
 
 def _load_parts(directory: Path, dtype: torch.dtype | None):
     """Load the five parts of an SD directory (layout already checked)."""
-    unet = UNet2DConditionModel.from_pretrained(directory / "unet", low_cpu_mem_usage=False)
-    if dtype is not None:
-        unet.to(dtype=dtype)
+    unet = UNet2DConditionModel.from_pretrained(
+        directory / "unet", low_cpu_mem_usage=False, torch_dtype=torch.float32 if dtype is None else dtype
+    )
     vae = AutoencoderKL.from_pretrained(directory / "vae", low_cpu_mem_usage=False)
     text_encoder = CLIPTextModel.from_pretrained(directory / "text_encoder")
     tokenizer = CLIPTokenizer.from_pretrained(directory / "tokenizer")

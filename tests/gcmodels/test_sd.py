@@ -230,6 +230,18 @@ def test_encode_is_the_scaled_posterior_mean(model) -> None:
         model.encode(images.float())
 
 
+def test_decode_maps_latents_back_to_uint8_images(model) -> None:
+    z = model.encode(_images())
+    images = model.decode(z)
+    assert images.shape == (2, 3, 32, 32) and images.dtype == torch.uint8
+    assert torch.equal(images, model.decode(z))
+    with torch.no_grad():
+        by_hand = model.vae.decode(z / model.vae.config.scaling_factor).sample.clamp(-1, 1)
+    assert ((images.float() / 127.5 - 1.0) - by_hand).abs().max() <= 1.0 / 127.5
+    with pytest.raises(ValueError, match=r"\(2, 3, 8, 8\)"):
+        model.decode(z[:, :3])
+
+
 def test_predict_noise_shapes_and_conditioning(model) -> None:
     x, t = _noisy(4)
     with torch.inference_mode():
@@ -274,6 +286,20 @@ def test_save_load_round_trip(model, tmp_path) -> None:
 
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "m", safety_checker=None)
     assert type(pipe.scheduler).__name__ == "PNDMScheduler"
+
+
+def test_half_precision_unet_on_load(sd_dir, model) -> None:
+    half = LatentDiffusion.from_base(sd_dir, LABELS, dtype=torch.bfloat16).eval()
+    assert half.dtype == torch.bfloat16 and half.alphas_cumprod.dtype == torch.float32
+    assert next(half.vae.parameters()).dtype == torch.float32  # VAE and text encoder stay fp32
+    assert half.encode(_images()).dtype == torch.float32
+    x, t = _noisy()
+    cond = torch.tensor([0, 1, 2])
+    with torch.inference_mode():
+        out = half.predict_noise(x, t, cond)
+        ref = model.predict_noise(x, t, cond)
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), ref, atol=0.1) and not torch.equal(out.float(), ref)
 
 
 def test_load_any_model_dispatch(tmp_path) -> None:
@@ -386,16 +412,16 @@ def test_the_trainer_runs_on_it(sd_dir) -> None:
 def test_decoder_features(model) -> None:
     z = model.encode(_images(2))
     cond = torch.tensor([1, 2])
-    noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))  # D shares a factor with B
     with torch.inference_mode():
         f1 = model.decoder_features(z, cond, 161, noise, 1)
         f0 = model.decoder_features(z, cond, 161, noise, -2)
-        f_small = model.decoder_features(z, cond, 161, noise, 1, max_batch=2)
-        per_draw = torch.stack([model.decoder_features(z, cond, 161, noise[d : d + 1], 1) for d in range(3)]).mean(0)
-        f_img0 = model.decoder_features(z[:1], cond[:1], 161, noise, 1)
+        f_small = model.decoder_features(z, cond, 161, noise, 1, max_batch=3)
+        per_draw = torch.stack([model.decoder_features(z, cond, 161, noise[d : d + 1], 1) for d in range(4)]).mean(0)
+        f_img1 = model.decoder_features(z[1:], cond[1:], 161, noise, 1)
     assert f1.shape == (2, 8, 8, 8) and f0.shape == (2, 16, 8, 8) and f1.dtype == torch.float32
     assert torch.allclose(f1, f_small, atol=1e-5) and torch.allclose(f1, per_draw, atol=1e-5)
-    assert torch.allclose(f1[:1], f_img0, atol=1e-5)  # image b is paired with every draw, not mixed
+    assert torch.allclose(f1[1:], f_img1, atol=1e-5)  # image b is paired with every draw, not mixed
     for bad in (2, -3):
         with pytest.raises(ValueError, match=f"block {bad} out of range: the UNet has 2 decoder blocks"):
             model.decoder_features(z, cond, 161, noise, bad)
