@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_PROMPT_TEMPLATE",
     "LORA_TARGET_MODULES",
     "LatentDiffusion",
+    "LatentEncoder",
     "SDLayoutError",
     "load_any_model",
     "render_prompt",
@@ -122,15 +123,17 @@ def render_prompt(template: str, label: str) -> str:
 
 
 # ---------------------------------------------------------------------- layout
-def _check_layout(directory: Path) -> None:
-    """Raise SDLayoutError naming `directory` and every missing part of a diffusers SD layout."""
+def _check_layout(directory: Path, parts: Sequence[str] = tuple(_PARTS), *, index: bool = True) -> None:
+    """Raise SDLayoutError naming `directory` and every missing one of `parts` (and of
+    ``model_index.json`` if `index`) of a diffusers SD layout."""
     if not directory.is_dir():
         what = "is a file" if directory.exists() else "does not exist"
         raise SDLayoutError(f"{directory} is not a diffusers Stable Diffusion directory: it {what}")
     missing: list[str] = []
-    if not (directory / "model_index.json").is_file():
+    if index and not (directory / "model_index.json").is_file():
         missing.append("model_index.json")
-    for part, (config, weights) in _PARTS.items():
+    for part in parts:
+        config, weights = _PARTS[part]
         folder = directory / part
         if not folder.is_dir():
             missing.append(f"{part}/ (a file, not a directory)" if folder.exists() else f"{part}/")
@@ -332,7 +335,7 @@ class LatentDiffusion(nn.Module):
     @property
     def latent_factor(self) -> int:
         """Image size / latent size: 2 ** (VAE levels - 1), 8 for SD."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return _latent_factor(self.vae)
 
     @property
     def latent_channels(self) -> int:
@@ -437,22 +440,7 @@ class LatentDiffusion(nn.Module):
 
         (mean of q(z | x) - shift_factor) * scaling_factor, images mapped to [-1, 1]; f =
         `latent_factor`; H and W must be multiples of f."""
-        if images.dtype != torch.uint8:
-            raise TypeError(f"encode expects uint8 images, got {images.dtype}")
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"encode expects images (B, 3, H, W), got shape {tuple(images.shape)}")
-        f = self.latent_factor
-        h, w = images.shape[-2:]
-        if h % f or w % f:
-            raise ValueError(f"image size {h}x{w} is not a multiple of the VAE's downsampling factor {f}")
-        p = next(self.vae.parameters())
-        x = images.to(p.device, torch.float32).div_(127.5).sub_(1.0).to(p.dtype)
-        with torch.no_grad():
-            z = self.vae.encode(x).latent_dist.mean.float()
-        shift = getattr(self.vae.config, "shift_factor", None)
-        if shift is not None:
-            z = z - shift
-        return (z * self.vae.config.scaling_factor).to(self.device)
+        return _vae_encode(self.vae, images).to(self.device)
 
     def decode(self, latents: Tensor) -> Tensor:
         """Latents (B, 4, h, w) -> uint8 images (B, 3, h f, w f) on the latents' device: the VAE
@@ -536,7 +524,73 @@ class LatentDiffusion(nn.Module):
         return feats.view(d, b, *feats.shape[1:]).mean(0)
 
 
+# ---------------------------------------------------------------------- the VAE alone
+class LatentEncoder(nn.Module):
+    """The frozen VAE encoder of an SD directory alone (for caching latents before training or
+    scoring): ``encode`` gives exactly what `LatentDiffusion.encode` gives for the same VAE."""
+
+    def __init__(self, vae: AutoencoderKL) -> None:
+        super().__init__()
+        self.vae = vae.requires_grad_(False).eval()
+        self.vae.set_attn_processor(AttnProcessor2_0())
+
+    @classmethod
+    def from_base(cls, directory: str | Path) -> "LatentEncoder":
+        """Load the ``vae/`` of a local diffusers SD directory (CPU, fp32); SDLayoutError if it is missing."""
+        directory = Path(directory)
+        _check_layout(directory, ("vae",), index=False)
+        return cls(AutoencoderKL.from_pretrained(directory / "vae", low_cpu_mem_usage=False))
+
+    def train(self, mode: bool = True) -> "LatentEncoder":
+        """The VAE stays in eval mode."""
+        super().train(mode)
+        self.vae.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    @property
+    def latent_factor(self) -> int:
+        return _latent_factor(self.vae)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    def encode(self, images: Tensor) -> Tensor:
+        """uint8 images (B, 3, H, W) -> latents (B, C, H/f, W/f) float32 on the VAE's device
+        (scaled posterior mean, see `LatentDiffusion.encode`)."""
+        return _vae_encode(self.vae, images)
+
+
 # ---------------------------------------------------------------------- helpers
+def _latent_factor(vae: AutoencoderKL) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def _vae_encode(vae: AutoencoderKL, images: Tensor) -> Tensor:
+    """(mean of q(z | x) - shift_factor) * scaling_factor of uint8 images (B, 3, H, W) mapped to
+    [-1, 1] -> float32 (B, C, H/f, W/f) on the VAE's device; H and W multiples of f."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"encode expects uint8 images, got {images.dtype}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"encode expects images (B, 3, H, W), got shape {tuple(images.shape)}")
+    f = _latent_factor(vae)
+    h, w = images.shape[-2:]
+    if h % f or w % f:
+        raise ValueError(f"image size {h}x{w} is not a multiple of the VAE's downsampling factor {f}")
+    p = next(vae.parameters())
+    x = images.to(p.device, torch.float32).div_(127.5).sub_(1.0).to(p.dtype)
+    with torch.no_grad():
+        z = vae.encode(x).latent_dist.mean.float()
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift is not None:
+        z = z - shift
+    return z * vae.config.scaling_factor
+
+
 def _check_compatible(
     unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel, scheduler: DDPMScheduler
 ) -> None:

@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from gcmodels.diffusion import PixelDiffusion
-from gcmodels.sd import LatentDiffusion, SDLayoutError, load_any_model, render_prompt, validate_prompt_template
+from gcmodels.sd import (
+    LatentDiffusion,
+    LatentEncoder,
+    SDLayoutError,
+    load_any_model,
+    render_prompt,
+    validate_prompt_template,
+)
 from gcmodels.typicality import TypicalityEstimator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -228,6 +235,18 @@ def test_encode_is_the_scaled_posterior_mean(model) -> None:
         model.encode(_images(size=32)[..., :30, :])
     with pytest.raises(TypeError, match="uint8"):
         model.encode(images.float())
+
+
+def test_latent_encoder_alone_matches_the_model(sd_dir, model, tmp_path) -> None:
+    enc = LatentEncoder.from_base(sd_dir)
+    assert enc.latent_factor == 4 and enc.latent_channels == 4 and not enc.train().vae.training
+    assert torch.equal(enc.encode(_images()), model.encode(_images()))
+    only_vae = tmp_path / "only_vae"
+    shutil.copytree(sd_dir / "vae", only_vae / "vae")
+    assert LatentEncoder.from_base(only_vae).encode(_images()).shape == (2, 4, 8, 8)  # needs vae/ only
+    shutil.rmtree(only_vae / "vae")
+    with pytest.raises(SDLayoutError, match=r"missing vae/$"):
+        LatentEncoder.from_base(only_vae)
 
 
 def test_decode_maps_latents_back_to_uint8_images(model) -> None:
