@@ -8,10 +8,11 @@ plain values) they need; model code receives explicit arguments. Loading from YA
 from __future__ import annotations
 
 import math
-import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from gcmodels.prompts import validate_prompt_template
 
 __all__ = [
     "BaselineConfig",
@@ -168,11 +169,7 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _template(self) -> "ModelConfig":
-        fields = re.findall(r"{([^{}]*)}", self.prompt_template)
-        if fields != ["label"]:
-            raise ValueError(
-                f"prompt_template {self.prompt_template!r} must contain {{label}} exactly once and no other {{...}} field"
-            )
+        validate_prompt_template(self.prompt_template)
         return self
 
 

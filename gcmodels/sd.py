@@ -28,9 +28,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import re
-import string
-import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,6 +38,7 @@ from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from gcmodels.diffusion import NULL_LABEL, PixelDiffusion, validate_label_vocabulary
+from gcmodels.prompts import render_prompt, validate_prompt_template
 
 __all__ = [
     "DEFAULT_NULL_PROMPT",
@@ -75,53 +73,6 @@ class SDLayoutError(ValueError):
 
 
 # ---------------------------------------------------------------------- prompts
-def validate_prompt_template(template: str) -> str:
-    """Return `template` after checking it has exactly one ``{label}`` field and no other field.
-
-    Literal braces are written ``{{`` and ``}}`` (str.format rules)."""
-    if not isinstance(template, str):
-        raise ValueError(f"the prompt template must be a string, got {template!r}")
-    try:
-        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
-    except ValueError as err:
-        raise ValueError(f"prompt template {template!r} is malformed ({err}); use {{label}} once") from None
-    labels = [f for f in fields if f == ("label", "", None)]
-    others = [f for f in fields if f != ("label", "", None)]
-    if len(labels) != 1 or others:
-        found = ["{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}" for name, spec, conv in fields]
-        raise ValueError(
-            f"prompt template {template!r} must contain {{label}} exactly once and no other field, found {found}"
-        )
-    return template
-
-
-def _readable_label(label: str) -> str:
-    """The label as words: NFC, underscores and runs of 2+ hyphens -> spaces, whitespace collapsed,
-    control/format characters dropped. A single hyphen inside a word stays ("X-ray")."""
-    text = unicodedata.normalize("NFC", label)
-    text = "".join(" " if ch.isspace() else ch for ch in text)
-    text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("C"))
-    text = re.sub(r"[\s_-]*(?:_|-{2,})[\s_-]*", " ", text)
-    return " ".join(text.split())
-
-
-def render_prompt(template: str, label: str) -> str:
-    """The prompt for `label` under `template` (one ``{label}`` field), e.g.
-    ``render_prompt("A photo of {label}.", "new_york__city")`` -> ``"A photo of new york city."``.
-
-    The label is made readable: underscores and runs of two or more hyphens become spaces,
-    whitespace (tabs, newlines, runs) collapses to one space, control and invisible format
-    characters are dropped; letters of any script, digits and punctuation are kept ("1950s",
-    "São Paulo", "Côte d'Ivoire", "X-ray"). ValueError if nothing readable is left."""
-    validate_prompt_template(template)
-    if not isinstance(label, str):
-        raise ValueError(f"a label must be a string, got {label!r}")
-    text = _readable_label(label)
-    if not text:
-        raise ValueError(f"label {label!r} has no readable text for a prompt")
-    return template.format(label=text)
-
-
 # ---------------------------------------------------------------------- layout
 def _check_layout(directory: Path, parts: Sequence[str] = tuple(_PARTS), *, index: bool = True) -> None:
     """Raise SDLayoutError naming `directory` and every missing one of `parts` (and of
