@@ -310,7 +310,7 @@ def train_diffusion(
     else:
         start_step = int(resume["step"])
         _load_weights(named, resume["weights"])
-        good_weights = {n: w.clone() for n, w in resume["weights"].items()}
+        good_weights = resume["weights"]  # only ever read (copied into the model by the NaN guard)
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
         scaler.load_state_dict(resume["scaler"])
