@@ -30,7 +30,7 @@ def configure_torch(threads: int | None) -> None:
 
 def resolve_precision(setting: str, device: torch.device) -> str:
     """The training / scoring precision of `runtime.precision` on `device`: 'auto' -> bf16 on a
-    CUDA device that supports it, else fp16 on CUDA, fp32 on CPU; 'fp32' anywhere; 'bf16' / 'fp16'
+    CUDA device with native bf16 (compute capability 8.0+), else fp16 on CUDA, fp32 on CPU; 'fp32' anywhere; 'bf16' / 'fp16'
     need a CUDA device."""
     if setting not in ("auto", "fp32", "bf16", "fp16"):
         raise ValueError(f"runtime.precision must be auto, fp32, bf16 or fp16, got {setting!r}")
@@ -38,8 +38,9 @@ def resolve_precision(setting: str, device: torch.device) -> str:
     if setting == "auto":
         if not cuda:
             return "fp32"
-        with torch.cuda.device(device):
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        with torch.cuda.device(device):  # is_bf16_supported asks about the current device
+            # native bf16 only (Ampere and later): emulated bf16 is slower than fp16
+            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     if setting != "fp32" and not cuda:
         raise ValueError(
             f"runtime.precision={setting!r} needs a CUDA device, but runtime.device resolved to {device}; "

@@ -84,6 +84,11 @@ def drop_checkpoint(store: RunStore) -> None:
     """Remove `CHECKPOINT` (once the model it would resume is published)."""
     if store.exists(CHECKPOINT):
         with_retries(store.fs, f"removing {store.uri(CHECKPOINT)}", store.fs.rm, store.path(CHECKPOINT))
+        if is_local(store.fs):
+            try:
+                os.rmdir(os.path.dirname(store.path(CHECKPOINT)))  # leave no empty folder behind
+            except OSError:
+                pass  # not empty (something else lives there)
 
 
 def holdout_split(meta: pd.DataFrame, fraction: float, seed: int) -> set[str]:

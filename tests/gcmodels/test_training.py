@@ -375,3 +375,15 @@ def test_resume_refuses_other_settings_and_leaves_the_model_alone() -> None:
         _train(model, images[:6], cond[:6], 6, checkpoint_every=2, resume=states[0])
     with pytest.raises(CheckpointMismatch, match="ema_decay"):
         _train(model, images, cond, 6, checkpoint_every=2, ema_decay=0.5, resume=states[0])
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_resolve_precision_auto_on_cuda(bf16: bool, monkeypatch) -> None:
+    import contextlib
+
+    asked: list = []
+    monkeypatch.setattr(torch.cuda, "device", lambda d: (asked.append(d), contextlib.nullcontext())[1])
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16 and not including_emulation)
+    cuda = torch.device("cuda:1")
+    assert resolve_precision("auto", cuda) == ("bf16" if bf16 else "fp16") and asked == [cuda]
+    assert resolve_precision("fp16", cuda) == "fp16" and resolve_precision("bf16", cuda) == "bf16"

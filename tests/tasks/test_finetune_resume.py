@@ -68,6 +68,7 @@ def test_interrupted_finetune_resumes_to_the_uninterrupted_model(images, tmp_pat
     ref = _finetune(ref_out, _ingest(images, ref_out))
     assert ref["steps"] == 6 and not ref["reused"]
     assert not RunStore(str(ref_out)).exists(CHECKPOINT)
+    assert not (ref_out / "checkpoints").exists()
 
     out = tmp_path / "run"
     shards = _ingest(images, out)
