@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["configure_torch", "resolve_device"]
+__all__ = ["configure_torch", "resolve_device", "resolve_precision"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -26,3 +26,24 @@ def configure_torch(threads: int | None) -> None:
     if threads is not None:
         torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
+
+
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """The training / scoring precision of `runtime.precision` on `device`: 'auto' -> bf16 on a
+    CUDA device with native bf16 (compute capability 8.0+), else fp16 on CUDA, fp32 on CPU; 'fp32' anywhere; 'bf16' / 'fp16'
+    need a CUDA device."""
+    if setting not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"runtime.precision must be auto, fp32, bf16 or fp16, got {setting!r}")
+    cuda = device.type == "cuda"
+    if setting == "auto":
+        if not cuda:
+            return "fp32"
+        with torch.cuda.device(device):  # is_bf16_supported asks about the current device
+            # native bf16 only (Ampere and later): emulated bf16 is slower than fp16
+            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    if setting != "fp32" and not cuda:
+        raise ValueError(
+            f"runtime.precision={setting!r} needs a CUDA device, but runtime.device resolved to {device}; "
+            "use runtime.precision=auto or fp32 on a CPU"
+        )
+    return setting

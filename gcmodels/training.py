@@ -1,19 +1,38 @@
-"""Training a conditional diffusion model with label dropout (one net = conditional + null model)."""
+"""Training a conditional diffusion model with label dropout (one net = conditional + null model).
+
+`train_diffusion` fine-tunes any model with the gcmine diffusion interface (``encode``,
+``training_loss(x0, cond, generator)``, ``device``; optionally ``trainable_parameters()``):
+AdamW with warm-up and a cosine or constant schedule, grad-norm clipping, an optional EMA of the
+trainable weights, autocast (bf16 / fp16 with loss scaling) on CUDA, and checkpoints that resume
+bit-for-bit.
+"""
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from gcmodels.diffusion import NULL_LABEL, PixelDiffusion
+from gcmodels.diffusion import NULL_LABEL
 
-__all__ = ["TrainingDiverged", "TrainResult", "train_diffusion"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointMismatch",
+    "PRECISIONS",
+    "TrainingDiverged",
+    "TrainResult",
+    "train_diffusion",
+]
+
+CHECKPOINT_FORMAT = 1  # version of the `on_checkpoint` state layout
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TrainingDiverged(RuntimeError):
@@ -27,25 +46,177 @@ class TrainingDiverged(RuntimeError):
         self.step, self.loss, self.good_step = step, loss, good_step
 
 
+class CheckpointMismatch(ValueError):
+    """A `resume` state was written by a training with other settings, data sizes or parameters.
+    Raised before the model, the optimizer or the generator are touched."""
+
+
 @dataclass
 class TrainResult:
-    steps: int  # optimizer steps done
+    steps: int  # optimizer steps done (counting those of a resumed checkpoint)
     stopped: str  # "budget" or "time"
-    history: list[dict] = field(default_factory=list)  # step, loss, lr, seconds
+    history: list[dict] = field(default_factory=list)  # step, loss, lr, seconds (the resumed rows included)
+    resumed_from: int = 0  # the step the training resumed from (0 = a fresh start)
 
 
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay from 1 to 0.1."""
+def _lr_factor(step: int, warmup: int, total: int, schedule: str = "cosine") -> float:
+    """Linear warm-up over `warmup` steps, then constant 1 or cosine decay from 1 to 0.1 at `total`."""
     if step < warmup:
         return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
     progress = (step - warmup) / max(1, total - warmup)
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+# ---------------------------------------------------------------------- data
+@dataclass
+class _Buckets:
+    """Batches of one bucket (one spatial shape) at a time. Each bucket has its own shuffled order,
+    consumed in full batches (a bucket smaller than the batch gives all its images); with several
+    buckets an epoch plan lists every bucket max(1, n_i // batch_size) times, shuffled, so buckets
+    are visited in proportion to their size. One bucket draws nothing for the plan (the order of
+    the generator's draws is that of the single-tensor trainer)."""
+
+    images: list[Tensor]
+    cond: list[Tensor]
+    batch_size: int
+    orders: list[Tensor] = field(default_factory=list)
+    pos: list[int] = field(default_factory=list)
+    plan: Tensor | None = None
+    plan_pos: int = 0
+
+    def start(self, generator: torch.Generator) -> None:
+        self.orders = [torch.randperm(len(c), generator=generator) for c in self.cond]
+        self.pos = [0] * len(self.cond)
+        self.plan, self.plan_pos = None, 0
+
+    def _next_bucket(self, generator: torch.Generator) -> int:
+        if len(self.cond) == 1:
+            return 0
+        if self.plan is None or self.plan_pos >= len(self.plan):
+            slots = torch.cat([torch.full((max(1, len(c) // self.batch_size),), i) for i, c in enumerate(self.cond)])
+            self.plan, self.plan_pos = slots[torch.randperm(len(slots), generator=generator)], 0
+        b = int(self.plan[self.plan_pos])
+        self.plan_pos += 1
+        return b
+
+    def next(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """(images (B, C, H_b, W_b), cond (B,)) of the next batch."""
+        b = self._next_bucket(generator)
+        n = len(self.cond[b])
+        if self.pos[b] + self.batch_size > n:
+            self.orders[b], self.pos[b] = torch.randperm(n, generator=generator), 0
+        idx = self.orders[b][self.pos[b] : self.pos[b] + min(self.batch_size, n)]
+        self.pos[b] += self.batch_size
+        return self.images[b][idx], self.cond[b][idx]
+
+    def state(self) -> dict:
+        return {
+            "orders": [o.clone() for o in self.orders], "pos": list(self.pos),
+            "plan": None if self.plan is None else self.plan.clone(), "plan_pos": self.plan_pos,
+        }
+
+    def load(self, state: dict) -> None:
+        self.orders = [o.clone() for o in state["orders"]]
+        self.pos = list(state["pos"])
+        self.plan = None if state["plan"] is None else state["plan"].clone()
+        self.plan_pos = int(state["plan_pos"])
+
+
+def _buckets(images: Tensor | Sequence[Tensor], cond: Tensor | Sequence[Tensor], batch_size: int) -> _Buckets:
+    """Check and normalise the inputs to a list of (images, cond) buckets."""
+    if isinstance(images, Tensor):
+        if not isinstance(cond, Tensor):
+            raise ValueError(f"cond must be a tensor when images is one, got {type(cond).__name__}")
+        images_list, cond_list = [images], [cond]
+    else:
+        images_list, cond_list = list(images), list(cond) if not isinstance(cond, Tensor) else None
+        if cond_list is None or len(cond_list) != len(images_list):
+            raise ValueError(
+                f"bucketed images need a list of as many cond tensors: {len(images_list)} image bucket(s), "
+                f"cond is {type(cond).__name__}{'' if cond_list is None else f' of {len(cond_list)}'}"
+            )
+        if not images_list:
+            raise ValueError("no images to train on: the list of image buckets is empty")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    kinds = set()
+    for i, (x, c) in enumerate(zip(images_list, cond_list)):
+        where = "" if isinstance(images, Tensor) else f" (bucket {i})"
+        if x.dim() != 4 or not (x.dtype == torch.uint8 or x.is_floating_point()):
+            raise ValueError(
+                f"images{where} must be uint8 (N, 3, H, W) or floating (N, C, h, w) in model space, "
+                f"got {x.dtype} {tuple(x.shape)}"
+            )
+        if c.shape != (x.shape[0],):
+            raise ValueError(f"cond{where} must be ({x.shape[0]},), got {tuple(c.shape)}")
+        kinds.add((x.dtype == torch.uint8, x.shape[1]))
+    if len(kinds) > 1:
+        raise ValueError(f"image buckets mix kinds (uint8?, channels): {sorted(kinds)}")
+    if sum(len(c) for c in cond_list) == 0:
+        raise ValueError("no images to train on")
+    keep = [i for i, c in enumerate(cond_list) if len(c)]  # empty buckets are never visited
+    return _Buckets([images_list[i] for i in keep], [cond_list[i] for i in keep], batch_size)
+
+
+# ---------------------------------------------------------------------- state helpers
+def _cpu(obj: Any) -> Any:
+    """A copy of `obj` (nested dicts / lists / tuples) with every tensor cloned to the CPU."""
+    if isinstance(obj, Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
+
+
+def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of the optimised parameters: `model.trainable_parameters()` if the model
+    has it (e.g. LoRA adapters only), else every parameter that requires grad."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    if hasattr(model, "trainable_parameters"):
+        params = list(model.trainable_parameters())
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+    unnamed = [i for i, p in enumerate(params) if id(p) not in names]
+    if unnamed:
+        raise ValueError(f"trainable parameters {unnamed[:5]} are not parameters of the model")
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    return [(names[id(p)], p) for p in params]
+
+
+def _weights(named: list[tuple[str, nn.Parameter]]) -> dict[str, Tensor]:
+    """CPU copies of the trainable weights (the NaN guard's restore point and the checkpoint's)."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in named}
+
+
+@torch.no_grad()
+def _load_weights(named: list[tuple[str, nn.Parameter]], weights: dict[str, Tensor]) -> None:
+    for n, p in named:
+        p.copy_(weights[n])
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=_AUTOCAST_DTYPES[precision])
+
+
+def _check_signature(saved: dict, now: dict) -> None:
+    if saved == now:
+        return
+    diffs = [f"{k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    raise CheckpointMismatch("the checkpoint was written by a training with other settings (" + "; ".join(diffs) + ")")
+
+
+# ---------------------------------------------------------------------- training
 def train_diffusion(
-    model: PixelDiffusion,
-    images: Tensor,
-    cond: Tensor,
+    model: nn.Module,
+    images: Tensor | Sequence[Tensor],
+    cond: Tensor | Sequence[Tensor],
     *,
     steps: int,
     batch_size: int,
@@ -58,59 +229,153 @@ def train_diffusion(
     generator: torch.Generator,
     max_seconds: float | None = None,
     callback: Callable[[dict], None] | None = None,
+    lr_schedule: str = "cosine",
+    ema_decay: float | None = None,
+    precision: str = "fp32",
+    on_checkpoint: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
 ) -> TrainResult:
-    """Train `model` in place on uint8 images (N, 3, H, W) with label indices cond (N,) (0 = null).
+    """Train `model` in place; return the loss history.
+
+    Inputs: `images` uint8 (N, 3, H, W) encoded per batch with `model.encode`, or floating
+    (N, C, h, w) already in model space (e.g. cached VAE latents) used as x0, with label indices
+    `cond` (N,) long (0 = null); or lists of such tensors of different spatial shapes (buckets)
+    with a list of matching (n_i,) cond tensors: each batch comes from one bucket, buckets are
+    visited in proportion to their size (deterministic given `generator`).
 
     Eps-prediction MSE, t uniform over the schedule, labels replaced by the null label with
-    probability `label_dropout`, AdamW with warm-up + cosine decay, grad-norm clipping.
-    `callback` receives each history row. A non-finite loss restores the last good weights
-    (kept every `checkpoint_every` steps) and raises `TrainingDiverged`.
+    probability `label_dropout`, AdamW over the trainable parameters (`model.trainable_parameters()`
+    if the model has it, else those requiring grad), linear warm-up over `warmup_steps` then
+    `lr_schedule` "cosine" (to lr/10 at `steps`) or "constant", grad-norm clipping at `grad_clip`.
+
+    `precision` "bf16" / "fp16" runs the forward pass under CUDA autocast (fp16 with a GradScaler;
+    weights and optimizer stay fp32); a CPU model needs "fp32".
+
+    `ema_decay`: an fp32 shadow of the trainable weights, updated after each optimizer step
+    k = 1, 2, ... with decay min(ema_decay, (1 + k) / (10 + k)) (the warm-up keeps the shadow from
+    clinging to the initial weights on short runs). At the end of a training (budget or time) the
+    EMA weights are loaded into the model: they are the ones saved and scored.
+
+    Checkpoints: every `checkpoint_every` steps (not after the last one) the trainable weights are
+    copied to the CPU as the NaN guard's restore point and, if given, `on_checkpoint(state)` gets
+    a dict of CPU copies (safe to keep) with everything needed to continue bit-for-bit: ``step``,
+    ``weights`` (trainable weights by name), ``optimizer``, ``scheduler``, ``scaler``, ``ema``,
+    ``generator`` (`generator.get_state()`), ``data`` (bucket orders, positions, plan),
+    ``history`` and ``signature`` (the settings and data sizes). `resume` = such a state: the
+    training continues from its step (the model must be built as for the first run; its trainable
+    weights, the optimizer, generator, ... are restored); a state of other settings raises
+    `CheckpointMismatch` before anything is modified. `max_seconds` counts the seconds of the
+    resumed history too.
+
+    `callback` receives each new history row. A non-finite loss restores the last good trainable
+    weights (the raw ones, not the EMA) and raises `TrainingDiverged`. The model is left in eval mode.
     """
-    n = images.shape[0]
-    if n == 0:
-        raise ValueError("no images to train on")
-    if images.dtype != torch.uint8 or images.dim() != 4:
-        raise ValueError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
-    if cond.shape != (n,):
-        raise ValueError(f"cond must be ({n},), got {tuple(cond.shape)}")
+    data = _buckets(images, cond, batch_size)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    if lr_schedule not in ("cosine", "constant"):
+        raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+    if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     device = model.device
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, warmup_steps, steps))
-    good_state, good_step = copy.deepcopy(model.state_dict()), 0
+    if precision != "fp32" and device.type != "cuda":
+        raise ValueError(f"precision {precision!r} needs a CUDA device; the model is on {device} (use 'fp32')")
+    named = _trainable(model)
+    params = [p for _, p in named]
+    signature = {
+        "format": CHECKPOINT_FORMAT, "steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
+        "weight_decay": weight_decay, "grad_clip": grad_clip, "label_dropout": label_dropout,
+        "lr_schedule": lr_schedule, "ema_decay": ema_decay, "precision": precision,
+        "buckets": [[len(c), *x.shape[1:]] for x, c in zip(data.images, data.cond)],
+        "trainable": [[n, *p.shape] for n, p in named],
+    }
+    if resume is not None:
+        _check_signature(resume.get("signature", {}), signature)
+
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, warmup_steps, steps, lr_schedule))
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    ema: list[Tensor] | None = None
     result = TrainResult(steps=0, stopped="budget")
-    order = torch.randperm(n, generator=generator)
-    pos = 0
+    if resume is None:
+        start_step, offset = 0, 0.0
+        good_weights = _weights(named)
+        data.start(generator)
+        if ema_decay is not None:
+            ema = [p.detach().float().clone() for p in params]
+    else:
+        start_step = int(resume["step"])
+        _load_weights(named, resume["weights"])
+        good_weights = resume["weights"]  # only ever read (copied into the model by the NaN guard)
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        if ema_decay is not None:
+            ema = [resume["ema"][n].to(device=p.device, dtype=torch.float32, copy=True) for n, p in named]
+        generator.set_state(resume["generator"])
+        data.load(resume["data"])
+        result.history = [dict(r) for r in resume["history"]]
+        result.steps = result.resumed_from = start_step
+        offset = result.history[-1]["seconds"] if result.history else 0.0
+    good_step = start_step
+
+    model.train()
     start = time.perf_counter()
-    for step in range(steps):
-        if pos + batch_size > n:
-            order, pos = torch.randperm(n, generator=generator), 0
-        idx = order[pos : pos + min(batch_size, n)]
-        pos += batch_size
-        x0 = model.encode(images[idx])
-        c = cond[idx].clone()
+    for step in range(start_step, steps):
+        x, c = data.next(generator)
+        x0 = model.encode(x) if x.dtype == torch.uint8 else x.to(device=device, dtype=torch.float32)
+        c = c.clone()
         drop = torch.rand(c.shape, generator=generator) < label_dropout
         c[drop] = NULL_LABEL
-        loss = model.training_loss(x0, c.to(device), generator=generator).mean()
+        with _autocast(device, precision):
+            loss = model.training_loss(x0, c.to(device), generator=generator).float().mean()
         value = float(loss.detach())
         if not math.isfinite(value):
-            model.load_state_dict(good_state)
+            _load_weights(named, good_weights)
             model.eval()
             raise TrainingDiverged(step, value, good_step)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        row = {"step": step, "loss": value, "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        if ema is not None:
+            _ema_update(ema, params, min(ema_decay, (2 + step) / (11 + step)))
+        row = {"step": step, "loss": value, "lr": opt.param_groups[0]["lr"], "seconds": offset + time.perf_counter() - start}
         sched.step()
         result.history.append(row)
         result.steps = step + 1
         if callback is not None:
             callback(row)
-        if (step + 1) % checkpoint_every == 0:
-            good_state, good_step = copy.deepcopy(model.state_dict()), step + 1
         if max_seconds is not None and row["seconds"] >= max_seconds:
             result.stopped = "time"
             break
+        if (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            good_weights, good_step = _weights(named), step + 1
+            if on_checkpoint is not None:
+                on_checkpoint({
+                    "format": CHECKPOINT_FORMAT, "step": step + 1, "weights": good_weights,
+                    "optimizer": _cpu(opt.state_dict()), "scheduler": _cpu(sched.state_dict()),
+                    "scaler": _cpu(scaler.state_dict()),
+                    "ema": None if ema is None else {n: e.to("cpu", copy=True) for (n, _), e in zip(named, ema)},
+                    "generator": generator.get_state(), "data": data.state(),
+                    "history": [dict(r) for r in result.history], "signature": signature,
+                })
+    if ema is not None:
+        with torch.no_grad():
+            for p, e in zip(params, ema):
+                p.copy_(e)
     model.eval()
     return result
+
+
+@torch.no_grad()
+def _ema_update(shadow: list[Tensor], params: list[Tensor], decay: float) -> None:
+    """shadow <- decay * shadow + (1 - decay) * param, in fp32."""
+    for s, p in zip(shadow, params):
+        s.lerp_(p.detach().float(), 1.0 - decay)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +16,8 @@ from prefect import task
 from gcmodels.config import ConfigError, ModelConfig, RuntimeConfig, TrainConfig
 from gcmodels.cotypicality import stratified_split
 from gcmodels.diffusion import PixelDiffusion
-from gcmodels.runtime import configure_torch, resolve_device
-from gcmodels.training import TrainingDiverged, train_diffusion
+from gcmodels.runtime import configure_torch, resolve_device, resolve_precision
+from gcmodels.training import CheckpointMismatch, TrainingDiverged, train_diffusion
 from tasks.artifacts import MODEL, TRAINING, read_images, stopwatch
 from tasks.caching import content_key
 from tasks.errors import InputError, out_of_memory_hint
@@ -23,7 +25,9 @@ from tasks.gpu import gpu_slot
 from tasks.logs import stage_logger
 from tasks.models import COMPLETE, TRAINING_SET, model_fingerprint
 from tasks.progress import StageProgress
-from tasks.storage import RunStore
+from tasks.storage import RunStore, is_local, with_retries
+
+CHECKPOINT = "checkpoints/finetune.pt"  # the resumable state of an unfinished training
 
 
 def _publish(store: RunStore, model: PixelDiffusion, history: list[dict], trained_on: pd.DataFrame, config_key: str) -> str:
@@ -37,6 +41,54 @@ def _publish(store: RunStore, model: PixelDiffusion, history: list[dict], traine
         store.put_dir(tmp, MODEL)
     store.write_parquet(TRAINING, pd.DataFrame(history, columns=["step", "loss", "lr", "seconds"]))
     return fingerprint
+
+
+def write_checkpoint(store: RunStore, payload: dict) -> None:
+    """Save `payload` as `CHECKPOINT` atomically: locally torch.save to a temporary sibling renamed
+    into place, on an object store a local temporary file uploaded whole (one PUT)."""
+    path = store.path(CHECKPOINT)
+    if is_local(store.fs):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        try:
+            torch.save(payload, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
+    with tempfile.TemporaryDirectory(prefix="gcmine-ckpt-") as tmp:
+        local = Path(tmp) / "finetune.pt"
+        torch.save(payload, local)
+        with_retries(store.fs, f"uploading {store.uri(CHECKPOINT)}", store.fs.put_file, str(local), path)
+
+
+def read_checkpoint(store: RunStore) -> dict | None:
+    """The payload of `CHECKPOINT` (tensors on the CPU), or None when there is none or it cannot
+    be read (a checkpoint is never worth failing a run for: the training starts afresh)."""
+    if not store.exists(CHECKPOINT):
+        return None
+    try:
+        if is_local(store.fs):
+            return torch.load(store.path(CHECKPOINT), map_location="cpu", weights_only=True)
+        with tempfile.TemporaryDirectory(prefix="gcmine-ckpt-") as tmp:
+            local = Path(tmp) / "finetune.pt"
+            with_retries(store.fs, f"downloading {store.uri(CHECKPOINT)}", store.fs.get_file, store.path(CHECKPOINT), str(local))
+            return torch.load(local, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file: ignore it, it is rewritten
+        stage_logger().warning("ignoring the unreadable checkpoint %s: %s", store.uri(CHECKPOINT), err)
+        return None
+
+
+def drop_checkpoint(store: RunStore) -> None:
+    """Remove `CHECKPOINT` (once the model it would resume is published)."""
+    if store.exists(CHECKPOINT):
+        with_retries(store.fs, f"removing {store.uri(CHECKPOINT)}", store.fs.rm, store.path(CHECKPOINT))
+        if is_local(store.fs):
+            try:
+                os.rmdir(os.path.dirname(store.path(CHECKPOINT)))  # leave no empty folder behind
+            except OSError:
+                pass  # not empty (something else lives there)
 
 
 def holdout_split(meta: pd.DataFrame, fraction: float, seed: int) -> set[str]:
@@ -93,7 +145,12 @@ def finetune(
     held-out split (`holdout` of each label's images, see `holdout_split`); write `model/`
     (diffusers layout + label vocabulary + the training set) and `training.parquet`. Labels come
     from the conditioning table `conditioning` when given (see tasks.cluster.condition), else
-    from the manifest."""
+    from the manifest.
+
+    Every `train.checkpoint_every` steps the training state is saved to `checkpoints/finetune.pt`
+    (with the settings key and the training set's fingerprint); a finetune that starts a training
+    with the same settings and data resumes from it ("resuming from step K") and ends with the
+    model an uninterrupted run gives. The checkpoint is deleted once the model is published."""
     log = stage_logger()
     if model_config.base is not None:
         raise ConfigError(
@@ -102,6 +159,7 @@ def finetune(
         )
     configure_torch(runtime.threads)
     device = resolve_device(runtime.device)
+    precision = resolve_precision(runtime.precision, device)
     with stopwatch() as clock:
         store = RunStore(out, storage_options)
         meta, pixels = read_images(store, shards, conditioning)
@@ -128,6 +186,8 @@ def finetune(
             return {"fingerprint": reused, "labels": vocab, "reused": True, "reason": why, "device": str(device),
                     "held_out": len(held), "seconds": 0.0}
         log.info("training a new model: %s", why)
+        labels = [lab if isinstance(lab, str) else None for lab in meta["label"]]
+        data_key = content_key(meta["image_id"].tolist(), labels)  # the images and labels, in training order
         with gpu_slot(device, runtime):  # one training per card (nothing taken on CPU)
             generator = torch.Generator().manual_seed(train_config.seed)
             model = PixelDiffusion.create(
@@ -135,40 +195,67 @@ def finetune(
                 layers_per_block=model_config.layers_per_block, num_train_timesteps=model_config.num_train_timesteps,
                 beta_schedule=model_config.beta_schedule, generator=generator,
             ).to(device)
-            labels = [lab if isinstance(lab, str) else None for lab in meta["label"]]
+            if train_config.gradient_checkpointing:
+                model.unet.enable_gradient_checkpointing()
             cond = model.label_index(labels)
             images = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))  # (N, 3, H, W) uint8
             steps = train_config.budget(len(images))
             n_params = sum(p.numel() for p in model.parameters())
             log.info(
-                "training a %.2fM-parameter UNet on %d images, %d labels, %d steps of batch %d on %s",
-                n_params / 1e6, len(images), len(vocab), steps, train_config.batch_size, device,
+                "training a %.2fM-parameter UNet on %d images, %d labels, %d steps of batch %d on %s (%s)",
+                n_params / 1e6, len(images), len(vocab), steps, train_config.batch_size, device, precision,
             )
+            resume = None
+            saved = read_checkpoint(store)
+            if saved is not None:
+                if saved.get("config_key") == config_key and saved.get("data_key") == data_key:
+                    resume = saved["state"]
+                    log.info("resuming from step %d (%s)", resume["step"], store.uri(CHECKPOINT))
+                else:
+                    log.info("ignoring the checkpoint of another training (settings or training set changed)")
+                del saved
+
+            def on_checkpoint(state: dict) -> None:
+                write_checkpoint(store, {"config_key": config_key, "data_key": data_key, "state": state})
+
             progress = StageProgress(steps, "finetune", bar=runtime.progress, key="finetune-progress")
 
             def on_step(row: dict) -> None:
                 progress.update(row["step"] + 1, loss=row["loss"])
 
             history: list[dict] = []
+
+            def train(resume: dict | None):
+                history[:] = [] if resume is None else [dict(r) for r in resume["history"]]
+                return train_diffusion(
+                    model, images, cond, steps=steps, batch_size=train_config.batch_size, lr=train_config.lr,
+                    warmup_steps=train_config.warmup_steps, weight_decay=train_config.weight_decay,
+                    grad_clip=train_config.grad_clip, label_dropout=train_config.label_dropout,
+                    checkpoint_every=train_config.checkpoint_every, generator=generator,
+                    max_seconds=None if train_config.minutes is None else 60.0 * train_config.minutes,
+                    callback=lambda row: (history.append(row), on_step(row)),
+                    lr_schedule=train_config.lr_schedule, ema_decay=train_config.ema_decay, precision=precision,
+                    on_checkpoint=on_checkpoint, resume=resume,
+                )
+
             try:
                 with out_of_memory_hint(
                     "finetune", {"train.batch_size": train_config.batch_size, "data.resolution": resolution}, device
                 ):
-                    result = train_diffusion(
-                        model, images, cond, steps=steps, batch_size=train_config.batch_size, lr=train_config.lr,
-                        warmup_steps=train_config.warmup_steps, weight_decay=train_config.weight_decay,
-                        grad_clip=train_config.grad_clip, label_dropout=train_config.label_dropout,
-                        checkpoint_every=train_config.checkpoint_every, generator=generator,
-                        max_seconds=None if train_config.minutes is None else 60.0 * train_config.minutes,
-                        callback=lambda row: (history.append(row), on_step(row)),
-                    )
+                    try:
+                        result = train(resume)
+                    except CheckpointMismatch as err:  # raised before anything changed (e.g. another precision)
+                        log.warning("not resuming: %s; training from the start", err)
+                        result = train(None)
             except TrainingDiverged:
                 progress.close()
                 _publish(store, model.cpu(), history, training_set, config_key)
+                drop_checkpoint(store)
                 log.error("training diverged; the last good checkpoint was saved to %s", store.uri(MODEL))
                 raise
             progress.close()
             fingerprint = _publish(store, model.cpu(), result.history, training_set, config_key)
+            drop_checkpoint(store)
         tail = np.mean([r["loss"] for r in result.history[-50:]])
         if result.stopped == "time":
             log.warning("train.minutes reached: stopped after %d of %d steps", result.steps, steps)

@@ -1,4 +1,6 @@
-"""Tests of diffusion training: smoke runs, determinism, the NaN guard, the time cap, bad input."""
+"""Tests of diffusion training: smoke runs, determinism, the NaN guard, the time cap, bad input,
+float and bucketed inputs, the lr schedules, EMA, precision checks, trainable subsets, and
+checkpoint / resume giving bit-identical results."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import pytest
 import torch
 
 from gcmodels.diffusion import PixelDiffusion
-from gcmodels.training import TrainingDiverged, TrainResult, _lr_factor, train_diffusion
+from gcmodels.runtime import resolve_precision
+from gcmodels.training import CheckpointMismatch, TrainingDiverged, TrainResult, _lr_factor, train_diffusion
 
 
 def _tiny(seed: int = 0) -> PixelDiffusion:
@@ -158,10 +161,229 @@ def test_bad_inputs_raise_value_error() -> None:
     with pytest.raises(ValueError, match="no images"):
         _train(model, images[:0], cond[:0], 2)
     with pytest.raises(ValueError, match="uint8"):
-        _train(model, images.float(), cond, 2)
+        _train(model, images.to(torch.int32), cond, 2)
     with pytest.raises(ValueError, match="uint8"):
         _train(model, images[:, 0], cond, 2)
     with pytest.raises(ValueError, match=r"cond must be \(8,\)"):
         _train(model, images, cond[:5], 2)
     with pytest.raises(ValueError, match=r"cond must be \(8,\)"):
         _train(model, images, cond[:, None], 2)
+
+
+# ---------------------------------------------------------------------- float / bucketed inputs
+def _float_buckets() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(5)
+    images = [torch.randn(8, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 16, generator=g)]
+    cond = [torch.tensor([1, 2] * 4), torch.tensor([2, 0, 1, 2])]
+    return images, cond
+
+
+def test_float_input_is_used_as_x0() -> None:
+    images, cond = _data()
+    a, b = _tiny(), _tiny()
+    ra = _train(a, images, cond, 4)
+    rb = _train(b, images.float().div(127.5).sub(1.0), cond, 4)  # what encode gives
+    assert [r["loss"] for r in ra.history] == [r["loss"] for r in rb.history]
+    assert _same(_snapshot(a), _snapshot(b))
+
+
+def test_buckets_one_shape_per_batch_in_proportion_to_size(monkeypatch) -> None:
+    model = _tiny()
+    images, cond = _float_buckets()
+    shapes: list[tuple] = []
+    original = model.training_loss
+
+    def recording(x0, c, generator=None):
+        shapes.append(tuple(x0.shape))
+        return original(x0, c, generator=generator)
+
+    monkeypatch.setattr(model, "training_loss", recording)
+    result = _train(model, images, cond, 12, batch_size=2)
+    assert result.steps == 12 and all(math.isfinite(r["loss"]) for r in result.history)
+    # an epoch plan is 4 batches of the 8-image bucket and 2 of the 4-image one, shuffled
+    assert sorted(set(shapes)) == [(2, 3, 8, 8), (2, 3, 8, 16)]
+    assert shapes.count((2, 3, 8, 8)) == 8 and shapes.count((2, 3, 8, 16)) == 4
+    assert shapes[:6] != sorted(shapes[:6]) or shapes[6:] != sorted(shapes[6:])  # shuffled, not in bucket order
+    # deterministic given the generator
+    shapes_a = list(shapes)
+    shapes.clear()
+    model2 = _tiny()
+    monkeypatch.setattr(model2, "training_loss", recording)
+    _train(model2, images, cond, 12, batch_size=2)
+    assert shapes == shapes_a
+
+
+def test_bucket_input_errors() -> None:
+    model = _tiny()
+    images, cond = _float_buckets()
+    with pytest.raises(ValueError, match="list of as many cond"):
+        _train(model, images, cond[:1], 2)
+    with pytest.raises(ValueError, match="list of as many cond"):
+        _train(model, images, torch.cat(cond), 2)
+    with pytest.raises(ValueError, match=r"cond \(bucket 1\) must be \(4,\), got \(3,\)"):
+        _train(model, images, [cond[0], cond[1][:3]], 2)
+    with pytest.raises(ValueError, match="mix kinds"):
+        _train(model, [images[0], _data()[0]], [cond[0], _data()[1]], 2)
+    with pytest.raises(ValueError, match="no images"):
+        _train(model, [], [], 2)
+
+
+# ---------------------------------------------------------------------- lr schedule, EMA, precision
+def test_constant_schedule_without_warmup() -> None:
+    model = _tiny()
+    images, cond = _data()
+    result = _train(model, images, cond, 5, lr=1e-3, warmup_steps=0, lr_schedule="constant")
+    assert [r["lr"] for r in result.history] == [pytest.approx(1e-3)] * 5
+    result = _train(_tiny(), images, cond, 5, lr=1e-3, warmup_steps=0)
+    lrs = [r["lr"] for r in result.history]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] < lrs[0]
+    assert _lr_factor(3, 2, 10, "constant") == 1.0 and _lr_factor(0, 2, 10, "constant") == 0.5
+    with pytest.raises(ValueError, match="'linear'"):
+        _train(_tiny(), images, cond, 2, lr_schedule="linear")
+
+
+def test_ema_weights_are_loaded_at_the_end() -> None:
+    images, cond = _data()
+    raw = _tiny()
+    _train(raw, images, cond, 6)
+    zero = _tiny()  # decay 0: the shadow is the weights of the last step
+    _train(zero, images, cond, 6, ema_decay=0.0)
+    assert _same(_snapshot(raw), _snapshot(zero))
+
+    model = _tiny()
+    names = [n for n, _ in model.named_parameters()]
+    shadow = {n: p.detach().clone() for n, p in model.named_parameters()}
+    after: list[dict] = []
+    result = _train(model, images, cond, 6, ema_decay=0.9,
+                    callback=lambda row: after.append({n: p.detach().clone() for n, p in model.named_parameters()}))
+    for k, weights in enumerate(after, start=1):
+        d = min(0.9, (1 + k) / (10 + k))
+        shadow = {n: shadow[n] * d + weights[n] * (1 - d) for n in names}
+    final = dict(model.named_parameters())
+    for n in names:
+        torch.testing.assert_close(final[n].detach(), shadow[n], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(final["unet.conv_out.weight"], after[-1]["unet.conv_out.weight"])
+    assert [r["loss"] for r in result.history] == [r["loss"] for r in _train(_tiny(), images, cond, 6).history]
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        _train(_tiny(), images, cond, 2, ema_decay=1.0)
+
+
+def test_precision_needs_cuda() -> None:
+    images, cond = _data()
+    for precision in ("bf16", "fp16"):
+        with pytest.raises(ValueError, match=f"precision '{precision}' needs a CUDA device.*cpu"):
+            _train(_tiny(), images, cond, 2, precision=precision)
+    with pytest.raises(ValueError, match="'fp8'"):
+        _train(_tiny(), images, cond, 2, precision="fp8")
+
+
+def test_resolve_precision_on_cpu() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("fp32", cpu) == "fp32"
+    for setting in ("bf16", "fp16"):
+        with pytest.raises(ValueError, match=f"runtime.precision='{setting}' needs a CUDA device"):
+            resolve_precision(setting, cpu)
+    with pytest.raises(ValueError, match="'half'"):
+        resolve_precision("half", cpu)
+
+
+class _HeadOnly(PixelDiffusion):
+    """Only the output convolution is trained (like LoRA adapters of a frozen UNet)."""
+
+    def trainable_parameters(self):
+        return list(self.unet.conv_out.parameters())
+
+
+def test_trainable_parameters_only_are_optimised() -> None:
+    base = _tiny()
+    model = _HeadOnly(base.unet, base.scheduler, base.labels)
+    before = _snapshot(model)
+    images, cond = _data()
+    states: list[dict] = []
+    _train(model, images, cond, 4, checkpoint_every=2, on_checkpoint=states.append)
+    after = _snapshot(model)
+    changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
+    assert changed == ["unet.conv_out.bias", "unet.conv_out.weight"]
+    assert sorted(states[0]["weights"]) == changed
+
+
+# ---------------------------------------------------------------------- checkpoint / resume
+class _Stop(Exception):
+    pass
+
+
+def _resume_case(kind: str):
+    if kind == "uint8":
+        images, cond = _data()
+        return images, cond, {}
+    images, cond = _float_buckets()
+    return images, cond, {"batch_size": 2}
+
+
+@pytest.mark.parametrize("kind", ["uint8", "buckets"])
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_interrupted_and_resumed_equals_uninterrupted(kind: str, ema: float | None, tmp_path) -> None:
+    images, cond, kw = _resume_case(kind)
+    kw.update(ema_decay=ema, checkpoint_every=2, warmup_steps=1)
+    full_states: list[dict] = []
+    full = _tiny()
+    ref = _train(full, images, cond, 8, seed=3, on_checkpoint=full_states.append, **kw)
+    assert [s["step"] for s in full_states] == [2, 4, 6]  # none after the last step
+
+    def stop_at_4(state: dict) -> None:
+        if state["step"] == 4:
+            torch.save(state, tmp_path / "ckpt.pt")
+            raise _Stop
+
+    first = _tiny()
+    with pytest.raises(_Stop):
+        _train(first, images, cond, 8, seed=3, on_checkpoint=stop_at_4, **kw)
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert state["step"] == 4 and len(state["history"]) == 4 and (state["ema"] is None) == (ema is None)
+
+    resumed = _tiny()  # a fresh object, built as for the first run
+    rest_states: list[dict] = []
+    rows: list[dict] = []
+    out = _train(resumed, images, cond, 8, seed=99, on_checkpoint=rest_states.append, callback=rows.append,
+                 resume=state, **kw)  # the generator's seed is irrelevant: its state is restored
+    assert out.resumed_from == 4 and out.steps == 8 and [r["step"] for r in rows] == [4, 5, 6, 7]
+    assert [r["loss"] for r in out.history] == [r["loss"] for r in ref.history]
+    assert [r["lr"] for r in out.history] == [r["lr"] for r in ref.history]
+    a, b = dict(full.named_parameters()), dict(resumed.named_parameters())
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the next checkpoint of the resumed run is that of the uninterrupted one
+    assert [s["step"] for s in rest_states] == [6]
+    assert all(torch.equal(rest_states[0]["weights"][k], full_states[2]["weights"][k]) for k in full_states[2]["weights"])
+    assert torch.equal(rest_states[0]["generator"], full_states[2]["generator"])
+
+
+def test_resume_refuses_other_settings_and_leaves_the_model_alone() -> None:
+    images, cond = _data()
+    states: list[dict] = []
+    _train(_tiny(), images, cond, 6, checkpoint_every=2, on_checkpoint=states.append)
+    model = _tiny()
+    before = _snapshot(model)
+    g = torch.Generator().manual_seed(0)
+    g_state = g.get_state()
+    with pytest.raises(CheckpointMismatch, match=r"lr: 0.001 in the checkpoint, 0.002 now") as err:
+        train_diffusion(model, images, cond, steps=6, batch_size=4, lr=2e-3, warmup_steps=2, weight_decay=1e-2,
+                        grad_clip=1.0, label_dropout=0.2, checkpoint_every=2, generator=g, resume=states[0])
+    assert isinstance(err.value, ValueError)
+    assert _same(before, _snapshot(model)) and torch.equal(g.get_state(), g_state)
+    with pytest.raises(CheckpointMismatch, match="buckets"):
+        _train(model, images[:6], cond[:6], 6, checkpoint_every=2, resume=states[0])
+    with pytest.raises(CheckpointMismatch, match="ema_decay"):
+        _train(model, images, cond, 6, checkpoint_every=2, ema_decay=0.5, resume=states[0])
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_resolve_precision_auto_on_cuda(bf16: bool, monkeypatch) -> None:
+    import contextlib
+
+    asked: list = []
+    monkeypatch.setattr(torch.cuda, "device", lambda d: (asked.append(d), contextlib.nullcontext())[1])
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16 and not including_emulation)
+    cuda = torch.device("cuda:1")
+    assert resolve_precision("auto", cuda) == ("bf16" if bf16 else "fp16") and asked == [cuda]
+    assert resolve_precision("fp16", cuda) == "fp16" and resolve_precision("bf16", cuda) == "bf16"
