@@ -47,6 +47,7 @@ __all__ = [
     "LatentDiffusion",
     "LatentEncoder",
     "SDLayoutError",
+    "check_sd_directory",
     "load_any_model",
     "render_prompt",
     "validate_prompt_template",
@@ -74,6 +75,13 @@ class SDLayoutError(ValueError):
 
 # ---------------------------------------------------------------------- prompts
 # ---------------------------------------------------------------------- layout
+def check_sd_directory(directory: str | Path) -> None:
+    """Raise SDLayoutError naming `directory` and every missing part if it is not a complete
+    diffusers Stable Diffusion directory (model_index.json, unet/, vae/, text_encoder/,
+    tokenizer/, scheduler/). Loads nothing."""
+    _check_layout(Path(directory))
+
+
 def _check_layout(directory: Path, parts: Sequence[str] = tuple(_PARTS), *, index: bool = True) -> None:
     """Raise SDLayoutError naming `directory` and every missing one of `parts` (and of
     ``model_index.json`` if `index`) of a diffusers SD layout."""

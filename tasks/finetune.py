@@ -16,12 +16,14 @@ from prefect import task
 from gcmodels.config import ConfigError, ModelConfig, RuntimeConfig, TrainConfig
 from gcmodels.cotypicality import stratified_split
 from gcmodels.diffusion import PixelDiffusion
+from gcmodels.sd import LatentDiffusion
 from gcmodels.runtime import configure_torch, resolve_device, resolve_precision
 from gcmodels.training import CheckpointMismatch, TrainingDiverged, train_diffusion
-from tasks.artifacts import MODEL, TRAINING, read_images, stopwatch
+from tasks.artifacts import MODEL, TRAINING, live_labels, read_images, stopwatch
 from tasks.caching import content_key
 from tasks.errors import InputError, out_of_memory_hint
 from tasks.gpu import gpu_slot
+from tasks.latents import base_key, read_latents, shape_groups
 from tasks.logs import stage_logger
 from tasks.models import COMPLETE, TRAINING_SET, model_fingerprint
 from tasks.progress import StageProgress
@@ -91,6 +93,53 @@ def drop_checkpoint(store: RunStore) -> None:
                 pass  # not empty (something else lives there)
 
 
+def _new_model(vocab: list[str], resolution: int, model_config: ModelConfig, train_config: TrainConfig, generator):
+    """The model to fine-tune: the small pixel UNet from scratch, or the checkpoint `model.base`
+    (LoRA adapters added with `train.lora_rank`). A directory that is not a Stable Diffusion
+    layout, or does not fit, is a configuration error naming what is wrong."""
+    if model_config.base is None:
+        return PixelDiffusion.create(
+            vocab, resolution=resolution, block_out_channels=model_config.block_out_channels,
+            layers_per_block=model_config.layers_per_block, num_train_timesteps=model_config.num_train_timesteps,
+            beta_schedule=model_config.beta_schedule, generator=generator,
+        )
+    try:
+        model = LatentDiffusion.from_base(
+            model_config.base, vocab, prompt_template=model_config.prompt_template, null_prompt=model_config.null_prompt
+        )
+    except ValueError as err:
+        raise ConfigError(f"model.base: {err}") from None
+    if train_config.lora_rank:
+        model.enable_lora(train_config.lora_rank, train_config.lora_alpha)
+    return model
+
+
+def _what(model_config: ModelConfig, train_config: TrainConfig) -> str:
+    if model_config.base is None:
+        return "pixel UNet from scratch"
+    return f"LoRA rank {train_config.lora_rank} on {model_config.base}" if train_config.lora_rank else f"full UNet of {model_config.base}"
+
+
+def _memory_settings(model_config: ModelConfig, train_config: TrainConfig, resolution: int) -> dict[str, object]:
+    """The settings an out-of-memory error in fine-tuning names, first the one to lower first."""
+    out: dict[str, object] = {"train.batch_size": train_config.batch_size, "data.resolution": resolution}
+    if model_config.base is not None:
+        if not train_config.gradient_checkpointing:
+            out["train.gradient_checkpointing (set true)"] = False
+        if not train_config.lora_rank:
+            out["train.lora_rank (set e.g. 16)"] = 0
+    return out
+
+
+def _latent_inputs(store: RunStore, latents: list[str], conditioning: str | None) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    """(image_id, label) of the live images that have latents, in artifact order, and their latents."""
+    labels = live_labels(store, conditioning)
+    found = read_latents(store, latents, only=set(labels.index))
+    ids = list(found)
+    meta = pd.DataFrame({"image_id": ids, "label": [labels[i] for i in ids]})
+    return meta, [found[i] for i in ids]
+
+
 def holdout_split(meta: pd.DataFrame, fraction: float, seed: int) -> set[str]:
     """The image ids held out of fine-tuning: `fraction` of each label's labelled images
     (`stratified_split` over the images sorted by id, so the split depends on the image contents,
@@ -140,6 +189,7 @@ def finetune(
     conditioning: str | None = None,
     holdout: float = 0.0,
     holdout_seed: int = 0,
+    latents: list[str] | None = None,
 ) -> dict:
     """Train on every usable image (unlabelled ones train the null branch only) except the
     held-out split (`holdout` of each label's images, see `holdout_split`); write `model/`
@@ -150,19 +200,25 @@ def finetune(
     Every `train.checkpoint_every` steps the training state is saved to `checkpoints/finetune.pt`
     (with the settings key and the training set's fingerprint); a finetune that starts a training
     with the same settings and data resumes from it ("resuming from step K") and ends with the
-    model an uninterrupted run gives. The checkpoint is deleted once the model is published."""
+    model an uninterrupted run gives. The checkpoint is deleted once the model is published.
+
+    With `model_config.base` (a local Stable Diffusion directory) the UNet of that checkpoint is
+    fine-tuned (fully, or LoRA adapters with `train.lora_rank`) on the cached VAE latents
+    `latents` (one artifact per shard, see tasks/latents.py), batched by aspect ratio, with the
+    label prompts of `model.prompt_template` and `model.null_prompt`; VAE and text encoder stay
+    frozen, and `model/` is a complete diffusers directory."""
     log = stage_logger()
-    if model_config.base is not None:
-        raise ConfigError(
-            f"model.base={model_config.base!r}: pretrained Stable Diffusion checkpoints are not supported "
-            "yet; leave model.base unset to train the small pixel model"
-        )
+    if model_config.base is not None and latents is None:
+        raise ConfigError("model.base is set but finetune got no latents: the latents stage must run first")
     configure_torch(runtime.threads)
     device = resolve_device(runtime.device)
     precision = resolve_precision(runtime.precision, device)
     with stopwatch() as clock:
         store = RunStore(out, storage_options)
-        meta, pixels = read_images(store, shards, conditioning)
+        if latents is None:
+            meta, pixels = read_images(store, shards, conditioning)
+        else:  # model.base: the cached latents of every live image (unlabelled ones train the null prompt)
+            meta, pixels = _latent_inputs(store, latents, conditioning)
         vocab = sorted({lab for lab in meta["label"] if isinstance(lab, str)})
         if not vocab:
             raise InputError(
@@ -173,12 +229,14 @@ def finetune(
         held = holdout_split(meta, holdout, holdout_seed)
         if held:
             keep = ~meta["image_id"].isin(held).to_numpy()
-            meta, pixels = meta[keep].reset_index(drop=True), pixels[keep]
+            pixels = pixels[keep] if isinstance(pixels, np.ndarray) else [z for z, k in zip(pixels, keep) if k]
+            meta = meta[keep].reset_index(drop=True)
             log.info("%d labelled image(s) held out of fine-tuning (score.holdout = %g)", len(held), holdout)
         training_set = meta[meta["label"].map(lambda v: isinstance(v, str))][["image_id", "label"]].reset_index(drop=True)
         config_key = content_key(
             resolution, model_config, train_config.model_dump(exclude={"retrain_fraction"}),
             *([{"holdout": holdout, "seed": holdout_seed}] if holdout > 0 else []),
+            *([base_key(model_config.base)] if model_config.base is not None else []),
         )
         reused, why = reuse_decision(store, training_set, config_key, train_config.retrain_fraction)
         if reused is not None:
@@ -190,20 +248,24 @@ def finetune(
         data_key = content_key(meta["image_id"].tolist(), labels)  # the images and labels, in training order
         with gpu_slot(device, runtime):  # one training per card (nothing taken on CPU)
             generator = torch.Generator().manual_seed(train_config.seed)
-            model = PixelDiffusion.create(
-                vocab, resolution=resolution, block_out_channels=model_config.block_out_channels,
-                layers_per_block=model_config.layers_per_block, num_train_timesteps=model_config.num_train_timesteps,
-                beta_schedule=model_config.beta_schedule, generator=generator,
-            ).to(device)
+            model = _new_model(vocab, resolution, model_config, train_config, generator).to(device)
             if train_config.gradient_checkpointing:
                 model.unet.enable_gradient_checkpointing()
-            cond = model.label_index(labels)
-            images = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))  # (N, 3, H, W) uint8
-            steps = train_config.budget(len(images))
-            n_params = sum(p.numel() for p in model.parameters())
+            if latents is None:
+                cond = model.label_index(labels)
+                images = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))  # (N, 3, H, W) uint8
+            else:  # latents batched by shape (aspect ratio): lists of (n_i, C, h, w) and (n_i,)
+                groups = list(shape_groups(pixels).values())
+                all_cond = model.label_index(labels)
+                images = [torch.from_numpy(np.stack([pixels[i] for i in idx])) for idx in groups]
+                cond = [all_cond[idx] for idx in groups]
+            steps = train_config.budget(len(meta))
+            trainable = getattr(model, "trainable_parameters", model.parameters)()
+            n_params = sum(p.numel() for p in trainable)
             log.info(
-                "training a %.2fM-parameter UNet on %d images, %d labels, %d steps of batch %d on %s (%s)",
-                n_params / 1e6, len(images), len(vocab), steps, train_config.batch_size, device, precision,
+                "training %.2fM parameters (%s) on %d images, %d labels, %d steps of batch %d on %s (%s)",
+                n_params / 1e6, _what(model_config, train_config), len(meta), len(vocab), steps, train_config.batch_size,
+                device, precision,
             )
             resume = None
             saved = read_checkpoint(store)
@@ -239,9 +301,7 @@ def finetune(
                 )
 
             try:
-                with out_of_memory_hint(
-                    "finetune", {"train.batch_size": train_config.batch_size, "data.resolution": resolution}, device
-                ):
+                with out_of_memory_hint("finetune", _memory_settings(model_config, train_config, resolution), device):
                     try:
                         result = train(resume)
                     except CheckpointMismatch as err:  # raised before anything changed (e.g. another precision)

@@ -17,9 +17,9 @@ import pandas as pd
 import torch
 from prefect import task
 
-from gcmodels.config import RuntimeConfig
+from gcmodels.config import ConfigError, RuntimeConfig
 from gcmodels.runtime import configure_torch, resolve_device
-from gcmodels.sd import LatentEncoder
+from gcmodels.sd import LatentEncoder, check_sd_directory
 from tasks.artifacts import keyed_part, read_images, stopwatch, worker_name
 from tasks.caching import content_key
 from tasks.errors import out_of_memory_hint
@@ -49,7 +49,11 @@ def _encoder(base: str, device: torch.device) -> LatentEncoder:
     with _lock:
         if key not in _encoders:
             _encoders.clear()
-            _encoders[key] = LatentEncoder.from_base(base).to(device)
+            try:  # the whole layout first: a broken checkpoint fails before any image is encoded
+                check_sd_directory(base)
+                _encoders[key] = LatentEncoder.from_base(base).to(device)
+            except ValueError as err:  # not a Stable Diffusion directory: name what is missing
+                raise ConfigError(f"model.base: {err}") from None
         return _encoders[key]
 
 

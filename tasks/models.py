@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from gcmodels.diffusion import PixelDiffusion
-from gcmodels.runtime import configure_torch, resolve_device
+from gcmodels.sd import LatentDiffusion, load_any_model
+from gcmodels.runtime import configure_torch, resolve_device, resolve_precision
 from tasks.artifacts import MODEL
 from tasks.gpu import gpu_slot
 from tasks.storage import RunStore
@@ -19,7 +20,7 @@ from tasks.storage import RunStore
 COMPLETE = "_COMPLETE.json"  # written last: a model folder without it is incomplete
 TRAINING_SET = "training_set.parquet"  # (image_id, label) the model was trained on
 
-_cache: dict[tuple[str, str, str], PixelDiffusion] = {}
+_cache: dict[tuple[str, str, str, str], PixelDiffusion | LatentDiffusion] = {}
 _lock = threading.Lock()
 
 
@@ -33,7 +34,7 @@ def model_fingerprint(directory: Path) -> str:
 
 
 @contextmanager
-def model_stage(out: str, fingerprint: str, runtime, storage_options: dict | None) -> Iterator[tuple[RunStore, PixelDiffusion, torch.device]]:
+def model_stage(out: str, fingerprint: str, runtime, storage_options: dict | None) -> Iterator[tuple[RunStore, PixelDiffusion | LatentDiffusion, torch.device]]:
     """What every model stage runs in: torch configured per `runtime`, the GPU slot of the chosen
     device held (see tasks/gpu.py; nothing on CPU), the run's store, and the model of
     `fingerprint` on the device (loaded from storage once per worker process, never passed in)."""
@@ -41,12 +42,16 @@ def model_stage(out: str, fingerprint: str, runtime, storage_options: dict | Non
     device = resolve_device(runtime.device)
     with gpu_slot(device, runtime):
         store = RunStore(out, storage_options)
-        yield store, load_model(store, fingerprint, device), device
+        yield store, load_model(store, fingerprint, device, resolve_precision(runtime.precision, device)), device
 
 
-def load_model(store: RunStore, fingerprint: str, device: torch.device) -> PixelDiffusion:
-    """The run's model in eval mode on `device`; loaded from storage once per fingerprint."""
-    key = (store.root_uri, fingerprint, str(device))
+def load_model(
+    store: RunStore, fingerprint: str, device: torch.device, precision: str = "fp32"
+) -> PixelDiffusion | LatentDiffusion:
+    """The run's model in eval mode on `device`; loaded from storage once per fingerprint. A
+    Stable Diffusion UNet runs in `precision` (bf16 / fp16 on CUDA: half the memory, tensor
+    cores; the estimator keeps its loss math in fp32); the small pixel model stays fp32."""
+    key = (store.root_uri, fingerprint, str(device), precision)
     with _lock:
         if key not in _cache:
             if not store.exists(f"{MODEL}/{COMPLETE}"):
@@ -54,7 +59,9 @@ def load_model(store: RunStore, fingerprint: str, device: torch.device) -> Pixel
             found = store.read_json(f"{MODEL}/{COMPLETE}")["fingerprint"]
             if found != fingerprint:
                 raise RuntimeError(f"model folder {store.uri(MODEL)} holds model {found}, not {fingerprint}: another run replaced it")
-            model = PixelDiffusion.load(store.local_dir(MODEL)).to(device).eval()
+            model = load_any_model(store.local_dir(MODEL)).to(device).eval()
+            if precision != "fp32" and isinstance(model, LatentDiffusion):
+                model.half_precision(torch.bfloat16 if precision == "bf16" else torch.float16)
             _cache.clear()  # one model per process at a time: a new run replaces the old one
             _cache[key] = model
         return _cache[key]

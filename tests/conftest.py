@@ -53,3 +53,12 @@ def tiny_clip_dir(tmp_path_factory):
     transformers.CLIPVisionModelWithProjection(config).save_pretrained(path)
     transformers.CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory):
+    """A tiny random Stable Diffusion v1.x directory (diffusers layout, own tokenizer files), latent
+    factor 4: 16-pixel working images give 4 x 4 x 4 latents."""
+    from sd_tiny import build_tiny_sd
+
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "sd", seed=0)

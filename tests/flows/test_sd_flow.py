@@ -1,0 +1,122 @@
+"""The whole flow on a Stable Diffusion checkpoint (model.base): a tiny random SD directory built
+by the test, images of three aspect ratios, on CPU: latents, 2 fine-tuning steps, scoring,
+ranking, report; then the checks of the issue (coordinates, cached latents, loadable model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from flows.cli import main
+from gcmodels.images import working_size
+from gcmodels.sd import LatentDiffusion, load_any_model
+from tasks.artifacts import unpack_map_rows
+from tasks.storage import RunStore
+
+pytestmark = pytest.mark.slow
+
+SIZES = [(40, 24), (24, 24), (24, 36)]  # wide, square, tall originals
+SD = [
+    "data.resolution=16", "data.shard_size=4", "embed.size=8", "embed.dim=4", "cluster.k=2",
+    "train.steps=2", "train.batch_size=2", "train.checkpoint_every=1", "score.draws=2", "score.batch_size=8",
+    "rank.per_image=2", "rank.elements=2", "rank.feature_draws=2", "rank.patch_size=6",
+    "report.heatmaps_per_label=1", "runtime.progress=false", "runtime.threads=1",
+    "model.prompt_template=A photo of a {label}.",
+]
+
+
+@pytest.fixture(scope="module")
+def sd_run(prefect_harness, tiny_sd_dir, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("sd-data")
+    images = root / "images"
+    rng = np.random.default_rng(0)
+    for label in ("red_car", "blue car"):
+        (images / label).mkdir(parents=True)
+        for i in range(5):
+            w, h = SIZES[i % 3]
+            arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            arr[..., 0 if label == "red_car" else 2] |= 0xC0
+            Image.fromarray(arr).save(images / label / f"{i}.png")
+    out = root / "out"
+    argv = ["run", str(images), "--out", str(out), "--set", f"model.base={tiny_sd_dir}"]
+    for item in SD:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    return {"out": out, "store": RunStore(str(out)), "base": tiny_sd_dir}
+
+
+def test_latents_are_cached_once_per_image_at_their_aspect_ratio(sd_run) -> None:
+    store = sd_run["store"]
+    parts = sorted(p.name for p in (sd_run["out"] / "latents").glob("part-*.parquet"))
+    assert len(parts) == 3  # 10 images in shards of 4
+    lat = pd.concat([store.read_parquet(f"latents/{p}") for p in parts])
+    assert len(lat) == 10 and lat["image_id"].is_unique
+    assert set(zip(lat["height"], lat["width"])) == {(4, 6), (4, 4), (6, 4)}  # 24x16 / 16x16 / 16x24 px (w x h), /4
+    assert (lat["channels"] == 4).all()
+
+
+def test_model_is_a_loadable_sd_directory_with_the_prompts(sd_run) -> None:
+    model_dir = sd_run["out"] / "model"
+    for part in ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (model_dir / part).exists(), part
+    model = load_any_model(model_dir)
+    assert isinstance(model, LatentDiffusion)
+    assert set(model.labels) == {"red_car", "blue car"}
+    assert set(model.prompts[1:]) == {"A photo of a red car.", "A photo of a blue car."} and model.prompts[0] == ""
+    history = sd_run["store"].read_parquet("training.parquet")
+    assert history["step"].tolist() == [0, 1] and np.isfinite(history["loss"]).all()
+    assert not (sd_run["out"] / "checkpoints").exists()  # removed once the model is published
+
+
+def test_maps_at_latent_resolution_and_patches_in_original_pixels(sd_run) -> None:
+    store = sd_run["store"]
+    maps = pd.concat([store.read_parquet(f"maps/{p.name}") for p in (sd_run["out"] / "maps").glob("part-*.parquet")])
+    assert len(maps) == 10
+    for (h, w), m in zip(zip(maps["height"], maps["width"]), unpack_map_rows(maps)):
+        assert m.shape == (h, w) and np.isfinite(m).all()
+    manifest = store.read_parquet("manifest.parquet").set_index("image_id")
+    patches = store.read_parquet("patches.parquet")
+    assert len(patches) == 20 and set(patches["rank"]) == {0, 1}
+    for _, p in patches.iterrows():
+        w, h = manifest.loc[p["image_id"], ["width", "height"]]
+        assert 0 <= p["x0"] < p["x1"] <= w and 0 <= p["y0"] < p["y1"] <= h
+        # a 6-pixel working patch, scaled per axis by original / working size (covering every
+        # original pixel it touches: at most one more pixel at each end)
+        ww, wh = working_size(w, h, 16, "short_side")
+        sx, sy = 6 * w / ww, 6 * h / wh
+        assert sx - 1e-9 <= p["x1"] - p["x0"] < sx + 2 and sy - 1e-9 <= p["y1"] - p["y0"] < sy + 2
+    elements = store.read_parquet("elements.parquet")
+    assert set(elements["label"]) == {"red_car", "blue car"}
+    assert (sd_run["out"] / "report" / "index.html").exists()
+    info = json.loads((sd_run["out"] / "run.json").read_text())
+    assert info["config"]["model"]["base"] == str(sd_run["base"])
+
+
+def test_rerun_reuses_latents_model_and_scores(sd_run) -> None:
+    """The same command again: nothing is re-encoded, retrained or rescored."""
+    from flows.pipeline import run_pipeline
+    from flows.config import load_settings
+
+    settings = load_settings(None, [f"model.base={sd_run['base']}", *SD])
+    result = run_pipeline(str(sd_run["out"].parent / "images"), str(sd_run["out"]), None, settings)
+    assert "finetune" in result["reused"]
+    assert sum(r.startswith("latents[") for r in result["reused"]) == 3
+    assert sum(r.startswith("score[") for r in result["reused"]) == 3
+
+
+def test_not_an_sd_directory_is_a_clear_error(prefect_harness, tmp_path, capsys) -> None:
+    images = tmp_path / "images" / "a"
+    images.mkdir(parents=True)
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(images / "x.png")
+    bad = tmp_path / "not-sd"
+    (bad / "unet").mkdir(parents=True)
+    code = main(["run", str(tmp_path / "images"), "--out", str(tmp_path / "out"), "--set", f"model.base={bad}",
+                 "--set", "data.resolution=16", "--set", "runtime.progress=false"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "model.base" in err and "vae/" in err and "tokenizer/" in err and str(bad) in err
