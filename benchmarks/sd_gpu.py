@@ -1,0 +1,294 @@
+"""The Stable Diffusion path on a GPU: fine-tuning samples/s, typicality images/s at N draws,
+GPU memory peak, the share of the GPU's dense matmul peak that scoring reaches, and the paper's
+way of scoring (10 draws x 2 prompts per forward in fp16, the full loss tensor copied to the
+host and reduced afterwards) on the same UNet and latents, in the same run.
+
+    .venv/bin/python benchmarks/sd_gpu.py --base /models/stable-diffusion-v1-5   # a real checkpoint
+    .venv/bin/python benchmarks/sd_gpu.py                                        # a random SD-1.5-sized UNet
+    .venv/bin/python benchmarks/sd_gpu.py --tiny --device cpu                    # smoke test (seconds)
+
+Without `--base`, the UNet has SD v1.5's architecture (859 M parameters, 4 latent channels,
+cross-attention over 77 x 768 text states) with random weights and random prompt embeddings:
+speed does not depend on the weights. Latents are random (C, res/8, res/8). Scoring runs the
+product's `TypicalityEstimator` (shared draws, both branches in one batch, maps reduced on the
+device); fine-tuning runs the product's `train_diffusion` (AdamW, clipping, autocast).
+
+FLOPs per UNet input are counted once with `torch.utils.flop_counter.FlopCounterMode` (matmuls
+and convolutions, 2 FLOPs per multiply-add); the peak is the GPU's dense bf16/fp16 tensor-core
+rate (a table of common GPUs, or `--peak-tflops`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gcmodels.runtime import configure_torch, resolve_device, resolve_precision  # noqa: E402
+from gcmodels.training import train_diffusion  # noqa: E402
+from gcmodels.typicality import TypicalityEstimator  # noqa: E402
+
+# Dense (no sparsity) bf16/fp16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.
+PEAK_TFLOPS = {
+    "H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 756.0,
+    "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0, "A10": 125.0, "RTX 4090": 165.2, "RTX 3090": 71.0,
+    "V100": 125.0, "T4": 65.0,
+}
+SD15_UNET = dict(
+    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768, attention_head_dim=8,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    in_channels=4, out_channels=4,
+)
+TINY_UNET = dict(
+    block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=4,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    in_channels=4, out_channels=4, norm_num_groups=8,
+)
+
+
+class RandomPromptUNet(nn.Module):
+    """A UNet2DConditionModel with fixed random prompt embeddings (index 0 = the null prompt):
+    the conditional-diffusion interface the estimator and the trainer use, without weights to load."""
+
+    def __init__(self, unet: UNet2DConditionModel, labels: int, seq: int, generator: torch.Generator) -> None:
+        super().__init__()
+        self.unet = unet
+        dim = unet.config.cross_attention_dim
+        self.register_buffer("prompts", torch.randn(labels + 1, seq, dim, generator=generator), persistent=False)
+        sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+        self.register_buffer("alphas_cumprod", torch.as_tensor(sched.alphas_cumprod, dtype=torch.float32), persistent=False)
+
+    num_train_timesteps = 1000
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def add_noise(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+        abar = self.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)
+        return abar.sqrt() * x0 + (1.0 - abar).sqrt() * eps
+
+    def predict_noise(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        return self.unet(x_t.to(self.dtype), t, encoder_hidden_states=self.prompts[cond].to(self.dtype)).sample
+
+    def training_loss(self, x0: Tensor, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        b = x0.shape[0]
+        t = torch.randint(0, self.num_train_timesteps, (b,), generator=generator).to(x0.device)
+        eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+        pred = self.predict_noise(self.add_noise(x0, eps, t), t, cond)
+        return (pred.float() - eps).pow(2).flatten(1).mean(1)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.unet.parameters())
+
+    def half_precision(self, dtype: torch.dtype) -> "RandomPromptUNet":
+        self.unet.to(dtype=dtype)
+        return self
+
+
+def build_model(args: argparse.Namespace, generator: torch.Generator) -> nn.Module:
+    if args.base:
+        from gcmodels.sd import LatentDiffusion
+
+        return LatentDiffusion.from_base(args.base, ["label a", "label b"])
+    config = TINY_UNET if args.tiny else SD15_UNET
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(sample_size=args.resolution // 8, **config)
+    return RandomPromptUNet(unet, labels=2, seq=77, generator=generator)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def flops_per_input(model: nn.Module, latent: tuple[int, ...], device: torch.device) -> float:
+    """UNet FLOPs of one input (batch 1), counted by torch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros((1, *latent), device=device)
+    t = torch.full((1,), 500, dtype=torch.long, device=device)
+    c = torch.ones(1, dtype=torch.long, device=device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model.predict_noise(x, t, c)
+    return float(counter.get_total_flops())
+
+
+def gpu_peak(device: torch.device, given: float | None) -> tuple[float | None, str]:
+    if given:
+        return given, "--peak-tflops"
+    if device.type != "cuda":
+        return None, "no GPU"
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_TFLOPS.items():  # the most specific names come first
+        if key in name:
+            return value, name
+    return None, f"{name} (unknown peak: pass --peak-tflops)"
+
+
+def bench_training(model, latents, cond, args, device, precision) -> dict:
+    if args.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    reset_peak(device)
+    common = dict(
+        batch_size=args.train_batch, lr=1e-5, warmup_steps=0, weight_decay=1e-2, grad_clip=1.0, label_dropout=0.1,
+        checkpoint_every=10**9, lr_schedule="constant", precision=precision,
+    )
+    train_diffusion(model, latents, cond, steps=args.warmup, generator=torch.Generator().manual_seed(0), **common)
+    sync(device)
+    start = time.perf_counter()
+    train_diffusion(model, latents, cond, steps=args.train_steps, generator=torch.Generator().manual_seed(1), **common)
+    sync(device)
+    seconds = time.perf_counter() - start
+    model.eval()
+    if args.gradient_checkpointing:
+        model.unet.disable_gradient_checkpointing()
+    return {"samples/s": args.train_steps * args.train_batch / seconds, "peak GiB": peak_memory(device), "seconds": seconds}
+
+
+@torch.inference_mode()
+def score_gcmine(model, latents, cond, draws, batch, device) -> tuple[float, Tensor]:
+    est = TypicalityEstimator(draws=draws, batch_size=batch)
+    est.maps(model, latents[: max(1, batch // (2 * draws))], cond[: max(1, batch // (2 * draws))])  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    maps = est.maps(model, latents, cond)
+    sync(device)
+    return time.perf_counter() - start, maps
+
+
+@torch.inference_mode()
+def score_reference(model, latents, cond, draws, device) -> tuple[float, float, Tensor]:
+    """The paper's code path: per image, forwards of 10 draws x 2 prompts (20 inputs) in fp16; the
+    (10, 2, C, h, w) squared errors of each forward copied to the host as float16 and kept; the
+    maps reduced from the full (N, 2, C, h, w) tensor afterwards. Returns (seconds, bytes kept
+    per image, maps)."""
+    gen = torch.Generator().manual_seed(0)
+    n, c, h, w = latents.shape
+    t_all = (torch.rand(draws, generator=gen) * 0.6 + 0.1).mul(1000).long()
+    eps_all = torch.randn((draws, c, h, w), generator=gen).to(device)
+    null = torch.zeros(10, dtype=torch.long, device=device)
+    sync(device)
+    start = time.perf_counter()
+    kept = []
+    for i in range(n):
+        per_image = []
+        for s in range(0, draws, 10):
+            t = t_all[s : s + 10].to(device)
+            eps = eps_all[s : s + 10]
+            k = t.shape[0]
+            x_t = model.add_noise(latents[i : i + 1].expand(k, -1, -1, -1), eps, t)
+            pred = model.predict_noise(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond[i].expand(k), null[:k]]))
+            err = (pred - torch.cat([eps, eps]).to(pred.dtype)).pow(2)  # fp16, (2k, C, h, w)
+            per_image.append(err.view(2, k, c, h, w).transpose(0, 1).to(torch.float16).cpu().numpy())
+        kept.append(np.concatenate(per_image))  # (N, 2, C, h, w) float16 on the host
+    maps = torch.from_numpy(np.stack([(k[:, 1].astype(np.float32) - k[:, 0]).mean((0, 1)) for k in kept]))
+    seconds = time.perf_counter() - start
+    return seconds, float(kept[0].nbytes), maps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", help="a local diffusers SD directory (default: a random SD-1.5-sized UNet)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    ap.add_argument("--resolution", type=int, default=256, help="image side; latents are resolution / 8")
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--draws", type=int, nargs="+", default=[4, 8, 16, 32])
+    ap.add_argument("--batch", type=int, nargs="+", default=[64, 128, 256], help="score.batch_size values tried")
+    ap.add_argument("--train-batch", type=int, default=8)
+    ap.add_argument("--train-steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--no-train", action="store_true")
+    ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--peak-tflops", type=float)
+    ap.add_argument("--tiny", action="store_true", help="a tiny UNet (smoke test on a CPU)")
+    args = ap.parse_args()
+
+    configure_torch(None)
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    g = torch.Generator().manual_seed(0)
+    model = build_model(args, g).to(device)
+    latent = (4, args.resolution // 8, args.resolution // 8)
+    latents = torch.randn((args.images, *latent), generator=g).to(device)
+    cond = (torch.arange(args.images) % 2 + 1).to(device)
+    n_params = sum(p.numel() for p in model.unet.parameters())
+    peak, gpu = gpu_peak(device, args.peak_tflops)
+    print(f"# {gpu}; device {device}; precision {precision}; UNet {n_params / 1e6:.0f} M parameters; "
+          f"latents {latent}; {args.images} images; torch {torch.__version__}")
+
+    if not args.no_train:
+        tr = bench_training(model, latents.cpu(), cond.cpu(), args, device, precision)
+        print(f"\n## fine-tuning ({precision} autocast, batch {args.train_batch}, AdamW, grad clip"
+              f"{', gradient checkpointing' if args.gradient_checkpointing else ''})")
+        print("| samples/s | steps/s | peak GPU memory GiB |\n|---|---|---|")
+        print(f"| {tr['samples/s']:.1f} | {tr['samples/s'] / args.train_batch:.2f} | {tr['peak GiB']:.1f} |")
+
+    if half is not None:
+        model.half_precision(half)
+    flops = flops_per_input(model, latent, device)
+    print(f"\nUNet forward: {flops / 1e9:.3f} GFLOP per input at latents {latent} (FlopCounterMode)")
+    print(f"\n## scoring (gcmine: TypicalityEstimator, UNet in {precision}, loss math fp32, maps reduced on the device)")
+    print("| N | batch | images/s | forwards/s | TFLOP/s | share of peak | peak GPU memory GiB |")
+    print("|---|---|---|---|---|---|---|")
+    best: dict[int, tuple[float, Tensor]] = {}
+    for n in args.draws:
+        for b in args.batch:
+            reset_peak(device)
+            seconds, maps = score_gcmine(model, latents, cond, n, b, device)
+            ips = args.images / seconds
+            fwd = ips * 2 * n
+            tflops = fwd * flops / 1e12
+            share = f"{tflops / peak:.1%}" if peak else "n/a"
+            print(f"| {n} | {b} | {ips:.2f} | {fwd:.0f} | {tflops:.1f} | {share} | {peak_memory(device):.1f} |")
+            if n not in best or ips > args.images / best[n][0]:
+                best[n] = (seconds, maps)
+
+    if not args.no_reference:
+        ref_model = model
+        if device.type == "cuda":
+            ref_model.half_precision(torch.float16)  # the paper's code: fp16
+        print("\n## the reference approach (10 draws x 2 prompts per forward, fp16, loss tensor to the host)")
+        print("| N | ref images/s | gcmine images/s (best batch) | speed-up | ref bytes kept/img | gcmine bytes/img (map) |")
+        print("|---|---|---|---|---|---|")
+        for n in args.draws:
+            reset_peak(device)
+            seconds, nbytes, _ = score_reference(ref_model, latents, cond, n, device)
+            ours = args.images / best[n][0]
+            map_bytes = latent[1] * latent[2] * 4
+            print(f"| {n} | {args.images / seconds:.2f} | {ours:.2f} | {ours * seconds / args.images:.2f}x | "
+                  f"{nbytes:.0f} | {map_bytes} |")
+
+
+if __name__ == "__main__":
+    main()
