@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from gcmodels.patches import pool_map, top_patches
+from gcmodels.patches import top_patches
 from gcmodels.runtime import configure_torch
 
 
