@@ -11,13 +11,17 @@ paper's code: per image, forwards of 10 draws x 2 conditions (20 inputs), the fu
 tensor (N, 2, C, H, W) kept and written as a float16 `.npy` file per image, and the maps
 reduced from those files afterwards. Printed: the ratio of the two end-to-end times and the bytes
 stored per image by each (gcmine: the map in the zstd Parquet `maps` artifact, as the score
-task writes it; target: >= 100x less).
+task writes it, with `MAPS_PARQUET`; target: >= 100x less). `--storage-only` skips the timing
+and the reference's forwards: it scores the images once per N and prints the storage columns
+(the reference's bytes are those of its float16 `.npy` of that shape), plus the bytes of the
+other encodings that were considered for the maps.
 
 Times are process CPU time with one torch thread (other jobs on a shared machine stay out of
 the ratios); the reference's file writes land in the page cache of a temporary folder, so its
 time is a lower bound of what it costs on a real disk or object store.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scoring_speed.py [--model RUN/model] [--images 64] [--draws 4 8 16 32]
+        [--storage-only]
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from gcmodels.config import ModelConfig, ScoreConfig
 from gcmodels.diffusion import PixelDiffusion
 from gcmodels.runtime import configure_torch
 from gcmodels.typicality import TypicalityEstimator
-from tasks.artifacts import maps_frame
+from tasks.artifacts import MAPS_PARQUET, maps_frame
 
 REF_DRAWS_PER_FORWARD = 10  # the paper's code: 10 draws x 2 conditions per UNet call
 
@@ -71,12 +75,41 @@ def reference_scoring(model: PixelDiffusion, x0: torch.Tensor, cond: torch.Tenso
     return torch.stack(maps), written
 
 
-def stored_bytes(maps: torch.Tensor) -> int:
-    """Bytes of the maps as the score task stores them (zstd Parquet via `maps_frame`)."""
-    m = maps.shape[0]
-    frame = maps_frame([f"{i:064x}" for i in range(m)], ["a"] * m, maps.numpy())
+def parquet_bytes(frame, **options) -> int:
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf, compression="zstd")
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf, compression="zstd", **options)
+    return len(buf.getvalue())
+
+
+def stored_bytes(maps: torch.Tensor) -> int:
+    """Bytes of the maps as the score task stores them (zstd Parquet of `maps_frame` written with
+    `MAPS_PARQUET`)."""
+    m = maps.shape[0]
+    return parquet_bytes(maps_frame([f"{i:064x}" for i in range(m)], ["a"] * m, maps.numpy()), **MAPS_PARQUET)
+
+
+def encodings(maps: torch.Tensor) -> dict[str, int]:
+    """Bytes per image of the encodings considered for the maps table (all zstd Parquet)."""
+    m = maps.shape[0]
+    f32 = maps_frame([f"{i:064x}" for i in range(m)], ["a"] * m, maps.numpy())
+    f16 = f32.assign(map=[v.astype(np.float16) for v in f32["map"]])
+    raw = f32.assign(map=[np.ascontiguousarray(v, dtype="<f4").tobytes() for v in f32["map"]])
+    plain = {"use_dictionary": MAPS_PARQUET["use_dictionary"]}
+    out = {
+        "float32, pyarrow defaults (dictionary)": parquet_bytes(f32),
+        "float32, no dictionary": parquet_bytes(f32, **plain),
+        "float32, no dictionary, byte-stream-split (chosen)": parquet_bytes(f32, **MAPS_PARQUET),
+        "float32 as bytes in a binary column": parquet_bytes(raw, **plain),
+        "float16, pyarrow defaults (dictionary)": parquet_bytes(f16),
+        "float16, no dictionary, byte-stream-split": parquet_bytes(f16, **MAPS_PARQUET),
+    }
+    return {k: v // m for k, v in out.items()}
+
+
+def reference_bytes(n: int, shape: tuple[int, ...]) -> int:
+    """Bytes of the reference's per-image float16 .npy of the (N, 2, C, H, W) loss tensor."""
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((n, 2, *shape), np.float16))
     return len(buf.getvalue())
 
 
@@ -100,6 +133,7 @@ def main() -> int:
     ap.add_argument("--draws", type=int, nargs="+", default=[4, 8, 16, 32])
     ap.add_argument("--batch-size", type=int, default=ScoreConfig().batch_size)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--storage-only", action="store_true", help="only the storage columns (no timing, no reference forwards)")
     args = ap.parse_args()
     if args.model:
         model = PixelDiffusion.load(args.model).eval()
@@ -117,10 +151,20 @@ def main() -> int:
     cond = torch.randint(1, len(model.labels) + 1, (args.images,), generator=g)
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {res}x{res}, "
           f"{args.images} images, batch {args.batch_size} UNet inputs, {torch.get_num_threads()} threads")
+    x0 = model.encode(images)
+    if args.storage_only:
+        print(f"{'N':>4}{'bytes/img':>11}{'ref bytes/img':>15}{'less':>8}  (maps {res}x{res}, |value| median / max)")
+        for n in args.draws:
+            maps = TypicalityEstimator(draws=n, batch_size=args.batch_size).maps(model, x0, cond)
+            ours, ref = stored_bytes(maps) / args.images, reference_bytes(n, tuple(x0.shape[1:]))
+            a = maps.abs()
+            print(f"{n:>4}{ours:>11.0f}{ref:>15}{ref / ours:>7.0f}x  ({a.median():.1e} / {a.max():.1e})")
+            for name, b in encodings(maps).items():
+                print(f"      {name:<52}{b:>8} bytes/img")
+        return 0
     bare_forwards(model, args.batch_size * 2, args.batch_size, (3, res, res))  # warm-up
     print(f"{'N':>4}{'images/s':>10}{'fwd/s':>10}{'bare fwd/s':>12}{'ratio':>8}"
           f"{'ref images/s':>14}{'speed-up':>10}{'bytes/img':>11}{'ref bytes/img':>15}{'less':>8}")
-    x0 = model.encode(images)
     for n in args.draws:
         est = TypicalityEstimator(draws=n, batch_size=args.batch_size)
         start = time.process_time()

@@ -1,8 +1,9 @@
 """Patch pooling, greedy non-overlapping selection, box mapping and box-pooled features.
 
 Coordinates: ``x`` is the column, ``y`` the row; a box is ``(x0, y0, x1, y1)`` with the top-left
-inclusive and the bottom-right exclusive. All functions are vectorised over images: the only
-Python loop is over the k patches kept per image.
+inclusive and the bottom-right exclusive. Pooling and selection run on the CPU in chunks of maps
+sized to stay in the CPU caches (results go back to the maps' device); within a chunk they are
+vectorised over maps, except for one small window write per kept patch.
 """
 
 from __future__ import annotations
@@ -15,60 +16,149 @@ from torch import Tensor
 __all__ = ["box_mean", "pool_map", "scale_boxes", "top_patches"]
 
 
-def pool_map(maps: Tensor, size: int) -> Tensor:
-    """Mean of every size x size window (stride 1): maps (B, H, W) -> (B, H - size + 1, W - size + 1).
+# Maps are pooled in chunks of about this many map pixels: the float64 running sums of a chunk
+# (8 bytes a pixel, a few buffers) then stay in the CPU caches, where a whole shard's would not
+# (and large fresh buffers also cost page faults on every call).
+CHUNK_PIXELS = 1 << 16
+# ... and selected in batches of about this many pooled positions (float32, 4 MiB): numpy's
+# per-call overhead of the k selection steps is shared by more maps.
+SELECT_POSITIONS = 1 << 20
+# Maps up to this height write the windowed x-sums straight into the transposed (b, Wp, H)
+# buffer; taller ones write them in place and transpose in a second pass (a strided write with a
+# long stride costs more than the extra pass).
+STRIDED_MAX_HEIGHT = 64
 
-    The value at (y, x) is the typicality of the patch with top-left corner (x, y). Computed from
-    separable float64 running sums, so the cost does not depend on the patch size (a 50 x 50
-    window over a 256 x 256 map costs what a 2 x 2 one does); maps holding NaN or inf are pooled
-    window by window instead, so a bad pixel only affects the windows that contain it.
-    """
+
+def _check(maps: Tensor, size: int) -> None:
     if maps.dim() != 3:
         raise ValueError(f"maps must be (B, H, W), got shape {tuple(maps.shape)}")
     h, w = maps.shape[-2:]
     if not 1 <= size <= min(h, w):
         raise ValueError(f"patch size {size} does not fit maps of {h}x{w}")
-    if not bool(torch.isfinite(maps).all()):  # a NaN / inf would spread through the running sums
-        return F.avg_pool2d(maps.unsqueeze(1).float(), size, stride=1).squeeze(1)
-    # Separable sliding sums from float64 running sums, each along the contiguous axis.
-    c = F.pad(maps.double().cumsum(2), (1, 0))  # (B, H, W+1)
-    rows = (c[:, :, size:] - c[:, :, :-size]).transpose(1, 2).contiguous()  # (B, Wp, H) sums over x
-    c = F.pad(rows.cumsum(2), (1, 0))  # (B, Wp, H+1)
-    return (c[:, :, size:] - c[:, :, :-size]).transpose(1, 2).div(size * size).float().contiguous()
+
+
+def _pool_chunk(maps: Tensor, size: int, out: Tensor) -> None:
+    """Window means of a chunk of CPU maps (b, H, W) (any float dtype) into `out` (b, Hp, Wp) float32.
+
+    Separable float64 running sums: along x (the contiguous axis), windowed differences stored
+    transposed as (b, Wp, H), running sums along y (now contiguous), windowed differences, then
+    / size^2 and the cast to float32 in one pass that transposes back. The first difference of a
+    running sum is the sum itself (s[size - 1] - 0 is exact), so no zero padding is needed. Maps
+    holding NaN or inf (seen in their row totals: finite float32 values cannot overflow float64
+    sums) are pooled window by window instead, each on its own, so a bad pixel only affects the
+    windows that contain it and the other maps of the chunk keep their exact values.
+    """
+    b, h, w = maps.shape
+    hp, wp = h - size + 1, w - size + 1
+    c = torch.cumsum(maps, 2, dtype=torch.float64)  # (b, H, W): c[..., x] = sum of columns 0..x
+    rows = torch.empty((b, wp, h), dtype=torch.float64)  # window sums along x, stored (b, Wp, H)
+    if h <= STRIDED_MAX_HEIGHT:
+        view = rows.transpose(1, 2)  # (b, H, Wp)
+        view[:, :, 0] = c[:, :, size - 1]
+        torch.sub(c[:, :, size:], c[:, :, :-size], out=view[:, :, 1:])
+    else:
+        flat = torch.empty((b, h, wp), dtype=torch.float64)
+        flat[:, :, 0] = c[:, :, size - 1]
+        torch.sub(c[:, :, size:], c[:, :, :-size], out=flat[:, :, 1:])
+        rows.copy_(flat.transpose(1, 2))
+    finite = bool(np.isfinite(c[:, :, -1].numpy()).all())  # row totals
+    c = rows.cumsum(2)  # (b, Wp, H): running sums along y
+    sums = torch.empty((b, wp, hp), dtype=torch.float64)  # window sums, stored (b, Wp, Hp)
+    sums[:, :, 0] = c[:, :, size - 1]
+    torch.sub(c[:, :, size:], c[:, :, :-size], out=sums[:, :, 1:])
+    torch.div(sums.transpose(1, 2), size * size, out=out)  # float64 mean, rounded to float32 on store
+    if not finite:  # a NaN / inf spreads through running sums: pool those maps window by window
+        bad = ~torch.isfinite(maps).flatten(1).all(1)
+        for i in torch.nonzero(bad)[:, 0].tolist():
+            out[i] = F.avg_pool2d(maps[i, None, None].float(), size, stride=1)[0, 0]
+
+
+def pool_map(maps: Tensor, size: int) -> Tensor:
+    """Mean of every size x size window (stride 1): maps (B, H, W) -> (B, H - size + 1, W - size + 1).
+
+    The value at (y, x) is the typicality of the patch with top-left corner (x, y). Computed on the
+    CPU (the result is returned on maps' device), chunk by chunk, from separable float64 running
+    sums, so the cost does not depend on the patch size (a 50 x 50 window over a 256 x 256 map
+    costs what a 2 x 2 one does); a map holding NaN or inf is pooled window by window instead, so
+    a bad pixel only affects the windows that contain it.
+    """
+    _check(maps, size)
+    b, h, w = maps.shape
+    src = maps.detach().cpu()
+    out = torch.empty((b, h - size + 1, w - size + 1), dtype=torch.float32)
+    step = max(1, CHUNK_PIXELS // (h * w))
+    for s in range(0, b, step):
+        _pool_chunk(src[s : s + step], size, out[s : s + step])
+    return out.to(maps.device)
+
+
+def _select(pooled: np.ndarray, size: int, boxes: np.ndarray, scores: np.ndarray) -> None:
+    """Greedy top-k of pooled maps (b, Hp, Wp) float32, suppressed in place, into boxes (b, k, 4)
+    int64 and scores (b, k) float32 (pre-filled with -1 / NaN).
+
+    Each step takes every map's maximum (numpy's argmax: the first maximum in row-major order, the
+    first NaN if any) and sets the kept box's neighbourhood (top-left corners within `size` on both
+    axes: boxes that overlap or touch it) to -inf, a window slice per map. A map whose maximum is
+    not finite (NaN, or nothing left but -inf) keeps no more boxes.
+    """
+    b, hp, wp = pooled.shape
+    flat = pooled.reshape(b, hp * wp)  # a view: suppression below writes through to it
+    every = np.arange(b)
+    k = scores.shape[1]
+    for j in range(k):
+        idx = flat.argmax(1)  # (b,)
+        best = flat[every, idx]
+        ok = np.isfinite(best)  # a map with a non-finite maximum is untouched, so it stays so
+        rows = slice(None) if ok.all() else np.flatnonzero(ok)
+        if isinstance(rows, np.ndarray):
+            if not len(rows):
+                break
+            idx, best = idx[rows], best[rows]
+        y, x = np.divmod(idx, wp)
+        boxes[rows, j, 0] = x
+        boxes[rows, j, 1] = y
+        boxes[rows, j, 2] = x + size
+        boxes[rows, j, 3] = y + size
+        scores[rows, j] = best
+        if j == k - 1:
+            break
+        which = every[rows].tolist()
+        y0, y1 = np.maximum(y - size, 0).tolist(), (y + size + 1).tolist()
+        x0, x1 = np.maximum(x - size, 0).tolist(), (x + size + 1).tolist()
+        for i, a, c, d, e in zip(which, y0, y1, x0, x1):
+            pooled[i, a:c, d:e] = -np.inf
 
 
 def top_patches(maps: Tensor, size: int, k: int) -> tuple[Tensor, Tensor]:
     """The k most typical non-overlapping size x size patches of each map, by greedy suppression.
 
     maps (B, H, W). Returns boxes (B, k, 4) long as (x0, y0, x1, y1) and scores (B, k) float32
-    (the mean of the map over the patch), best first. Boxes that overlap *or touch* a kept box are
-    suppressed (as in the paper). Where fewer than k patches fit, the remaining rows are
-    (-1, -1, -1, -1) with a NaN score. Ties go to the first position in row-major order.
+    (the mean of the map over the patch), best first, on maps' device. Boxes that overlap *or
+    touch* a kept box are suppressed (as in the paper). Where fewer than k patches fit, the
+    remaining rows are (-1, -1, -1, -1) with a NaN score. Ties go to the first position in
+    row-major order. A map holding a NaN keeps no patch.
+
+    Runs on the CPU, chunk by chunk (pooling of a chunk, then its k selection steps while it is
+    still in cache): per map the cost is a few passes over its pixels plus k argmax passes over
+    its positions and k small window writes.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    pooled = pool_map(maps, size)  # (B, Hp, Wp), a fresh tensor: suppressed in place below
-    b, hp, wp = pooled.shape
-    flat = pooled.view(b, -1)
-    rows = torch.arange(hp, device=maps.device)
-    cols = torch.arange(wp, device=maps.device)
-    out_boxes = torch.full((b, k, 4), -1, dtype=torch.long, device=maps.device)
-    out_scores = torch.full((b, k), float("nan"), dtype=torch.float32, device=maps.device)
-    for j in range(k):
-        best, idx = flat.max(dim=1)  # (B,); ties: the first index, i.e. row-major order
-        valid = torch.isfinite(best)
-        y, x = idx // wp, idx % wp
-        box = torch.stack([x, y, x + size, y + size], dim=1)
-        out_boxes[:, j] = torch.where(valid[:, None], box, out_boxes[:, j])
-        out_scores[:, j] = torch.where(valid, best, out_scores[:, j])
-        if j == k - 1:
-            break
-        # Suppress every top-left corner within `size` of the kept one on both axes (a rectangle
-        # of rows x columns): those boxes overlap or touch the kept box.
-        near_rows = ((rows[None] - y[:, None]).abs() <= size) & valid[:, None]  # (B, Hp)
-        near_cols = (cols[None] - x[:, None]).abs() <= size  # (B, Wp)
-        pooled.masked_fill_(near_rows[:, :, None] & near_cols[:, None, :], float("-inf"))
-    return out_boxes, out_scores
+    _check(maps, size)
+    b, h, w = maps.shape
+    hp, wp = h - size + 1, w - size + 1
+    src = maps.detach().cpu()
+    boxes = np.full((b, k, 4), -1, dtype=np.int64)
+    scores = np.full((b, k), np.nan, dtype=np.float32)
+    step = max(1, CHUNK_PIXELS // (h * w))  # maps pooled at once
+    per = max(1, SELECT_POSITIONS // (hp * wp) // step) * step  # maps selected at once
+    buf = torch.empty((min(per, b), hp, wp), dtype=torch.float32)
+    for s in range(0, b, per):
+        n = min(per, b - s)
+        for t in range(0, n, step):
+            _pool_chunk(src[s + t : s + min(t + step, n)], size, buf[t : min(t + step, n)])
+        _select(buf[:n].numpy(), size, boxes[s : s + n], scores[s : s + n])
+    return torch.from_numpy(boxes).to(maps.device), torch.from_numpy(scores).to(maps.device)
 
 
 def scale_boxes(boxes: np.ndarray, from_size: tuple, to_size: tuple) -> np.ndarray:

@@ -166,8 +166,19 @@ def read_embeddings(store: RunStore, name: str, batch_rows: int = 65536) -> tupl
 
 
 # ------------------------------------------------------------------ maps
+# Parquet options for the maps table (`store.write_parquet(rel, maps_frame(...), **MAPS_PARQUET)`):
+# the float32 map values are stored losslessly, without dictionary encoding (almost every value is
+# distinct, so pyarrow's default dictionary pages cost more than they save) and byte-stream-split
+# (each byte of the float32 values in its own stream, which zstd compresses far better). Float16
+# was measured and rejected: it changes the selected patches of some real maps (RESULTS.md, 1).
+MAPS_PARQUET = {
+    "use_dictionary": ["image_id", "label", "height", "width"],
+    "use_byte_stream_split": ["map.list.element"],
+}
+
+
 def maps_frame(image_ids: list[str], labels: list[str], maps: np.ndarray) -> pd.DataFrame:
-    """maps (N, h, w) float32 -> table with one flattened map per row."""
+    """maps (N, h, w) -> table with one flattened float32 map per row (write it with `MAPS_PARQUET`)."""
     n, h, w = maps.shape
     return pd.DataFrame(
         {
@@ -181,7 +192,7 @@ def maps_frame(image_ids: list[str], labels: list[str], maps: np.ndarray) -> pd.
 
 
 def unpack_maps(df: pd.DataFrame) -> np.ndarray:
-    """Inverse of `maps_frame`: (N, h, w) float32."""
+    """Inverse of `maps_frame`: (N, h, w) float32, whatever float type the table holds."""
     if len(df) == 0:
         return np.zeros((0, 1, 1), np.float32)
     h, w = int(df["height"].iloc[0]), int(df["width"].iloc[0])

@@ -14,7 +14,7 @@ from gcmodels.config import RuntimeConfig, ScoreConfig
 from gcmodels.cotypicality import cotypicality_frame
 from gcmodels.typicality import TypicalityEstimator
 from tasks.artifacts import (
-    TYPICALITY, TYPICALITY_COLUMNS, keyed_part, live_labels, ragged_maps_frame, read_images, stopwatch, worker_name,
+    MAPS_PARQUET, TYPICALITY, TYPICALITY_COLUMNS, keyed_part, live_labels, ragged_maps_frame, read_images, stopwatch, worker_name,
 )
 from tasks.caching import content_key
 from tasks.errors import out_of_memory_hint
@@ -112,7 +112,7 @@ def score_shard(
         ids, labels = list(meta["image_id"]), list(meta["label"])
         okey = content_key(shard, fingerprint, config, conditioning, latents)
         outputs = {"maps": keyed_part("maps", name, okey), "scores": keyed_part("scores", name, okey)}
-        store.write_parquet(outputs["maps"], ragged_maps_frame(ids, labels, maps))  # type: ignore[arg-type]
+        store.write_parquet(outputs["maps"], ragged_maps_frame(ids, labels, maps), **MAPS_PARQUET)  # type: ignore[arg-type]
         means = np.array([float(m.mean()) for m in maps]) if maps else np.zeros(0)  # type: ignore[union-attr]
         store.write_parquet(outputs["scores"], score_rows(ids, labels, means, vocab, co if config.cotypicality else None))
     seconds = clock["seconds"]

@@ -148,9 +148,10 @@ class RunStore:
         self.write_bytes(rel, text.encode("utf-8"))
 
     # -------------------------------------------------------------- tables
-    def write_parquet(self, rel: str, df: pd.DataFrame) -> None:
+    def write_parquet(self, rel: str, df: pd.DataFrame, **options: Any) -> None:
+        """zstd Parquet; `options` go to `pyarrow.parquet.write_table` (e.g. per-column encodings)."""
         buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf, compression="zstd")
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf, compression="zstd", **options)
         self.write_bytes(rel, buf.getvalue())
 
     def read_parquet(self, rel: str, columns: list[str] | None = None) -> pd.DataFrame:

@@ -305,3 +305,76 @@ def test_top_patches_batched_random_maps_match_sequential_reference() -> None:
             ref_boxes, ref_scores = _reference(pooled[i], size, k)
             assert boxes[i].tolist() == ref_boxes, f"map {i}, {side}x{side}, patch {size}"
             np.testing.assert_array_equal(scores[i].numpy(), np.asarray(ref_scores, dtype=np.float32))
+
+
+# ------------------------------------------------------------------ chunked fast path
+def _running_sum_pool(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """The float64 running-sum pooling written plainly (zero-padded cumsums, transposes): the
+    chunked implementation must reproduce it bit for bit."""
+    c = torch.nn.functional.pad(maps.double().cumsum(2), (1, 0))
+    rows = (c[:, :, size:] - c[:, :, :-size]).transpose(1, 2).contiguous()
+    c = torch.nn.functional.pad(rows.cumsum(2), (1, 0))
+    return (c[:, :, size:] - c[:, :, :-size]).transpose(1, 2).div(size * size).float().contiguous()
+
+
+@pytest.mark.parametrize(
+    ("b", "h", "w", "size", "dtype"),
+    [(300, 32, 32, 6, torch.float32), (40, 70, 90, 13, torch.float32), (5, 130, 100, 50, torch.float32),
+     (20, 17, 23, 5, torch.float64), (20, 17, 23, 5, torch.float16)],
+)
+def test_pool_map_bit_identical_to_plain_running_sums(b: int, h: int, w: int, size: int, dtype: torch.dtype) -> None:
+    # several chunks (64 maps of 32x32 per chunk), both ways of transposing (height <= 64 or not),
+    # magnitudes from 1e-4 to 1e2 (typicality values of a trained model are small)
+    g = torch.Generator().manual_seed(b + h + size)
+    scale = 10.0 ** torch.empty(b, 1, 1).uniform_(-4, 2, generator=g)
+    maps = (torch.randn(b, h, w, generator=g, dtype=torch.float64) * scale).to(dtype)
+    out = pool_map(maps, size)
+    expected = _running_sum_pool(maps, size)
+    assert out.dtype == torch.float32 and out.is_contiguous()
+    assert torch.equal(out.view(torch.int32), expected.view(torch.int32))
+
+
+def test_top_patches_same_for_any_chunking(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gcmodels.patches as patches
+
+    g = torch.Generator().manual_seed(3)
+    raw = torch.randn(50, 1, 40, 40, generator=g)
+    maps = torch.nn.functional.avg_pool2d(raw, 5, stride=1, padding=2, count_include_pad=False)[:, 0]
+    maps[7] = torch.randint(0, 2, (40, 40), generator=g).float()  # ties
+    boxes, scores = top_patches(maps, 6, 5)
+    pooled = pool_map(maps, 6)
+    for chunk, select in [(1600, 1225), (3 * 1600, 7 * 1225), (1, 1), (10**9, 10**9)]:
+        monkeypatch.setattr(patches, "CHUNK_PIXELS", chunk)
+        monkeypatch.setattr(patches, "SELECT_POSITIONS", select)
+        b2, s2 = top_patches(maps, 6, 5)
+        assert torch.equal(b2, boxes) and torch.equal(s2, scores), (chunk, select)
+        assert torch.equal(pool_map(maps, 6), pooled), (chunk, select)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_map_does_not_change_the_others(bad: float) -> None:
+    g = torch.Generator().manual_seed(5)
+    maps = torch.randn(6, 12, 12, generator=g)
+    alone_boxes, alone_scores = top_patches(maps, 3, 4)
+    alone_pooled = pool_map(maps, 3)
+    maps[2, 5, 5] = bad
+    boxes, scores = top_patches(maps, 3, 4)
+    pooled = pool_map(maps, 3)
+    others = [0, 1, 3, 4, 5]
+    assert torch.equal(boxes[others], alone_boxes[others])
+    assert torch.equal(scores[others], alone_scores[others])
+    assert torch.equal(pooled[others], alone_pooled[others])
+    # the bad map: windows without the pixel keep their means (up to float32 pooling)
+    hit = torch.zeros(10, 10, dtype=torch.bool)
+    hit[3:6, 3:6] = True
+    torch.testing.assert_close(pooled[2][~hit], alone_pooled[2][~hit], atol=1e-6, rtol=1e-6)
+    assert not torch.isfinite(pooled[2][hit]).any()
+    if bad != bad:  # NaN: the maximum of its pooled map is NaN, so the map keeps no patch
+        assert (boxes[2] == -1).all() and torch.isnan(scores[2]).all()
+    elif bad > 0:  # +inf: the best windows are infinite, not a typicality: no patch either
+        assert (boxes[2] == -1).all()
+    else:  # -inf: windows holding it are never picked while a finite one is left
+        kept = boxes[2][boxes[2, :, 0] >= 0]
+        assert len(kept) >= 1 and torch.isfinite(scores[2, : len(kept)]).all()
+        for x0, y0, _, _ in kept.tolist():
+            assert not (3 <= y0 <= 5 and 3 <= x0 <= 5)
