@@ -340,10 +340,14 @@ class LatentDiffusion(nn.Module):
         self.unet.enable_gradient_checkpointing()
         return self
 
-    def enable_lora(self, rank: int, alpha: float | None = None) -> "LatentDiffusion":
+    def enable_lora(
+        self, rank: int, alpha: float | None = None, *, generator: torch.Generator | None = None
+    ) -> "LatentDiffusion":
         """Freeze the UNet and add a peft LoRA adapter of `rank` (scale alpha / rank, alpha = rank if
         None) on the attention projections to_q, to_k, to_v, to_out.0: only the adapter trains.
-        B starts at zero, so the model's outputs are unchanged until it trains. Returns self."""
+        B starts at zero, so the model's outputs are unchanged until it trains. The random A
+        matrices are drawn from `generator` (peft draws from the global RNG: it is forked, so the
+        caller's state is untouched and the same generator gives the same adapter). Returns self."""
         from peft import LoraConfig
 
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
@@ -357,7 +361,11 @@ class LatentDiffusion(nn.Module):
         config = LoraConfig(
             r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(LORA_TARGET_MODULES)
         )
-        self.unet.add_adapter(config)
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else None
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            self.unet.add_adapter(config)
         self._lora = {"rank": rank, "alpha": alpha}
         return self
 

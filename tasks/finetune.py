@@ -110,7 +110,7 @@ def _new_model(vocab: list[str], resolution: int, model_config: ModelConfig, tra
     except ValueError as err:
         raise ConfigError(f"model.base: {err}") from None
     if train_config.lora_rank:
-        model.enable_lora(train_config.lora_rank, train_config.lora_alpha)
+        model.enable_lora(train_config.lora_rank, train_config.lora_alpha, generator=generator)
     return model
 
 
