@@ -364,6 +364,7 @@ BASE_MODEL_DEFAULTS: dict[str, dict] = {
         "gradient_checkpointing": True,
     },
     "rank": {"feature_block": 1, "feature_t": 0.161, "feature_draws": 8},
+    "score": {"batch_size": 128},  # a GPU's batch: 4 images x 16 draws x 2 prompts per forward
 }
 
 
