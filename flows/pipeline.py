@@ -86,6 +86,7 @@ def mine(
     names = [s["name"] for s in shards]
     # model.base (Stable Diffusion): every working image encoded once by the VAE, per shard
     latents: list[str | None] = [None] * len(shards)
+    encoded_stage: dict[str, dict] = {}
     if settings.model.base is not None:
         encoded = map_cached(
             latents_shard, ("latents",), "shard", shards, out=out, base=settings.model.base,
@@ -93,6 +94,10 @@ def mine(
         )
         reused += [f"latents[{r['shard']}]" for r, hit in encoded if hit]
         latents = [r["latents"] for r, _ in encoded]
+        encoded_stage["latents"] = {
+            "seconds": sum(r["seconds"] for r, hit in encoded if not hit), "images": sum(r["images"] for r, _ in encoded),
+            "base": settings.model.base, "workers": _workers(encoded),
+        }
 
     def train(conditioning: str | None) -> dict:
         result = finetune(
@@ -159,7 +164,7 @@ def mine(
     if reused:
         get_run_logger().info("reused from earlier runs (no model work): %s", ", ".join(reused))
     stages = {
-        "ingest": ingested, "embed": embedded, "cluster": clustered, "condition": conditioned, "map": mapped,
+        "ingest": ingested, **encoded_stage, "embed": embedded, "cluster": clustered, "condition": conditioned, "map": mapped,
         "finetune": trained,
         "score": {"seconds": sum(r["seconds"] for r, hit in scored if not hit) + gathered["seconds"], "images": gathered["images"],
                   "workers": _workers(scored)},

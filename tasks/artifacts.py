@@ -270,6 +270,15 @@ def stopwatch() -> Iterator[dict]:
         out["seconds"] = round(time.perf_counter() - start, 3)
 
 
+def model_description(settings) -> str:
+    """One line saying which diffusion model mined the run (for the summary and the report)."""
+    m, t = settings.model, settings.train
+    if m.base is None:
+        return f"small pixel UNet trained from scratch, channels {list(m.block_out_channels)}"
+    what = f"LoRA rank {t.lora_rank}" if t.lora_rank else "full UNet"
+    return f"Stable Diffusion {m.base}, {what} fine-tuned; prompt {m.prompt_template!r}, null prompt {m.null_prompt!r}"
+
+
 def run_info(
     settings, *, images: str, labels: str | None, out: str, stages: dict[str, dict], flow_run_id: str | None = None,
     reused: list[str] | None = None,
@@ -287,6 +296,7 @@ def run_info(
     cond = stages.get("condition", {})
     if cond:
         summary["conditioning"] = f"{cond.get('source')} ({cond.get('reason')})"
+    summary["model"] = model_description(settings)
     summary["config"] = settings.model_dump(mode="json")
     return {
         "images": images, "labels": labels, "out": out, "flow_run_id": flow_run_id,

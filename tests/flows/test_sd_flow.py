@@ -95,6 +95,9 @@ def test_maps_at_latent_resolution_and_patches_in_original_pixels(sd_run) -> Non
     assert (sd_run["out"] / "report" / "index.html").exists()
     info = json.loads((sd_run["out"] / "run.json").read_text())
     assert info["config"]["model"]["base"] == str(sd_run["base"])
+    assert info["summary"]["model"].startswith(f"Stable Diffusion {sd_run['base']}, full UNet fine-tuned")
+    assert "A photo of a {label}." in (sd_run["out"] / "report" / "index.html").read_text()
+    assert info["stages"]["latents"]["images"] == 10 and info["stages"]["latents"]["base"] == str(sd_run["base"])
 
 
 def test_rerun_reuses_latents_model_and_scores(sd_run) -> None:
