@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from gcmodels.config import ConfigError
+
 __all__ = ["configure_torch", "resolve_device", "resolve_precision"]
 
 
@@ -14,9 +16,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise ValueError(f"runtime.device: {name!r} is not a torch device ({err})") from None
+        raise ConfigError(f"runtime.device: {name!r} is not a torch device ({err})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"runtime.device is {name!r} but CUDA is not available on this machine")
+        raise ConfigError(f"runtime.device is {name!r} but CUDA is not available on this machine")
     return device
 
 
@@ -33,7 +35,7 @@ def resolve_precision(setting: str, device: torch.device) -> str:
     CUDA device with native bf16 (compute capability 8.0+), else fp16 on CUDA, fp32 on CPU; 'fp32' anywhere; 'bf16' / 'fp16'
     need a CUDA device."""
     if setting not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"runtime.precision must be auto, fp32, bf16 or fp16, got {setting!r}")
+        raise ConfigError(f"runtime.precision must be auto, fp32, bf16 or fp16, got {setting!r}")
     cuda = device.type == "cuda"
     if setting == "auto":
         if not cuda:
@@ -42,7 +44,7 @@ def resolve_precision(setting: str, device: torch.device) -> str:
             # native bf16 only (Ampere and later): emulated bf16 is slower than fp16
             return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     if setting != "fp32" and not cuda:
-        raise ValueError(
+        raise ConfigError(
             f"runtime.precision={setting!r} needs a CUDA device, but runtime.device resolved to {device}; "
             "use runtime.precision=auto or fp32 on a CPU"
         )

@@ -22,6 +22,7 @@ from gcmodels.config import ConfigError, EmbedConfig, RuntimeConfig
 from gcmodels.encoders import fits_on_collection, make_encoder
 from tasks.artifacts import keyed_part, read_images, stage_file, stopwatch, worker_name
 from tasks.caching import content_key
+from tasks.errors import InputError
 from tasks.logs import stage_logger
 from tasks.models import model_stage
 from tasks.storage import RunStore
@@ -64,6 +65,11 @@ def embed(out: str, shards: list[str], images_key: str, config: EmbedConfig, sto
     with stopwatch() as clock:
         store = RunStore(out, storage_options)
         meta, pixels = read_images(store, shards)
+        if len(meta) < 2:
+            raise InputError(
+                f"only {len(meta)} usable image(s) in the collection: summarising and mining it needs at least 2 "
+                "(see manifest.parquet, columns status and reason, for the rejected ones)"
+            )
         encoder = make_encoder(config)
         vectors = encoder.fit_transform(pixels)
         name = embeddings_name(images_key, config, None)

@@ -137,3 +137,15 @@ def test_labels_that_are_all_blank_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(InputError) as err:
         ingest_images(str(tmp_path / "imgs"), str(labels), RunStore(str(tmp_path / "out")), DataConfig(resolution=16))
     assert str(labels) in str(err.value) and "column 'label'" in str(err.value) and "empty label" in str(err.value)
+
+
+@pytest.mark.slow
+def test_a_collection_of_one_usable_image_is_a_clear_error(prefect_harness, tmp_path, capsys) -> None:
+    images = tmp_path / "images" / "a"
+    images.mkdir(parents=True)
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(images / "only.png")
+    (images / "broken.png").write_bytes(b"not an image")
+    code = main(["run", str(tmp_path / "images"), "--out", str(tmp_path / "out"), "--set", "runtime.progress=false"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "only 1 usable image(s)" in err and "manifest.parquet" in err

@@ -123,3 +123,19 @@ def test_not_an_sd_directory_is_a_clear_error(prefect_harness, tmp_path, capsys)
     assert code == 2
     err = capsys.readouterr().err
     assert "model.base" in err and "vae/" in err and "tokenizer/" in err and str(bad) in err
+
+
+def test_half_precision_or_cuda_on_a_cpu_machine_is_a_configuration_error(prefect_harness, tmp_path, capsys) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    images = tmp_path / "images" / "a"
+    images.mkdir(parents=True)
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(images / "x.png")
+    Image.new("RGB", (16, 16), (0, 0, 255)).save(images / "y.png")
+    for setting, words in (("runtime.precision=fp16", "runtime.precision='fp16'"), ("runtime.device=cuda", "CUDA is not available")):
+        code = main(["run", str(tmp_path / "images"), "--out", str(tmp_path / "out"), "--set", setting,
+                     "--set", "data.resolution=16", "--set", "runtime.progress=false", "--set", "train.steps=1"])
+        assert code == 2
+        assert words in capsys.readouterr().err

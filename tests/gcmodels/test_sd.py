@@ -505,3 +505,21 @@ def test_sd_fine_tuning_interrupted_and_resumed_equals_uninterrupted(sd_dir, tmp
     cond = torch.tensor([1, 0])
     with torch.no_grad():
         assert torch.allclose(loaded.predict_noise(x, t, cond), resumed.eval().predict_noise(x, t, cond), atol=1e-5)
+
+
+def test_half_precision_scoring_keeps_the_loss_math_in_fp32(sd_dir) -> None:
+    """Scoring with the UNet in bf16 (what runtime.precision gives on a GPU; CPU bf16 stands in):
+    maps come back float32 and close to the fp32 ones; DIFT features too."""
+    full = _fresh(sd_dir)
+    half = _fresh(sd_dir).half_precision(torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and half.alphas_cumprod.dtype == torch.float32
+    z = full.encode(_images())
+    cond = torch.tensor([1, 2])
+    est = TypicalityEstimator(draws=4, batch_size=8)
+    a, b = est.maps(full, z, cond), est.maps(half, z, cond)
+    assert b.dtype == torch.float32 and b.shape == a.shape
+    assert torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1] > 0.9
+    noise = torch.randn((2, *z.shape[1:]), generator=torch.Generator().manual_seed(0))
+    fa = full.decoder_features(z, cond, 161, noise, 1)
+    fb = half.decoder_features(z, cond, 161, noise, 1).float()
+    assert fa.shape == fb.shape and torch.corrcoef(torch.stack([fa.flatten(), fb.flatten()]))[0, 1] > 0.95
