@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gcmodels.runtime import configure_torch, resolve_device, resolve_precision  # noqa: E402
+from gcmodels.runtime import PRECISION_DTYPES, configure_torch, resolve_device, resolve_precision  # noqa: E402
 from gcmodels.training import train_diffusion  # noqa: E402
 from gcmodels.typicality import TypicalityEstimator  # noqa: E402
 
@@ -233,7 +233,7 @@ def main() -> None:
     configure_torch(None)
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    half = PRECISION_DTYPES[precision] if precision != "fp32" else None
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -103,7 +103,7 @@ def mine(
         result = finetune(
             out, names, settings.data.resolution, settings.model, settings.train, settings.runtime, so,
             conditioning=conditioning, holdout=settings.score.holdout, holdout_seed=settings.score.seed,
-            **({"latents": latents} if settings.model.base is not None else {}),
+            latents=latents if settings.model.base is not None else None,
         )
         reused.extend(["finetune"] * result["reused"])
         return result

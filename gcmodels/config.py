@@ -402,28 +402,6 @@ class Settings(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Settings":
-        if self.model.base is not None:
-            if self.data.resolution % 8:
-                raise ValueError(
-                    f"data.resolution ({self.data.resolution}) must be a multiple of 8 with model.base (VAE latents)"
-                )
-            p = self.rank.patch_size
-            if p is not None and p > self.data.resolution:
-                raise ValueError(f"rank.patch_size ({p}) is larger than the working image's short side ({self.data.resolution})")
-            if self.embed.method == "diffusion":
-                raise ValueError(
-                    "embed.method='diffusion' is not available with model.base (the diffusion embedding reads the "
-                    "small pixel model); choose embed.method pca, autoencoder, vae or clip"
-                )
-            if self.translate.enabled:
-                raise ValueError("translate.enabled is not available with model.base yet (translation runs the pixel model)")
-            return self  # the UNet's levels and decoder blocks are checked against the checkpoint when it loads
-        if self.data.resize != "square":
-            raise ValueError(
-                f"data.resize={self.data.resize!r} needs model.base: the small pixel model works on square images"
-            )
-        if self.train.lora_rank:
-            raise ValueError(f"train.lora_rank ({self.train.lora_rank}) needs model.base: LoRA adapts a pretrained UNet")
         p = self.rank.patch_size
         if p is not None and p > self.data.resolution:
             raise ValueError(
@@ -439,6 +417,27 @@ class Settings(_Section):
                 "model fine-tuned on the labels, and the labels would come from clustering those features; choose "
                 "embed.method pca, autoencoder, vae or clip"
             )
+        if self.model.base is not None:
+            if self.data.resolution % 8:
+                raise ValueError(
+                    f"data.resolution ({self.data.resolution}) must be a multiple of 8 with model.base (VAE latents)"
+                )
+            if self.embed.method == "diffusion":
+                raise ValueError(
+                    "embed.method='diffusion' is not available with model.base (the diffusion embedding reads the "
+                    "small pixel model); choose embed.method pca, autoencoder, vae or clip"
+                )
+            if self.translate.enabled:
+                raise ValueError("translate.enabled is not available with model.base yet (translation runs the pixel model)")
+            # the checkpoint's decoder blocks are unknown here: rank.feature_block is checked by the
+            # rank stage (decoder_features names the valid range; the fine-tuned model is reused)
+            return self
+        if self.data.resize != "square":
+            raise ValueError(
+                f"data.resize={self.data.resize!r} needs model.base: the small pixel model works on square images"
+            )
+        if self.train.lora_rank:
+            raise ValueError(f"train.lora_rank ({self.train.lora_rank}) needs model.base: LoRA adapts a pretrained UNet")
         levels = len(self.model.block_out_channels)
         if self.data.resolution % (2 ** (levels - 1)):
             raise ValueError(

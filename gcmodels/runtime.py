@@ -6,7 +6,10 @@ import torch
 
 from gcmodels.config import ConfigError
 
-__all__ = ["configure_torch", "resolve_device", "resolve_precision"]
+__all__ = ["PRECISION_DTYPES", "configure_torch", "resolve_device", "resolve_precision"]
+
+# What a resolved precision means as a torch dtype (autocast in training, the UNet's weights in scoring).
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -34,7 +37,7 @@ def resolve_precision(setting: str, device: torch.device) -> str:
     """The training / scoring precision of `runtime.precision` on `device`: 'auto' -> bf16 on a
     CUDA device with native bf16 (compute capability 8.0+), else fp16 on CUDA, fp32 on CPU; 'fp32' anywhere; 'bf16' / 'fp16'
     need a CUDA device."""
-    if setting not in ("auto", "fp32", "bf16", "fp16"):
+    if setting != "auto" and setting not in PRECISION_DTYPES:
         raise ConfigError(f"runtime.precision must be auto, fp32, bf16 or fp16, got {setting!r}")
     cuda = device.type == "cuda"
     if setting == "auto":

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from gcmodels.diffusion import NULL_LABEL
+from gcmodels.runtime import PRECISION_DTYPES
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -31,8 +32,7 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = 1  # version of the `on_checkpoint` state layout
-PRECISIONS = ("fp32", "bf16", "fp16")
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = tuple(PRECISION_DTYPES)  # fp32, bf16, fp16
 
 
 class TrainingDiverged(RuntimeError):
@@ -202,7 +202,7 @@ def _load_weights(named: list[tuple[str, nn.Parameter]], weights: dict[str, Tens
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
+    return torch.autocast(device.type, dtype=PRECISION_DTYPES[precision])
 
 
 def _check_signature(saved: dict, now: dict) -> None:

@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -177,52 +177,34 @@ MAPS_PARQUET = {
 }
 
 
-def maps_frame(image_ids: list[str], labels: list[str], maps: np.ndarray) -> pd.DataFrame:
-    """maps (N, h, w) -> table with one flattened float32 map per row (write it with `MAPS_PARQUET`)."""
-    n, h, w = maps.shape
+def maps_frame(image_ids: list[str], labels: list[str], maps: np.ndarray | Sequence[np.ndarray]) -> pd.DataFrame:
+    """Maps (N, h, w), or N maps (h_i, w_i) of different shapes (images that keep their aspect
+    ratio) -> table with each map's shape and the map flattened to float32, one row per map, in
+    the order given (write it with `MAPS_PARQUET`)."""
     return pd.DataFrame(
         {
             "image_id": image_ids,
             "label": labels,
-            "height": np.full(n, h, np.int32),
-            "width": np.full(n, w, np.int32),
-            "map": list(maps.reshape(n, h * w).astype(np.float32)),
+            "height": np.array([m.shape[0] for m in maps], np.int32),
+            "width": np.array([m.shape[1] for m in maps], np.int32),
+            "map": [np.asarray(m, np.float32).reshape(-1) for m in maps],
         }
     )
 
 
+def unpack_map_rows(df: pd.DataFrame) -> list[np.ndarray]:
+    """Inverse of `maps_frame`: one float32 (h, w) map per row, in row order, whatever float type
+    the table holds."""
+    return [
+        np.asarray(m, dtype=np.float32).reshape(int(h), int(w)) for m, h, w in zip(df["map"], df["height"], df["width"])
+    ]
+
+
 def unpack_maps(df: pd.DataFrame) -> np.ndarray:
-    """Inverse of `maps_frame`: (N, h, w) float32, whatever float type the table holds."""
+    """Inverse of `maps_frame` for maps of one shape: (N, h, w) float32."""
     if len(df) == 0:
         return np.zeros((0, 1, 1), np.float32)
-    h, w = int(df["height"].iloc[0]), int(df["width"].iloc[0])
-    return np.stack([np.asarray(m, dtype=np.float32) for m in df["map"]]).reshape(len(df), h, w)
-
-
-def ragged_maps_frame(image_ids: list[str], labels: list[str], maps: list[np.ndarray]) -> pd.DataFrame:
-    """Like `maps_frame` for maps (h_i, w_i) of possibly different shapes (images that keep their
-    aspect ratio); rows in the order given."""
-    if not maps:
-        return maps_frame([], [], np.zeros((0, 1, 1), np.float32))
-    order: list[int] = []
-    frames = []
-    for shape in dict.fromkeys(m.shape for m in maps):
-        idx = [i for i, m in enumerate(maps) if m.shape == shape]
-        frames.append(maps_frame([image_ids[i] for i in idx], [labels[i] for i in idx], np.stack([maps[i] for i in idx])))
-        order += idx
-    table = pd.concat(frames, ignore_index=True)
-    return table.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
-
-
-def unpack_map_rows(df: pd.DataFrame) -> list[np.ndarray]:
-    """Inverse of `ragged_maps_frame`: one float32 (h, w) map per row, in row order."""
-    out: list[np.ndarray | None] = [None] * len(df)
-    shapes = list(zip(df["height"].astype(int), df["width"].astype(int)))
-    for shape in dict.fromkeys(shapes):
-        idx = [i for i, s in enumerate(shapes) if s == shape]
-        for i, m in zip(idx, unpack_maps(df.iloc[idx])):
-            out[i] = m
-    return out  # type: ignore[return-value]
+    return np.stack(unpack_map_rows(df))
 
 
 # ------------------------------------------------------------------ run.json
@@ -270,13 +252,13 @@ def stopwatch() -> Iterator[dict]:
         out["seconds"] = round(time.perf_counter() - start, 3)
 
 
-def model_description(settings) -> str:
-    """One line saying which diffusion model mined the run (for the summary and the report)."""
-    m, t = settings.model, settings.train
-    if m.base is None:
-        return f"small pixel UNet trained from scratch, channels {list(m.block_out_channels)}"
-    what = f"LoRA rank {t.lora_rank}" if t.lora_rank else "full UNet"
-    return f"Stable Diffusion {m.base}, {what} fine-tuned; prompt {m.prompt_template!r}, null prompt {m.null_prompt!r}"
+def model_description(model, train) -> str:
+    """One line saying which diffusion model mines the run (`model`, `train`: the ModelConfig and
+    TrainConfig sections), for the log, the run summary and the report."""
+    if model.base is None:
+        return f"small pixel UNet trained from scratch, channels {list(model.block_out_channels)}"
+    what = f"LoRA rank {train.lora_rank}" if train.lora_rank else "full UNet"
+    return f"Stable Diffusion {model.base}, {what} fine-tuned; prompt {model.prompt_template!r}, null prompt {model.null_prompt!r}"
 
 
 def run_info(
@@ -296,7 +278,7 @@ def run_info(
     cond = stages.get("condition", {})
     if cond:
         summary["conditioning"] = f"{cond.get('source')} ({cond.get('reason')})"
-    summary["model"] = model_description(settings)
+    summary["model"] = model_description(settings.model, settings.train)
     summary["config"] = settings.model_dump(mode="json")
     return {
         "images": images, "labels": labels, "out": out, "flow_run_id": flow_run_id,

@@ -19,11 +19,11 @@ from gcmodels.diffusion import PixelDiffusion
 from gcmodels.sd import LatentDiffusion
 from gcmodels.runtime import configure_torch, resolve_device, resolve_precision
 from gcmodels.training import CheckpointMismatch, TrainingDiverged, train_diffusion
-from tasks.artifacts import MODEL, TRAINING, live_labels, read_images, stopwatch
+from tasks.artifacts import MODEL, TRAINING, model_description, read_images, stopwatch
 from tasks.caching import content_key
 from tasks.errors import InputError, out_of_memory_hint
 from tasks.gpu import gpu_slot
-from tasks.latents import base_key, read_latents, shape_groups
+from tasks.latents import base_key, read_latent_inputs, shape_groups
 from tasks.logs import stage_logger
 from tasks.models import COMPLETE, TRAINING_SET, model_fingerprint
 from tasks.progress import StageProgress
@@ -114,12 +114,6 @@ def _new_model(vocab: list[str], resolution: int, model_config: ModelConfig, tra
     return model
 
 
-def _what(model_config: ModelConfig, train_config: TrainConfig) -> str:
-    if model_config.base is None:
-        return "pixel UNet from scratch"
-    return f"LoRA rank {train_config.lora_rank} on {model_config.base}" if train_config.lora_rank else f"full UNet of {model_config.base}"
-
-
 def _memory_settings(model_config: ModelConfig, train_config: TrainConfig, resolution: int) -> dict[str, object]:
     """The settings an out-of-memory error in fine-tuning names, first the one to lower first."""
     out: dict[str, object] = {"train.batch_size": train_config.batch_size, "data.resolution": resolution}
@@ -129,15 +123,6 @@ def _memory_settings(model_config: ModelConfig, train_config: TrainConfig, resol
         if not train_config.lora_rank:
             out["train.lora_rank (set e.g. 16)"] = 0
     return out
-
-
-def _latent_inputs(store: RunStore, latents: list[str], conditioning: str | None) -> tuple[pd.DataFrame, list[np.ndarray]]:
-    """(image_id, label) of the live images that have latents, in artifact order, and their latents."""
-    labels = live_labels(store, conditioning)
-    found = read_latents(store, latents, only=set(labels.index))
-    ids = list(found)
-    meta = pd.DataFrame({"image_id": ids, "label": [labels[i] for i in ids]})
-    return meta, [found[i] for i in ids]
 
 
 def holdout_split(meta: pd.DataFrame, fraction: float, seed: int) -> set[str]:
@@ -218,7 +203,7 @@ def finetune(
         if latents is None:
             meta, pixels = read_images(store, shards, conditioning)
         else:  # model.base: the cached latents of every live image (unlabelled ones train the null prompt)
-            meta, pixels = _latent_inputs(store, latents, conditioning)
+            meta, pixels = read_latent_inputs(store, latents, conditioning)
         vocab = sorted({lab for lab in meta["label"] if isinstance(lab, str)})
         if not vocab:
             raise InputError(
@@ -264,7 +249,7 @@ def finetune(
             n_params = sum(p.numel() for p in trainable)
             log.info(
                 "training %.2fM parameters (%s) on %d images, %d labels, %d steps of batch %d on %s (%s)",
-                n_params / 1e6, _what(model_config, train_config), len(meta), len(vocab), steps, train_config.batch_size,
+                n_params / 1e6, model_description(model_config, train_config), len(meta), len(vocab), steps, train_config.batch_size,
                 device, precision,
             )
             resume = None

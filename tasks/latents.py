@@ -20,7 +20,7 @@ from prefect import task
 from gcmodels.config import ConfigError, RuntimeConfig
 from gcmodels.runtime import configure_torch, resolve_device
 from gcmodels.sd import LatentEncoder, check_sd_directory
-from tasks.artifacts import keyed_part, read_images, stopwatch, worker_name
+from tasks.artifacts import keyed_part, live_labels, read_images, stopwatch, worker_name
 from tasks.caching import content_key
 from tasks.errors import out_of_memory_hint
 from tasks.gpu import gpu_slot
@@ -81,6 +81,20 @@ def read_latents(store: RunStore, parts: list[str], only: set[str] | None = None
     return out
 
 
+def read_latent_inputs(
+    store: RunStore, parts: list[str], conditioning: str | None = None, *, labelled_only: bool = False
+) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    """(image_id, label) of the live images in the latents artifacts `parts`, in artifact order,
+    and their latents (C, h, w): labels from the manifest, or from the conditioning table
+    `conditioning` (None = unlabelled); with `labelled_only`, the labelled images only."""
+    labels = live_labels(store, conditioning)
+    if labelled_only:
+        labels = labels[labels.notna()]
+    found = read_latents(store, parts, only=set(labels.index))
+    meta = pd.DataFrame({"image_id": list(found), "label": [labels[i] for i in found]})
+    return meta, list(found.values())
+
+
 def shape_groups(arrays: list[np.ndarray]) -> dict[tuple[int, ...], list[int]]:
     """Indices of `arrays` grouped by shape (batches of images of one aspect ratio), in order."""
     groups: dict[tuple[int, ...], list[int]] = {}
@@ -105,7 +119,7 @@ def latents_shard(
         latents: list[np.ndarray | None] = [None] * len(images)
         short = min(min(im.shape[:2]) for im in images) if images else 0
         with out_of_memory_hint(f"latents {name}", {"data.resolution": short}, device), torch.inference_mode():
-            for shape, idx in shape_groups(images).items():
+            for idx in shape_groups(images).values():
                 for s in range(0, len(idx), BATCH):
                     chunk = idx[s : s + BATCH]
                     batch = torch.from_numpy(np.stack([images[i] for i in chunk]).transpose(0, 3, 1, 2).copy())

@@ -12,7 +12,7 @@ import torch
 
 from gcmodels.diffusion import PixelDiffusion
 from gcmodels.sd import LatentDiffusion, load_any_model
-from gcmodels.runtime import configure_torch, resolve_device, resolve_precision
+from gcmodels.runtime import PRECISION_DTYPES, configure_torch, resolve_device, resolve_precision
 from tasks.artifacts import MODEL
 from tasks.gpu import gpu_slot
 from tasks.storage import RunStore
@@ -61,7 +61,7 @@ def load_model(
                 raise RuntimeError(f"model folder {store.uri(MODEL)} holds model {found}, not {fingerprint}: another run replaced it")
             model = load_any_model(store.local_dir(MODEL)).to(device).eval()
             if precision != "fp32" and isinstance(model, LatentDiffusion):
-                model.half_precision(torch.bfloat16 if precision == "bf16" else torch.float16)
+                model.half_precision(PRECISION_DTYPES[precision])
             _cache.clear()  # one model per process at a time: a new run replaces the old one
             _cache[key] = model
         return _cache[key]

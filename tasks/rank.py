@@ -16,7 +16,7 @@ from tasks.artifacts import (
     unpack_map_rows, worker_name,
 )
 from tasks.caching import content_key
-from tasks.latents import read_latents
+from tasks.latents import read_latents, shape_groups
 from tasks.logs import stage_logger
 from tasks.models import model_stage
 from tasks.storage import RunStore
@@ -60,8 +60,8 @@ def rank_shard(
         work = np.zeros((n, 2), np.int64)  # working (width, height) of each image
         scores = np.full((n, k), np.nan, np.float32)
         features: np.ndarray | None = None
-        for shape in dict.fromkeys(m.shape for m in map_list):
-            idx = np.array([i for i, m in enumerate(map_list) if m.shape == shape])
+        for group in shape_groups(map_list).values():
+            idx = np.asarray(group)
             m = torch.from_numpy(np.stack([map_list[i] for i in idx]))  # (g, h, w)
             x0 = torch.from_numpy(np.stack([inputs[i] for i in idx]))  # (g, C, h', w')
             size = (x0.shape[-2] * factor, x0.shape[-1] * factor)  # working (H, W)

@@ -14,13 +14,13 @@ from gcmodels.config import RuntimeConfig, ScoreConfig
 from gcmodels.cotypicality import cotypicality_frame
 from gcmodels.typicality import TypicalityEstimator
 from tasks.artifacts import (
-    MAPS_PARQUET, TYPICALITY, TYPICALITY_COLUMNS, keyed_part, live_labels, ragged_maps_frame, read_images, stopwatch, worker_name,
+    MAPS_PARQUET, TYPICALITY, TYPICALITY_COLUMNS, keyed_part, maps_frame, read_images, stopwatch, worker_name,
 )
 from tasks.caching import content_key
 from tasks.errors import out_of_memory_hint
 from tasks.logs import stage_logger
 from tasks.models import model_stage
-from tasks.latents import read_latents, shape_groups
+from tasks.latents import read_latent_inputs, shape_groups
 from tasks.progress import StageProgress
 from tasks.storage import RunStore
 
@@ -53,11 +53,7 @@ def _shard_inputs(
         meta, pixels = meta[keep].reset_index(drop=True), pixels[keep]
         images = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
         return meta, [(np.arange(len(meta)), lambda sl: model.encode(images[sl]))]
-    labels = live_labels(store, conditioning)
-    found = read_latents(store, [latents], only=set(labels.index[labels.notna()]))
-    ids = sorted(found)
-    meta = pd.DataFrame({"image_id": ids, "label": [labels[i] for i in ids]})
-    arrays = [found[i] for i in ids]
+    meta, arrays = read_latent_inputs(store, [latents], conditioning, labelled_only=True)
     groups = []
     for idx in shape_groups(arrays).values():
         stacked = torch.from_numpy(np.stack([arrays[i] for i in idx]))
@@ -112,7 +108,7 @@ def score_shard(
         ids, labels = list(meta["image_id"]), list(meta["label"])
         okey = content_key(shard, fingerprint, config, conditioning, latents)
         outputs = {"maps": keyed_part("maps", name, okey), "scores": keyed_part("scores", name, okey)}
-        store.write_parquet(outputs["maps"], ragged_maps_frame(ids, labels, maps), **MAPS_PARQUET)  # type: ignore[arg-type]
+        store.write_parquet(outputs["maps"], maps_frame(ids, labels, maps), **MAPS_PARQUET)  # type: ignore[arg-type]
         means = np.array([float(m.mean()) for m in maps]) if maps else np.zeros(0)  # type: ignore[union-attr]
         store.write_parquet(outputs["scores"], score_rows(ids, labels, means, vocab, co if config.cotypicality else None))
     seconds = clock["seconds"]

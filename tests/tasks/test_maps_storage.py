@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from tasks.artifacts import MAPS_PARQUET, maps_frame, ragged_maps_frame, unpack_map_rows, unpack_maps
+from tasks.artifacts import MAPS_PARQUET, maps_frame, unpack_map_rows, unpack_maps
 from tasks.storage import RunStore
 
 
@@ -54,7 +54,7 @@ def test_ragged_maps_round_trip_in_row_order(tmp_path) -> None:
     small, big = _maps(3, 4, 6, seed=2), _maps(2, 8, 8, seed=3)
     maps = [small[0], big[0], small[1], big[1], small[2]]
     ids = [f"id{i}" for i in range(5)]
-    store.write_parquet("m.parquet", ragged_maps_frame(ids, list("abcab"), maps), **MAPS_PARQUET)
+    store.write_parquet("m.parquet", maps_frame(ids, list("abcab"), maps), **MAPS_PARQUET)
     df = store.read_parquet("m.parquet")
     assert list(df["image_id"]) == ids
     for got, want in zip(unpack_map_rows(df), maps):
