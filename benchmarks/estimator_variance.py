@@ -25,6 +25,14 @@ image-level typicality (map mean) and the mean IoU of the top-1 patch (patch 6 o
 over --repeats independent seeds. Target: an estimator at N agrees as well as `plain` at 4N.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/estimator_variance.py [--model-dir DIR]
+
+With --strata H, a study of where in t the ranking signal and noise lie instead: H equal strata of
+[t_min, t_max], --per-stratum draws in each, shared by all images. Per stratum it prints the noise
+of one draw that matters for ranking (std over draws of an image's draw typicality minus the mean
+over images), the signal (std over images of the stratum mean) and the stratum mean's Spearman
+with the reference; then what Neyman allocation (n_h proportional to the noise, same estimand)
+would be worth in draws, and the agreement of estimators restricted to the lower part of the t
+range (a different estimand) resampled from the pool, next to plain at 4N.
 """
 
 from __future__ import annotations
@@ -145,6 +153,63 @@ def agreement(maps: torch.Tensor, ref_scores: np.ndarray, ref_boxes: torch.Tenso
     return float(rho), float(iou.mean())
 
 
+def strata_study(model: PixelDiffusion, x0: torch.Tensor, cond: torch.Tensor, ref: torch.Tensor, args) -> None:
+    """Per-stratum noise and signal of shared draws, Neyman's gain, and t sub-range estimators."""
+    m, shape, T = x0.shape[0], tuple(x0.shape[1:]), model.num_train_timesteps
+    h_n, j_n = args.strata, args.per_stratum
+    g = torch.Generator().manual_seed(555)
+    frac = (torch.arange(h_n, dtype=torch.float64).view(-1, 1) + torch.rand(h_n, j_n, generator=g, dtype=torch.float64)) / h_n
+    t = ((T_MIN + frac * (T_MAX - T_MIN)) * T).long().clamp_(0, T - 1).reshape(-1)
+    eps = torch.randn((h_n * j_n, *shape), generator=g)
+    pool = torch.stack([
+        estimate(model, x0, cond, t[k].view(1, 1).expand(m, 1), eps[k].view(1, 1, *shape).expand(m, 1, *shape), args.batch_size)
+        for k in range(h_n * j_n)
+    ], 1).view(m, h_n, j_n, *x0.shape[-2:])
+    ref_scores = ref.mean((1, 2)).numpy()
+    ref_boxes, _ = top_patches(ref, PATCH, 1)
+    img = pool.mean((3, 4))                                           # (m, H, J) image-level per draw
+    noise = (img - img.mean(0, keepdim=True)).std(2).mean(0)          # what a draw adds unevenly to images
+    signal = img.mean(2).std(0)
+    rho = [spearmanr(img[:, h].mean(1).numpy(), ref_scores).statistic for h in range(h_n)]
+    centre = t.view(h_n, j_n).double().mean(1)
+    print(f"\n{h_n} strata of t in [{T_MIN}, {T_MAX}] x {T}, {j_n} shared draws each (values x 1e4)")
+    print(f"{'t centre':>10}{'noise':>8}{'signal':>8}{'SNR':>7}{'Spearman(stratum mean, ref)':>30}")
+    for h in range(h_n):
+        print(f"{centre[h]:>10.0f}{noise[h] * 1e4:>8.2f}{signal[h] * 1e4:>8.2f}{signal[h] / noise[h]:>7.2f}{rho[h]:>30.3f}")
+    gain = float((noise**2).mean() / noise.mean() ** 2)
+    print(f"Neyman allocation (same estimand) is worth {gain:.2f} N draws")
+
+    rng = np.random.default_rng(0)
+    rows: list[tuple[str, int, float, float]] = []
+    for part in (1.0, 1 / 2, 1 / 3):
+        strata = np.arange(max(1, round(h_n * part)))
+        hi = T_MIN + (T_MAX - T_MIN) * len(strata) / h_n
+        for n in args.draws:
+            if n > len(strata):
+                continue
+            groups = np.array_split(strata, n)
+            scores = []
+            for _ in range(args.resamples):
+                picks = [(rng.choice(gr), rng.integers(j_n), len(gr)) for gr in groups]
+                maps = sum(pool[:, h, j] * w for h, j, w in picks) / len(strata)
+                scores.append(agreement(maps, ref_scores, ref_boxes))
+            rows.append((f"shared t<{hi:.2f}", n, *np.mean(scores, 0)))
+    plain_ns = sorted({4 * n for n in args.draws})
+    plain: dict[int, tuple[float, float]] = {}
+    for n in plain_ns:
+        got = [agreement(estimate(model, x0, cond, *draws("plain", m, n, shape, seed=7000 + 100 * r + n, T=T), args.batch_size), ref_scores, ref_boxes)
+               for r in range(args.repeats)]
+        plain[n] = tuple(np.mean(got, 0))
+        rows.append(("plain", n, *plain[n]))
+    print(f"\n{'estimator':<18}{'N':>4}{'Spearman':>10}{'top-1 IoU':>11}   vs plain at 4N (Spearman / IoU)")
+    for name, n, r, i in rows:
+        vs = ""
+        if name != "plain":
+            pr, pi = plain[4 * n]
+            vs = f"   {'yes' if r >= pr else 'no'} / {'yes' if i >= pi else 'no'} ({pr:.3f} / {pi:.3f})"
+        print(f"{name:<18}{n:>4}{r:>10.3f}{i:>11.3f}{vs}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", help="load the trained model from here, or train and save it here")
@@ -154,6 +219,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--strata", type=int, default=0, help="run the per-stratum study with this many strata of t")
+    ap.add_argument("--per-stratum", type=int, default=16, help="shared draws per stratum in the study")
+    ap.add_argument("--resamples", type=int, default=300, help="resampled estimators per N in the study")
     args = ap.parse_args()
     configure_torch(args.threads)
     if args.model_dir and (Path(args.model_dir) / "unet").exists():
@@ -173,8 +241,9 @@ def main() -> int:
     # gcmine's own estimator is the 'shared' variant: check the benchmark's arithmetic against it.
     est = TypicalityEstimator(draws=4, t_min=T_MIN, t_max=T_MAX, batch_size=args.batch_size, seed=3)
     t_s, e_s = est.sample_draws(T, shape)
-    ours = est.maps(model, x0[:8], cond[:8])
-    mine = estimate(model, x0[:8], cond[:8], t_s.expand(8, -1), e_s.expand(8, *e_s.shape), args.batch_size)
+    k = min(8, m)
+    ours = est.maps(model, x0[:k], cond[:k])
+    mine = estimate(model, x0[:k], cond[:k], t_s.expand(k, -1), e_s.expand(k, *e_s.shape), args.batch_size)
     assert torch.allclose(ours, mine, atol=1e-5), "benchmark estimator disagrees with TypicalityEstimator"
 
     n_ref = 16 * max(args.draws)
@@ -185,6 +254,10 @@ def main() -> int:
     print(f"{m} blended images at {RES}x{RES} under 'circle'; reference: {n_ref} stratified draws per image "
           f"({time.perf_counter() - start:.0f} s); Spearman(reference typicality, blend weight a) = "
           f"{spearmanr(ref_scores, a).statistic:.3f}")
+    if args.strata:
+        strata_study(model, x0, cond, ref, args)
+        print(f"total {time.perf_counter() - start:.0f} s, {torch.get_num_threads()} torch thread(s)")
+        return 0
 
     variants = ["plain", "strat", "quasi", "antithetic", "shared", "shared-anti", "shared-quasi"]
     plain_ns = sorted(set(args.draws) | {4 * n for n in args.draws})

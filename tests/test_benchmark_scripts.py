@@ -27,3 +27,25 @@ def test_sd_gpu_benchmark_runs_on_a_tiny_unet() -> None:
         assert heading in out
     ref_row = [line for line in out.splitlines() if line.startswith("| 2 |")][-1].split("|")
     assert float(ref_row[5]) == 2 * 2 * 4 * 4 * 4 * 2  # N x 2 prompts x (4, 4, 4) latent x float16 bytes
+
+
+@pytest.mark.slow
+def test_estimator_strata_study_runs_and_reports_every_stratum(tmp_path: Path) -> None:
+    """The t-strata study of the estimator benchmark (RESULTS 3b/3c) on a model trained 2 steps."""
+    cmd = [
+        sys.executable, str(ROOT / "benchmarks" / "estimator_variance.py"), "--model-dir", str(tmp_path / "m"),
+        "--steps", "2", "--images", "6", "--draws", "2", "--repeats", "1", "--strata", "4", "--per-stratum", "2",
+        "--resamples", "3",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "4 strata of t in [0.1, 0.7] x 1000, 2 shared draws each" in out
+    table = out.split("Spearman(stratum mean, ref)")[1].split("Neyman")[0].strip().splitlines()
+    centres = [float(line.split()[0]) for line in table]
+    assert len(centres) == 4 and centres == sorted(centres) and 100 <= centres[0] and centres[-1] < 700
+    gain = float(out.split("Neyman allocation (same estimand) is worth ")[1].split()[0])
+    assert gain >= 1.0  # mean(sigma^2) / mean(sigma)^2 can never be below 1
+    names = {line[:18].strip() for line in out.splitlines() if line.startswith(("shared t<", "plain "))}
+    assert names == {"shared t<0.70", "shared t<0.40", "plain"}  # 1 stratum below 0.25 is too few for N=2
