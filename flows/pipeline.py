@@ -23,7 +23,7 @@ from gcmodels.encoders import fits_on_collection
 from tasks.embed import embed, embed_shard, embeddings_table
 from tasks.finetune import finetune
 from tasks.ingest import ingest
-from tasks.latents import base_key, latents_shard
+from tasks.latents import base_key, check_base, latents_shard
 from tasks.publish import publish
 from tasks.rank import elements, rank_shard
 from tasks.report import report
@@ -81,6 +81,8 @@ def mine(
     `storage_options` (for s3:// URIs) default to those built from `settings.storage`."""
     so = storage_options if storage_options is not None else settings.storage.options()
     reused: list[str] = []
+    if settings.model.base is not None:  # a bad checkpoint or feature block fails now, not after fine-tuning
+        check_base(settings.model.base, settings.rank.feature_block)
     ingested = ingest(images, labels, out, settings.data, so)
     shards = ingested["shards"]
     names = [s["name"] for s in shards]

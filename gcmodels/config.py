@@ -429,8 +429,8 @@ class Settings(_Section):
                 )
             if self.translate.enabled:
                 raise ValueError("translate.enabled is not available with model.base yet (translation runs the pixel model)")
-            # the checkpoint's decoder blocks are unknown here: rank.feature_block is checked by the
-            # rank stage (decoder_features names the valid range; the fine-tuned model is reused)
+            # the checkpoint's decoder blocks are unknown here: the flow checks rank.feature_block
+            # against model.base's unet/config.json before any work (tasks.latents.check_base)
             return self
         if self.data.resize != "square":
             raise ValueError(

@@ -73,13 +73,28 @@ class SDLayoutError(ValueError):
     """A directory is not a diffusers Stable Diffusion directory; the message names every missing part."""
 
 
-# ---------------------------------------------------------------------- prompts
 # ---------------------------------------------------------------------- layout
 def check_sd_directory(directory: str | Path) -> None:
     """Raise SDLayoutError naming `directory` and every missing part if it is not a complete
     diffusers Stable Diffusion directory (model_index.json, unet/, vae/, text_encoder/,
     tokenizer/, scheduler/). Loads nothing."""
     _check_layout(Path(directory))
+
+
+def decoder_block_count(directory: str | Path) -> int:
+    """Decoder blocks (``up_block_types``) of the UNet of the SD `directory`, read from
+    ``unet/config.json`` without loading any weights: the valid range of ``rank.feature_block``
+    is ``-n .. n - 1``. SDLayoutError naming the file if it cannot tell."""
+    directory = Path(directory)
+    _check_layout(directory, ("unet",), index=False)
+    path = directory / "unet" / "config.json"
+    try:
+        blocks = json.loads(path.read_text())["up_block_types"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SDLayoutError(f"{path}: cannot read the UNet's up_block_types ({type(err).__name__}: {err})") from None
+    if not isinstance(blocks, list) or not blocks:
+        raise SDLayoutError(f"{path}: up_block_types must be a non-empty list, got {blocks!r}")
+    return len(blocks)
 
 
 def _check_layout(directory: Path, parts: Sequence[str] = tuple(_PARTS), *, index: bool = True) -> None:

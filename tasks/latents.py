@@ -19,7 +19,7 @@ from prefect import task
 
 from gcmodels.config import ConfigError, RuntimeConfig
 from gcmodels.runtime import configure_torch, resolve_device
-from gcmodels.sd import LatentEncoder, check_sd_directory
+from gcmodels.sd import LatentEncoder, check_sd_directory, decoder_block_count
 from tasks.artifacts import keyed_part, live_labels, read_images, stopwatch, worker_name
 from tasks.caching import content_key
 from tasks.errors import out_of_memory_hint
@@ -42,6 +42,21 @@ def base_key(base: str) -> str:
         st = p.stat()
         h.update(f"{p.relative_to(vae).as_posix()}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
+
+
+def check_base(base: str, feature_block: int) -> None:
+    """Before any image is encoded or any step trained: `base` must be a complete SD directory and
+    `feature_block` (rank.feature_block) one of its UNet's decoder blocks; ConfigError otherwise."""
+    try:
+        check_sd_directory(base)
+        blocks = decoder_block_count(base)
+    except ValueError as err:
+        raise ConfigError(f"model.base: {err}") from None
+    if not -blocks <= feature_block < blocks:
+        raise ConfigError(
+            f"rank.feature_block ({feature_block}) must index one of the {blocks} decoder blocks of the UNet of "
+            f"model.base {base} (from {-blocks} to {blocks - 1})"
+        )
 
 
 def _encoder(base: str, device: torch.device) -> LatentEncoder:

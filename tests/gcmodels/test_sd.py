@@ -16,6 +16,7 @@ from gcmodels.sd import (
     LatentDiffusion,
     LatentEncoder,
     SDLayoutError,
+    decoder_block_count,
     load_any_model,
     render_prompt,
     validate_prompt_template,
@@ -109,6 +110,23 @@ def test_layout_error_names_every_missing_part_and_files_instead_of_dirs(sd_dir,
         LatentDiffusion.from_base(a_file, LABELS)
     with pytest.raises(SDLayoutError, match="does not exist"):
         LatentDiffusion.from_base(tmp_path / "nowhere", LABELS)
+
+
+def test_decoder_block_count_reads_the_unet_config_without_loading(sd_dir, model, tmp_path) -> None:
+    assert decoder_block_count(sd_dir) == len(model.unet.up_blocks) == 2
+    broken = shutil.copytree(sd_dir, tmp_path / "sd")
+    config = broken / "unet" / "config.json"
+    values = json.loads(config.read_text())
+    for bad, words in (("{not json", "JSONDecodeError"), (json.dumps({**values, "up_block_types": []}), "non-empty list"),
+                       (json.dumps({k: v for k, v in values.items() if k != "up_block_types"}), "KeyError"),
+                       ("[1, 2]", "TypeError")):
+        config.write_text(bad)
+        with pytest.raises(SDLayoutError, match=words) as err:
+            decoder_block_count(broken)
+        assert str(config) in str(err.value) and "up_block_types" in str(err.value)
+    shutil.rmtree(broken / "unet")
+    with pytest.raises(SDLayoutError, match="missing unet/"):
+        decoder_block_count(broken)
 
 
 def test_incompatible_parts_are_refused_with_their_values(model) -> None:
