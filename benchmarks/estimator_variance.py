@@ -153,7 +153,23 @@ def agreement(maps: torch.Tensor, ref_scores: np.ndarray, ref_boxes: torch.Tenso
     return float(rho), float(iou.mean())
 
 
-def strata_study(model: PixelDiffusion, x0: torch.Tensor, cond: torch.Tensor, ref: torch.Tensor, args) -> None:
+def mean_agreement(
+    model: PixelDiffusion, x0: torch.Tensor, cond: torch.Tensor, variant: str, n: int, ref_scores: np.ndarray,
+    ref_boxes: torch.Tensor, args,
+) -> tuple[float, float]:
+    """(Spearman, top-1 IoU) of `variant` at `n` draws with the reference, averaged over the repeats' seeds."""
+    m, shape = x0.shape[0], tuple(x0.shape[1:])
+    got = [
+        agreement(estimate(model, x0, cond, *draws(variant, m, n, shape, seed=100 * r + n, T=model.num_train_timesteps),
+                           args.batch_size), ref_scores, ref_boxes)
+        for r in range(args.repeats)
+    ]
+    return float(np.mean([g[0] for g in got])), float(np.mean([g[1] for g in got]))
+
+
+def strata_study(
+    model: PixelDiffusion, x0: torch.Tensor, cond: torch.Tensor, ref_scores: np.ndarray, ref_boxes: torch.Tensor, args,
+) -> None:
     """Per-stratum noise and signal of shared draws, Neyman's gain, and t sub-range estimators."""
     m, shape, T = x0.shape[0], tuple(x0.shape[1:]), model.num_train_timesteps
     h_n, j_n = args.strata, args.per_stratum
@@ -165,8 +181,6 @@ def strata_study(model: PixelDiffusion, x0: torch.Tensor, cond: torch.Tensor, re
         estimate(model, x0, cond, t[k].view(1, 1).expand(m, 1), eps[k].view(1, 1, *shape).expand(m, 1, *shape), args.batch_size)
         for k in range(h_n * j_n)
     ], 1).view(m, h_n, j_n, *x0.shape[-2:])
-    ref_scores = ref.mean((1, 2)).numpy()
-    ref_boxes, _ = top_patches(ref, PATCH, 1)
     img = pool.mean((3, 4))                                           # (m, H, J) image-level per draw
     noise = (img - img.mean(0, keepdim=True)).std(2).mean(0)          # what a draw adds unevenly to images
     signal = img.mean(2).std(0)
@@ -194,13 +208,8 @@ def strata_study(model: PixelDiffusion, x0: torch.Tensor, cond: torch.Tensor, re
                 maps = sum(pool[:, h, j] * w for h, j, w in picks) / len(strata)
                 scores.append(agreement(maps, ref_scores, ref_boxes))
             rows.append((f"shared t<{hi:.2f}", n, *np.mean(scores, 0)))
-    plain_ns = sorted({4 * n for n in args.draws})
-    plain: dict[int, tuple[float, float]] = {}
-    for n in plain_ns:
-        got = [agreement(estimate(model, x0, cond, *draws("plain", m, n, shape, seed=7000 + 100 * r + n, T=T), args.batch_size), ref_scores, ref_boxes)
-               for r in range(args.repeats)]
-        plain[n] = tuple(np.mean(got, 0))
-        rows.append(("plain", n, *plain[n]))
+    plain = {n: mean_agreement(model, x0, cond, "plain", n, ref_scores, ref_boxes, args) for n in sorted({4 * n for n in args.draws})}
+    rows += [("plain", n, *plain[n]) for n in plain]
     print(f"\n{'estimator':<18}{'N':>4}{'Spearman':>10}{'top-1 IoU':>11}   vs plain at 4N (Spearman / IoU)")
     for name, n, r, i in rows:
         vs = ""
@@ -255,7 +264,7 @@ def main() -> int:
           f"({time.perf_counter() - start:.0f} s); Spearman(reference typicality, blend weight a) = "
           f"{spearmanr(ref_scores, a).statistic:.3f}")
     if args.strata:
-        strata_study(model, x0, cond, ref, args)
+        strata_study(model, x0, cond, ref_scores, ref_boxes, args)
         print(f"total {time.perf_counter() - start:.0f} s, {torch.get_num_threads()} torch thread(s)")
         return 0
 
@@ -264,13 +273,7 @@ def main() -> int:
     results: dict[tuple[str, int], tuple[float, float]] = {}
     for variant in variants:
         for n in plain_ns if variant == "plain" else args.draws:
-            rhos, ious = [], []
-            for r in range(args.repeats):
-                t, eps = draws(variant, m, n, shape, seed=100 * r + n, T=T)
-                rho, iou = agreement(estimate(model, x0, cond, t, eps, args.batch_size), ref_scores, ref_boxes)
-                rhos.append(rho)
-                ious.append(iou)
-            results[(variant, n)] = (float(np.mean(rhos)), float(np.mean(ious)))
+            results[(variant, n)] = mean_agreement(model, x0, cond, variant, n, ref_scores, ref_boxes, args)
     print(f"{'estimator':<14}{'N':>4}{'UNet inputs/img':>17}{'Spearman':>10}{'top-1 IoU':>11}")
     for (variant, n), (rho, iou) in results.items():
         print(f"{variant:<14}{n:>4}{2 * n:>17}{rho:>10.3f}{iou:>11.3f}")

@@ -125,7 +125,6 @@ def test_not_an_sd_directory_is_a_clear_error(prefect_harness, tmp_path, capsys)
     assert "model.base" in err and "vae/" in err and "tokenizer/" in err and str(bad) in err
 
 
-
 @pytest.mark.parametrize("block", [2, -3])
 def test_feature_block_outside_the_checkpoints_unet_fails_before_any_work(
     prefect_harness, tiny_sd_dir, tmp_path, capsys, block
@@ -141,6 +140,7 @@ def test_feature_block_outside_the_checkpoints_unet_fails_before_any_work(
     err = capsys.readouterr().err
     assert f"rank.feature_block ({block})" in err and "2 decoder blocks" in err and "from -2 to 1" in err
     assert not (out / "latents").exists() and not (out / "model").exists()
+
 
 def test_half_precision_or_cuda_on_a_cpu_machine_is_a_configuration_error(prefect_harness, tmp_path, capsys) -> None:
     import torch
