@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_classifier(result["classifier"])
     if truth is not None:
         _print_ground_truth(str(out), truth)
+        return _evaluate(str(out), str(truth), settings)  # the maps against the same boxes
     return 0
 
 
