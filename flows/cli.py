@@ -1,4 +1,4 @@
-"""The `gcmine` command line: run, demo, watch, config."""
+"""The `gcmine` command line: run, demo, watch, evaluate, config."""
 
 from __future__ import annotations
 
@@ -49,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("uri", metavar="URI", help="dataset folder (local or s3://) or CSV/Parquet manifest to watch")
     watch.add_argument("--out", help="run root the dataset is mined into; keeps the last listing (default runs/NAME)")
     _settings_args(watch)
+    ev = sub.add_parser(
+        "evaluate", help="score a finished run's typicality maps against boxes (the paper's AUC-PR, AP, pointing game)",
+    )
+    ev.add_argument("run", metavar="RUN", help="run root of a finished `gcmine run` (local or s3://)")
+    ev.add_argument(
+        "--boxes", required=True, help="CSV/Parquet with columns filename,label,x0,y0,x1,y1 (original pixels; several rows per image allowed)",
+    )
+    _settings_args(ev)
     cfg = sub.add_parser("config", help="print the effective configuration with its defaults")
     _settings_args(cfg)
     return parser
@@ -119,6 +127,40 @@ def _print_ground_truth(out: str, truth: Path) -> None:
         print(f"top element of {label!r}: {100 * purity:.0f}% motif patches ({rep['top_element_size'][label]} patches)", file=sys.stderr)
 
 
+def _print_evaluation(result: dict, boxes: str) -> None:
+    """The evaluation summary: per model and label, and pooled over every pair."""
+    print(f"\n== typicality maps against the boxes of {boxes} ==", file=sys.stderr)
+    rows = result["summary"]
+    width = max([5, *(len(str(r["label"])) for r in rows)]) + 2
+    head = f"{'label':<{width}}{'model':<11}{'pairs':>6}{'AUC-PR':>10}{'AP':>8}{'pointing':>10}{'inside':>11}{'outside':>11}"
+    print(head + "   (AUC-PR: the paper's thresholds 2e-2..2e-7)", file=sys.stderr)
+    for r in rows:
+        print(
+            f"{str(r['label']):<{width}}{r['model']:<11}{r['pairs']:>6}{r['aucpr_paper']:>10.4f}{r['ap']:>8.4f}"
+            f"{r['pointing']:>10.3f}{r['inside']:>11.3g}{r['outside']:>11.3g}",
+            file=sys.stderr,
+        )
+    print(f"evaluated {result['evaluated']} maps of {result['boxes']} box rows; written to {result['evaluation']}", file=sys.stderr)
+    for reason, count in (result.get("skipped_by_reason") or {}).items():
+        print(f"  skipped {count:>5}  {reason} (column reason of evaluation.parquet)", file=sys.stderr)
+
+
+def _evaluate(run: str, boxes: str, settings: Settings) -> int:
+    from flows.evaluate import evaluate_run
+    from tasks.errors import InputError, StorageError
+
+    try:
+        result = evaluate_run(out=run, boxes=boxes, storage_options=settings.storage.options())
+    except (InputError, ConfigError) as err:
+        print(f"gcmine: {err}", file=sys.stderr)
+        return 2
+    except StorageError as err:
+        print(f"gcmine: {err}", file=sys.stderr)
+        return 1
+    _print_evaluation(result, boxes)
+    return 0
+
+
 def _watch(uri: str, out: str | None, config: str | None, overrides: list[str]) -> int:
     from flows.production import watch
     from tasks.ingest import InputError
@@ -167,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "watch":
         return _watch(args.uri, args.out, args.config, args.overrides)
+    if args.command == "evaluate":
+        return _evaluate(args.run, args.boxes, settings)
     from flows.pipeline import run_pipeline
     from gcmodels.training import TrainingDiverged
     from tasks.errors import InputError, OutOfMemory, StorageError
@@ -196,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_classifier(result["classifier"])
     if truth is not None:
         _print_ground_truth(str(out), truth)
+        return _evaluate(str(out), str(truth), settings)  # the maps against the same boxes
     return 0
 
 

@@ -169,7 +169,7 @@ def mine(
         "ingest": ingested, **encoded_stage, "embed": embedded, "cluster": clustered, "condition": conditioned, "map": mapped,
         "finetune": trained,
         "score": {"seconds": sum(r["seconds"] for r, hit in scored if not hit) + gathered["seconds"], "images": gathered["images"],
-                  "workers": _workers(scored)},
+                  "workers": _workers(scored), "maps": [r["maps"] for r, _ in scored]},
         "rank": {"seconds": sum(r["seconds"] for r, hit in ranked if not hit) + mined["seconds"] + published["seconds"], **mined,
                  "workers": _workers(ranked)},
         **applications,

@@ -20,7 +20,9 @@ from tasks.errors import InputError, StorageError
 from tasks.logs import stage_logger
 from tasks.storage import RunStore, is_local, join_uri, open_fs, with_retries
 
-__all__ = ["InputError", "Sources", "ingest", "ingest_images", "list_sources", "match_labels", "read_labels"]
+__all__ = [
+    "InputError", "Sources", "clean_label", "ingest", "ingest_images", "list_sources", "match_labels", "read_labels", "read_table",
+]
 
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -32,7 +34,7 @@ class Sources:
     labels: list[str | None] | None  # labels carried by the listing (folder per label, manifest column)
 
 
-def _read_table(uri: str, what: str, storage_options: dict | None) -> pd.DataFrame:
+def read_table(uri: str, what: str, storage_options: dict | None) -> pd.DataFrame:
     import io
 
     fs, path = open_fs(uri, storage_options)
@@ -71,7 +73,7 @@ def list_sources(images: str, extensions: tuple[str, ...], storage_options: dict
         raise InputError(f"IMAGES {images} does not exist")
     if not path.lower().endswith(MANIFEST_SUFFIXES):
         raise InputError(f"IMAGES {images} is neither a folder nor a CSV/Parquet manifest")
-    df = _read_table(images, "manifest", storage_options)
+    df = read_table(images, "manifest", storage_options)
     col = "source" if "source" in df.columns else "filename" if "filename" in df.columns else None
     if col is None:
         raise InputError(f"manifest {images} needs a 'source' or 'filename' column; it has {list(df.columns)}")
@@ -86,7 +88,7 @@ def list_sources(images: str, extensions: tuple[str, ...], storage_options: dict
         names.append(value if not absolute else value.rsplit("/", 1)[-1])
     labels = None
     if "label" in df.columns:
-        labels = [_clean_label(v) for v in df["label"]]
+        labels = [clean_label(v) for v in df["label"]]
     return Sources(uris=uris, names=names, labels=labels)
 
 
@@ -94,7 +96,7 @@ def _local_rel(p: str, root: str) -> str:
     return posixpath.relpath(p.replace("\\", "/"), root.replace("\\", "/"))
 
 
-def _clean_label(value: object) -> str | None:
+def clean_label(value: object) -> str | None:
     """A label as text: stripped, Unicode NFC (so that visually equal labels are equal); None
     when missing or blank. Labels are data, never paths: any other character is kept."""
     if value is None or (isinstance(value, float) and value != value):
@@ -115,7 +117,7 @@ def read_labels(labels: str, storage_options: dict | None = None, notes: list[st
     Unusable rows (an empty file name) raise `InputError` naming the file, the rows and the
     column; recoverable ones (an empty label: the image is kept unlabelled) add a sentence to
     `notes`."""
-    df = _read_table(labels, "labels", storage_options)
+    df = read_table(labels, "labels", storage_options)
     missing = [c for c in ("filename", "label") if c not in df.columns]
     if missing:
         raise InputError(f"labels file {labels} lacks column(s) {missing}; it has {list(df.columns)} (need filename,label)")
@@ -125,7 +127,7 @@ def read_labels(labels: str, storage_options: dict | None = None, notes: list[st
     names = df["filename"].map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else str(v).strip())
     if (names == "").any():
         raise InputError(f"labels file {labels}, row(s) {_rows(names == '')}, column 'filename': empty file name")
-    out = pd.DataFrame({"filename": names, "label": [_clean_label(v) for v in df["label"]]})
+    out = pd.DataFrame({"filename": names, "label": [clean_label(v) for v in df["label"]]})
     blank = out["label"].isna()
     if blank.any() and notes is not None:
         notes.append(

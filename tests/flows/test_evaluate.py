@@ -1,0 +1,189 @@
+"""`gcmine evaluate RUN --boxes BOXES` on a finished tiny run: the maps against the motif boxes,
+every box row accounted for (unknown images and labels, boxes outside the image, bad numbers),
+bad box files refused with one line, and the same evaluation on an S3 run root."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flows.cli import main
+from gcmodels.evaluation import boxes_mask, localisation_scores
+from gcmodels.synthetic import motif_dataset
+from tasks.artifacts import EVALUATION, EVALUATION_SUMMARY, MANIFEST, RUN_JSON, unpack_map_rows
+from tasks.evaluate import EVALUATION_COLUMNS, recorded_maps
+from tasks.storage import RunStore
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "data.resolution=16", "data.shard_size=4", "embed.size=8", "embed.dim=4", "cluster.k=2",
+    "model.block_out_channels=[8, 16]", "train.steps=3", "train.batch_size=4", "train.warmup_steps=1",
+    "score.draws=2", "score.batch_size=8", "rank.per_image=2", "rank.elements=2", "rank.feature_draws=1",
+    "report.heatmaps_per_label=1", "runtime.progress=false",
+]
+
+
+@pytest.fixture(scope="module")
+def run(prefect_harness, tmp_path_factory) -> dict:
+    """A finished run on 10 images of 24 x 20 pixels (not square: maps are upsampled per axis),
+    one of them corrupt, and the motif boxes as a boxes file."""
+    root = tmp_path_factory.mktemp("evaluate")
+    images = root / "images"
+    rows = []
+    for i, item in enumerate(motif_dataset(n_per_label=4, size=24, labels=("circle", "cross"), seed=7)):
+        path = images / item.label / f"{i:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        item.image.resize((24, 20)).save(path)
+        x0, y0, x1, y1 = item.box
+        rows.append({"filename": f"{item.label}/{i:02d}.png", "label": item.label, "x0": x0, "y0": y0 * 20 / 24, "x1": x1, "y1": y1 * 20 / 24})
+    (images / "circle" / "broken.png").write_bytes(b"not an image")
+    out = root / "out"
+    argv = ["run", str(images), "--out", str(out)]
+    for item in TINY:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    return {"root": root, "out": out, "boxes": pd.DataFrame(rows)}
+
+
+def _evaluate(out, boxes_path, *extra: str) -> int:
+    return main(["evaluate", str(out), "--boxes", str(boxes_path), *extra])
+
+
+def test_run_json_records_the_maps(run) -> None:
+    parts = recorded_maps(RunStore(str(run["out"])))["finetuned"]
+    assert parts and all(p.startswith("maps/part-") for p in parts)
+
+
+def test_evaluate_scores_every_box_against_its_map(run, tmp_path, capsys) -> None:
+    boxes = run["boxes"]
+    path = tmp_path / "boxes.csv"
+    boxes.to_csv(path, index=False)
+    assert _evaluate(run["out"], path) == 0
+    store = RunStore(str(run["out"]))
+    table = store.read_parquet(EVALUATION)
+    assert list(table.columns) == EVALUATION_COLUMNS
+    assert len(table) == len(boxes) and (table["status"] == "ok").all() and (table["model"] == "finetuned").all()
+    # recompute one pair by hand: the map upsampled to the original 24 x 20, the box in whole pixels
+    manifest = store.read_parquet(MANIFEST).set_index("image_id")
+    row = table.iloc[0]
+    maps = pd.concat([store.read_parquet(p) for p in store.read_json(RUN_JSON)["stages"]["score"]["maps"]])
+    sel = maps[(maps["image_id"] == row["image_id"]) & (maps["label"] == row["label"])]
+    import torch
+    import torch.nn.functional as F
+
+    m = torch.from_numpy(np.array(unpack_map_rows(sel)[0]))[None, None]
+    w, h = int(manifest.loc[row["image_id"], "width"]), int(manifest.loc[row["image_id"], "height"])
+    assert (w, h) == (24, 20)
+    up = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+    b = boxes[boxes["filename"] == row["filename"]].iloc[0]
+    box = [math.floor(b.x0), math.floor(b.y0), math.ceil(b.x1), math.ceil(b.y1)]
+    expected = localisation_scores(up, boxes_mask(np.array([box]), h, w))
+    for k, v in expected.items():
+        assert row[k] == pytest.approx(v, rel=1e-6, abs=1e-12), k
+    summary = store.read_parquet(EVALUATION_SUMMARY)
+    assert set(summary["label"]) == {"circle", "cross", "(all)"}
+    pooled = summary[summary["label"] == "(all)"].iloc[0]
+    assert pooled["pairs"] == len(boxes) and pooled["ap"] == pytest.approx(table["ap"].mean())
+    err = capsys.readouterr().err
+    assert "typicality maps against the boxes" in err and "(all)" in err
+
+
+def test_every_box_row_is_accounted_for(run, tmp_path) -> None:
+    good = run["boxes"].iloc[0].to_dict()
+    rows = [
+        good,
+        {**good, "x0": 100, "x1": 120},  # outside the 24 x 20 image: dropped, the pair still scored with the good box
+        {**good, "label": "cross" if good["label"] == "circle" else "circle"},  # a label the image was not scored under
+        {**good, "label": "triangle"},  # a label the run does not have
+        {**good, "filename": "ghost.png"},  # no such image
+        {**good, "filename": "circle/broken.png"},  # rejected at ingest
+        {**good, "filename": Path(good["filename"]).name},  # the base name alone: unique in this run
+        {**good, "filename": run["boxes"].iloc[1]["filename"], "x0": "wide"},  # not a number
+        {**good, "filename": run["boxes"].iloc[2]["filename"], "x1": good["x0"]},  # empty box
+        {**good, "filename": run["boxes"].iloc[3]["filename"], "x0": -5, "y0": -5, "x1": 30, "y1": 30},  # clipped to the image
+    ]
+    path = tmp_path / "boxes.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    assert _evaluate(run["out"], path) == 0
+    t = RunStore(str(run["out"])).read_parquet(EVALUATION).set_index(["filename", "label"])
+    first = t.loc[(good["filename"], good["label"])]
+    assert first["status"] == "ok" and first["boxes"] == 1 and first["boxes_dropped"] == 1
+    assert "outside the image (24 x 20)" in first["reason"]
+    other = "cross" if good["label"] == "circle" else "circle"
+    assert "no map of this image under" in t.loc[(good["filename"], other), "reason"]
+    assert t.loc[(good["filename"], "triangle"), "reason"].startswith("unknown label")
+    assert t.loc[("ghost.png", good["label"]), "reason"].startswith("row 6: unknown image")
+    assert "rejected at ingest" in t.loc[("circle/broken.png", good["label"]), "reason"]
+    assert t.loc[(Path(good["filename"]).name, good["label"]), "status"] == "ok"
+    assert "is not a number" in t.loc[(run["boxes"].iloc[1]["filename"], good["label"]), "reason"]
+    assert "empty box" in t.loc[(run["boxes"].iloc[2]["filename"], good["label"]), "reason"]
+    clipped = t.loc[(run["boxes"].iloc[3]["filename"], good["label"])]
+    assert clipped["status"] == "ok" and clipped["ap"] == 1.0 and np.isnan(clipped["outside"])  # the whole image
+    assert t["boxes"].sum() + t["boxes_dropped"].sum() == len(rows)  # every row lands somewhere
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("filename,label,x0,y0\na.png,circle,1,1\n", "lacks column(s) ['x1', 'y1']"),
+        ("filename,label,x0,y0,x1,y1\n", "has no rows"),
+        ("", "is empty"),
+    ],
+)
+def test_bad_box_files_are_one_line(run, tmp_path, capsys, content: str, message: str) -> None:
+    path = tmp_path / "boxes.csv"
+    path.write_text(content)
+    assert _evaluate(run["out"], path) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and str(path) in err[0]
+
+
+def test_not_a_run(tmp_path, capsys, run) -> None:
+    path = tmp_path / "boxes.csv"
+    run["boxes"].to_csv(path, index=False)
+    assert _evaluate(tmp_path / "nothing", path) == 2
+    assert "is not a finished gcmine run" in capsys.readouterr().err
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch):
+    import logging
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def test_evaluate_on_s3(run, tmp_path, s3_endpoint) -> None:
+    """The run root and the boxes file on S3 (moto): the same table as the local evaluation."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
+    fs.mkdir("runs")
+    fs.put(str(run["out"]) + "/", "runs/tiny/", recursive=True)
+    local = tmp_path / "boxes.csv"
+    run["boxes"].to_csv(local, index=False)
+    fs.put(str(local), "runs/boxes.csv")
+    assert _evaluate(run["out"], local) == 0
+    expected = RunStore(str(run["out"])).read_parquet(EVALUATION)
+    assert _evaluate("s3://runs/tiny", "s3://runs/boxes.csv", "--set", f"storage.endpoint_url={s3_endpoint}") == 0
+    got = RunStore("s3://runs/tiny", {"endpoint_url": s3_endpoint}).read_parquet(EVALUATION)
+    pd.testing.assert_frame_equal(got, expected)
