@@ -133,11 +133,16 @@ def _best_candidates(store: RunStore, candidates: list[str], k: int) -> pd.DataF
     offset = 0
     for name in candidates:
         part = store.read_parquet(name, ["label", "typicality", "feature"])
+        start = offset
         part.insert(0, "order", np.arange(offset, offset + len(part), dtype=np.int64))
         offset += len(part)
         part = part[part["feature"].map(len) > 0]  # a shard's own losers cannot reach the top
         merged = part if best is None else pd.concat([best, part], ignore_index=True)
         best = merged.loc[_top_per_label(merged.sort_values("order", kind="stable"), k)].reset_index(drop=True)
+        # features read from Parquet are views of the part's whole buffer: copy the ones kept
+        # from this part, so that the buffer is freed (else every part would stay in memory)
+        fresh = (best["order"] >= start).to_numpy()
+        best["feature"] = [np.array(f) if new else f for f, new in zip(best["feature"], fresh)]
     return best if best is not None else pd.DataFrame(columns=["order", "label", "typicality", "feature"])
 
 
