@@ -8,6 +8,15 @@ measured), and then, each in a fresh process, every shard is scored (`score_shar
 peak RSS (VmHWM): flat across sizes = the stages stream their shards.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory_scaling.py [--sizes 100 1000 10000]
+
+`--elements` measures the elements stage instead, on synthetic candidates (no model): 5 patches
+an image with Stable-Diffusion-sized features (1 280 floats), 3 labels, shards of 256 images,
+for each size (default 1 000, 10 000, 100 000 images): the stage as it is (candidates as
+rank_shard writes them: only each shard's own best `per_label` per label keep a feature, merged
+shard by shard), and the former one (every candidate with its feature, concatenated), each in a
+fresh process.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory_scaling.py --elements [--sizes 1000 10000 100000]
 """
 
 from __future__ import annotations
@@ -108,16 +117,108 @@ def stage(work: Path, which: str) -> None:
                       "seconds": time.perf_counter() - start, "shards": len(info["shards"])}))
 
 
+FEATURE_DIM = 1280  # Stable Diffusion's up_blocks[1] channels
+ELEMENT_SHARD = 256  # images per shard (data.shard_size)
+ELEMENT_RANK = RankConfig(per_label=1000, elements=32)  # the paper's 1000 patches and 32 elements per label
+
+
+def write_candidates(work: Path, n: int) -> dict:
+    """Synthetic candidates of `n` images in shards, twice: as rank_shard writes them now
+    (`pruned/`) and with every feature (`full/`, the former format)."""
+    from tasks.rank import _NO_FEATURE, _top_per_label
+    from tasks.storage import RunStore
+
+    rng = np.random.default_rng(n)
+    names = []
+    for store_name in ("pruned", "full"):
+        (work / store_name).mkdir()
+    for s, start in enumerate(range(0, n, ELEMENT_SHARD)):
+        import pandas as pd
+
+        m = min(ELEMENT_SHARD, n - start) * 5
+        ids = np.repeat([f"{i:012x}" for i in range(start, start + m // 5)], 5)
+        table = pd.DataFrame({
+            "image_id": ids, "label": rng.choice(["a", "b", "c"], m // 5).repeat(5), "rank": np.tile(np.arange(5), m // 5),
+            "x0": rng.integers(0, 400, m), "y0": rng.integers(0, 400, m), "x1": rng.integers(400, 512, m), "y1": rng.integers(400, 512, m),
+            "wx0": 0, "wy0": 0, "wx1": 64, "wy1": 64, "typicality": rng.normal(size=m).astype(np.float32),
+            "feature": list(rng.normal(size=(m, FEATURE_DIM)).astype(np.float32)),
+        })
+        name = f"patch_candidates/part-{s:05d}.parquet"
+        names.append(name)
+        RunStore(str(work / "full")).write_parquet(name, table)
+        kept = table.index.isin(_top_per_label(table, ELEMENT_RANK.per_label))
+        table["feature"] = [f if keep else _NO_FEATURE for f, keep in zip(table["feature"], kept)]
+        RunStore(str(work / "pruned")).write_parquet(name, table)
+    return {"names": names}
+
+
+def elements_stage(work: Path, which: str) -> None:
+    """Child process: the elements stage (`now`, on pruned candidates) or the former one
+    (`before`, every candidate concatenated with its feature); prints the peak RSS as JSON."""
+    import pandas as pd
+
+    from gcmodels.elements import mine_elements
+    from tasks.rank import elements
+    from tasks.storage import RunStore
+
+    no_api()
+    names = json.loads((work / "setup.json").read_text())["names"]
+    base = peak_mib()
+    start = time.perf_counter()
+    if which == "now":
+        elements.fn(str(work / "pruned"), names, ELEMENT_RANK)
+    else:
+        store = RunStore(str(work / "full"))
+        cand = pd.concat([store.read_parquet(c) for c in names], ignore_index=True)
+        cand["element"] = -1
+        for _, group in cand.groupby("label", sort=True):
+            top = group.nlargest(ELEMENT_RANK.per_label, "typicality", keep="first")
+            found = mine_elements(np.stack(top["feature"].to_numpy()), top["typicality"].to_numpy(), ELEMENT_RANK.elements, seed=0)
+            cand.loc[top.index, "element"] = found.assignment
+    print(json.dumps({"stage": which, "peak_mib": peak_mib(), "after_imports_mib": base, "seconds": time.perf_counter() - start}))
+
+
+def elements_main(sizes: list[int]) -> int:
+    rows = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="gcmine-mem-el-") as tmp:
+            work = Path(tmp)
+            (work / "setup.json").write_text(json.dumps(write_candidates(work, n)))
+            disk = {d: sum(f.stat().st_size for f in (work / d).rglob("*.parquet")) / 2**20 for d in ("pruned", "full")}
+            for which in ("now", "before"):
+                res = subprocess.run(
+                    [sys.executable, __file__, "--stage", f"elements-{which}", "--work", str(work)],
+                    check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                )
+                row = json.loads(res.stdout.strip().splitlines()[-1])
+                row["candidates_mib"] = disk["pruned" if which == "now" else "full"]
+                rows.append({"images": n, **row})
+                print(f"  {n} images, elements ({which}): {row['peak_mib']:.0f} MiB peak ({row['seconds']:.1f} s)", flush=True)
+    print(f"\nelements stage: 5 candidate patches an image, {FEATURE_DIM}-float features, 3 labels, {ELEMENT_SHARD} images a shard, "
+          f"per_label {ELEMENT_RANK.per_label}, {ELEMENT_RANK.elements} elements, 1 thread")
+    print(f"{'images':>8}{'stage':>8}{'peak RSS MiB':>14}{'after imports':>15}{'above imports':>15}{'candidates MiB':>16}{'seconds':>9}")
+    for r in rows:
+        print(f"{r['images']:>8}{r['stage']:>8}{r['peak_mib']:>14.0f}{r['after_imports_mib']:>15.0f}"
+              f"{r['peak_mib'] - r['after_imports_mib']:>15.0f}{r['candidates_mib']:>16.0f}{r['seconds']:>9.1f}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
     ap.add_argument("--trace", action="store_true", help="print the RSS after every shard")
-    ap.add_argument("--stage", choices=["score", "rank"], help=argparse.SUPPRESS)
+    ap.add_argument("--elements", action="store_true", help="measure the elements stage on synthetic candidates")
+    ap.add_argument("--stage", choices=["score", "rank", "elements-now", "elements-before"], help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.stage:
-        stage(Path(args.work), args.stage)
+        if args.stage.startswith("elements-"):
+            elements_stage(Path(args.work), args.stage.removeprefix("elements-"))
+        else:
+            stage(Path(args.work), args.stage)
         return 0
+    if args.elements:
+        return elements_main(args.sizes if args.sizes != [100, 1000, 10000] else [1000, 10000, 100000])
     rows = []
     for n in args.sizes:
         with tempfile.TemporaryDirectory(prefix="gcmine-mem-") as tmp:

@@ -258,6 +258,11 @@ class RankConfig(_Section):
     feature_t: float = Field(0.16, ge=0, le=1, description="timestep of the diffusion features, fraction of schedule")
     feature_draws: int = Field(4, ge=1, description="noise draws averaged for the features")
     feature_block: int = Field(-1, description="UNet decoder block whose output is the feature (-1 = the last, full resolution)")
+    feature_batch: int = Field(
+        64, ge=1,
+        description="most UNet inputs (images x feature_draws) per feature forward; 64 fits a 24 GB card with Stable "
+        "Diffusion at 512 px: lower it on out-of-memory, raise it on a larger card",
+    )
     seed: int = Field(0, description="seed of feature noise and element clustering")
 
 

@@ -16,12 +16,12 @@ from tasks.artifacts import (
     unpack_map_rows, worker_name,
 )
 from tasks.caching import content_key
+from tasks.errors import out_of_memory_hint
 from tasks.latents import read_latents, shape_groups
 from tasks.logs import stage_logger
 from tasks.models import model_stage
 from tasks.storage import RunStore
 
-CHUNK = 64  # images per feature forward batch
 
 
 def _model_inputs(store: RunStore, model, name: str, ids: list[str], latents: str | None) -> list[np.ndarray]:
@@ -45,9 +45,15 @@ def rank_shard(
 
     Maps at latent resolution (model.base) are upsampled bilinearly to the working image first,
     so patches are chosen, and measured, in working pixels; features come from the UNet decoder
-    with the label prompt, computed once per image for all its patches."""
+    with the label prompt, computed once per image for all its patches, at most
+    `config.feature_batch` UNet inputs (images x feature draws) per forward. Only the patches
+    that can still be among their label's `per_label` best (those of the shard's own best) keep
+    their feature: the others are stored with an empty one, so the elements stage never holds
+    more than `per_label` features per label."""
     name = shard["name"]
-    with stopwatch() as clock, model_stage(out, fingerprint, runtime, storage_options) as (store, model, device):
+    chunk = max(1, config.feature_batch // config.feature_draws)  # images per feature forward
+    with stopwatch() as clock, model_stage(out, fingerprint, runtime, storage_options) as (store, model, device), \
+            out_of_memory_hint(f"rank {name}", {"rank.feature_batch": config.feature_batch}, device):
         maps_df = store.read_parquet(maps)
         ids = list(maps_df["image_id"])
         map_list = unpack_map_rows(maps_df)
@@ -72,8 +78,8 @@ def rank_shard(
             g = torch.Generator().manual_seed(config.seed)  # the same noise for every image of a shape
             noise = torch.randn((config.feature_draws, *x0.shape[1:]), generator=g).to(device)
             with torch.inference_mode():
-                for start in range(0, len(idx), CHUNK):
-                    sl = slice(start, start + CHUNK)
+                for start in range(0, len(idx), chunk):
+                    sl = slice(start, start + chunk)
                     x = x0[sl].to(device)
                     x = model.encode(x) if x.dtype == torch.uint8 else x
                     fmap = model.decoder_features(x, cond[idx[sl]].to(device), t, noise, config.feature_block)
@@ -99,35 +105,74 @@ def rank_shard(
                 "typicality": scores.reshape(-1),
                 "feature": list(features.reshape(n * k, -1).astype(np.float32)),
             }
-        )[valid]
+        )[valid].reset_index(drop=True)
+        kept = table.index.isin(_top_per_label(table, config.per_label))
+        table["feature"] = [f if keep else _NO_FEATURE for f, keep in zip(table["feature"], kept)]
         candidates = keyed_part("patch_candidates", name, content_key(maps, fingerprint, patch_size, config, latents))
         store.write_parquet(candidates, table)
     return {"shard": name, "patches": int(valid.sum()), "candidates": candidates, "seconds": clock["seconds"], "worker": worker_name()}
 
 
+_NO_FEATURE = np.zeros(0, np.float32)  # the feature of a candidate that cannot reach its label's top
+
+
+def _top_per_label(table: pd.DataFrame, k: int) -> pd.Index:
+    """Index of each label's `k` most typical rows of `table`, ties to the earlier row: the rows
+    `groupby("label")` + `nlargest(k, "typicality", keep="first")` keeps, in the same order
+    (typicality descending, then table order)."""
+    ranked = table.sort_values("typicality", ascending=False, kind="stable")
+    return ranked.groupby("label", sort=False).head(k).index
+
+
+def _best_candidates(store: RunStore, candidates: list[str], k: int) -> pd.DataFrame:
+    """Each label's `k` most typical candidate patches over all shards, with their features,
+    merged shard by shard (memory: k features per label, whatever the number of shards).
+    Rows keep `order`, their position in the concatenation of the shards' tables, and come
+    back in `_top_per_label` order over that concatenation."""
+    best: pd.DataFrame | None = None
+    offset = 0
+    for name in candidates:
+        part = store.read_parquet(name, ["label", "typicality", "feature"])
+        start = offset
+        part.insert(0, "order", np.arange(offset, offset + len(part), dtype=np.int64))
+        offset += len(part)
+        part = part[part["feature"].map(len) > 0]  # a shard's own losers cannot reach the top
+        merged = part if best is None else pd.concat([best, part], ignore_index=True)
+        best = merged.loc[_top_per_label(merged.sort_values("order", kind="stable"), k)].reset_index(drop=True)
+        # features read from Parquet are views of the part's whole buffer: copy the ones kept
+        # from this part, so that the buffer is freed (else every part would stay in memory)
+        fresh = (best["order"] >= start).to_numpy()
+        best["feature"] = [np.array(f) if new else f for f, new in zip(best["feature"], fresh)]
+    return best if best is not None else pd.DataFrame(columns=["order", "label", "typicality", "feature"])
+
+
 @task(name="elements", task_run_name="elements")
 def elements(out: str, candidates: list[str], config: RankConfig, storage_options: dict | None = None) -> dict:
     """Keep each label's `per_label` most typical patches (from the shards' `candidates`
-    artifacts), cluster them into elements, rank the elements; write `patches.parquet` and
-    `elements.parquet`."""
+    artifacts, merged shard by shard: features of the others are never held), cluster them into
+    elements, rank the elements; write `patches.parquet` (every candidate, `element` -1 when not
+    clustered) and `elements.parquet`."""
     log = stage_logger()
     with stopwatch() as clock:
         store = RunStore(out, storage_options)
-        cand = pd.concat([store.read_parquet(c) for c in candidates], ignore_index=True)
-        cand["element"] = -1
-        cand["distance"] = np.nan
+        best = _best_candidates(store, candidates, config.per_label)
+        element = pd.Series(dtype=np.int64)
+        distance = pd.Series(dtype=np.float64)
         rows = []
-        for label, group in cand.groupby("label", sort=True):
-            top = group.nlargest(config.per_label, "typicality", keep="first")
+        for label, top in best.groupby("label", sort=True):
             found = mine_elements(np.stack(top["feature"].to_numpy()), top["typicality"].to_numpy(), config.elements, seed=config.seed)
-            cand.loc[top.index, "element"] = found.assignment
-            cand.loc[top.index, "distance"] = found.distance
+            element = pd.concat([element, pd.Series(found.assignment, index=top["order"].to_numpy())])
+            distance = pd.concat([distance, pd.Series(found.distance, index=top["order"].to_numpy())])
             for e in range(len(found.score)):
                 rows.append({"label": label, "element": e, "rank": e, "score": float(found.score[e]), "size": int(found.size[e])})
             log.info(
-                "label %r: %d patches kept of %d, %d elements (top score %.4g, %d patches)",
-                label, len(top), len(group), len(found.score), found.score[0], found.size[0],
+                "label %r: %d patches kept, %d elements (top score %.4g, %d patches)",
+                label, len(top), len(found.score), found.score[0], found.size[0],
             )
+        columns = [c for c in PATCH_COLUMNS if c != "element"]
+        cand = pd.concat([store.read_parquet(c, columns) for c in candidates], ignore_index=True)
+        cand["element"] = element.reindex(cand.index).fillna(-1).astype(np.int64).to_numpy()
+        cand["distance"] = distance.reindex(cand.index).to_numpy(np.float64)
         patches = cand[PATCH_COLUMNS + ["distance"]].sort_values(["label", "image_id", "rank"], kind="stable")
         store.write_parquet(PATCHES, patches.reset_index(drop=True))
         store.write_parquet(ELEMENTS, pd.DataFrame(rows, columns=ELEMENT_COLUMNS))

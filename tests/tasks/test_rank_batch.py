@@ -1,0 +1,85 @@
+"""rank: the feature forwards hold at most `rank.feature_batch` UNet inputs, give the same
+candidates whatever the cap, and an out-of-memory error names the setting to lower."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gcmodels.config import DataConfig, ModelConfig, RankConfig, RuntimeConfig, ScoreConfig, TrainConfig
+from gcmodels.diffusion import PixelDiffusion
+from tasks.errors import OutOfMemory
+from tasks.storage import RunStore
+
+RUNTIME = RuntimeConfig(device="cpu", threads=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory) -> dict:
+    """A tiny ingested, trained (2 steps) and scored run of 10 images in one shard."""
+    import prefect.artifacts
+
+    from tasks.finetune import finetune
+    from tasks.ingest import ingest
+    from tasks.score import score_shard
+
+    work = tmp_path_factory.mktemp("rank-batch")
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        folder = work / "images" / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    out = str(work / "run")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(prefect.artifacts, "create_progress_artifact", lambda **kw: (_ for _ in ()).throw(RuntimeError("no API")))
+    ingested = ingest.fn(str(work / "images"), None, out, DataConfig(resolution=16))
+    shard = ingested["shards"][0]
+    trained = finetune.fn(out, [shard["name"]], 16, ModelConfig(block_out_channels=(8, 16)), TrainConfig(steps=2, batch_size=4, warmup_steps=0), RUNTIME)
+    maps = score_shard.fn(out, shard, trained["fingerprint"], ScoreConfig(draws=2, batch_size=8), RUNTIME)["maps"]
+    yield {"out": out, "shard": shard, "maps": maps, "fingerprint": trained["fingerprint"]}
+    mp.undo()
+
+
+def _rank(scored: dict, config: RankConfig):
+    from tasks.rank import rank_shard
+
+    result = rank_shard.fn(scored["out"], scored["shard"], scored["maps"], scored["fingerprint"], 3, config, RUNTIME)
+    return RunStore(scored["out"]).read_parquet(result["candidates"])
+
+
+def test_feature_forwards_are_capped_and_equal(scored, monkeypatch) -> None:
+    seen: list[int] = []
+    original = PixelDiffusion.decoder_features
+
+    def spy(self, x0, cond, t, noise, block):
+        seen.append(x0.shape[0] * noise.shape[0])  # UNet inputs of this call (images x draws)
+        return original(self, x0, cond, t, noise, block)
+
+    monkeypatch.setattr(PixelDiffusion, "decoder_features", spy)
+    wide = _rank(scored, RankConfig(per_image=2, feature_draws=2, feature_batch=64))
+    assert max(seen) == 20  # 10 images x 2 draws: one call
+    seen.clear()
+    narrow = _rank(scored, RankConfig(per_image=2, feature_draws=2, feature_batch=6))
+    assert max(seen) <= 6 and len(seen) == 4  # 3 images x 2 draws per call: 3 + 3 + 3 + 1 images
+    for col in ("image_id", "label", "rank", "x0", "y0", "x1", "y1", "typicality"):
+        assert wide[col].tolist() == narrow[col].tolist()
+    np.testing.assert_allclose(np.stack(wide["feature"]), np.stack(narrow["feature"]), rtol=1e-5, atol=1e-6)
+
+
+def test_losers_of_the_shard_carry_no_feature(scored) -> None:
+    cand = _rank(scored, RankConfig(per_image=2, per_label=3, feature_draws=1))
+    has = cand["feature"].map(len) > 0
+    assert has.groupby(cand["label"]).sum().tolist() == [3, 3]  # the shard's 3 best per label
+    for _, group in cand.groupby("label"):
+        best = group.sort_values("typicality", ascending=False, kind="stable").head(3)
+        assert has[best.index].all()
+
+
+def test_out_of_memory_names_the_setting(scored, monkeypatch) -> None:
+    def oom(self, *args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(PixelDiffusion, "decoder_features", oom)
+    with pytest.raises(OutOfMemory, match=r"lower rank\.feature_batch \(now 64\)"):
+        _rank(scored, RankConfig(feature_draws=1))
