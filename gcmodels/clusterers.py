@@ -305,8 +305,10 @@ def fit_clustering(X: Any, config: ClusterConfig, *, device: str = "cpu") -> Clu
         eps = config.eps if config.eps is not None else estimate_eps(features, config.min_samples, random_state=config.seed)
         meta["eps"] = float(eps)
     estimator = make_clusterer(config, n, k=k, eps=eps, device=device)
-    # EM in float64: in float32 the log-likelihood of a converged mixture wobbles by ~1e-7
-    fit_on = features.astype(np.float64, copy=False) if isinstance(estimator, GaussianMixture) else features
+    # Lloyd and EM in float64 (scikit-learn computes in the data's dtype): the objective and its trace
+    # to full precision, as gcmine's own estimators gave them; mini-batch k-means, the path for
+    # large n, stays in float32 to keep memory low
+    fit_on = features.astype(np.float64, copy=False) if isinstance(estimator, (GaussianMixture, TracedKMeans)) else features
     if isinstance(estimator, GaussianMixture) and n < 2:  # EM needs two rows; one row is one cluster
         assignments, traces = np.zeros(n, dtype=np.int64), {}
     else:

@@ -55,6 +55,7 @@ __all__ = [
     "choose_k",
     "clustering_metrics",
     "contingency",
+    "lloyd_trace",
 ]
 
 # MiB of pairwise distances the silhouette holds at once (scikit-learn's working_memory)
@@ -297,7 +298,7 @@ def choose_k(
     For every k in [k_min, k_hi], fits ``make_estimator(k)`` (default: `KMeans` for the
     silhouette, a full-covariance `GaussianMixture` for the BIC; both with `n_init`, `max_iter`
     and `random_state`) on X (n, d), or on one random subset of `fit_size` rows when n is larger
-    (drawn once, shared by every k), and scores it:
+    (drawn once, shared by every k), in float64, and scores it:
 
     - ``criterion="silhouette"``: s = mean_i (b_i - a_i) / max(a_i, b_i) (Rousseeuw, 1987) on
       one random subset of min(n, sample_size) rows, shared by every k (comparable across k);
@@ -321,8 +322,6 @@ def choose_k(
     if fit_size is not None and n > fit_size:
         X = X[np.sort(rng.permutation(n)[:fit_size])]
         n = fit_size
-    if criterion == "bic":
-        X = X.astype(np.float64, copy=False)  # EM in float64 (see gcmodels.clusterers.fit_clustering)
     if criterion == "silhouette":
         if n < 3:
             raise ValueError(f"choose_k: needs at least 3 samples to compare clusterings by silhouette, got {n}")
@@ -349,16 +348,17 @@ def choose_k(
                 k, n_init=n_init, max_iter=max_iter, tol=GMM_TOL, random_state=rng
             )
     sample = np.sort(rng.permutation(n)[: min(n, sample_size)])
+    X_fit = X.astype(np.float64, copy=False)  # fits in float64, as gcmodels.clusterers.fit_clustering does
     curve: dict[int, float] = {}
     for k in range(k_min, k_hi + 1):
         est = make_estimator(k)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            assignments = np.asarray(est.fit_predict(X))
+            assignments = np.asarray(est.fit_predict(X_fit))
         if criterion == "silhouette":
             curve[k] = _silhouette_or_nan(X[sample], assignments[sample])
         else:
-            value = float(est.bic(X))
+            value = float(est.bic(X_fit))
             curve[k] = value if math.isfinite(value) else math.nan
     scored = {k: s for k, s in curve.items() if not math.isnan(s)}
     if not scored:

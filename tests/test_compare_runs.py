@@ -43,8 +43,11 @@ def test_runs_are_paired_without_content_keys(tmp_path: Path, capsys) -> None:
         _write(tmp_path / run, "manifest.parquet", df)
         _write(tmp_path / run, f"stages/clusters-{key}.parquet", df if run == "old" else df.assign(x=[1, 3]))
     _write(tmp_path / "new", "extra.parquet", df)
+    for run, t in (("old", 1.5), ("new", 2.5)):
+        _write(tmp_path / run, "training.parquet", pd.DataFrame({"step": [0], "loss": [0.5], "seconds": [t]}))
     assert not compare_runs.compare_runs(tmp_path / "old", tmp_path / "new")
     out = capsys.readouterr().out
     assert "manifest.parquet" in out and "identical bytes" in out
     assert "stages/clusters.parquet" in out and "DIFFERENT: x: 1 of 2 values differ" in out
     assert "extra.parquet" in out and "only in B" in out
+    assert "training.parquet" in out and "same table apart from the wall-clock column(s) seconds" in out

@@ -252,6 +252,22 @@ def test_fit_clustering_traces_reduction_and_metadata():
     assert list(km.traces) == ["inertia"] and km.metadata["k_source"] == "config"
 
 
+def test_lloyd_and_em_run_in_float64_on_float32_embeddings():
+    """scikit-learn computes in the data's dtype; the stage fits float64 so that the objective (and
+    its trace) is the exact one of the float32 embeddings, to 1e-12 rather than float32's 1e-7."""
+    X, _ = make_blobs(n_samples=2000, centers=5, n_features=8, cluster_std=2.0, random_state=0)
+    X = (X + 1000.0).astype(np.float32)
+    res = fit_clustering(X, ClusterConfig(k=5))
+    a = res.assignments
+    means = np.stack([X[a == j].astype(np.float64).mean(axis=0) for j in range(5)])
+    exact = ((X.astype(np.float64) - means[a]) ** 2).sum()
+    assert res.finals["inertia"] == pytest.approx(exact, rel=1e-12)
+    assert res.traces["inertia"][-1] == pytest.approx(exact, rel=1e-12)
+    assert res.features.dtype == np.float32  # the metrics still see the embeddings as they are
+    gmm = fit_clustering(X, ClusterConfig(method="gmm", k=5, covariance_type="diag"))
+    assert gmm.finals["log_likelihood"] == pytest.approx(gmm.estimator.score(X.astype(np.float64)), rel=1e-12)
+
+
 def test_kmeans_switches_to_minibatches_above_the_threshold():
     cfg = ClusterConfig(k=3, minibatch_above=100)
     assert isinstance(make_clusterer(cfg, 100), TracedKMeans)
