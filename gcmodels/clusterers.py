@@ -13,7 +13,8 @@
 Scale: for n rows of dimension d, everything here is linear in n in memory except the methods
 that are quadratic by nature (agglomerative refuses more than `AGGLOMERATIVE_MAX_SAMPLES`
 rows); k is chosen on a random subset of ``config.k_sample`` rows, the silhouette metric on
-``config.silhouette_sample`` rows.
+``config.silhouette_sample`` rows. Lloyd k-means (at most ``config.minibatch_above`` rows) and
+EM fit a float64 copy of the (n, d) features; mini-batch k-means fits them as they are.
 """
 
 from __future__ import annotations
