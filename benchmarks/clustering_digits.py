@@ -175,11 +175,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"  {'encoder':12s} {'silhouette (k-means)':>22s} {'BIC (diag GMM)':>16s}")
     for name, X in embeddings.items():
         k_sil, _ = choose_k(X, 2, 16, n_init=2, max_iter=100, random_state=args.seed)
-        from gcmodels.clustering import GaussianMixture  # noqa: PLC0415
+        from gcmodels.clustering import GMM_TOL, GaussianMixture  # noqa: PLC0415
 
         k_bic, _ = choose_k(
             X, 2, 16, n_init=1, max_iter=100, random_state=args.seed, criterion="bic",
-            make_estimator=lambda k: GaussianMixture(k, covariance_type="diag", max_iter=100, random_state=args.seed),
+            make_estimator=lambda k: GaussianMixture(k, covariance_type="diag", max_iter=100, tol=GMM_TOL, random_state=args.seed),
         )
         print(f"  {name:12s} {k_sil:>22d} {k_bic:>16d}")
 

@@ -2,17 +2,19 @@
 
 - `make_reducer(method, dim, random_state)`: PCA, UMAP (when umap-learn is installed) or None.
 - `make_clusterer(config, n_samples, k=..., eps=...)`: the scikit-learn estimator the config
-  names (`KMeans` / `MiniBatchKMeans` above ``config.minibatch_above`` rows, `GaussianMixture`,
-  ``sklearn.cluster.DBSCAN`` / ``HDBSCAN``, `Agglomerative`, `DEC`).
+  names (`TracedKMeans` / ``sklearn.cluster.MiniBatchKMeans`` above ``config.minibatch_above``
+  rows, ``sklearn.mixture.GaussianMixture``, ``sklearn.cluster.DBSCAN`` / ``HDBSCAN``,
+  `Agglomerative`, `DEC`).
 - `estimate_eps(X, min_samples, ...)`: a DBSCAN radius from the data.
 - `fit_clustering(X, config) -> ClusteringResult`: reduce, choose k, fit, and collect what the
   cluster stage writes (assignments with -1 = noise, distances to the cluster means, the
-  objective traces, the k curve, metadata).
+  objective traces and final values, the k curve, metadata).
 
 Scale: for n rows of dimension d, everything here is linear in n in memory except the methods
 that are quadratic by nature (agglomerative refuses more than `AGGLOMERATIVE_MAX_SAMPLES`
 rows); k is chosen on a random subset of ``config.k_sample`` rows, the silhouette metric on
-``config.silhouette_sample`` rows.
+``config.silhouette_sample`` rows. Lloyd k-means (at most ``config.minibatch_above`` rows) and
+EM fit a float64 copy of the (n, d) features; mini-batch k-means fits them as they are.
 """
 
 from __future__ import annotations
@@ -25,20 +27,14 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.cluster import DBSCAN, HDBSCAN
+from sklearn.cluster import DBSCAN, HDBSCAN, MiniBatchKMeans
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import NearestNeighbors
 from sklearn.utils import check_array, check_random_state
 
-from gcmodels.clustering import (
-    Agglomerative,
-    GaussianMixture,
-    KMeans,
-    MiniBatchKMeans,
-    RandomStateLike,
-    choose_k,
-)
+from gcmodels.clustering import GMM_TOL, Agglomerative, RandomStateLike, TracedKMeans, choose_k
 from gcmodels.config import ClusterConfig
 
 __all__ = [
@@ -93,12 +89,14 @@ def make_clusterer(
     k: int | None = None,
     eps: float | None = None,
     device: str = "cpu",
+    trace: bool = True,
 ) -> Any:
     """The unfitted estimator `config.method` names, for `n_samples` rows.
 
     k: the number of clusters for kmeans / gmm / agglomerative / dec (default ``config.k``;
     one of the two must be set; clipped to n_samples). eps: the DBSCAN radius (default
-    ``config.eps``; one must be set, see `estimate_eps`). device: where DEC trains.
+    ``config.eps``; one must be set, see `estimate_eps`). device: where DEC trains. trace:
+    whether k-means records its objective per iteration (the fits that only choose k do not).
     k-means uses mini-batches when ``config.batch_size`` is set or n_samples exceeds
     ``config.minibatch_above``. Agglomerative refuses more than `AGGLOMERATIVE_MAX_SAMPLES` rows.
     """
@@ -115,10 +113,11 @@ def make_clusterer(
                 k, batch_size=config.batch_size or _DEFAULT_BATCH, n_init=config.n_init,
                 max_iter=config.max_iter, random_state=seed,
             )
-        return KMeans(k, n_init=config.n_init, max_iter=config.max_iter, random_state=seed)
+        return TracedKMeans(k, n_init=config.n_init, max_iter=config.max_iter, random_state=seed, trace=trace)
     if method == "gmm":
         return GaussianMixture(
-            k, covariance_type=config.covariance_type, max_iter=config.max_iter, n_init=config.n_init, random_state=seed
+            k, covariance_type=config.covariance_type, max_iter=config.max_iter, n_init=config.n_init, tol=GMM_TOL,
+            random_state=seed,
         )
     if method == "dbscan":
         eps = config.eps if eps is None else eps
@@ -211,8 +210,10 @@ class ClusteringResult:
     was clustered (the embeddings, or their reduction): compute `clustering_metrics` on it.
     k: clusters found (noise excluded). k_curve: {k: score} when k was chosen (else empty).
     traces: objective per iteration by name ("inertia", "log_likelihood", "kl",
-    "pretrain_loss", "delta_label"). estimator / reducer: the fitted objects (the reducer is
-    None without reduction). metadata: JSON-ready description for the artifact.
+    "pretrain_loss", "delta_label"); finals: the final value of each objective (the estimator's
+    own inertia for k-means, also for mini-batch k-means, which has no trace). estimator /
+    reducer: the fitted objects (the reducer is None without reduction). metadata: JSON-ready
+    description for the artifact.
     """
 
     assignments: np.ndarray
@@ -221,6 +222,7 @@ class ClusteringResult:
     k: int
     k_curve: dict[int, float] = field(default_factory=dict)
     traces: dict[str, list[float]] = field(default_factory=dict)
+    finals: dict[str, float] = field(default_factory=dict)
     estimator: Any = None
     reducer: Any = None
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -228,11 +230,22 @@ class ClusteringResult:
 
 _TRACES = {
     "inertia_trace_": "inertia",
-    "log_likelihood_trace_": "log_likelihood",
     "pretrain_loss_trace_": "pretrain_loss",
     "kl_trace_": "kl",
     "delta_label_trace_": "delta_label",
 }
+
+
+def objective_traces(estimator: Any, X: np.ndarray) -> dict[str, list[float]]:
+    """The objective per iteration of a fitted estimator, by name (see `ClusteringResult`).
+
+    For ``GaussianMixture`` the mean log-likelihood: its ``lower_bounds_`` (the value of the
+    parameters entering each EM iteration) followed by ``score(X)`` (the fitted parameters'),
+    length n_iter_ + 1, non-decreasing. Estimators without iterations give {}.
+    """
+    if isinstance(estimator, GaussianMixture):
+        return {"log_likelihood": [float(v) for v in estimator.lower_bounds_] + [float(estimator.score(X))]}
+    return {name: [float(v) for v in getattr(estimator, attr)] for attr, name in _TRACES.items() if hasattr(estimator, attr)}
 
 
 def _json_params(estimator: Any) -> dict[str, Any]:
@@ -281,7 +294,7 @@ def fit_clustering(X: Any, config: ClusterConfig, *, device: str = "cpu") -> Clu
             k, curve = choose_k(
                 features, config.k_min, min(config.k_max, n - 1), n_init=config.n_init, max_iter=config.max_iter,
                 random_state=config.seed, criterion=config.k_criterion, fit_size=config.k_sample,
-                make_estimator=lambda kk: make_clusterer(cfg, fit_n, k=kk, device=device),
+                make_estimator=lambda kk: make_clusterer(cfg, fit_n, k=kk, device=device, trace=False),
             )
             meta["k_source"] = config.k_criterion
         else:
@@ -293,13 +306,22 @@ def fit_clustering(X: Any, config: ClusterConfig, *, device: str = "cpu") -> Clu
         eps = config.eps if config.eps is not None else estimate_eps(features, config.min_samples, random_state=config.seed)
         meta["eps"] = float(eps)
     estimator = make_clusterer(config, n, k=k, eps=eps, device=device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        warnings.filterwarnings("ignore", message=".*copy.*", category=FutureWarning)
-        estimator.fit(features)
-    assignments = np.asarray(estimator.labels_, dtype=np.int64)
+    # Lloyd and EM in float64 (scikit-learn computes in the data's dtype): the objective and its trace
+    # to full precision, as gcmine's own estimators gave them; mini-batch k-means, the path for
+    # large n, stays in float32 to keep memory low
+    fit_on = features.astype(np.float64, copy=False) if isinstance(estimator, (GaussianMixture, TracedKMeans)) else features
+    if isinstance(estimator, GaussianMixture) and n < 2:  # EM needs two rows; one row is one cluster
+        assignments, traces = np.zeros(n, dtype=np.int64), {}
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.filterwarnings("ignore", message=".*copy.*", category=FutureWarning)
+            assignments = np.asarray(estimator.fit_predict(fit_on), dtype=np.int64)
+        traces = objective_traces(estimator, fit_on)
+    finals = {name: trace[-1] for name, trace in traces.items() if trace}
+    if hasattr(estimator, "inertia_"):
+        finals["inertia"] = float(estimator.inertia_)
     found = int(np.unique(assignments[assignments >= 0]).size)
-    traces = {name: [float(v) for v in getattr(estimator, attr)] for attr, name in _TRACES.items() if hasattr(estimator, attr)}
     noise = float((assignments == -1).mean()) if n else 0.0
     meta.update(
         estimator=type(estimator).__name__,
@@ -308,8 +330,8 @@ def fit_clustering(X: Any, config: ClusterConfig, *, device: str = "cpu") -> Clu
         clusters_found=found,
         noise_fraction=noise,
     )
-    if hasattr(estimator, "bic") and n > 0:
-        meta["bic"] = float(estimator.bic(features))
+    if hasattr(estimator, "bic") and hasattr(estimator, "means_"):
+        meta["bic"] = float(estimator.bic(fit_on))
     if curve:
         meta["k_curve"] = {str(kk): (None if math.isnan(v) else float(v)) for kk, v in curve.items()}
     return ClusteringResult(
@@ -319,6 +341,7 @@ def fit_clustering(X: Any, config: ClusterConfig, *, device: str = "cpu") -> Clu
         k=found,
         k_curve=curve,
         traces=traces,
+        finals=finals,
         estimator=estimator,
         reducer=reducer,
         metadata=meta,

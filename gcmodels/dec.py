@@ -1,5 +1,8 @@
 """Deep embedded clustering (DEC; Xie, Girshick & Farhadi, 2016) as a scikit-learn estimator.
 
+Kept as our own code: scikit-learn has no deep clustering, and DEC is a small torch model (an
+autoencoder and a KL refinement) whose initial centres come from scikit-learn's `KMeans`.
+
 1. Pre-train a fully connected autoencoder f (encoder) / g (decoder) on the standardised
    inputs by the mean squared reconstruction error.
 2. Initialise the centres mu_j by k-means on the codes z_i = f(x_i).

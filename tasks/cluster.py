@@ -82,7 +82,7 @@ def cluster(
             sample_size=config.silhouette_sample, random_state=config.seed,
         )
         rows = [("k", float(k))]
-        rows += [(f"{name}_final", float(trace[-1])) for name, trace in found.traces.items() if trace]
+        rows += [(f"{name}_final", float(value)) for name, value in found.finals.items()]
         rows += [(name, float(value)) for name, value in metrics.items()]
         rows += [(f"{found.metadata.get('k_source', 'k')}_at_k={kk}", float(v)) for kk, v in sorted(found.k_curve.items())]
         curve = found.k_curve

@@ -12,14 +12,15 @@ from prefect import task
 
 from gcmodels.config import ReportConfig
 from gcmodels.images import decode_image
-from tasks.appreport import baseline_section, cotypicality_section, translation_section
 from tasks.artifacts import (
     BASELINE, BASELINE_DETECTORS, CLUSTER_METRICS, CLUSTERS, COLLECTION_MAP, CONFUSION, ELEMENTS, LABEL_MATRIX, MANIFEST,
     MODEL, PATCHES, REPORT, RUN_JSON, TRAINING, TRANSLATION_CHANGES, TRANSLATIONS, TYPICALITY, live_rows, stopwatch,
     unpack_map_rows,
 )
-from tasks.htmlreport import ReportData, label_anchors, render_report
 from tasks.logs import stage_logger
+from tasks.reporting import (
+    ReportData, baseline_section, cotypicality_section, label_anchors, render_report, translation_section,
+)
 from tasks.storage import RunStore, open_fs
 
 _log = logging.getLogger("gcmine.report")

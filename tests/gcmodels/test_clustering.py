@@ -1,4 +1,5 @@
-"""Tests of gcmodels.clustering: KMeans, choose_k, clustering_metrics (CPU, seconds)."""
+"""Tests of gcmodels.clustering: TracedKMeans (scikit-learn's k-means with its objective per
+iteration), choose_k, clustering_metrics (CPU, seconds)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,10 @@ from sklearn.datasets import make_blobs
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-import gcmodels.clustering as clustering
-from gcmodels.clustering import KMeans, choose_k, clustering_metrics
+from gcmodels.clustering import TracedKMeans, choose_k, clustering_metrics, lloyd_trace
 
 
-@parametrize_with_checks([KMeans(n_clusters=3, n_init=2)])
+@parametrize_with_checks([TracedKMeans(n_clusters=3, n_init=2)])
 def test_sklearn_estimator_contract(estimator, check):
     check(estimator)
 
@@ -27,7 +27,7 @@ def test_sklearn_estimator_contract(estimator, check):
 
 def test_two_pairs_on_a_line():
     X = np.array([[0.0], [1.0], [10.0], [11.0]])
-    km = KMeans(n_clusters=2, n_init=3, random_state=0).fit(X)
+    km = TracedKMeans(n_clusters=2, n_init=3, random_state=0).fit(X)
     order = np.argsort(km.cluster_centers_[:, 0])
     np.testing.assert_allclose(km.cluster_centers_[order, 0], [0.5, 10.5])
     assert km.inertia_ == pytest.approx(1.0)  # 4 points at distance 0.5
@@ -36,32 +36,35 @@ def test_two_pairs_on_a_line():
     # distances of 0 to the centres 0.5 and 10.5
     np.testing.assert_allclose(km.transform([[0.0]])[0, order], [0.5, 10.5])
     assert km.score(X) == pytest.approx(-1.0)
-    assert km.inertia_trace_[-1] == km.inertia_
+    assert km.inertia_trace_[-1] == pytest.approx(km.inertia_)
     assert len(km.inertia_trace_) == km.n_iter_ + 1
     assert km.n_features_in_ == 1
 
 
 def test_single_cluster_is_the_mean():
     X = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [2.0, 4.0]])
-    km = KMeans(n_clusters=1, random_state=0).fit(X)
+    km = TracedKMeans(n_clusters=1, random_state=0).fit(X)
     np.testing.assert_allclose(km.cluster_centers_, [[1.0, 2.0]])
     assert km.inertia_ == pytest.approx(4 * (1 + 4))
 
 
-def test_empty_cluster_is_reseeded_at_the_farthest_point():
-    X = np.array([[0.0], [1.0], [9.0]])
-    labels = np.zeros(3, dtype=np.int64)  # everything in cluster 0, cluster 1 empty
-    min_sq = np.array([0.0, 1.0, 81.0])  # squared distances to the centre 0
-    centers, new_labels = clustering._update_centers(X, labels, min_sq, np.array([[0.0], [100.0]]))
-    np.testing.assert_array_equal(new_labels, [0, 0, 1])
-    np.testing.assert_allclose(centers, [[0.5], [9.0]])
-    np.testing.assert_array_equal(labels, [0, 0, 0])  # input not modified
+def test_trace_by_hand_from_given_seeds():
+    """Lloyd from the centres 0 and 1 on the line 0, 1, 2, 10, by hand: assignments {0}, {1, 2, 10}
+    (J = 0 + 0 + 1 + 81); centres 0 and 13/3 -> {0, 1, 2}, {10}; centres 1 and 10 -> the same
+    assignments (J = 1 + 0 + 1 + 0), after which nothing moves."""
+    X = np.array([[0.0], [1.0], [2.0], [10.0]])
+    trace, labels = lloyd_trace(X, np.array([[0.0], [1.0]]), 3)
+    assert trace[0] == pytest.approx(82.0)
+    assert trace[1] == pytest.approx(0 + 1 + 4 + (10 - 13 / 3) ** 2)
+    assert trace[2] == pytest.approx(2.0)  # centres 1 and 10
+    assert trace[3] == pytest.approx(2.0)  # converged: the last iteration moves nothing
+    np.testing.assert_array_equal(labels, [0, 0, 0, 1])
 
 
 def test_fewer_distinct_points_than_clusters_warns_but_fits():
     X = np.repeat(np.array([[0.0, 0.0], [5.0, 5.0], [9.0, 0.0]]), 4, axis=0)  # 12 rows, 3 distinct
     with pytest.warns(ConvergenceWarning, match="distinct clusters"):
-        km = KMeans(n_clusters=5, n_init=2, random_state=0).fit(X)
+        km = TracedKMeans(n_clusters=5, n_init=2, random_state=0).fit(X)
     assert km.inertia_ == pytest.approx(0.0)
     assert km.labels_.min() >= 0 and km.labels_.max() < 5
 
@@ -73,11 +76,11 @@ def test_fewer_distinct_points_than_clusters_warns_but_fits():
 def test_inertia_trace_never_increases(seed):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(400, 5)) * rng.uniform(0.5, 3.0, size=5) + 100.0  # offset: cancellation
-    km = KMeans(n_clusters=9, n_init=2, max_iter=100, tol=0.0, random_state=seed).fit(X)
+    km = TracedKMeans(n_clusters=9, n_init=2, max_iter=100, tol=0.0, random_state=seed).fit(X)
     trace = np.asarray(km.inertia_trace_)
     assert len(trace) == km.n_iter_ + 1 >= 2
     assert np.all(np.diff(trace) <= 1e-9 * np.abs(trace[:-1]))
-    assert trace[-1] == pytest.approx(km.inertia_)
+    assert trace[-1] == pytest.approx(km.inertia_, rel=1e-12)
     # the reported inertia is the objective of the reported centres and labels
     exact = ((X - km.cluster_centers_[km.labels_]) ** 2).sum()
     assert km.inertia_ == pytest.approx(exact, rel=1e-9)
@@ -85,37 +88,39 @@ def test_inertia_trace_never_increases(seed):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_inertia_matches_sklearn_on_blobs(seed):
-    X, _ = make_blobs(n_samples=600, centers=6, n_features=4, cluster_std=1.5, random_state=seed)
-    ours = KMeans(n_clusters=6, n_init=4, random_state=seed).fit(X)
+def test_is_sklearn_kmeans_and_its_trace_is_sklearns_objective(seed, capsys):
+    """The restarts are sklearn's own (the same seeds, the same result as KMeans(n_init=4)), and
+    the trace is the inertia sklearn's Lloyd loop reports per iteration (verbose=1) for the kept
+    restart, started from the same seeds."""
+    X, _ = make_blobs(n_samples=600, centers=6, n_features=4, cluster_std=3.0, random_state=seed)
+    ours = TracedKMeans(n_clusters=6, n_init=4, random_state=seed).fit(X)
     ref = sklearn.cluster.KMeans(n_clusters=6, n_init=4, random_state=seed).fit(X)
-    assert ours.inertia_ <= 1.01 * ref.inertia_
-
-
-def test_chunked_distances_match_unchunked(monkeypatch):
-    X, _ = make_blobs(n_samples=257, centers=4, n_features=3, random_state=0)
-    whole = KMeans(n_clusters=4, n_init=2, random_state=0).fit(X)
-    monkeypatch.setattr(clustering, "_CHUNK", 10)
-    chunked = KMeans(n_clusters=4, n_init=2, random_state=0).fit(X)
-    np.testing.assert_array_equal(chunked.labels_, whole.labels_)
-    np.testing.assert_allclose(chunked.cluster_centers_, whole.cluster_centers_)
-    np.testing.assert_allclose(chunked.transform(X), whole.transform(X))
+    np.testing.assert_array_equal(ours.labels_, ref.labels_)
+    assert ours.inertia_ == pytest.approx(ref.inertia_, rel=1e-12)
+    capsys.readouterr()
+    init = ours.kmeans_.init  # the kept restart's seeds
+    sklearn.cluster.KMeans(n_clusters=6, init=init, n_init=1, verbose=1).fit(X)
+    printed = [float(v) for v in re.findall(r"Iteration \d+, inertia ([0-9.e+-]+)\.", capsys.readouterr().out)]
+    assert len(printed) == ours.n_iter_
+    np.testing.assert_allclose(ours.inertia_trace_[: len(printed)], printed, rtol=1e-10)
 
 
 def test_float32_is_preserved():
     X, _ = make_blobs(n_samples=100, centers=3, n_features=2, random_state=0)
-    km = KMeans(n_clusters=3, n_init=1, random_state=0).fit(X.astype(np.float32))
+    km = TracedKMeans(n_clusters=3, n_init=1, random_state=0).fit(X.astype(np.float32))
     assert km.cluster_centers_.dtype == np.float32
     assert km.transform(X.astype(np.float32)).dtype == np.float32
     assert isinstance(km.inertia_, float)
 
 
-def test_seeded_fits_are_reproducible():
+def test_seeded_fits_are_reproducible_and_trace_is_optional():
     X, _ = make_blobs(n_samples=200, centers=5, n_features=3, random_state=0)
-    a = KMeans(n_clusters=5, random_state=7).fit(X)
-    b = KMeans(n_clusters=5, random_state=7).fit(X)
+    a = TracedKMeans(n_clusters=5, random_state=7).fit(X)
+    b = TracedKMeans(n_clusters=5, random_state=7).fit(X)
     np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
     assert a.inertia_trace_ == b.inertia_trace_
+    c = TracedKMeans(n_clusters=5, random_state=7, trace=False).fit(X)
+    assert c.inertia_trace_ == [] and c.inertia_ == a.inertia_
 
 
 # -------------------------------------------------------------------------- errors
@@ -123,11 +128,11 @@ def test_seeded_fits_are_reproducible():
 
 def test_more_clusters_than_samples_is_a_clear_error():
     X = np.arange(10.0).reshape(5, 2)
-    msg = re.escape("KMeans: n_clusters=8 is larger than the number of samples (5)")
+    msg = re.escape("TracedKMeans: n_clusters=8 is larger than the number of samples (5)")
     with pytest.raises(ValueError, match=msg):
-        KMeans().fit(X)
+        TracedKMeans().fit(X)
     with pytest.raises(ValueError, match="number of samples"):
-        KMeans(n_clusters=2).fit(X[:1])
+        TracedKMeans(n_clusters=2).fit(X[:1])
 
 
 @pytest.mark.parametrize(
@@ -137,7 +142,7 @@ def test_more_clusters_than_samples_is_a_clear_error():
 def test_bad_parameters_name_the_value(params, needle):
     X = np.arange(20.0).reshape(10, 2)
     with pytest.raises(ValueError, match=needle):
-        KMeans(**params).fit(X)
+        TracedKMeans(**params).fit(X)
 
 
 # ------------------------------------------------------------------------ choose_k
@@ -162,7 +167,7 @@ def test_choose_k_clips_k_max_to_n_minus_one():
 def test_choose_k_all_identical_points_gives_nan_curve():
     X = np.ones((6, 2))
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # KMeans' distinct-clusters warning is handled inside
+        warnings.simplefilter("error")  # k-means' distinct-clusters warning is handled inside
         k, curve = choose_k(X, 2, 3, n_init=1, max_iter=10, random_state=0)
     assert k == 2
     assert sorted(curve) == [2, 3]

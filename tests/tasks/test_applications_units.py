@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tasks.appreport import baseline_section, cotypicality_section, translation_section
+from tasks.reporting import baseline_section, cotypicality_section, translation_section
 from tasks.classify import classification_summary, cotypicality_scores
 from tasks.finetune import holdout_split
 from tasks.score import score_rows

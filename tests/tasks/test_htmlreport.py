@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tasks.htmlreport import (
+from tasks.reporting import (
     BOX_COLOR,
     ReportData,
     colorize_typicality,

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-import tasks.mapreport as mapreport
-from tasks.mapreport import map_section
+import tasks.reporting.glance as mapreport
+from tasks.reporting.glance import map_section
 
 EVIL = '<img src=x onerror="alert(1)">'
 
