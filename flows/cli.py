@@ -119,12 +119,14 @@ def _print_ground_truth(out: str, truth: Path) -> None:
         print(f"top element of {label!r}: {100 * purity:.0f}% motif patches ({rep['top_element_size'][label]} patches)", file=sys.stderr)
 
 
-def _watch(uri: str, out: str | None, config: str | None, overrides: list[str]) -> int:
+def _watch(uri: str, out: str | None, config: str | None, overrides: list[str], settings: Settings) -> int:
     from flows.production import watch
-    from tasks.ingest import InputError
+    from tasks.preflight import require_exists
     from tasks.watch import DATASET_UPDATED
 
+    # absolute: the event's consumer (a reprocess run) starts in another working directory
     out = out or f"runs/{uri.rstrip('/').rsplit('/', 1)[-1]}"
+    out = os.path.abspath(out) if "://" not in out else out
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
@@ -136,10 +138,10 @@ def _watch(uri: str, out: str | None, config: str | None, overrides: list[str]) 
         )
         return 2
     try:
+        require_exists(uri, "dataset", settings.storage.options())  # one line, before any Prefect work
         changes = watch(uri=uri, out=out, config=config, overrides=overrides)
-    except (InputError, ConfigError) as err:
-        print(f"gcmine: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001 - explained errors are one line, others propagate
+        return _explained(err)
     print(
         f"{uri}: {changes['added']} added, {changes['changed']} changed, {changes['removed']} removed "
         f"({changes['files']} files; compared with the {changes['against']})",
@@ -148,6 +150,17 @@ def _watch(uri: str, out: str | None, config: str | None, overrides: list[str]) 
     if changes["event"]:
         print(f"emitted {DATASET_UPDATED} (event {changes['event']})", file=sys.stderr)
     return 0
+
+
+def _explained(err: Exception) -> int:
+    """Print an error gcmine explains in one line and return its exit code; re-raise any other."""
+    from flows.errors import exit_code
+
+    code = exit_code(err)
+    if code is None:
+        raise err
+    print(f"gcmine: {err}", file=sys.stderr)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,11 +178,21 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in _PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from flows.errors import one_line_errors
+
+    one_line_errors()  # errors gcmine explains are logged without their traceback
     if args.command == "watch":
-        return _watch(args.uri, args.out, args.config, args.overrides)
+        return _watch(args.uri, args.out, args.config, args.overrides, settings)
+    if args.command == "run":
+        from tasks.preflight import require_exists
+
+        try:  # a missing input costs one line, not the model stack's import and a Prefect server start
+            require_exists(args.images, "IMAGES", settings.storage.options())
+            if args.labels is not None:
+                require_exists(args.labels, "labels file", settings.storage.options())
+        except Exception as err:  # noqa: BLE001 - explained errors are one line, others propagate
+            return _explained(err)
     from flows.pipeline import run_pipeline
-    from gcmodels.training import TrainingDiverged
-    from tasks.errors import InputError, OutOfMemory, StorageError
 
     truth = None
     if args.command == "demo":
@@ -184,13 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         result = run_pipeline(str(images), str(out), labels, settings)
-    except (InputError, ConfigError) as err:
-        print(f"gcmine: {err}", file=sys.stderr)
-        return 2
-    except (StorageError, OutOfMemory, TrainingDiverged) as err:
-        # Finished stages are kept: the same command resumes after the cause is fixed.
-        print(f"gcmine: {err}", file=sys.stderr)
-        return 1
+    except Exception as err:  # noqa: BLE001 - explained errors are one line (exit 2: input, 1: fault), others propagate
+        # After a fault finished stages are kept: the same command resumes once the cause is fixed.
+        return _explained(err)
     _print_summary(result, time.perf_counter() - start)
     if result.get("classifier"):
         _print_classifier(result["classifier"])
