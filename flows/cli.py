@@ -1,8 +1,9 @@
-"""The `gcmine` command line: run, demo, watch, config."""
+"""The `gcmine` command line: run, demo, watch, config, serve, doctor."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -51,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_args(watch)
     cfg = sub.add_parser("config", help="print the effective configuration with its defaults")
     _settings_args(cfg)
+    serve = sub.add_parser(
+        "serve", help="show a run root's report over http on 127.0.0.1 (where the Prefect UI's report link points)",
+    )
+    serve.add_argument("run_root", metavar="RUN", help="run root (local or s3://) holding report/index.html")
+    serve.add_argument("--port", type=int, help="port on 127.0.0.1 (default: report.serve_port, 8765)")
+    _settings_args(serve)
     return parser
 
 
@@ -152,6 +159,34 @@ def _watch(uri: str, out: str | None, config: str | None, overrides: list[str], 
     return 0
 
 
+def _serve(run_root: str, port: int | None, settings: Settings) -> int:
+    from flows.serve import HOST, report_server
+    from tasks.uiartifacts import served_path
+
+    port = settings.report.serve_port if port is None else port
+    if not 0 <= port <= 65535:
+        print(f"gcmine: --port {port} is not a port number (0-65535)", file=sys.stderr)
+        return 2
+    try:
+        server = report_server(run_root, port, settings.storage.options())
+    except Exception as err:  # noqa: BLE001 - explained errors are one line, others propagate
+        if isinstance(err, OSError) and err.errno in (errno.EADDRINUSE, errno.EACCES):
+            print(f"gcmine: cannot listen on {HOST}:{port} ({err.strerror}): stop what uses it or pass --port", file=sys.stderr)
+            return 2
+        return _explained(err)
+    print(
+        f"gcmine serve: the report of {run_root} at http://{HOST}:{server.server_port}{served_path(run_root)} (Ctrl-C to stop)",
+        file=sys.stderr,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def _explained(err: Exception) -> int:
     """Print an error gcmine explains in one line and return its exit code; re-raise any other."""
     from flows.errors import exit_code
@@ -175,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         print(describe_settings(settings))
         return 0
+    if args.command == "serve":
+        return _serve(args.run_root, args.port, settings)
     for key, value in _PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

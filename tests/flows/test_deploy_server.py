@@ -301,6 +301,11 @@ def test_deployments_on_a_real_server(stack) -> None:
     assert children[0]["state_type"] == "COMPLETED"
     mined = json.loads((stack.out / "run.json").read_text())
     assert mined["summary"]["new_images"] == 8 and mined["reused"] == []
+    # the UI's summary, element table and report link hang off the run the scheduler started (the
+    # deployment's page), named after the dataset; the child's tasks keep their progress artifacts
+    shown = httpx.post(f"{api}/artifacts/filter", json={"flow_runs": {"id": {"any_": [first["id"]]}}}, timeout=10).json()
+    assert {a["key"] for a in shown} == {"gcmine-images-summary", "gcmine-images-elements", "gcmine-images-report"}, shown
+    assert all(a["task_run_id"] is None for a in shown)
 
     # 2. two new images; the watch deployment (run now, on the worker) emits gcmine.dataset.updated,
     #    which starts `reprocess`
