@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_args(watch)
     cfg = sub.add_parser("config", help="print the effective configuration with its defaults")
     _settings_args(cfg)
+    doc = sub.add_parser(
+        "doctor", help="check a production setup (server, deployments, schedules, workers, limits, storage, settings, model)",
+    )
+    doc.add_argument("--images", help="images to check (default: the production deployment's, else GCMINE_IMAGES)")
+    doc.add_argument("--out", help="run root to check (default: the production deployment's, else GCMINE_OUT)")
+    _settings_args(doc)
     serve = sub.add_parser(
         "serve", help="show a run root's report over http on 127.0.0.1 (where the Prefect UI's report link points)",
     )
@@ -198,8 +204,23 @@ def _explained(err: Exception) -> int:
     return code
 
 
+def _doctor(images: str | None, out: str | None, config: str | None, overrides: list[str]) -> int:
+    from flows.doctor import doctor
+
+    checks = doctor(images, out, config, overrides)
+    for check in checks:
+        print(check.line())
+    failed = [c for c in checks if c.status == "FAIL"]
+    print(f"{len(failed)} problem(s): fix them in this order, then run gcmine doctor again" if failed else "all checks passed")
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "doctor":  # the settings file is one of its checks, not a reason to stop
+        for key, value in _PREFECT_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        return _doctor(args.images, args.out, args.config, args.overrides)
     from flows.config import describe_settings, load_settings
 
     try:

@@ -115,6 +115,8 @@ class Stack:
             PREFECT_HOME=str(tmp / "prefect-home"), PREFECT_API_URL=self.api, PREFECT_CLI_PROMPT="false",
             PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false",
             PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_PREFETCH_SECONDS="2",
+            # a stopped worker is marked offline ~15 s later (3 missed heartbeats), for `gcmine doctor`
+            PREFECT_WORKER_HEARTBEAT_SECONDS="5", PREFECT_SERVER_SERVICES_FOREMAN_LOOP_SECONDS="2",
             PREFECT_LOGGING_LEVEL="INFO", OMP_NUM_THREADS="1",
             PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
             GCMINE_REPO=str(ROOT), GCMINE_IMAGES=str(self.images), GCMINE_OUT=str(self.out), GCMINE_CONFIG=str(config),
@@ -135,9 +137,10 @@ class Stack:
         self.procs.append((name, proc, log))
         return proc
 
-    def call(self, *args: str, timeout: float = 180) -> str:
+    def call(self, *args: str, timeout: float = 180, code: int = 0) -> str:
+        """Run `python ARGS` in the checkout with the stack's environment; its output (exit `code` expected)."""
         done = subprocess.run([sys.executable, *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
-        assert done.returncode == 0, f"{args} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        assert done.returncode == code, f"{args} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         return done.stdout + done.stderr
 
     def logs(self) -> str:
@@ -369,3 +372,50 @@ def test_server_log_check() -> None:
     assert server_log_problems(info + scheduler + race) == [scheduler.splitlines()[0]]
     assert server_log_problems(bare) == [bare.splitlines()[0]]
     assert server_log_problems("Traceback (most recent call last):\nValueError\n" + info) == ["Traceback (most recent call last):"]
+
+
+def test_doctor_on_the_real_setup(stack, tmp_path) -> None:
+    """`gcmine doctor` after deploying (the run above done): every check passes and it exits 0;
+    then, with the worker stopped, a GPU configured without its concurrency limit and a folder
+    holding no image, it exits 1 with one line per problem and its fix. Stops the worker: last."""
+    healthy = stack.call("-m", "flows.cli", "doctor")
+    stack.mark("doctor (healthy) done")
+    lines = healthy.strip().splitlines()
+    assert lines[-1] == "all checks passed" and all(line.startswith(("ok ", "skip ")) for line in lines[:-1]), healthy
+    for needle in (
+        f"ok    API          {stack.api} answers",
+        "ok    schedule     gcmine-production/production: ", "ok    schedule     gcmine-watch/watch: ",
+        "ok    trigger      gcmine-production/reprocess: automation gcmine-reprocess-on-dataset-updated enabled",
+        "ok    worker       gcmine-process: 1 live worker(s)",
+        f"ok    settings     settings file {stack.env['GCMINE_CONFIG']} valid (images, run root and settings from the production deployment",
+        f"ok    images       {stack.images} readable", f"ok    run root     {stack.out} writable (holds a run)",
+        "skip  GPU limit    no GPU configured here",
+    ):
+        assert needle in healthy, (needle, healthy)
+
+    (worker,) = [proc for name, proc, _ in stack.procs if name == "worker"]
+    _signal_group(worker.pid, signal.SIGTERM)
+    worker.wait(timeout=30)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        workers = httpx.post(f"{stack.api}/work_pools/gcmine-process/workers/filter", json={}, timeout=10).json()
+        if workers and all(w["status"] == "OFFLINE" for w in workers):
+            break
+        time.sleep(2)
+    stack.mark("worker stopped and offline")
+    (tmp_path / "no-images").mkdir()
+    broken = stack.call(
+        "-m", "flows.cli", "doctor", "--images", str(tmp_path / "no-images"), "--set", "runtime.device=cuda", code=1,
+    )
+    stack.mark("doctor (broken) done")
+    failed = [line for line in broken.splitlines() if line.startswith("FAIL")]
+    assert len(failed) == 3, broken
+    assert failed[0].startswith("FAIL  worker       gcmine-process: no live worker (1 offline, last heartbeat ")
+    assert failed[0].endswith("-> from the checkout: GCMINE_REPO=$PWD prefect worker start --pool gcmine-process")
+    assert failed[1] == (
+        "FAIL  GPU limit    concurrency limit 'gpu' (runtime.gpu_limit) does not exist: GPU stages run unlimited "
+        "-> prefect gcl create gpu --limit <number of GPUs>"
+    )
+    assert failed[2].startswith(f"FAIL  images       {tmp_path / 'no-images'} holds no image file")
+    assert broken.strip().endswith("3 problem(s): fix them in this order, then run gcmine doctor again")
+
