@@ -71,10 +71,14 @@ def doctor(
         api = check_api(api_url, client)
         checks.append(api)
         if api.status == "ok":
-            found_checks, found = check_deployments(client)
-            checks += found_checks
-            pools = sorted({d.work_pool_name for d in found.values() if d.work_pool_name}) or [DEFAULT_POOL]
-            checks += check_work_pools(client, pools)
+            try:
+                found_checks, found = check_deployments(client)
+                checks += found_checks
+                pools = sorted({d.work_pool_name for d in found.values() if d.work_pool_name}) or [DEFAULT_POOL]
+                checks += check_work_pools(client, pools)
+            except Exception as err:  # noqa: BLE001 - a server that fails a request: say so, check the rest
+                checks.append(Check("server", "FAIL", f"reading deployments and work pools failed: {type(err).__name__}: {err}",
+                                    "see the server's log"))
 
         # the values a scheduled run uses: given here, else the production deployment's, else the environment
         params = found[PRODUCTION].parameters if PRODUCTION in found else {}

@@ -63,7 +63,16 @@ def check_api(api_url: str | None, client: Any) -> Check:
             "API", "FAIL", f"{api_url} does not answer ({_error(failure)})",
             "start the server (`prefect server start`) or correct PREFECT_API_URL / PREFECT_API_AUTH_STRING",
         )
-    return Check("API", "ok", f"{api_url} answers (API version {client.api_version()})")
+    try:
+        version = client.api_version()
+    except Exception as err:  # noqa: BLE001 - refused credentials, a proxy's error page, ...
+        if getattr(getattr(err, "response", None), "status_code", None) == 401:
+            return Check(
+                "API", "FAIL", f"{api_url} answers but refuses this client (401 Unauthorized)",
+                "set PREFECT_API_AUTH_STRING to the server's PREFECT_SERVER_API_AUTH_STRING (user:password)",
+            )
+        return Check("API", "FAIL", f"{api_url} answers its health check but not the API ({_error(err)})", "check PREFECT_API_URL")
+    return Check("API", "ok", f"{api_url} answers (API version {version})")
 
 
 def check_deployments(client: Any, now: datetime | None = None) -> tuple[list[Check], dict[str, Any]]:

@@ -81,6 +81,16 @@ def test_api() -> None:
     down = SimpleNamespace(api_healthcheck=lambda: ConnectionError("refused"))
     check = check_api("http://h:4200/api", down)
     assert check.status == "FAIL" and "ConnectionError: refused" in check.detail and "prefect server start" in check.fix
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    def refused():
+        request = httpx.Request("GET", "http://h:4200/api/admin/version")
+        raise PrefectHTTPStatusError.from_httpx_error(httpx.HTTPStatusError("401", request=request, response=httpx.Response(401, request=request)))
+
+    locked = SimpleNamespace(api_healthcheck=lambda: None, api_version=refused)
+    check = check_api("http://h:4200/api", locked)
+    assert check.status == "FAIL" and "401 Unauthorized" in check.detail and "PREFECT_API_AUTH_STRING" in check.fix
 
 
 def test_deployments_schedules_and_trigger() -> None:
