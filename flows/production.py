@@ -6,6 +6,11 @@
   only new images are decoded and scored (see tasks/ingest.py and tasks/caching.py).
 - `watch` (flow `gcmine-watch`): compares a dataset location with its last listing and emits
   `gcmine.dataset.updated` (URI, run root, counts) when files were added, changed or removed.
+
+Both refuse, before any work, run locations and a settings file that a deployment filled from
+unset environment variables (tasks/preflight.py). Errors gcmine explains fail the run with their
+one line as the state message ("Flow run encountered an exception: ConfigError: ..."), logged
+without a traceback (flows/errors.py).
 """
 
 from __future__ import annotations

@@ -175,7 +175,10 @@ def summary_markdown(
         "",
         f"**[Open the full report of {_md(name)}]({link['url']})** ({link['note']})",
         "",
-        "| label (its section of the report) | element rank | score (median typicality) | patches | most typical patches |",
+        "Each label links to its section of the report. Score: the median typicality of the element's patches; "
+        "pictures: its most typical patches (green box) with some context.",
+        "",
+        "| label | element rank | score | patches | most typical patches |",
         "|---|---|---|---|---|",
     ]
     shown = elements[elements["rank"] < top]

@@ -254,7 +254,7 @@ def test_prefect_ui_story(run) -> None:
     # the summary: a table row per top element with its score and pictures, and the link to the report
     elements = run["store"].read_parquet("elements.parquet")
     assert f"**[Open the full report of cars]({run['link']})** (start `gcmine serve {run['out']}`" in md
-    assert "| label (its section of the report) | element rank | score (median typicality) | patches | most typical patches |" in md
+    assert "| label | element rank | score | patches | most typical patches |" in md
     for _, e in elements[elements["rank"] < 3].iterrows():
         assert f" | {int(e['rank'])} | {e['score']:.4g} | {int(e['size'])} | ![" in md
     pictures = re.findall(r"!\[([^\]]*)\]\((data:image/(?:png|jpeg);base64,[A-Za-z0-9+/=]+)\)", md)

@@ -54,6 +54,28 @@ def test_worker_without_gcmine_repo_is_told_so(tmp_path, monkeypatch) -> None:
     assert enter_checkout(str(ROOT)) == {"directory": str(ROOT)} and Path.cwd() == ROOT
 
 
+def test_the_refusal_goes_to_the_run_log(monkeypatch) -> None:
+    """In a flow-run process the step's error is also an ERROR record of that flow run (sent to
+    the API: the UI shows it; Prefect itself prints a failed step's error on the worker only)."""
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("prefect.flow_runs").addHandler(handler)
+    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "0b7762c7-ab5c-476c-af95-8119cba96577")
+    monkeypatch.setattr(APILogWorker, "drain_all", lambda **kwargs: None)
+    try:
+        with temporary_settings({PREFECT_LOGGING_TO_API_ENABLED: False}), pytest.raises(ValueError):
+            enter_checkout("")
+    finally:
+        logging.getLogger("prefect.flow_runs").removeHandler(handler)
+    (record,) = records
+    assert record.levelno == logging.ERROR and record.flow_run_id == "0b7762c7-ab5c-476c-af95-8119cba96577"
+    assert record.getMessage().startswith("GCMINE_REPO is not set in the worker's environment")
+
+
 def test_deployment_run_into_the_checkout_is_refused_before_any_work(tmp_path, monkeypatch) -> None:
     from flows import production
 
