@@ -395,8 +395,7 @@ def test_prefect_ui_in_a_real_browser(run, tmp_path) -> None:
             page.screenshot(shots / "flow-run-tasks.png")
 
             page.click_text(".p-tab", "Artifacts")
-            text = page.wait_text("Flow run", "gcmine-cars-summary", "gcmine-cars-elements", "gcmine-cars-report")
-            assert name in text and "cars: top visual elements per label" in text
+            page.wait_text(name, "Flow run", "gcmine-cars-summary", "gcmine-cars-elements", "gcmine-cars-report", "cars: top visual elements per label")
             page.screenshot(shots / "flow-run-artifacts.png")
             # the task runs' progress artifacts come below, loaded once scrolled into view
             page.wait_text("Task runs", "gcmine-cars-finetune-progress", "gcmine-cars-score-part-00000", scroll=True)
