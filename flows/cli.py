@@ -1,8 +1,9 @@
-"""The `gcmine` command line: run, demo, watch, evaluate, config."""
+"""The `gcmine` command line: run, demo, watch, evaluate, config, serve, doctor."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -59,6 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_args(ev)
     cfg = sub.add_parser("config", help="print the effective configuration with its defaults")
     _settings_args(cfg)
+    doc = sub.add_parser(
+        "doctor", help="check a production setup (server, deployments, schedules, workers, limits, storage, settings, model)",
+    )
+    doc.add_argument("--images", help="images to check (default: the production deployment's, else GCMINE_IMAGES)")
+    doc.add_argument("--out", help="run root to check (default: the production deployment's, else GCMINE_OUT)")
+    _settings_args(doc)
+    serve = sub.add_parser(
+        "serve", help="show a run root's report over http on 127.0.0.1 (where the Prefect UI's report link points)",
+    )
+    serve.add_argument("run_root", metavar="RUN", help="run root (local or s3://) holding report/index.html")
+    serve.add_argument("--port", type=int, help="port on 127.0.0.1 (default: report.serve_port, 8765)")
+    _settings_args(serve)
     return parser
 
 
@@ -161,12 +174,14 @@ def _evaluate(run: str, boxes: str, settings: Settings) -> int:
     return 0
 
 
-def _watch(uri: str, out: str | None, config: str | None, overrides: list[str]) -> int:
+def _watch(uri: str, out: str | None, config: str | None, overrides: list[str], settings: Settings) -> int:
     from flows.production import watch
-    from tasks.ingest import InputError
+    from tasks.preflight import require_exists
     from tasks.watch import DATASET_UPDATED
 
+    # absolute: the event's consumer (a reprocess run) starts in another working directory
     out = out or f"runs/{uri.rstrip('/').rsplit('/', 1)[-1]}"
+    out = os.path.abspath(out) if "://" not in out else out
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
@@ -178,10 +193,10 @@ def _watch(uri: str, out: str | None, config: str | None, overrides: list[str]) 
         )
         return 2
     try:
+        require_exists(uri, "dataset", settings.storage.options())  # one line, before any Prefect work
         changes = watch(uri=uri, out=out, config=config, overrides=overrides)
-    except (InputError, ConfigError) as err:
-        print(f"gcmine: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001 - explained errors are one line, others propagate
+        return _explained(err)
     print(
         f"{uri}: {changes['added']} added, {changes['changed']} changed, {changes['removed']} removed "
         f"({changes['files']} files; compared with the {changes['against']})",
@@ -192,8 +207,62 @@ def _watch(uri: str, out: str | None, config: str | None, overrides: list[str]) 
     return 0
 
 
+def _serve(run_root: str, port: int | None, settings: Settings) -> int:
+    from flows.serve import HOST, report_server
+    from tasks.uiartifacts import served_path
+
+    port = settings.report.serve_port if port is None else port
+    if not 0 <= port <= 65535:
+        print(f"gcmine: --port {port} is not a port number (0-65535)", file=sys.stderr)
+        return 2
+    try:
+        server = report_server(run_root, port, settings.storage.options())
+    except Exception as err:  # noqa: BLE001 - explained errors are one line, others propagate
+        if isinstance(err, OSError) and err.errno in (errno.EADDRINUSE, errno.EACCES):
+            print(f"gcmine: cannot listen on {HOST}:{port} ({err.strerror}): stop what uses it or pass --port", file=sys.stderr)
+            return 2
+        return _explained(err)
+    print(
+        f"gcmine serve: the report of {run_root} at http://{HOST}:{server.server_port}{served_path(run_root)} (Ctrl-C to stop)",
+        file=sys.stderr,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def _explained(err: Exception) -> int:
+    """Print an error gcmine explains in one line and return its exit code; re-raise any other."""
+    from flows.errors import exit_code
+
+    code = exit_code(err)
+    if code is None:
+        raise err
+    print(f"gcmine: {err}", file=sys.stderr)
+    return code
+
+
+def _doctor(images: str | None, out: str | None, config: str | None, overrides: list[str]) -> int:
+    from flows.doctor import doctor
+
+    checks = doctor(images, out, config, overrides)
+    for check in checks:
+        print(check.line())
+    failed = [c for c in checks if c.status == "FAIL"]
+    print(f"{len(failed)} problem(s): fix them in this order, then run gcmine doctor again" if failed else "all checks passed")
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "doctor":  # the settings file is one of its checks, not a reason to stop
+        for key, value in _PREFECT_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        return _doctor(args.images, args.out, args.config, args.overrides)
     from flows.config import describe_settings, load_settings
 
     try:
@@ -204,16 +273,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         print(describe_settings(settings))
         return 0
+    if args.command == "serve":
+        return _serve(args.run_root, args.port, settings)
     for key, value in _PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from flows.errors import one_line_errors
+
+    one_line_errors()  # errors gcmine explains are logged without their traceback
     if args.command == "watch":
-        return _watch(args.uri, args.out, args.config, args.overrides)
+        return _watch(args.uri, args.out, args.config, args.overrides, settings)
     if args.command == "evaluate":
         return _evaluate(args.run, args.boxes, settings)
+    if args.command == "run":
+        from tasks.preflight import require_exists
+
+        try:  # a missing input costs one line, not the model stack's import and a Prefect server start
+            require_exists(args.images, "IMAGES", settings.storage.options())
+            if args.labels is not None:
+                require_exists(args.labels, "labels file", settings.storage.options())
+        except Exception as err:  # noqa: BLE001 - explained errors are one line, others propagate
+            return _explained(err)
     from flows.pipeline import run_pipeline
-    from gcmodels.training import TrainingDiverged
-    from tasks.errors import InputError, OutOfMemory, StorageError
 
     truth = None
     if args.command == "demo":
@@ -228,13 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         result = run_pipeline(str(images), str(out), labels, settings)
-    except (InputError, ConfigError) as err:
-        print(f"gcmine: {err}", file=sys.stderr)
-        return 2
-    except (StorageError, OutOfMemory, TrainingDiverged) as err:
-        # Finished stages are kept: the same command resumes after the cause is fixed.
-        print(f"gcmine: {err}", file=sys.stderr)
-        return 1
+    except Exception as err:  # noqa: BLE001 - explained errors are one line (exit 2: input, 1: fault), others propagate
+        # After a fault finished stages are kept: the same command resumes once the cause is fixed.
+        return _explained(err)
     _print_summary(result, time.perf_counter() - start)
     if result.get("classifier"):
         _print_classifier(result["classifier"])

@@ -29,6 +29,7 @@ from tasks.rank import elements, rank_shard
 from tasks.report import report
 from tasks.score import score_shard, typicality_table
 from tasks.translate import translate
+from tasks.uiartifacts import publish_ui_artifacts, ui_summary
 
 __all__ = ["embed_stage", "mine", "run_pipeline", "task_runner"]
 
@@ -177,6 +178,8 @@ def mine(
     info = run_info(settings, images=images, labels=labels, out=out, stages=stages, flow_run_id=str(flow_run.id), reused=reused)
     reported = report(out, [r["maps"] for r, _ in scored], settings.report, info, so, applications)
     stages["report"] = reported
+    # the Prefect UI's summary, on the run the user opened: the deployment's run, or this one
+    publish_ui_artifacts(ui_summary(out, settings.report, so), flow_run.root_flow_run_id or flow_run.id)
     return {
         "out": out, "report": reported["report"], "stages": stages, "summary": info["summary"],
         "flow_run_id": info["flow_run_id"], "reused": reused, "classifier": applications.get("classify"),

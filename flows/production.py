@@ -6,6 +6,11 @@
   only new images are decoded and scored (see tasks/ingest.py and tasks/caching.py).
 - `watch` (flow `gcmine-watch`): compares a dataset location with its last listing and emits
   `gcmine.dataset.updated` (URI, run root, counts) when files were added, changed or removed.
+
+Both refuse, before any work, run locations and a settings file that a deployment filled from
+unset environment variables (tasks/preflight.py). Errors gcmine explains fail the run with their
+one line as the state message ("Flow run encountered an exception: ConfigError: ..."), logged
+without a traceback (flows/errors.py).
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from prefect import flow
 from prefect.runtime import deployment, flow_run
 
 from flows.config import load_settings
-from gcmodels.config import ConfigError
+from flows.errors import one_line_errors
+from tasks.preflight import check_config_path, check_location
 from tasks.watch import announce, compare, save_listing
 
 __all__ = ["mine_configured", "watch"]
@@ -24,14 +30,16 @@ def _dataset_name(uri: str) -> str:
     return str(uri).rstrip("/").rsplit("/", 1)[-1] or "dataset"
 
 
-def _check_templated(**params: object) -> None:
-    """A deployment parameter still holding `{{ $VAR }}` means VAR was unset at `prefect deploy`."""
-    for name, value in params.items():
-        if isinstance(value, str) and "{{" in value:
-            raise ConfigError(
-                f"parameter {name}={value!r} was never filled in: set the environment variable it names "
-                "when running `prefect deploy`, or pass the parameter to the run"
-            )
+def _refuse_unset(config: str | None, **locations: tuple[str, str]) -> None:
+    """Before any work: refuse run locations (name=(value, the environment variable the
+    deployment filled it from)) that are empty, '.', unfilled templates or - in a deployment run -
+    inside the code checkout, and a settings file parameter that names no file (tasks/preflight.py).
+    Errors gcmine explains are logged in one line, without their traceback, from here on."""
+    one_line_errors()
+    deployed = deployment.id is not None
+    for name, (value, variable) in locations.items():
+        check_location(name, value, variable, deployment=deployed)
+    check_config_path(config, "GCMINE_CONFIG")
 
 
 def _production_run_name() -> str:
@@ -45,7 +53,7 @@ def mine_configured(
     """Run the gcmine flow on `images` into `out` with the settings of YAML file `config` (a path
     on the worker, relative to its working directory) and `overrides` ("key=value", as `--set`).
     Into an existing run root this is the incremental path: only what changed is recomputed."""
-    _check_templated(images=images, out=out, labels=labels, config=config)
+    _refuse_unset(config, images=(images, "GCMINE_IMAGES"), out=(out, "GCMINE_OUT"))
     settings = load_settings(config, list(overrides or ()))
     # imported here: the model stack (torch, diffusers) takes seconds to import, which the watch
     # flow and `prefect deploy` (it imports this module) need not pay
@@ -63,7 +71,7 @@ def watch(uri: str, out: str, config: str | None = None, overrides: list[str] | 
     """Compare dataset `uri` with its last listing (kept in run root `out`) and, if any image file
     was added, changed or removed, emit `gcmine.dataset.updated` with `uri`, `out` and the counts.
     `config`/`overrides` give the settings used here: `data.extensions` and `storage`."""
-    _check_templated(uri=uri, out=out, config=config)
+    _refuse_unset(config, uri=(uri, "GCMINE_IMAGES"), out=(out, "GCMINE_OUT"))
     settings = load_settings(config, list(overrides or ()))
     so = settings.storage.options()
     changes = compare(uri, out, settings.data.extensions, so)

@@ -298,6 +298,15 @@ class ReportConfig(_Section):
     )
     map_thumbnails_per_cluster: int = Field(4, ge=0, description="thumbnails shown per cluster next to the map")
     map_seed: int = Field(0, description="random_state of the t-SNE / UMAP map")
+    serve_port: int = Field(
+        8765, ge=1024, le=65535,
+        description="port of `gcmine serve` (127.0.0.1) that the Prefect UI's report link of a local run root points at",
+    )
+    link_hours: int = Field(
+        168, ge=0, le=168,
+        description="validity of the presigned report link the Prefect UI shows for an S3 run root (at most 7 days; "
+        "it holds the access key id, not the secret); 0 = none, the UI points at `gcmine serve`",
+    )
 
 
 class RuntimeConfig(_Section):

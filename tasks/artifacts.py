@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import os
 import platform
+import re
 import socket
 import subprocess
 import time
+import unicodedata
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -53,6 +55,24 @@ MANIFEST_COLUMNS = ["image_id", "source", "filename", "label", "width", "height"
 TYPICALITY_COLUMNS = ["image_id", "label", "image_label", "typicality"]
 PATCH_COLUMNS = ["image_id", "label", "rank", "x0", "y0", "x1", "y1", "typicality", "element"]
 ELEMENT_COLUMNS = ["label", "element", "rank", "score", "size"]
+
+
+def dataset_name(out: str) -> str:
+    """The name of the dataset a run root holds: the last part of its path or URI."""
+    return str(out).rstrip("/").rsplit("/", 1)[-1] or "run"
+
+
+def dataset_slug(out: str) -> str:
+    """`dataset_name(out)` in lowercase ASCII letters, digits and dashes (at most 40)."""
+    ascii_name = unicodedata.normalize("NFKD", dataset_name(out)).encode("ascii", "ignore").decode().lower()
+    return re.sub(r"[^a-z0-9]+", "-", ascii_name).strip("-")[:40].strip("-") or "run"
+
+
+def artifact_key(out: str, what: str) -> str:
+    """Key of a Prefect UI artifact of run root `out`: `gcmine-<dataset>-<what>` in the lowercase
+    letters, digits and dashes Prefect allows, so the Artifacts page keeps one entry per dataset
+    (`gcmine-cars-summary`, `gcmine-cars-score-part-00000`)."""
+    return f"gcmine-{dataset_slug(out)}-{re.sub(r'[^a-z0-9]+', '-', what.lower()).strip('-')}"
 
 
 def stage_file(stem: str, key: str) -> str:

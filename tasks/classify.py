@@ -14,7 +14,7 @@ from prefect import task
 from gcmodels.cotypicality import (
     classification_accuracy, confused_labels, confusion_matrix, label_matrix, predict_labels,
 )
-from tasks.artifacts import CLASSIFICATION, CONFUSION, LABEL_MATRIX, MODEL, TYPICALITY, stopwatch
+from tasks.artifacts import CLASSIFICATION, CONFUSION, LABEL_MATRIX, MODEL, TYPICALITY, artifact_key, dataset_name, stopwatch
 from tasks.logs import stage_logger
 from tasks.models import TRAINING_SET
 from tasks.storage import RunStore
@@ -120,7 +120,9 @@ def classify(out: str, fingerprint: str, storage_options: dict | None = None) ->
     try:
         from prefect.artifacts import create_markdown_artifact
 
-        create_markdown_artifact(_markdown(result), key="gcmine-classifier", description="Typicality as a classifier")
+        create_markdown_artifact(
+            _markdown(result), key=artifact_key(out, "classifier"), description=f"{dataset_name(out)}: typicality as a classifier ({out})",
+        )
     except Exception as err:  # noqa: BLE001 - outside a flow run there is no API; the files are what matter
         log.debug("Prefect artifact not created: %s", err)
     return result

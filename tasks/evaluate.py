@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from prefect import task
 
 from gcmodels.evaluation import boxes_mask, localisation_scores
-from tasks.artifacts import EVALUATION, EVALUATION_SUMMARY, MANIFEST, RUN_JSON, stopwatch, unpack_map_rows
+from tasks.artifacts import (
+    EVALUATION, EVALUATION_SUMMARY, MANIFEST, RUN_JSON, artifact_key, dataset_name, stopwatch, unpack_map_rows,
+)
 from tasks.errors import InputError
 from tasks.ingest import clean_label, read_table
 from tasks.logs import stage_logger
@@ -213,20 +215,23 @@ def evaluate(out: str, boxes: str, storage_options: dict | None = None) -> dict:
     skipped = table[table["status"] != "ok"]
     log.info("evaluated %d (image, label, model) maps against %s; %d skipped", evaluated, boxes, len(skipped))
     records = summary.astype({m: float for m in METRICS}).round(6).to_dict(orient="records")
-    _table_artifact(records, boxes)
+    _table_artifact(records, boxes, out)
     return {
         "evaluated": evaluated, "skipped": len(skipped), "boxes": len(found), "summary": records,
         "skipped_by_reason": _reason_counts(skipped), "evaluation": store.uri(EVALUATION), "seconds": clock["seconds"],
     }
 
 
-def _table_artifact(records: list[dict], boxes: str) -> None:
+def _table_artifact(records: list[dict], boxes: str, out: str) -> None:
     try:
         from prefect.artifacts import create_table_artifact
 
         # NaN (no pixel outside a box covering the whole image) is not JSON: shown empty
         clean = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in records]
-        create_table_artifact(clean, key="gcmine-evaluation", description=f"Typicality maps against the boxes of {boxes}")
+        create_table_artifact(
+            clean, key=artifact_key(out, "evaluation"),
+            description=f"{dataset_name(out)}: typicality maps against the boxes of {boxes}",
+        )
     except Exception as err:  # noqa: BLE001 - outside a flow run there is no API; the Parquet files are what matter
         stage_logger().debug("Prefect artifact not created: %s", err)
 

@@ -19,7 +19,7 @@ from gcmodels.diffusion import PixelDiffusion
 from gcmodels.sd import LatentDiffusion
 from gcmodels.runtime import configure_torch, resolve_device, resolve_precision
 from gcmodels.training import CheckpointMismatch, TrainingDiverged, train_diffusion
-from tasks.artifacts import MODEL, TRAINING, model_description, read_images, stopwatch
+from tasks.artifacts import MODEL, TRAINING, artifact_key, model_description, read_images, stopwatch
 from tasks.caching import content_key
 from tasks.errors import InputError, out_of_memory_hint
 from tasks.gpu import gpu_slot
@@ -265,7 +265,7 @@ def finetune(
             def on_checkpoint(state: dict) -> None:
                 write_checkpoint(store, {"config_key": config_key, "data_key": data_key, "state": state})
 
-            progress = StageProgress(steps, "finetune", bar=runtime.progress, key="finetune-progress")
+            progress = StageProgress(steps, "finetune", bar=runtime.progress, key=artifact_key(out, "finetune-progress"))
 
             def on_step(row: dict) -> None:
                 progress.update(row["step"] + 1, loss=row["loss"])

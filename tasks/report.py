@@ -1,8 +1,7 @@
-"""report: the self-contained HTML report, `run.json` files, and the Prefect UI artifacts."""
+"""report: the self-contained HTML report and the `run.json` files (the Prefect UI's artifacts: tasks/uiartifacts.py)."""
 
 from __future__ import annotations
 
-import logging
 from functools import lru_cache
 
 import numpy as np
@@ -23,7 +22,6 @@ from tasks.reporting import (
 )
 from tasks.storage import RunStore, open_fs
 
-_log = logging.getLogger("gcmine.report")
 
 
 def _image_loader(manifest: pd.DataFrame, storage_options: dict | None):
@@ -46,41 +44,6 @@ def _map_loader(store: RunStore, parts: list[str], wanted: set[str]):
         if len(sel):
             maps.update(zip(sel["image_id"], unpack_map_rows(sel)))
     return lambda image_id: maps[image_id]
-
-
-def markdown_summary(elements: pd.DataFrame, patches: pd.DataFrame, report_uri: str, labels: list[str] | None = None, top: int = 3) -> str:
-    """The top elements of every label as a markdown table (for the Prefect UI), each row linking
-    to its label's section of the report (`labels`: the report's labels, in its order)."""
-    labels = sorted(elements["label"].unique().tolist()) if labels is None else labels
-    anchors = dict(zip(labels, label_anchors(labels)))
-    lines = [
-        "# gcmine: what is typical of each label",
-        "",
-        f"[Open the full report]({report_uri})",
-        "",
-        "| label | element rank | score (median typicality) | patches | best patch (image, box) | report |",
-        "|---|---|---|---|---|---|",
-    ]
-    for _, e in elements[elements["rank"] < top].sort_values(["label", "rank"]).iterrows():
-        members = patches[(patches["label"] == e["label"]) & (patches["element"] == e["element"])]
-        best = members.nlargest(1, "typicality")
-        where = "" if best.empty else f"`{best['image_id'].iloc[0]}` ({int(best['x0'].iloc[0])}, {int(best['y0'].iloc[0])}, {int(best['x1'].iloc[0])}, {int(best['y1'].iloc[0])})"
-        label = str(e["label"]).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-        link = f"[open]({report_uri}#{anchors[e['label']]})" if e["label"] in anchors else ""
-        lines.append(f"| {label} | {int(e['rank'])} | {e['score']:.4g} | {int(e['size'])} | {where} | {link} |")
-    return "\n".join(lines)
-
-
-def _prefect_artifacts(elements: pd.DataFrame, patches: pd.DataFrame, report_uri: str, labels: list[str]) -> None:
-    try:
-        from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
-
-        create_markdown_artifact(markdown_summary(elements, patches, report_uri, labels), key="gcmine-summary", description="Top visual elements per label")
-        table = elements.sort_values(["label", "rank"]).astype({"score": float}).round({"score": 6})
-        create_table_artifact(table.to_dict(orient="records"), key="gcmine-elements", description="Ranked visual elements")
-        create_link_artifact(report_uri, link_text="gcmine report", key="gcmine-report", description="The HTML report")
-    except Exception as err:  # noqa: BLE001 - outside a flow run there is no API; the files are what matter
-        _log.debug("Prefect artifacts not created: %s", err)
 
 
 def own_label_rows(typicality: pd.DataFrame) -> pd.DataFrame:
@@ -126,7 +89,7 @@ def report(
     out: str, maps: list[str], config: ReportConfig, run_info: dict, storage_options: dict | None = None,
     applications: dict | None = None,
 ) -> dict:
-    """Render `report/index.html`, write `run.json` in each artifact folder, publish UI artifacts.
+    """Render `report/index.html` and write `run.json` in each artifact folder.
     `applications`: the results of the optional classify / translate / baseline tasks that ran."""
     log = stage_logger()
     with stopwatch() as clock:
@@ -169,6 +132,5 @@ def report(
     for folder in ("", f"{MODEL}/", "report/"):
         store.write_json(folder + RUN_JSON, info)
     report_uri = store.uri(REPORT)
-    _prefect_artifacts(elements_df, patches, report_uri, labels)
     log.info("report written to %s", report_uri)
     return {"report": report_uri, "seconds": clock["seconds"]}

@@ -14,7 +14,7 @@ from gcmodels.config import RuntimeConfig, ScoreConfig
 from gcmodels.cotypicality import cotypicality_frame
 from gcmodels.typicality import TypicalityEstimator
 from tasks.artifacts import (
-    MAPS_PARQUET, TYPICALITY, TYPICALITY_COLUMNS, keyed_part, maps_frame, read_images, stopwatch, worker_name,
+    MAPS_PARQUET, TYPICALITY, TYPICALITY_COLUMNS, artifact_key, keyed_part, maps_frame, read_images, stopwatch, worker_name,
 )
 from tasks.caching import content_key
 from tasks.errors import out_of_memory_hint
@@ -83,7 +83,7 @@ def score_shard(
         every = model.label_index(vocab)  # (L,) the conditioning labels of cotypicality
         maps: list[np.ndarray | None] = [None] * len(meta)  # (h, w) float32 per image
         co = np.zeros((len(meta), len(vocab)), np.float64)  # image-level T(x | label) per label
-        key = "score-" + name.removesuffix(".parquet").replace("_", "-").lower()
+        key = artifact_key(out, "score-" + name.removesuffix(".parquet"))
         done = 0
         with StageProgress(len(meta), f"score {name}", bar=runtime.progress, key=key) as progress:
             with out_of_memory_hint(f"score {name}", {"score.batch_size": config.batch_size}, device):

@@ -3,11 +3,14 @@ artifact contract of DESIGN.md."""
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
 import os
 import re
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,9 +65,13 @@ def _run_cli(dataset: dict, out: Path, *extra: str) -> None:
 
 @pytest.fixture(scope="module")
 def run(prefect_harness, dataset, tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("run") / "out"
-    _run_cli(dataset, out)
-    return {"out": out, "store": RunStore(str(out))}
+    """The run of the dataset into run root `.../cars` (a free port for `gcmine serve`)."""
+    out = tmp_path_factory.mktemp("run") / "cars"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    _run_cli(dataset, out, f"report.serve_port={port}")
+    return {"out": out, "store": RunStore(str(out)), "port": port, "link": f"http://127.0.0.1:{port}/cars/"}
 
 
 def test_manifest_contract(run, dataset) -> None:
@@ -225,30 +232,47 @@ def test_prefect_ui_story(run) -> None:
     shards = ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     assert {f"score[{s}]" for s in shards} <= names and {f"rank[{s}]" for s in shards} <= names
     by_key = {a.key: a for a in artifacts if a.key}
-    assert {"gcmine-summary", "gcmine-elements", "gcmine-report", "finetune-progress"} <= set(by_key)
-    assert by_key["finetune-progress"].type == "progress" and float(by_key["finetune-progress"].data) == 100.0
-    assert by_key["gcmine-elements"].type == "table"
-    # Prefect stores link artifacts as markdown holding the link
-    assert (run["out"] / "report" / "index.html").as_uri() in by_key["gcmine-report"].data
-    md = by_key["gcmine-summary"].data
-    assert by_key["gcmine-summary"].type == "markdown"
+    # keys carry the dataset (run root) name: one entry per dataset on the Artifacts page
+    assert {"gcmine-cars-summary", "gcmine-cars-elements", "gcmine-cars-report", "gcmine-cars-finetune-progress"} <= set(by_key)
+    assert by_key["gcmine-cars-finetune-progress"].type == "progress" and float(by_key["gcmine-cars-finetune-progress"].data) == 100.0
+    assert by_key["gcmine-cars-elements"].type == "table"
+    # the summary, table and link hang off the flow run itself, not a task run; titles name the dataset
+    for what in ("summary", "elements", "report"):
+        artifact = by_key[f"gcmine-cars-{what}"]
+        assert artifact.task_run_id is None and str(artifact.flow_run_id) == run_id, what
+        assert artifact.description.startswith("cars: "), artifact.description
+    # Prefect stores link artifacts as markdown holding the link: http, to `gcmine serve`
+    assert run["link"] in by_key["gcmine-cars-report"].data
+    md = by_key["gcmine-cars-summary"].data
+    assert by_key["gcmine-cars-summary"].type == "markdown"
+    assert md.startswith("# gcmine: what is typical of each label in cars")
     assert "circle" in md and "&lt;b&gt;cross&lt;/b&gt;" in md
     # progress artifacts of every score shard, finished
     for s in shards:
-        key = "score-" + s.removesuffix(".parquet").replace("_", "-")
+        key = "gcmine-cars-score-" + s.removesuffix(".parquet")
         assert by_key[key].type == "progress" and float(by_key[key].data) == 100.0, key
-    # the summary: a table row per top element with its score, and the link to the report
+    # the summary: a table row per top element with its score and pictures, and the link to the report
     elements = run["store"].read_parquet("elements.parquet")
-    assert f"[Open the full report]({(run['out'] / 'report' / 'index.html').as_uri()})" in md
-    assert "| label | element rank | score (median typicality) |" in md
+    assert f"**[Open the full report of cars]({run['link']})** (start `gcmine serve {run['out']}`" in md
+    assert "| label | element rank | score | patches | most typical patches |" in md
     for _, e in elements[elements["rank"] < 3].iterrows():
-        assert f" | {int(e['rank'])} | {e['score']:.4g} | {int(e['size'])} | " in md
+        assert f" | {int(e['rank'])} | {e['score']:.4g} | {int(e['size'])} | ![" in md
+    pictures = re.findall(r"!\[([^\]]*)\]\((data:image/(?:png|jpeg);base64,[A-Za-z0-9+/=]+)\)", md)
+    assert len(pictures) == (elements["rank"] < 3).sum(), [p[0] for p in pictures]
+    for _, uri in pictures:  # each a real picture: a strip of patches THUMB pixels high
+        from PIL import Image
+
+        from tasks.uiartifacts import THUMB
+
+        strip = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+        assert strip.height == THUMB and strip.width >= THUMB
     report = (run["out"] / "report" / "index.html").read_text()
-    for label in LABELS:  # each row links to its label's section of the report
+    for label in LABELS:  # each row's label links to its section of the report
         anchor = next(a for a in re.findall(r'<section class="label" id="([^"]+)"><h2>([^<]*)', report) if html.unescape(a[1]) == label)[0]
-        assert f"[open]({(run['out'] / 'report' / 'index.html').as_uri()}#{anchor})" in md
+        text = label.replace("<", "&lt;").replace(">", "&gt;")
+        assert f"| [{text}]({run['link']}#{anchor}) | " in md
     # the table artifact holds every element with its score
-    table = pd.DataFrame(json.loads(by_key["gcmine-elements"].data))
+    table = pd.DataFrame(json.loads(by_key["gcmine-cars-elements"].data))
     assert len(table) == len(elements)
     merged = table.merge(elements, on=["label", "element"], suffixes=("", "_file"))
     assert len(merged) == len(elements)
@@ -316,8 +340,8 @@ def test_dask_runner_gives_the_same_artifacts(run, dataset, tmp_path) -> None:
     shard_runs = [t for t in tasks if t.name.startswith(("score[", "rank["))]
     assert len(shard_runs) == 6 and all(t.state.is_completed() for t in shard_runs)
     # the workers reported their progress to the same API
-    assert {f"score-part-0000{i}" for i in range(3)} <= set(progress), sorted(progress)
-    assert all(float(progress[f"score-part-0000{i}"].data) == 100.0 for i in range(3))
+    assert {f"gcmine-dask-score-part-0000{i}" for i in range(3)} <= set(progress), sorted(progress)
+    assert all(float(progress[f"gcmine-dask-score-part-0000{i}"].data) == 100.0 for i in range(3))
     # the shards ran in the Dask worker processes, not in this one (where the thread runner ran them)
     here = f"{socket.gethostname()}:{os.getpid()}"
     for stage in ("score", "rank"):
@@ -328,12 +352,17 @@ def test_dask_runner_gives_the_same_artifacts(run, dataset, tmp_path) -> None:
 
 def test_prefect_ui_in_a_real_browser(run, tmp_path) -> None:
     """Headless Chromium opens the Prefect UI page of the finished run and its artifacts (a
-    server with the UI, on the harness's database), saves screenshots under the test's tmp
-    folder, and sees the run's name, its state and its artifacts."""
+    server with the UI, on the harness's database), sees the run's name, state and artifacts, the
+    summary's pictures of each label's top elements rendered, and follows its report link to the
+    report that `gcmine serve` answers; screenshots under the test's tmp folder."""
+    import threading
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
     from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
 
+    from flows.serve import report_server
+    from tasks.uiartifacts import THUMB
     from uibrowser import chromium_page, chromium_path, prefect_ui_server
 
     binary = chromium_path()
@@ -345,29 +374,53 @@ def test_prefect_ui_in_a_real_browser(run, tmp_path) -> None:
     flt = FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
     with get_client(sync_client=True) as client:
         name = client.read_flow_run(run_id).name
-        summary = client.read_artifacts(flow_run_filter=flt, artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["gcmine-summary"])))[0]
+        key = ArtifactFilter(key=ArtifactFilterKey(any_=["gcmine-cars-summary"]))
+        summary = client.read_artifacts(flow_run_filter=flt, artifact_filter=key)[0]
+    pictures = summary.data.count("](data:image/")
     database = PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
     database = database.get_secret_value() if hasattr(database, "get_secret_value") else str(database)
     shots = tmp_path / "screenshots"
     shots.mkdir()
-    with prefect_ui_server(database, tmp_path / "ui-server") as ui, chromium_page(binary, tmp_path / "chromium") as page:
-        page.goto(f"{ui}/runs/flow-run/{run_id}")
-        page.wait_text(name, "Completed", "Artifacts")
-        assert page.js("document.title") == f"Flow Run: {name} • Prefect Server"
-        page.screenshot(shots / "flow-run.png")
+    served = report_server(str(run["out"]), run["port"])  # `gcmine serve RUN` with the run's report.serve_port
+    threading.Thread(target=served.serve_forever, daemon=True).start()
+    try:
+        with prefect_ui_server(database, tmp_path / "ui-server") as ui, chromium_page(binary, tmp_path / "chromium") as page:
+            page.goto(f"{ui}/runs/flow-run/{run_id}")
+            page.wait_text(name, "Completed", "Artifacts")
+            assert page.js("document.title") == f"Flow Run: {name} • Prefect Server"
+            page.screenshot(shots / "flow-run.png")
 
-        page.click_text(".p-tab", "Task Runs")  # readable names per stage and shard
-        page.wait_text("score[part-00000.parquet]", "rank[part-00002.parquet]", "finetune", "report")
-        page.screenshot(shots / "flow-run-tasks.png")
+            page.click_text(".p-tab", "Task Runs")  # readable names per stage and shard
+            page.wait_text("score[part-00000.parquet]", "rank[part-00002.parquet]", "finetune", "report")
+            page.screenshot(shots / "flow-run-tasks.png")
 
-        page.click_text(".p-tab", "Artifacts")
-        text = page.wait_text("gcmine-summary", "gcmine-elements", "gcmine-report", "finetune-progress", "score-part-00000")
-        assert name in text
-        page.screenshot(shots / "flow-run-artifacts.png")
+            page.click_text(".p-tab", "Artifacts")
+            page.wait_text(name, "Flow run", "gcmine-cars-summary", "gcmine-cars-elements", "gcmine-cars-report", "cars: top visual elements per label")
+            page.screenshot(shots / "flow-run-artifacts.png")
+            # the task runs' progress artifacts come below, loaded once scrolled into view
+            page.wait_text("Task runs", "gcmine-cars-finetune-progress", "gcmine-cars-score-part-00000", scroll=True)
 
-        page.goto(f"{ui}/artifacts/artifact/{summary.id}")
-        text = page.wait_text("gcmine-summary", "what is typical of each label", name)
-        assert "element rank" in text and "Open the full report" in text  # the markdown table, rendered
-        page.screenshot(shots / "summary-artifact.png")
+            page.goto(f"{ui}/artifacts/artifact/{summary.id}")
+            text = page.wait_text("gcmine-cars-summary", "what is typical of each label in cars", name)
+            assert "element rank" in text and "Open the full report of cars" in text  # the markdown table, rendered
+            # every element's picture is in the page, decoded: THUMB pixels high, as wide as its patches
+            shown = "[...document.querySelectorAll('img')].filter(i => i.src.startsWith('data:image/'))"
+            deadline = time.monotonic() + 30
+            while page.js(f"{shown}.filter(i => i.complete && i.naturalHeight === {THUMB}).length") < pictures:
+                assert time.monotonic() < deadline, page.js(f"{shown}.map(i => [i.alt, i.naturalWidth, i.naturalHeight])")
+                time.sleep(0.5)
+            assert pictures >= 4 and page.js(f"{shown}.every(i => i.getBoundingClientRect().height >= 40)")
+            page.screenshot(shots / "summary-artifact.png")
+
+            # the report link leads to the report (http, served by `gcmine serve`; a file:// link would not open)
+            href = page.js("[...document.querySelectorAll('a')].find(a => a.innerText.includes('Open the full report')).href")
+            assert href == run["link"]
+            page.goto(href)
+            text = page.wait_text("gcmine report", "circle")
+            assert page.js("location.href") == run["link"]
+            page.screenshot(shots / "report-from-ui.png")
+    finally:
+        served.shutdown()
+        served.server_close()
     for png in shots.iterdir():
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, png

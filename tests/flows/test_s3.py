@@ -84,9 +84,42 @@ def test_flow_on_s3(prefect_harness, s3) -> None:
     # ... nor in what Prefect stored about the run
     from prefect.client.orchestration import get_client
 
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
     with get_client(sync_client=True) as client:
         params = str(client.read_flow_run(result["flow_run_id"]).parameters)
+        flt = FlowRunFilter(id=FlowRunFilterId(any_=[result["flow_run_id"]]))
+        artifacts = {a.key: a for a in client.read_artifacts(flow_run_filter=flt) if a.key}
     assert SECRET not in params and KEY not in params
+    assert not [k for k, a in artifacts.items() if SECRET in str(a.data)]
+
+    # the UI's report link: a presigned http(s) link the browser follows, answered as an HTML page
+    import re
+    import urllib.request
+
+    (link,) = re.findall(r"\]\((http[^)]+)\)", artifacts["gcmine-r1-report"].data)
+    assert link.startswith(f"{s3['endpoint']}/gcmine-data/runs/r1/report/index.html?") and "Signature=" in link
+    with urllib.request.urlopen(link, timeout=30) as answer:
+        assert answer.headers["Content-Type"].startswith("text/html")
+        assert answer.read() == fs.cat_file("gcmine-data/runs/r1/report/index.html")
+    md = artifacts["gcmine-r1-summary"].data
+    assert f"[Open the full report of r1]({link})" in md and "a presigned link, valid until" in md
+    assert md.count("](data:image/") == 4  # the pictures of both labels' 2 elements, read from S3
+    assert "presigned link" in artifacts["gcmine-r1-report"].description
+
+    # `gcmine serve` answers the report of an S3 run root too (when the link has expired)
+    from flows.serve import report_server
+
+    served = report_server("s3://gcmine-data/runs/r1", 0, opts)
+    import threading
+
+    threading.Thread(target=served.serve_forever, daemon=True).start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{served.server_port}/", timeout=30) as answer:
+            assert answer.url.endswith("/r1/") and answer.read() == fs.cat_file("gcmine-data/runs/r1/report/index.html")
+    finally:
+        served.shutdown()
+        served.server_close()
 
     # a rerun does no model work, results and cache both on S3
     again = run_pipeline("s3://gcmine-data/images", "s3://gcmine-data/runs/r1", None, settings)

@@ -111,10 +111,20 @@ class Page:
     def text(self) -> str:
         return self.js("document.body ? document.body.innerText : ''") or ""
 
-    def wait_text(self, *needles: str, timeout: float = 90) -> str:
-        """The page's visible text once it shows every needle (the app renders after its API calls)."""
+    def scroll_to_bottom(self) -> None:
+        """Scroll the window and every scrolled element to its end (lists load what comes into view)."""
+        self.js(
+            "window.scrollTo(0, document.body.scrollHeight); document.querySelectorAll('*').forEach("
+            "e => { if (e.scrollHeight > e.clientHeight + 50) e.scrollTop = e.scrollHeight; })"
+        )
+
+    def wait_text(self, *needles: str, timeout: float = 90, scroll: bool = False) -> str:
+        """The page's visible text once it shows every needle (the app renders after its API calls);
+        with `scroll`, scrolled to the end before each look."""
         end = time.monotonic() + timeout
         while True:
+            if scroll:
+                self.scroll_to_bottom()
             text = self.text()
             if all(n in text for n in needles):
                 return text
