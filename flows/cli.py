@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return _watch(args.uri, args.out, args.config, args.overrides)
     from flows.pipeline import run_pipeline
     from gcmodels.training import TrainingDiverged
-    from tasks.errors import InputError, OutOfMemory, StorageError
+    from tasks.errors import InputError, OutOfMemory, RunRootBusy, StorageAccessError, StorageError
 
     truth = None
     if args.command == "demo":
@@ -184,10 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         result = run_pipeline(str(images), str(out), labels, settings)
-    except (InputError, ConfigError) as err:
+    except (InputError, ConfigError, StorageAccessError) as err:  # fix the input or a setting
         print(f"gcmine: {err}", file=sys.stderr)
         return 2
-    except (StorageError, OutOfMemory, TrainingDiverged) as err:
+    except (StorageError, OutOfMemory, TrainingDiverged, RunRootBusy) as err:
         # Finished stages are kept: the same command resumes after the cause is fixed.
         print(f"gcmine: {err}", file=sys.stderr)
         return 1
