@@ -118,7 +118,9 @@ def _cap(fs: fsspec.AbstractFileSystem, call: Callable, remaining: float, transf
     (fsspec's sync wrapper then cancels it): the time left to the deadline, plus
     `SECONDS_PER_MIB` per MiB of a write; nothing for reads of unknown size (`transfer` None),
     which botocore's read timeout bounds."""
-    if transfer is None or not getattr(fs, "async_impl", False) or getattr(call, "__self__", None) is not fs:
+    # fsspec's sync wrappers are instance attributes named like the coroutine they wrap, minus its "_"
+    own = getattr(fs, getattr(call, "__name__", "").lstrip("_"), None) == call
+    if transfer is None or not getattr(fs, "async_impl", False) or not own:
         return {}
     return {"timeout": max(1.0, remaining + SECONDS_PER_MIB * transfer / 2**20)}
 
