@@ -193,6 +193,13 @@ def _assert_consistent(out: Path) -> None:
 
 
 def test_concurrent_incremental_runs_are_serialised_and_a_third_run_is_consistent(first, tmp_path, monkeypatch) -> None:
+    """Two incremental runs (different new images) start together into one root. Without a lease
+    both read the old shard list and both write images/part-00002.parquet and the list (a barrier
+    in ingest makes them meet there); with it, the second run waits for the first to finish.
+    Every write into the root is recorded with its flow run: the two runs' writes never interleave."""
+    import tasks.ingest
+    from prefect.runtime import flow_run
+
     base, out = _clone(first, tmp_path)
     folders = {}
     for name, seed in (("a", 11), ("b", 12)):
@@ -200,19 +207,27 @@ def test_concurrent_incremental_runs_are_serialised_and_a_third_run_is_consisten
         shutil.copytree(base, folder)
         _write(folder, motif_dataset(n_per_label=1, size=16, labels=("circle", "cross"), seed=seed), prefix=f"new-{name}-")
         folders[name] = folder
-    held: list[tuple[str, float, float]] = []
-    real_acquire, real_release = RunLease.acquire, RunLease.release
+    meet = threading.Barrier(2)
+    real_previous = tasks.ingest._previous_run
 
-    def acquire(self):
-        real_acquire(self)
-        self.since = time.monotonic()
+    def previous_run(*args, **kwargs):
+        found = real_previous(*args, **kwargs)
+        try:
+            meet.wait(timeout=8)  # both runs hold the old state here... unless one waits for the lease
+        except threading.BrokenBarrierError:
+            pass
+        return found
 
-    def release(self):
-        held.append((self.owner["flow_run_id"], self.since, time.monotonic()))
-        real_release(self)
+    writes: list[tuple[str, float]] = []
+    real_write = RunStore.write_bytes
 
-    monkeypatch.setattr(RunLease, "acquire", acquire)
-    monkeypatch.setattr(RunLease, "release", release)
+    def write_bytes(self, rel, data):
+        if self.root == str(out):
+            writes.append((str(flow_run.id), time.monotonic()))
+        return real_write(self, rel, data)
+
+    monkeypatch.setattr(tasks.ingest, "_previous_run", previous_run)
+    monkeypatch.setattr(RunStore, "write_bytes", write_bytes)
     settings = load_settings(None, [*TINY, "storage.lease=wait", "storage.lease_wait=600"])
     results, errors = {}, []
 
@@ -228,10 +243,15 @@ def test_concurrent_incremental_runs_are_serialised_and_a_third_run_is_consisten
     for t in threads:
         t.join()
     assert not errors and set(results) == {"a", "b"}
-    (_, s1, e1), (_, s2, e2) = sorted(held, key=lambda h: h[1])
-    assert e1 <= s2  # one writer at a time
+    spans = {}
+    for run_id, at in writes:
+        lo, hi = spans.get(run_id, (at, at))
+        spans[run_id] = (min(lo, at), max(hi, at))
+    (_, end_first), (start_second, _) = sorted(spans.values())
+    assert len(spans) == 2 and end_first < start_second  # one writer at a time
     _assert_consistent(out)
     # a third run over everything: consistent, no error
+    monkeypatch.undo()
     merged = tmp_path / "images-all"
     shutil.copytree(folders["a"], merged)
     shutil.copytree(folders["b"], merged, dirs_exist_ok=True)
