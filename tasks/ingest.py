@@ -44,6 +44,8 @@ def _read_table(uri: str, what: str, storage_options: dict | None) -> pd.DataFra
         raise InputError(f"{what} file {uri} does not exist")
     if with_retries(fs, f"checking {uri}", fs.isdir, path):
         raise InputError(f"{what} file {uri} is a folder, not a CSV/Parquet file")
+    if is_local(fs) and not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would hang the read
+        raise InputError(f"{what} file {uri} is {_FILE_KINDS.get(stat.S_IFMT(os.stat(path).st_mode), 'not a regular file')}, not a CSV/Parquet file")
     raw = with_retries(fs, f"reading {uri}", fs.cat_file, path)
     try:
         fh = io.BytesIO(raw)
@@ -65,7 +67,8 @@ def list_sources(images: str, extensions: tuple[str, ...], storage_options: dict
     base = images.rstrip("/")
     if with_retries(fs, f"checking {images}", fs.isdir, path):
         exts = tuple(e.lower() for e in extensions)
-        listing = with_retries(fs, f"listing {images}", fs.find, path, detail=True)
+        listing = with_retries(fs, f"listing {images}", fs.find, path, detail=not is_local(fs))  # sizes: object stores
+        listing = listing if isinstance(listing, dict) else {p: {} for p in listing}
         found = sorted(p for p in listing if p.lower().endswith(exts))
         names = [posixpath.relpath(p, path) if not is_local(fs) else _local_rel(p, path) for p in found]
         uris = found if is_local(fs) else [join_uri(base, n) for n in names]

@@ -29,11 +29,13 @@ import pyarrow.parquet as pq
 from tasks.errors import DamagedArtifact
 from tasks.storage import RunStore, is_local
 
-__all__ = ["FULL_CHECK_BYTES", "artifact_damage", "file_digest", "file_records", "model_damage", "parquet_damage"]
+__all__ = [
+    "FOOTER_TAIL", "FULL_CHECK_BYTES", "artifact_damage", "footer_damage", "file_digest", "file_records", "model_damage", "parquet_damage",
+]
 
 FULL_CHECK_BYTES = 64 * 2**20  # cached Parquet files up to this size are read whole (page checksums) before reuse
 CHUNK = 2**20  # bytes hashed at a time: a multi-GB weight file never sits in memory whole
-_FOOTER_GUESS = 64 * 2**10  # tail bytes read first; a larger footer costs a second read
+FOOTER_TAIL = 64 * 2**10  # tail bytes read first; a larger footer costs a second read
 
 
 def file_digest(path: str | Path) -> str:
@@ -54,7 +56,7 @@ def file_records(directory: Path, skip: tuple[str, ...] = ()) -> dict[str, dict]
     }
 
 
-def _footer_damage(size: int, tail: bytes) -> str | None:
+def footer_damage(size: int, tail: bytes) -> str | None:
     """What is wrong with a Parquet file of `size` bytes ending in `tail`, judged from its footer."""
     if size < 12 or tail[-4:] != b"PAR1":
         return f"truncated or not Parquet ({size} bytes, no Parquet end marker)"
@@ -84,11 +86,11 @@ def _footer_damage(size: int, tail: bytes) -> str | None:
 def parquet_damage(store: RunStore, rel: str, full_below: int = FULL_CHECK_BYTES) -> str | None:
     """None if artifact `rel` (Parquet) looks sound, else what is wrong: its footer and layout
     (one read of its tail), and - when it is at most `full_below` bytes - every page checksum."""
-    size, tail = store.read_tail(rel, _FOOTER_GUESS)
-    reason = _footer_damage(size, tail)
+    size, tail = store.read_tail(rel, FOOTER_TAIL)
+    reason = footer_damage(size, tail)
     if reason is None and size >= 12 and struct.unpack("<i", tail[-8:-4])[0] + 8 > len(tail):
         size, tail = store.read_tail(rel, struct.unpack("<i", tail[-8:-4])[0] + 8)  # a big footer: read it whole
-        reason = _footer_damage(size, tail)
+        reason = footer_damage(size, tail)
     if reason is not None or size > full_below:
         return reason
     try:

@@ -16,6 +16,7 @@ from PIL import Image
 from flows.cli import main
 from flows.config import describe_settings, load_settings
 from gcmodels.config import ConfigError, DataConfig
+from tasks.errors import InputError
 from tasks.ingest import ingest_images
 from tasks.storage import RunStore
 
@@ -100,6 +101,13 @@ def test_a_fifo_is_rejected_without_being_opened(folder, tmp_path) -> None:
     summary = ingest_images(str(folder), None, store, DataConfig(resolution=16))
     assert summary["ok"] == 2 and summary["rejected_by_reason"] == {"not a regular file": 1}
     assert _reasons(store)["pipe.png"] == "not a regular file: a FIFO (named pipe) (never opened)"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_as_labels_file_is_an_input_error(folder, tmp_path) -> None:
+    os.mkfifo(tmp_path / "labels.csv")
+    with pytest.raises(InputError, match=r"labels file .*labels.csv is a FIFO \(named pipe\), not a CSV/Parquet file"):
+        ingest_images(str(folder), str(tmp_path / "labels.csv"), RunStore(str(tmp_path / "out")), DataConfig(resolution=16))
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
