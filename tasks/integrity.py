@@ -94,7 +94,7 @@ def parquet_damage(store: RunStore, rel: str, full_below: int = FULL_CHECK_BYTES
     if reason is not None or size > full_below:
         return reason
     try:
-        store.read_parquet(rel)  # every page, checksums verified
+        store.read_table(rel)  # every page, checksums verified
     except DamagedArtifact as err:
         return getattr(err, "reason", str(err))
     return None

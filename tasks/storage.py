@@ -295,13 +295,17 @@ class RunStore:
     def read_parquet(self, rel: str, columns: list[str] | None = None) -> pd.DataFrame:
         """Artifact `rel` as a DataFrame; its page checksums are verified, and a damaged file is a
         `DamagedArtifact` naming it (see `damaged_hint` for what the message advises)."""
+        return self.read_table(rel, columns).to_pandas()
+
+    def read_table(self, rel: str, columns: list[str] | None = None) -> pa.Table:
+        """Artifact `rel` as an Arrow table, page checksums verified (see `read_parquet`)."""
         try:
             if is_local(self.fs):
                 with self.fs.open(self.path(rel), "rb") as fh:
-                    return pq.read_table(fh, columns=columns, page_checksum_verification=True).to_pandas()
+                    return pq.read_table(fh, columns=columns, page_checksum_verification=True)
             # One GET, retried as a whole: a partial read never reaches the Parquet reader.
             data = io.BytesIO(self.read_bytes(rel))
-            return pq.read_table(data, columns=columns, page_checksum_verification=True).to_pandas()
+            return pq.read_table(data, columns=columns, page_checksum_verification=True)
         except (pa.ArrowException, OSError) as err:
             if isinstance(err, (StorageError, FileNotFoundError, PermissionError)) or not _arrow_damage(err):
                 raise
