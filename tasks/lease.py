@@ -28,7 +28,9 @@ What is guaranteed (and on which storage):
   a run takes longer than `SETTLE_SECONDS` between reading "no lease" and writing its own (a
   stalled process), which the next heartbeat detects as a lost lease.
 - Expiry compares the holder's last renewal (its wall clock) with the reader's wall clock: the
-  hosts that share a run root need clocks synchronised to well within `expiry` (NTP).
+  hosts that share a run root need clocks synchronised to well within `expiry` (NTP). A lease of
+  a process of the same host (same host name) that is gone is dead at once. A run that fails on
+  storage leaves its lease to expire rather than wait on the failing store to delete it.
 - A holder that finds its lease taken over (it was cut off for longer than `expiry`) stops
   renewing it and its run fails at the end, saying that its artifacts may mix two runs.
 """
@@ -47,7 +49,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 
 from tasks.errors import RunRootBusy, StorageError
-from tasks.storage import RunStore, is_local
+from tasks.storage import RunStore, pid_alive, is_local
 
 __all__ = ["IN_PROGRESS", "LEASE", "RunLease", "describe_holder", "root_state", "run_lease"]
 
@@ -74,9 +76,13 @@ def describe_holder(lease: dict) -> str:
 
 
 def _expired(lease: dict, now: float) -> bool:
+    """Whether nobody holds `lease` any more: not renewed for its expiry, or held by a process of
+    this host that is gone (a run killed here a moment ago need not be waited for)."""
     renewed = lease.get("renewed")
     if not isinstance(renewed, (int, float)):
         return True  # damaged or foreign: nobody renews it
+    if lease.get("host") == socket.gethostname() and isinstance(lease.get("pid"), int) and not pid_alive(lease["pid"]):
+        return True
     return now - renewed > float(lease.get("expiry") or 0)
 
 
@@ -97,6 +103,7 @@ class _Backend:
                 with open(self.path, "rb") as fh:
                     raw, etag = fh.read(), None
             else:
+                fs.invalidate_cache(self.path)  # another process may have replaced it since any listing
                 info = self.store.retrying(f"checking {self.store.uri(LEASE)}", fs.info, self.path)
                 etag = info.get("ETag")
                 raw = self.store.retrying(f"reading {self.store.uri(LEASE)}", fs.cat_file, self.path, transfer=None)
@@ -245,11 +252,15 @@ class RunLease:
             except Exception as err:  # noqa: BLE001 - a failed renewal is retried at the next beat
                 self.log.warning("renewing the lease of %s failed (retrying in %.0f s): %s", self.store.location, self.expiry / 4, err)
 
-    def release(self) -> None:
-        """Stop renewing; delete the lease if it is still this run's."""
+    def release(self, touch_storage: bool = True) -> None:
+        """Stop renewing; delete the lease if it is still this run's. With `touch_storage` False
+        (the store just failed: a stalled endpoint would only delay the error) the lease is left
+        to expire."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=self.expiry)
+            self._thread.join(timeout=1.0)  # a renewal stuck on a stalled store is not waited for (daemon thread)
+        if not touch_storage:
+            return
         try:
             current, _ = self.backend.read()
             if current and current.get("token") == self.owner["token"]:
@@ -268,6 +279,7 @@ def run_lease(
     "refuse" (storage.lease, storage.lease_wait, storage.lease_expiry)."""
     lease = RunLease(store, flow_run_id=flow_run_id, expiry=expiry, wait=wait if mode == "wait" else None, logger=logger)
     lease.acquire()
+    storage_failed = False
     try:
         marker = {k: v for k, v in lease.owner.items() if k != "token"}
         store.write_json(IN_PROGRESS, marker)
@@ -279,8 +291,11 @@ def run_lease(
                 "again once that run has finished"
             )
         store.remove(IN_PROGRESS)
+    except StorageError:
+        storage_failed = True
+        raise
     finally:
-        lease.release()
+        lease.release(touch_storage=not storage_failed)
 
 
 def root_state(store: RunStore) -> dict:

@@ -53,7 +53,7 @@ from tasks.errors import DamagedArtifact, StorageAccessError, StorageError
 
 __all__ = [
     "BACKOFF_SECONDS", "POLICY_KEY", "RETRIES", "RunStore", "damaged_hint", "StoragePolicy", "is_local", "join_uri", "open_fs",
-    "policy_of", "scratch_dir", "sweep_leftovers", "sweep_scratch", "with_retries",
+    "pid_alive", "policy_of", "scratch_dir", "sweep_leftovers", "sweep_scratch", "with_retries",
 ]
 
 RETRIES: int = StorageConfig.model_fields["retries"].default  # retries of a failed object-store call (5 attempts in all)
@@ -416,7 +416,8 @@ def scratch_dir(purpose: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this host exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -439,7 +440,7 @@ def sweep_scratch(older_than: float = 600.0) -> list[str]:
             st = entry.lstat()
         except OSError:
             continue
-        if (uid is not None and st.st_uid != uid) or now - st.st_mtime < older_than or _pid_alive(int(m["pid"])):
+        if (uid is not None and st.st_uid != uid) or now - st.st_mtime < older_than or pid_alive(int(m["pid"])):
             continue
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(str(entry))

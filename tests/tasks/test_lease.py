@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 import tasks.lease as lease_module
-from tasks.errors import RunRootBusy
+from tasks.errors import RunRootBusy, StorageError
 from tasks.lease import IN_PROGRESS, LEASE, RunLease, root_state, run_lease
 from tasks.storage import RunStore
 
@@ -104,6 +106,17 @@ def test_the_lease_of_a_crashed_run_expires_and_is_taken_over(root, caplog) -> N
     lease.release()
 
 
+def test_the_lease_of_a_dead_process_of_this_host_is_taken_over_at_once(root) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    root.write_json(LEASE, {"host": socket.gethostname(), "pid": gone.pid, "flow_run_id": "killed", "started": "x",
+                            "token": "x", "renewed": time.time(), "expiry": 600})
+    lease = RunLease(root, flow_run_id="run-B", expiry=30)  # refuses a live holder...
+    lease.acquire()  # ...but this one's process is gone: no waiting for its expiry
+    assert json.loads(root.read_bytes(LEASE))["token"] == lease.owner["token"]
+    lease.release()
+
+
 def test_the_holder_renews_its_lease_so_it_never_expires(root) -> None:
     holder = RunLease(root, flow_run_id="run-A", expiry=1.0)  # renewed every 0.25 s
     holder.acquire()
@@ -170,3 +183,15 @@ def test_in_progress_marker_and_root_state(root) -> None:
     with run_lease(root, flow_run_id="run-C", mode="refuse", expiry=30):
         pass
     assert root_state(root) == {"state": "idle"}
+
+
+def test_a_run_failing_on_storage_leaves_its_lease_to_expire(root) -> None:
+    """Deleting the lease through a store that just failed would only delay the error: it is
+    left to expire (its renewals stop at once)."""
+    start = time.monotonic()
+    with pytest.raises(StorageError, match="stalled"):
+        with run_lease(root, flow_run_id="run-A", mode="refuse", expiry=30) as lease:
+            raise StorageError(0, "writing s3://b/x failed: stalled")
+    assert time.monotonic() - start < 5 and not lease._thread.is_alive()
+    assert json.loads(root.read_bytes(LEASE))["token"] == lease.owner["token"]
+    assert root_state(root)["state"] == "updating"  # until it expires (this process is alive)
