@@ -6,25 +6,46 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
-from gcmodels.config import ConfigError, Settings
+from gcmodels.config import MASK, ConfigError, Settings, may_hold_secret, secret_fields
 
 __all__ = ["describe_settings", "load_settings", "parse_override"]
 
 
+def _shown(text: str) -> str:
+    """An override as it may appear in a message: the value of a setting that may hold a secret
+    masked ('storage.secret=**********')."""
+    key, sep, _ = text.partition("=")
+    parts = [p.strip() for p in key.strip().split(".")]
+    return repr(f"{key}{sep}{MASK}" if sep and may_hold_secret(parts) else text)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error without the snippet of the offending line PyYAML adds (it may hold a secret)."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem:
+        mark = err.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"{err.problem}{where}"
+    return type(err).__name__
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """'train.steps=500' -> (['train', 'steps'], 500); the value is read as YAML."""
+    """'train.steps=500' -> (['train', 'steps'], 500); the value is read as YAML, except for a
+    secret setting (storage.key, storage.secret), whose value is taken verbatim as text (a
+    secret of digits stays the string given). Messages never show a value that may be a secret."""
     if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set train.steps=500")
+        raise ConfigError(f"--set {_shown(text)}: expected key=value, e.g. --set train.steps=500")
     key, raw = text.split("=", 1)
     parts = [p.strip() for p in key.strip().split(".")]
     if not all(parts):
-        raise ConfigError(f"--set {text!r}: empty key part in {key!r}")
+        raise ConfigError(f"--set {_shown(text)}: empty key part in {key!r}")
+    if tuple(parts) in secret_fields():
+        return parts, raw if raw else None
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as err:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({err})") from None
+        raise ConfigError(f"--set {_shown(text)}: the value is not valid YAML ({_yaml_problem(err)})") from None
     return parts, value
 
 
@@ -38,7 +59,7 @@ def load_settings(config_file: str | Path | None = None, overrides: list[str] | 
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+            raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(err)}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
         values = loaded
@@ -48,7 +69,7 @@ def load_settings(config_file: str | Path | None = None, overrides: list[str] | 
         for i, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {text!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
+                raise ConfigError(f"--set {_shown(text)}: {'.'.join(parts[: i + 1])} is a value, not a section")
             node = child
         node[parts[-1]] = value
     try:
@@ -69,6 +90,8 @@ def describe_settings(settings: Settings) -> str:
         for name, field in type(model).model_fields.items():
             value = getattr(model, name)
             default = getattr(default_model, name)
+            if isinstance(value, SecretStr):  # set, and never shown
+                value = MASK
             text = yaml.safe_dump(_plain(value), default_flow_style=True, allow_unicode=True).strip()
             text = text.removesuffix("\n...").removesuffix("...").strip()
             mark = "*" if value != default else " "

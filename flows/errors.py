@@ -22,11 +22,11 @@ _LOGGERS = ("", "prefect", "prefect.flow_runs", "prefect.task_runs")
 def exit_code(err: BaseException) -> int | None:
     """2 for bad input or settings, 1 for an explained fault, None for anything else (a bug)."""
     from gcmodels.config import ConfigError
-    from tasks.errors import InputError, OutOfMemory, StorageError
+    from tasks.errors import InputError, OutOfMemory, RunRootBusy, StorageAccessError, StorageError
 
-    if isinstance(err, (InputError, ConfigError)):
+    if isinstance(err, (InputError, ConfigError, StorageAccessError)):  # fix the input, a setting, the credentials
         return 2
-    if isinstance(err, (StorageError, OutOfMemory)):
+    if isinstance(err, (StorageError, OutOfMemory, RunRootBusy)):
         return 1
     # these modules load the model stack: an error of theirs exists only once they were imported
     training, gpu = sys.modules.get("gcmodels.training"), sys.modules.get("tasks.gpu")

@@ -14,6 +14,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from gcmodels.config import ConfigError, RuntimeConfig, Settings
+from gcmodels.runtime import check_device
 from tasks.artifacts import run_info
 from tasks.caching import map_cached, run_cached
 from tasks.baseline import baseline
@@ -23,11 +24,13 @@ from gcmodels.encoders import fits_on_collection
 from tasks.embed import embed, embed_shard, embeddings_table
 from tasks.finetune import finetune
 from tasks.ingest import ingest
+from tasks.lease import run_lease
 from tasks.latents import base_key, check_base, latents_shard
 from tasks.publish import publish
 from tasks.rank import elements, rank_shard
 from tasks.report import report
 from tasks.score import score_shard, typicality_table
+from tasks.storage import RunStore, sweep_leftovers, sweep_scratch
 from tasks.translate import translate
 from tasks.uiartifacts import publish_ui_artifacts, ui_summary
 
@@ -79,11 +82,28 @@ def mine(
     storage_options: dict | None = None,
 ) -> dict:
     """Mine the typical visual elements of each label of the images in `images` into `out`.
-    `storage_options` (for s3:// URIs) default to those built from `settings.storage`."""
-    so = storage_options if storage_options is not None else settings.storage.options()
-    reused: list[str] = []
+    `storage_options` (for s3:// URIs) default to those built from `settings.storage`.
+
+    The run holds the lease of `out` throughout (one writer per run root: a second run waits or
+    refuses, see tasks/lease.py) and first sweeps what interrupted writes left there."""
+    so = storage_options if storage_options is not None else settings.storage.store_options()
+    check_device(settings.runtime)  # a device that is not there fails now, before any work
     if settings.model.base is not None:  # a bad checkpoint or feature block fails now, not after fine-tuning
         check_base(settings.model.base, settings.rank.feature_block)
+    store, storage = RunStore(out, so), settings.storage
+    with run_lease(
+        store, flow_run_id=str(flow_run.id), mode=storage.lease, wait=storage.lease_wait, expiry=storage.lease_expiry,
+        logger=get_run_logger(),
+    ):
+        swept = sweep_leftovers(store, older_than=storage.lease_expiry) + sweep_scratch()
+        if swept:
+            get_run_logger().warning("removed %d leftover(s) of interrupted runs: %s", len(swept), ", ".join(swept[:5]))
+        return _mine(images, out, labels, settings, so)
+
+
+def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dict) -> dict:
+    """The stages of `mine`, run under the lease of `out`."""
+    reused: list[str] = []
     ingested = ingest(images, labels, out, settings.data, so)
     shards = ingested["shards"]
     names = [s["name"] for s in shards]

@@ -30,8 +30,14 @@ __all__ = [
     "TrainConfig",
     "TranslateConfig",
     "BASE_MODEL_DEFAULTS",
+    "STORAGE_POLICY_KEY",
     "format_validation_error",
+    "may_hold_secret",
+    "secret_fields",
 ]
+
+
+STORAGE_POLICY_KEY = "gcmine"  # storage options entry holding gcmine's own retry policy (see StorageConfig.store_options)
 
 
 class ConfigError(ValueError):
@@ -55,6 +61,11 @@ class DataConfig(_Section):
         "with model.base the default is short_side",
     )
     max_pixels: int = Field(64_000_000, ge=1, description="images with more pixels are rejected (decompression bombs)")
+    max_file_bytes: int = Field(
+        256 * 2**20, ge=1,
+        description="image files larger than this many bytes are rejected before they are read (a symlink to a huge "
+        "file or a device)",
+    )
     min_side: int = Field(8, ge=1, description="images with a side shorter than this many pixels are rejected (1x1 trackers, icons)")
     max_aspect: float | None = Field(
         10.0, ge=1, description="images whose long side exceeds this many times the short side are rejected (banners); null = any shape"
@@ -351,11 +362,38 @@ class StorageConfig(_Section):
     profile: str | None = Field(None, description="AWS profile name in ~/.aws/credentials")
     key: SecretStr | None = Field(None, description="access key id (prefer the environment or a profile)")
     secret: SecretStr | None = Field(None, description="secret access key (prefer the environment or a profile)")
+    connect_timeout: float = Field(10.0, gt=0, description="seconds to open a connection to the object store before the attempt fails")
+    read_timeout: float = Field(
+        30.0, gt=0, description="seconds without a byte from the object store before the attempt fails (a stalled endpoint)"
+    )
+    retries: int = Field(4, ge=0, description="retries of a failed object-store call (backoff 0.5, 1, 2, 4 s, ...); the only retry layer")
+    deadline: float = Field(
+        120.0, gt=0,
+        description="seconds after which a failing object-store call is not retried again; a write is also cut then "
+        "(plus a second per MiB sent), so a stalled endpoint ends in an error naming the URI",
+    )
+    lease: Literal["wait", "refuse"] = Field(
+        "wait",
+        description="when another run holds the run root (it is writing there): wait for it (up to lease_wait) or "
+        "refuse at once, naming it",
+    )
+    lease_wait: float = Field(3600.0, ge=0, description="lease=wait: most seconds to wait for the run root before giving up")
+    lease_expiry: float = Field(
+        120.0, ge=5,
+        description="a run renews its lease of the run root every lease_expiry/4 s; one not renewed for lease_expiry s "
+        "(crashed, killed, cut off) is presumed dead and its lease is taken over",
+    )
 
     def options(self) -> dict:
         """`storage_options` for s3fs, pandas and pyarrow-through-fsspec alike (secrets included:
-        never log or persist the result)."""
-        opts: dict = {}
+        never log or persist the result): credentials, endpoint, region, and botocore's connect and
+        read timeouts with botocore's own retries off (gcmine retries whole operations itself)."""
+        opts: dict = {
+            "config_kwargs": {
+                "connect_timeout": self.connect_timeout, "read_timeout": self.read_timeout,
+                "retries": {"total_max_attempts": 1},
+            }
+        }
         if self.endpoint_url:
             opts["endpoint_url"] = self.endpoint_url
         if self.region:
@@ -367,6 +405,12 @@ class StorageConfig(_Section):
         if self.secret is not None:
             opts["secret"] = self.secret.get_secret_value()
         return opts
+
+    def store_options(self) -> dict:
+        """`options()` plus gcmine's retry policy for object-store calls (retries, deadline) under
+        `STORAGE_POLICY_KEY`, for gcmine's storage layer (tasks/storage.py), which strips it before
+        fsspec sees the options."""
+        return {**self.options(), STORAGE_POLICY_KEY: {"retries": self.retries, "deadline": self.deadline}}
 
 
 # Defaults that change when model.base names a Stable Diffusion checkpoint (the paper's settings,
@@ -481,12 +525,37 @@ class Settings(_Section):
             raise ConfigError(format_validation_error(err)) from None
 
 
+MASK = "**********"
+
+
+def secret_fields() -> set[tuple[str, str]]:
+    """(section, field) of every secret setting (typed SecretStr): never echoed, printed or logged."""
+    found = set()
+    for section, info in Settings.model_fields.items():
+        for name, field in info.annotation.model_fields.items():
+            if "SecretStr" in str(field.annotation):
+                found.add((section, name))
+    return found
+
+
+def may_hold_secret(loc: tuple | list) -> bool:
+    """Whether the value at settings path `loc` may be a secret: a secret field, the storage
+    section as a whole, or a field of it gcmine does not know (a misspelt `secret`)."""
+    parts = [str(p) for p in loc]
+    if not parts or parts[0] != "storage":
+        return False
+    if len(parts) == 1:
+        return True
+    known = set(StorageConfig.model_fields) - {name for _, name in secret_fields()}
+    return parts[1] not in known
+
+
 def format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"])
         got = e.get("input")
-        got_txt = "" if isinstance(got, dict) else f" (got {got!r})"
+        got_txt = "" if isinstance(got, dict) else f" (got {MASK if may_hold_secret(e['loc']) else repr(got)})"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown setting"

@@ -6,7 +6,7 @@ import torch
 
 from gcmodels.config import ConfigError
 
-__all__ = ["PRECISION_DTYPES", "configure_torch", "resolve_device", "resolve_precision"]
+__all__ = ["PRECISION_DTYPES", "check_device", "configure_torch", "resolve_device", "resolve_precision"]
 
 # What a resolved precision means as a torch dtype (autocast in training, the UNet's weights in scoring).
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -22,6 +22,23 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"runtime.device: {name!r} is not a torch device ({err})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"runtime.device is {name!r} but CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"runtime.device is {name!r} but this machine has {torch.cuda.device_count()} CUDA device(s) "
+            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+        )
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"runtime.device: {name!r} is not a device gcmine runs on (auto, cpu, cuda, cuda:N)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"runtime.device is {name!r} but MPS is not available on this machine")
+    return device
+
+
+def check_device(runtime) -> torch.device:
+    """`runtime.device` and `runtime.precision` (a RuntimeConfig) resolved and checked to exist on
+    this machine, before any work: a ConfigError naming the setting otherwise."""
+    device = resolve_device(runtime.device)
+    resolve_precision(runtime.precision, device)
     return device
 
 

@@ -4,7 +4,9 @@ A cached stage's key hashes its inputs (fingerprints of the data it reads, its c
 and the code version (the content of gcmodels/ and tasks/), never paths or times. Results (the
 small dicts tasks return) are persisted as JSON under ``OUT/.cache/``, so a rerun - also after a
 crash - finds them. Cached stages write their outputs under content-addressed names, so a cache
-hit can never point at a file that a run with other inputs overwrote since.
+hit can never point at a file that a run with other inputs overwrote since. A hit is trusted only
+when its output files are there and sound (tasks/integrity.py); a damaged one is recomputed with
+a warning naming it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from prefect import Task
 from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel
 
-from tasks.storage import RunStore, is_local, join_uri
+from tasks.integrity import artifact_damage
+from tasks.logs import stage_logger
+from tasks.storage import POLICY_KEY, RunStore, is_local, join_uri
 
 __all__ = ["STAGE_CACHE", "cached", "code_fingerprint", "content_key"]
 
@@ -83,7 +87,7 @@ def _result_storage(out: str, storage_options: dict | None):
     if is_local(store.fs):
         return Path(store.path(CACHE_DIR))
     basepath = join_uri(f"{store.protocol}://{store.root}", CACHE_DIR)
-    settings = {k: v for k, v in (storage_options or {}).items() if k not in SECRET_OPTIONS}
+    settings = {k: v for k, v in (storage_options or {}).items() if k not in SECRET_OPTIONS and k != POLICY_KEY}
     block = RemoteFileSystem(basepath=basepath, settings=settings)
     block.save(f"gcmine-results-{content_key(basepath, settings, length=12)}", overwrite=True)
     return block
@@ -100,19 +104,31 @@ def cached(task: Task, out: str, storage_options: dict | None) -> Task:
     )
 
 
-def _missing(store: RunStore, result: dict, outputs: tuple[str, ...]) -> bool:
-    return any(not store.exists(result[key]) for key in outputs)
+def _unusable(store: RunStore, result: dict, outputs: tuple[str, ...], stage: str) -> bool:
+    """Whether a cache hit cannot be trusted: one of its output artifacts (the result entries
+    named in `outputs`) was deleted since, or is damaged (tasks/integrity.py; logged as a warning
+    naming the file, which is then recomputed and replaced)."""
+    for key in outputs:
+        reason = artifact_damage(store, result[key])
+        if reason == "missing":
+            return True
+        if reason is not None:
+            stage_logger().warning(
+                "%s: the cached %s is damaged (%s): recomputing it", stage, store.uri(result[key]), reason
+            )
+            return True
+    return False
 
 
 def run_cached(task: Task, outputs: tuple[str, ...], **kwargs: Any) -> tuple[dict, bool]:
     """Run `task(**kwargs)` (which include `out` and `storage_options`) with stage caching;
     return (result, reused). A cache hit whose output artifacts (the result entries named in
-    `outputs`) were deleted since is recomputed."""
+    `outputs`) were deleted since, or are damaged, is recomputed."""
     out, storage_options = kwargs["out"], kwargs.get("storage_options")
     stage = cached(task, out, storage_options)
     state = stage(**kwargs, return_state=True)
     result = state.result()
-    if state.name == "Cached" and _missing(RunStore(out, storage_options), result, outputs):
+    if state.name == "Cached" and _unusable(RunStore(out, storage_options), result, outputs, task.name):
         state = stage.with_options(refresh_cache=True)(**kwargs, return_state=True)
         result = state.result()
     return result, state.name == "Cached"
@@ -139,7 +155,7 @@ def map_cached(task: Task, outputs: tuple[str, ...], over: str | tuple[str, ...]
         future.wait()
         state = future.state
         result = state.result()
-        if state.name == "Cached" and _missing(store, result, outputs):
+        if state.name == "Cached" and _unusable(store, result, outputs, f"{task.name}[{row[0].get('name', row[0]) if isinstance(row[0], dict) else row[0]}]"):
             state = stage.with_options(refresh_cache=True)(**dict(zip(names, row)), **fixed, return_state=True)
             result = state.result()
         done.append((result, state.name == "Cached"))

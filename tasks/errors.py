@@ -3,6 +3,11 @@
 - `InputError`: the images or labels cannot be used; the message names the file, row, column.
 - `StorageError`: an artifact or image could not be read or written (after retries on object
   stores); the message names the URI and says what was kept.
+- `StorageAccessError`: the store refused access (credentials, permissions, missing bucket); the
+  message names the URI and what to check (a setting to fix: exit 2).
+- `DamagedArtifact`: a file of the run root cannot be trusted (truncated, checksum mismatch);
+  the message names it and says what to do.
+- `RunRootBusy`: another run holds the run root's lease; the message names it.
 - `OutOfMemory`: the device ran out of memory; the message names the setting to lower.
 """
 
@@ -11,7 +16,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-__all__ = ["InputError", "OutOfMemory", "StorageError", "out_of_memory_hint"]
+__all__ = [
+    "DamagedArtifact", "InputError", "OutOfMemory", "RunRootBusy", "StorageAccessError", "StorageError", "out_of_memory_hint",
+]
 
 
 class InputError(ValueError):
@@ -20,6 +27,21 @@ class InputError(ValueError):
 
 class StorageError(OSError):
     """Reading or writing a URI failed for good; the message names it."""
+
+    def __str__(self) -> str:  # the message alone, without "[Errno N] "
+        return self.strerror if isinstance(self.strerror, str) and self.strerror else super().__str__()
+
+
+class StorageAccessError(StorageError):
+    """The object store refused access or has no such bucket; the message says what to check."""
+
+
+class DamagedArtifact(StorageError):
+    """An artifact of the run root is damaged (truncated, corrupt); the message names it and what to do."""
+
+
+class RunRootBusy(RuntimeError):
+    """Another run holds the lease of the run root (it is writing there); the message names it."""
 
 
 class OutOfMemory(RuntimeError):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -21,24 +20,28 @@ from gcmodels.runtime import configure_torch, resolve_device, resolve_precision
 from gcmodels.training import CheckpointMismatch, TrainingDiverged, train_diffusion
 from tasks.artifacts import MODEL, TRAINING, artifact_key, model_description, read_images, stopwatch
 from tasks.caching import content_key
-from tasks.errors import InputError, out_of_memory_hint
+from tasks.errors import DamagedArtifact, InputError, StorageError, out_of_memory_hint
 from tasks.gpu import gpu_slot
 from tasks.latents import base_key, read_latent_inputs, shape_groups
 from tasks.logs import stage_logger
 from tasks.models import COMPLETE, TRAINING_SET, model_fingerprint
 from tasks.progress import StageProgress
-from tasks.storage import RunStore, is_local, with_retries
+from tasks.integrity import file_records, model_damage
+from tasks.storage import RunStore, is_local, scratch_dir
 
 CHECKPOINT = "checkpoints/finetune.pt"  # the resumable state of an unfinished training
 
 
 def _publish(store: RunStore, model: PixelDiffusion, history: list[dict], trained_on: pd.DataFrame, config_key: str) -> str:
     """Write `model/` (weights, training set, completion marker last) and `training.parquet`."""
-    with tempfile.TemporaryDirectory(prefix="gcmine-model-") as tmp:
+    with scratch_dir("model") as tmp:
         model.save(tmp)
         trained_on.to_parquet(Path(tmp) / TRAINING_SET, index=False)
         fingerprint = model_fingerprint(Path(tmp))
-        marker = {"fingerprint": fingerprint, "config_key": config_key, "labels": list(model.labels), "images": len(trained_on)}
+        marker = {
+            "fingerprint": fingerprint, "config_key": config_key, "labels": list(model.labels), "images": len(trained_on),
+            "files": file_records(Path(tmp), skip=(COMPLETE,)),  # size and SHA-256 of each file, checked before reuse
+        }
         (Path(tmp) / COMPLETE).write_text(json.dumps(marker, indent=2, ensure_ascii=False))
         store.put_dir(tmp, MODEL)
     store.write_parquet(TRAINING, pd.DataFrame(history, columns=["step", "loss", "lr", "seconds"]))
@@ -47,22 +50,50 @@ def _publish(store: RunStore, model: PixelDiffusion, history: list[dict], traine
 
 def write_checkpoint(store: RunStore, payload: dict) -> None:
     """Save `payload` as `CHECKPOINT` atomically: locally torch.save to a temporary sibling renamed
-    into place, on an object store a local temporary file uploaded whole (one PUT)."""
+    into place, on an object store a local temporary file uploaded whole (one PUT). A failed write
+    (a full disk) is a `StorageError` naming the checkpoint; the previous one stays in place."""
     path = store.path(CHECKPOINT)
     if is_local(store.fs):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
         try:
-            torch.save(payload, tmp)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            _save(payload, tmp)
             os.replace(tmp, path)
+        except OSError as err:
+            raise _checkpoint_error(store, err) from err
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
         return
-    with tempfile.TemporaryDirectory(prefix="gcmine-ckpt-") as tmp:
+    with scratch_dir("checkpoint") as tmp:
         local = Path(tmp) / "finetune.pt"
-        torch.save(payload, local)
-        with_retries(store.fs, f"uploading {store.uri(CHECKPOINT)}", store.fs.put_file, str(local), path)
+        try:
+            _save(payload, local)
+        except OSError as err:
+            raise _checkpoint_error(store, err, staged=local) from err
+        store.retrying(f"uploading {store.uri(CHECKPOINT)}", store.fs.put_file, str(local), path, transfer=local.stat().st_size)
+
+
+def _checkpoint_error(store: RunStore, err: OSError, staged: Path | None = None) -> StorageError:
+    where = f" (staged in {staged})" if staged is not None else ""
+    return StorageError(
+        err.errno or 0,
+        f"writing the training checkpoint {store.uri(CHECKPOINT)}{where} failed: {err.strerror or err}; the previous "
+        "checkpoint (if any) is kept: free space (or fix the cause) and run the same command again to resume from it",
+    )
+
+
+def _save(payload: dict, target: str | Path) -> None:
+    """torch.save; a failed write is an OSError. A full disk surfaces inside torch's writer as a
+    RuntimeError that names no file and is no OSError ("[enforce fail at inline_container.cc:672]
+    . unexpected pos 704 vs 598", "PytorchStreamWriter failed writing file data/0", "basic_ios::
+    clear: iostream error"); a payload that cannot be pickled raises other errors."""
+    try:
+        torch.save(payload, target)
+    except RuntimeError as err:
+        text = str(err).strip()
+        detail = text.splitlines()[0] if text else "write failed"
+        raise OSError(0, f"the write failed, is the disk full? (torch: {detail})") from err
 
 
 def read_checkpoint(store: RunStore) -> dict | None:
@@ -73,10 +104,12 @@ def read_checkpoint(store: RunStore) -> dict | None:
     try:
         if is_local(store.fs):
             return torch.load(store.path(CHECKPOINT), map_location="cpu", weights_only=True)
-        with tempfile.TemporaryDirectory(prefix="gcmine-ckpt-") as tmp:
+        with scratch_dir("checkpoint") as tmp:
             local = Path(tmp) / "finetune.pt"
-            with_retries(store.fs, f"downloading {store.uri(CHECKPOINT)}", store.fs.get_file, store.path(CHECKPOINT), str(local))
+            store.retrying(f"downloading {store.uri(CHECKPOINT)}", store.fs.get_file, store.path(CHECKPOINT), str(local), transfer=None)
             return torch.load(local, map_location="cpu", weights_only=True)
+    except StorageError:
+        raise  # the store failed (not the file): the run cannot go on
     except Exception as err:  # noqa: BLE001 - a truncated or foreign file: ignore it, it is rewritten
         stage_logger().warning("ignoring the unreadable checkpoint %s: %s", store.uri(CHECKPOINT), err)
         return None
@@ -85,7 +118,7 @@ def read_checkpoint(store: RunStore) -> dict | None:
 def drop_checkpoint(store: RunStore) -> None:
     """Remove `CHECKPOINT` (once the model it would resume is published)."""
     if store.exists(CHECKPOINT):
-        with_retries(store.fs, f"removing {store.uri(CHECKPOINT)}", store.fs.rm, store.path(CHECKPOINT))
+        store.retrying(f"removing {store.uri(CHECKPOINT)}", store.fs.rm, store.path(CHECKPOINT))
         if is_local(store.fs):
             try:
                 os.rmdir(os.path.dirname(store.path(CHECKPOINT)))  # leave no empty folder behind
@@ -145,9 +178,17 @@ def reuse_decision(store: RunStore, training_set: pd.DataFrame, config_key: str,
     (images added, removed or relabelled)."""
     if not store.exists(f"{MODEL}/{COMPLETE}"):
         return None, "no complete model in the run folder yet"
-    meta = store.read_json(f"{MODEL}/{COMPLETE}")
+    try:
+        meta = store.read_json(f"{MODEL}/{COMPLETE}")
+    except DamagedArtifact as err:
+        stage_logger().warning("%s: training a new model", err)
+        return None, f"the model's marker {store.uri(f'{MODEL}/{COMPLETE}')} is damaged"
     if meta.get("config_key") != config_key:
         return None, "the model or training settings changed"
+    damage = model_damage(store, MODEL, meta, model_fingerprint)
+    if damage is not None:  # never reuse (nor score with) weights that are not the ones written
+        stage_logger().warning("the model folder %s is damaged (%s): training a new model", store.uri(MODEL), damage)
+        return None, f"the model folder is damaged ({damage})"
     new_labels = sorted(set(training_set["label"]) - set(meta.get("labels", [])))
     if new_labels:
         return None, f"new label(s) {new_labels[:5]} unknown to the existing model"

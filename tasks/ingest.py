@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
+import stat
 import unicodedata
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +18,8 @@ from gcmodels.config import DataConfig
 from gcmodels.images import ImageRejected, decode_image, encode_png, image_id, reason_kind, to_working
 from tasks.artifacts import MANIFEST, MANIFEST_COLUMNS, SHARDS_META, images_part, part_name, stopwatch
 from tasks.caching import content_key
-from tasks.errors import InputError, StorageError
+from tasks.errors import DamagedArtifact, InputError, StorageError
+from tasks.integrity import parquet_damage
 from tasks.logs import stage_logger
 from tasks.storage import RunStore, is_local, join_uri, open_fs, with_retries
 
@@ -32,6 +35,7 @@ class Sources:
     uris: list[str]  # full URI or absolute path of each image
     names: list[str]  # path relative to IMAGES (posix), used to match labels
     labels: list[str | None] | None  # labels carried by the listing (folder per label, manifest column)
+    sizes: list[int | None] | None = None  # bytes of each object, when the listing gave them (object stores)
 
 
 def read_table(uri: str, what: str, storage_options: dict | None) -> pd.DataFrame:
@@ -42,6 +46,8 @@ def read_table(uri: str, what: str, storage_options: dict | None) -> pd.DataFram
         raise InputError(f"{what} file {uri} does not exist")
     if with_retries(fs, f"checking {uri}", fs.isdir, path):
         raise InputError(f"{what} file {uri} is a folder, not a CSV/Parquet file")
+    if is_local(fs) and not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would hang the read
+        raise InputError(f"{what} file {uri} is {_FILE_KINDS.get(stat.S_IFMT(os.stat(path).st_mode), 'not a regular file')}, not a CSV/Parquet file")
     raw = with_retries(fs, f"reading {uri}", fs.cat_file, path)
     try:
         fh = io.BytesIO(raw)
@@ -63,12 +69,15 @@ def list_sources(images: str, extensions: tuple[str, ...], storage_options: dict
     base = images.rstrip("/")
     if with_retries(fs, f"checking {images}", fs.isdir, path):
         exts = tuple(e.lower() for e in extensions)
-        found = sorted(p for p in with_retries(fs, f"listing {images}", fs.find, path) if p.lower().endswith(exts))
+        listing = with_retries(fs, f"listing {images}", fs.find, path, detail=not is_local(fs))  # sizes: object stores
+        listing = listing if isinstance(listing, dict) else {p: {} for p in listing}
+        found = sorted(p for p in listing if p.lower().endswith(exts))
         names = [posixpath.relpath(p, path) if not is_local(fs) else _local_rel(p, path) for p in found]
         uris = found if is_local(fs) else [join_uri(base, n) for n in names]
         folder_labels = [n.split("/", 1)[0] if "/" in n else None for n in names]
         labels = folder_labels if any(lab is not None for lab in folder_labels) else None
-        return Sources(uris=uris, names=names, labels=labels)
+        sizes = None if is_local(fs) else [listing[p].get("size") for p in found]  # local files are checked with stat
+        return Sources(uris=uris, names=names, labels=labels, sizes=sizes)
     if not with_retries(fs, f"checking {images}", fs.exists, path):
         raise InputError(f"IMAGES {images} does not exist")
     if not path.lower().endswith(MANIFEST_SUFFIXES):
@@ -93,7 +102,10 @@ def list_sources(images: str, extensions: tuple[str, ...], storage_options: dict
 
 
 def _local_rel(p: str, root: str) -> str:
-    return posixpath.relpath(p.replace("\\", "/"), root.replace("\\", "/"))
+    """Path of local file `p` relative to folder `root`, with '/' between folders. fsspec gives
+    local paths with '/' on every platform, so a backslash is part of a file name (legal on POSIX:
+    `a\\b.png` is one file, not b.png in folder a) and is kept."""
+    return posixpath.relpath(p, root)
 
 
 def clean_label(value: object) -> str | None:
@@ -166,12 +178,70 @@ def match_labels(names: list[str], table: pd.DataFrame) -> tuple[list[str | None
     return out, missing
 
 
-def _decode_one(fs, uri: str, data_config: DataConfig, known: frozenset[str]) -> dict:
+_FILE_KINDS = {
+    stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder",
+}
+
+
+class _Refused(Exception):
+    """A source that is not read: the reason goes to the manifest."""
+
+
+def _too_large(size: int, limit: int) -> _Refused:
+    return _Refused(f"too large: {size:,} bytes, more than data.max_file_bytes = {limit:,} (not read)")
+
+
+def _not_regular(mode: int) -> _Refused:
+    kind = _FILE_KINDS.get(stat.S_IFMT(mode), "not a plain file")
+    return _Refused(f"not a regular file: {kind} (never opened)")
+
+
+def _read_local(path: str, limit: int) -> bytes:
+    """The bytes of local file `path` (symlinks followed) if it is a regular file of at most
+    `limit` bytes; `_Refused` otherwise, decided before reading (a FIFO, a device or a socket is
+    never opened; a symlink to /dev/zero or to a huge file is never read)."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(st.st_mode)
+    if st.st_size > limit:
+        raise _too_large(st.st_size, limit)
+    # O_NONBLOCK: should the path have become a FIFO since the stat, opening it does not hang
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(st.st_mode)
+        data = fh.read(limit + 1)
+    if len(data) > limit:  # it grew since the stat
+        raise _too_large(len(data), limit)
+    return data
+
+
+def _read_source(fs, uri: str, limit: int, size: int | None) -> bytes:
+    """The bytes of one image source, at most `limit` of them (see `_read_local`); on an object
+    store a size known from the listing is checked before the read, and the read itself asks for
+    no more than `limit` + 1 bytes."""
+    if is_local(fs):
+        return _read_local(uri, limit)
+    if size is not None and size > limit:
+        raise _too_large(size, limit)
+    path = uri.split("://", 1)[-1]
+    data = with_retries(fs, f"reading {uri}", fs.cat_file, path, start=0, end=limit + 1, transfer=None)
+    if len(data) > limit:
+        raise _too_large(size or len(data), limit)
+    return data
+
+
+def _decode_one(fs, uri: str, data_config: DataConfig, known: frozenset[str], size: int | None = None) -> dict:
     """Read one file; decode it unless its content (image_id) is already in a reusable shard.
-    A file that cannot be read is rejected; an object store failing after its retries fails the
-    run (`StorageError`) rather than dropping images."""
+    A file that cannot be read, is not a regular file or is larger than `data.max_file_bytes` is
+    rejected; an object store failing after its retries fails the run (`StorageError`) rather
+    than dropping images."""
     try:
-        data = with_retries(fs, f"reading {uri}", fs.cat_file, uri if is_local(fs) else uri.split("://", 1)[-1])
+        data = _read_source(fs, uri, data_config.max_file_bytes, size)
+    except _Refused as err:
+        return {"status": "rejected", "reason": str(err), "image_id": None}
     except FileNotFoundError:
         return {"status": "rejected", "reason": "file not found", "image_id": None}
     except StorageError as err:
@@ -179,7 +249,7 @@ def _decode_one(fs, uri: str, data_config: DataConfig, known: frozenset[str]) ->
             raise
         return {"status": "rejected", "reason": f"unreadable file: {err.__cause__ or err}", "image_id": None}
     except OSError as err:
-        return {"status": "rejected", "reason": f"unreadable file: {err}", "image_id": None}
+        return {"status": "rejected", "reason": f"unreadable file: {err.strerror or err}", "image_id": None}
     iid = image_id(data)
     if iid in known:
         return {"status": "ok", "reason": None, "image_id": iid, "known": True}
@@ -199,12 +269,22 @@ def _decode_one(fs, uri: str, data_config: DataConfig, known: frozenset[str]) ->
     }
 
 
-def _previous_run(store: RunStore, resolution: int, resize: str = "square") -> tuple[list[dict], pd.DataFrame]:
-    """Shards of an earlier run at the same working size policy (reusable as they are) and its ok rows."""
+def _previous_run(
+    store: RunStore, resolution: int, resize: str = "square", log: logging.Logger | logging.LoggerAdapter | None = None,
+) -> tuple[list[dict], pd.DataFrame]:
+    """Shards of an earlier run at the same working size policy (reusable as they are) and its ok
+    rows. A damaged manifest or shard list is ignored, and a missing or damaged shard is not
+    reused (its images are decoded again from the sources), each with a warning naming it."""
+    log = log or logging.getLogger("gcmine.ingest")
+    empty = pd.DataFrame(columns=["image_id", "width", "height", "first_seen"])
     if not store.exists(SHARDS_META) or not store.exists(MANIFEST):
-        return [], pd.DataFrame(columns=["image_id", "width", "height", "first_seen"])
-    meta = store.read_json(SHARDS_META)
-    prev = store.read_parquet(MANIFEST)
+        return [], empty
+    try:
+        meta = store.read_json(SHARDS_META)
+        prev = store.read_parquet(MANIFEST)
+    except DamagedArtifact as err:
+        log.warning("%s: every image is decoded again from the sources", str(err).split("; ", 1)[0])
+        return [], empty
     prev = prev[prev["status"] == "ok"].drop_duplicates("image_id")
     if "first_seen" not in prev.columns:
         prev["first_seen"] = None
@@ -214,7 +294,23 @@ def _previous_run(store: RunStore, resolution: int, resize: str = "square") -> t
     # A shard is reusable only if the previous manifest still describes all of its images.
     if not have <= set(prev["image_id"]):
         shards = []
-    return shards, prev[["image_id", "width", "height", "first_seen"]]
+    # ... and if its file is there and whole (footer and layout: one small read per shard)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        damage = list(pool.map(lambda sh: parquet_damage_or_missing(store, images_part(sh["name"])), shards))
+    for sh, reason in zip(shards, damage):
+        if reason is not None:
+            log.warning(
+                "the image shard %s is %s: its %d image(s) are decoded again from the sources",
+                store.uri(images_part(sh["name"])), reason if reason == "missing" else f"damaged ({reason})", len(sh["ids"]),
+            )
+    return [sh for sh, reason in zip(shards, damage) if reason is None], prev[["image_id", "width", "height", "first_seen"]]
+
+
+def parquet_damage_or_missing(store: RunStore, rel: str) -> str | None:
+    """None if Parquet artifact `rel` is there and whole (judged from its footer), else why not."""
+    if not store.exists(rel):
+        return "missing"
+    return parquet_damage(store, rel, full_below=0)
 
 
 def ingest_images(
@@ -249,12 +345,13 @@ def ingest_images(
             )
     else:
         assigned = sources.labels if sources.labels is not None else [None] * len(sources.uris)
-    old_shards, previous = _previous_run(store, data.resolution, data.resize)
+    old_shards, previous = _previous_run(store, data.resolution, data.resize, log)
     shard_of = {iid: sh["name"] for sh in old_shards for iid in sh["ids"]}
     known = frozenset(shard_of)
     fs, _ = open_fs(images, storage_options)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        decoded = list(pool.map(lambda u: _decode_one(fs, u, data, known), sources.uris))
+        sizes = sources.sizes or [None] * len(sources.uris)
+        decoded = list(pool.map(lambda us: _decode_one(fs, us[0], data, known, us[1]), zip(sources.uris, sizes)))
 
     prev = previous.set_index("image_id")
     now = pd.Timestamp.now(tz="UTC").isoformat()

@@ -14,8 +14,10 @@ from gcmodels.diffusion import PixelDiffusion
 from gcmodels.sd import LatentDiffusion, load_any_model
 from gcmodels.runtime import PRECISION_DTYPES, configure_torch, resolve_device, resolve_precision
 from tasks.artifacts import MODEL
+from tasks.errors import DamagedArtifact
 from tasks.gpu import gpu_slot
-from tasks.storage import RunStore
+from tasks.integrity import CHUNK, local_records_damage
+from tasks.storage import RunStore, damaged_hint, is_local
 
 COMPLETE = "_COMPLETE.json"  # written last: a model folder without it is incomplete
 TRAINING_SET = "training_set.parquet"  # (image_id, label) the model was trained on
@@ -25,11 +27,14 @@ _lock = threading.Lock()
 
 
 def model_fingerprint(directory: Path) -> str:
-    """SHA-256 over the model folder's files (names and bytes; not the marker), first 16 hex digits."""
+    """SHA-256 over the model folder's files (names and bytes; not the marker), first 16 hex
+    digits; each file is read in chunks (a multi-GB weight file never sits in memory whole)."""
     h = hashlib.sha256()
     for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != COMPLETE):
         h.update(path.relative_to(directory).as_posix().encode())
-        h.update(path.read_bytes())
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(CHUNK), b""):
+                h.update(block)
     return h.hexdigest()[:16]
 
 
@@ -59,7 +64,12 @@ def load_model(
             found = store.read_json(f"{MODEL}/{COMPLETE}")["fingerprint"]
             if found != fingerprint:
                 raise RuntimeError(f"model folder {store.uri(MODEL)} holds model {found}, not {fingerprint}: another run replaced it")
-            model = load_any_model(store.local_dir(MODEL)).to(device).eval()
+            with store.local_copy(MODEL) as directory:  # a download (object stores) is removed once loaded
+                if not is_local(store.fs):  # the bytes as they arrived, against the sizes and hashes of the marker
+                    damage = local_records_damage(directory, store.read_json(f"{MODEL}/{COMPLETE}").get("files") or {})
+                    if damage is not None:
+                        raise DamagedArtifact(0, f"model folder {store.uri(MODEL)} is damaged ({damage}); {damaged_hint(MODEL + '/')}")
+                model = load_any_model(directory).to(device).eval()
             if precision != "fp32" and isinstance(model, LatentDiffusion):
                 model.half_precision(PRECISION_DTYPES[precision])
             _cache.clear()  # one model per process at a time: a new run replaces the old one

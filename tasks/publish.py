@@ -8,7 +8,9 @@ from tasks.artifacts import (
     CLUSTER_CONTINGENCY, CLUSTER_LINKAGE, CLUSTER_METRICS, CLUSTER_TRACES, CLUSTERS, COLLECTION_MAP, CONDITIONING, EMBEDDINGS,
     stopwatch,
 )
-from tasks.storage import RunStore
+from tasks.errors import DamagedArtifact
+from tasks.integrity import footer_damage
+from tasks.storage import RunStore, damaged_hint
 
 CONTRACT_NAMES = {
     "embeddings": EMBEDDINGS, "clusters": CLUSTERS, "cluster_metrics": CLUSTER_METRICS, "cluster_traces": CLUSTER_TRACES,
@@ -20,10 +22,15 @@ CONTRACT_NAMES = {
 @task(name="publish", task_run_name="publish")
 def publish(out: str, outputs: dict[str, str], storage_options: dict | None = None) -> dict:
     """Copy each content-addressed output (`outputs`: role -> artifact name) to its contract
-    name (`embeddings.parquet`, ...), each copy an atomic write. Cheap, so never cached: the
-    contract files always match this run's inputs."""
+    name (`embeddings.parquet`, ...), each copy an atomic write, after a check of the bytes'
+    Parquet footer (cached outputs were verified before reuse; this is the last line). Cheap, so
+    never cached: the contract files always match this run's inputs."""
     with stopwatch() as clock:
         store = RunStore(out, storage_options)
         for role, source in outputs.items():
-            store.write_bytes(CONTRACT_NAMES[role], store.read_bytes(source))
+            data = store.read_bytes(source)
+            damage = footer_damage(len(data), data)  # the bytes in hand: never publish a damaged table
+            if damage is not None:
+                raise DamagedArtifact(0, f"{store.uri(source)} is damaged ({damage}); {damaged_hint(source)}")
+            store.write_bytes(CONTRACT_NAMES[role], data)
     return {"published": sorted(CONTRACT_NAMES[r] for r in outputs), "seconds": clock["seconds"]}

@@ -103,7 +103,7 @@ def rank_shard(
                 **{c: orig[..., i].reshape(-1) for i, c in enumerate(["x0", "y0", "x1", "y1"])},
                 **{c: boxes[..., i].reshape(-1) for i, c in enumerate(["wx0", "wy0", "wx1", "wy1"])},
                 "typicality": scores.reshape(-1),
-                "feature": list(features.reshape(n * k, -1).astype(np.float32)),
+                "feature": list(features.reshape(n * k, features.shape[-1]).astype(np.float32)),  # n may be 0 (no labelled image)
             }
         )[valid].reset_index(drop=True)
         kept = table.index.isin(_top_per_label(table, config.per_label))

@@ -19,7 +19,7 @@ from gcmodels.config import DataConfig, ModelConfig, RuntimeConfig, ScoreConfig,
 from gcmodels.training import TrainingDiverged
 from tasks import storage
 from tasks.artifacts import MANIFEST, MODEL, TRAINING
-from tasks.errors import OutOfMemory, StorageError
+from tasks.errors import OutOfMemory, StorageAccessError, StorageError
 from tasks.ingest import ingest_images
 from tasks.models import COMPLETE
 from tasks.storage import RunStore, open_fs
@@ -116,8 +116,9 @@ def test_s3_permanent_errors_are_not_retried(s3, waits, monkeypatch) -> None:
     store = RunStore("s3://faults/run3", s3)
     flaky = Flaky(store.fs.pipe_file, 99, PermissionError("Access Denied"))
     monkeypatch.setattr(store.fs, "pipe_file", flaky)
-    with pytest.raises(PermissionError):
+    with pytest.raises(StorageAccessError) as err:  # one line: the URI and what to check
         store.write_bytes("x.bin", b"x")
+    assert str(err.value).startswith("writing s3://faults/run3/x.bin: access denied (Access Denied); check the credentials")
     assert flaky.calls == 1 and waits == []
     with pytest.raises(FileNotFoundError):
         store.read_bytes("never-written.bin")

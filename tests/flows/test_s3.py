@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import socket
+import tempfile
 
 import pandas as pd
 import pytest
@@ -59,7 +60,10 @@ def s3(tmp_path_factory):
     server.stop()
 
 
-def test_flow_on_s3(prefect_harness, s3) -> None:
+def test_flow_on_s3(prefect_harness, s3, tmp_path, monkeypatch) -> None:
+    scratch = tmp_path / "tmp"  # the system temp folder, private to this test
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     settings = load_settings(None, [*TINY, f"storage.endpoint_url={s3['endpoint']}", f"storage.key={KEY}", f"storage.secret={SECRET}"])
     result = run_pipeline("s3://gcmine-data/images", "s3://gcmine-data/runs/r1", None, settings)
     fs = s3["fs"]
@@ -125,3 +129,7 @@ def test_flow_on_s3(prefect_harness, s3) -> None:
     again = run_pipeline("s3://gcmine-data/images", "s3://gcmine-data/runs/r1", None, settings)
     assert {"embed", "cluster", "finetune", "score[part-00000.parquet]", "rank[part-00001.parquet]"} <= set(again["reused"])
     assert fs.find("gcmine-data/runs/r1/.cache")
+    # nothing copied out of the run root is left behind (model downloads, checkpoints, staging)
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("gcmine-")]
+    # the run released the root: no lease, no in-progress marker
+    assert not fs.exists("gcmine-data/runs/r1/_lease.json") and not fs.exists("gcmine-data/runs/r1/_in_progress.json")

@@ -156,3 +156,26 @@ def test_half_precision_or_cuda_on_a_cpu_machine_is_a_configuration_error(prefec
                      "--set", "data.resolution=16", "--set", "runtime.progress=false", "--set", "train.steps=1"])
         assert code == 2
         assert words in capsys.readouterr().err
+
+
+def test_unlabelled_images_added_to_an_sd_run_flow_through_every_stage(sd_run, tmp_path) -> None:
+    """Issue 22: new images without a label get a shard of their own (no labelled image in it):
+    latents, scoring (nothing to score) and ranking (no patch) run on it; nothing fails."""
+    import shutil
+
+    images, out = tmp_path / "images", tmp_path / "out"
+    shutil.copytree(sd_run["out"].parent / "images", images)
+    shutil.copytree(sd_run["out"], out)
+    rng = np.random.default_rng(3)
+    for i in range(2):  # at the top of the folder: no folder label
+        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(images / f"unlabelled-{i}.png")
+    argv = ["run", str(images), "--out", str(out), "--set", f"model.base={sd_run['base']}"]
+    for item in SD:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    store = RunStore(str(out))
+    manifest = store.read_parquet("manifest.parquet")
+    new = manifest[manifest["filename"].str.startswith("unlabelled-")]
+    assert len(new) == 2 and new["label"].isna().all() and new["shard"].nunique() == 1
+    assert not set(store.read_parquet("typicality.parquet")["image_id"]) & set(new["image_id"])
+    assert len(list((out / "latents").glob(f"{new['shard'].iloc[0].removesuffix('.parquet')}-*.parquet"))) == 1

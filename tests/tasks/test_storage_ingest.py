@@ -105,9 +105,12 @@ def test_put_dir_replaces_a_folder(tmp_path) -> None:
     model = tmp_path / "run" / "model"
     assert sorted(os.listdir(model)) == ["c.txt"]
     assert sorted(os.listdir(tmp_path / "run")) == ["model"]  # no staging or old copies left
-    assert store.local_dir("model") == model
+    with store.local_copy("model") as found:  # a local root: the folder itself, left in place
+        assert found == model
+    assert model.is_dir()
     with pytest.raises(FileNotFoundError):
-        store.local_dir("nothing")
+        with store.local_copy("nothing"):
+            pass
 
 
 # ================================================================== ingest
