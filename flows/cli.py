@@ -160,16 +160,11 @@ def _print_evaluation(result: dict, boxes: str) -> None:
 
 def _evaluate(run: str, boxes: str, settings: Settings) -> int:
     from flows.evaluate import evaluate_run
-    from tasks.errors import InputError, StorageError
 
     try:
         result = evaluate_run(out=run, boxes=boxes, storage_options=settings.storage.options())
-    except (InputError, ConfigError) as err:
-        print(f"gcmine: {err}", file=sys.stderr)
-        return 2
-    except StorageError as err:
-        print(f"gcmine: {err}", file=sys.stderr)
-        return 1
+    except Exception as err:  # noqa: BLE001 - explained errors are one line, others propagate
+        return _explained(err)
     _print_evaluation(result, boxes)
     return 0
 

@@ -26,8 +26,9 @@ from gcmodels.evaluation import boxes_mask, localisation_scores
 from tasks.artifacts import (
     EVALUATION, EVALUATION_SUMMARY, MANIFEST, RUN_JSON, artifact_key, dataset_name, stopwatch, unpack_map_rows,
 )
-from tasks.errors import InputError
+from tasks.errors import InputError, RunRootBusy
 from tasks.ingest import clean_label, read_table
+from tasks.lease import root_state
 from tasks.logs import stage_logger
 from tasks.storage import RunStore
 
@@ -188,6 +189,7 @@ def evaluate(out: str, boxes: str, storage_options: dict | None = None) -> dict:
     with stopwatch() as clock:
         store = RunStore(out, storage_options)
         parts = recorded_maps(store)
+        _require_idle(store)
         manifest = store.read_parquet(MANIFEST)
         found = match_boxes(read_boxes(boxes, storage_options), manifest)
         rows: list[dict] = []
@@ -220,6 +222,21 @@ def evaluate(out: str, boxes: str, storage_options: dict | None = None) -> dict:
         "evaluated": evaluated, "skipped": len(skipped), "boxes": len(found), "summary": records,
         "skipped_by_reason": _reason_counts(skipped), "evaluation": store.uri(EVALUATION), "seconds": clock["seconds"],
     }
+
+
+def _require_idle(store: RunStore) -> None:
+    """Refuse a run root a run is writing into now, or one a run left mid-update: its maps and
+    manifest may belong to two runs."""
+    state = root_state(store)
+    if state["state"] == "updating":
+        raise RunRootBusy(
+            f"{store.location} is being updated by {state['by']}: evaluate it once that run has finished"
+        )
+    if state["state"] == "interrupted":
+        raise RunRootBusy(
+            f"{store.location} was left mid-update by {state['by']} (its tables may mix two runs): run the same "
+            "`gcmine run` again to finish it, then evaluate"
+        )
 
 
 def _table_artifact(records: list[dict], boxes: str, out: str) -> None:

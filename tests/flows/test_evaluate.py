@@ -150,6 +150,26 @@ def test_not_a_run(tmp_path, capsys, run) -> None:
     assert "is not a finished gcmine run" in capsys.readouterr().err
 
 
+def test_a_run_root_mid_update_is_refused(run, tmp_path, capsys) -> None:
+    """A run that left the root mid-update (its in-progress marker, no live lease): one line, exit 1,
+    nothing written."""
+    from tasks.lease import IN_PROGRESS
+
+    path = tmp_path / "boxes.csv"
+    run["boxes"].to_csv(path, index=False)
+    store = RunStore(run["out"])
+    store.write_json(IN_PROGRESS, {"host": "elsewhere", "pid": 1, "flow_run_id": "r-1", "started": "2026-01-01T00:00:00Z"})
+    before = store.read_parquet(EVALUATION) if store.exists(EVALUATION) else None
+    try:
+        assert _evaluate(run["out"], path) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "left mid-update" in err[0] and "gcmine run" in err[0]
+        after = store.read_parquet(EVALUATION) if store.exists(EVALUATION) else None
+        assert (before is None and after is None) or before.equals(after)
+    finally:
+        store.remove(IN_PROGRESS)
+
+
 @pytest.fixture
 def s3_endpoint(monkeypatch):
     import logging
