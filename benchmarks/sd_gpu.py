@@ -101,9 +101,9 @@ class RandomPromptUNet(nn.Module):
 
 def build_model(args: argparse.Namespace, generator: torch.Generator) -> nn.Module:
     if args.base:
-        from gcmodels.sd import LatentDiffusion
+        from gcmodels.diffusion import load_base
 
-        return LatentDiffusion.from_base(args.base, ["label a", "label b"])
+        return load_base(args.base, ["label a", "label b"])
     config = TINY_UNET if args.tiny else SD15_UNET
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

@@ -81,8 +81,12 @@ def mine(
     `storage_options` (for s3:// URIs) default to those built from `settings.storage`."""
     so = storage_options if storage_options is not None else settings.storage.options()
     reused: list[str] = []
-    if settings.model.base is not None:  # a bad checkpoint or feature block fails now, not after fine-tuning
-        check_base(settings.model.base, settings.rank.feature_block)
+    checkpoint = None
+    if settings.model.base is not None:  # an unsupported checkpoint, bad feature block or class map fails now
+        checkpoint = check_base(
+            settings.model.base, settings.rank.feature_block, class_map=settings.model.class_map,
+            resolution=settings.data.resolution, resize=settings.data.resize,
+        )
     ingested = ingest(images, labels, out, settings.data, so)
     shards = ingested["shards"]
     names = [s["name"] for s in shards]
@@ -98,7 +102,7 @@ def mine(
         latents = [r["latents"] for r, _ in encoded]
         encoded_stage["latents"] = {
             "seconds": sum(r["seconds"] for r, hit in encoded if not hit), "images": sum(r["images"] for r, _ in encoded),
-            "base": settings.model.base, "workers": _workers(encoded),
+            "base": settings.model.base, "family": checkpoint.family if checkpoint else None, "workers": _workers(encoded),
         }
 
     def train(conditioning: str | None) -> dict:
@@ -174,7 +178,10 @@ def mine(
                  "workers": _workers(ranked)},
         **applications,
     }
-    info = run_info(settings, images=images, labels=labels, out=out, stages=stages, flow_run_id=str(flow_run.id), reused=reused)
+    info = run_info(
+        settings, images=images, labels=labels, out=out, stages=stages, flow_run_id=str(flow_run.id), reused=reused,
+        checkpoint=checkpoint,
+    )
     reported = report(out, [r["maps"] for r, _ in scored], settings.report, info, so, applications)
     stages["report"] = reported
     return {
