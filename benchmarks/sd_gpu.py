@@ -13,8 +13,9 @@ speed does not depend on the weights. Latents are random (C, res/8, res/8). Scor
 product's `TypicalityEstimator` (shared draws, both branches in one batch, maps reduced on the
 device); fine-tuning runs the product's `train_diffusion` (AdamW, clipping, autocast).
 
-FLOPs per UNet input are counted once with `torch.utils.flop_counter.FlopCounterMode` (matmuls
-and convolutions, 2 FLOPs per multiply-add); the peak is the GPU's dense bf16/fp16 tensor-core
+FLOPs per UNet input are counted once with `torch.utils.flop_counter.FlopCounterMode` (matmuls,
+convolutions and attention, 2 FLOPs per multiply-add; `count_flops` adds the CPU SDPA kernel, for
+which torch has no formula and counted 0); the peak is the GPU's dense bf16/fp16 tensor-core
 rate (a table of common GPUs, or `--peak-tflops`).
 """
 
@@ -126,16 +127,35 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def flops_per_input(model: nn.Module, latent: tuple[int, ...], device: torch.device) -> float:
-    """UNet FLOPs of one input (batch 1), counted by torch's FLOP counter."""
+def _cpu_sdpa_flops(query, key, value, *args, out_val=None, **kwargs) -> int:
+    """FLOPs of the CPU SDPA kernel: q k^T and (scores) v, as torch counts its CUDA kernels."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query.shape, key.shape, value.shape)
+
+
+_cpu_sdpa_flops._get_raw = True  # FlopCounterMode passes the tensors, not shapes
+
+
+def count_flops(fn) -> float:
+    """FLOPs of `fn()` by torch's FLOP counter, attention included on every device: torch 2.x has
+    formulas for the CUDA SDPA kernels only, and on a CPU SDPA runs
+    ``aten._scaled_dot_product_flash_attention_for_cpu``, which it counted as 0 (on the meta device
+    SDPA decomposes into counted bmm's)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def flops_per_input(model: nn.Module, latent: tuple[int, ...], device: torch.device) -> float:
+    """UNet FLOPs of one input (batch 1), attention included (`count_flops`)."""
     x = torch.zeros((1, *latent), device=device)
     t = torch.full((1,), 500, dtype=torch.long, device=device)
     c = torch.ones(1, dtype=torch.long, device=device)
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model.predict_noise(x, t, c)
-    return float(counter.get_total_flops())
+    return count_flops(lambda: model.predict_noise(x, t, c))
 
 
 def gpu_peak(device: torch.device, given: float | None) -> tuple[float | None, str]:

@@ -538,3 +538,78 @@ def test_half_precision_scoring_keeps_the_loss_math_in_fp32(sd_dir) -> None:
     fa = full.decoder_features(z, cond, 161, noise, 1)
     fb = half.decoder_features(z, cond, 161, noise, 1).float()
     assert fa.shape == fb.shape and torch.corrcoef(torch.stack([fa.flatten(), fb.flatten()]))[0, 1] > 0.95
+
+
+# ---------------------------------------------------------------------- SD 2.x v-prediction and the loading defects
+@pytest.fixture(scope="module")
+def sd2_dir(tmp_path_factory) -> Path:
+    """SD 2.x 768-v as hub checkpoints often ship it: v_prediction, weights only as *.fp16.safetensors in fp16."""
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd2") / "sd2", seed=1, prediction_type="v_prediction", fp16_variant=True)
+
+
+def _dtypes(folder: Path) -> set[str]:
+    import struct
+
+    found = set()
+    for f in folder.glob("*.safetensors"):
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            found |= {v["dtype"] for k, v in json.loads(fh.read(n)).items() if k != "__metadata__"}
+    return found
+
+
+def test_fp16_variant_only_weights_load_in_fp32_and_save_back_in_fp32(sd2_dir, tmp_path) -> None:
+    """A directory whose weights are only *.fp16.safetensors (fp16) passed the layout check and then
+    crashed with an OSError; now its variant is loaded, every part in fp32 (transformers 5 kept the
+    text encoder in fp16, and `save` wrote it back so), and saved back in fp32."""
+    assert not list((sd2_dir / "unet").glob("diffusion_pytorch_model.safetensors"))
+    assert _dtypes(sd2_dir / "text_encoder") == {"F16"}
+    info = inspect_base(sd2_dir)
+    assert info.prediction == "v_prediction" and info.parameters and info.parameters > 0
+    m = StableDiffusion.from_base(sd2_dir, LABELS)
+    assert m.dtype == torch.float32
+    assert {next(p.parameters()).dtype for p in (m.vae, m.text_encoder)} == {torch.float32}
+    m.save(tmp_path / "saved")
+    for part in ("unet", "vae", "text_encoder"):
+        assert _dtypes(tmp_path / "saved" / part) == {"F32"}, part
+
+
+def test_prompt_states_are_computed_outside_autocast(sd_dir) -> None:
+    """The first conditioning call of a fine-tuning runs inside autocast; the cached states must be
+    the fp32 ones scoring computes (they were bf16-computed and 0.5 % off on the tiny model)."""
+    m = _fresh(sd_dir)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = m.text_embeddings().clone()
+        with torch.no_grad():
+            te = m.text_encoder(m.tokenizer(list(m.prompts), padding="max_length", truncation=True, max_length=16, return_tensors="pt").input_ids)[0]
+    outside = _fresh(sd_dir).text_embeddings()
+    assert inside.dtype == torch.float32 and torch.equal(inside, outside)
+    assert not torch.allclose(te.float(), outside, rtol=0, atol=1e-4)  # autocast would have changed them
+
+
+def test_v_prediction_trains_on_v_and_scores_in_eps_space(sd2_dir, tmp_path) -> None:
+    """SD 2.x 768-v: the loss is the MSE to the scheduler's own target v (diffusers' get_velocity),
+    the prediction reaches the estimator converted to eps, and the saved directory loads in
+    StableDiffusionPipeline with its v_prediction scheduler."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    m = StableDiffusion.from_base(sd2_dir, LABELS).eval()
+    assert m.prediction == "v_prediction"
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond = torch.tensor([1, 0])
+    loss = m.training_loss(z, cond, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    t = torch.randint(0, 1000, (2,), generator=g)
+    eps = torch.randn(z.shape, generator=g)
+    sched = DDPMScheduler.from_pretrained(sd2_dir / "scheduler")
+    with torch.no_grad():
+        v_hat = m.unet(sched.add_noise(z, eps, t), t, encoder_hidden_states=m.text_embeddings()[cond]).sample
+        manual = (v_hat - sched.get_velocity(z, eps, t)).pow(2).flatten(1).mean(1)
+        assert torch.allclose(loss, manual, atol=1e-5)
+        x_t = m.add_noise(z, eps, t)
+        abar = m.alphas_cumprod[t].view(-1, 1, 1, 1)
+        assert torch.allclose(m.predict_noise(x_t, t, cond), abar.sqrt() * v_hat + (1 - abar).sqrt() * x_t, atol=1e-5)
+    m.save(tmp_path / "v")
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "v", safety_checker=None)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert StableDiffusion.load(tmp_path / "v").prediction == "v_prediction"
