@@ -289,7 +289,12 @@ class LatentDiffusion(ConditionalDiffusion):
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
-            self.network.add_adapter(config)
+            if hasattr(self.network, "add_adapter"):  # diffusers' PeftAdapterMixin (UNets, SD3)
+                self.network.add_adapter(config)
+            else:  # e.g. DiTTransformer2DModel: peft injects into any module
+                from peft import inject_adapter_in_model
+
+                inject_adapter_in_model(config, self.network, adapter_name="default")
         self._lora = {"rank": rank, "alpha": alpha}
         return self
 
