@@ -477,8 +477,6 @@ class Settings(_Section):
                     "embed.method='diffusion' is not available with model.base (the diffusion embedding reads the "
                     "small pixel model); choose embed.method pca, autoencoder, vae or clip"
                 )
-            if self.translate.enabled:
-                raise ValueError("translate.enabled is not available with model.base yet (translation runs the pixel model)")
             # the checkpoint's decoder blocks are unknown here: the flow checks rank.feature_block
             # against model.base's unet/config.json before any work (tasks.latents.check_base)
             return self

@@ -1,6 +1,6 @@
 """The whole flow on a tiny random checkpoint of each family beyond SD 1.x (SDXL, SD3 with T5, DiT
 with a class map) on CPU: latents, 2 LoRA fine-tuning steps, scoring, ranking with features,
-report; then the fine-tuned directory reloads in the family's diffusers pipeline class. And the
+translation across labels, report; then the fine-tuned directory reloads in the family's diffusers pipeline class. And the
 refusals that must exit 2 before anything is written. (SD 1.x runs in test_sd_flow.py.)"""
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ COMMON = [
     "data.shard_size=8", "embed.size=8", "embed.dim=4", "cluster.k=2", "train.steps=2", "train.batch_size=2",
     "train.lora_rank=2", "train.checkpoint_every=1", "score.draws=2", "score.batch_size=8", "rank.per_image=1",
     "rank.elements=2", "rank.feature_draws=1", "rank.patch_size=8", "report.heatmaps_per_label=1",
-    "runtime.progress=false", "runtime.threads=1",
+    "runtime.progress=false", "runtime.threads=1", "translate.enabled=true", "translate.images_per_label=1",
+    "translate.steps=2", "translate.strength=0.5", "translate.clusters=1",
 ]
 PIPELINES = {"sdxl": "StableDiffusionXLPipeline", "sd3": "StableDiffusion3Pipeline", "dit": "DiTPipeline"}
 
@@ -77,6 +78,12 @@ def test_the_flow_mines_with_each_family_and_the_model_reloads_in_its_pipeline(f
     if family == "dit":
         assert info["config"]["data"]["resolution"] == 32 and info["config"]["data"]["resize"] == "square"  # the family's defaults
         assert "labels as class ids (model.class_map" in info["summary"]["model"]
+    tr = store.read_parquet("translations.parquet")  # every family translates (latents, decoded by the VAE)
+    assert len(tr) == 2 and set(tr["target"]) == set(family_run["labels"]) and np.isfinite(tr["typicality"]).all()
+    for _, row in tr.iterrows():
+        moved, source = (Image.open(out / row[c]) for c in ("file", "source_file"))
+        assert moved.size == source.size and row["change"] > 0
+    assert len(store.read_parquet("translation_changes.parquet")) == 2
     history = store.read_parquet("training.parquet")
     assert history["step"].tolist() == [0, 1] and np.isfinite(history["loss"]).all()
     pipe = getattr(diffusers, PIPELINES[family]).from_pretrained(out / "model")
