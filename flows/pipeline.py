@@ -23,7 +23,7 @@ from gcmodels.encoders import fits_on_collection
 from tasks.embed import embed, embed_shard, embeddings_table
 from tasks.finetune import finetune
 from tasks.ingest import ingest
-from tasks.latents import base_key, check_base, latents_shard
+from tasks.latents import base_key, check_base, check_class_labels, latents_shard
 from tasks.publish import publish
 from tasks.rank import elements, rank_shard
 from tasks.report import report
@@ -88,6 +88,9 @@ def mine(
             resolution=settings.data.resolution, resize=settings.data.resize,
         )
     ingested = ingest(images, labels, out, settings.data, so)
+    if checkpoint is not None and checkpoint.conditioning == "class":  # every label needs a class of the checkpoint
+        given = [] if settings.data.labels == "clusters" else list(ingested["labels"])
+        check_class_labels(checkpoint, settings.model.class_map, given, so)
     shards = ingested["shards"]
     names = [s["name"] for s in shards]
     # model.base (Stable Diffusion): every working image encoded once by the VAE, per shard

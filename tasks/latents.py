@@ -80,6 +80,24 @@ def check_base(
     return info
 
 
+def check_class_labels(info: CheckpointInfo, class_map: str | None, labels: list[str], storage_options: dict | None = None) -> None:
+    """Right after ingest, before any latent is encoded: a class-conditional checkpoint (DiT) needs a
+    class for every given label (`labels`; none = the run would condition on cluster pseudo-labels,
+    which have no class): ConfigError naming the labels otherwise."""
+    from gcmodels.diffusion.dit import class_ids_of
+
+    if not labels:
+        raise ConfigError(
+            f"model.base {info.directory} is a {info.title}, conditioned on its own classes: give labels (LABELS, a folder "
+            "per label) that are class ids or mapped by model.class_map; cluster pseudo-labels have no class"
+        )
+    mapping = read_class_map(class_map, info, storage_options) if class_map is not None else None
+    try:
+        class_ids_of(sorted(labels), info.num_classes or 0, mapping)
+    except ValueError as err:
+        raise ConfigError(f"model.base: {err}") from None
+
+
 def read_class_map(uri: str, info: CheckpointInfo, storage_options: dict | None = None) -> dict[str, int]:
     """label -> class id from the CSV `uri` (columns ``label,class_id``), checked against the
     checkpoint `info` (ids in 0 .. num_classes - 1, one id per label, one label per id); ConfigError

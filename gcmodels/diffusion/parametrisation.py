@@ -54,6 +54,7 @@ from torch import Tensor
 
 __all__ = [
     "PREDICTIONS",
+    "SD_REFERENCE_SCHEDULE",
     "ddpm_alphas_cumprod",
     "eps_from_flow",
     "eps_from_v",

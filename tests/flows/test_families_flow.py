@@ -137,6 +137,15 @@ def test_a_bad_class_map_or_size_for_dit_exits_2_before_anything_is_written(
     assert not (out / "manifest.parquet").exists() and not (out / "images").exists()
 
 
+def test_dit_labels_without_a_class_exit_2_before_any_latent(prefect_harness, tiny_dit_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    argv = ["run", str(_one_image(tmp_path)), "--out", str(out), "--set", f"model.base={tiny_dit_dir}",
+            "--set", "runtime.progress=false"]
+    assert main(argv) == 2  # the label "a" is not a class id and there is no class map
+    assert "labels without a class of the DiT checkpoint: ['a']" in capsys.readouterr().err
+    assert (out / "manifest.parquet").exists() and not (out / "latents").exists()
+
+
 def test_a_class_map_for_a_prompt_model_and_a_transformer_feature_block_are_checked(
     prefect_harness, tiny_sd3_dir, tmp_path, capsys
 ) -> None:
