@@ -110,8 +110,9 @@ def describe_settings(settings: Settings) -> str:
 def fine_tuning_mode(lora_rank: int, parameters: int | None) -> str:
     """'full ...' or 'LoRA rank r ...', with why when it is the size default."""
     from gcmodels.config import LORA_ABOVE_PARAMETERS
+    from gcmodels.diffusion.latent import format_parameters
 
-    size = f"{parameters / 1e9:.2f} B" if parameters else "an unknown number of"
+    size = format_parameters(parameters)
     if lora_rank:
         why = " (the default above %.0f B parameters)" % (LORA_ABOVE_PARAMETERS / 1e9) if parameters and parameters > LORA_ABOVE_PARAMETERS else ""
         return f"LoRA rank {lora_rank} on a denoiser of {size} parameters{why}"

@@ -265,8 +265,9 @@ def model_description(model, train, checkpoint=None, data=None) -> str:
         head = f"checkpoint {model.base}, {what} fine-tuned"
     else:
         from gcmodels.config import LORA_ABOVE_PARAMETERS
+        from gcmodels.diffusion.latent import format_parameters
 
-        size = f", {checkpoint.parameters / 1e9:.2f} B parameters" if checkpoint.parameters else ""
+        size = f", {format_parameters(checkpoint.parameters)} parameters" if checkpoint.parameters else ""
         big = checkpoint.parameters is not None and checkpoint.parameters > LORA_ABOVE_PARAMETERS
         why = f" (LoRA is the default above {LORA_ABOVE_PARAMETERS / 1e9:.0f} B)" if big and train.lora_rank else ""
         head = (f"{checkpoint.title} {model.base} ({checkpoint.pipeline}, {checkpoint.prediction}{size}), "

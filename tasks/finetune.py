@@ -92,17 +92,18 @@ def drop_checkpoint(store: RunStore) -> None:
                 pass  # not empty (something else lives there)
 
 
-def class_map_of(model_config: ModelConfig, storage_options: dict | None = None) -> dict[str, int] | None:
-    """model.class_map read and checked against the checkpoint (None when unset)."""
-    if model_config.class_map is None or model_config.base is None:
-        return None
+def checkpoint_of(model_config: ModelConfig, storage_options: dict | None = None):
+    """(what model.base is, its class map read and checked) or (None, None) for the pixel model."""
+    if model_config.base is None:
+        return None, None
     from tasks.latents import read_class_map
 
     try:
         info = inspect_base(model_config.base)
     except ValueError as err:
         raise ConfigError(f"model.base: {err}") from None
-    return read_class_map(model_config.class_map, info, storage_options)
+    mapping = read_class_map(model_config.class_map, info, storage_options) if model_config.class_map is not None else None
+    return info, mapping
 
 
 def _new_model(vocab: list[str], resolution: int, model_config: ModelConfig, train_config: TrainConfig, generator,
@@ -234,7 +235,7 @@ def finetune(
             meta = meta[keep].reset_index(drop=True)
             log.info("%d labelled image(s) held out of fine-tuning (score.holdout = %g)", len(held), holdout)
         training_set = meta[meta["label"].map(lambda v: isinstance(v, str))][["image_id", "label"]].reset_index(drop=True)
-        class_map = class_map_of(model_config, storage_options)
+        checkpoint, class_map = checkpoint_of(model_config, storage_options)
         config_key = content_key(
             resolution, model_config, train_config.model_dump(exclude={"retrain_fraction"}),
             *([{"holdout": holdout, "seed": holdout_seed}] if holdout > 0 else []),
@@ -267,7 +268,7 @@ def finetune(
             n_params = sum(p.numel() for p in trainable)
             log.info(
                 "training %.2fM parameters (%s) on %d images, %d labels, %d steps of batch %d on %s (%s)",
-                n_params / 1e6, model_description(model_config, train_config), len(meta), len(vocab), steps, train_config.batch_size,
+                n_params / 1e6, model_description(model_config, train_config, checkpoint), len(meta), len(vocab), steps, train_config.batch_size,
                 device, precision,
             )
             resume = None

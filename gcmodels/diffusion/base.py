@@ -59,6 +59,8 @@ class ConditionalDiffusion(nn.Module):
     family: ClassVar[str] = ""  # the registry key, written as "kind" in gcmine_model.json
     flow_timesteps: ClassVar[float] = 1000.0  # a flow network's timestep input is s * flow_timesteps
     flow_shift: float = 1.0  # time shift of the flow-matching training density
+    block_kind: ClassVar[str] = "UNet"  # what `feature_blocks` are blocks of, for messages
+    block_name: ClassVar[str] = "decoder block"
 
     def __init__(self, labels: Sequence[str], alphas_cumprod: Tensor, prediction: str = "epsilon") -> None:
         super().__init__()
@@ -218,9 +220,6 @@ class ConditionalDiffusion(nn.Module):
             pre.remove()
         feats = torch.cat(parts)  # (D*B, F, h', w')
         return feats.view(d, b, *feats.shape[1:]).mean(0)
-
-    block_kind: ClassVar[str] = "UNet"
-    block_name: ClassVar[str] = "decoder block"
 
 
 def _first_tensor(args: tuple, kwargs: dict) -> Tensor | None:

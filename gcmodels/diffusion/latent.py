@@ -48,6 +48,7 @@ __all__ = [
     "ModelLayoutError",
     "Part",
     "check_layout",
+    "format_parameters",
     "label_prompts",
     "load_text_encoder",
     "read_json",
@@ -542,8 +543,18 @@ class CheckpointInfo:
     notes: tuple[str, ...] = ()  # facts worth logging (an absent optional text encoder, ...)
 
     def describe(self) -> str:
-        size = f", {self.parameters / 1e9:.2f} B parameters" if self.parameters else ""
+        size = f", {format_parameters(self.parameters)} parameters" if self.parameters else ""
         return f"{self.title} ({self.pipeline}, {self.prediction}{size})"
+
+
+def format_parameters(n: int | None) -> str:
+    """2567500000 -> '2.57 B', 859500000 -> '860 M', 28384 -> '28.4 K'."""
+    if not n:
+        return "an unknown number of"
+    for scale, unit, digits in ((1e9, "B", 2), (1e6, "M", 0), (1e3, "K", 1)):
+        if n >= scale:
+            return f"{n / scale:.{digits}f} {unit}"
+    return str(n)
 
 
 def ddpm_schedule(sched_cfg: dict):
