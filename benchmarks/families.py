@@ -198,7 +198,7 @@ def timed_forward(name: str, archs: dict, px: int) -> dict:
     return {"px": px, "seconds": seconds, "build": built, "peak_gib": peak, "threads": torch.get_num_threads()}
 
 
-def time_table(archs: dict, px: int, max_gb: float) -> None:
+def time_table(archs: dict, px: int, max_gb: float, *, tiny: bool = False) -> None:
     print(f"\n## one forward on the CPU at {px} px (DiT at its sample size), fresh process each, random fp32 weights\n")
     print("| architecture | forward s | build s | peak RSS GiB | threads |\n|---|---|---|---|---|")
     for name, (family, cls_name, config, _) in archs.items():
@@ -206,7 +206,7 @@ def time_table(archs: dict, px: int, max_gb: float) -> None:
         if 4 * n / 1e9 > max_gb:
             print(f"| {name} | skipped: {4 * n / 1e9:.1f} GB of fp32 weights > --max-gb {max_gb:g} | | | |")
             continue
-        cmd = [sys.executable, __file__, "--_child", name, "--px", str(px)] + (["--tiny"] if archs is TINY else [])
+        cmd = [sys.executable, __file__, "--_child", name, "--px", str(px)] + (["--tiny"] if tiny else [])
         done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
         if done.returncode != 0:
             print(f"| {name} | failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode} | | | |")
@@ -273,6 +273,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128, help="score.batch_size")
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--only", nargs="+", help="architectures to run (names as in the table)")
+    ap.add_argument("--time-only", nargs="+", help="of those, the architectures to time (default: all)")
     ap.add_argument("--base", help="a local checkpoint directory of any family (with --score)")
     ap.add_argument("--peak-tflops", type=float)
     ap.add_argument("--tiny", action="store_true", help="tiny configs (smoke test)")
@@ -287,7 +288,8 @@ def main() -> None:
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     meta_table(archs)
     if args.time:
-        time_table(archs, args.px, args.max_gb)
+        timed = {k: v for k, v in archs.items() if not args.time_only or k in args.time_only}
+        time_table(timed, args.px, args.max_gb, tiny=args.tiny)
     if args.score:
         from gcmodels.runtime import resolve_device
 

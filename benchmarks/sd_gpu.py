@@ -28,11 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gcmodels.diffusion.base import ConditionalDiffusion  # noqa: E402
+from gcmodels.diffusion.parametrisation import SD_REFERENCE_SCHEDULE, ddpm_alphas_cumprod  # noqa: E402
 from gcmodels.runtime import PRECISION_DTYPES, configure_torch, resolve_device, resolve_precision  # noqa: E402
 from gcmodels.training import train_diffusion  # noqa: E402
 from gcmodels.typicality import TypicalityEstimator  # noqa: E402
@@ -56,44 +58,27 @@ TINY_UNET = dict(
 )
 
 
-class RandomPromptUNet(nn.Module):
-    """A UNet2DConditionModel with fixed random prompt embeddings (index 0 = the null prompt):
-    the conditional-diffusion interface the estimator and the trainer use, without weights to load."""
+class RandomPromptUNet(ConditionalDiffusion):
+    """A UNet2DConditionModel with fixed random prompt embeddings (index 0 = the null prompt) and
+    SD's scaled-linear schedule: the conditional-diffusion interface the estimator and the trainer
+    use (`ConditionalDiffusion`: its noising, eps-space prediction and training loss), without
+    weights to load."""
 
     def __init__(self, unet: UNet2DConditionModel, labels: int, seq: int, generator: torch.Generator) -> None:
-        super().__init__()
+        super().__init__([f"label {i}" for i in range(labels)], ddpm_alphas_cumprod(**SD_REFERENCE_SCHEDULE), "epsilon")
         self.unet = unet
         dim = unet.config.cross_attention_dim
         self.register_buffer("prompts", torch.randn(labels + 1, seq, dim, generator=generator), persistent=False)
-        sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-        self.register_buffer("alphas_cumprod", torch.as_tensor(sched.alphas_cumprod, dtype=torch.float32), persistent=False)
-
-    num_train_timesteps = 1000
 
     @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+    def network(self) -> nn.Module:
+        return self.unet
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
-
-    def add_noise(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
-        abar = self.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)
-        return abar.sqrt() * x0 + (1.0 - abar).sqrt() * eps
-
-    def predict_noise(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+    def _denoise(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         return self.unet(x_t.to(self.dtype), t, encoder_hidden_states=self.prompts[cond].to(self.dtype)).sample
 
-    def training_loss(self, x0: Tensor, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        b = x0.shape[0]
-        t = torch.randint(0, self.num_train_timesteps, (b,), generator=generator).to(x0.device)
-        eps = torch.randn(x0.shape, generator=generator).to(x0.device)
-        pred = self.predict_noise(self.add_noise(x0, eps, t), t, cond)
-        return (pred.float() - eps).pow(2).flatten(1).mean(1)
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.unet.parameters())
+    def feature_blocks(self):
+        return self.unet.up_blocks
 
     def half_precision(self, dtype: torch.dtype) -> "RandomPromptUNet":
         self.unet.to(dtype=dtype)

@@ -77,14 +77,14 @@ def test_families_benchmark_runs_on_tiny_configs() -> None:
     """benchmarks/families.py (params, GFLOP at 256/512/1024 with attention, a timed forward in a
     fresh process, scoring) on tiny configs of each kind of denoiser: it must not rot."""
     cmd = [
-        sys.executable, str(ROOT / "benchmarks" / "families.py"), "--tiny", "--time", "--score", "--draws", "2",
-        "--images", "2", "--batch", "8", "--px", "64",
+        sys.executable, str(ROOT / "benchmarks" / "families.py"), "--tiny", "--time", "--time-only", "tiny DiT", "--score",
+        "--draws", "2", "--images", "2", "--batch", "8", "--px", "64",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {line.split("|")[1].strip(): line for line in done.stdout.splitlines() if line.startswith("| tiny")}
-    assert len([line for line in done.stdout.splitlines() if line.startswith("| tiny")]) == 9  # 3 tables x 3
+    assert len([line for line in done.stdout.splitlines() if line.startswith("| tiny")]) == 3 + 1 + 3  # meta, timed, scored
     dit = [line for line in done.stdout.splitlines() if line.startswith("| tiny DiT")][0].split("|")
     assert dit[5].strip() == "n/a" and "@64)" in dit[7]  # a DiT only at its sample size
     assert "failed" not in done.stdout and "skipped" not in done.stdout and rows
