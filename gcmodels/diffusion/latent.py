@@ -443,7 +443,7 @@ class LatentEncoder(nn.Module):
     def from_base(cls, directory: str | Path) -> "LatentEncoder":
         """Load the ``vae/`` of a local diffusers directory (CPU, fp32); ModelLayoutError if it is missing."""
         directory = Path(directory)
-        check_layout(directory, {"vae": Part()}, "diffusers", index=False)
+        check_layout(directory, {"vae": Part()}, "model", index=False)
         return cls(load_diffusers(AutoencoderKL, directory / "vae"))
 
     def train(self, mode: bool = True) -> "LatentEncoder":

@@ -294,3 +294,21 @@ def test_fine_tuning_interrupted_and_resumed_equals_uninterrupted(
     assert out.resumed_from == 2 and [r["loss"] for r in out.history] == [r["loss"] for r in ref.history]
     a, b = dict(full.network.named_parameters()), dict(resumed.network.named_parameters())
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_weights_variant_and_parameter_count_from_headers(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from gcmodels.diffusion.latent import safetensors_parameters, weights_variant
+
+    plain, fp16, sharded = (tmp_path / n for n in ("plain", "fp16", "sharded"))
+    for d in (plain, fp16, sharded):
+        d.mkdir()
+    save_file({"a": torch.zeros(3, 4), "b": torch.zeros(5)}, plain / "diffusion_pytorch_model.safetensors")
+    save_file({"a": torch.zeros(3, 4, dtype=torch.float16)}, plain / "diffusion_pytorch_model.fp16.safetensors")
+    save_file({"a": torch.zeros(3, 4, dtype=torch.float16)}, fp16 / "model.fp16.safetensors")
+    save_file({"a": torch.zeros(2, 2)}, sharded / "diffusion_pytorch_model.fp16-00001-of-00002.safetensors")
+    save_file({"b": torch.zeros(7)}, sharded / "diffusion_pytorch_model.fp16-00002-of-00002.safetensors")
+    assert weights_variant(plain) is None and safetensors_parameters(plain) == 17  # the plain weights only
+    assert weights_variant(fp16) == "fp16" and safetensors_parameters(fp16) == 12
+    assert weights_variant(sharded) == "fp16" and safetensors_parameters(sharded) == 11
