@@ -77,10 +77,18 @@ PIPELINES = {
 }
 
 
-@pytest.fixture(scope="module", params=["sd", "sdxl", "sd3", "dit"])
-def family_dir(request, tiny_sd_dir, tiny_sdxl_dir, tiny_sd3_dir, tiny_dit_dir) -> tuple[str, Path]:
-    dirs = {"sd": tiny_sd_dir, "sdxl": tiny_sdxl_dir, "sd3": tiny_sd3_dir, "dit": tiny_dit_dir}
-    return request.param, dirs[request.param]
+@pytest.fixture(scope="module")
+def sd2_v_dir(tmp_path_factory) -> Path:
+    from sd_tiny import build_tiny_sd
+
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd2v") / "sd2", prediction_type="v_prediction")
+
+
+@pytest.fixture(scope="module", params=["sd", "sd2-v", "sdxl", "sd3", "dit"])
+def family_dir(request, tiny_sd_dir, sd2_v_dir, tiny_sdxl_dir, tiny_sd3_dir, tiny_dit_dir) -> tuple[str, Path]:
+    """(family, directory) of each family, SD 1.x/2.x twice: eps (1.x) and v-prediction (2.x 768-v)."""
+    dirs = {"sd": tiny_sd_dir, "sd2-v": sd2_v_dir, "sdxl": tiny_sdxl_dir, "sd3": tiny_sd3_dir, "dit": tiny_dit_dir}
+    return request.param.split("-")[0].replace("sd2", "sd"), dirs[request.param]
 
 
 def _latents(model, b: int = 2, seed: int = 0) -> torch.Tensor:
@@ -92,7 +100,7 @@ def test_each_family_is_detected_from_its_configs(family_dir) -> None:
     info = inspect_base(path)
     assert info.family == family and info.pipeline == PIPELINES[family]
     assert info.parameters and info.parameters > 0 and info.feature_blocks == 2
-    assert info.prediction == {"sd3": "flow_matching"}.get(family, "epsilon")
+    assert info.prediction == {"sd3": "flow_matching"}.get(family, "v_prediction" if path.name == "sd2" else "epsilon")
     assert info.conditioning == ("class" if family == "dit" else "prompt")
     assert info.fixed_resolution == (family == "dit")
 
@@ -101,11 +109,12 @@ def test_typicality_of_an_exact_network_is_positive_exactly_in_its_region(family
     """The family's model with its network replaced by one exact under the label inside a region
     (in the family's own parametrisation and input scale, 0 under the null label): through the
     family's conversion to eps space, the map is positive exactly there and equals the null
-    branch's eps-space error computed by hand."""
+    branch's eps-space error computed by hand. Eps (SD 1.x, SDXL, DiT), flow (SD3), and v (SD 2.x)."""
     from stub_schedule import exact_region_denoiser, null_branch_error
 
     family, path = family_dir
     model = load_base(path, LABELS[family]).eval()
+    assert model.prediction == inspect_base(path).prediction
     x0 = _latents(model, 1)[0]
     region = torch.zeros(8, 8, dtype=torch.bool)
     region[1:5, 3:7] = True
