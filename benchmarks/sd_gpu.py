@@ -13,8 +13,9 @@ speed does not depend on the weights. Latents are random (C, res/8, res/8). Scor
 product's `TypicalityEstimator` (shared draws, both branches in one batch, maps reduced on the
 device); fine-tuning runs the product's `train_diffusion` (AdamW, clipping, autocast).
 
-FLOPs per UNet input are counted once with `torch.utils.flop_counter.FlopCounterMode` (matmuls
-and convolutions, 2 FLOPs per multiply-add); the peak is the GPU's dense bf16/fp16 tensor-core
+FLOPs per UNet input are counted once with `torch.utils.flop_counter.FlopCounterMode` (matmuls,
+convolutions and attention, 2 FLOPs per multiply-add; `count_flops` adds the CPU SDPA kernel, for
+which torch has no formula and counted 0); the peak is the GPU's dense bf16/fp16 tensor-core
 rate (a table of common GPUs, or `--peak-tflops`).
 """
 
@@ -27,11 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gcmodels.diffusion.base import ConditionalDiffusion  # noqa: E402
+from gcmodels.diffusion.parametrisation import SD_REFERENCE_SCHEDULE, ddpm_alphas_cumprod  # noqa: E402
 from gcmodels.runtime import PRECISION_DTYPES, configure_torch, resolve_device, resolve_precision  # noqa: E402
 from gcmodels.training import train_diffusion  # noqa: E402
 from gcmodels.typicality import TypicalityEstimator  # noqa: E402
@@ -55,44 +58,27 @@ TINY_UNET = dict(
 )
 
 
-class RandomPromptUNet(nn.Module):
-    """A UNet2DConditionModel with fixed random prompt embeddings (index 0 = the null prompt):
-    the conditional-diffusion interface the estimator and the trainer use, without weights to load."""
+class RandomPromptUNet(ConditionalDiffusion):
+    """A UNet2DConditionModel with fixed random prompt embeddings (index 0 = the null prompt) and
+    SD's scaled-linear schedule: the conditional-diffusion interface the estimator and the trainer
+    use (`ConditionalDiffusion`: its noising, eps-space prediction and training loss), without
+    weights to load."""
 
     def __init__(self, unet: UNet2DConditionModel, labels: int, seq: int, generator: torch.Generator) -> None:
-        super().__init__()
+        super().__init__([f"label {i}" for i in range(labels)], ddpm_alphas_cumprod(**SD_REFERENCE_SCHEDULE), "epsilon")
         self.unet = unet
         dim = unet.config.cross_attention_dim
         self.register_buffer("prompts", torch.randn(labels + 1, seq, dim, generator=generator), persistent=False)
-        sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-        self.register_buffer("alphas_cumprod", torch.as_tensor(sched.alphas_cumprod, dtype=torch.float32), persistent=False)
-
-    num_train_timesteps = 1000
 
     @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+    def network(self) -> nn.Module:
+        return self.unet
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
-
-    def add_noise(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
-        abar = self.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)
-        return abar.sqrt() * x0 + (1.0 - abar).sqrt() * eps
-
-    def predict_noise(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+    def _denoise(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         return self.unet(x_t.to(self.dtype), t, encoder_hidden_states=self.prompts[cond].to(self.dtype)).sample
 
-    def training_loss(self, x0: Tensor, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        b = x0.shape[0]
-        t = torch.randint(0, self.num_train_timesteps, (b,), generator=generator).to(x0.device)
-        eps = torch.randn(x0.shape, generator=generator).to(x0.device)
-        pred = self.predict_noise(self.add_noise(x0, eps, t), t, cond)
-        return (pred.float() - eps).pow(2).flatten(1).mean(1)
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.unet.parameters())
+    def feature_blocks(self):
+        return self.unet.up_blocks
 
     def half_precision(self, dtype: torch.dtype) -> "RandomPromptUNet":
         self.unet.to(dtype=dtype)
@@ -101,9 +87,9 @@ class RandomPromptUNet(nn.Module):
 
 def build_model(args: argparse.Namespace, generator: torch.Generator) -> nn.Module:
     if args.base:
-        from gcmodels.sd import LatentDiffusion
+        from gcmodels.diffusion import load_base
 
-        return LatentDiffusion.from_base(args.base, ["label a", "label b"])
+        return load_base(args.base, ["label a", "label b"])
     config = TINY_UNET if args.tiny else SD15_UNET
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -126,16 +112,35 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def flops_per_input(model: nn.Module, latent: tuple[int, ...], device: torch.device) -> float:
-    """UNet FLOPs of one input (batch 1), counted by torch's FLOP counter."""
+def _cpu_sdpa_flops(query, key, value, *args, out_val=None, **kwargs) -> int:
+    """FLOPs of the CPU SDPA kernel: q k^T and (scores) v, as torch counts its CUDA kernels."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query.shape, key.shape, value.shape)
+
+
+_cpu_sdpa_flops._get_raw = True  # FlopCounterMode passes the tensors, not shapes
+
+
+def count_flops(fn) -> float:
+    """FLOPs of `fn()` by torch's FLOP counter, attention included on every device: torch 2.x has
+    formulas for the CUDA SDPA kernels only, and on a CPU SDPA runs
+    ``aten._scaled_dot_product_flash_attention_for_cpu``, which it counted as 0 (on the meta device
+    SDPA decomposes into counted bmm's)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def flops_per_input(model: nn.Module, latent: tuple[int, ...], device: torch.device) -> float:
+    """UNet FLOPs of one input (batch 1), attention included (`count_flops`)."""
     x = torch.zeros((1, *latent), device=device)
     t = torch.full((1,), 500, dtype=torch.long, device=device)
     c = torch.ones(1, dtype=torch.long, device=device)
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model.predict_noise(x, t, c)
-    return float(counter.get_total_flops())
+    return count_flops(lambda: model.predict_noise(x, t, c))
 
 
 def gpu_peak(device: torch.device, given: float | None) -> tuple[float | None, str]:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, SecretStr
 
 from gcmodels.config import MASK, ConfigError, Settings, may_hold_secret, secret_fields
 
-__all__ = ["describe_settings", "load_settings", "parse_override"]
+__all__ = ["base_checkpoint", "describe_settings", "load_settings", "parse_override"]
 
 
 def _shown(text: str) -> str:
@@ -72,16 +72,45 @@ def load_settings(config_file: str | Path | None = None, overrides: list[str] | 
                 raise ConfigError(f"--set {_shown(text)}: {'.'.join(parts[: i + 1])} is a value, not a section")
             node = child
         node[parts[-1]] = value
+    model = values.get("model")
+    base = model.get("base") if isinstance(model, dict) else None
+    defaults = None
+    if isinstance(base, str):  # the family's defaults need the family: read it now (exit 2 if unsupported)
+        from gcmodels.config import checkpoint_defaults
+
+        info = base_checkpoint(base)
+        defaults = checkpoint_defaults(info.defaults, info.parameters)
     try:
-        return Settings.from_dict(values)
+        return Settings.from_dict(values, defaults)
     except ConfigError as err:
         where = f" (from {config_file})" if config_file else ""
         raise ConfigError(f"{err}{where}") from None
 
 
+def base_checkpoint(base: str):
+    """What the checkpoint directory `base` is (`gcmodels.diffusion.inspect_base`), or ConfigError
+    naming model.base and the problem (a missing part, an unsupported family)."""
+    from gcmodels.diffusion import inspect_base
+
+    try:
+        return inspect_base(base)
+    except ValueError as err:
+        raise ConfigError(f"model.base: {err}") from None
+
+
 def describe_settings(settings: Settings) -> str:
-    """The effective settings as YAML, each field commented with its meaning and default."""
+    """The effective settings as YAML, each field commented with its meaning and default; with
+    model.base, a header says which family the checkpoint is and which defaults it changed."""
     lines = ["# gcmine effective configuration (values differing from the default are marked *)"]
+    if settings.model.base is not None:
+        from gcmodels.config import BASE_MODEL_DEFAULTS, checkpoint_defaults
+
+        info = base_checkpoint(settings.model.base)
+        lines.append(f"# model.base is {info.describe()}")
+        changed = {**{f"{s}.{k}": v for s, d in BASE_MODEL_DEFAULTS.items() for k, v in d.items()},
+                   **{f"{s}.{k}": v for s, d in checkpoint_defaults(info.defaults, info.parameters).items() for k, v in d.items()}}
+        lines.append("# its defaults (unless set): " + ", ".join(f"{k}={_plain(v)!r}" for k, v in changed.items()))
+        lines.append(f"# fine-tuning: {fine_tuning_mode(settings.train.lora_rank, info.parameters)}")
     defaults = Settings()
     for section, _ in Settings.model_fields.items():
         model: BaseModel = getattr(settings, section)
@@ -99,6 +128,18 @@ def describe_settings(settings: Settings) -> str:
             default_txt = "" if value == default else f" (default: {_plain(default)!r})"
             lines.append(f"  {name}: {text}  #{mark} {desc}{default_txt}")
     return "\n".join(lines)
+
+
+def fine_tuning_mode(lora_rank: int, parameters: int | None) -> str:
+    """'full ...' or 'LoRA rank r ...', with why when it is the size default."""
+    from gcmodels.config import LORA_ABOVE_PARAMETERS
+    from gcmodels.diffusion.latent import format_parameters
+
+    size = format_parameters(parameters)
+    if lora_rank:
+        why = " (the default above %.0f B parameters)" % (LORA_ABOVE_PARAMETERS / 1e9) if parameters and parameters > LORA_ABOVE_PARAMETERS else ""
+        return f"LoRA rank {lora_rank} on a denoiser of {size} parameters{why}"
+    return f"full fine-tuning of a denoiser of {size} parameters"
 
 
 def _plain(value: Any) -> Any:

@@ -24,8 +24,8 @@ from gcmodels.encoders import fits_on_collection
 from tasks.embed import embed, embed_shard, embeddings_table
 from tasks.finetune import finetune
 from tasks.ingest import ingest
+from tasks.latents import base_key, check_base, check_class_labels, latents_shard
 from tasks.lease import run_lease
-from tasks.latents import base_key, check_base, latents_shard
 from tasks.publish import publish
 from tasks.rank import elements, rank_shard
 from tasks.report import report
@@ -88,8 +88,12 @@ def mine(
     refuses, see tasks/lease.py) and first sweeps what interrupted writes left there."""
     so = storage_options if storage_options is not None else settings.storage.store_options()
     check_device(settings.runtime)  # a device that is not there fails now, before any work
-    if settings.model.base is not None:  # a bad checkpoint or feature block fails now, not after fine-tuning
-        check_base(settings.model.base, settings.rank.feature_block)
+    checkpoint = None
+    if settings.model.base is not None:  # an unsupported checkpoint, bad feature block or class map fails now
+        checkpoint = check_base(
+            settings.model.base, settings.rank.feature_block, class_map=settings.model.class_map,
+            resolution=settings.data.resolution, resize=settings.data.resize,
+        )
     store, storage = RunStore(out, so), settings.storage
     with run_lease(
         store, flow_run_id=str(flow_run.id), mode=storage.lease, wait=storage.lease_wait, expiry=storage.lease_expiry,
@@ -98,13 +102,17 @@ def mine(
         swept = sweep_leftovers(store, older_than=storage.lease_expiry) + sweep_scratch()
         if swept:
             get_run_logger().warning("removed %d leftover(s) of interrupted runs: %s", len(swept), ", ".join(swept[:5]))
-        return _mine(images, out, labels, settings, so)
+        return _mine(images, out, labels, settings, so, checkpoint)
 
 
-def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dict) -> dict:
-    """The stages of `mine`, run under the lease of `out`."""
+def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dict, checkpoint) -> dict:
+    """The stages of `mine`, run under the lease of `out` (`checkpoint`: what `check_base` found
+    in model.base, or None)."""
     reused: list[str] = []
     ingested = ingest(images, labels, out, settings.data, so)
+    if checkpoint is not None and checkpoint.conditioning == "class":  # every label needs a class of the checkpoint
+        given = [] if settings.data.labels == "clusters" else list(ingested["labels"])
+        check_class_labels(checkpoint, settings.model.class_map, given, so)
     shards = ingested["shards"]
     names = [s["name"] for s in shards]
     # model.base (Stable Diffusion): every working image encoded once by the VAE, per shard
@@ -119,7 +127,7 @@ def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dic
         latents = [r["latents"] for r, _ in encoded]
         encoded_stage["latents"] = {
             "seconds": sum(r["seconds"] for r, hit in encoded if not hit), "images": sum(r["images"] for r, _ in encoded),
-            "base": settings.model.base, "workers": _workers(encoded),
+            "base": settings.model.base, "family": checkpoint.family if checkpoint else None, "workers": _workers(encoded),
         }
 
     def train(conditioning: str | None) -> dict:
@@ -195,7 +203,10 @@ def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dic
                  "workers": _workers(ranked)},
         **applications,
     }
-    info = run_info(settings, images=images, labels=labels, out=out, stages=stages, flow_run_id=str(flow_run.id), reused=reused)
+    info = run_info(
+        settings, images=images, labels=labels, out=out, stages=stages, flow_run_id=str(flow_run.id), reused=reused,
+        checkpoint=checkpoint,
+    )
     reported = report(out, [r["maps"] for r, _ in scored], settings.report, info, so, applications)
     stages["report"] = reported
     # the Prefect UI's summary, on the run the user opened: the deployment's run, or this one

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, model_validator
 
 from gcmodels.prompts import validate_prompt_template
 
@@ -30,7 +30,10 @@ __all__ = [
     "TrainConfig",
     "TranslateConfig",
     "BASE_MODEL_DEFAULTS",
+    "LORA_ABOVE_PARAMETERS",
+    "LORA_DEFAULT_RANK",
     "STORAGE_POLICY_KEY",
+    "checkpoint_defaults",
     "format_validation_error",
     "may_hold_secret",
     "secret_fields",
@@ -162,8 +165,20 @@ class ClusterConfig(_Section):
 class ModelConfig(_Section):
     base: str | None = Field(
         None,
-        description="local diffusers Stable Diffusion directory (model_index.json, unet/, vae/, text_encoder/, "
-        "tokenizer/, scheduler/) to fine-tune in latent space with text prompts; null = small pixel UNet from scratch",
+        description="local diffusers directory of a checkpoint to fine-tune in latent space: Stable Diffusion 1.x/2.x, "
+        "SDXL, SD3/SD3.5 or DiT, told apart by its model_index.json and component configs (each family has its own "
+        "defaults, see `gcmine config --set model.base=DIR`); null = small pixel UNet from scratch",
+    )
+    prediction: Literal["epsilon", "v_prediction", "flow_matching"] = Field(
+        "epsilon",
+        description="pixel model: what the UNet learns to predict: epsilon (DDPM noise), v_prediction (v = sqrt(abar) eps "
+        "- sqrt(1-abar) x0) or flow_matching (rectified flow, velocity eps - x0); scores are read in eps space alike. "
+        "model.base uses its checkpoint's own",
+    )
+    class_map: str | None = Field(
+        None,
+        description="model.base with a class-conditional checkpoint (DiT): CSV with columns label,class_id giving the "
+        "checkpoint class each label conditions on; null = labels that are class ids (e.g. 207)",
     )
     prompt_template: str = Field(
         "An image of {label}.",
@@ -233,8 +248,12 @@ class TrainConfig(_Section):
 
 class ScoreConfig(_Section):
     draws: int = Field(16, ge=1, description="(t, eps) draws N per image (stratified t, shared across images)")
-    t_min: float = Field(0.1, ge=0, le=1, description="smallest t, as a fraction of the schedule")
-    t_max: float = Field(0.7, ge=0, le=1, description="largest t, as a fraction of the schedule")
+    t_min: float = Field(
+        0.1, ge=0, le=1,
+        description="smallest t, as a fraction of the DDPM schedule (a signal-to-noise ratio: flow-matching models "
+        "are scored at the flow level of equal SNR, on SD 1.x's schedule for SD3)",
+    )
+    t_max: float = Field(0.7, ge=0, le=1, description="largest t, as a fraction of the DDPM schedule (see t_min)")
     batch_size: int = Field(
         32, ge=2,
         description="UNet inputs per forward pass (both branches counted); 32 keeps the small UNet's activations "
@@ -268,7 +287,11 @@ class RankConfig(_Section):
     elements: int = Field(16, ge=1, description="visual elements (k-means clusters) per label")
     feature_t: float = Field(0.16, ge=0, le=1, description="timestep of the diffusion features, fraction of schedule")
     feature_draws: int = Field(4, ge=1, description="noise draws averaged for the features")
-    feature_block: int = Field(-1, description="UNet decoder block whose output is the feature (-1 = the last, full resolution)")
+    feature_block: int = Field(
+        -1,
+        description="block whose output is the feature: a UNet decoder block (-1 = the last, full resolution), or for "
+        "transformer checkpoints (SD3, DiT) a transformer block whose image tokens are laid back on the latent grid",
+    )
     feature_batch: int = Field(
         64, ge=1,
         description="most UNet inputs (images x feature_draws) per feature forward; 64 fits a 24 GB card with Stable "
@@ -413,8 +436,10 @@ class StorageConfig(_Section):
         return {**self.options(), STORAGE_POLICY_KEY: {"retries": self.retries, "deadline": self.deadline}}
 
 
-# Defaults that change when model.base names a Stable Diffusion checkpoint (the paper's settings,
-# see METHOD.md); a value the user gives always wins. Defined here only.
+# Defaults that change when model.base names a checkpoint (the paper's settings for SD 1.5, see
+# METHOD.md); each family adds its own on top for the checkpoint at hand (`checkpoint_defaults`:
+# working resolution, feature block, LoRA above LORA_ABOVE_PARAMETERS); a value the user gives
+# always wins. Defined here only.
 BASE_MODEL_DEFAULTS: dict[str, dict] = {
     "data": {"resolution": 256, "resize": "short_side"},
     "train": {
@@ -424,6 +449,21 @@ BASE_MODEL_DEFAULTS: dict[str, dict] = {
     "rank": {"feature_block": 1, "feature_t": 0.161, "feature_draws": 8},
     "score": {"batch_size": 128},  # a GPU's batch: 4 images x 16 draws x 2 prompts per forward
 }
+
+
+LORA_ABOVE_PARAMETERS = 2_000_000_000  # denoisers larger than this fine-tune LoRA adapters by default
+LORA_DEFAULT_RANK = 16  # train.lora_rank then
+
+
+def checkpoint_defaults(family_defaults: dict, parameters: int | None) -> dict:
+    """The defaults a checkpoint adds on top of BASE_MODEL_DEFAULTS: its family's (working
+    resolution, resize, feature block, as the family module reads them from the checkpoint) and
+    LoRA (train.lora_rank = LORA_DEFAULT_RANK) when its denoiser has more than LORA_ABOVE_PARAMETERS
+    parameters (full fine-tuning of an SDXL UNet or an SD3.5 transformer needs tens of GB)."""
+    out = {section: dict(values) for section, values in family_defaults.items()}
+    if parameters is not None and parameters > LORA_ABOVE_PARAMETERS:
+        out.setdefault("train", {}).setdefault("lora_rank", LORA_DEFAULT_RANK)
+    return out
 
 
 class Settings(_Section):
@@ -442,20 +482,23 @@ class Settings(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _base_model_defaults(cls, values: object) -> object:
-        """With model.base set, fill the settings the user left unset from BASE_MODEL_DEFAULTS."""
+    def _base_model_defaults(cls, values: object, info: ValidationInfo) -> object:
+        """With model.base set, fill the settings the user left unset from BASE_MODEL_DEFAULTS and,
+        when the validation context carries them (``{"checkpoint_defaults": ...}``, see
+        `checkpoint_defaults`), from the checkpoint's family."""
         if not isinstance(values, dict):
             return values
         model = values.get("model")
         base = model.get("base") if isinstance(model, dict) else getattr(model, "base", None)
         if base is None:
             return values
+        family = (info.context or {}).get("checkpoint_defaults") or {}
         out = dict(values)
-        for section, defaults in BASE_MODEL_DEFAULTS.items():
+        for section in sorted(set(BASE_MODEL_DEFAULTS) | set(family)):
             given = out.get(section, {})
             if isinstance(given, BaseModel):
                 given = given.model_dump(include=given.model_fields_set)
-            out[section] = {**defaults, **given}
+            out[section] = {**BASE_MODEL_DEFAULTS.get(section, {}), **family.get(section, {}), **given}
         return out
 
     @model_validator(mode="after")
@@ -475,7 +518,14 @@ class Settings(_Section):
                 "model fine-tuned on the labels, and the labels would come from clustering those features; choose "
                 "embed.method pca, autoencoder, vae or clip"
             )
+        if self.model.base is None and self.model.class_map is not None:
+            raise ValueError(f"model.class_map ({self.model.class_map!r}) needs model.base: it maps labels to a checkpoint's classes")
         if self.model.base is not None:
+            if self.model.prediction != "epsilon":
+                raise ValueError(
+                    f"model.prediction ({self.model.prediction!r}) applies to the pixel model: model.base trains and "
+                    "scores in its checkpoint's own parametrisation (read from its scheduler config)"
+                )
             if self.data.resolution % 8:
                 raise ValueError(
                     f"data.resolution ({self.data.resolution}) must be a multiple of 8 with model.base (VAE latents)"
@@ -485,8 +535,6 @@ class Settings(_Section):
                     "embed.method='diffusion' is not available with model.base (the diffusion embedding reads the "
                     "small pixel model); choose embed.method pca, autoencoder, vae or clip"
                 )
-            if self.translate.enabled:
-                raise ValueError("translate.enabled is not available with model.base yet (translation runs the pixel model)")
             # the checkpoint's decoder blocks are unknown here: the flow checks rank.feature_block
             # against model.base's unet/config.json before any work (tasks.latents.check_base)
             return self
@@ -517,10 +565,11 @@ class Settings(_Section):
         return max(2, round(0.2 * self.data.resolution))
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Settings":
-        """Validate nested `values`; raise `ConfigError` naming every bad field."""
+    def from_dict(cls, values: dict, checkpoint_defaults: dict | None = None) -> "Settings":
+        """Validate nested `values` (with model.base, unset settings take `checkpoint_defaults` over
+        BASE_MODEL_DEFAULTS); raise `ConfigError` naming every bad field."""
         try:
-            return cls.model_validate(values)
+            return cls.model_validate(values, context={"checkpoint_defaults": checkpoint_defaults or {}})
         except ValidationError as err:
             raise ConfigError(format_validation_error(err)) from None
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gcmodels.diffusion import NULL_LABEL
+from gcmodels.diffusion.base import NULL_LABEL
 from gcmodels.runtime import PRECISION_DTYPES
 
 __all__ = [

@@ -12,7 +12,11 @@ the fine-tuned conditional model:
    conditional, one UNet input per image and step).
 
 Low strengths keep the layout (the noisy image still carries it) while letting the model redraw
-what the target label explains differently. The paper uses Plug-and-Play instead (999-step DDIM
+what the target label explains differently. Every gcmine model presents itself as an eps-predictor
+on a DDPM reference schedule (`gcmodels.diffusion.ConditionalDiffusion`: a v or flow-matching
+network's output is converted to eps), so the same sampler serves every family: for a flow model,
+DDIM on the reference process is its probability-flow ODE under a change of time and scale. For
+latent models x0 are VAE latents (no clipping: `clip=None`) and the translations are decoded. The paper uses Plug-and-Play instead (999-step DDIM
 inversion plus feature injection, ~3 500 UNet passes an image); this costs
 ceil(steps * strength) passes (twice that with guidance).
 
@@ -30,7 +34,7 @@ patches clustered on their pixels before and after (k-means through
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +57,7 @@ class Translator:
     strength: noise level t_s / (T - 1) in [0, 1] (0 returns the input unchanged);
     steps: DDIM steps over the whole schedule, of which ceil(steps * strength) are run;
     guidance: classifier-free guidance scale w (1 = the plain conditional model);
-    clip: x0_hat is clipped to [-clip, clip] at every step (1 for pixel models; None = off);
+    clip: x0_hat is clipped to [-clip, clip] at every step (1 for pixel models; None = off, for latents);
     batch_size: UNet inputs per forward pass (an image counts twice when guidance != 1);
     seed: seed of the noise (the same noise for every image and every call).
     """
@@ -204,8 +208,8 @@ class ConsistentChanges:
 
 
 def consistent_changes(
-    source: Tensor,
-    translated: Tensor,
+    source: Tensor | Sequence[Tensor],
+    translated: Tensor | Sequence[Tensor],
     *,
     patch_size: int,
     per_image: int = 1,
@@ -216,35 +220,45 @@ def consistent_changes(
     """Most changed patches of each translation, clustered across images into consistent changes.
 
     source, translated: (B, C, H, W), usually the images of one source label translated to one
-    target label. Per image the `per_image` most changed non-overlapping patch_size x patch_size
+    target label; or lists of such tensors of different sizes (images that keep their aspect
+    ratio, in groups of one shape), paired group by group, whose images are numbered in list
+    order. Per image the `per_image` most changed non-overlapping patch_size x patch_size
     patches of `change_maps` (greedy suppression, `top_patches`); each patch is described by its
     source and translated pixels, average-pooled to feature_size x feature_size and concatenated
     (2 C feature_size^2 values: what was there and what it became); the features are clustered
     into at most `clusters` groups (k-means on L2-normalised features, seeded), ranked by the
     median change of their patches.
     """
-    maps = change_maps(source, translated)
-    boxes, scores = top_patches(maps, patch_size, per_image)  # (B, k, 4), (B, k)
+    sources = [source] if isinstance(source, Tensor) else list(source)
+    translations = [translated] if isinstance(translated, Tensor) else list(translated)
+    if len(sources) != len(translations) or not sources:
+        raise ValueError(f"source and translated must be paired groups, got {len(sources)} and {len(translations)}")
     if feature_size < 1 or feature_size > patch_size:
         raise ValueError(f"feature_size must be in [1, patch_size={patch_size}], got {feature_size}")
     if clusters < 1:
         raise ValueError(f"clusters must be >= 1, got {clusters}")
-    valid = (boxes >= 0).all(-1)  # (B, k)
-    feats = []
-    for x in (source, translated):
-        crops = patch_crops(x.float(), boxes)[valid]  # (P, C, s, s)
-        feats.append(F.adaptive_avg_pool2d(crops, feature_size).flatten(1))
-    features = torch.cat(feats, 1).cpu().numpy().astype(np.float64)  # (P, 2 C f^2)
-    change = scores[valid].cpu().numpy().astype(np.float64)
-    found = mine_elements(features, change, clusters, seed=seed)
-    img, rank = torch.nonzero(valid, as_tuple=True)
-    b = boxes[valid].cpu().numpy()
-    patches = pd.DataFrame(
-        {
-            "image": img.cpu().numpy(), "rank": rank.cpu().numpy(),
+    feats, change, rows = [], [], []
+    offset = 0
+    for src, dst in zip(sources, translations):
+        maps = change_maps(src, dst)
+        boxes, scores = top_patches(maps, patch_size, per_image)  # (B, k, 4), (B, k)
+        valid = (boxes >= 0).all(-1)  # (B, k)
+        parts = []
+        for x in (src, dst):
+            crops = patch_crops(x.float(), boxes)[valid]  # (P, C, s, s)
+            parts.append(F.adaptive_avg_pool2d(crops, feature_size).flatten(1))
+        feats.append(torch.cat(parts, 1).cpu().numpy().astype(np.float64))  # (P, 2 C f^2)
+        change.append(scores[valid].cpu().numpy().astype(np.float64))
+        img, rank = torch.nonzero(valid, as_tuple=True)
+        b = boxes[valid].cpu().numpy()
+        rows.append(pd.DataFrame({
+            "image": img.cpu().numpy() + offset, "rank": rank.cpu().numpy(),
             "x0": b[:, 0], "y0": b[:, 1], "x1": b[:, 2], "y1": b[:, 3],
-            "change": change, "change_cluster": found.assignment, "distance": found.distance,
-        }
+        }))
+        offset += src.shape[0]
+    found = mine_elements(np.concatenate(feats), np.concatenate(change), clusters, seed=seed)
+    patches = pd.concat(rows, ignore_index=True).assign(
+        change=np.concatenate(change), change_cluster=found.assignment, distance=found.distance
     )
     table = pd.DataFrame(
         {"change_cluster": np.arange(len(found.score)), "score": found.score, "size": found.size}

@@ -4,7 +4,15 @@
 
 (Siglidis et al. 2024, eq. 2), estimated per pixel with N draws of (t, eps):
 
-- t is stratified over [t_min, t_max] of the schedule (one draw per stratum), eps is Gaussian;
+- t is stratified over [t_min, t_max] of the model's reference DDPM schedule (one draw per
+  stratum), eps is Gaussian. The range is one of signal-to-noise ratios, abar_t / (1 - abar_t), so
+  it means the same for every model: a DDPM model (eps or v) is asked at its own timestep t; a
+  flow-matching model at the flow level s of equal SNR (see `gcmodels.diffusion.parametrisation`:
+  s = sqrt(1 - abar) / (sqrt(abar) + sqrt(1 - abar)));
+- the squared errors are those of eps, whatever the network predicts: the model reports its
+  prediction in eps space (an eps network as it is, a v network's sqrt(abar) v + sqrt(1 - abar) x_t,
+  a flow network's x_s + (1 - s) u), so L_t(x, eps, .) = ||eps - eps_hat||^2 is the same quantity
+  for every parametrisation and maps of different models are comparable;
 - the same N draws are used for every image (common random numbers across images, as in the
   paper's per-image seed reset), and the conditional and null branches share each draw and run
   in one batched forward pass (common random numbers across branches);
@@ -30,7 +38,9 @@ __all__ = ["NoisePredictor", "TypicalityEstimator", "typicality_from_losses"]
 
 
 class NoisePredictor(Protocol):
-    """What the estimator needs from a conditional diffusion model (index 0 = the null label)."""
+    """What the estimator needs from a conditional diffusion model (index 0 = the null label):
+    the reference DDPM forward process and eps-space predictions on it (every
+    `gcmodels.diffusion.ConditionalDiffusion` is one)."""
 
     alphas_cumprod: Tensor  # (T,)
 
@@ -51,7 +61,8 @@ def typicality_from_losses(loss_null: Tensor, loss_cond: Tensor) -> Tensor:
 class TypicalityEstimator:
     """Monte-Carlo estimator of per-pixel typicality maps.
 
-    draws: N draws of (t, eps) per image; t_min, t_max: range of t as fractions of the schedule;
+    draws: N draws of (t, eps) per image; t_min, t_max: range of t as fractions of the model's
+    reference DDPM schedule, i.e. a range of signal-to-noise ratios (see the module docstring);
     batch_size: UNet inputs per forward pass (the two branches of a draw count as two; with
     cotypicality over L labels a draw counts as L + 1);
     seed: seed of the draws (the same draws for every image and every call).

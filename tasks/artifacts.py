@@ -274,18 +274,37 @@ def stopwatch() -> Iterator[dict]:
         out["seconds"] = round(time.perf_counter() - start, 3)
 
 
-def model_description(model, train) -> str:
-    """One line saying which diffusion model mines the run (`model`, `train`: the ModelConfig and
-    TrainConfig sections), for the log, the run summary and the report."""
+def model_description(model, train, checkpoint=None, data=None) -> str:
+    """One line saying which diffusion model mines the run (`model`, `train`, `data`: the ModelConfig,
+    TrainConfig and DataConfig sections; `checkpoint`: what model.base is, a
+    `gcmodels.diffusion.CheckpointInfo`), for the log, the run summary and the report."""
     if model.base is None:
-        return f"small pixel UNet trained from scratch, channels {list(model.block_out_channels)}"
-    what = f"LoRA rank {train.lora_rank}" if train.lora_rank else "full UNet"
-    return f"Stable Diffusion {model.base}, {what} fine-tuned; prompt {model.prompt_template!r}, null prompt {model.null_prompt!r}"
+        how = "" if model.prediction == "epsilon" else f", {model.prediction}"
+        return f"small pixel UNet trained from scratch, channels {list(model.block_out_channels)}{how}"
+    net = "UNet" if checkpoint is None or checkpoint.block_name == "decoder block" else "transformer"
+    what = f"LoRA rank {train.lora_rank}" if train.lora_rank else f"full {net}"
+    if checkpoint is None:
+        head = f"checkpoint {model.base}, {what} fine-tuned"
+    else:
+        from gcmodels.config import LORA_ABOVE_PARAMETERS
+        from gcmodels.diffusion.latent import format_parameters
+
+        size = f", {format_parameters(checkpoint.parameters)} parameters" if checkpoint.parameters else ""
+        big = checkpoint.parameters is not None and checkpoint.parameters > LORA_ABOVE_PARAMETERS
+        why = f" (LoRA is the default above {LORA_ABOVE_PARAMETERS / 1e9:.0f} B)" if big and train.lora_rank else ""
+        head = (f"{checkpoint.title} {model.base} ({checkpoint.pipeline}, {checkpoint.prediction}{size}), "
+                f"{what} fine-tuned{why}")
+    if data is not None:
+        fixed = " (the checkpoint's fixed sample size)" if checkpoint is not None and checkpoint.fixed_resolution else ""
+        head += f"; working images {data.resolution} px {data.resize.replace('_', ' ')}{fixed}"
+    if checkpoint is not None and checkpoint.conditioning == "class":
+        return head + f"; labels as class ids ({'model.class_map ' + model.class_map if model.class_map else 'labels that are ids'}), null class {checkpoint.num_classes}"
+    return head + f"; prompt {model.prompt_template!r}, null prompt {model.null_prompt!r}"
 
 
 def run_info(
     settings, *, images: str, labels: str | None, out: str, stages: dict[str, dict], flow_run_id: str | None = None,
-    reused: list[str] | None = None,
+    reused: list[str] | None = None, checkpoint=None,
 ) -> dict:
     """Everything `run.json` records: inputs, config, code and library versions, seeds, device,
     per-stage timings and the run summary shown in the report."""
@@ -300,7 +319,14 @@ def run_info(
     cond = stages.get("condition", {})
     if cond:
         summary["conditioning"] = f"{cond.get('source')} ({cond.get('reason')})"
-    summary["model"] = model_description(settings.model, settings.train)
+    summary["model"] = model_description(settings.model, settings.train, checkpoint, settings.data)
+    if checkpoint is not None:
+        summary["model_family"] = {
+            "family": checkpoint.family, "title": checkpoint.title, "pipeline": checkpoint.pipeline,
+            "prediction": checkpoint.prediction, "parameters": checkpoint.parameters,
+            "native_resolution": checkpoint.native_resolution, "working_resolution": settings.data.resolution,
+            "fine_tuning": f"LoRA rank {settings.train.lora_rank}" if settings.train.lora_rank else "full",
+        }
     summary["config"] = settings.model_dump(mode="json")
     return {
         "images": images, "labels": labels, "out": out, "flow_run_id": flow_run_id,

@@ -14,8 +14,7 @@ from prefect import task
 
 from gcmodels.config import ConfigError, ModelConfig, RuntimeConfig, TrainConfig
 from gcmodels.cotypicality import stratified_split
-from gcmodels.diffusion import PixelDiffusion
-from gcmodels.sd import LatentDiffusion
+from gcmodels.diffusion import ConditionalDiffusion, PixelDiffusion, inspect_base, load_base
 from gcmodels.runtime import configure_torch, resolve_device, resolve_precision
 from gcmodels.training import CheckpointMismatch, TrainingDiverged, train_diffusion
 from tasks.artifacts import MODEL, TRAINING, artifact_key, model_description, read_images, stopwatch
@@ -32,7 +31,7 @@ from tasks.storage import RunStore, is_local, scratch_dir
 CHECKPOINT = "checkpoints/finetune.pt"  # the resumable state of an unfinished training
 
 
-def _publish(store: RunStore, model: PixelDiffusion, history: list[dict], trained_on: pd.DataFrame, config_key: str) -> str:
+def _publish(store: RunStore, model: ConditionalDiffusion, history: list[dict], trained_on: pd.DataFrame, config_key: str) -> str:
     """Write `model/` (weights, training set, completion marker last) and `training.parquet`."""
     with scratch_dir("model") as tmp:
         model.save(tmp)
@@ -126,19 +125,36 @@ def drop_checkpoint(store: RunStore) -> None:
                 pass  # not empty (something else lives there)
 
 
-def _new_model(vocab: list[str], resolution: int, model_config: ModelConfig, train_config: TrainConfig, generator):
-    """The model to fine-tune: the small pixel UNet from scratch, or the checkpoint `model.base`
-    (LoRA adapters added with `train.lora_rank`). A directory that is not a Stable Diffusion
-    layout, or does not fit, is a configuration error naming what is wrong."""
+def checkpoint_of(model_config: ModelConfig, storage_options: dict | None = None):
+    """(what model.base is, its class map read and checked) or (None, None) for the pixel model."""
+    if model_config.base is None:
+        return None, None
+    from tasks.latents import read_class_map
+
+    try:
+        info = inspect_base(model_config.base)
+    except ValueError as err:
+        raise ConfigError(f"model.base: {err}") from None
+    mapping = read_class_map(model_config.class_map, info, storage_options) if model_config.class_map is not None else None
+    return info, mapping
+
+
+def _new_model(vocab: list[str], resolution: int, model_config: ModelConfig, train_config: TrainConfig, generator,
+               class_map: dict[str, int] | None = None):
+    """The model to fine-tune: the small pixel UNet from scratch (in `model.prediction`), or the
+    checkpoint `model.base` as its family (LoRA adapters added with `train.lora_rank`). A directory
+    of no supported family, parts that do not fit, or labels its conditioning cannot express (a
+    DiT label that is no class id) are configuration errors naming what is wrong."""
     if model_config.base is None:
         return PixelDiffusion.create(
             vocab, resolution=resolution, block_out_channels=model_config.block_out_channels,
             layers_per_block=model_config.layers_per_block, num_train_timesteps=model_config.num_train_timesteps,
-            beta_schedule=model_config.beta_schedule, generator=generator,
+            beta_schedule=model_config.beta_schedule, prediction=model_config.prediction, generator=generator,
         )
     try:
-        model = LatentDiffusion.from_base(
-            model_config.base, vocab, prompt_template=model_config.prompt_template, null_prompt=model_config.null_prompt
+        model = load_base(
+            model_config.base, vocab, prompt_template=model_config.prompt_template, null_prompt=model_config.null_prompt,
+            class_map=class_map,
         )
     except ValueError as err:
         raise ConfigError(f"model.base: {err}") from None
@@ -228,11 +244,12 @@ def finetune(
     with the same settings and data resumes from it ("resuming from step K") and ends with the
     model an uninterrupted run gives. The checkpoint is deleted once the model is published.
 
-    With `model_config.base` (a local Stable Diffusion directory) the UNet of that checkpoint is
-    fine-tuned (fully, or LoRA adapters with `train.lora_rank`) on the cached VAE latents
-    `latents` (one artifact per shard, see tasks/latents.py), batched by aspect ratio, with the
-    label prompts of `model.prompt_template` and `model.null_prompt`; VAE and text encoder stay
-    frozen, and `model/` is a complete diffusers directory."""
+    With `model_config.base` (a local checkpoint directory of a supported family) its denoiser
+    (UNet or transformer) is fine-tuned (fully, or LoRA adapters with `train.lora_rank`) on the
+    cached VAE latents `latents` (one artifact per shard, see tasks/latents.py), batched by aspect
+    ratio, with the family's conditioning (the label prompts of `model.prompt_template` and
+    `model.null_prompt`, or DiT class ids); VAE and text encoders stay frozen, and `model/` is a
+    complete diffusers directory that the family's pipeline class loads."""
     log = stage_logger()
     if model_config.base is not None and latents is None:
         raise ConfigError("model.base is set but finetune got no latents: the latents stage must run first")
@@ -259,10 +276,12 @@ def finetune(
             meta = meta[keep].reset_index(drop=True)
             log.info("%d labelled image(s) held out of fine-tuning (score.holdout = %g)", len(held), holdout)
         training_set = meta[meta["label"].map(lambda v: isinstance(v, str))][["image_id", "label"]].reset_index(drop=True)
+        checkpoint, class_map = checkpoint_of(model_config, storage_options)
         config_key = content_key(
             resolution, model_config, train_config.model_dump(exclude={"retrain_fraction"}),
             *([{"holdout": holdout, "seed": holdout_seed}] if holdout > 0 else []),
             *([base_key(model_config.base)] if model_config.base is not None else []),
+            *([sorted(class_map.items())] if class_map else []),
         )
         reused, why = reuse_decision(store, training_set, config_key, train_config.retrain_fraction)
         if reused is not None:
@@ -274,9 +293,9 @@ def finetune(
         data_key = content_key(meta["image_id"].tolist(), labels)  # the images and labels, in training order
         with gpu_slot(device, runtime):  # one training per card (nothing taken on CPU)
             generator = torch.Generator().manual_seed(train_config.seed)
-            model = _new_model(vocab, resolution, model_config, train_config, generator).to(device)
+            model = _new_model(vocab, resolution, model_config, train_config, generator, class_map).to(device)
             if train_config.gradient_checkpointing:
-                model.unet.enable_gradient_checkpointing()
+                model.enable_gradient_checkpointing()
             if latents is None:
                 cond = model.label_index(labels)
                 images = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))  # (N, 3, H, W) uint8
@@ -290,7 +309,7 @@ def finetune(
             n_params = sum(p.numel() for p in trainable)
             log.info(
                 "training %.2fM parameters (%s) on %d images, %d labels, %d steps of batch %d on %s (%s)",
-                n_params / 1e6, model_description(model_config, train_config), len(meta), len(vocab), steps, train_config.batch_size,
+                n_params / 1e6, model_description(model_config, train_config, checkpoint), len(meta), len(vocab), steps, train_config.batch_size,
                 device, precision,
             )
             resume = None

@@ -1,4 +1,4 @@
-"""embed, Stable Diffusion path (model.base): the VAE latents of every working image, encoded
+"""embed, checkpoint path (model.base, any family): the VAE latents of every working image, encoded
 once per image and cached per shard, so fine-tuning and scoring never re-encode.
 
 `latents/part-*-<key>.parquet`: `image_id`, `channels`, `height`, `width` (latent grid) and
@@ -19,7 +19,7 @@ from prefect import task
 
 from gcmodels.config import ConfigError, RuntimeConfig
 from gcmodels.runtime import configure_torch, resolve_device
-from gcmodels.sd import LatentEncoder, check_sd_directory, decoder_block_count
+from gcmodels.diffusion import CheckpointInfo, LatentEncoder, inspect_base
 from tasks.artifacts import keyed_part, live_labels, read_images, stopwatch, worker_name
 from tasks.caching import content_key
 from tasks.errors import out_of_memory_hint
@@ -33,7 +33,7 @@ _lock = threading.Lock()
 
 
 def base_key(base: str) -> str:
-    """Identity of a local SD directory's VAE (names, sizes and modification times of `vae/`'s
+    """Identity of a local checkpoint directory's VAE (names, sizes and modification times of `vae/`'s
     files): cheap to compute on a 300 MB checkpoint, and it changes when the weights are replaced."""
     vae = Path(base) / "vae"
     files = sorted(p for p in vae.rglob("*") if p.is_file()) if vae.is_dir() else []
@@ -44,19 +44,77 @@ def base_key(base: str) -> str:
     return h.hexdigest()[:16]
 
 
-def check_base(base: str, feature_block: int) -> None:
-    """Before any image is encoded or any step trained: `base` must be a complete SD directory and
-    `feature_block` (rank.feature_block) one of its UNet's decoder blocks; ConfigError otherwise."""
+def check_base(
+    base: str, feature_block: int, *, class_map: str | None = None, resolution: int | None = None, resize: str | None = None,
+) -> CheckpointInfo:
+    """Before any image is ingested or encoded: `base` must be a complete directory of a supported
+    family (read from its model_index.json and component configs), `feature_block`
+    (rank.feature_block) one of its feature blocks (UNet decoder blocks, transformer blocks),
+    `class_map` (model.class_map) given only to a class-conditional model and valid for it, and the
+    working images (`resolution`, `resize`) of the size a fixed-size model (DiT) needs.
+    ConfigError naming the setting and the problem otherwise; returns what the checkpoint is."""
     try:
-        check_sd_directory(base)
-        blocks = decoder_block_count(base)
+        info = inspect_base(base)
     except ValueError as err:
         raise ConfigError(f"model.base: {err}") from None
-    if not -blocks <= feature_block < blocks:
+    n = info.feature_blocks
+    if not -n <= feature_block < n:
         raise ConfigError(
-            f"rank.feature_block ({feature_block}) must index one of the {blocks} decoder blocks of the UNet of "
-            f"model.base {base} (from {-blocks} to {blocks - 1})"
+            f"rank.feature_block ({feature_block}) must index one of the {n} {info.block_name}s of the {info.title} "
+            f"model.base {base} (from {-n} to {n - 1})"
         )
+    if class_map is not None:
+        if info.conditioning != "class":
+            raise ConfigError(
+                f"model.class_map ({class_map}) applies to class-conditional checkpoints (DiT); model.base {base} is "
+                f"{info.title}, conditioned on prompts (model.prompt_template)"
+            )
+        read_class_map(class_map, info)
+    if info.fixed_resolution and resolution is not None:
+        if resolution != info.native_resolution or resize != "square":
+            raise ConfigError(
+                f"model.base {base} is a {info.title} of fixed sample size: working images must be square at "
+                f"{info.native_resolution} px (data.resolution={info.native_resolution}, data.resize=square), got "
+                f"data.resolution={resolution}, data.resize={resize}"
+            )
+    return info
+
+
+def check_class_labels(info: CheckpointInfo, class_map: str | None, labels: list[str], storage_options: dict | None = None) -> None:
+    """Right after ingest, before any latent is encoded: a class-conditional checkpoint (DiT) needs a
+    class for every given label (`labels`; none = the run would condition on cluster pseudo-labels,
+    which have no class): ConfigError naming the labels otherwise."""
+    from gcmodels.diffusion.dit import class_ids_of
+
+    if not labels:
+        raise ConfigError(
+            f"model.base {info.directory} is a {info.title}, conditioned on its own classes: give labels (LABELS, a folder "
+            "per label) that are class ids or mapped by model.class_map; cluster pseudo-labels have no class"
+        )
+    mapping = read_class_map(class_map, info, storage_options) if class_map is not None else None
+    try:
+        class_ids_of(sorted(labels), info.num_classes or 0, mapping)
+    except ValueError as err:
+        raise ConfigError(f"model.base: {err}") from None
+
+
+def read_class_map(uri: str, info: CheckpointInfo, storage_options: dict | None = None) -> dict[str, int]:
+    """label -> class id from the CSV `uri` (columns ``label,class_id``), checked against the
+    checkpoint `info` (ids in 0 .. num_classes - 1, one id per label, one label per id); ConfigError
+    naming the file and the bad rows otherwise."""
+    from gcmodels.diffusion.dit import validate_class_map
+
+    try:
+        table = pd.read_csv(uri, dtype=str, keep_default_na=False, storage_options=storage_options)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise ConfigError(f"model.class_map: cannot read {uri} as a CSV ({type(err).__name__}: {err})") from None
+    missing = [c for c in ("label", "class_id") if c not in table.columns]
+    if missing:
+        raise ConfigError(f"model.class_map: {uri} needs the columns label,class_id; missing {missing}, found {list(table.columns)}")
+    try:
+        return validate_class_map(list(zip(table["label"], table["class_id"])), info.num_classes or 0)
+    except ValueError as err:
+        raise ConfigError(f"model.class_map: {uri}: {err}") from None
 
 
 def _encoder(base: str, device: torch.device) -> LatentEncoder:
@@ -65,9 +123,9 @@ def _encoder(base: str, device: torch.device) -> LatentEncoder:
         if key not in _encoders:
             _encoders.clear()
             try:  # the whole layout first: a broken checkpoint fails before any image is encoded
-                check_sd_directory(base)
+                inspect_base(base)
                 _encoders[key] = LatentEncoder.from_base(base).to(device)
-            except ValueError as err:  # not a Stable Diffusion directory: name what is missing
+            except ValueError as err:  # not a supported checkpoint: name what is missing
                 raise ConfigError(f"model.base: {err}") from None
         return _encoders[key]
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import torch
 
-from gcmodels.diffusion import PixelDiffusion
-from gcmodels.sd import LatentDiffusion, load_any_model
+from gcmodels.diffusion import ConditionalDiffusion, LatentDiffusion, load_any_model
 from gcmodels.runtime import PRECISION_DTYPES, configure_torch, resolve_device, resolve_precision
 from tasks.artifacts import MODEL
 from tasks.errors import DamagedArtifact
@@ -22,7 +21,7 @@ from tasks.storage import RunStore, damaged_hint, is_local
 COMPLETE = "_COMPLETE.json"  # written last: a model folder without it is incomplete
 TRAINING_SET = "training_set.parquet"  # (image_id, label) the model was trained on
 
-_cache: dict[tuple[str, str, str, str], PixelDiffusion | LatentDiffusion] = {}
+_cache: dict[tuple[str, str, str, str], ConditionalDiffusion] = {}
 _lock = threading.Lock()
 
 
@@ -39,7 +38,7 @@ def model_fingerprint(directory: Path) -> str:
 
 
 @contextmanager
-def model_stage(out: str, fingerprint: str, runtime, storage_options: dict | None) -> Iterator[tuple[RunStore, PixelDiffusion | LatentDiffusion, torch.device]]:
+def model_stage(out: str, fingerprint: str, runtime, storage_options: dict | None) -> Iterator[tuple[RunStore, ConditionalDiffusion, torch.device]]:
     """What every model stage runs in: torch configured per `runtime`, the GPU slot of the chosen
     device held (see tasks/gpu.py; nothing on CPU), the run's store, and the model of
     `fingerprint` on the device (loaded from storage once per worker process, never passed in)."""
@@ -52,9 +51,9 @@ def model_stage(out: str, fingerprint: str, runtime, storage_options: dict | Non
 
 def load_model(
     store: RunStore, fingerprint: str, device: torch.device, precision: str = "fp32"
-) -> PixelDiffusion | LatentDiffusion:
+) -> ConditionalDiffusion:
     """The run's model in eval mode on `device`; loaded from storage once per fingerprint. A
-    Stable Diffusion UNet runs in `precision` (bf16 / fp16 on CUDA: half the memory, tensor
+    checkpoint's denoiser (UNet or transformer) runs in `precision` (bf16 / fp16 on CUDA: half the memory, tensor
     cores; the estimator keeps its loss math in fp32); the small pixel model stays fp32."""
     key = (store.root_uri, fingerprint, str(device), precision)
     with _lock:

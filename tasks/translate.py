@@ -11,9 +11,11 @@ from PIL import Image
 from prefect import task
 
 from gcmodels.config import RuntimeConfig, ScoreConfig, TranslateConfig
+from gcmodels.diffusion import LatentDiffusion
 from gcmodels.translation import Translator, change_maps, consistent_changes, to_uint8
 from gcmodels.typicality import TypicalityEstimator
 from tasks.artifacts import ELEMENTS, PATCHES, TRANSLATION_CHANGES, TRANSLATIONS, read_images, stopwatch
+from tasks.latents import shape_groups
 from tasks.logs import stage_logger
 from tasks.models import model_stage
 
@@ -57,40 +59,64 @@ def translate(
     the most changed patch of every translation into consistent changes. Writes
     `translations.parquet` (one row per source image and target, PNGs of the working-resolution
     source and translation under `translations/`) and `translation_changes.parquet` (patches in
-    working pixels, with `change_cluster`)."""
+    working pixels, with `change_cluster`).
+
+    Every family translates: a checkpoint model translates the VAE latents of the working images
+    (each at its own size, in groups of one shape; no clipping) and the translations are decoded
+    by the VAE; changes are measured between the decoded source and the decoded translation (the
+    VAE's reconstruction error is not a change)."""
     log = stage_logger()
     with stopwatch() as clock, model_stage(out, fingerprint, runtime, storage_options) as (store, model, device):
         sources = source_images(store.read_parquet(PATCHES), store.read_parquet(ELEMENTS), config.images_per_label)
         vocab = list(model.labels)
         if len(vocab) < 2 or sources.empty:
             raise ValueError(f"translate: needs a model of at least two labels and mined elements (labels {vocab})")
-        meta, pixels = read_images(store, shards, only=set(sources["image_id"]))
+        latent = isinstance(model, LatentDiffusion)  # translate VAE latents, decode the translations
+        meta, pixels = read_images(store, shards, only=set(sources["image_id"]), ragged=latent)
         where = meta.drop_duplicates("image_id").reset_index().set_index("image_id")["index"]
         pairs = [(i, r.image_id, r.label, t) for i, r in enumerate(sources.itertuples()) for t in vocab if t != r.label]
-        x_src = torch.from_numpy(np.ascontiguousarray(pixels[where.reindex([p[1] for p in pairs]).to_numpy()].transpose(0, 3, 1, 2)))
-        x0 = model.encode(x_src)
+        src_px = [pixels[j] for j in where.reindex([p[1] for p in pairs]).to_numpy()]  # (H_k, W_k, 3) uint8 each
         target = model.label_index([p[3] for p in pairs]).to(device)
         translator = Translator(
-            strength=config.strength, steps=config.steps, guidance=config.guidance, batch_size=score.batch_size, seed=config.seed
+            strength=config.strength, steps=config.steps, guidance=config.guidance, batch_size=score.batch_size,
+            seed=config.seed, clip=None if latent else 1.0,
         )
-        moved = translator.translate(model, x0, target)
         estimator = TypicalityEstimator(
             draws=score.draws, t_min=score.t_min, t_max=score.t_max, batch_size=score.batch_size, seed=score.seed
         )
-        t_src = estimator.maps(model, x0, target).mean((1, 2)).cpu().numpy()
-        t_moved = estimator.maps(model, moved, target).mean((1, 2)).cpu().numpy()
-        change = change_maps(x0, moved).mean((1, 2)).cpu().numpy()
+        n = len(pairs)
+        t_src, t_moved, change = np.zeros(n), np.zeros(n), np.zeros(n)
+        moved_px: list[np.ndarray | None] = [None] * n
+        groups, before, after = [], [], []  # pairs grouped by working size; their images in [-1, 1] pixel space
+        for idx in shape_groups(src_px).values():
+            sel = torch.as_tensor(idx)
+            x_src = torch.from_numpy(np.stack([src_px[k] for k in idx]).transpose(0, 3, 1, 2).copy())
+            x0 = model.encode(x_src)
+            moved = translator.translate(model, x0, target[sel.to(device)])
+            t_src[idx] = estimator.maps(model, x0, target[sel.to(device)]).mean((1, 2)).cpu().numpy()
+            t_moved[idx] = estimator.maps(model, moved, target[sel.to(device)]).mean((1, 2)).cpu().numpy()
+            if latent:  # both through the VAE decoder, so its reconstruction error is not counted as change
+                a, b = (model.decode(z).float().div_(127.5).sub_(1.0) for z in (x0, moved))
+                out_px = ((b + 1.0) * 127.5).round_().to(torch.uint8)
+            else:
+                a, b, out_px = x0, moved, to_uint8(moved)
+            change[idx] = change_maps(a, b).mean((1, 2)).cpu().numpy()
+            for k, im in zip(idx, out_px.permute(0, 2, 3, 1).cpu().numpy()):
+                moved_px[k] = np.ascontiguousarray(im)
+            groups.append(idx)
+            before.append(a)
+            after.append(b)
         found = consistent_changes(
-            x0, moved, patch_size=patch_size, per_image=1, clusters=config.clusters, feature_size=min(4, patch_size),
+            before, after, patch_size=patch_size, per_image=1, clusters=config.clusters, feature_size=min(4, patch_size),
             seed=config.seed,
         )
-        moved_px = to_uint8(moved).permute(0, 2, 3, 1).cpu().numpy()
+        order = np.asarray([k for idx in groups for k in idx])
         rows = []
         written: set[str] = set()
         for k, (i, image_id, label, tgt) in enumerate(pairs):
             source_file = f"translations/source-{i:04d}.png"
             if source_file not in written:
-                store.write_bytes(source_file, _png(np.ascontiguousarray(x_src[k].permute(1, 2, 0).numpy())))
+                store.write_bytes(source_file, _png(np.ascontiguousarray(src_px[k])))
                 written.add(source_file)
             file = f"translations/{k:05d}.png"
             store.write_bytes(file, _png(moved_px[k]))
@@ -101,7 +127,7 @@ def translate(
             })
         table = pd.DataFrame(rows, columns=TRANSLATION_COLUMNS)
         store.write_parquet(TRANSLATIONS, table)
-        ch = found.patches.rename(columns={"image": "pair"})
+        ch = found.patches.assign(image=order[found.patches["image"].to_numpy()]).rename(columns={"image": "pair"})
         ch = ch.merge(table[["pair", "image_id", "label", "target"]], on="pair", how="left")
         store.write_parquet(TRANSLATION_CHANGES, ch[CHANGE_COLUMNS])
     gain = float(np.mean(t_moved - t_src))

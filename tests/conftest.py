@@ -62,3 +62,27 @@ def tiny_sd_dir(tmp_path_factory):
     from sd_tiny import build_tiny_sd
 
     return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "sd", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory):
+    """A tiny random SDXL directory (text-time UNet, two CLIP text encoders and tokenizers)."""
+    from sd_tiny import build_tiny_sdxl
+
+    return build_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl") / "sdxl", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_dir(tmp_path_factory):
+    """A tiny random SD3 directory (MMDiT, 16-channel VAE with shift, two CLIP + one T5 encoder)."""
+    from sd_tiny import build_tiny_sd3
+
+    return build_tiny_sd3(tmp_path_factory.mktemp("tiny-sd3") / "sd3", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_dit_dir(tmp_path_factory):
+    """A tiny random DiT directory (10 classes + the null class, learned-variance output, 32 px samples)."""
+    from sd_tiny import build_tiny_dit
+
+    return build_tiny_dit(tmp_path_factory.mktemp("tiny-dit") / "dit", seed=0)

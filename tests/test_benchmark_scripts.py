@@ -49,3 +49,42 @@ def test_estimator_strata_study_runs_and_reports_every_stratum(tmp_path: Path) -
     assert gain >= 1.0  # mean(sigma^2) / mean(sigma)^2 can never be below 1
     names = {line[:18].strip() for line in out.splitlines() if line.startswith(("shared t<", "plain "))}
     assert names == {"shared t<0.70", "shared t<0.40", "plain"}  # 1 stratum below 0.25 is too few for N=2
+
+
+def test_flop_count_includes_cpu_attention() -> None:
+    """SDPA on a CPU runs a kernel torch's FLOP counter had no formula for (it counted 0):
+    `count_flops` counts q k^T and scores v, 2 FLOPs per multiply-add, on the CPU and on meta tensors."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from sd_gpu import count_flops
+
+    b, h, s, d = 2, 4, 64, 16
+    q = torch.randn(b, h, s, d)
+    with FlopCounterMode(display=False) as plain:
+        F.scaled_dot_product_attention(q, q, q)
+    assert plain.get_total_flops() == 0  # the defect: attention was not counted on a CPU
+    expected = 2 * (2 * b * h * s * s * d)  # two batched matmuls
+    assert count_flops(lambda: F.scaled_dot_product_attention(q, q, q)) == expected
+    meta = torch.empty(b, h, s, d, device="meta")
+    assert count_flops(lambda: F.scaled_dot_product_attention(meta, meta, meta)) == expected
+
+
+@pytest.mark.slow
+def test_families_benchmark_runs_on_tiny_configs() -> None:
+    """benchmarks/families.py (params, GFLOP at 256/512/1024 with attention, a timed forward in a
+    fresh process, scoring) on tiny configs of each kind of denoiser: it must not rot."""
+    cmd = [
+        sys.executable, str(ROOT / "benchmarks" / "families.py"), "--tiny", "--time", "--time-only", "tiny DiT", "--score",
+        "--draws", "2", "--images", "2", "--batch", "8", "--px", "64",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line for line in done.stdout.splitlines() if line.startswith("| tiny")}
+    assert len([line for line in done.stdout.splitlines() if line.startswith("| tiny")]) == 3 + 1 + 3  # meta, timed, scored
+    dit = [line for line in done.stdout.splitlines() if line.startswith("| tiny DiT")][0].split("|")
+    assert dit[5].strip() == "n/a" and "@64)" in dit[7]  # a DiT only at its sample size
+    assert "failed" not in done.stdout and "skipped" not in done.stdout and rows

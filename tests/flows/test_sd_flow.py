@@ -14,7 +14,8 @@ from PIL import Image
 
 from flows.cli import main
 from gcmodels.images import working_size
-from gcmodels.sd import LatentDiffusion, load_any_model
+from gcmodels.diffusion import load_any_model
+from gcmodels.diffusion.sd import StableDiffusion
 from tasks.artifacts import unpack_map_rows
 from tasks.storage import RunStore
 
@@ -65,7 +66,7 @@ def test_model_is_a_loadable_sd_directory_with_the_prompts(sd_run) -> None:
     for part in ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         assert (model_dir / part).exists(), part
     model = load_any_model(model_dir)
-    assert isinstance(model, LatentDiffusion)
+    assert isinstance(model, StableDiffusion)
     assert set(model.labels) == {"red_car", "blue car"}
     assert set(model.prompts[1:]) == {"A photo of a red car.", "A photo of a blue car."} and model.prompts[0] == ""
     history = sd_run["store"].read_parquet("training.parquet")
@@ -95,7 +96,9 @@ def test_maps_at_latent_resolution_and_patches_in_original_pixels(sd_run) -> Non
     assert (sd_run["out"] / "report" / "index.html").exists()
     info = json.loads((sd_run["out"] / "run.json").read_text())
     assert info["config"]["model"]["base"] == str(sd_run["base"])
-    assert info["summary"]["model"].startswith(f"Stable Diffusion {sd_run['base']}, full UNet fine-tuned")
+    assert info["summary"]["model"].startswith(f"Stable Diffusion 1.x/2.x {sd_run['base']} (StableDiffusionPipeline, epsilon")
+    assert "full UNet fine-tuned; working images 16 px short side" in info["summary"]["model"]
+    assert info["summary"]["model_family"]["family"] == "sd" and info["stages"]["latents"]["family"] == "sd"
     assert "A photo of a {label}." in (sd_run["out"] / "report" / "index.html").read_text()
     assert info["stages"]["latents"]["images"] == 10 and info["stages"]["latents"]["base"] == str(sd_run["base"])
 

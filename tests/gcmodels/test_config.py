@@ -186,6 +186,22 @@ def test_model_base_fills_the_papers_defaults_unless_given() -> None:
     assert (plain.data.resolution, plain.data.resize, plain.train.lr) == (32, "square", 2e-3)
 
 
+def test_checkpoint_defaults_layer_over_the_base_defaults_and_lora_above_2b() -> None:
+    from gcmodels.config import LORA_DEFAULT_RANK, checkpoint_defaults
+
+    family = {"data": {"resolution": 1024}, "rank": {"feature_block": 0}}
+    small = checkpoint_defaults(family, 860_000_000)
+    assert small == family and "train" not in small
+    big = checkpoint_defaults(family, 2_600_000_000)
+    assert big["train"] == {"lora_rank": LORA_DEFAULT_RANK} and big["data"] == {"resolution": 1024}
+    s = Settings.from_dict({"model": {"base": "/sdxl"}, "train": {"lr": 3e-4}}, big)
+    assert (s.data.resolution, s.data.resize, s.rank.feature_block, s.train.lora_rank) == (1024, "short_side", 0, LORA_DEFAULT_RANK)
+    assert s.train.lr == 3e-4 and s.train.lr_schedule == "constant"  # given, and the common base defaults
+    full = Settings.from_dict({"model": {"base": "/sdxl"}, "train": {"lora_rank": 0}, "data": {"resolution": 512}}, big)
+    assert (full.train.lora_rank, full.data.resolution) == (0, 512)  # what the user sets wins
+    assert Settings.from_dict({}, big).data.resolution == 32  # no model.base: no checkpoint defaults
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -196,6 +212,9 @@ def test_model_base_fills_the_papers_defaults_unless_given() -> None:
         ({"model": {"base": "/sd"}, "data": {"resolution": 100}}, "multiple of 8"),
         ({"model": {"base": "/sd"}, "embed": {"method": "diffusion"}}, "not available with model.base"),
         ({"runtime": {"precision": "fp8"}}, "precision"),
+        ({"model": {"base": "/sd", "prediction": "v_prediction"}}, "applies to the pixel model"),
+        ({"model": {"class_map": "map.csv"}}, "model.class_map .* needs model.base"),
+        ({"model": {"prediction": "x0"}}, "model.prediction"),
     ],
 )
 def test_model_base_settings_are_checked(values, message) -> None:

@@ -11,16 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gcmodels.diffusion import PixelDiffusion
-from gcmodels.sd import (
-    LatentDiffusion,
-    LatentEncoder,
-    SDLayoutError,
-    decoder_block_count,
-    load_any_model,
-    render_prompt,
-    validate_prompt_template,
-)
+from gcmodels.diffusion import LatentEncoder, ModelLayoutError, PixelDiffusion, inspect_base, load_any_model
+from gcmodels.diffusion.sd import StableDiffusion
+from gcmodels.prompts import render_prompt, validate_prompt_template
 from gcmodels.typicality import TypicalityEstimator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,12 +28,12 @@ def sd_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model(sd_dir) -> LatentDiffusion:
-    return LatentDiffusion.from_base(sd_dir, LABELS).eval()
+def model(sd_dir) -> StableDiffusion:
+    return StableDiffusion.from_base(sd_dir, LABELS).eval()
 
 
-def _fresh(sd_dir, **kw) -> LatentDiffusion:
-    return LatentDiffusion.from_base(sd_dir, LABELS, **kw).eval()
+def _fresh(sd_dir, **kw) -> StableDiffusion:
+    return StableDiffusion.from_base(sd_dir, LABELS, **kw).eval()
 
 
 def _images(b: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -56,7 +49,7 @@ def _noisy(b: int = 3, seed: int = 1):
 # ---------------------------------------------------------------------- import, layout, compatibility
 def test_import_does_not_import_prefect() -> None:
     code = (
-        "import sys, gcmodels.sd\n"
+        "import sys\nfrom gcmodels.diffusion import families\nassert len(families()) == 4  # every family module imported\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'prefect')\n"
         "assert not bad, bad\n"
     )
@@ -84,8 +77,8 @@ def test_layout_error_names_the_missing_part(sd_dir, tmp_path, remove, named) ->
     broken = shutil.copytree(sd_dir, tmp_path / "sd")
     target = broken / remove
     shutil.rmtree(target) if target.is_dir() else target.unlink()
-    with pytest.raises(SDLayoutError) as err:
-        LatentDiffusion.from_base(broken, LABELS)
+    with pytest.raises(ModelLayoutError) as err:
+        StableDiffusion.from_base(broken, LABELS)
     msg = str(err.value)
     assert str(broken) in msg and "not a diffusers Stable Diffusion directory" in msg
     assert named in msg
@@ -98,35 +91,39 @@ def test_layout_error_names_every_missing_part_and_files_instead_of_dirs(sd_dir,
     shutil.rmtree(broken / "tokenizer")
     shutil.rmtree(broken / "unet")
     (broken / "unet").write_text("not a folder")
-    with pytest.raises(SDLayoutError) as err:
-        LatentDiffusion.from_base(broken, LABELS)
+    with pytest.raises(ModelLayoutError) as err:
+        StableDiffusion.from_base(broken, LABELS)
     msg = str(err.value)
     assert "vae/ (config.json)" in msg and "tokenizer/" in msg and "unet/ (a file, not a directory)" in msg
     assert "text_encoder" not in msg and "scheduler" not in msg
 
     a_file = tmp_path / "sd.txt"
     a_file.write_text("x")
-    with pytest.raises(SDLayoutError, match="is a file"):
-        LatentDiffusion.from_base(a_file, LABELS)
-    with pytest.raises(SDLayoutError, match="does not exist"):
-        LatentDiffusion.from_base(tmp_path / "nowhere", LABELS)
+    with pytest.raises(ModelLayoutError, match="is a file"):
+        StableDiffusion.from_base(a_file, LABELS)
+    with pytest.raises(ModelLayoutError, match="does not exist"):
+        StableDiffusion.from_base(tmp_path / "nowhere", LABELS)
 
 
-def test_decoder_block_count_reads_the_unet_config_without_loading(sd_dir, model, tmp_path) -> None:
-    assert decoder_block_count(sd_dir) == len(model.unet.up_blocks) == 2
+def test_inspect_reads_the_configs_without_loading(sd_dir, model, tmp_path) -> None:
+    info = inspect_base(sd_dir)
+    assert info.family == "sd" and info.feature_blocks == len(model.unet.up_blocks) == 2
+    assert info.block_name == "decoder block" and info.prediction == "epsilon" and info.conditioning == "prompt"
+    assert info.native_resolution == 32 and not info.fixed_resolution  # sample_size 8 x latent factor 4
+    assert info.parameters == sum(p.numel() for p in model.unet.parameters())  # from the safetensors header
     broken = shutil.copytree(sd_dir, tmp_path / "sd")
     config = broken / "unet" / "config.json"
     values = json.loads(config.read_text())
-    for bad, words in (("{not json", "JSONDecodeError"), (json.dumps({**values, "up_block_types": []}), "non-empty list"),
-                       (json.dumps({k: v for k, v in values.items() if k != "up_block_types"}), "KeyError"),
-                       ("[1, 2]", "TypeError")):
+    for bad, words in (("{not json", "JSONDecodeError"), (json.dumps({**values, "up_block_types": []}), "up_block_types must be a non-empty list"),
+                       (json.dumps({k: v for k, v in values.items() if k != "up_block_types"}), "up_block_types .KeyError"),
+                       ("[1, 2]", "expected a JSON object")):
         config.write_text(bad)
-        with pytest.raises(SDLayoutError, match=words) as err:
-            decoder_block_count(broken)
-        assert str(config) in str(err.value) and "up_block_types" in str(err.value)
+        with pytest.raises(ModelLayoutError, match=words) as err:
+            inspect_base(broken)
+        assert str(config) in str(err.value)
     shutil.rmtree(broken / "unet")
-    with pytest.raises(SDLayoutError, match="missing unet/"):
-        decoder_block_count(broken)
+    with pytest.raises(ModelLayoutError, match="missing unet/"):
+        inspect_base(broken)
 
 
 def test_incompatible_parts_are_refused_with_their_values(model) -> None:
@@ -139,21 +136,21 @@ def test_incompatible_parts_are_refused_with_their_values(model) -> None:
 
     parts = dict(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, scheduler=model.scheduler)
     with pytest.raises(ValueError, match=r"in_channels 3 != vae latent_channels 4"):
-        LatentDiffusion(unet(in_channels=3, out_channels=3), labels=LABELS, **parts)
+        StableDiffusion(unet(in_channels=3, out_channels=3), labels=LABELS, **parts)
     with pytest.raises(ValueError, match=r"out_channels 8 != in_channels 4"):
-        LatentDiffusion(unet(out_channels=8), labels=LABELS, **parts)
+        StableDiffusion(unet(out_channels=8), labels=LABELS, **parts)
     with pytest.raises(ValueError, match=r"cross_attention_dim 32 != text encoder hidden_size 16"):
-        LatentDiffusion(unet(cross_attention_dim=32), labels=LABELS, **parts)
+        StableDiffusion(unet(cross_attention_dim=32), labels=LABELS, **parts)
 
 
-def test_v_prediction_checkpoint_is_refused(sd_dir, tmp_path) -> None:
+def test_sample_prediction_checkpoint_is_refused(sd_dir, tmp_path) -> None:
     other = shutil.copytree(sd_dir, tmp_path / "sd")
     cfg_path = other / "scheduler" / "scheduler_config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg["prediction_type"] = "v_prediction"
+    cfg["prediction_type"] = "sample"
     cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="v_prediction"):
-        LatentDiffusion.from_base(other, LABELS)
+    with pytest.raises(ValueError, match="prediction_type 'sample' is neither 'epsilon' nor 'v_prediction'"):
+        StableDiffusion.from_base(other, LABELS)
 
 
 # ---------------------------------------------------------------------- prompts and labels
@@ -198,7 +195,7 @@ def test_bad_templates_are_refused_and_echoed(sd_dir, template) -> None:
         validate_prompt_template(template)
     assert repr(template) in str(err.value)
     with pytest.raises(ValueError):
-        LatentDiffusion.from_base(sd_dir, LABELS, prompt_template=template)
+        StableDiffusion.from_base(sd_dir, LABELS, prompt_template=template)
 
 
 def test_prompts_labels_and_clashes(model, sd_dir) -> None:
@@ -208,11 +205,11 @@ def test_prompts_labels_and_clashes(model, sd_dir) -> None:
     with pytest.raises(ValueError, match="'bus'"):
         model.label_index(["bus"])
     with pytest.raises(ValueError, match="both render to 'An image of old cars.'"):
-        LatentDiffusion.from_base(sd_dir, ["old_cars", "old cars"])
+        StableDiffusion.from_base(sd_dir, ["old_cars", "old cars"])
     with pytest.raises(ValueError, match="null prompt"):
-        LatentDiffusion.from_base(sd_dir, ["car"], prompt_template="A {label}.", null_prompt="A car.")
+        StableDiffusion.from_base(sd_dir, ["car"], prompt_template="A {label}.", null_prompt="A car.")
     with pytest.raises(ValueError, match="distinct"):
-        LatentDiffusion.from_base(sd_dir, ["a", "a"])
+        StableDiffusion.from_base(sd_dir, ["a", "a"])
 
 
 # ---------------------------------------------------------------------- text, encode, predict
@@ -263,7 +260,7 @@ def test_latent_encoder_alone_matches_the_model(sd_dir, model, tmp_path) -> None
     shutil.copytree(sd_dir / "vae", only_vae / "vae")
     assert LatentEncoder.from_base(only_vae).encode(_images()).shape == (2, 4, 8, 8)  # needs vae/ only
     shutil.rmtree(only_vae / "vae")
-    with pytest.raises(SDLayoutError, match=r"missing vae/$"):
+    with pytest.raises(ModelLayoutError, match=r"missing vae/$"):
         LatentEncoder.from_base(only_vae)
 
 
@@ -307,7 +304,7 @@ def test_save_load_round_trip(model, tmp_path) -> None:
     model.save(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "gcmine_model.json").read_text())
     assert meta == {"kind": "sd", "labels": list(LABELS), "prompt_template": "An image of {label}.", "null_prompt": ""}
-    loaded = LatentDiffusion.load(tmp_path / "m").eval()
+    loaded = StableDiffusion.load(tmp_path / "m").eval()
     assert loaded.labels == model.labels and loaded.prompts == model.prompts
     assert torch.equal(loaded.alphas_cumprod, model.alphas_cumprod)
     x, t = _noisy()
@@ -317,7 +314,7 @@ def test_save_load_round_trip(model, tmp_path) -> None:
     assert torch.equal(loaded.encode(_images()), model.encode(_images()))
     index = json.loads((tmp_path / "m" / "model_index.json").read_text())
     assert index["scheduler"] == ["diffusers", "PNDMScheduler"]  # the sampler class is kept for pipelines
-    assert isinstance(load_any_model(tmp_path / "m"), LatentDiffusion)
+    assert isinstance(load_any_model(tmp_path / "m"), StableDiffusion)
 
     from diffusers import StableDiffusionPipeline
 
@@ -326,7 +323,7 @@ def test_save_load_round_trip(model, tmp_path) -> None:
 
 
 def test_half_precision_unet_on_load(sd_dir, model) -> None:
-    half = LatentDiffusion.from_base(sd_dir, LABELS, dtype=torch.bfloat16).eval()
+    half = StableDiffusion.from_base(sd_dir, LABELS, dtype=torch.bfloat16).eval()
     assert half.dtype == torch.bfloat16 and half.alphas_cumprod.dtype == torch.float32
     assert next(half.vae.parameters()).dtype == torch.float32  # VAE and text encoder stay fp32
     assert half.encode(_images()).dtype == torch.float32
@@ -359,7 +356,7 @@ def test_load_any_model_dispatch(tmp_path) -> None:
 
 
 # ---------------------------------------------------------------------- training knobs
-def _step(m: LatentDiffusion, params, seed: int = 0) -> float:
+def _step(m: StableDiffusion, params, seed: int = 0) -> float:
     opt = torch.optim.AdamW(params, lr=1e-2)
     z = m.encode(_images(4, seed=seed))
     loss = m.training_loss(z, torch.tensor([0, 1, 2, 3]), generator=torch.Generator().manual_seed(seed)).mean()
@@ -398,7 +395,7 @@ def test_lora_trains_only_the_adapter_and_saves_merged(sd_dir, tmp_path) -> None
         _fresh(sd_dir).enable_lora(0)
 
     m.save(tmp_path / "lora")
-    loaded = LatentDiffusion.load(tmp_path / "lora").eval()
+    loaded = StableDiffusion.load(tmp_path / "lora").eval()
     assert loaded.lora is None and not any("lora" in k for k in loaded.unet.state_dict())
     with torch.inference_mode():
         assert torch.allclose(loaded.predict_noise(x, t, cond), after, atol=1e-5)
@@ -490,7 +487,7 @@ def test_sd_fine_tuning_interrupted_and_resumed_equals_uninterrupted(sd_dir, tmp
     buckets = [torch.randn(4, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 12, generator=g)]
     conds = [torch.tensor([1, 2, 0, 3]), torch.tensor([2, 1])]
 
-    def fresh() -> LatentDiffusion:
+    def fresh() -> StableDiffusion:
         m = _fresh(sd_dir)
         return m.enable_lora(lora, generator=torch.Generator().manual_seed(0)) if lora else m
 
@@ -518,7 +515,7 @@ def test_sd_fine_tuning_interrupted_and_resumed_equals_uninterrupted(sd_dir, tmp
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len(state["weights"]) == len(resumed.trainable_parameters())  # only what is trained is checkpointed
     resumed.save(tmp_path / "tuned")
-    loaded = LatentDiffusion.load(tmp_path / "tuned").eval()
+    loaded = StableDiffusion.load(tmp_path / "tuned").eval()
     x, t = _noisy(2)
     cond = torch.tensor([1, 0])
     with torch.no_grad():
@@ -541,3 +538,78 @@ def test_half_precision_scoring_keeps_the_loss_math_in_fp32(sd_dir) -> None:
     fa = full.decoder_features(z, cond, 161, noise, 1)
     fb = half.decoder_features(z, cond, 161, noise, 1).float()
     assert fa.shape == fb.shape and torch.corrcoef(torch.stack([fa.flatten(), fb.flatten()]))[0, 1] > 0.95
+
+
+# ---------------------------------------------------------------------- SD 2.x v-prediction and the loading defects
+@pytest.fixture(scope="module")
+def sd2_dir(tmp_path_factory) -> Path:
+    """SD 2.x 768-v as hub checkpoints often ship it: v_prediction, weights only as *.fp16.safetensors in fp16."""
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd2") / "sd2", seed=1, prediction_type="v_prediction", fp16_variant=True)
+
+
+def _dtypes(folder: Path) -> set[str]:
+    import struct
+
+    found = set()
+    for f in folder.glob("*.safetensors"):
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            found |= {v["dtype"] for k, v in json.loads(fh.read(n)).items() if k != "__metadata__"}
+    return found
+
+
+def test_fp16_variant_only_weights_load_in_fp32_and_save_back_in_fp32(sd2_dir, tmp_path) -> None:
+    """A directory whose weights are only *.fp16.safetensors (fp16) passed the layout check and then
+    crashed with an OSError; now its variant is loaded, every part in fp32 (transformers 5 kept the
+    text encoder in fp16, and `save` wrote it back so), and saved back in fp32."""
+    assert not list((sd2_dir / "unet").glob("diffusion_pytorch_model.safetensors"))
+    assert _dtypes(sd2_dir / "text_encoder") == {"F16"}
+    info = inspect_base(sd2_dir)
+    assert info.prediction == "v_prediction" and info.parameters and info.parameters > 0
+    m = StableDiffusion.from_base(sd2_dir, LABELS)
+    assert m.dtype == torch.float32
+    assert {next(p.parameters()).dtype for p in (m.vae, m.text_encoder)} == {torch.float32}
+    m.save(tmp_path / "saved")
+    for part in ("unet", "vae", "text_encoder"):
+        assert _dtypes(tmp_path / "saved" / part) == {"F32"}, part
+
+
+def test_prompt_states_are_computed_outside_autocast(sd_dir) -> None:
+    """The first conditioning call of a fine-tuning runs inside autocast; the cached states must be
+    the fp32 ones scoring computes (they were bf16-computed and 0.5 % off on the tiny model)."""
+    m = _fresh(sd_dir)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = m.text_embeddings().clone()
+        with torch.no_grad():
+            te = m.text_encoder(m.tokenizer(list(m.prompts), padding="max_length", truncation=True, max_length=16, return_tensors="pt").input_ids)[0]
+    outside = _fresh(sd_dir).text_embeddings()
+    assert inside.dtype == torch.float32 and torch.equal(inside, outside)
+    assert not torch.allclose(te.float(), outside, rtol=0, atol=1e-4)  # autocast would have changed them
+
+
+def test_v_prediction_trains_on_v_and_scores_in_eps_space(sd2_dir, tmp_path) -> None:
+    """SD 2.x 768-v: the loss is the MSE to the scheduler's own target v (diffusers' get_velocity),
+    the prediction reaches the estimator converted to eps, and the saved directory loads in
+    StableDiffusionPipeline with its v_prediction scheduler."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    m = StableDiffusion.from_base(sd2_dir, LABELS).eval()
+    assert m.prediction == "v_prediction"
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond = torch.tensor([1, 0])
+    loss = m.training_loss(z, cond, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    t = torch.randint(0, 1000, (2,), generator=g)
+    eps = torch.randn(z.shape, generator=g)
+    sched = DDPMScheduler.from_pretrained(sd2_dir / "scheduler")
+    with torch.no_grad():
+        v_hat = m.unet(sched.add_noise(z, eps, t), t, encoder_hidden_states=m.text_embeddings()[cond]).sample
+        manual = (v_hat - sched.get_velocity(z, eps, t)).pow(2).flatten(1).mean(1)
+        assert torch.allclose(loss, manual, atol=1e-5)
+        x_t = m.add_noise(z, eps, t)
+        abar = m.alphas_cumprod[t].view(-1, 1, 1, 1)
+        assert torch.allclose(m.predict_noise(x_t, t, cond), abar.sqrt() * v_hat + (1 - abar).sqrt() * x_t, atol=1e-5)
+    m.save(tmp_path / "v")
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "v", safety_checker=None)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert StableDiffusion.load(tmp_path / "v").prediction == "v_prediction"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -176,6 +177,27 @@ def test_consistent_changes_find_and_separate_two_kinds_of_change() -> None:
     assert found.clusters["size"].tolist() == [6, 6]
     assert list(found.clusters.columns) == ["change_cluster", "score", "size"]
     assert np.all(np.diff(found.clusters["score"].to_numpy()) <= 0)
+
+
+def test_consistent_changes_over_groups_of_shapes_number_images_in_order() -> None:
+    """Images that keep their aspect ratio come in groups of one shape: the patches of all groups
+    are clustered together, images numbered in list order; one group is the single-tensor call."""
+    g = torch.Generator().manual_seed(1)
+    a_src, b_src = torch.rand(3, 3, 16, 24, generator=g), torch.rand(2, 3, 24, 16, generator=g)
+    a_dst, b_dst = a_src.clone(), b_src.clone()
+    a_dst[:, :, 2:8, 3:9] += 1.0
+    b_dst[:, :, 10:16, 4:10] -= 1.0
+    one = consistent_changes([a_src], [a_dst], patch_size=6, clusters=2)
+    ref = consistent_changes(a_src, a_dst, patch_size=6, clusters=2)
+    pd.testing.assert_frame_equal(one.patches, ref.patches)
+    both = consistent_changes([a_src, b_src], [a_dst, b_dst], patch_size=6, clusters=2)
+    p = both.patches
+    assert p["image"].tolist() == [0, 1, 2, 3, 4]
+    assert (p.loc[p["image"] < 3, ["x0", "y0"]].to_numpy() == [3, 2]).all()
+    assert (p.loc[p["image"] >= 3, ["x0", "y0"]].to_numpy() == [4, 10]).all()
+    assert p.groupby(p["image"] < 3)["change_cluster"].nunique().tolist() == [1, 1]
+    with pytest.raises(ValueError, match="paired groups"):
+        consistent_changes([a_src, b_src], [a_dst], patch_size=6)
 
 
 # ------------------------------------------------------------------ the ground-truth demo set

@@ -247,3 +247,30 @@ def test_real_tiny_model_maps(tiny_model: PixelDiffusion) -> None:
     assert torch.allclose(maps, again, atol=1e-4, rtol=1e-4)
     alone = est.maps(tiny_model, x0[1:2], cond[1:2])
     assert torch.allclose(maps[1], alone[0], atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ every parametrisation, read in eps space
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "flow_matching"])
+def test_exact_model_map_is_positive_exactly_in_its_region_for_every_parametrisation(prediction: str) -> None:
+    """A pixel model whose network is exact under the label inside a region (and outputs 0 under
+    the null label) in its own parametrisation: the map is positive exactly there, zero elsewhere,
+    and equals the null branch's eps-space error computed by hand."""
+    from stub_schedule import exact_region_denoiser, null_branch_error
+
+    model = PixelDiffusion.create(
+        ["a", "b"], resolution=8, block_out_channels=(8, 16), layers_per_block=1, num_train_timesteps=1000,
+        beta_schedule="linear", prediction=prediction, generator=torch.Generator().manual_seed(0),
+    ).eval()
+    assert model.prediction == prediction
+    x0 = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    region = torch.zeros(8, 8, dtype=torch.bool)
+    region[2:6, 1:4] = True
+    model._denoise = exact_region_denoiser(model, x0, region)
+    est = TypicalityEstimator(draws=8, t_min=0.1, t_max=0.7, batch_size=6, seed=3)
+    maps = est.maps(model, x0[None].expand(2, -1, -1, -1), torch.tensor([1, 2]))
+    for m in maps:
+        assert torch.equal(m > 0, region)
+        assert torch.equal(m[~region], torch.zeros(int((~region).sum())))
+    t, eps = est.sample_draws(model.num_train_timesteps, (3, 8, 8))
+    expected = null_branch_error(model, x0, t, eps)
+    assert torch.allclose(maps[0][region], expected[region], rtol=1e-4, atol=1e-6)

@@ -1,0 +1,31 @@
+"""Conditional diffusion models behind one interface (`ConditionalDiffusion`, see base.py).
+
+- `pixel`: the embedded default, a small pixel-space UNet trained from scratch (eps, v or flow);
+- one module per checkpoint family read from a local diffusers directory (`families` finds them):
+  `sd` (Stable Diffusion 1.x/2.x), `sdxl` (SDXL), `sd3` (SD3 / SD3.5), `dit` (class-conditional DiT);
+- `latent`: what the checkpoint families share (VAE latents, frozen conditioning, LoRA, save);
+- `parametrisation`: eps / v / flow-matching and the conversions to the common eps space.
+
+The estimator, the trainer, the features and the tasks see only the base class.
+"""
+
+from gcmodels.diffusion.base import NULL_LABEL, ConditionalDiffusion, validate_label_vocabulary
+from gcmodels.diffusion.families import UnsupportedModel, families, inspect_base, load_any_model, load_base
+from gcmodels.diffusion.latent import CheckpointInfo, LatentDiffusion, LatentEncoder, ModelLayoutError
+from gcmodels.diffusion.pixel import PixelDiffusion
+
+__all__ = [
+    "NULL_LABEL",
+    "CheckpointInfo",
+    "ConditionalDiffusion",
+    "LatentDiffusion",
+    "LatentEncoder",
+    "ModelLayoutError",
+    "PixelDiffusion",
+    "UnsupportedModel",
+    "families",
+    "inspect_base",
+    "load_any_model",
+    "load_base",
+    "validate_label_vocabulary",
+]

@@ -1,0 +1,160 @@
+"""The embedded default: a small class-conditional pixel-space diffusion model.
+
+`PixelDiffusion` is a diffusers `UNet2DModel` whose class embedding carries the label (index 0 is
+the null label, label ``i`` of the vocabulary is index ``i + 1``), trained from scratch with label
+dropout so that one network is both the conditional and the unconditional model. It is one
+implementation of `ConditionalDiffusion`, in any of the three parametrisations
+(``model.prediction``): epsilon (DDPM, the default), v_prediction, or flow_matching (rectified
+flow; its noise levels are read on the same DDPM schedule, matched by signal-to-noise ratio, see
+`gcmodels.diffusion.parametrisation`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from torch import Tensor, nn
+
+from gcmodels.diffusion.base import NULL_LABEL, ConditionalDiffusion, validate_label_vocabulary
+from gcmodels.diffusion.parametrisation import PREDICTIONS
+
+__all__ = ["NULL_LABEL", "PixelDiffusion", "validate_label_vocabulary"]
+
+_META = "gcmine_model.json"
+
+
+class PixelDiffusion(ConditionalDiffusion):
+    """A class-conditional pixel-space diffusion model with a label vocabulary.
+
+    `scheduler` is the DDPM schedule (the model's own for epsilon / v_prediction, the reference its
+    noise levels are read on for flow_matching); `prediction` None = the scheduler's prediction_type."""
+
+    family = "pixel"
+
+    def __init__(
+        self, unet: UNet2DModel, scheduler: DDPMScheduler, labels: Sequence[str], prediction: str | None = None
+    ) -> None:
+        labels = validate_label_vocabulary(labels)
+        if prediction is None:
+            prediction = scheduler.config.get("prediction_type", "epsilon")
+        super().__init__(labels, torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float32), prediction)
+        n_embeds = unet.config.num_class_embeds
+        if n_embeds is None or n_embeds < len(self.labels) + 1:
+            raise ValueError(
+                f"the UNet has {n_embeds} class embeddings but {len(self.labels)} labels + the null label need "
+                f"{len(self.labels) + 1}"
+            )
+        self.unet = unet
+        self.scheduler = scheduler
+
+    # ------------------------------------------------------------------ construction and I/O
+    @classmethod
+    def create(
+        cls,
+        labels: Sequence[str],
+        *,
+        resolution: int,
+        block_out_channels: Sequence[int],
+        layers_per_block: int,
+        num_train_timesteps: int,
+        beta_schedule: str,
+        prediction: str = "epsilon",
+        generator: torch.Generator | None = None,
+    ) -> "PixelDiffusion":
+        """A freshly initialised model for `labels` at `resolution` x `resolution` RGB."""
+        labels = validate_label_vocabulary(labels)
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        levels = len(block_out_channels)
+        if resolution % (2 ** (levels - 1)):
+            raise ValueError(
+                f"resolution {resolution} is not divisible by {2 ** (levels - 1)} ({levels} UNet levels)"
+            )
+        groups = _norm_groups(block_out_channels)
+        if generator is not None:
+            # diffusers initialises from the global RNG; fork it so the caller's state is untouched.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+                unet = cls._build_unet(labels, resolution, block_out_channels, layers_per_block, groups)
+        else:
+            unet = cls._build_unet(labels, resolution, block_out_channels, layers_per_block, groups)
+        scheduler = DDPMScheduler(
+            num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+            prediction_type="v_prediction" if prediction == "v_prediction" else "epsilon",
+        )
+        return cls(unet, scheduler, labels, prediction)
+
+    @staticmethod
+    def _build_unet(labels, resolution, block_out_channels, layers_per_block, groups) -> UNet2DModel:
+        levels = len(block_out_channels)
+        return UNet2DModel(
+            sample_size=resolution,
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=tuple(block_out_channels),
+            layers_per_block=layers_per_block,
+            down_block_types=("DownBlock2D",) * levels,
+            up_block_types=("UpBlock2D",) * levels,
+            add_attention=False,
+            norm_num_groups=groups,
+            num_class_embeds=len(labels) + 1,
+        )
+
+    def save(self, directory: str | Path) -> None:
+        """Write a diffusers layout (``unet/``, ``scheduler/``) plus the label vocabulary and the parametrisation."""
+        directory = Path(directory)
+        self.unet.save_pretrained(directory / "unet")
+        self.scheduler.save_pretrained(directory / "scheduler")
+        meta = {"kind": "pixel", "labels": list(self.labels), "resolution": self.resolution, "prediction": self.prediction}
+        (directory / _META).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "PixelDiffusion":
+        directory = Path(directory)
+        meta_path = directory / _META
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{directory} is not a gcmine model directory: {_META} is missing")
+        meta = json.loads(meta_path.read_text())
+        unet = UNet2DModel.from_pretrained(directory / "unet", low_cpu_mem_usage=False)
+        scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
+        return cls(unet, scheduler, meta["labels"], meta.get("prediction"))
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def network(self) -> nn.Module:
+        return self.unet
+
+    @property
+    def resolution(self) -> int:
+        return int(self.unet.config.sample_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    # ------------------------------------------------------------------ the network
+    def encode(self, images: Tensor) -> Tensor:
+        """uint8 images (B, 3, H, W) -> model space x0 in [-1, 1], float32 (B, 3, H, W)."""
+        if images.dtype != torch.uint8:
+            raise TypeError(f"encode expects uint8 images, got {images.dtype}")
+        return images.to(self.device, torch.float32).div_(127.5).sub_(1.0)
+
+    def _denoise(self, x: Tensor, timestep: Tensor, cond: Tensor) -> Tensor:
+        """The UNet's output (eps, v or flow velocity) under class indices `cond` (0 = null)."""
+        return self.unet(x, timestep, class_labels=cond).sample
+
+    def feature_blocks(self) -> Sequence[nn.Module]:
+        """The UNet's decoder blocks (``up_blocks``)."""
+        return self.unet.up_blocks
+
+
+def _norm_groups(block_out_channels: Sequence[int]) -> int:
+    """Most GroupNorm groups (<= 32) dividing every level with at least 4 channels per group."""
+    for g in (32, 16, 8, 4, 2):
+        if all(c % g == 0 for c in block_out_channels) and min(block_out_channels) // g >= 4:
+            return g
+    return 1
