@@ -9,6 +9,7 @@ scaling factor). Keyed by the shard's images and by the VAE's files.
 from __future__ import annotations
 
 import hashlib
+import io
 import threading
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from tasks.caching import content_key
 from tasks.errors import out_of_memory_hint
 from tasks.gpu import gpu_slot
 from tasks.logs import stage_logger
-from tasks.storage import RunStore
+from tasks.storage import RunStore, open_fs, with_retries
 
 BATCH = 16  # images per VAE forward
 _encoders: dict[tuple[str, str], LatentEncoder] = {}
@@ -104,8 +105,10 @@ def read_class_map(uri: str, info: CheckpointInfo, storage_options: dict | None 
     naming the file and the bad rows otherwise."""
     from gcmodels.diffusion.dit import validate_class_map
 
-    try:
-        table = pd.read_csv(uri, dtype=str, keep_default_na=False, storage_options=storage_options)
+    try:  # through gcmine's storage layer: its retry policy, and no policy entry handed to pandas
+        fs, path = open_fs(uri, storage_options)
+        raw = with_retries(fs, f"reading {uri}", fs.cat_file, path)
+        table = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise ConfigError(f"model.class_map: cannot read {uri} as a CSV ({type(err).__name__}: {err})") from None
     missing = [c for c in ("label", "class_id") if c not in table.columns]
