@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from flows.config import describe_settings, load_settings, parse_override
 from gcmodels.config import ConfigError, DataConfig, ScoreConfig, Settings, TrainConfig
@@ -142,15 +143,15 @@ def test_train_budget() -> None:
     assert t.budget(2000) == 2500
     assert t.budget(10_000) == 4000  # 12500 clipped down
     assert TrainConfig(epochs=1.5, batch_size=10, min_steps=1, max_steps=100).budget(21) == 4  # ceil(3.15)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="min_steps"):
         TrainConfig(min_steps=10, max_steps=5)
 
 
 def test_sections_are_frozen_and_strict() -> None:
     s = Settings()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         s.train.steps = 5  # type: ignore[misc]
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="t_min"):
         ScoreConfig(t_min=0.5, t_max=0.5)
 
 
