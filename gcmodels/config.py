@@ -216,6 +216,12 @@ class TrainConfig(_Section):
         description="steps between checkpoints: the last one is the NaN guard's restore point, and an interrupted "
         "finetune resumes from it (weights, optimizer, data order, random state)",
     )
+    checkpoint_minutes: float | None = Field(
+        None, ge=0,
+        description="write the resumable checkpoint by wall time: after the first step this many minutes since the "
+        "last one (instead of every checkpoint_every steps, which then only sets the NaN guard's in-memory restore "
+        "point); null = by steps; with model.base the default is 15 (a multi-GB state is not written every 100 steps)",
+    )
     lr_schedule: Literal["cosine", "constant"] = Field(
         "cosine", description="after warm-up: cosine decay to lr/10, or constant (the paper's SD fine-tuning)"
     )
@@ -444,7 +450,7 @@ BASE_MODEL_DEFAULTS: dict[str, dict] = {
     "data": {"resolution": 256, "resize": "short_side"},
     "train": {
         "lr": 1e-4, "lr_schedule": "constant", "warmup_steps": 0, "label_dropout": 0.1, "batch_size": 8,
-        "gradient_checkpointing": True,
+        "gradient_checkpointing": True, "checkpoint_minutes": 15,
     },
     "rank": {"feature_block": 1, "feature_t": 0.161, "feature_draws": 8},
     "score": {"batch_size": 128},  # a GPU's batch: 4 images x 16 draws x 2 prompts per forward

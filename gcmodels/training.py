@@ -234,6 +234,7 @@ def train_diffusion(
     precision: str = "fp32",
     on_checkpoint: Callable[[dict], None] | None = None,
     resume: dict | None = None,
+    checkpoint_seconds: float | None = None,
 ) -> TrainResult:
     """Train `model` in place; return the loss history.
 
@@ -267,7 +268,11 @@ def train_diffusion(
     training continues from its step (the model must be built as for the first run; its trainable
     weights, the optimizer, generator, ... are restored); a state of other settings raises
     `CheckpointMismatch` before anything is modified. `max_seconds` counts the seconds of the
-    resumed history too.
+    resumed history too. With `checkpoint_seconds`, `on_checkpoint` is called by wall time instead:
+    after the first step at which that many seconds have passed since the training (re)started or
+    the last call (a multi-GB state is not copied and written every few steps); the restore point
+    stays every `checkpoint_every` steps. A state carries ``host_seconds``, the time its copy to
+    the CPU took.
 
     `callback` receives each new history row. A non-finite loss restores the last good trainable
     weights (the raw ones, not the EMA) and raises `TrainingDiverged`. The model is left in eval mode.
@@ -277,6 +282,8 @@ def train_diffusion(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    if checkpoint_seconds is not None and checkpoint_seconds < 0:
+        raise ValueError(f"checkpoint_seconds must be >= 0 or None, got {checkpoint_seconds}")
     if lr_schedule not in ("cosine", "constant"):
         raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
     if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
@@ -324,7 +331,7 @@ def train_diffusion(
     good_step = start_step
 
     model.train()
-    start = time.perf_counter()
+    start = last_saved = time.perf_counter()
     for step in range(start_step, steps):
         x, c = data.next(generator)
         x0 = model.encode(x) if x.dtype == torch.uint8 else x.to(device=device, dtype=torch.float32)
@@ -355,17 +362,29 @@ def train_diffusion(
         if max_seconds is not None and row["seconds"] >= max_seconds:
             result.stopped = "time"
             break
-        if (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-            good_weights, good_step = _weights(named), step + 1
-            if on_checkpoint is not None:
-                on_checkpoint({
-                    "format": CHECKPOINT_FORMAT, "step": step + 1, "weights": good_weights,
-                    "optimizer": _cpu(opt.state_dict()), "scheduler": _cpu(sched.state_dict()),
-                    "scaler": _cpu(scaler.state_dict()),
-                    "ema": None if ema is None else {n: e.to("cpu", copy=True) for (n, _), e in zip(named, ema)},
-                    "generator": generator.get_state(), "data": data.state(),
-                    "history": [dict(r) for r in result.history], "signature": signature,
-                })
+        if step + 1 >= steps:
+            continue
+        weights = None
+        if (step + 1) % checkpoint_every == 0:  # the NaN guard's restore point
+            weights = _weights(named)
+            good_weights, good_step = weights, step + 1
+        due = (
+            (step + 1) % checkpoint_every == 0 if checkpoint_seconds is None
+            else time.perf_counter() - last_saved >= checkpoint_seconds
+        )
+        if on_checkpoint is not None and due:
+            copy_start = time.perf_counter()
+            state = {
+                "format": CHECKPOINT_FORMAT, "step": step + 1, "weights": weights if weights is not None else _weights(named),
+                "optimizer": _cpu(opt.state_dict()), "scheduler": _cpu(sched.state_dict()),
+                "scaler": _cpu(scaler.state_dict()),
+                "ema": None if ema is None else {n: e.to("cpu", copy=True) for (n, _), e in zip(named, ema)},
+                "generator": generator.get_state(), "data": data.state(),
+                "history": [dict(r) for r in result.history], "signature": signature,
+            }
+            state["host_seconds"] = time.perf_counter() - copy_start
+            on_checkpoint(state)
+            last_saved = time.perf_counter()
     if ema is not None:
         with torch.no_grad():
             for p, e in zip(params, ema):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -239,7 +240,8 @@ def finetune(
     from the conditioning table `conditioning` when given (see tasks.cluster.condition), else
     from the manifest.
 
-    Every `train.checkpoint_every` steps the training state is saved to `checkpoints/finetune.pt`
+    Every `train.checkpoint_every` steps, or by wall time every `train.checkpoint_minutes`, the
+    training state (trainable weights only: a LoRA run's adapters) replaces `checkpoints/finetune.pt`
     (with the settings key and the training set's fingerprint); a finetune that starts a training
     with the same settings and data resumes from it ("resuming from step K") and ends with the
     model an uninterrupted run gives. The checkpoint is deleted once the model is published.
@@ -323,7 +325,12 @@ def finetune(
                 del saved
 
             def on_checkpoint(state: dict) -> None:
+                began = time.perf_counter()
                 write_checkpoint(store, {"config_key": config_key, "data_key": data_key, "state": state})
+                log.info(
+                    "checkpoint at step %d: %.1f s to copy the state to the host, %.1f s to write %s",
+                    state["step"], state.get("host_seconds", 0.0), time.perf_counter() - began, store.uri(CHECKPOINT),
+                )
 
             progress = StageProgress(steps, "finetune", bar=runtime.progress, key=artifact_key(out, "finetune-progress"))
 
@@ -339,6 +346,7 @@ def finetune(
                     warmup_steps=train_config.warmup_steps, weight_decay=train_config.weight_decay,
                     grad_clip=train_config.grad_clip, label_dropout=train_config.label_dropout,
                     checkpoint_every=train_config.checkpoint_every, generator=generator,
+                    checkpoint_seconds=None if train_config.checkpoint_minutes is None else 60.0 * train_config.checkpoint_minutes,
                     max_seconds=None if train_config.minutes is None else 60.0 * train_config.minutes,
                     callback=lambda row: (history.append(row), on_step(row)),
                     lr_schedule=train_config.lr_schedule, ema_decay=train_config.ema_decay, precision=precision,

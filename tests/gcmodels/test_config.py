@@ -180,6 +180,7 @@ def test_model_base_fills_the_papers_defaults_unless_given() -> None:
     s = Settings.from_dict({"model": {"base": "/models/sd15"}, "train": {"lr": 3e-4}, "data": {"resolution": 512}})
     assert (s.data.resolution, s.data.resize) == (512, "short_side")
     assert s.train.lr == 3e-4  # given: kept
+    assert s.train.checkpoint_minutes == 15 and Settings().train.checkpoint_minutes is None  # by time with a checkpoint
     assert s.train.lr_schedule == "constant" and s.train.label_dropout == BASE_MODEL_DEFAULTS["train"]["label_dropout"]
     assert (s.rank.feature_block, s.rank.feature_t, s.rank.feature_draws) == (1, 0.161, 8)
     assert s.patch_size == round(0.2 * 512)

@@ -406,3 +406,24 @@ def test_resolve_precision_auto_on_cuda(bf16: bool, monkeypatch) -> None:
     cuda = torch.device("cuda:1")
     assert resolve_precision("auto", cuda) == ("bf16" if bf16 else "fp16") and asked == [cuda]
     assert resolve_precision("fp16", cuda) == "fp16" and resolve_precision("bf16", cuda) == "bf16"
+
+
+def test_checkpoints_by_wall_time_and_a_resume_from_one() -> None:
+    """checkpoint_seconds: 0 = after every step but the last; a huge value = never; the restore
+    point stays by steps; a state written by time resumes to the uninterrupted run."""
+    images, cond = _data()
+    every: list[dict] = []
+    ref_model = _tiny()
+    ref = _train(ref_model, images, cond, 5, seed=3, checkpoint_seconds=0.0, on_checkpoint=every.append)
+    assert [s["step"] for s in every] == [1, 2, 3, 4]
+    assert all(s["host_seconds"] >= 0 for s in every)
+    never: list[dict] = []
+    _train(_tiny(), images, cond, 5, seed=3, checkpoint_seconds=1e9, on_checkpoint=never.append)
+    assert never == []
+    resumed = _tiny()
+    out = _train(resumed, images, cond, 5, seed=3, checkpoint_seconds=1e9, resume=every[2])  # from step 3
+    assert out.resumed_from == 3 and [r["loss"] for r in out.history] == [r["loss"] for r in ref.history]
+    a, b = dict(ref_model.named_parameters()), dict(resumed.named_parameters())
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="checkpoint_seconds"):
+        _train(_tiny(), images, cond, 2, checkpoint_seconds=-1.0)
