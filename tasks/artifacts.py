@@ -52,7 +52,10 @@ RUN_JSON = "run.json"
 SHARDS_META = "images/_shards.json"
 
 MANIFEST_COLUMNS = ["image_id", "source", "filename", "label", "width", "height", "status", "reason"]
-TYPICALITY_COLUMNS = ["image_id", "label", "image_label", "typicality"]
+TYPICALITY_COLUMNS = ["image_id", "label", "image_label", "typicality", "draws", "typicality_se", "top_patch_se"]
+# draws: (t, eps) draws the image's map used (score.draws, fewer for images settled by adaptive
+# scoring); typicality_se: standard error of `typicality` from the spread of its draws;
+# top_patch_se: that of the image's best patch (adaptive scoring only, NaN otherwise)
 PATCH_COLUMNS = ["image_id", "label", "rank", "x0", "y0", "x1", "y1", "typicality", "element"]
 ELEMENT_COLUMNS = ["label", "element", "rank", "score", "size"]
 
