@@ -152,7 +152,11 @@ def score_shard(
         ids, labels = list(meta["image_id"]), list(meta["label"])
         okey = content_key(shard, fingerprint, config, conditioning, latents, *([ranking] if config.adaptive else []))
         outputs = {"maps": keyed_part("maps", name, okey), "scores": keyed_part("scores", name, okey)}
-        store.write_parquet(outputs["maps"], maps_frame(ids, labels, maps), **MAPS_PARQUET)  # type: ignore[arg-type]
+        own = {  # the precision of each image's own-label map (with cotypicality: column of its label)
+            "draws": precision["draws"][np.arange(len(ids)), (cond - 1).cpu().numpy()] if config.cotypicality else precision["draws"],
+            **({"top_patch_se": precision["top_patch_se"]} if "top_patch_se" in precision else {}),
+        }
+        store.write_parquet(outputs["maps"], maps_frame(ids, labels, maps, own), **MAPS_PARQUET)  # type: ignore[arg-type]
         means = np.array([float(m.mean()) for m in maps]) if maps else np.zeros(0)  # type: ignore[union-attr]
         if not config.adaptive:
             se = standard_error(per_draw.numpy())  # (B, 1 or L)

@@ -130,6 +130,7 @@ def test_tables_contract(run) -> None:
 
     patches = s.read_parquet("patches.parquet")
     assert list(patches.columns[:9]) == ["image_id", "label", "rank", "x0", "y0", "x1", "y1", "typicality", "element"]
+    assert (patches["draws"] == 2).all() and patches["top_patch_se"].isna().all()
     assert set(patches["image_id"]) == set(typ["image_id"])
     assert (patches.groupby("image_id")["rank"].max() <= 1).all()
     w = ok.loc[patches["image_id"], "width"].to_numpy()
@@ -446,4 +447,6 @@ def test_adaptive_scoring_runs_in_the_flow(run, dataset, tmp_path) -> None:
     full = typ.index[typ["draws"] == n]
     a, p = maps(adaptive).loc[full, "map"], maps(plain).loc[full, "map"]
     assert all(np.array_equal(x, y) for x, y in zip(a, p))
-    assert len(pd.read_parquet(adaptive / "patches.parquet")) > 0
+    patches = pd.read_parquet(adaptive / "patches.parquet")
+    assert len(patches) > 0 and (patches["draws"].to_numpy() == typ.loc[patches["image_id"], "draws"].to_numpy()).all()
+    np.testing.assert_array_equal(patches["top_patch_se"].to_numpy(), typ.loc[patches["image_id"], "top_patch_se"].to_numpy())
