@@ -10,7 +10,7 @@ N draws. Scoring by successive elimination, per shard:
    those patches a per-draw score, so each patch has a running mean mu and a standard error se
    (of a stratified design: draws paired with their neighbour in t, see `standard_error`). Its
    confidence bounds are mu +- h se, h = the Student t quantile, with as many degrees of freedom
-   as pairs of draws, of the normal level z (z = 2: h = 4.5 on 4 draws, 3.0 on 8, 2.4 on 16): a
+   as pairs of draws, of the normal level z (z = 2: h = 4.5 on 4 draws, 2.9 on 8, 2.4 on 16): a
    standard error from a few draws is itself uncertain, and a z-rule on it would settle images
    whose error merely looks small.
 3. **Threshold** of a label: tau = the `top_k`-th largest lower bound mu - h se over the patches
@@ -39,6 +39,9 @@ Limitations of this first version, stated rather than hidden:
   within a pair of draws), of each image on its own: the draws are shared by all images, so
   differences between images are more precise than two independent errors say (conservative
   again); it bounds the patch the current map ranks first, not the maximum over every position;
+- memory: the per-draw maps of every image of the shard are held until the shard is done (to
+  sum them in draw order): images x draws used x h x w float32, e.g. 256 images x 16 draws of
+  32 x 32 = 16 MB, but 256 x 100 draws of SD's 64 x 64 latents = 420 MB;
 - no resume between rounds: a killed shard is scored again from its first pass;
 - the bound is a per-patch t rule, not a simultaneous guarantee over every image and round.
 """
