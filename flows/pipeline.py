@@ -165,6 +165,11 @@ def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dic
     scored = map_cached(
         score_shard, ("maps", "scores"), ("shard", "latents"), list(zip(shards, latents)), out=out, fingerprint=fingerprint,
         config=settings.score, runtime=settings.runtime, storage_options=so, conditioning=conditioning,
+        # adaptive draws serve rank's top patches; plain scoring does not depend on rank's settings
+        ranking=(
+            {"top_k": settings.rank.per_label, "per_image": settings.rank.per_image, "patch_size": settings.patch_size}
+            if settings.score.adaptive else None
+        ),
     )
     reused += [f"score[{r['shard']}]" for r, hit in scored if hit]
     gathered = typicality_table(out, [r["scores"] for r, _ in scored], so)

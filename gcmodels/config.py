@@ -274,11 +274,25 @@ class ScoreConfig(_Section):
         description="share of each label's images kept out of fine-tuning to test typicality as a classifier "
         "(needs cotypicality; 0 = none)",
     )
+    adaptive: bool = Field(
+        False,
+        description="adaptive draws: a first pass of adaptive_first draws per image, then rounds that double the draws "
+        "only of images whose best patch could still enter its label's top rank.per_label patches in the shard "
+        "(successive elimination, see gcmodels/adaptive.py); those end with the N draws and the map of plain scoring",
+    )
+    adaptive_first: int = Field(4, ge=2, description="draws of the adaptive first pass (n0; rounds then double it up to draws)")
+    adaptive_z: float = Field(
+        2.0, gt=0,
+        description="confidence of the adaptive rule: an image is settled when its best patch's mean + adaptive_z standard "
+        "errors is below the label's top-K threshold (computed from the patches' mean - adaptive_z standard errors)",
+    )
 
     @model_validator(mode="after")
     def _t_range(self) -> "ScoreConfig":
         if self.t_min >= self.t_max:
             raise ValueError(f"t_min ({self.t_min}) must be smaller than t_max ({self.t_max})")
+        if self.adaptive and self.cotypicality:
+            raise ValueError("adaptive: true does not support cotypicality: true yet (it refines each image's own-label map only)")
         if self.holdout > 0 and not self.cotypicality:
             raise ValueError(
                 f"holdout ({self.holdout}) needs cotypicality: true (the classifier compares every label's typicality)"

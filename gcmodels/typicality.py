@@ -99,11 +99,15 @@ class TypicalityEstimator:
         cond: Tensor,
         *,
         progress: Callable[[int], None] | None = None,
+        draw_means: Tensor | None = None,
     ) -> Tensor:
         """Typicality maps of images x0 (B, C, H, W) under labels cond (B,) long -> (B, H, W) float32.
 
         Channels are averaged; the map is in the model's space (pixels for a pixel model).
         `progress`, if given, is called with the number of images finished after each forward.
+        `draw_means`, if given ((B, N) float64), receives each draw's spatial mean of the map's
+        integrand (the image typicality of that draw alone: their spread gives the standard
+        error, see `gcmodels.adaptive.standard_error`); the maps do not change.
         """
         if x0.dim() != 4:
             raise ValueError(f"x0 must be (B, C, H, W), got shape {tuple(x0.shape)}")
@@ -111,7 +115,10 @@ class TypicalityEstimator:
             raise ValueError(f"cond must be (B,) = ({x0.shape[0]},), got {tuple(cond.shape)}")
         if bool((cond == 0).any()):
             raise ValueError("typicality under the null label (index 0) is zero by definition; pass real labels")
-        return self._maps_under(model, x0, cond[:, None], progress)[:, 0]
+        record = None if draw_means is None else draw_means.view(x0.shape[0], 1, self.draws)
+        if draw_means is not None and tuple(draw_means.shape) != (x0.shape[0], self.draws):
+            raise ValueError(f"draw_means must be (B, N) = ({x0.shape[0]}, {self.draws}), got {tuple(draw_means.shape)}")
+        return self._maps_under(model, x0, cond[:, None], progress, record)[:, 0]
 
     @torch.inference_mode()
     def cotypicality_maps(
@@ -121,6 +128,7 @@ class TypicalityEstimator:
         labels: Tensor,
         *,
         progress: Callable[[int], None] | None = None,
+        draw_means: Tensor | None = None,
     ) -> Tensor:
         """Typicality maps of every image x0 (B, C, H, W) under every label of labels (L,) long
         -> (B, L, H, W) float32: ``out[b, j] = T(x0[b] | labels[j])`` per pixel (eq. 2).
@@ -136,6 +144,7 @@ class TypicalityEstimator:
         the other inputs of the batch; a real UNet may differ in the last bits because its
         kernels see differently sized batches.
         `progress`, if given, is called with the number of images finished after each forward.
+        `draw_means` ((B, L, N) float64), if given, receives each draw's image typicality (as in `maps`).
         """
         if x0.dim() != 4:
             raise ValueError(f"x0 must be (B, C, H, W), got shape {tuple(x0.shape)}")
@@ -144,10 +153,13 @@ class TypicalityEstimator:
         if bool((labels == 0).any()):
             raise ValueError("typicality under the null label (index 0) is zero by definition; pass real labels")
         conds = labels.to(torch.long).view(1, -1).expand(x0.shape[0], -1)
-        return self._maps_under(model, x0, conds, progress)
+        if draw_means is not None and tuple(draw_means.shape) != (x0.shape[0], labels.numel(), self.draws):
+            raise ValueError(f"draw_means must be (B, L, N), got {tuple(draw_means.shape)}")
+        return self._maps_under(model, x0, conds, progress, draw_means)
 
     def _maps_under(
-        self, model: NoisePredictor, x0: Tensor, conds: Tensor, progress: Callable[[int], None] | None
+        self, model: NoisePredictor, x0: Tensor, conds: Tensor, progress: Callable[[int], None] | None,
+        record: Tensor | None = None,
     ) -> Tensor:
         """Maps of x0 (B, C, H, W) under K labels per image, conds (B, K) long (no null) -> (B, K, H, W).
 
@@ -175,10 +187,47 @@ class TypicalityEstimator:
             pred = self._predict(model, x_t.repeat(k + 1, 1, 1, 1), t[d].repeat(k + 1), branch_cond)
             err = (pred.float() - e.repeat(k + 1, 1, 1, 1).float()).pow_(2).mean(1)  # ((K+1) P, H, W)
             err = err.view(k + 1, p, h, w)
-            out.index_add_(0, i, typicality_from_losses(err[k], err[:k]).transpose(0, 1))  # (P, K, H, W)
+            term = typicality_from_losses(err[k], err[:k]).transpose(0, 1)  # (P, K, H, W)
+            out.index_add_(0, i, term)
+            if record is not None:  # (B, K, N): each draw's image typicality, for the standard error
+                record[i.cpu(), :, d.cpu()] = term.mean((2, 3)).double().cpu()
             if progress is not None:
                 progress((start + p) // self.draws)
         return out.div_(self.draws)
+
+    @torch.inference_mode()
+    def draw_terms(self, model: NoisePredictor, x0: Tensor, cond: Tensor, draws: Tensor) -> Tensor:
+        """The integrand of the maps of images x0 (B, C, H, W) under labels cond (B,) for the draws
+        of index `draws` (D,) long (of the N of `sample_draws`), one map per draw, not averaged ->
+        (B, D, H, W) float32. Each term is computed with the arithmetic of `maps`, so summing an
+        image's N terms in draw order from zero and dividing by N gives its `maps` map bit for bit
+        (for a model whose per-input output does not depend on the rest of the batch)."""
+        if x0.dim() != 4 or cond.shape != (x0.shape[0],):
+            raise ValueError(f"need x0 (B, C, H, W) and cond (B,), got {tuple(x0.shape)} and {tuple(cond.shape)}")
+        if bool((cond == 0).any()):
+            raise ValueError("typicality under the null label (index 0) is zero by definition; pass real labels")
+        b, _, h, w = x0.shape
+        device = x0.device
+        t, eps = self.sample_draws(model.num_train_timesteps, tuple(x0.shape[1:]))
+        t, eps, cond = t.to(device), eps.to(device, x0.dtype), cond.to(device)
+        draws = draws.to(device=device, dtype=torch.long)
+        nd = draws.shape[0]
+        out = torch.zeros(b, nd, h, w, dtype=torch.float32, device=device)
+        pairs = max(1, self.batch_size // 2)
+        img_of = torch.arange(b, device=device).repeat_interleave(nd)
+        slot_of = torch.arange(nd, device=device).repeat(b)
+        null = torch.zeros(pairs, dtype=torch.long, device=device)
+        for start in range(0, b * nd, pairs):
+            i = img_of[start : start + pairs]
+            j = slot_of[start : start + pairs]
+            d = draws[j]
+            p = i.shape[0]
+            e = eps[d]
+            x_t = model.add_noise(x0[i], e, t[d])
+            pred = self._predict(model, x_t.repeat(2, 1, 1, 1), t[d].repeat(2), torch.cat([cond[i], null[:p]]))
+            err = (pred.float() - e.repeat(2, 1, 1, 1).float()).pow_(2).mean(1).view(2, p, h, w)
+            out[i, j] = typicality_from_losses(err[1], err[0])
+        return out
 
     def _predict(self, model: NoisePredictor, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         """eps predictions in forwards of at most `batch_size` inputs (one forward when they fit)."""

@@ -52,8 +52,13 @@ RUN_JSON = "run.json"
 SHARDS_META = "images/_shards.json"
 
 MANIFEST_COLUMNS = ["image_id", "source", "filename", "label", "width", "height", "status", "reason"]
-TYPICALITY_COLUMNS = ["image_id", "label", "image_label", "typicality"]
-PATCH_COLUMNS = ["image_id", "label", "rank", "x0", "y0", "x1", "y1", "typicality", "element"]
+TYPICALITY_COLUMNS = ["image_id", "label", "image_label", "typicality", "draws", "typicality_se", "top_patch_se"]
+# draws: (t, eps) draws the image's map used (score.draws, fewer for images settled by adaptive
+# scoring); typicality_se: standard error of `typicality` from the spread of its draws;
+# top_patch_se: that of the image's best patch (adaptive scoring only, NaN otherwise)
+PATCH_COLUMNS = ["image_id", "label", "rank", "x0", "y0", "x1", "y1", "typicality", "element", "draws", "top_patch_se"]
+# draws, top_patch_se: the precision of the patch's image, as in typicality.parquet (repeated on
+# each of the image's patches; top_patch_se is that of its rank-0 patch, NaN without score.adaptive)
 ELEMENT_COLUMNS = ["label", "element", "rank", "score", "size"]
 
 
@@ -199,11 +204,14 @@ MAPS_PARQUET = {
 }
 
 
-def maps_frame(image_ids: list[str], labels: list[str], maps: np.ndarray | Sequence[np.ndarray]) -> pd.DataFrame:
+def maps_frame(
+    image_ids: list[str], labels: list[str], maps: np.ndarray | Sequence[np.ndarray], precision: dict | None = None
+) -> pd.DataFrame:
     """Maps (N, h, w), or N maps (h_i, w_i) of different shapes (images that keep their aspect
     ratio) -> table with each map's shape and the map flattened to float32, one row per map, in
-    the order given (write it with `MAPS_PARQUET`)."""
-    return pd.DataFrame(
+    the order given (write it with `MAPS_PARQUET`); `precision`, if given, adds its (N,) arrays
+    `draws` and `top_patch_se` as columns (what rank copies onto the patches)."""
+    frame = pd.DataFrame(
         {
             "image_id": image_ids,
             "label": labels,
@@ -212,6 +220,10 @@ def maps_frame(image_ids: list[str], labels: list[str], maps: np.ndarray | Seque
             "map": [np.asarray(m, np.float32).reshape(-1) for m in maps],
         }
     )
+    if precision is not None:
+        frame["draws"] = np.asarray(precision["draws"], np.int64).reshape(len(frame))
+        frame["top_patch_se"] = np.asarray(precision.get("top_patch_se", np.full(len(frame), np.nan)), np.float64)
+    return frame
 
 
 def unpack_map_rows(df: pd.DataFrame) -> list[np.ndarray]:

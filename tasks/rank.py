@@ -103,6 +103,10 @@ def rank_shard(
                 **{c: orig[..., i].reshape(-1) for i, c in enumerate(["x0", "y0", "x1", "y1"])},
                 **{c: boxes[..., i].reshape(-1) for i, c in enumerate(["wx0", "wy0", "wx1", "wy1"])},
                 "typicality": scores.reshape(-1),
+                "draws": np.repeat(maps_df["draws"].to_numpy(np.int64) if "draws" in maps_df else np.zeros(n, np.int64), k),
+                "top_patch_se": np.repeat(
+                    maps_df["top_patch_se"].to_numpy(np.float64) if "top_patch_se" in maps_df else np.full(n, np.nan), k
+                ),
                 "feature": list(features.reshape(n * k, features.shape[-1]).astype(np.float32)),  # n may be 0 (no labelled image)
             }
         )[valid].reset_index(drop=True)

@@ -12,6 +12,7 @@ from prefect import task
 
 from gcmodels.config import RuntimeConfig, ScoreConfig
 from gcmodels.cotypicality import cotypicality_frame
+from gcmodels.adaptive import AdaptiveRule, adaptive_maps, standard_error
 from gcmodels.typicality import TypicalityEstimator
 from tasks.artifacts import (
     MAPS_PARQUET, TYPICALITY, TYPICALITY_COLUMNS, artifact_key, keyed_part, maps_frame, read_images, stopwatch, worker_name,
@@ -28,17 +29,35 @@ CHUNK = 64  # images handed to the estimator at a time (bounds memory, paces the
 
 
 def score_rows(
-    ids: list[str], labels: list[str], typicality: np.ndarray, vocab: list[str], cotypicality: np.ndarray | None
+    ids: list[str], labels: list[str], typicality: np.ndarray, vocab: list[str], cotypicality: np.ndarray | None,
+    precision: dict[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """Image-level rows of `typicality.parquet`: `image_id`, `label` (the conditioning label),
-    `image_label` (the image's own label), `typicality`. One row per image (under its own label,
-    `typicality` (B,): the means of the maps) or, with `cotypicality` (B, L) in `vocab` order, one
-    row per (image, label)."""
+    `image_label` (the image's own label), `typicality`, and its precision `draws`,
+    `typicality_se`, `top_patch_se` (arrays of `precision`, (B,) or with cotypicality (B, L);
+    NaN / 0 draws where not given). One row per image (under its own label, `typicality` (B,): the
+    means of the maps) or, with `cotypicality` (B, L) in `vocab` order, one row per (image, label)."""
     if cotypicality is None:
-        return pd.DataFrame({"image_id": ids, "label": labels, "image_label": labels, "typicality": typicality})
-    frame = cotypicality_frame(ids, vocab, cotypicality)
-    frame.insert(2, "image_label", np.repeat(np.asarray(labels, dtype=object), len(vocab)))
+        frame = pd.DataFrame({"image_id": ids, "label": labels, "image_label": labels, "typicality": typicality})
+    else:
+        frame = cotypicality_frame(ids, vocab, cotypicality)
+        frame.insert(2, "image_label", np.repeat(np.asarray(labels, dtype=object), len(vocab)))
+    precision = precision or {}
+    frame["draws"] = np.asarray(precision.get("draws", np.zeros(len(frame))), np.int64).reshape(-1)
+    for column in ("typicality_se", "top_patch_se"):
+        frame[column] = np.asarray(precision.get(column, np.full(len(frame), np.nan)), np.float64).reshape(-1)
     return frame
+
+
+def _adaptive_rule(config: ScoreConfig, ranking: dict | None, model) -> AdaptiveRule:
+    """The elimination rule of `config` for the ranking rank will make (`ranking`: its `top_k`
+    patches per label, `per_image`, `patch_size` in working pixels, turned into map cells)."""
+    if ranking is None:
+        raise ValueError("score.adaptive needs the ranking it serves (top_k, per_image, patch_size): pass ranking=")
+    patch = max(1, round(ranking["patch_size"] / int(getattr(model, "latent_factor", 1))))
+    return AdaptiveRule(
+        first=config.adaptive_first, z=config.adaptive_z, top_k=ranking["top_k"], per_image=ranking["per_image"], patch=patch
+    )
 
 
 def _shard_inputs(
@@ -65,13 +84,19 @@ def _shard_inputs(
 def score_shard(
     out: str, shard: dict, fingerprint: str, config: ScoreConfig, runtime: RuntimeConfig,
     storage_options: dict | None = None, conditioning: str | None = None, latents: str | None = None,
+    ranking: dict | None = None,
 ) -> dict:
     """Typicality maps of the shard's live labelled images under their labels (from the
     conditioning table `conditioning` when given, else the manifest), with the model of
     `fingerprint`: `maps/part-*-<key>.parquet` and image-level scores `scores/part-*-<key>.parquet`
     (content-addressed by shard, labels, model and settings). With a Stable Diffusion model the
     inputs are the shard's cached VAE latents (`latents`) and the maps are at latent resolution
-    (one value per latent cell; rank upsamples them to the working image)."""
+    (one value per latent cell; rank upsamples them to the working image).
+
+    With `config.adaptive`, draws go by successive elimination (`gcmodels.adaptive`) against the
+    ranking rank will make, `ranking` = {top_k: rank.per_label, per_image: rank.per_image,
+    patch_size: working pixels}: images that cannot enter their label's top patches in this shard
+    stop early; the others get the N draws (and the map) of plain scoring."""
     name = shard["name"]
     with stopwatch() as clock, model_stage(out, fingerprint, runtime, storage_options) as (store, model, device):
         meta, groups = _shard_inputs(store, model, name, conditioning, latents)
@@ -85,38 +110,69 @@ def score_shard(
         co = np.zeros((len(meta), len(vocab)), np.float64)  # image-level T(x | label) per label
         key = artifact_key(out, "score-" + name.removesuffix(".parquet"))
         done = 0
-        with StageProgress(len(meta), f"score {name}", bar=runtime.progress, key=key) as progress:
-            with out_of_memory_hint(f"score {name}", {"score.batch_size": config.batch_size}, device):
-                for rows, inputs in groups:
-                    for start in range(0, len(rows), CHUNK):
-                        sl = slice(start, min(start + CHUNK, len(rows)))
-                        idx = rows[sl]
-                        x0 = inputs(sl)
-                        tick = lambda k, base=done: progress.update(base + k)  # noqa: E731
-                        c = cond[idx].to(device)
-                        if config.cotypicality:
-                            m = estimator.cotypicality_maps(model, x0, every.to(device), progress=tick)  # (b, L, h, w)
-                            co[idx] = m.mean((2, 3)).double().cpu().numpy()
-                            own = (c - 1).view(-1, 1, 1, 1).expand(-1, 1, *m.shape[2:])
-                            m = m.gather(1, own)[:, 0]  # each image's map under its own label (what rank reads)
-                        else:
-                            m = estimator.maps(model, x0, c, progress=tick)
-                        for i, mi in zip(idx, m.cpu().numpy()):
-                            maps[i] = mi
-                        done += len(idx)
-            progress.close()
+        draws = np.full((len(meta), len(vocab)) if config.cotypicality else len(meta), config.draws, np.int64)
+        per_draw = torch.zeros((len(meta), len(vocab) if config.cotypicality else 1, config.draws), dtype=torch.float64)
+        precision: dict[str, np.ndarray] = {"draws": draws}
+        if config.adaptive:
+            rule = _adaptive_rule(config, ranking, model)
+            total = len(meta) * config.draws  # the progress of adaptive scoring counts draws (fewer are spent)
+            with StageProgress(total, f"score {name} (draws)", bar=runtime.progress, key=key) as progress, \
+                    out_of_memory_hint(f"score {name}", {"score.batch_size": config.batch_size}, device):
+                found = adaptive_maps(
+                    estimator, model, [(rows, lambda pos, f=inputs: f(torch.from_numpy(pos))) for rows, inputs in groups],
+                    cond, rule, chunk=CHUNK, progress=progress.update,
+                )
+                progress.update(total)
+                progress.close()
+            maps = list(found.maps)
+            precision = {"draws": found.draws, "typicality_se": found.typicality_se, "top_patch_se": found.top_patch_se}
+        else:
+            with StageProgress(len(meta), f"score {name}", bar=runtime.progress, key=key) as progress:
+                with out_of_memory_hint(f"score {name}", {"score.batch_size": config.batch_size}, device):
+                    for rows, inputs in groups:
+                        for start in range(0, len(rows), CHUNK):
+                            sl = slice(start, min(start + CHUNK, len(rows)))
+                            idx = rows[sl]
+                            x0 = inputs(sl)
+                            tick = lambda k, base=done: progress.update(base + k)  # noqa: E731
+                            c = cond[idx].to(device)
+                            record = torch.zeros((len(idx), per_draw.shape[1], config.draws), dtype=torch.float64)
+                            if config.cotypicality:
+                                m = estimator.cotypicality_maps(model, x0, every.to(device), progress=tick, draw_means=record)  # (b, L, h, w)
+                                co[idx] = m.mean((2, 3)).double().cpu().numpy()
+                                own = (c - 1).view(-1, 1, 1, 1).expand(-1, 1, *m.shape[2:])
+                                m = m.gather(1, own)[:, 0]  # each image's map under its own label (what rank reads)
+                            else:
+                                m = estimator.maps(model, x0, c, progress=tick, draw_means=record[:, 0])
+                            per_draw[torch.from_numpy(np.asarray(idx))] = record
+                            for i, mi in zip(idx, m.cpu().numpy()):
+                                maps[i] = mi
+                            done += len(idx)
+                progress.close()
         ids, labels = list(meta["image_id"]), list(meta["label"])
-        okey = content_key(shard, fingerprint, config, conditioning, latents)
+        okey = content_key(shard, fingerprint, config, conditioning, latents, *([ranking] if config.adaptive else []))
         outputs = {"maps": keyed_part("maps", name, okey), "scores": keyed_part("scores", name, okey)}
-        store.write_parquet(outputs["maps"], maps_frame(ids, labels, maps), **MAPS_PARQUET)  # type: ignore[arg-type]
+        own = {  # the precision of each image's own-label map (with cotypicality: column of its label)
+            "draws": precision["draws"][np.arange(len(ids)), (cond - 1).cpu().numpy()] if config.cotypicality else precision["draws"],
+            **({"top_patch_se": precision["top_patch_se"]} if "top_patch_se" in precision else {}),
+        }
+        store.write_parquet(outputs["maps"], maps_frame(ids, labels, maps, own), **MAPS_PARQUET)  # type: ignore[arg-type]
         means = np.array([float(m.mean()) for m in maps]) if maps else np.zeros(0)  # type: ignore[union-attr]
-        store.write_parquet(outputs["scores"], score_rows(ids, labels, means, vocab, co if config.cotypicality else None))
+        if not config.adaptive:
+            se = standard_error(per_draw.numpy())  # (B, 1 or L)
+            precision["typicality_se"] = se if config.cotypicality else se[:, 0]
+        store.write_parquet(
+            outputs["scores"], score_rows(ids, labels, means, vocab, co if config.cotypicality else None, precision)
+        )
     seconds = clock["seconds"]
+    spent = int(np.sum(precision["draws"])) if not config.cotypicality else len(ids) * config.draws
     stage_logger().info(
-        "scored %d images with N=%d draws in %.1f s (%.2f images/s)", len(ids), config.draws, seconds,
-        len(ids) / max(seconds, 1e-9),
+        "scored %d images with N=%d draws in %.1f s (%.2f images/s, %d draws spent%s)", len(ids), config.draws, seconds,
+        len(ids) / max(seconds, 1e-9), spent, " adaptively" if config.adaptive else "",
     )
-    return {"shard": name, "images": len(ids), **outputs, "seconds": seconds, "worker": worker_name()}
+    return {
+        "shard": name, "images": len(ids), **outputs, "seconds": seconds, "worker": worker_name(), "draws_spent": spent,
+    }
 
 
 @task(name="typicality-table", task_run_name="typicality-table")

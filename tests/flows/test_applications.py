@@ -60,6 +60,9 @@ def test_cotypicality_rows_and_own_label_maps(run) -> None:
     assert len(typ) == len(own) * len(LABELS) and not typ.duplicated(["image_id", "label"]).any()
     assert set(typ["label"]) == set(LABELS)
     assert (typ["image_label"].to_numpy() == own.reindex(typ["image_id"]).to_numpy()).all()
+    # every (image, label) score carries its precision: all draws, a standard error, no patch error
+    assert (typ["draws"] > 0).all() and typ["draws"].nunique() == 1
+    assert (typ["typicality_se"] >= 0).all() and typ["top_patch_se"].isna().all()
     # the maps rank reads are each image's map under its own label
     maps = pd.concat([s.read_parquet(f"maps/{p.name}") for p in sorted((run["out"] / "maps").glob("part-*.parquet"))])
     assert len(maps) == len(own) and (maps["label"].to_numpy() == own.reindex(maps["image_id"]).to_numpy()).all()

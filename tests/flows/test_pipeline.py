@@ -116,7 +116,8 @@ def test_tables_contract(run) -> None:
     assert list(training.columns) == ["step", "loss", "lr", "seconds"] and list(training["step"]) == [0, 1, 2]
 
     typ = s.read_parquet("typicality.parquet")
-    assert list(typ.columns) == ["image_id", "label", "image_label", "typicality"]
+    assert list(typ.columns) == ["image_id", "label", "image_label", "typicality", "draws", "typicality_se", "top_patch_se"]
+    assert (typ["draws"] == 2).all() and (typ["typicality_se"] >= 0).all() and typ["top_patch_se"].isna().all()
     assert (typ["label"] == typ["image_label"]).all()  # cotypicality off: one row per image, its own label
     labelled = ok[ok["label"].notna()]
     assert sorted(typ["image_id"]) == sorted(labelled.index)
@@ -129,6 +130,7 @@ def test_tables_contract(run) -> None:
 
     patches = s.read_parquet("patches.parquet")
     assert list(patches.columns[:9]) == ["image_id", "label", "rank", "x0", "y0", "x1", "y1", "typicality", "element"]
+    assert (patches["draws"] == 2).all() and patches["top_patch_se"].isna().all()
     assert set(patches["image_id"]) == set(typ["image_id"])
     assert (patches.groupby("image_id")["rank"].max() <= 1).all()
     w = ok.loc[patches["image_id"], "width"].to_numpy()
@@ -424,3 +426,27 @@ def test_prefect_ui_in_a_real_browser(run, tmp_path) -> None:
         served.server_close()
     for png in shots.iterdir():
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, png
+
+
+def test_adaptive_scoring_runs_in_the_flow(run, dataset, tmp_path) -> None:
+    """score.adaptive: the flow scores by successive elimination against rank's top patches; every
+    label's best image is refined to N draws, the precision columns are filled, and an image
+    scored to N gets the map of plain scoring at N (the same draws, summed in the same order)."""
+    n = 4
+    plain, adaptive = tmp_path / "plain", tmp_path / "adaptive"
+    _run_cli(dataset, plain, f"score.draws={n}")
+    _run_cli(dataset, adaptive, f"score.draws={n}", "score.adaptive=true", "score.adaptive_first=2", "rank.per_label=1")
+    typ = pd.read_parquet(adaptive / "typicality.parquet").set_index("image_id")
+    assert set(typ["draws"]) <= {2, n} and (typ.groupby("label")["draws"].max() == n).all()
+    assert np.isfinite(typ["typicality_se"]).all() and np.isfinite(typ["top_patch_se"]).all()
+
+    def maps(out: Path) -> pd.DataFrame:
+        frame = pd.concat([pd.read_parquet(p) for p in sorted((out / "maps").glob("part-*.parquet"))])
+        return pd.DataFrame({"map": list(unpack_maps(frame))}, index=frame["image_id"])
+
+    full = typ.index[typ["draws"] == n]
+    a, p = maps(adaptive).loc[full, "map"], maps(plain).loc[full, "map"]
+    assert all(np.array_equal(x, y) for x, y in zip(a, p))
+    patches = pd.read_parquet(adaptive / "patches.parquet")
+    assert len(patches) > 0 and (patches["draws"].to_numpy() == typ.loc[patches["image_id"], "draws"].to_numpy()).all()
+    np.testing.assert_array_equal(patches["top_patch_se"].to_numpy(), typ.loc[patches["image_id"], "top_patch_se"].to_numpy())

@@ -28,6 +28,7 @@ def _shards(rng: np.random.Generator, n_shards: int, per_shard: int, dim: int) -
             "x0": rng.integers(0, 10, n), "y0": rng.integers(0, 10, n), "x1": rng.integers(10, 20, n), "y1": rng.integers(10, 20, n),
             "wx0": 0, "wy0": 0, "wx1": 4, "wy1": 4,
             "typicality": rng.choice(np.linspace(-1, 1, 7), n).astype(np.float32),  # many ties
+            "draws": rng.integers(2, 17, n), "top_patch_se": rng.random(n),
             "feature": list(rng.normal(size=(n, dim)).astype(np.float32)),
         }))
     return shards

@@ -1,0 +1,105 @@
+"""Passes against quality for plain and adaptive scoring, on a run root adaptive_draws.py left.
+
+Loads the run's trained model and working images, scores them with gcmodels directly (no flow:
+no features, no elements, so no purity here) for plain N in --plain and adaptive scoring at N
+for each z in --z, and compares each variant's top-K patch sets (per label, rank's greedy
+selection of `per_image` patches per image at the run's patch size) with those of a reference
+maps part (plain at 4N, written by adaptive_draws.py's run). Pointing: rank-0 patch contains the
+motif centre (truth boxes from the run's dataset, scaled to the working images).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/adaptive_curve.py --work /tmp/gcmine-adaptive-XXXX \\
+        --ref maps/part-00000-<4N key>.parquet --plain 4 8 16 --z 2 1 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from gcmodels.adaptive import AdaptiveRule, adaptive_maps  # noqa: E402
+from gcmodels.diffusion.families import load_any_model  # noqa: E402
+from gcmodels.patches import top_patches  # noqa: E402
+from gcmodels.runtime import configure_torch  # noqa: E402
+from gcmodels.typicality import TypicalityEstimator  # noqa: E402
+from ground_truth import write_dataset  # noqa: E402
+from tasks.artifacts import read_images, unpack_map_rows  # noqa: E402
+from tasks.storage import RunStore  # noqa: E402
+
+
+def selection(maps: np.ndarray, labels: np.ndarray, patch: int, per_image: int, k: int):
+    """rank-0 boxes (n, 4) and each label's top-k patches as a set of (image, x0, y0)."""
+    boxes, scores = top_patches(torch.from_numpy(maps), patch, per_image)
+    b, s = boxes.numpy(), scores.numpy()
+    rows = pd.DataFrame({
+        "img": np.repeat(np.arange(len(maps)), per_image), "label": np.repeat(labels, per_image),
+        "x0": b[..., 0].ravel(), "y0": b[..., 1].ravel(), "s": s.ravel(),
+    }).dropna()
+    top = rows.sort_values("s", ascending=False, kind="stable").groupby("label").head(k)
+    return b[:, 0], {lab: set(map(tuple, g[["img", "x0", "y0"]].to_numpy().tolist())) for lab, g in top.groupby("label")}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", required=True, help="adaptive_draws.py's work folder (dataset/ and run/)")
+    ap.add_argument("--ref", required=True, help="the reference maps part (plain at 4N), relative to run/")
+    ap.add_argument("--draws", type=int, default=16)
+    ap.add_argument("--plain", type=int, nargs="*", default=[4, 8, 16])
+    ap.add_argument("--z", type=float, nargs="*", default=[2.0, 1.0, 0.5])
+    ap.add_argument("--first", type=int, default=4)
+    ap.add_argument("--top-k", type=int, default=10)
+    ap.add_argument("--per-image", type=int, default=5)
+    ap.add_argument("--patch", type=int, default=6)
+    ap.add_argument("--per-label", type=int, default=40)
+    ap.add_argument("--size", type=int, default=64)
+    args = ap.parse_args()
+    configure_torch(1)
+    work = Path(args.work)
+    store = RunStore(str(work / "run"))
+    model = load_any_model(work / "run" / "model").eval()
+    shards = sorted(p.name for p in (work / "run" / "images").glob("*.parquet"))
+    meta, pixels = read_images(store, shards)
+    ref_df = store.read_parquet(args.ref).set_index("image_id").loc[meta["image_id"]].reset_index()
+    ref_maps = np.stack(unpack_map_rows(ref_df))
+    labels = meta["label"].to_numpy()
+    truth = write_dataset(work / "truth-check", args.per_label, args.size, 0).set_index("image_id").loc[meta["image_id"]]
+    scale = pixels.shape[1] / args.size
+    cx = ((truth["x0"] + truth["x1"]) / 2 * scale).to_numpy()
+    cy = ((truth["y0"] + truth["y1"]) / 2 * scale).to_numpy()
+    x0 = model.encode(torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))))
+    cond = model.label_index(list(labels))
+    _, ref_top = selection(ref_maps, labels, args.patch, args.per_image, args.top_k)
+
+    def report(name: str, maps: np.ndarray, passes: int, seconds: float) -> None:
+        r0, top = selection(maps, labels, args.patch, args.per_image, args.top_k)
+        point = np.mean((r0[:, 0] <= cx) & (cx < r0[:, 2]) & (r0[:, 1] <= cy) & (cy < r0[:, 3]))
+        overlap = np.mean([len(top.get(lab, set()) & ref_top[lab]) / len(ref_top[lab]) for lab in ref_top])
+        print(f"{name:<22}{passes:>9}{passes / len(maps):>8.1f}{point:>9.3f}{overlap:>11.3f}{seconds:>9.1f}", flush=True)
+
+    print(f"{len(meta)} images, K={args.top_k} patches per label, {args.per_image} per image, patch {args.patch} px")
+    print(f"{'variant':<22}{'passes':>9}{'/image':>8}{'point':>9}{'overlap 4N':>11}{'seconds':>9}")
+    report("reference (plain 4N)", ref_maps, 0, 0.0)
+    for n in args.plain:
+        est = TypicalityEstimator(draws=n, batch_size=32, seed=0)
+        t0 = time.perf_counter()
+        maps = torch.cat([est.maps(model, x0[s : s + 64], cond[s : s + 64]) for s in range(0, len(x0), 64)]).numpy()
+        report(f"plain N={n}", maps, 2 * n * len(maps), time.perf_counter() - t0)
+    est = TypicalityEstimator(draws=args.draws, batch_size=32, seed=0)
+    for z in args.z:
+        rule = AdaptiveRule(first=args.first, z=z, top_k=args.top_k, per_image=args.per_image, patch=args.patch)
+        t0 = time.perf_counter()
+        res = adaptive_maps(est, model, [(np.arange(len(x0)), lambda pos: x0[torch.from_numpy(pos)])], cond, rule)
+        report(f"adaptive N={args.draws} z={z}", np.stack(res.maps), 2 * int(res.draws.sum()), time.perf_counter() - t0)
+        print(f"{'':<22}draws per image: {dict(zip(*np.unique(res.draws, return_counts=True)))}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

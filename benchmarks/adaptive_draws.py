@@ -1,0 +1,127 @@
+"""Adaptive draws (issue 19): plain scoring at N and at 4N against adaptive scoring at N.
+
+Builds the demo motif dataset (benchmarks/ground_truth.py), runs the whole flow once with plain
+scoring at N (this trains the model), then again on the same run root (fine-tuning is reused,
+score / rank / elements run again) for every other variant, and prints per variant:
+
+- UNet passes spent by the score stage (2 per draw, total and per image: typicality.parquet's
+  `draws` column);
+- pointing: the share of images whose rank-0 patch contains the motif centre, over all images
+  and over the images that have a patch in their label's top-K (the patches the user reads);
+- the top element's purity (share of its patches on the motif; the smallest over the labels);
+- the overlap of each label's top-K patch set (rank.per_label = K, patches identified by image
+  and box) with that of plain scoring at 4N, averaged over the labels;
+- the score stage's wall time (the task's stopwatch).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/adaptive_draws.py                 # 4 x 40 images
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/adaptive_draws.py --draws 16 --top-k 40 --extra
+Target (issue 19): adaptive at N spends <= 1/3 of plain at N's passes, pointing and purity no
+lower, top-K overlap with plain at 4N at least that of plain at N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from flows.config import load_settings  # noqa: E402
+from gcmodels.evaluation import localisation_report  # noqa: E402
+from ground_truth import write_dataset  # noqa: E402
+
+BOX = ["x0", "y0", "x1", "y1"]
+
+
+def top_k(patches: pd.DataFrame, k: int) -> dict[str, set]:
+    """Each label's k most typical patches as a set of (image_id, x0, y0, x1, y1)."""
+    ranked = patches.sort_values("typicality", ascending=False, kind="stable").groupby("label", sort=True).head(k)
+    return {lab: set(map(tuple, g[["image_id", *BOX]].to_numpy().tolist())) for lab, g in ranked.groupby("label")}
+
+
+def run_variant(dataset: Path, out: Path, base: list[str], extra: list[str]) -> dict:
+    from flows.pipeline import run_pipeline
+    from tasks.artifacts import PATCHES, TYPICALITY
+    from tasks.storage import RunStore
+
+    settings = load_settings(None, base + extra)
+    start = time.perf_counter()
+    result = run_pipeline(str(dataset), str(out), None, settings)
+    wall = time.perf_counter() - start
+    store = RunStore(str(out))
+    return {
+        "patches": store.read_parquet(PATCHES),
+        "typicality": store.read_parquet(TYPICALITY),
+        "score_s": result["stages"]["score"]["seconds"],
+        "wall_s": wall,
+        "k": settings.rank.per_label,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--per-label", type=int, default=40, help="images per label (4 labels)")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--draws", type=int, default=16, help="N")
+    ap.add_argument("--top-k", type=int, default=40, help="rank.per_label: patches per label the ranking keeps")
+    ap.add_argument("--steps", type=int, default=400, help="fine-tuning steps")
+    ap.add_argument("--extra", action="store_true", help="also plain at N/4 and N/2 and adaptive at 4N (the curve)")
+    ap.add_argument("--out", help="work folder (default: a temporary one)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args()
+
+    work = Path(args.out or tempfile.mkdtemp(prefix="gcmine-adaptive-"))
+    truth = write_dataset(work / "dataset", args.per_label, args.size, args.seed)
+    base = [
+        f"train.steps={args.steps}", f"rank.per_label={args.top_k}", "rank.elements=4", "runtime.progress=false",
+        "runtime.threads=1", *args.overrides,
+    ]
+    n = args.draws
+    variants = [(f"plain N={n}", [f"score.draws={n}"]), (f"plain 4N={4 * n}", [f"score.draws={4 * n}"])]
+    variants.append((f"adaptive N={n}", [f"score.draws={n}", "score.adaptive=true"]))
+    if args.extra:
+        variants += [
+            (f"plain N={max(1, n // 4)}", [f"score.draws={max(1, n // 4)}"]),
+            (f"plain N={max(1, n // 2)}", [f"score.draws={max(1, n // 2)}"]),
+            (f"adaptive N={4 * n}", [f"score.draws={4 * n}", "score.adaptive=true"]),
+        ]
+    results = {}
+    for name, extra in variants:
+        t0 = time.perf_counter()
+        results[name] = run_variant(work / "dataset", work / "run", base, extra)
+        print(f"{name}: done in {time.perf_counter() - t0:.0f} s (score {results[name]['score_s']:.1f} s)", flush=True)
+
+    ref = top_k(results[f"plain 4N={4 * n}"]["patches"], args.top_k)
+    print(f"\nadaptive draws: {len(truth)} motif images of {args.size}x{args.size}, 4 labels, top-K = {args.top_k} "
+          f"patches per label, {args.steps} fine-tuning steps, overrides {args.overrides or 'none'}")
+    header = (f"{'variant':<18}{'passes':>9}{'/image':>8}{'vs N':>7}{'point all':>10}{'point topK':>11}"
+              f"{'purity min':>11}{'overlap 4N':>11}{'score s':>9}")
+    print(header)
+    plain_passes = 2 * results[f"plain N={n}"]["typicality"]["draws"].sum()
+    for name, r in results.items():
+        passes = 2 * int(r["typicality"]["draws"].sum())
+        rep = localisation_report(r["patches"], truth)
+        mine = top_k(r["patches"], args.top_k)
+        in_top = {i for s in mine.values() for (i, *_) in s}
+        rep_top = localisation_report(r["patches"][r["patches"]["image_id"].isin(in_top)], truth)
+        overlap = np.mean([len(mine.get(lab, set()) & ref[lab]) / max(1, len(ref[lab])) for lab in ref])
+        print(f"{name:<18}{passes:>9}{passes / len(r['typicality']):>8.1f}{passes / plain_passes:>7.2f}"
+              f"{rep['rank0_centre']:>10.3f}{rep_top['rank0_centre']:>11.3f}{rep['min_top_element_purity']:>11.3f}"
+              f"{overlap:>11.3f}{r['score_s']:>9.1f}")
+    print(f"work folder: {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
