@@ -13,14 +13,16 @@ from gcmodels.config import ReportConfig
 from gcmodels.images import decode_image
 from tasks.artifacts import (
     BASELINE, BASELINE_DETECTORS, CLUSTER_METRICS, CLUSTERS, COLLECTION_MAP, CONFUSION, ELEMENTS, EVALUATION,
-    EVALUATION_SUMMARY, LABEL_MATRIX, MANIFEST, MODEL, PATCHES, REPORT, RUN_JSON, TRAINING, TRANSLATION_CHANGES, TRANSLATIONS,
-    TYPICALITY, live_rows, stopwatch, unpack_map_rows,
+    EVALUATION_SUMMARY, LABEL_MATRIX, MANIFEST, MODEL, PATCHES, REPORT, RUN_JSON, SAMPLE_QUALITY, SAMPLES, TRAINING,
+    TRANSLATION_CHANGES, TRANSLATIONS, TYPICALITY, live_rows, stopwatch, unpack_map_rows,
 )
 from tasks.evaluate import maps_key, maps_of
 from tasks.logs import stage_logger
 from tasks.reporting import (
-    ReportData, baseline_section, cotypicality_section, evaluation_section, label_anchors, render_report, translation_section,
+    ReportData, baseline_section, cotypicality_section, evaluation_section, label_anchors, render_report, samples_section,
+    translation_section,
 )
+from tasks.models import TRAINING_SET
 from tasks.storage import RunStore, open_fs
 
 APPLICATIONS = ("classify", "translate", "baseline")  # the optional stages whose results the report shows
@@ -86,10 +88,54 @@ def application_sections(store: RunStore, applications: dict, load_image, run_in
     return sections
 
 
-def measured_sections(store: RunStore, run_info: dict) -> list[tuple[str, str, str]]:
+def _real_shown(store: RunStore, labels: list[str], per_label: int, seed: int) -> dict[str, list[str]]:
+    """Per label, `per_label` images the model was trained on under it (a seeded choice), shown
+    beside the samples."""
+    trained = store.read_parquet(f"{MODEL}/{TRAINING_SET}")
+    rng = np.random.default_rng(seed)
+    shown = {}
+    for label in labels:
+        ids = np.sort(trained.loc[trained["label"] == label, "image_id"].astype(str).unique())
+        shown[label] = [str(i) for i in (rng.choice(ids, per_label, replace=False) if len(ids) > per_label else ids)]
+    return shown
+
+
+def _samples_section(store: RunStore, run_info: dict, load_image) -> str | None:
+    """The samples beside real images, when `sample_quality.parquet` was made by the run's model."""
+    if not (store.exists(SAMPLE_QUALITY) and store.exists(SAMPLES)):
+        return None
+    quality = store.read_parquet(SAMPLE_QUALITY)
+    fingerprint = ((run_info.get("stages") or {}).get("finetune") or {}).get("fingerprint")
+    if quality.empty or fingerprint is None or set(quality["fingerprint"]) != {fingerprint}:
+        return None  # made by another model (an earlier run of this root): not this run's samples
+    table = store.read_parquet(SAMPLES)
+    labels = [str(v) for v in quality["label"] if v != "(all)"]
+    per_label = int(table.groupby("label").size().max()) if len(table) else 0
+    seed = int(table["seed"].iloc[0]) if len(table) else 0
+    real = _real_shown(store, labels, per_label, seed) if store.exists(f"{MODEL}/{TRAINING_SET}") else {}
+
+    def image(image_id: str):
+        try:
+            return load_image(image_id)
+        except Exception:  # noqa: BLE001 - shown as missing
+            return None
+
+    def png(data: bytes):
+        try:
+            return decode_image(data, max_pixels=10**8)
+        except Exception:  # noqa: BLE001 - shown as missing
+            return None
+
+    return samples_section(quality, table, real, png, image)
+
+
+def measured_sections(store: RunStore, run_info: dict, load_image=None) -> list[tuple[str, str, str]]:
     """The report sections of what was measured on the finished run, when its tables are in the
-    run root: the maps against the user's boxes (`gcmine evaluate`)."""
+    run root: the model's samples against the real images (`report.samples`), the maps against
+    the user's boxes (`gcmine evaluate`)."""
     sections = []
+    if load_image is not None and (html := _samples_section(store, run_info, load_image)) is not None:
+        sections.append(("samples", "Samples and real images", html))
     if store.exists(EVALUATION_SUMMARY):
         summary = store.read_parquet(EVALUATION_SUMMARY)
         table = store.read_parquet(EVALUATION) if store.exists(EVALUATION) else None
@@ -130,7 +176,7 @@ def render_run_report(
         collection_map=points,
         conditioning=run_info.get("stages", {}).get("condition"),
         map_method=run_info.get("stages", {}).get("map", {}).get("method", config.map_method),
-        extra_sections=measured_sections(store, run_info) + application_sections(store, applications or {}, load_image, run_info),
+        extra_sections=measured_sections(store, run_info, load_image) + application_sections(store, applications or {}, load_image, run_info),
     )
     html = render_report(
         data, elements_per_label=config.elements_per_label, patches_per_element=config.patches_per_element,

@@ -1,5 +1,6 @@
-"""Report sections of what was measured after mining: the typicality maps against the user's
-boxes (`gcmine evaluate`: `evaluation_summary.parquet`, `evaluation.parquet`).
+"""Report sections of what was measured on the finished run: the typicality maps against the
+user's boxes (`gcmine evaluate`: `evaluation_summary.parquet`, `evaluation.parquet`), and the
+model's samples against the real images (`samples.parquet`, `sample_quality.parquet`).
 
 Pure rendering (no file I/O): each function takes tables and returns one `<section>` of HTML
 for `ReportData.extra_sections`.
@@ -8,13 +9,16 @@ for `ReportData.extra_sections`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pandas as pd
+from PIL import Image
 
 from tasks.reporting.format import fmt_num
+from tasks.reporting.images import CROP_HEIGHT, png_uri, scaled_to_height
 from tasks.reporting.templating import render
 
-__all__ = ["EVALUATION_MEASURES", "evaluation_section"]
+__all__ = ["EVALUATION_MEASURES", "evaluation_section", "samples_section"]
 
 #: (column of evaluation_summary.parquet, header, tooltip), in the order shown
 EVALUATION_MEASURES = [
@@ -60,4 +64,52 @@ def evaluation_section(summary: pd.DataFrame, table: pd.DataFrame | None = None,
             skipped = [(k, fmt_num(int(v))) for k, v in kinds.value_counts().sort_index().items()]
     return render(
         "evaluation.html", rows=rows, measures=[(h, tip) for _, h, tip in EVALUATION_MEASURES], skipped=skipped, stale=stale,
+    )
+
+
+def _shown(img: Image.Image | None, height: int = CROP_HEIGHT) -> dict | None:
+    """An image at about `height` pixels tall (small ones upscaled by an integer factor, large
+    ones downscaled), as the ``thumb`` macro draws it; None: missing."""
+    if img is None:
+        return None
+    if img.height > height:
+        img = img.convert("RGB").resize((max(1, round(img.width * height / img.height)), height), Image.Resampling.BILINEAR)
+    else:
+        img = scaled_to_height(img, height)
+    return {"src": png_uri(img), "width": img.width, "height": img.height}
+
+
+def samples_section(
+    quality: pd.DataFrame, samples: pd.DataFrame, real: dict[str, list[str]],
+    load_png: Callable[[bytes], Image.Image | None], load_image: Callable[[str], Image.Image | None],
+) -> str:
+    """Did the model learn the data? Per label, its samples beside real images of the label, the
+    Frechet distance between the two on the encoder's features and the share of samples whose
+    nearest real image carries the label; then the same over every label.
+
+    quality: `sample_quality.parquet`; samples: `samples.parquet`; real: label -> image ids of the
+    real images shown; load_png: PNG bytes -> image; load_image: image id -> original image
+    (None: unavailable)."""
+    if quality.empty:
+        return render("samples.html", rows=None)
+    first = quality.iloc[0]
+    features = str(first["features"])
+    rows = []
+    for _, q in quality.iterrows():
+        label = str(q["label"])
+        pooled = label == POOLED
+        mine = samples[samples["label"].astype(str) == label].sort_values("sample", kind="stable") if not pooled else samples.iloc[0:0]
+        rows.append({
+            "label": "all labels" if pooled else label, "pooled": pooled, "samples": fmt_num(int(q["samples"])),
+            "real_images": fmt_num(int(q["real_images"])), "frechet": fmt_num(float(q["frechet"]), 4),
+            "share": _pct(q["nearest_label_share"]),
+            "generated": [(_shown(load_png(b)), f"→ {n}") for b, n in zip(mine["png"], mine["nearest_label"])],
+            "real": [(_shown(load_image(i)), "real") for i in real.get(label, [])],
+        })
+    steps = int(samples["steps"].iloc[0]) if len(samples) else None
+    seed = int(samples["seed"].iloc[0]) if len(samples) else None
+    chance = 1.0 / max(1, len(quality) - 1)
+    return render(
+        "samples.html", rows=rows, features=features, dim=fmt_num(int(first["dim"])), steps=steps, seed=seed,
+        chance=_pct(chance),
     )
