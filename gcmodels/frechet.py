@@ -20,8 +20,11 @@ of samples and real images.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
-__all__ = ["frechet_distance", "frechet_distance_between", "gaussian_stats", "nearest_neighbours"]
+__all__ = ["ALL", "frechet_distance", "frechet_distance_between", "gaussian_stats", "nearest_neighbours", "sample_quality"]
+
+ALL = "(all)"  # the row of `sample_quality` over every label
 
 
 def _features(x: np.ndarray, name: str) -> np.ndarray:
@@ -82,3 +85,27 @@ def nearest_neighbours(queries: np.ndarray, references: np.ndarray) -> tuple[np.
     d2 = (q * q).sum(1)[:, None] - 2.0 * q @ r.T + (r * r).sum(1)[None, :]
     idx = np.argmin(d2, axis=1)
     return idx, np.sqrt(np.clip(d2[np.arange(len(q)), idx], 0.0, None))
+
+
+def sample_quality(
+    sample_labels: np.ndarray, sample_features: np.ndarray, real_labels: np.ndarray, real_features: np.ndarray,
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """How close samples (sample_labels (M,), sample_features (M, D)) are to the real images
+    (real_labels (N,), real_features (N, D)): per label (in order of first appearance among the
+    samples) and over all (`(all)`), the
+    number of samples and real images, the Frechet distance between their features (NaN when
+    either side has fewer than 2), and the share of samples whose nearest real image (Euclidean,
+    over every real image) has the sample's label. Also returns, per sample, the index of its
+    nearest real image and the distance to it."""
+    nearest, distance = nearest_neighbours(sample_features, real_features)
+    hit = real_labels[nearest] == sample_labels
+    rows = []
+    for label in [*dict.fromkeys(sample_labels.tolist()), ALL]:
+        s = np.ones(len(sample_labels), bool) if label == ALL else sample_labels == label
+        r = np.ones(len(real_labels), bool) if label == ALL else real_labels == label
+        fd = frechet_distance_between(real_features[r], sample_features[s]) if s.sum() >= 2 and r.sum() >= 2 else float("nan")
+        rows.append({
+            "label": label, "samples": int(s.sum()), "real_images": int(r.sum()), "frechet": fd,
+            "nearest_label_share": float(hit[s].mean()),
+        })
+    return pd.DataFrame(rows), nearest, distance

@@ -23,16 +23,14 @@ from prefect import task
 from gcmodels.config import EmbedConfig, ReportConfig, RuntimeConfig
 from gcmodels.diffusion import LatentDiffusion
 from gcmodels.encoders import fits_on_collection, make_encoder
-from gcmodels.frechet import frechet_distance_between, nearest_neighbours
+from gcmodels.frechet import ALL, sample_quality
 from gcmodels.sampling import Sampler
 from gcmodels.translation import to_uint8
 from tasks.artifacts import MODEL, SAMPLE_QUALITY, SAMPLES, read_images, stopwatch
 from tasks.logs import stage_logger
 from tasks.models import TRAINING_SET, model_stage
 
-__all__ = ["ALL", "QUALITY_COLUMNS", "SAMPLE_COLUMNS", "quality_table", "samples"]
-
-ALL = "(all)"  # the row of sample_quality.parquet over every label
+__all__ = ["ALL", "QUALITY_COLUMNS", "SAMPLE_COLUMNS", "samples"]
 SAMPLE_COLUMNS = ["label", "sample", "png", "nearest_image_id", "nearest_label", "nearest_distance", "seed", "steps", "fingerprint"]
 QUALITY_COLUMNS = [
     "label", "samples", "real_images", "frechet", "nearest_label_share", "features", "dim", "fingerprint",
@@ -43,28 +41,6 @@ def _png(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def quality_table(
-    sample_labels: np.ndarray, sample_features: np.ndarray, real_labels: np.ndarray, real_features: np.ndarray,
-) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """Per label (in order of first appearance among the samples) and over all (`(all)`): the
-    number of samples and real images, the Frechet distance between their features (NaN when
-    either side has fewer than 2), and the share of samples whose nearest real image (Euclidean,
-    over every real image) has the sample's label. Also returns, per sample, the index of its
-    nearest real image and the distance to it."""
-    nearest, distance = nearest_neighbours(sample_features, real_features)
-    hit = real_labels[nearest] == sample_labels
-    rows = []
-    for label in [*dict.fromkeys(sample_labels.tolist()), ALL]:
-        s = np.ones(len(sample_labels), bool) if label == ALL else sample_labels == label
-        r = np.ones(len(real_labels), bool) if label == ALL else real_labels == label
-        fd = frechet_distance_between(real_features[r], sample_features[s]) if s.sum() >= 2 and r.sum() >= 2 else float("nan")
-        rows.append({
-            "label": label, "samples": int(s.sum()), "real_images": int(r.sum()), "frechet": fd,
-            "nearest_label_share": float(hit[s].mean()),
-        })
-    return pd.DataFrame(rows), nearest, distance
 
 
 def _features(config: EmbedConfig, model, device: torch.device, all_pixels: np.ndarray, real: np.ndarray, generated: np.ndarray):
@@ -120,7 +96,7 @@ def samples(
             generated = np.stack([np.asarray(Image.fromarray(g).resize(pixels.shape[2:0:-1], Image.BICUBIC)) for g in generated])
         sample_labels = np.repeat(np.array(labels, dtype=object), config.samples)
         encoder, real_f, gen_f = _features(embed, model, device, pixels, pixels[keep], generated)
-        quality, nearest, distance = quality_table(sample_labels, gen_f, real_labels, real_f)
+        quality, nearest, distance = sample_quality(sample_labels, gen_f, real_labels, real_f)
         name = str(encoder.describe().get("encoder", embed.method))
         quality = quality.assign(features=name, dim=int(gen_f.shape[1]), fingerprint=fingerprint)[QUALITY_COLUMNS]
         table = pd.DataFrame({

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from gcmodels.frechet import frechet_distance, frechet_distance_between, gaussian_stats, nearest_neighbours
+from gcmodels.frechet import ALL, frechet_distance, frechet_distance_between, gaussian_stats, nearest_neighbours, sample_quality
 
 
 def _scipy_fd(mu1, s1, mu2, s2) -> float:
@@ -81,3 +81,26 @@ def test_nearest_neighbours() -> None:
     assert idx.tolist() == [0, 1, 2, 0] and dist == pytest.approx([np.sqrt(2), np.sqrt(2), 3.0, 5.0])
     with pytest.raises(ValueError):
         nearest_neighbours(np.zeros((2, 2)), np.zeros((0, 2)))
+
+
+def test_quality_table_by_hand() -> None:
+    rng = np.random.default_rng(0)
+    real = np.concatenate([rng.normal(0, 1, (20, 3)), rng.normal(10, 1, (20, 3))])
+    real_labels = np.array(["a"] * 20 + ["b"] * 20, dtype=object)
+    # a's samples look like a's images; b's samples: two like b, one like a
+    gen = np.concatenate([rng.normal(0, 1, (3, 3)), rng.normal(10, 1, (2, 3)), rng.normal(0, 1, (1, 3))])
+    gen_labels = np.array(["a", "a", "a", "b", "b", "b"], dtype=object)
+    q, nearest, dist = sample_quality(gen_labels, gen, real_labels, real)
+    assert q["label"].tolist() == ["a", "b", ALL]
+    assert q["samples"].tolist() == [3, 3, 6] and q["real_images"].tolist() == [20, 20, 40]
+    assert q["nearest_label_share"].tolist() == pytest.approx([1.0, 2 / 3, 5 / 6])
+    assert q.loc[0, "frechet"] == pytest.approx(frechet_distance_between(real[:20], gen[:3]))
+    assert q.loc[2, "frechet"] == pytest.approx(frechet_distance_between(real, gen))
+    assert q.loc[1, "frechet"] > q.loc[0, "frechet"]  # b's samples are further from b's images
+    assert (real_labels[nearest] == ["a", "a", "a", "b", "b", "a"]).all()
+    assert dist == pytest.approx(np.linalg.norm(gen - real[nearest], axis=1))
+
+
+def test_quality_table_with_a_single_sample_has_no_distance() -> None:
+    q, _, _ = sample_quality(np.array(["a"], dtype=object), np.zeros((1, 2)), np.array(["a", "a"], dtype=object), np.eye(2))
+    assert np.isnan(q.loc[0, "frechet"]) and q.loc[0, "nearest_label_share"] == 1.0
