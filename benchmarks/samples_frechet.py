@@ -56,6 +56,7 @@ def main() -> int:
     ap.add_argument("--channels", type=int, nargs="+", default=[32, 64], help="UNet channels per level")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--grid", default=None, help="write the last checkpoint's samples as a PNG grid (a row per digit) here")
     args = ap.parse_args()
     configure_torch(args.threads)
 
@@ -92,6 +93,12 @@ def main() -> int:
             out = sampler.sample(model, cond_labels, args.per_label, (3, args.resolution, args.resolution))
         images = to_uint8(out).permute(0, 2, 3, 1).numpy()
         sample_s = time.perf_counter() - start
+        if args.grid:  # rows: digits, columns: samples (overwritten at each checkpoint: the last one stays)
+            from PIL import Image
+
+            n, h = args.per_label, args.resolution
+            grid = images.reshape(10, n, h, h, 3).transpose(0, 2, 1, 3, 4).reshape(10 * h, n * h, 3)
+            Image.fromarray(np.ascontiguousarray(grid)).resize((n * h * 4, 10 * h * 4), Image.NEAREST).save(args.grid)
         m = _measure(encoder, real_f, real_labels, images, sample_labels)
         rows.append({"step": step, "loss": float(np.mean(last_loss[-50:])) if last_loss else float("nan"),
                      "train_s": clock["train"], "sample_s": sample_s, **m})

@@ -196,7 +196,8 @@ def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dic
     sampled = {}
     if settings.report.samples > 0:  # did the model learn the data? samples beside real images
         sampled["samples"] = samples(
-            out, names, fingerprint, settings.report, settings.embed, settings.data.resolution, settings.runtime, so
+            out, names, fingerprint, embedded["embeddings"], settings.report, settings.embed, settings.data.resolution,
+            settings.runtime, so,
         )
     if reused:
         get_run_logger().info("reused from earlier runs (no model work): %s", ", ".join(reused))

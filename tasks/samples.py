@@ -43,40 +43,48 @@ def _png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _features(config: EmbedConfig, model, device: torch.device, all_pixels: np.ndarray, real: np.ndarray, generated: np.ndarray):
-    """Features of the real and generated images with the embed stage's encoder: one fitted on
-    the collection (pca, autoencoder, vae) is fitted again on every live image as the embed stage
-    fitted it (same settings and seed); clip and diffusion need no fit."""
+def _real_features(store, shards: list[str], embeddings: str, trained: pd.Series, config: EmbedConfig, model, device):
+    """The embed stage's encoder and the features of the images the model was trained on
+    (`trained`: image_id -> label): an encoder fitted on the collection (pca, autoencoder, vae)
+    is fitted again on every live image as the embed stage fits it (same settings and seed) and
+    embeds them; for clip and diffusion (no fit) the features are the run's `embeddings` table.
+    Returns (encoder, image ids (N,), features (N, D) float64)."""
     if fits_on_collection(config.method):
-        encoder = make_encoder(config).fit(all_pixels)
-    elif config.method == "clip":
+        meta, pixels = read_images(store, shards)
+        encoder = make_encoder(config).fit(pixels)
+        keep = meta["image_id"].isin(trained.index).to_numpy()
+        ids = meta["image_id"][keep].to_numpy()
+        return encoder, ids, np.asarray(encoder.transform(pixels[keep]), np.float64) if keep.any() else np.zeros((0, 1))
+    if config.method == "clip":
         from tasks.embed import clip_encoder
 
         encoder = clip_encoder(config)
     else:
         encoder = make_encoder(config, diffusion=model, device=str(device)).fit()
-    return encoder, np.asarray(encoder.transform(real), np.float64), np.asarray(encoder.transform(generated), np.float64)
+    table = store.read_parquet(embeddings)
+    table = table[table["image_id"].isin(trained.index)]
+    features = np.stack(table["embedding"].to_numpy()).astype(np.float64) if len(table) else np.zeros((0, 1))
+    return encoder, table["image_id"].to_numpy(), features
 
 
 @task(name="samples", task_run_name="samples")
 def samples(
-    out: str, shards: list[str], fingerprint: str, config: ReportConfig, embed: EmbedConfig, resolution: int,
-    runtime: RuntimeConfig, storage_options: dict | None = None,
+    out: str, shards: list[str], fingerprint: str, embeddings: str, config: ReportConfig, embed: EmbedConfig,
+    resolution: int, runtime: RuntimeConfig, storage_options: dict | None = None,
 ) -> dict:
     """`config.samples` samples of every label the model was trained on (`config.sample_steps`
     DDIM steps, noise from `config.sample_seed`), compared with the label's training images on
-    the features of `embed`'s encoder; writes `samples.parquet` and `sample_quality.parquet`."""
+    the features of `embed`'s encoder (`embeddings`: the embed stage's table of the run);
+    writes `samples.parquet` and `sample_quality.parquet`."""
     log = stage_logger()
     with stopwatch() as clock, model_stage(out, fingerprint, runtime, storage_options) as (store, model, device):
         trained = store.read_parquet(f"{MODEL}/{TRAINING_SET}")
         trained = trained[trained["label"].map(lambda v: isinstance(v, str))]
         labels = [lab for lab in model.labels if lab in set(trained["label"])]
-        meta, pixels = read_images(store, shards)
         by_id = trained.drop_duplicates("image_id").set_index("image_id")["label"]
-        keep = meta["image_id"].isin(by_id.index).to_numpy()
-        real_ids = meta["image_id"][keep].to_numpy()
+        encoder, real_ids, real_f = _real_features(store, shards, embeddings, by_id, embed, model, device)
         real_labels = by_id.reindex(real_ids).to_numpy().astype(object)
-        if not labels or keep.sum() == 0:
+        if not labels or len(real_ids) == 0:
             log.warning("no trained label has an image among the live images: no samples")
             return {"samples": 0, "seconds": 0.0, "skipped": "no trained label has a live image"}
         latent = isinstance(model, LatentDiffusion)
@@ -92,10 +100,10 @@ def samples(
         else:
             images = to_uint8(x)
         generated = images.permute(0, 2, 3, 1).contiguous().numpy()  # (L * n, H, W, 3) uint8
-        if generated.shape[1:3] != pixels.shape[1:3]:  # e.g. a latent model's decoded size: compare at the working size
-            generated = np.stack([np.asarray(Image.fromarray(g).resize(pixels.shape[2:0:-1], Image.BICUBIC)) for g in generated])
+        if generated.shape[1:3] != (resolution, resolution):  # e.g. a latent model's decoded size: compare at the working size
+            generated = np.stack([np.asarray(Image.fromarray(g).resize((resolution, resolution), Image.BICUBIC)) for g in generated])
         sample_labels = np.repeat(np.array(labels, dtype=object), config.samples)
-        encoder, real_f, gen_f = _features(embed, model, device, pixels, pixels[keep], generated)
+        gen_f = np.asarray(encoder.transform(generated), np.float64)
         quality, nearest, distance = sample_quality(sample_labels, gen_f, real_labels, real_f)
         name = str(encoder.describe().get("encoder", embed.method))
         quality = quality.assign(features=name, dim=int(gen_f.shape[1]), fingerprint=fingerprint)[QUALITY_COLUMNS]
