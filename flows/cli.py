@@ -156,6 +156,8 @@ def _print_evaluation(result: dict, boxes: str) -> None:
     print(f"evaluated {result['evaluated']} maps of {result['boxes']} box rows; written to {result['evaluation']}", file=sys.stderr)
     for reason, count in (result.get("skipped_by_reason") or {}).items():
         print(f"  skipped {count:>5}  {reason} (column reason of evaluation.parquet)", file=sys.stderr)
+    if result.get("report"):
+        print(f"report (with the evaluation): {result['report']}", file=sys.stderr)
 
 
 def _evaluate(run: str, boxes: str, settings: Settings) -> int:

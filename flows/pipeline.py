@@ -29,6 +29,7 @@ from tasks.lease import run_lease
 from tasks.publish import publish
 from tasks.rank import elements, rank_shard
 from tasks.report import report
+from tasks.samples import samples
 from tasks.score import score_shard, typicality_table
 from tasks.storage import RunStore, sweep_leftovers, sweep_scratch
 from tasks.translate import translate
@@ -197,6 +198,12 @@ def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dic
          "collection_map": mapped["collection_map"]},
         so,
     )
+    sampled = {}
+    if settings.report.samples > 0:  # did the model learn the data? samples beside real images
+        sampled["samples"] = samples(
+            out, names, fingerprint, embedded["embeddings"], settings.report, settings.embed, settings.data.resolution,
+            settings.runtime, so,
+        )
     if reused:
         get_run_logger().info("reused from earlier runs (no model work): %s", ", ".join(reused))
     stages = {
@@ -206,7 +213,7 @@ def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dic
                   "workers": _workers(scored), "maps": [r["maps"] for r, _ in scored]},
         "rank": {"seconds": sum(r["seconds"] for r, hit in ranked if not hit) + mined["seconds"] + published["seconds"], **mined,
                  "workers": _workers(ranked)},
-        **applications,
+        **applications, **sampled,
     }
     info = run_info(
         settings, images=images, labels=labels, out=out, stages=stages, flow_run_id=str(flow_run.id), reused=reused,

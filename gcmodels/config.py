@@ -352,6 +352,13 @@ class ReportConfig(_Section):
     )
     map_thumbnails_per_cluster: int = Field(4, ge=0, description="thumbnails shown per cluster next to the map")
     map_seed: int = Field(0, description="random_state of the t-SNE / UMAP map")
+    samples: int = Field(
+        8, ge=0, le=256,
+        description="samples generated per label by the fine-tuned model (seeded DDIM from noise), shown beside real "
+        "images with the Frechet distance to them on the embed encoder's features; 0 = none",
+    )
+    sample_steps: int = Field(25, ge=1, le=1000, description="DDIM steps of each sample (the cost is samples x labels x steps network passes)")
+    sample_seed: int = Field(0, description="seed of the samples' noise (each label gets the same noises)")
     serve_port: int = Field(
         8765, ge=1024, le=65535,
         description="port of `gcmine serve` (127.0.0.1) that the Prefect UI's report link of a local run root points at",

@@ -45,6 +45,7 @@ from torch import Tensor
 
 from gcmodels.elements import mine_elements
 from gcmodels.patches import top_patches
+from gcmodels.sampling import ddim_denoise
 from gcmodels.typicality import NoisePredictor
 
 __all__ = ["ConsistentChanges", "Translator", "change_maps", "consistent_changes", "patch_crops", "to_uint8"]
@@ -121,34 +122,14 @@ class Translator:
         device = x0.device
         target = target.to(device)
         eps = self.noise(tuple(x0.shape[1:])).to(device, x0.dtype)
-        abar = model.alphas_cumprod.to(device, torch.float32)
-        guided = self.guidance != 1.0
-        per_chunk = max(1, self.batch_size // (2 if guided else 1))
+        per_chunk = max(1, self.batch_size // (2 if self.guidance != 1.0 else 1))
         out = torch.empty_like(x0)
         for start in range(0, x0.shape[0], per_chunk):
             stop = min(start + per_chunk, x0.shape[0])
             x = x0[start:stop]
-            c = target[start:stop]
-            n = x.shape[0]
-            t0 = torch.full((n,), taus[0], dtype=torch.long, device=device)
+            t0 = torch.full((x.shape[0],), taus[0], dtype=torch.long, device=device)
             x = model.add_noise(x, eps.expand_as(x), t0)
-            for j, tau in enumerate(taus):
-                tt = torch.full((n,), tau, dtype=torch.long, device=device)
-                if guided:
-                    pred = model.predict_noise(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([c, torch.zeros_like(c)]))
-                    eps_c, eps_null = pred[:n], pred[n:]
-                    eps_hat = eps_null + self.guidance * (eps_c - eps_null)
-                else:
-                    eps_hat = model.predict_noise(x, tt, c)
-                a_t = abar[tau]
-                x0_hat = (x - (1.0 - a_t).sqrt() * eps_hat) / a_t.sqrt()
-                if self.clip is not None:
-                    x0_hat = x0_hat.clamp(-self.clip, self.clip)
-                if j + 1 < len(taus):
-                    a_next = abar[taus[j + 1]]
-                    x = a_next.sqrt() * x0_hat + (1.0 - a_next).sqrt() * eps_hat
-                else:
-                    x = x0_hat
+            x = ddim_denoise(model, x, target[start:stop], taus, guidance=self.guidance, clip=self.clip)
             out[start:stop] = x.to(out.dtype)
             if progress is not None:
                 progress(stop)

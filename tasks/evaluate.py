@@ -32,7 +32,9 @@ from tasks.lease import root_state
 from tasks.logs import stage_logger
 from tasks.storage import RunStore
 
-__all__ = ["BOX_COLUMNS", "EVALUATION_COLUMNS", "METRICS", "evaluate", "match_boxes", "read_boxes", "summarise"]
+__all__ = [
+    "BOX_COLUMNS", "EVALUATION_COLUMNS", "METRICS", "evaluate", "maps_key", "match_boxes", "read_boxes", "recorded_maps", "summarise",
+]
 
 BOX_COLUMNS = ["filename", "label", "x0", "y0", "x1", "y1"]
 METRICS = ["aucpr_paper", "ap", "pointing", "inside", "outside"]
@@ -165,19 +167,37 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "label", "pairs", *METRICS])
 
 
+def maps_key(parts: dict[str, list[str]]) -> str:
+    """A short digest of the maps parts evaluated (per model, as `recorded_maps` gives them),
+    kept in `evaluation_summary.parquet` (column `maps`): the report tells an evaluation of the
+    current maps from one of an earlier run of the same root."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps({k: sorted(v) for k, v in sorted(parts.items())}).encode()).hexdigest()[:16]
+
+
+def maps_of(run_json: dict) -> dict[str, list[str]]:
+    """The maps parts a run's `run.json` (or the run info the report receives) records, per model;
+    empty when it records none."""
+    score = (run_json.get("stages") or {}).get("score") or {}
+    if not score.get("maps"):
+        return {}
+    return {"finetuned": list(score["maps"]), **({"base": list(score["maps_base"])} if score.get("maps_base") else {})}
+
+
 def recorded_maps(store: RunStore) -> dict[str, list[str]]:
     """The maps parts of the run's latest scoring, per model (`finetuned`; `base` with
     score.compare_base), as `run.json` records them."""
     if not store.exists(RUN_JSON):
         raise InputError(f"{store.uri(RUN_JSON)} does not exist: {store.root_uri} is not a finished gcmine run")
-    score = (store.read_json(RUN_JSON).get("stages") or {}).get("score") or {}
-    maps = score.get("maps")
+    maps = maps_of(store.read_json(RUN_JSON))
     if not maps:
         raise InputError(
             f"{store.uri(RUN_JSON)} records no typicality maps (a run made before gcmine evaluate existed, or one "
             "that did not finish scoring): rerun the same `gcmine run` into it; finished stages are reused"
         )
-    return {"finetuned": list(maps), **({"base": list(score["maps_base"])} if score.get("maps_base") else {})}
+    return maps
 
 
 @task(name="evaluate", task_run_name="evaluate")
@@ -210,13 +230,13 @@ def evaluate(out: str, boxes: str, storage_options: dict | None = None) -> dict:
                         row.update(status="skipped", reason=f"map not usable: {err}")
                 rows.append(row)
         table = pd.DataFrame(rows, columns=EVALUATION_COLUMNS)
-        summary = summarise(table)
+        summary = summarise(table).assign(maps=maps_key(parts))
         store.write_parquet(EVALUATION, table)
         store.write_parquet(EVALUATION_SUMMARY, summary)
     evaluated = int((table["status"] == "ok").sum())
     skipped = table[table["status"] != "ok"]
     log.info("evaluated %d (image, label, model) maps against %s; %d skipped", evaluated, boxes, len(skipped))
-    records = summary.astype({m: float for m in METRICS}).round(6).to_dict(orient="records")
+    records = summary.drop(columns="maps").astype({m: float for m in METRICS}).round(6).to_dict(orient="records")
     _table_artifact(records, boxes, out)
     return {
         "evaluated": evaluated, "skipped": len(skipped), "boxes": len(found), "summary": records,

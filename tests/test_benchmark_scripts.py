@@ -88,3 +88,23 @@ def test_families_benchmark_runs_on_tiny_configs() -> None:
     dit = [line for line in done.stdout.splitlines() if line.startswith("| tiny DiT")][0].split("|")
     assert dit[5].strip() == "n/a" and "@64)" in dit[7]  # a DiT only at its sample size
     assert "failed" not in done.stdout and "skipped" not in done.stdout and rows
+
+
+@pytest.mark.slow
+def test_samples_frechet_benchmark_runs(tmp_path: Path) -> None:
+    """The samples / Frechet distance benchmark (RESULTS 13) on a model trained 4 steps: a row per
+    checkpoint, the real-digits floor, and the grid of the last samples."""
+    grid = tmp_path / "grid.png"
+    cmd = [
+        sys.executable, str(ROOT / "benchmarks" / "samples_frechet.py"), "--steps", "4", "--checkpoints", "0", "4",
+        "--per-label", "3", "--sample-steps", "2", "--resolution", "8", "--channels", "8", "16", "--grid", str(grid),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert done.returncode in (0, 1), done.stderr[-2000:]  # 1: the distance did not fall (4 steps prove nothing)
+    rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [r[1].strip() for r in rows[1:]] == ["0", "4", "real digits (3 per digit, the floor)"]
+    assert all(float(r[3]) >= 0 for r in rows[1:])
+    from PIL import Image
+
+    assert Image.open(grid).size == (3 * 8 * 4, 10 * 8 * 4)

@@ -5,6 +5,7 @@ bad box files refused with one line, and the same evaluation on an S3 run root."
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,8 @@ def run(prefect_harness, tmp_path_factory) -> dict:
     for item in TINY:
         argv += ["--set", item]
     assert main(argv) == 0
-    return {"root": root, "out": out, "boxes": pd.DataFrame(rows)}
+    report = (out / "report" / "index.html").read_text()
+    return {"root": root, "out": out, "boxes": pd.DataFrame(rows), "report_before": report}
 
 
 def _evaluate(out, boxes_path, *extra: str) -> int:
@@ -91,6 +93,42 @@ def test_evaluate_scores_every_box_against_its_map(run, tmp_path, capsys) -> Non
     assert pooled["pairs"] == len(boxes) and pooled["ap"] == pytest.approx(table["ap"].mean())
     err = capsys.readouterr().err
     assert "typicality maps against the boxes" in err and "(all)" in err
+
+
+def test_a_run_without_evaluation_has_no_evaluation_section(run) -> None:
+    html = run["report_before"]
+    assert 'id="evaluation"' not in html and "Typicality maps against the boxes" not in html
+    assert 'id="summary"' in html  # the report itself is there
+
+
+def test_evaluate_renders_the_report_again_with_the_numbers(run, tmp_path, capsys) -> None:
+    from tasks.report import measured_sections
+    from tasks.reporting.evaluation import POOLED
+
+    path = tmp_path / "boxes.csv"
+    run["boxes"].to_csv(path, index=False)
+    run_json_before = (run["out"] / RUN_JSON).read_text()
+    assert _evaluate(run["out"], path) == 0
+    assert "report (with the evaluation)" in capsys.readouterr().err
+    store = RunStore(str(run["out"]))
+    html = (run["out"] / "report" / "index.html").read_text()
+    assert '<section id="evaluation">' in html and '<a href="#evaluation">' in html
+    section = html.split('<section id="evaluation">', 1)[1].split("</section>", 1)[0]
+    summary = store.read_parquet(EVALUATION_SUMMARY)
+    for _, r in summary.iterrows():  # every label and the pooled row, with its numbers as printed
+        row = re.search(r"<tr[^>]*><td>finetuned</td><td>(?:<b>)?" + re.escape("all labels (micro-average)" if r["label"] == POOLED else r["label"]) + r"(.*?)</tr>", section)
+        assert row, r["label"]
+        cells = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row.group(1))]
+        assert cells[:4] == [str(int(r["pairs"])), f"{100 * r['aucpr_paper']:.1f}%", f"{100 * r['ap']:.1f}%", f"{100 * r['pointing']:.1f}%"]
+    assert "earlier run of this root" not in section
+    assert (run["out"] / RUN_JSON).read_text() == run_json_before  # run.json kept as the run wrote it
+    # an evaluation of other maps than the run's current ones is flagged, not shown as current
+    run_json = store.read_json(RUN_JSON)
+    other = {**run_json, "stages": {**run_json["stages"], "score": {**run_json["stages"]["score"], "maps": ["maps/part-00000-other.parquet"]}}}
+    (anchor, _, stale), = measured_sections(store, other)
+    assert anchor == "evaluation" and "earlier run of this root" in stale
+    (_, _, fresh), = measured_sections(store, run_json)
+    assert "earlier run of this root" not in fresh
 
 
 def test_every_box_row_is_accounted_for(run, tmp_path) -> None:

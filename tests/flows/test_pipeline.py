@@ -163,6 +163,39 @@ def test_model_and_run_json(run) -> None:
         assert info["config"]["train"]["steps"] == 3
 
 
+def test_samples_beside_real_images(run) -> None:
+    """report.samples (default 8) samples per label of the run's model, their Frechet distance to
+    the label's real images on the embed encoder's features, shown in the report; an earlier
+    model's samples are not shown as this run's."""
+    from tasks.report import measured_sections
+    from tasks.samples import QUALITY_COLUMNS, SAMPLE_COLUMNS
+
+    s = run["store"]
+    info = s.read_json("run.json")
+    fingerprint = info["stages"]["finetune"]["fingerprint"]
+    table = s.read_parquet("samples.parquet")
+    assert list(table.columns) == SAMPLE_COLUMNS and len(table) == 8 * len(LABELS)
+    assert sorted(table["label"].unique()) == sorted(LABELS) and (table["fingerprint"] == fingerprint).all()
+    assert (table["steps"] == 25).all() and set(table["nearest_label"]) <= set(LABELS)
+    from PIL import Image
+
+    first = Image.open(io.BytesIO(table["png"].iloc[0]))
+    assert first.size == (16, 16) and first.mode == "RGB"
+    quality = s.read_parquet("sample_quality.parquet").set_index("label")
+    assert list(quality.reset_index().columns) == QUALITY_COLUMNS and set(quality.index) == {*LABELS, "(all)"}
+    assert (quality["features"] == "pixel-pca").all() and (quality["frechet"] > 0).all()
+    assert quality.loc["(all)", "samples"] == 16 and quality.loc["(all)", "real_images"] == 12
+    assert quality.loc["(all)", "nearest_label_share"] == pytest.approx((table["nearest_label"] == table["label"]).mean())
+    assert "samples" in info["timings"]
+    report = (run["out"] / "report" / "index.html").read_text()
+    section = report.split('<section id="samples">', 1)[1].split("</section>", 1)[0]
+    assert "Frechet distance on pixel-pca features" in section and section.count('class="crop"') == 16 + 12
+    assert f"{quality.loc['(all)', 'frechet']:.4g}" in section
+    other = {**info, "stages": {**info["stages"], "finetune": {**info["stages"]["finetune"], "fingerprint": "0" * 16}}}
+    assert [a for a, _, _ in measured_sections(s, other, lambda i: None)] == []
+    assert [a for a, _, _ in measured_sections(s, info, lambda i: None)] == ["samples"]
+
+
 def test_diffusion_embedding_runs_after_finetune(prefect_harness, dataset, tmp_path) -> None:
     """embed.method=diffusion: the flow fine-tunes first, then embeds with that model's decoder
     features; everything downstream (clusters, scores) uses the same single model."""

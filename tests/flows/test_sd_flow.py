@@ -4,6 +4,7 @@ ranking, report; then the checks of the issue (coordinates, cached latents, load
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -72,6 +73,19 @@ def test_model_is_a_loadable_sd_directory_with_the_prompts(sd_run) -> None:
     history = sd_run["store"].read_parquet("training.parquet")
     assert history["step"].tolist() == [0, 1] and np.isfinite(history["loss"]).all()
     assert not (sd_run["out"] / "checkpoints").exists()  # removed once the model is published
+
+
+def test_samples_of_a_latent_model_are_decoded_latents(sd_run) -> None:
+    """The samples stage draws latents (4 x 4 at 16 px with the tiny VAE's factor 4) and decodes
+    them to working-resolution images, compared with the real images on the pca features."""
+    store = sd_run["store"]
+    table = store.read_parquet("samples.parquet")
+    assert len(table) == 8 * 2 and set(table["label"]) == {"red_car", "blue car"}
+    assert {Image.open(io.BytesIO(b)).size for b in table["png"]} == {(16, 16)}
+    quality = store.read_parquet("sample_quality.parquet").set_index("label")
+    assert quality.loc["(all)", "real_images"] == 10 and np.isfinite(quality["frechet"]).all()
+    report = (sd_run["out"] / "report" / "index.html").read_text()
+    assert '<section id="samples">' in report
 
 
 def test_maps_at_latent_resolution_and_patches_in_original_pixels(sd_run) -> None:

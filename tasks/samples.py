@@ -1,0 +1,127 @@
+"""samples: did the model learn the data? Per label, samples of the fine-tuned model (seeded DDIM
+from noise, gcmodels/sampling.py) compared with the real images of that label on the embed
+stage's encoder's features (gcmodels/frechet.py): the Frechet distance between the two feature
+sets (per label and over every label; named after the encoder, never called FID: it is not on
+Inception features), and the share of samples whose nearest real image carries the label they
+were generated for.
+
+Writes `samples.parquet` (one row per sample: its PNG and nearest real image) and
+`sample_quality.parquet` (per label and `(all)`), both tagged with the model's fingerprint so the
+report shows them only beside the model that made them.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from prefect import task
+
+from gcmodels.config import EmbedConfig, ReportConfig, RuntimeConfig
+from gcmodels.diffusion import LatentDiffusion
+from gcmodels.encoders import fits_on_collection, make_encoder
+from gcmodels.frechet import ALL, sample_quality
+from gcmodels.sampling import Sampler
+from gcmodels.translation import to_uint8
+from tasks.artifacts import MODEL, SAMPLE_QUALITY, SAMPLES, read_images, stopwatch
+from tasks.logs import stage_logger
+from tasks.models import TRAINING_SET, model_stage
+
+__all__ = ["ALL", "QUALITY_COLUMNS", "SAMPLE_COLUMNS", "samples"]
+SAMPLE_COLUMNS = ["label", "sample", "png", "nearest_image_id", "nearest_label", "nearest_distance", "seed", "steps", "fingerprint"]
+QUALITY_COLUMNS = [
+    "label", "samples", "real_images", "frechet", "nearest_label_share", "features", "dim", "fingerprint",
+]
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _real_features(store, shards: list[str], embeddings: str, trained: pd.Series, config: EmbedConfig, model, device):
+    """The embed stage's encoder and the features of the images the model was trained on
+    (`trained`: image_id -> label): an encoder fitted on the collection (pca, autoencoder, vae)
+    is fitted again on every live image as the embed stage fits it (same settings and seed) and
+    embeds them; for clip and diffusion (no fit) the features are the run's `embeddings` table.
+    Returns (encoder, image ids (N,), features (N, D) float64)."""
+    if fits_on_collection(config.method):
+        meta, pixels = read_images(store, shards)
+        encoder = make_encoder(config).fit(pixels)
+        keep = meta["image_id"].isin(trained.index).to_numpy()
+        ids = meta["image_id"][keep].to_numpy()
+        return encoder, ids, np.asarray(encoder.transform(pixels[keep]), np.float64) if keep.any() else np.zeros((0, 1))
+    if config.method == "clip":
+        from tasks.embed import clip_encoder
+
+        encoder = clip_encoder(config)
+    else:
+        encoder = make_encoder(config, diffusion=model, device=str(device)).fit()
+    table = store.read_parquet(embeddings)
+    table = table[table["image_id"].isin(trained.index)]
+    features = np.stack(table["embedding"].to_numpy()).astype(np.float64) if len(table) else np.zeros((0, 1))
+    return encoder, table["image_id"].to_numpy(), features
+
+
+@task(name="samples", task_run_name="samples")
+def samples(
+    out: str, shards: list[str], fingerprint: str, embeddings: str, config: ReportConfig, embed: EmbedConfig,
+    resolution: int, runtime: RuntimeConfig, storage_options: dict | None = None,
+) -> dict:
+    """`config.samples` samples of every label the model was trained on (`config.sample_steps`
+    DDIM steps, noise from `config.sample_seed`), compared with the label's training images on
+    the features of `embed`'s encoder (`embeddings`: the embed stage's table of the run);
+    writes `samples.parquet` and `sample_quality.parquet`."""
+    log = stage_logger()
+    with stopwatch() as clock, model_stage(out, fingerprint, runtime, storage_options) as (store, model, device):
+        trained = store.read_parquet(f"{MODEL}/{TRAINING_SET}")
+        trained = trained[trained["label"].map(lambda v: isinstance(v, str))]
+        labels = [lab for lab in model.labels if lab in set(trained["label"])]
+        by_id = trained.drop_duplicates("image_id").set_index("image_id")["label"]
+        encoder, real_ids, real_f = _real_features(store, shards, embeddings, by_id, embed, model, device)
+        real_labels = by_id.reindex(real_ids).to_numpy().astype(object)
+        if not labels or len(real_ids) == 0:
+            log.warning("no trained label has an image among the live images: no samples")
+            return {"samples": 0, "seconds": 0.0, "skipped": "no trained label has a live image"}
+        latent = isinstance(model, LatentDiffusion)
+        if latent:
+            f = model.latent_factor
+            shape = (model.latent_channels, resolution // f, resolution // f)
+        else:
+            shape = (3, model.resolution, model.resolution)
+        sampler = Sampler(steps=config.sample_steps, clip=None if latent else 1.0, seed=config.sample_seed)
+        x = sampler.sample(model, model.label_index(labels), config.samples, shape, device=device)
+        if latent:
+            images = torch.cat([model.decode(x[i:i + 16].to(device)).cpu() for i in range(0, len(x), 16)])
+        else:
+            images = to_uint8(x)
+        generated = images.permute(0, 2, 3, 1).contiguous().numpy()  # (L * n, H, W, 3) uint8
+        if generated.shape[1:3] != (resolution, resolution):  # e.g. a latent model's decoded size: compare at the working size
+            generated = np.stack([np.asarray(Image.fromarray(g).resize((resolution, resolution), Image.BICUBIC)) for g in generated])
+        sample_labels = np.repeat(np.array(labels, dtype=object), config.samples)
+        gen_f = np.asarray(encoder.transform(generated), np.float64)
+        quality, nearest, distance = sample_quality(sample_labels, gen_f, real_labels, real_f)
+        name = str(encoder.describe().get("encoder", embed.method))
+        quality = quality.assign(features=name, dim=int(gen_f.shape[1]), fingerprint=fingerprint)[QUALITY_COLUMNS]
+        table = pd.DataFrame({
+            "label": sample_labels, "sample": np.tile(np.arange(config.samples), len(labels)),
+            "png": [_png(g) for g in generated], "nearest_image_id": real_ids[nearest], "nearest_label": real_labels[nearest],
+            "nearest_distance": distance, "seed": config.sample_seed, "steps": config.sample_steps, "fingerprint": fingerprint,
+        })[SAMPLE_COLUMNS]
+        store.write_parquet(SAMPLES, table)
+        store.write_parquet(SAMPLE_QUALITY, quality)
+    overall = quality[quality["label"] == ALL].iloc[0]
+    log.info(
+        "%d samples of %d labels (%d DDIM steps): Frechet distance on %s features %.4g, nearest real image of the "
+        "sample's label for %.0f%% in %.1f s", len(table), len(labels), config.sample_steps, name, overall["frechet"],
+        100 * overall["nearest_label_share"], clock["seconds"],
+    )
+    return {
+        "samples": len(table), "labels": len(labels), "steps": config.sample_steps, "features": name,
+        "frechet": float(overall["frechet"]), "nearest_label_share": float(overall["nearest_label_share"]),
+        "seconds": clock["seconds"],
+    }
