@@ -30,7 +30,19 @@ from torch import Tensor
 
 from gcmodels.typicality import NoisePredictor
 
-__all__ = ["Sampler", "ddim_denoise"]
+__all__ = ["Sampler", "check_ddim_settings", "ddim_denoise"]
+
+
+def check_ddim_settings(steps: int, guidance: float, clip: float | None, batch_size: int) -> None:
+    """ValueError naming the value when a DDIM setting (of sampling or translation) is out of range."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not math.isfinite(guidance) or guidance < 0:
+        raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
+    if clip is not None and not clip > 0:
+        raise ValueError(f"clip must be positive or None, got {clip}")
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be >= 2, got {batch_size}")
 
 
 def ddim_denoise(
@@ -79,14 +91,7 @@ class Sampler:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if not math.isfinite(self.guidance) or self.guidance < 0:
-            raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance}")
-        if self.clip is not None and not self.clip > 0:
-            raise ValueError(f"clip must be positive or None, got {self.clip}")
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
+        check_ddim_settings(self.steps, self.guidance, self.clip, self.batch_size)
 
     def timesteps(self, num_train_timesteps: int) -> list[int]:
         """The DDIM timesteps visited, descending from T - 1 (at most `steps`, all distinct)."""

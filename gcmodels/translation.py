@@ -45,7 +45,7 @@ from torch import Tensor
 
 from gcmodels.elements import mine_elements
 from gcmodels.patches import top_patches
-from gcmodels.sampling import ddim_denoise
+from gcmodels.sampling import check_ddim_settings, ddim_denoise
 from gcmodels.typicality import NoisePredictor
 
 __all__ = ["ConsistentChanges", "Translator", "change_maps", "consistent_changes", "patch_crops", "to_uint8"]
@@ -73,14 +73,7 @@ class Translator:
     def __post_init__(self) -> None:
         if not 0.0 <= self.strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {self.strength}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if not math.isfinite(self.guidance) or self.guidance < 0:
-            raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance}")
-        if self.clip is not None and not self.clip > 0:
-            raise ValueError(f"clip must be positive or None, got {self.clip}")
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
+        check_ddim_settings(self.steps, self.guidance, self.clip, self.batch_size)
 
     def timesteps(self, num_train_timesteps: int) -> list[int]:
         """The DDIM timesteps visited, descending from t_s; empty for strength 0."""
