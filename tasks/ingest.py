@@ -233,7 +233,9 @@ def _read_source(fs, uri: str, limit: int, size: int | None) -> bytes:
     return data
 
 
-def _decode_one(fs, uri: str, data_config: DataConfig, known: frozenset[str], size: int | None = None) -> dict:
+def _decode_one(
+    fs, uri: str, data_config: DataConfig, known: frozenset[str], size: int | None = None, multiple: int = 8,
+) -> dict:
     """Read one file; decode it unless its content (image_id) is already in a reusable shard.
     A file that cannot be read, is not a regular file or is larger than `data.max_file_bytes` is
     rejected; an object store failing after its retries fails the run (`StorageError`) rather
@@ -265,12 +267,13 @@ def _decode_one(fs, uri: str, data_config: DataConfig, known: frozenset[str], si
         "image_id": iid,
         "width": img.width,
         "height": img.height,
-        "png": encode_png(to_working(img, data_config.resolution, data_config.resize)),
+        "png": encode_png(to_working(img, data_config.resolution, data_config.resize, multiple)),
     }
 
 
 def _previous_run(
     store: RunStore, resolution: int, resize: str = "square", log: logging.Logger | logging.LoggerAdapter | None = None,
+    multiple: int = 8,
 ) -> tuple[list[dict], pd.DataFrame]:
     """Shards of an earlier run at the same working size policy (reusable as they are) and its ok
     rows. A damaged manifest or shard list is ignored, and a missing or damaged shard is not
@@ -289,6 +292,7 @@ def _previous_run(
     if "first_seen" not in prev.columns:
         prev["first_seen"] = None
     same = meta.get("resolution") == resolution and meta.get("resize", "square") == resize
+    same = same and (resize == "square" or meta.get("multiple", 8) == multiple)
     shards = meta["shards"] if same else []
     have = set().union(*[set(sh["ids"]) for sh in shards]) if shards else set()
     # A shard is reusable only if the previous manifest still describes all of its images.
@@ -315,7 +319,7 @@ def parquet_damage_or_missing(store: RunStore, rel: str) -> str | None:
 
 def ingest_images(
     images: str, labels: str | None, store: RunStore, data: DataConfig, storage_options: dict | None = None,
-    logger: logging.Logger | None = None,
+    logger: logging.Logger | None = None, multiple: int = 8,
 ) -> dict:
     """Everything of the ingest stage but the Prefect wrapping; returns the ingest summary.
 
@@ -345,13 +349,13 @@ def ingest_images(
             )
     else:
         assigned = sources.labels if sources.labels is not None else [None] * len(sources.uris)
-    old_shards, previous = _previous_run(store, data.resolution, data.resize, log)
+    old_shards, previous = _previous_run(store, data.resolution, data.resize, log, multiple)
     shard_of = {iid: sh["name"] for sh in old_shards for iid in sh["ids"]}
     known = frozenset(shard_of)
     fs, _ = open_fs(images, storage_options)
     with ThreadPoolExecutor(max_workers=8) as pool:
         sizes = sources.sizes or [None] * len(sources.uris)
-        decoded = list(pool.map(lambda us: _decode_one(fs, us[0], data, known, us[1]), zip(sources.uris, sizes)))
+        decoded = list(pool.map(lambda us: _decode_one(fs, us[0], data, known, us[1], multiple), zip(sources.uris, sizes)))
 
     prev = previous.set_index("image_id")
     now = pd.Timestamp.now(tz="UTC").isoformat()
@@ -395,9 +399,13 @@ def ingest_images(
         ids = [r["image_id"] for r in chunk]
         all_shards.append({"name": name, "ids": ids})
         manifest.loc[manifest["image_id"].isin(ids) & (manifest["status"] == "ok"), "shard"] = name
+    # the working size policy keys the shards: resize (when not square), and the long side's
+    # rounding when it is not the VAE's 8 (the pixel UNet's downsampling factor)
+    policy = [data.resize] if data.resize != "square" else []
+    policy += [multiple] if data.resize != "square" and multiple != 8 else []
     for sh in all_shards:
-        sh["fingerprint"] = content_key(sorted(sh["ids"]), data.resolution, *([data.resize] if data.resize != "square" else []))
-    store.write_json(SHARDS_META, {"resolution": data.resolution, "resize": data.resize, "shards": all_shards})
+        sh["fingerprint"] = content_key(sorted(sh["ids"]), data.resolution, *policy)
+    store.write_json(SHARDS_META, {"resolution": data.resolution, "resize": data.resize, "multiple": multiple, "shards": all_shards})
     store.write_parquet(MANIFEST, manifest)
     ok = manifest["status"] == "ok"
     live = manifest[ok]
@@ -439,7 +447,7 @@ def ingest_images(
         "missing_files": len(missing), "missing_examples": missing[:5],
         "labels": {str(k): int(v) for k, v in label_counts.items()}, "shards": shards,
         "new_images": len(new_rows), "reused_shards": len(old_shards),
-        "images_key": content_key(sorted(live["image_id"]), data.resolution),
+        "images_key": content_key(sorted(live["image_id"]), data.resolution, *policy),
         "labels_key": content_key(sorted(zip(labelled["image_id"], labelled["label"]))),
         "notes": notes,
     }
@@ -480,8 +488,13 @@ def _transient(task, task_run, state) -> bool:
 
 
 @task(name="ingest", task_run_name="ingest", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient)
-def ingest(images: str, labels: str | None, out: str, data: DataConfig, storage_options: dict | None = None) -> dict:
-    """Prefect task: see `ingest_images`."""
+def ingest(
+    images: str, labels: str | None, out: str, data: DataConfig, storage_options: dict | None = None, multiple: int = 8,
+) -> dict:
+    """Prefect task: see `ingest_images` (`multiple`: what the long side of a working image is
+    rounded to under data.resize=short_side, `Settings.working_multiple`)."""
     with stopwatch() as clock:
-        summary = ingest_images(images, labels, RunStore(out, storage_options), data, storage_options, stage_logger())
+        summary = ingest_images(
+            images, labels, RunStore(out, storage_options), data, storage_options, stage_logger(), multiple=multiple
+        )
     return {**summary, "seconds": clock["seconds"]}
