@@ -282,8 +282,11 @@ def finetune(
             log.info("%d labelled image(s) held out of fine-tuning (score.holdout = %g)", len(held), holdout)
         training_set = meta[meta["label"].map(lambda v: isinstance(v, str))][["image_id", "label"]].reset_index(drop=True)
         checkpoint, class_map = checkpoint_of(model_config, storage_options)
+        # working images that keep an oblong original's aspect ratio (data.resize=short_side) key
+        # the model too: a change of resize policy retrains it (squares are the same under both)
+        oblong = ["aspect kept"] if latents is None and any(p.shape[0] != p.shape[1] for p in pixels) else []
         config_key = content_key(
-            resolution, model_config, train_config.model_dump(exclude={"retrain_fraction"}),
+            resolution, model_config, train_config.model_dump(exclude={"retrain_fraction"}), *oblong,
             *([{"holdout": holdout, "seed": holdout_seed}] if holdout > 0 else []),
             *([base_key(model_config.base)] if model_config.base is not None else []),
             *([sorted(class_map.items())] if class_map else []),

@@ -291,9 +291,14 @@ def _previous_run(
     prev = prev[prev["status"] == "ok"].drop_duplicates("image_id")
     if "first_seen" not in prev.columns:
         prev["first_seen"] = None
-    same = meta.get("resolution") == resolution and meta.get("resize", "square") == resize
-    same = same and (resize == "square" or meta.get("multiple", 8) == multiple)
-    shards = meta["shards"] if same else []
+    same = meta.get("resize", "square") == resize and (resize == "square" or meta.get("multiple", 8) == multiple)
+    if meta.get("resolution") != resolution:
+        shards = []
+    elif same:
+        shards = meta["shards"]
+    else:  # another resize policy: square originals have the same working image under every policy
+        squares = set(prev.loc[(prev["width"] == prev["height"]).fillna(False).astype(bool), "image_id"])
+        shards = [sh for sh in meta["shards"] if set(sh["ids"]) <= squares]
     have = set().union(*[set(sh["ids"]) for sh in shards]) if shards else set()
     # A shard is reusable only if the previous manifest still describes all of its images.
     if not have <= set(prev["image_id"]):
@@ -399,12 +404,16 @@ def ingest_images(
         ids = [r["image_id"] for r in chunk]
         all_shards.append({"name": name, "ids": ids})
         manifest.loc[manifest["image_id"].isin(ids) & (manifest["status"] == "ok"), "shard"] = name
-    # the working size policy keys the shards: resize (when not square), and the long side's
-    # rounding when it is not the VAE's 8 (the pixel UNet's downsampling factor)
+    # the working size policy keys the shards that hold an image it changes (one that is not a
+    # square: a square gives resolution x resolution under every policy): resize (when not square),
+    # and the long side's rounding when it is not the VAE's 8 (the pixel UNet's downsampling factor)
     policy = [data.resize] if data.resize != "square" else []
     policy += [multiple] if data.resize != "square" and multiple != 8 else []
+    done = manifest[manifest["status"] == "ok"]
+    oblong = set(done.loc[(done["width"] != done["height"]).fillna(True).astype(bool), "image_id"])
     for sh in all_shards:
-        sh["fingerprint"] = content_key(sorted(sh["ids"]), data.resolution, *policy)
+        keyed = policy if oblong.intersection(sh["ids"]) else []
+        sh["fingerprint"] = content_key(sorted(sh["ids"]), data.resolution, *keyed)
     store.write_json(SHARDS_META, {"resolution": data.resolution, "resize": data.resize, "multiple": multiple, "shards": all_shards})
     store.write_parquet(MANIFEST, manifest)
     ok = manifest["status"] == "ok"
@@ -447,7 +456,7 @@ def ingest_images(
         "missing_files": len(missing), "missing_examples": missing[:5],
         "labels": {str(k): int(v) for k, v in label_counts.items()}, "shards": shards,
         "new_images": len(new_rows), "reused_shards": len(old_shards),
-        "images_key": content_key(sorted(live["image_id"]), data.resolution, *policy),
+        "images_key": content_key(sorted(live["image_id"]), data.resolution, *(policy if oblong.intersection(live["image_id"]) else [])),
         "labels_key": content_key(sorted(zip(labelled["image_id"], labelled["label"]))),
         "notes": notes,
     }

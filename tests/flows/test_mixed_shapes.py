@@ -118,3 +118,21 @@ def test_squares_give_what_resize_square_gives(prefect_harness, tmp_path) -> Non
     assert len(ma) == 10
     for x, y in zip(unpack_map_rows(ma.reset_index(drop=True)), unpack_map_rows(mb.reset_index(drop=True))):
         assert np.array_equal(x, y)
+
+
+def test_a_change_of_resize_policy_retrains_on_oblong_images(mixed, tmp_path) -> None:
+    """The model of a short_side run on oblong images is not reused by a square run in the same
+    run root (its working images differ), and the images are decoded again."""
+    import shutil
+
+    from flows.config import load_settings
+    from flows.pipeline import run_pipeline
+
+    out = tmp_path / "run"
+    shutil.copytree(mixed["out"], out)
+    settings = load_settings(None, [*TINY, "data.resize=square"])
+    result = run_pipeline(str(mixed["out"].parent / "images"), str(out), None, settings)
+    assert "finetune" not in result["reused"]
+    assert result["stages"]["ingest"]["reused_shards"] == 0  # every shard holds an oblong image
+    maps = pd.concat([pd.read_parquet(out / m) for m in result["stages"]["score"]["maps"]])
+    assert len(maps) == 18 and set(zip(maps["height"], maps["width"])) == {(16, 16)}
