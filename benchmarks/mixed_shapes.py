@@ -88,14 +88,24 @@ def main() -> int:
     ap.add_argument("--resize", nargs="+", choices=("square", "short_side"), default=["square", "short_side"])
     ap.add_argument("--out", help="work folder (default: a temporary folder)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument(
+        "--multiple", type=int, default=None,
+        help="experiment: round the long side to this multiple instead of the model's downsampling factor "
+        "(fewer, fuller shape buckets; a multiple of that factor)",
+    )
     args = ap.parse_args()
+    if args.multiple is not None:  # an experiment of this benchmark only, not a setting
+        from gcmodels.config import Settings
+
+        Settings.working_multiple = property(lambda self: args.multiple)  # type: ignore[method-assign, assignment]
 
     work = Path(args.out or tempfile.mkdtemp(prefix="gcmine-mixed-"))
     truth = write_dataset(work / "dataset", args.dataset, args.per_label, args.seed)
     aspect = truth["width"] / truth["height"]
     print(f"{args.dataset}: {len(truth)} images, {truth['label'].nunique()} labels x {args.per_label}, seed {args.seed}; "
           f"widths {truth['width'].min()}-{truth['width'].max()}, heights {truth['height'].min()}-{truth['height'].max()}, "
-          f"aspect {aspect.min():.2f}-{aspect.max():.2f}; overrides: {args.overrides or 'none'}", flush=True)
+          f"aspect {aspect.min():.2f}-{aspect.max():.2f}; overrides: {args.overrides or 'none'}"
+          f"{'' if args.multiple is None else f'; long side rounded to a multiple of {args.multiple}'}", flush=True)
     runs = []
     for resize in args.resize:
         got = run_policy(work / "dataset", work / f"run-{resize}", resize, args.overrides, truth)
@@ -110,7 +120,9 @@ def main() -> int:
         print(f"seconds: flow wall {got['wall']:.0f}; stages: {timing}", flush=True)
     if len(runs) == 2:
         a, b = runs
-        same_maps = a["maps"].keys() == b["maps"].keys() and all((a["maps"][k] == b["maps"][k]).all() for k in a["maps"])
+        same_maps = a["maps"].keys() == b["maps"].keys() and all(
+            len(a["maps"][k]) == len(b["maps"][k]) and (a["maps"][k] == b["maps"][k]).all() for k in a["maps"]
+        )
         cols = ["image_id", "rank", "x0", "y0", "x1", "y1", "element"]
         same_patches = a["patches"][cols].reset_index(drop=True).equals(b["patches"][cols].reset_index(drop=True))
         print(f"\nmaps identical under both policies: {same_maps}; patches identical: {same_patches}")
