@@ -110,7 +110,7 @@ def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dic
     """The stages of `mine`, run under the lease of `out` (`checkpoint`: what `check_base` found
     in model.base, or None)."""
     reused: list[str] = []
-    ingested = ingest(images, labels, out, settings.data, so)
+    ingested = ingest(images, labels, out, settings.data, so, multiple=settings.working_multiple)
     if checkpoint is not None and checkpoint.conditioning == "class":  # every label needs a class of the checkpoint
         given = [] if settings.data.labels == "clusters" else list(ingested["labels"])
         check_class_labels(checkpoint, settings.model.class_map, given, so)

@@ -60,8 +60,9 @@ class DataConfig(_Section):
     resize: Literal["square", "short_side"] = Field(
         "square",
         description="working images: square (resolution x resolution, aspect not kept) or short_side (the short "
-        "side scaled to resolution, the long one to keep the aspect ratio, both rounded to multiples of 8); "
-        "with model.base the default is short_side",
+        "side scaled to resolution, the long one to keep the aspect ratio, rounded to a multiple of the model's "
+        "downsampling factor: 8 with model.base, 2^(levels - 1) for the pixel model; images of one shape are batched "
+        "together); with model.base the default is short_side",
     )
     max_pixels: int = Field(64_000_000, ge=1, description="images with more pixels are rejected (decompression bombs)")
     max_file_bytes: int = Field(
@@ -565,10 +566,6 @@ class Settings(_Section):
             # the checkpoint's decoder blocks are unknown here: the flow checks rank.feature_block
             # against model.base's unet/config.json before any work (tasks.latents.check_base)
             return self
-        if self.data.resize != "square":
-            raise ValueError(
-                f"data.resize={self.data.resize!r} needs model.base: the small pixel model works on square images"
-            )
         if self.train.lora_rank:
             raise ValueError(f"train.lora_rank ({self.train.lora_rank}) needs model.base: LoRA adapts a pretrained UNet")
         levels = len(self.model.block_out_channels)
@@ -583,6 +580,15 @@ class Settings(_Section):
                 f"(from {-levels} to {levels - 1})"
             )
         return self
+
+    @property
+    def working_multiple(self) -> int:
+        """What the long side of a working image is rounded to under data.resize=short_side: the
+        model's downsampling factor, 8 (VAE latents) with model.base, 2^(levels - 1) for the small
+        pixel UNet (model.block_out_channels), whose every level halves the image."""
+        if self.model.base is not None:
+            return 8
+        return 2 ** (len(self.model.block_out_channels) - 1)
 
     @property
     def patch_size(self) -> int:

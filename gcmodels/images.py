@@ -113,13 +113,15 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def working_size(width: int, height: int, resolution: int, resize: str = "square") -> tuple[int, int]:
+def working_size(width: int, height: int, resolution: int, resize: str = "square", multiple: int = 8) -> tuple[int, int]:
     """(width, height) of the working image of a `width` x `height` original.
 
     square: `resolution` x `resolution` (the aspect ratio is not kept). short_side: the short side
     becomes `resolution` and the long side keeps the aspect ratio, rounded to the nearest multiple
-    of 8 (the VAE's downsampling factor; at least 8). Boxes map back to the original exactly by
-    scaling each axis by original / working size.
+    of `multiple` (at least `multiple`): the model's downsampling factor, 8 for a VAE's latents,
+    2^(levels - 1) for the small pixel UNet. A square original gives `resolution` x `resolution`
+    under both policies. Boxes map back to the original exactly by scaling each axis by
+    original / working size.
     """
     if resize == "square":
         return resolution, resolution
@@ -127,14 +129,16 @@ def working_size(width: int, height: int, resolution: int, resize: str = "square
         raise ValueError(f"resize must be 'square' or 'short_side', got {resize!r}")
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive, got {width}x{height}")
+    if multiple < 1:
+        raise ValueError(f"multiple must be positive, got {multiple}")
     scale = resolution / min(width, height)
-    snap = lambda side: max(8, int(round(side * scale / 8.0)) * 8)  # noqa: E731
+    snap = lambda side: max(multiple, int(round(side * scale / multiple)) * multiple)  # noqa: E731
     return (resolution, snap(height)) if width <= height else (snap(width), resolution)
 
 
-def to_working(img: Image.Image, resolution: int, resize: str = "square") -> Image.Image:
+def to_working(img: Image.Image, resolution: int, resize: str = "square", multiple: int = 8) -> Image.Image:
     """Resize to the working size (see `working_size`; area-averaging when shrinking)."""
-    size = working_size(img.width, img.height, resolution, resize)
+    size = working_size(img.width, img.height, resolution, resize, multiple)
     if img.size == size:
         return img
     shrink = img.width >= size[0] and img.height >= size[1]

@@ -32,6 +32,7 @@ __all__ = [
     "SyntheticImage",
     "assign_motif_styles",
     "digits_dataset",
+    "mixed_motif_dataset",
     "motif_dataset",
 ]
 
@@ -185,6 +186,23 @@ def _background(rng: np.random.Generator, size: int) -> tuple[Image.Image, str]:
     return crop, _PHOTO_NAMES[which]
 
 
+def _background_rect(rng: np.random.Generator, width: int, height: int) -> tuple[Image.Image, str]:
+    """A random crop of aspect `width` : `height` (0.5-1.0 of the largest such crop, random
+    position and flip) of a random photo, resized to `width` x `height`."""
+    which = int(rng.integers(len(_PHOTO_NAMES)))
+    photo = _photos()[which]
+    w, h = photo.size
+    k = rng.uniform(0.5, 1.0) * min(w / width, h / height)
+    cw, ch = min(w, max(1, int(round(k * width)))), min(h, max(1, int(round(k * height))))
+    x0 = int(rng.integers(0, w - cw + 1))
+    y0 = int(rng.integers(0, h - ch + 1))
+    flip = bool(rng.integers(2))
+    crop = photo.resize((width, height), Image.Resampling.LANCZOS, box=(x0, y0, x0 + cw, y0 + ch), reducing_gap=3.0)
+    if flip:
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return crop, _PHOTO_NAMES[which]
+
+
 def _jitter_color(rng: np.random.Generator, color: tuple[int, int, int]) -> tuple[int, int, int]:
     noisy = np.clip(np.asarray(color) + rng.integers(-_COLOR_JITTER, _COLOR_JITTER + 1, size=3), 0, 255)
     return tuple(int(c) for c in noisy)  # type: ignore[return-value]
@@ -226,12 +244,16 @@ def _sample_side(rng: np.random.Generator, nominal: float) -> int:
     return max(3, int(round(nominal * rng.uniform(1.0 - _SIZE_JITTER, 1.0 + _SIZE_JITTER))))
 
 
-def _free_position(rng: np.random.Generator, size: int, side: int, avoid: Box) -> tuple[int, int]:
-    """A uniformly random top-left corner of a ``side`` box inside the image, >= 2 px from ``avoid``."""
+def _free_position(
+    rng: np.random.Generator, size: int, side: int, avoid: Box, height: int | None = None
+) -> tuple[int, int]:
+    """A uniformly random top-left corner of a ``side`` box inside the image (``size`` wide,
+    ``height`` tall, square when None), >= 2 px from ``avoid``."""
     ax0, ay0, ax1, ay1 = avoid
     pos = np.arange(size - side + 1)
+    rows = pos if height is None else np.arange(height - side + 1)
     clear_x = (pos + side + _MIN_GAP <= ax0) | (pos >= ax1 + _MIN_GAP)
-    clear_y = (pos + side + _MIN_GAP <= ay0) | (pos >= ay1 + _MIN_GAP)
+    clear_y = (rows + side + _MIN_GAP <= ay0) | (rows >= ay1 + _MIN_GAP)
     ok_rows, ok_cols = np.nonzero(clear_y[:, None] | clear_x[None, :])
     if ok_rows.size == 0:  # cannot happen for the sizes motif_dataset accepts
         raise ValueError(f"no room for a {side}px distractor next to the motif in a {size}px image")
@@ -298,6 +320,71 @@ def motif_dataset(
 
             d_side = _sample_side(rng, nominal)
             dx, dy = _free_position(rng, size, d_side, box)
+            grey = int(rng.integers(225, 256))
+            canvas.alpha_composite(_render("ring", d_side, (grey, grey, grey)), dest=(dx, dy))
+            d_box = (dx, dy, dx + d_side, dy + d_side)
+
+            out.append(SyntheticImage(canvas.convert("RGB"), label, box, d_box, source))
+    return out
+
+
+def mixed_motif_dataset(
+    n_per_label: int = 100,
+    base: int = 80,
+    labels: Sequence[str] = ("circle", "cross", "triangle", "square"),
+    motif_frac: float = 0.2,
+    width_range: tuple[float, float] = (0.75, 2.0),
+    height_range: tuple[float, float] = (0.75, 1.5),
+    seed: int = 0,
+) -> list[SyntheticImage]:
+    """The ground-truth set of :func:`motif_dataset` in images of every shape.
+
+    Each image gets its own width and height, drawn uniformly in ``width_range`` and
+    ``height_range`` times ``base`` pixels (the defaults give aspect ratios from 1:2 to 8:3); its
+    background is a random crop of that aspect ratio (0.5-1.0 of the largest one, random position
+    and flip) of a random photo; then, as in :func:`motif_dataset`, the label's motif and the
+    shared white ring, each of side ``motif_frac * base`` +-10 % (objects keep their size in
+    pixels whatever the frame), at random positions, the ring's box at least 2 px from the motif's.
+
+    Returns:
+        ``n_per_label * len(labels)`` images, grouped by label in the order of ``labels``; a
+        deterministic function of the arguments.
+
+    Raises:
+        ValueError: bad labels (see :func:`assign_motif_styles`), ranges that are not
+            0 < low <= high, or sizes that leave no room for a motif and a distractor.
+    """
+    styles = assign_motif_styles(labels)
+    if n_per_label < 0:
+        raise ValueError(f"n_per_label must be >= 0, got {n_per_label}")
+    for name, (lo, hi) in (("width_range", width_range), ("height_range", height_range)):
+        if not 0 < lo <= hi:
+            raise ValueError(f"{name} must be 0 < low <= high, got {(lo, hi)}")
+    if not 0.0 < motif_frac <= 0.4:
+        raise ValueError(f"motif_frac must be in (0, 0.4], got {motif_frac}")
+    nominal = motif_frac * base
+    smallest = int(round(min(width_range[0], height_range[0]) * base))
+    if smallest < 16 or 2 * int(round(nominal * (1 + _SIZE_JITTER))) + _MIN_GAP > smallest:
+        raise ValueError(
+            f"motif_frac {motif_frac} at base {base} leaves no room for a motif and a distractor in a {smallest} px side"
+        )
+    rng = np.random.default_rng(seed)
+    out: list[SyntheticImage] = []
+    for label, style in styles.items():
+        for _ in range(n_per_label):
+            width = int(round(base * rng.uniform(*width_range)))
+            height = int(round(base * rng.uniform(*height_range)))
+            background, source = _background_rect(rng, width, height)
+            canvas = background.convert("RGBA")
+
+            side = _sample_side(rng, nominal)
+            x = int(rng.integers(0, width - side + 1))
+            y = int(rng.integers(0, height - side + 1))
+            canvas.alpha_composite(_render(style.shape, side, _jitter_color(rng, style.color)), dest=(x, y))
+            box = (x, y, x + side, y + side)
+
+            d_side = _sample_side(rng, nominal)
+            dx, dy = _free_position(rng, width, d_side, box, height)
             grey = int(rng.integers(225, 256))
             canvas.alpha_composite(_render("ring", d_side, (grey, grey, grey)), dest=(dx, dy))
             d_box = (dx, dy, dx + d_side, dy + d_side)

@@ -164,6 +164,11 @@ def _new_model(vocab: list[str], resolution: int, model_config: ModelConfig, tra
     return model
 
 
+def _channels_first(stacked: np.ndarray, pixels: bool) -> np.ndarray:
+    """Working images (N, H, W, 3) uint8 -> (N, 3, H, W); latents (N, C, h, w) are already so."""
+    return np.ascontiguousarray(stacked.transpose(0, 3, 1, 2)) if pixels else stacked
+
+
 def _memory_settings(model_config: ModelConfig, train_config: TrainConfig, resolution: int) -> dict[str, object]:
     """The settings an out-of-memory error in fine-tuning names, first the one to lower first."""
     out: dict[str, object] = {"train.batch_size": train_config.batch_size, "data.resolution": resolution}
@@ -260,8 +265,8 @@ def finetune(
     precision = resolve_precision(runtime.precision, device)
     with stopwatch() as clock:
         store = RunStore(out, storage_options)
-        if latents is None:
-            meta, pixels = read_images(store, shards, conditioning)
+        if latents is None:  # working images, each at its own size (data.resize=short_side keeps the aspect ratio)
+            meta, pixels = read_images(store, shards, conditioning, ragged=True)
         else:  # model.base: the cached latents of every live image (unlabelled ones train the null prompt)
             meta, pixels = read_latent_inputs(store, latents, conditioning)
         vocab = sorted({lab for lab in meta["label"] if isinstance(lab, str)})
@@ -274,13 +279,16 @@ def finetune(
         held = holdout_split(meta, holdout, holdout_seed)
         if held:
             keep = ~meta["image_id"].isin(held).to_numpy()
-            pixels = pixels[keep] if isinstance(pixels, np.ndarray) else [z for z, k in zip(pixels, keep) if k]
+            pixels = [z for z, k in zip(pixels, keep) if k]
             meta = meta[keep].reset_index(drop=True)
             log.info("%d labelled image(s) held out of fine-tuning (score.holdout = %g)", len(held), holdout)
         training_set = meta[meta["label"].map(lambda v: isinstance(v, str))][["image_id", "label"]].reset_index(drop=True)
         checkpoint, class_map = checkpoint_of(model_config, storage_options)
+        # working images that keep an oblong original's aspect ratio (data.resize=short_side) key
+        # the model too: a change of resize policy retrains it (squares are the same under both)
+        oblong = ["aspect kept"] if latents is None and any(p.shape[0] != p.shape[1] for p in pixels) else []
         config_key = content_key(
-            resolution, model_config, train_config.model_dump(exclude={"retrain_fraction"}),
+            resolution, model_config, train_config.model_dump(exclude={"retrain_fraction"}), *oblong,
             *([{"holdout": holdout, "seed": holdout_seed}] if holdout > 0 else []),
             *([base_key(model_config.base)] if model_config.base is not None else []),
             *([sorted(class_map.items())] if class_map else []),
@@ -298,14 +306,19 @@ def finetune(
             model = _new_model(vocab, resolution, model_config, train_config, generator, class_map).to(device)
             if train_config.gradient_checkpointing:
                 model.enable_gradient_checkpointing()
-            if latents is None:
+            groups = list(shape_groups(pixels).values())
+            if latents is None and len(groups) == 1:  # working images of one shape (squares): (N, 3, H, W) uint8
                 cond = model.label_index(labels)
-                images = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))  # (N, 3, H, W) uint8
-            else:  # latents batched by shape (aspect ratio): lists of (n_i, C, h, w) and (n_i,)
-                groups = list(shape_groups(pixels).values())
+                images = torch.from_numpy(_channels_first(np.stack(pixels), True))
+            else:  # batched by shape (aspect ratio): lists of (n_i, C, h, w) and (n_i,)
                 all_cond = model.label_index(labels)
-                images = [torch.from_numpy(np.stack([pixels[i] for i in idx])) for idx in groups]
+                images = [torch.from_numpy(_channels_first(np.stack([pixels[i] for i in idx]), latents is None)) for idx in groups]
                 cond = [all_cond[idx] for idx in groups]
+                log.info(
+                    "%d working shapes batched apart (the largest %d images, %d shape(s) smaller than a batch of %d)",
+                    len(groups), max(map(len, groups)), sum(len(g) < train_config.batch_size for g in groups),
+                    train_config.batch_size,
+                )
             steps = train_config.budget(len(meta))
             trainable = getattr(model, "trainable_parameters", model.parameters)()
             n_params = sum(p.numel() for p in trainable)

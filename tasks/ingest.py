@@ -233,7 +233,9 @@ def _read_source(fs, uri: str, limit: int, size: int | None) -> bytes:
     return data
 
 
-def _decode_one(fs, uri: str, data_config: DataConfig, known: frozenset[str], size: int | None = None) -> dict:
+def _decode_one(
+    fs, uri: str, data_config: DataConfig, known: frozenset[str], size: int | None = None, multiple: int = 8,
+) -> dict:
     """Read one file; decode it unless its content (image_id) is already in a reusable shard.
     A file that cannot be read, is not a regular file or is larger than `data.max_file_bytes` is
     rejected; an object store failing after its retries fails the run (`StorageError`) rather
@@ -265,12 +267,13 @@ def _decode_one(fs, uri: str, data_config: DataConfig, known: frozenset[str], si
         "image_id": iid,
         "width": img.width,
         "height": img.height,
-        "png": encode_png(to_working(img, data_config.resolution, data_config.resize)),
+        "png": encode_png(to_working(img, data_config.resolution, data_config.resize, multiple)),
     }
 
 
 def _previous_run(
     store: RunStore, resolution: int, resize: str = "square", log: logging.Logger | logging.LoggerAdapter | None = None,
+    multiple: int = 8,
 ) -> tuple[list[dict], pd.DataFrame]:
     """Shards of an earlier run at the same working size policy (reusable as they are) and its ok
     rows. A damaged manifest or shard list is ignored, and a missing or damaged shard is not
@@ -288,8 +291,14 @@ def _previous_run(
     prev = prev[prev["status"] == "ok"].drop_duplicates("image_id")
     if "first_seen" not in prev.columns:
         prev["first_seen"] = None
-    same = meta.get("resolution") == resolution and meta.get("resize", "square") == resize
-    shards = meta["shards"] if same else []
+    same = meta.get("resize", "square") == resize and (resize == "square" or meta.get("multiple", 8) == multiple)
+    if meta.get("resolution") != resolution:
+        shards = []
+    elif same:
+        shards = meta["shards"]
+    else:  # another resize policy: square originals have the same working image under every policy
+        squares = set(prev.loc[(prev["width"] == prev["height"]).fillna(False).astype(bool), "image_id"])
+        shards = [sh for sh in meta["shards"] if set(sh["ids"]) <= squares]
     have = set().union(*[set(sh["ids"]) for sh in shards]) if shards else set()
     # A shard is reusable only if the previous manifest still describes all of its images.
     if not have <= set(prev["image_id"]):
@@ -315,7 +324,7 @@ def parquet_damage_or_missing(store: RunStore, rel: str) -> str | None:
 
 def ingest_images(
     images: str, labels: str | None, store: RunStore, data: DataConfig, storage_options: dict | None = None,
-    logger: logging.Logger | None = None,
+    logger: logging.Logger | None = None, multiple: int = 8,
 ) -> dict:
     """Everything of the ingest stage but the Prefect wrapping; returns the ingest summary.
 
@@ -345,13 +354,13 @@ def ingest_images(
             )
     else:
         assigned = sources.labels if sources.labels is not None else [None] * len(sources.uris)
-    old_shards, previous = _previous_run(store, data.resolution, data.resize, log)
+    old_shards, previous = _previous_run(store, data.resolution, data.resize, log, multiple)
     shard_of = {iid: sh["name"] for sh in old_shards for iid in sh["ids"]}
     known = frozenset(shard_of)
     fs, _ = open_fs(images, storage_options)
     with ThreadPoolExecutor(max_workers=8) as pool:
         sizes = sources.sizes or [None] * len(sources.uris)
-        decoded = list(pool.map(lambda us: _decode_one(fs, us[0], data, known, us[1]), zip(sources.uris, sizes)))
+        decoded = list(pool.map(lambda us: _decode_one(fs, us[0], data, known, us[1], multiple), zip(sources.uris, sizes)))
 
     prev = previous.set_index("image_id")
     now = pd.Timestamp.now(tz="UTC").isoformat()
@@ -395,9 +404,17 @@ def ingest_images(
         ids = [r["image_id"] for r in chunk]
         all_shards.append({"name": name, "ids": ids})
         manifest.loc[manifest["image_id"].isin(ids) & (manifest["status"] == "ok"), "shard"] = name
+    # the working size policy keys the shards that hold an image it changes (one that is not a
+    # square: a square gives resolution x resolution under every policy): resize (when not square),
+    # and the long side's rounding when it is not the VAE's 8 (the pixel UNet's downsampling factor)
+    policy = [data.resize] if data.resize != "square" else []
+    policy += [multiple] if data.resize != "square" and multiple != 8 else []
+    done = manifest[manifest["status"] == "ok"]
+    oblong = set(done.loc[(done["width"] != done["height"]).fillna(True).astype(bool), "image_id"])
     for sh in all_shards:
-        sh["fingerprint"] = content_key(sorted(sh["ids"]), data.resolution, *([data.resize] if data.resize != "square" else []))
-    store.write_json(SHARDS_META, {"resolution": data.resolution, "resize": data.resize, "shards": all_shards})
+        keyed = policy if oblong.intersection(sh["ids"]) else []
+        sh["fingerprint"] = content_key(sorted(sh["ids"]), data.resolution, *keyed)
+    store.write_json(SHARDS_META, {"resolution": data.resolution, "resize": data.resize, "multiple": multiple, "shards": all_shards})
     store.write_parquet(MANIFEST, manifest)
     ok = manifest["status"] == "ok"
     live = manifest[ok]
@@ -439,7 +456,7 @@ def ingest_images(
         "missing_files": len(missing), "missing_examples": missing[:5],
         "labels": {str(k): int(v) for k, v in label_counts.items()}, "shards": shards,
         "new_images": len(new_rows), "reused_shards": len(old_shards),
-        "images_key": content_key(sorted(live["image_id"]), data.resolution),
+        "images_key": content_key(sorted(live["image_id"]), data.resolution, *(policy if oblong.intersection(live["image_id"]) else [])),
         "labels_key": content_key(sorted(zip(labelled["image_id"], labelled["label"]))),
         "notes": notes,
     }
@@ -480,8 +497,13 @@ def _transient(task, task_run, state) -> bool:
 
 
 @task(name="ingest", task_run_name="ingest", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient)
-def ingest(images: str, labels: str | None, out: str, data: DataConfig, storage_options: dict | None = None) -> dict:
-    """Prefect task: see `ingest_images`."""
+def ingest(
+    images: str, labels: str | None, out: str, data: DataConfig, storage_options: dict | None = None, multiple: int = 8,
+) -> dict:
+    """Prefect task: see `ingest_images` (`multiple`: what the long side of a working image is
+    rounded to under data.resize=short_side, `Settings.working_multiple`)."""
     with stopwatch() as clock:
-        summary = ingest_images(images, labels, RunStore(out, storage_options), data, storage_options, stage_logger())
+        summary = ingest_images(
+            images, labels, RunStore(out, storage_options), data, storage_options, stage_logger(), multiple=multiple
+        )
     return {**summary, "seconds": clock["seconds"]}

@@ -30,9 +30,9 @@ def _model_inputs(store: RunStore, model, name: str, ids: list[str], latents: st
     if latents is not None:
         found = read_latents(store, [latents], only=set(ids))
         return [found[i] for i in ids]
-    meta, pixels = read_images(store, [name])
-    pixels = pixels[meta.reset_index(drop=True).set_index("image_id").index.get_indexer(ids)]
-    return list(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
+    meta, pixels = read_images(store, [name], ragged=True)  # each at its own working size
+    where = meta.reset_index(drop=True).set_index("image_id").index.get_indexer(ids)
+    return [np.ascontiguousarray(pixels[i].transpose(2, 0, 1)) for i in where]
 
 
 @task(name="rank", task_run_name="rank[{shard[name]}]")

@@ -64,14 +64,18 @@ def _shard_inputs(
     store: RunStore, model, name: str, conditioning: str | None, latents: str | None
 ) -> tuple[pd.DataFrame, list[tuple[np.ndarray, Callable[[slice], torch.Tensor]]]]:
     """The shard's live labelled images (image_id, label) and their model-space inputs, in groups
-    of one shape: (row indices, x0 of a slice of them). Pixel model: the working images,
-    encoded per chunk; model.base: the cached VAE latents `latents`, batched by aspect ratio."""
+    of one shape: (row indices, x0 of a slice of them). Pixel model: the working images, batched
+    by size (data.resize=short_side keeps the aspect ratio), encoded per chunk; model.base: the
+    cached VAE latents `latents`, batched by aspect ratio."""
     if latents is None:
-        meta, pixels = read_images(store, [name], conditioning)
+        meta, pixels = read_images(store, [name], conditioning, ragged=True)
         keep = meta["label"].map(lambda v: isinstance(v, str)).to_numpy()
-        meta, pixels = meta[keep].reset_index(drop=True), pixels[keep]
-        images = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
-        return meta, [(np.arange(len(meta)), lambda sl: model.encode(images[sl]))]
+        meta, pixels = meta[keep].reset_index(drop=True), [p for p, k in zip(pixels, keep) if k]
+        groups = []
+        for idx in shape_groups(pixels).values():
+            images = torch.from_numpy(np.ascontiguousarray(np.stack([pixels[i] for i in idx]).transpose(0, 3, 1, 2)))
+            groups.append((np.asarray(idx), lambda sl, x=images: model.encode(x[sl])))
+        return meta, groups
     meta, arrays = read_latent_inputs(store, [latents], conditioning, labelled_only=True)
     groups = []
     for idx in shape_groups(arrays).values():

@@ -72,7 +72,7 @@ def translate(
         if len(vocab) < 2 or sources.empty:
             raise ValueError(f"translate: needs a model of at least two labels and mined elements (labels {vocab})")
         latent = isinstance(model, LatentDiffusion)  # translate VAE latents, decode the translations
-        meta, pixels = read_images(store, shards, only=set(sources["image_id"]), ragged=latent)
+        meta, pixels = read_images(store, shards, only=set(sources["image_id"]), ragged=True)  # each at its own size
         where = meta.drop_duplicates("image_id").reset_index().set_index("image_id")["index"]
         pairs = [(i, r.image_id, r.label, t) for i, r in enumerate(sources.itertuples()) for t in vocab if t != r.label]
         src_px = [pixels[j] for j in where.reindex([p[1] for p in pairs]).to_numpy()]  # (H_k, W_k, 3) uint8 each

@@ -212,7 +212,7 @@ def test_checkpoint_defaults_layer_over_the_base_defaults_and_lora_above_2b() ->
     [
         ({"model": {"prompt_template": "A {x} of {label}"}}, "exactly once"),
         ({"model": {"prompt_template": "no label here"}}, "exactly once"),
-        ({"data": {"resize": "short_side"}}, "needs model.base"),
+        ({"data": {"resize": "short_side", "resolution": 30}}, "divisible by 4"),
         ({"train": {"lora_rank": 4}}, "needs model.base"),
         ({"model": {"base": "/sd"}, "data": {"resolution": 100}}, "multiple of 8"),
         ({"model": {"base": "/sd"}, "embed": {"method": "diffusion"}}, "not available with model.base"),
@@ -225,3 +225,13 @@ def test_checkpoint_defaults_layer_over_the_base_defaults_and_lora_above_2b() ->
 def test_model_base_settings_are_checked(values, message) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_dict(values)
+
+
+def test_pixel_model_short_side_rounds_to_its_downsampling_factor() -> None:
+    """data.resize=short_side works for the small pixel model: the long side is rounded to a
+    multiple of the UNet's downsampling factor 2^(levels - 1), and to the VAE's 8 with model.base."""
+    s = Settings.from_dict({"data": {"resize": "short_side"}})
+    assert (s.data.resize, s.working_multiple) == ("short_side", 4)  # (32, 64, 64): three levels
+    assert Settings.from_dict({"model": {"block_out_channels": [16, 32]}}).working_multiple == 2
+    assert Settings.from_dict({"model": {"block_out_channels": [8, 16, 32, 32]}}).working_multiple == 8
+    assert Settings.from_dict({"model": {"base": "/sd"}}).working_multiple == 8

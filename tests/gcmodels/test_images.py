@@ -267,3 +267,37 @@ def test_working_size_rejects_unknown_policy() -> None:
 
     with pytest.raises(ValueError, match="resize must be"):
         working_size(10, 10, 8, "crop")
+
+
+@pytest.mark.parametrize(
+    ("size", "multiple", "expected"),
+    [
+        ((80, 60), 4, (44, 32)),  # 42.7 -> 44: the nearest multiple of 4 (8 would give 40)
+        ((80, 60), 8, (40, 32)),
+        ((60, 80), 4, (32, 44)),
+        ((160, 60), 4, (84, 32)),  # 85.3 -> 84
+        ((120, 80), 2, (48, 32)),
+        ((77, 77), 4, (32, 32)),  # squares: resolution x resolution, as with resize=square
+        ((100, 99), 4, (32, 32)),  # 32.3 -> 32
+        ((31, 200), 16, (32, 208)),  # 206.5 -> 208
+        ((1000, 10), 4, (3200, 32)),
+    ],
+)
+def test_working_size_short_side_multiple(size, multiple, expected) -> None:
+    """short_side rounds the long side to the nearest multiple of the model's downsampling factor."""
+    from gcmodels.images import working_size
+
+    assert working_size(*size, 32, "short_side", multiple) == expected
+    assert working_size(*size, 32, "square", multiple) == (32, 32)
+    w, h = expected
+    assert w % multiple == 0 and h % multiple == 0 and min(w, h) == 32
+    # the kept aspect ratio is within half a multiple of the original's on the long side
+    long_side = max(size) * 32 / min(size)
+    assert abs(max(w, h) - long_side) <= multiple / 2
+
+
+def test_working_size_rejects_a_bad_multiple() -> None:
+    from gcmodels.images import working_size
+
+    with pytest.raises(ValueError, match="multiple must be positive"):
+        working_size(10, 20, 8, "short_side", 0)

@@ -205,3 +205,32 @@ def test_digits_subsample_and_size() -> None:
     assert [m.source for m in items] != [m.source for m in other]
     with pytest.raises(ValueError):
         digits_dataset(n_per_label=10_000)
+
+
+def test_mixed_shapes_sizes_boxes_and_determinism() -> None:
+    """mixed_motif_dataset: every image of its own shape in the ranges, motif and ring of the
+    nominal size inside it and apart, deterministic for a seed."""
+    from gcmodels.synthetic import mixed_motif_dataset
+
+    items = mixed_motif_dataset(n_per_label=30, seed=4)
+    assert len(items) == 120 and [it.label for it in items[::30]] == ["circle", "cross", "triangle", "square"]
+    widths = np.array([it.image.width for it in items])
+    heights = np.array([it.image.height for it in items])
+    assert widths.min() >= 60 and widths.max() <= 160 and heights.min() >= 60 and heights.max() <= 120
+    assert widths.max() - widths.min() > 60 and heights.max() - heights.min() > 30  # really spread
+    assert len(set(zip(widths, heights))) > 60
+    for it in items:
+        for box in (it.box, it.distractor_box):
+            x0, y0, x1, y1 = box
+            assert 0 <= x0 < x1 <= it.image.width and 0 <= y0 < y1 <= it.image.height
+            assert 14 <= x1 - x0 <= 18 and x1 - x0 == y1 - y0  # 16 px +-10 %, whatever the frame
+        (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = it.box, it.distractor_box
+        assert ax1 + 2 <= bx0 or bx1 + 2 <= ax0 or ay1 + 2 <= by0 or by1 + 2 <= ay0
+    again = mixed_motif_dataset(n_per_label=30, seed=4)
+    assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image)) and a.box == b.box for a, b in zip(items, again))
+    other = mixed_motif_dataset(n_per_label=30, seed=5)
+    assert [it.image.size for it in other] != [it.image.size for it in items]
+    with pytest.raises(ValueError, match="width_range"):
+        mixed_motif_dataset(n_per_label=1, width_range=(2.0, 1.0))
+    with pytest.raises(ValueError, match="no room"):
+        mixed_motif_dataset(n_per_label=1, base=20)

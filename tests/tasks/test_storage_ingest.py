@@ -446,3 +446,27 @@ def test_short_side_working_images_keep_the_aspect_ratio(tmp_path) -> None:
     assert shards["resize"] == "square" and shards["shards"][0]["fingerprint"] != fingerprint
     _, square = read_images(store, [shards["shards"][-1]["name"]])
     assert square.shape == (3, 16, 16, 3)
+
+
+def test_squares_keep_their_shards_and_keys_under_either_resize_policy(tmp_path) -> None:
+    """A square original has the same working image under data.resize=square and short_side: a
+    collection of squares keeps its shards, fingerprints and images key when the policy changes;
+    a shard holding an oblong image is decoded again, under a new fingerprint."""
+    from tasks.artifacts import SHARDS_META
+
+    imgs = tmp_path / "imgs"
+    for i in range(3):
+        _write(imgs / f"sq{i}.png", _png(seed=10 + i, size=(30, 30)))
+    first, store = _ingest(imgs, tmp_path=tmp_path, resolution=16)
+    again, _ = _ingest(imgs, tmp_path=tmp_path, resolution=16, resize="short_side")
+    assert again["new_images"] == 0 and again["reused_shards"] == 1
+    assert again["shards"] == first["shards"] and again["images_key"] == first["images_key"]
+    _write(imgs / "wide.png", _png(seed=20, size=(60, 30)))
+    wide, _ = _ingest(imgs, tmp_path=tmp_path, resolution=16, resize="short_side")
+    assert wide["new_images"] == 1 and wide["reused_shards"] == 1
+    back, _ = _ingest(imgs, tmp_path=tmp_path, resolution=16)  # square again: the oblong image's shard is redone
+    assert back["new_images"] == 1 and back["reused_shards"] == 1
+    keys = {s["name"]: s["fingerprint"] for s in back["shards"]}
+    assert keys[first["shards"][0]["name"]] == first["shards"][0]["fingerprint"]
+    assert back["images_key"] != wide["images_key"]
+    assert store.read_json(SHARDS_META)["resize"] == "square"
