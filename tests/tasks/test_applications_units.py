@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from tasks.artifacts import TYPICALITY_COLUMNS
 from tasks.reporting import baseline_section, cotypicality_section, translation_section
 from tasks.classify import classification_summary, cotypicality_scores
 from tasks.finetune import holdout_split
@@ -36,7 +37,8 @@ def test_holdout_split_is_stratified_deterministic_and_order_free() -> None:
 def test_score_rows_one_per_image_or_per_image_and_label() -> None:
     maps = np.arange(2 * 2 * 2, dtype=np.float32).reshape(2, 2, 2)
     plain = score_rows(["x", "y"], ["a", "b"], maps.reshape(2, -1).mean(1), ["a", "b"], None)
-    assert list(plain.columns) == ["image_id", "label", "image_label", "typicality"]
+    assert list(plain.columns) == TYPICALITY_COLUMNS  # the precision columns of issue 19 after the old ones
+    assert TYPICALITY_COLUMNS[:4] == ["image_id", "label", "image_label", "typicality"]
     assert plain["typicality"].tolist() == [1.5, 5.5] and (plain["label"] == plain["image_label"]).all()
     co = score_rows(["x", "y"], ["a", "b"], maps, ["a", "b"], np.array([[1.0, 2.0], [3.0, 4.0]]))
     assert co[["image_id", "label", "image_label"]].values.tolist() == [
