@@ -24,14 +24,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from gcmodels.adaptive import AdaptiveRule, adaptive_maps  # noqa: E402
+from gcmodels.mining.adaptive import AdaptiveRule, adaptive_maps  # noqa: E402
 from gcmodels.diffusion.families import load_any_model  # noqa: E402
-from gcmodels.patches import top_patches  # noqa: E402
+from gcmodels.mining.patches import top_patches  # noqa: E402
 from gcmodels.runtime import configure_torch  # noqa: E402
-from gcmodels.typicality import TypicalityEstimator  # noqa: E402
+from gcmodels.mining.typicality import TypicalityEstimator  # noqa: E402
 from ground_truth import write_dataset  # noqa: E402
-from tasks.artifacts import read_images, unpack_map_rows  # noqa: E402
-from tasks.storage import RunStore  # noqa: E402
+from gcmine.tasks.infra.artifacts import read_images, unpack_map_rows  # noqa: E402
+from gcmine.tasks.infra.storage import RunStore  # noqa: E402
 
 
 def selection(maps: np.ndarray, labels: np.ndarray, patch: int, per_image: int, k: int):

@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from flows.config import load_settings  # noqa: E402
-from gcmodels.evaluation import localisation_report  # noqa: E402
+from gcmine.flows.config import load_settings  # noqa: E402
+from gcmodels.mining.evaluation import localisation_report  # noqa: E402
 from ground_truth import write_dataset  # noqa: E402
 
 BOX = ["x0", "y0", "x1", "y1"]
@@ -50,9 +50,9 @@ def top_k(patches: pd.DataFrame, k: int) -> dict[str, set]:
 
 
 def run_variant(dataset: Path, out: Path, base: list[str], extra: list[str]) -> dict:
-    from flows.pipeline import run_pipeline
-    from tasks.artifacts import PATCHES, TYPICALITY
-    from tasks.storage import RunStore
+    from gcmine.flows.pipeline import run_pipeline
+    from gcmine.tasks.infra.artifacts import PATCHES, TYPICALITY
+    from gcmine.tasks.infra.storage import RunStore
 
     settings = load_settings(None, base + extra)
     start = time.perf_counter()

@@ -29,16 +29,16 @@ import time
 import numpy as np
 import torch
 
-from gcmodels.baseline import DiscriminativeMiner
+from gcmodels.baselines.doersch import DiscriminativeMiner
 from gcmodels.config import Settings
 from gcmodels.diffusion import PixelDiffusion
-from gcmodels.images import to_working
-from gcmodels.patches import scale_boxes, top_patches
+from gcmodels.data.images import to_working
+from gcmodels.mining.patches import scale_boxes, top_patches
 from gcmodels.runtime import configure_torch
-from gcmodels.synthetic import motif_dataset
-from gcmodels.training import train_diffusion
-from gcmodels.translation import Translator, change_maps, consistent_changes
-from gcmodels.typicality import TypicalityEstimator
+from gcmodels.data.synthetic import motif_dataset
+from gcmodels.diffusion.training import train_diffusion
+from gcmodels.mining.translation import Translator, change_maps, consistent_changes
+from gcmodels.mining.typicality import TypicalityEstimator
 
 
 def contains_centre(boxes: np.ndarray, truth: np.ndarray) -> np.ndarray:

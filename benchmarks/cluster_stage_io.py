@@ -4,7 +4,7 @@ Writes n float32 vectors from a mixture of 20 Gaussians as the embed stage write
 column), then, each in a fresh process so that its peak resident memory is its own:
 
 - ``old``: the read the cluster task did before (pandas object column, ``np.stack``, float64),
-- ``new``: `tasks.artifacts.read_embeddings` (the Arrow list buffer as float32, no per-row objects),
+- ``new``: `gcmine.tasks.infra.artifacts.read_embeddings` (the Arrow list buffer as float32, no per-row objects),
 - ``stage``: the whole `cluster` task (mini-batch k-means, k = 20, metrics with the silhouette
   on ``cluster.silhouette_sample`` rows, all five tables written), then the `collection_map`
   task (PCA).
@@ -47,8 +47,8 @@ def _rss_mib() -> float:
 
 
 def write(out: str, n: int, dim: int, k: int = 20, seed: int = 0) -> None:
-    from tasks.artifacts import MANIFEST
-    from tasks.storage import RunStore
+    from gcmine.tasks.infra.artifacts import MANIFEST
+    from gcmine.tasks.infra.storage import RunStore
 
     rng = np.random.default_rng(seed)
     centers = rng.normal(scale=0.5, size=(k, dim)).astype(np.float32)
@@ -62,9 +62,9 @@ def write(out: str, n: int, dim: int, k: int = 20, seed: int = 0) -> None:
 
 def child(mode: str, out: str) -> dict:
     from gcmodels.config import ClusterConfig, RuntimeConfig
-    from tasks.artifacts import read_embeddings
-    from tasks.cluster import cluster, collection_map
-    from tasks.storage import RunStore
+    from gcmine.tasks.infra.artifacts import read_embeddings
+    from gcmine.tasks.cluster import cluster, collection_map
+    from gcmine.tasks.infra.storage import RunStore
 
     store = RunStore(out)
     base = _rss_mib()  # after the imports: the peak above it is the step's

@@ -1,8 +1,8 @@
 """Every encoder x every clusterer on scikit-learn's digits (1797 real handwritten digits, 10 classes).
 
 The 8x8 digits are scaled to uint8, upsampled to 32x32 RGB (the working resolution) and embedded
-by every encoder of `gcmodels.encoders` (plus the raw 64 pixels, the classic baseline); every
-embedding is clustered by every method of `gcmodels.clusterers` (k = 10 for the methods that take
+by every encoder of `gcmodels.embedding.encoders` (plus the raw 64 pixels, the classic baseline); every
+embedding is clustered by every method of `gcmodels.clustering.fitting` (k = 10 for the methods that take
 k; DBSCAN's eps estimated from the data), and NMI / ARI against the digit labels are printed,
 for each dimensionality reduction asked for. Then the choice of k by silhouette and by BIC.
 
@@ -33,13 +33,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from threadpoolctl import threadpool_limits
 
-from gcmodels.clusterers import fit_clustering
-from gcmodels.clustering import choose_k
+from gcmodels.clustering.fitting import fit_clustering
+from gcmodels.clustering.estimators import choose_k
 from gcmodels.config import ClusterConfig, EmbedConfig, ModelConfig, TrainConfig
 from gcmodels.diffusion import PixelDiffusion
-from gcmodels.encoders import make_encoder
+from gcmodels.embedding.encoders import make_encoder
 from gcmodels.runtime import configure_torch
-from gcmodels.training import train_diffusion
+from gcmodels.diffusion.training import train_diffusion
 
 CLUSTERERS = ("kmeans", "gmm", "dbscan", "hdbscan", "agglomerative", "dec")
 # the Gaussian mixture uses full covariances up to this dimension, diagonal ones above
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  {'encoder':12s} {'silhouette (k-means)':>22s} {'BIC (diag GMM)':>16s}")
     for name, X in embeddings.items():
         k_sil, _ = choose_k(X, 2, 16, n_init=2, max_iter=100, random_state=args.seed)
-        from gcmodels.clustering import GMM_TOL, GaussianMixture  # noqa: PLC0415
+        from gcmodels.clustering.estimators import GMM_TOL, GaussianMixture  # noqa: PLC0415
 
         k_bic, _ = choose_k(
             X, 2, 16, n_init=1, max_iter=100, random_state=args.seed, criterion="bic",

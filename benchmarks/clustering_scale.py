@@ -35,8 +35,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
 from threadpoolctl import threadpool_limits
 
-from gcmodels.clusterers import fit_clustering
-from gcmodels.clustering import clustering_metrics, contingency
+from gcmodels.clustering.fitting import fit_clustering
+from gcmodels.clustering.estimators import clustering_metrics, contingency
 from gcmodels.config import ClusterConfig
 
 

@@ -136,8 +136,8 @@ def compare_runs(run_a: Path, run_b: Path, names: tuple[str, str] = ("A", "B")) 
 def write_fixed_dataset(folder: Path) -> Path:
     """The fixed test dataset: 4 labels x 12 motif images of 32x32 (seed 0), one folder per label."""
     sys.path.insert(0, str(REPO))
-    from gcmodels.images import encode_png  # noqa: PLC0415
-    from gcmodels.synthetic import motif_dataset  # noqa: PLC0415
+    from gcmodels.data.images import encode_png  # noqa: PLC0415
+    from gcmodels.data.synthetic import motif_dataset  # noqa: PLC0415
 
     images = folder / "images"
     for i, item in enumerate(motif_dataset(n_per_label=12, size=32, seed=0)):
@@ -151,7 +151,7 @@ def run_flow(code: Path, images: Path, out: Path, settings: list[str]) -> None:
     """`gcmine run` with the code in `code` (its own Prefect home, one BLAS thread)."""
     home = out.parent / f"{out.name}-prefect"
     env = {**os.environ, "PYTHONPATH": str(code), "PREFECT_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", "flows.cli", "run", str(images), "--out", str(out)]
+    argv = [sys.executable, "-m", "gcmine.flows.cli", "run", str(images), "--out", str(out)]
     for item in settings:
         argv += ["--set", item]
     print(f"running {code} -> {out}", flush=True)

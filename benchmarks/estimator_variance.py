@@ -47,11 +47,11 @@ import torch
 from scipy.stats import spearmanr
 
 from gcmodels.diffusion import PixelDiffusion
-from gcmodels.patches import top_patches
+from gcmodels.mining.patches import top_patches
 from gcmodels.runtime import configure_torch
-from gcmodels.synthetic import motif_dataset
-from gcmodels.training import train_diffusion
-from gcmodels.typicality import TypicalityEstimator
+from gcmodels.data.synthetic import motif_dataset
+from gcmodels.diffusion.training import train_diffusion
+from gcmodels.mining.typicality import TypicalityEstimator
 
 T_MIN, T_MAX = 0.1, 0.7
 RES = 32

@@ -216,7 +216,7 @@ def time_table(archs: dict, px: int, max_gb: float, *, tiny: bool = False) -> No
 
 
 def score_table(archs: dict, args, device: torch.device) -> None:
-    from gcmodels.typicality import TypicalityEstimator
+    from gcmodels.mining.typicality import TypicalityEstimator
 
     peak, gpu = gpu_peak(device, args.peak_tflops)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

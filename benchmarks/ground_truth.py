@@ -26,10 +26,10 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import pandas as pd  # noqa: E402
 
-from flows.config import load_settings  # noqa: E402
-from gcmodels.evaluation import localisation_report  # noqa: E402
-from gcmodels.images import encode_png, image_id  # noqa: E402
-from gcmodels.synthetic import motif_dataset  # noqa: E402
+from gcmine.flows.config import load_settings  # noqa: E402
+from gcmodels.mining.evaluation import localisation_report  # noqa: E402
+from gcmodels.data.images import encode_png, image_id  # noqa: E402
+from gcmodels.data.synthetic import motif_dataset  # noqa: E402
 
 
 def write_dataset(root: Path, per_label: int, size: int, seed: int) -> pd.DataFrame:
@@ -54,9 +54,9 @@ def main() -> int:
     args = ap.parse_args()
     settings = load_settings(None, args.overrides)
 
-    from flows.pipeline import run_pipeline
-    from tasks.artifacts import PATCHES
-    from tasks.storage import RunStore
+    from gcmine.flows.pipeline import run_pipeline
+    from gcmine.tasks.infra.artifacts import PATCHES
+    from gcmine.tasks.infra.storage import RunStore
 
     work = Path(args.out or tempfile.mkdtemp(prefix="gcmine-gt-"))
     truth = write_dataset(work / "dataset", args.per_label, args.size, args.seed)

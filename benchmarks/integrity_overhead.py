@@ -39,15 +39,15 @@ def main() -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 
-    import tasks.caching
-    import tasks.finetune
-    import tasks.ingest
-    from flows.config import load_settings
-    from flows.pipeline import run_pipeline
-    from gcmodels.synthetic import motif_dataset
-    from tasks.integrity import artifact_damage, model_damage, parquet_damage
-    from tasks.models import COMPLETE, model_fingerprint
-    from tasks.storage import RunStore
+    import gcmine.tasks.infra.caching
+    import gcmine.tasks.finetune
+    import gcmine.tasks.ingest
+    from gcmine.flows.config import load_settings
+    from gcmine.flows.pipeline import run_pipeline
+    from gcmodels.data.synthetic import motif_dataset
+    from gcmine.tasks.infra.integrity import artifact_damage, model_damage, parquet_damage
+    from gcmine.tasks.infra.models import COMPLETE, model_fingerprint
+    from gcmine.tasks.infra.storage import RunStore
 
     root = Path(tempfile.mkdtemp(prefix="gcmine-bench-integrity-"))
     images = root / "images"
@@ -71,14 +71,14 @@ def main() -> int:
     @contextlib.contextmanager
     def existence_checks_only():
         """The checks of before issue 22: a cache hit's outputs exist; shards and the model unchecked."""
-        saved = (tasks.caching.artifact_damage, tasks.finetune.model_damage, tasks.ingest.parquet_damage_or_missing)
-        tasks.caching.artifact_damage = lambda store, rel: None if store.exists(rel) else "missing"
-        tasks.finetune.model_damage = lambda *a, **k: None
-        tasks.ingest.parquet_damage_or_missing = lambda store, rel: None if store.exists(rel) else "missing"
+        saved = (gcmine.tasks.infra.caching.artifact_damage, gcmine.tasks.finetune.model_damage, gcmine.tasks.ingest.parquet_damage_or_missing)
+        gcmine.tasks.infra.caching.artifact_damage = lambda store, rel: None if store.exists(rel) else "missing"
+        gcmine.tasks.finetune.model_damage = lambda *a, **k: None
+        gcmine.tasks.ingest.parquet_damage_or_missing = lambda store, rel: None if store.exists(rel) else "missing"
         try:
             yield
         finally:
-            tasks.caching.artifact_damage, tasks.finetune.model_damage, tasks.ingest.parquet_damage_or_missing = saved
+            gcmine.tasks.infra.caching.artifact_damage, gcmine.tasks.finetune.model_damage, gcmine.tasks.ingest.parquet_damage_or_missing = saved
 
     n = len(labels) * args.images_per_label
     start = time.perf_counter()

@@ -77,8 +77,8 @@ def rss_mib() -> float:
 def setup(work: Path, n: int) -> dict:
     from PIL import Image
 
-    from tasks.finetune import finetune
-    from tasks.ingest import ingest
+    from gcmine.tasks.finetune import finetune
+    from gcmine.tasks.ingest import ingest
 
     no_api()
     rng = np.random.default_rng(n)
@@ -94,8 +94,8 @@ def setup(work: Path, n: int) -> dict:
 
 def stage(work: Path, which: str) -> None:
     """Child process: run one stage over every shard, then print the peak RSS as JSON."""
-    from tasks.rank import rank_shard
-    from tasks.score import score_shard
+    from gcmine.tasks.rank import rank_shard
+    from gcmine.tasks.score import score_shard
 
     no_api()
     info = json.loads((work / "setup.json").read_text())
@@ -125,8 +125,8 @@ ELEMENT_RANK = RankConfig(per_label=1000, elements=32)  # the paper's 1000 patch
 def write_candidates(work: Path, n: int) -> dict:
     """Synthetic candidates of `n` images in shards, twice: as rank_shard writes them now
     (`pruned/`) and with every feature (`full/`, the former format)."""
-    from tasks.rank import _NO_FEATURE, _top_per_label
-    from tasks.storage import RunStore
+    from gcmine.tasks.rank import _NO_FEATURE, _top_per_label
+    from gcmine.tasks.infra.storage import RunStore
 
     rng = np.random.default_rng(n)
     names = []
@@ -157,9 +157,9 @@ def elements_stage(work: Path, which: str) -> None:
     (`before`, every candidate concatenated with its feature); prints the peak RSS as JSON."""
     import pandas as pd
 
-    from gcmodels.elements import mine_elements
-    from tasks.rank import elements
-    from tasks.storage import RunStore
+    from gcmodels.mining.elements import mine_elements
+    from gcmine.tasks.rank import elements
+    from gcmine.tasks.infra.storage import RunStore
 
     no_api()
     names = json.loads((work / "setup.json").read_text())["names"]

@@ -1,6 +1,6 @@
 """Mixed image shapes: squashing every image to a square vs keeping its aspect ratio (issue 21).
 
-Builds the ground-truth motif set in images of every shape (`gcmodels.synthetic.mixed_motif_dataset`:
+Builds the ground-truth motif set in images of every shape (`gcmodels.data.synthetic.mixed_motif_dataset`:
 widths 0.75-2x and heights 0.75-1.5x of 80 px, a label motif and the shared white ring of 16 px
 +-10 % each) or in squares of 80 px (`motif_dataset`, the demo's set at 80 px), runs the whole
 flow once per working-image policy (`data.resize=square`: the image squashed to resolution x
@@ -35,10 +35,10 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import pandas as pd  # noqa: E402
 
-from flows.config import load_settings  # noqa: E402
-from gcmodels.evaluation import localisation_report  # noqa: E402
-from gcmodels.images import encode_png, image_id  # noqa: E402
-from gcmodels.synthetic import mixed_motif_dataset, motif_dataset  # noqa: E402
+from gcmine.flows.config import load_settings  # noqa: E402
+from gcmodels.mining.evaluation import localisation_report  # noqa: E402
+from gcmodels.data.images import encode_png, image_id  # noqa: E402
+from gcmodels.data.synthetic import mixed_motif_dataset, motif_dataset  # noqa: E402
 
 
 def write_dataset(root: Path, kind: str, per_label: int, seed: int) -> pd.DataFrame:
@@ -59,9 +59,9 @@ def write_dataset(root: Path, kind: str, per_label: int, seed: int) -> pd.DataFr
 
 
 def run_policy(dataset: Path, out: Path, resize: str, overrides: list[str], truth: pd.DataFrame) -> dict:
-    from flows.pipeline import run_pipeline
-    from tasks.artifacts import PATCHES, read_images
-    from tasks.storage import RunStore
+    from gcmine.flows.pipeline import run_pipeline
+    from gcmine.tasks.infra.artifacts import PATCHES, read_images
+    from gcmine.tasks.infra.storage import RunStore
 
     settings = load_settings(None, [f"data.resize={resize}", *overrides])
     start = time.perf_counter()

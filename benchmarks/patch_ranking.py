@@ -2,7 +2,7 @@
 
 Reference (as in the paper's code): one pandas DataFrame row per patch position with its pooled
 typicality, sorted by it; then k times: keep the first row and filter out of the frame every row
-whose box overlaps or touches the kept one. gcmine: `gcmodels.patches.top_patches` (float64
+whose box overlaps or touches the kept one. gcmine: `gcmodels.mining.patches.top_patches` (float64
 running-sum pooling in cache-sized chunks, then k argmax / window-suppression steps), called on
 batches of 256 maps as the rank task calls it once per shard of up to 256 maps.
 
@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from gcmodels.patches import top_patches
+from gcmodels.mining.patches import top_patches
 from gcmodels.runtime import configure_torch
 
 

@@ -28,13 +28,13 @@ import torch
 
 from gcmodels.config import EmbedConfig, ModelConfig, TrainConfig
 from gcmodels.diffusion import PixelDiffusion
-from gcmodels.encoders import make_encoder
-from gcmodels.frechet import ALL, sample_quality
+from gcmodels.embedding.encoders import make_encoder
+from gcmodels.mining.frechet import ALL, sample_quality
 from gcmodels.runtime import configure_torch
-from gcmodels.sampling import Sampler
-from gcmodels.synthetic import digits_dataset
-from gcmodels.training import train_diffusion
-from gcmodels.translation import to_uint8
+from gcmodels.diffusion.sampling import Sampler
+from gcmodels.data.synthetic import digits_dataset
+from gcmodels.diffusion.training import train_diffusion
+from gcmodels.mining.translation import to_uint8
 
 
 def _measure(encoder, real_f: np.ndarray, real_labels: np.ndarray, images: np.ndarray, labels: np.ndarray) -> dict:

@@ -37,9 +37,9 @@ def main() -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 
-    from flows.config import load_settings
-    from flows.pipeline import run_pipeline
-    from gcmodels.synthetic import motif_dataset
+    from gcmine.flows.config import load_settings
+    from gcmine.flows.pipeline import run_pipeline
+    from gcmodels.data.synthetic import motif_dataset
 
     root = Path(tempfile.mkdtemp(prefix="gcmine-bench-scaleout-"))
     images = root / "images"

@@ -41,8 +41,8 @@ import torch
 from gcmodels.config import ModelConfig, ScoreConfig
 from gcmodels.diffusion import PixelDiffusion
 from gcmodels.runtime import configure_torch
-from gcmodels.typicality import TypicalityEstimator
-from tasks.artifacts import MAPS_PARQUET, maps_frame
+from gcmodels.mining.typicality import TypicalityEstimator
+from gcmine.tasks.infra.artifacts import MAPS_PARQUET, maps_frame
 
 REF_DRAWS_PER_FORWARD = 10  # the paper's code: 10 draws x 2 conditions per UNet call
 

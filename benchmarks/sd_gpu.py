@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gcmodels.diffusion.base import ConditionalDiffusion  # noqa: E402
 from gcmodels.diffusion.parametrisation import SD_REFERENCE_SCHEDULE, ddpm_alphas_cumprod  # noqa: E402
 from gcmodels.runtime import PRECISION_DTYPES, configure_torch, resolve_device, resolve_precision  # noqa: E402
-from gcmodels.training import train_diffusion  # noqa: E402
-from gcmodels.typicality import TypicalityEstimator  # noqa: E402
+from gcmodels.diffusion.training import train_diffusion  # noqa: E402
+from gcmodels.mining.typicality import TypicalityEstimator  # noqa: E402
 
 # Dense (no sparsity) bf16/fp16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.
 PEAK_TFLOPS = {

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from gcmodels.config import Settings
-from gcmodels.cotypicality import (
+from gcmodels.mining.cotypicality import (
     classification_accuracy,
     confused_labels,
     confusion_matrix,
@@ -34,9 +34,9 @@ from gcmodels.cotypicality import (
 )
 from gcmodels.diffusion import PixelDiffusion
 from gcmodels.runtime import configure_torch
-from gcmodels.synthetic import digits_dataset
-from gcmodels.training import train_diffusion
-from gcmodels.typicality import TypicalityEstimator
+from gcmodels.data.synthetic import digits_dataset
+from gcmodels.diffusion.training import train_diffusion
+from gcmodels.mining.typicality import TypicalityEstimator
 
 
 def log_step(row: dict, steps: int) -> None:

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--labels", help="CSV/Parquet with columns filename,label")
     run.add_argument("--out", required=True, help="run root: every artifact is written here")
     _settings_args(run)
-    from tasks.demo import DEMOS
+    from gcmine.tasks.demo import DEMOS
 
     demo = sub.add_parser("demo", help="build a bundled demo dataset and run the pipeline on it")
     demo.add_argument("name", nargs="?", default="motifs", choices=sorted(DEMOS), help="; ".join(f"{k}: {v}" for k, v in DEMOS.items()))
@@ -125,9 +125,9 @@ def _print_classifier(found: dict) -> None:
 def _print_ground_truth(out: str, truth: Path) -> None:
     import pandas as pd
 
-    from gcmodels.evaluation import localisation_report
-    from tasks.artifacts import PATCHES
-    from tasks.storage import RunStore
+    from gcmodels.mining.evaluation import localisation_report
+    from gcmine.tasks.infra.artifacts import PATCHES
+    from gcmine.tasks.infra.storage import RunStore
 
     rep = localisation_report(RunStore(out).read_parquet(PATCHES), pd.read_csv(truth))
     print("\n== ground truth check ==", file=sys.stderr)
@@ -161,7 +161,7 @@ def _print_evaluation(result: dict, boxes: str) -> None:
 
 
 def _evaluate(run: str, boxes: str, settings: Settings) -> int:
-    from flows.evaluate import evaluate_run
+    from gcmine.flows.evaluate import evaluate_run
 
     try:
         result = evaluate_run(out=run, boxes=boxes, storage_options=settings.storage.options())
@@ -172,9 +172,9 @@ def _evaluate(run: str, boxes: str, settings: Settings) -> int:
 
 
 def _watch(uri: str, out: str | None, config: str | None, overrides: list[str], settings: Settings) -> int:
-    from flows.production import watch
-    from tasks.preflight import require_exists
-    from tasks.watch import DATASET_UPDATED
+    from gcmine.flows.production import watch
+    from gcmine.tasks.infra.preflight import require_exists
+    from gcmine.tasks.watch import DATASET_UPDATED
 
     # absolute: the event's consumer (a reprocess run) starts in another working directory
     out = out or f"runs/{uri.rstrip('/').rsplit('/', 1)[-1]}"
@@ -205,8 +205,8 @@ def _watch(uri: str, out: str | None, config: str | None, overrides: list[str], 
 
 
 def _serve(run_root: str, port: int | None, settings: Settings) -> int:
-    from flows.serve import HOST, report_server
-    from tasks.uiartifacts import served_path
+    from gcmine.flows.serve import HOST, report_server
+    from gcmine.tasks.reporting.uiartifacts import served_path
 
     port = settings.report.serve_port if port is None else port
     if not 0 <= port <= 65535:
@@ -234,7 +234,7 @@ def _serve(run_root: str, port: int | None, settings: Settings) -> int:
 
 def _explained(err: Exception) -> int:
     """Print an error gcmine explains in one line and return its exit code; re-raise any other."""
-    from flows.errors import exit_code
+    from gcmine.flows.errors import exit_code
 
     code = exit_code(err)
     if code is None:
@@ -244,7 +244,7 @@ def _explained(err: Exception) -> int:
 
 
 def _doctor(images: str | None, out: str | None, config: str | None, overrides: list[str]) -> int:
-    from flows.doctor import doctor
+    from gcmine.flows.doctor import doctor
 
     checks = doctor(images, out, config, overrides)
     for check in checks:
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in _PREFECT_DEFAULTS.items():
             os.environ.setdefault(key, value)
         return _doctor(args.images, args.out, args.config, args.overrides)
-    from flows.config import describe_settings, load_settings
+    from gcmine.flows.config import describe_settings, load_settings
 
     try:
         settings: Settings = load_settings(args.config, args.overrides)
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in _PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from flows.errors import one_line_errors
+    from gcmine.flows.errors import one_line_errors
 
     one_line_errors()  # errors gcmine explains are logged without their traceback
     if args.command == "watch":
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "evaluate":
         return _evaluate(args.run, args.boxes, settings)
     if args.command == "run":
-        from tasks.preflight import require_exists
+        from gcmine.tasks.infra.preflight import require_exists
 
         try:  # a missing input costs one line, not the model stack's import and a Prefect server start
             require_exists(args.images, "IMAGES", settings.storage.options())
@@ -291,11 +291,11 @@ def main(argv: list[str] | None = None) -> int:
                 require_exists(args.labels, "labels file", settings.storage.options())
         except Exception as err:  # noqa: BLE001 - explained errors are one line, others propagate
             return _explained(err)
-    from flows.pipeline import run_pipeline
+    from gcmine.flows.pipeline import run_pipeline
 
     truth = None
     if args.command == "demo":
-        from tasks.demo import write_demo
+        from gcmine.tasks.demo import write_demo
 
         out = args.out or f"runs/demo-{args.name}"
         images, truth = write_demo(args.name, Path(out) / "dataset")

@@ -15,13 +15,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flows.config import load_settings
+from gcmine.flows.config import load_settings
 from gcmodels.config import ConfigError, Settings
-from tasks.doctor import (
+from gcmine.tasks.infra.doctor import (
     Check, check_api, check_deployments, check_gpu_limit, check_images, check_model_base, check_run_root, check_work_pools,
     gpu_configured,
 )
-from tasks.preflight import check_config_path
+from gcmine.tasks.infra.preflight import check_config_path
 
 __all__ = ["doctor", "model_loadable"]
 
@@ -32,7 +32,7 @@ DEFAULT_POOL = "gcmine-process"
 def model_loadable(base: str, feature_block: int) -> None:
     """ConfigError unless `base` is a checkpoint a run can load (the check a run makes first;
     the one place to swap in the model-family check)."""
-    from tasks.latents import check_base
+    from gcmine.tasks.latents import check_base
 
     check_base(base, feature_block)
 
@@ -54,7 +54,7 @@ def _in_checkout(value: str | None) -> str | None:
 def doctor(
     images: str | None = None, out: str | None = None, config: str | None = None, overrides: list[str] | None = None,
 ) -> list[Check]:
-    """Every check, in the order a setup is built; each a `Check` (see tasks/doctor.py)."""
+    """Every check, in the order a setup is built; each a `Check` (see tasks/infra/doctor.py)."""
     from prefect.settings import PREFECT_API_URL
 
     checks: list[Check] = []

@@ -22,14 +22,14 @@ _LOGGERS = ("", "prefect", "prefect.flow_runs", "prefect.task_runs")
 def exit_code(err: BaseException) -> int | None:
     """2 for bad input or settings, 1 for an explained fault, None for anything else (a bug)."""
     from gcmodels.config import ConfigError
-    from tasks.errors import InputError, OutOfMemory, RunRootBusy, StorageAccessError, StorageError
+    from gcmine.tasks.infra.errors import InputError, OutOfMemory, RunRootBusy, StorageAccessError, StorageError
 
     if isinstance(err, (InputError, ConfigError, StorageAccessError)):  # fix the input, a setting, the credentials
         return 2
     if isinstance(err, (StorageError, OutOfMemory, RunRootBusy)):
         return 1
     # these modules load the model stack: an error of theirs exists only once they were imported
-    training, gpu = sys.modules.get("gcmodels.training"), sys.modules.get("tasks.gpu")
+    training, gpu = sys.modules.get("gcmodels.diffusion.training"), sys.modules.get("gcmine.tasks.infra.gpu")
     if training is not None and isinstance(err, training.TrainingDiverged):
         return 1
     if gpu is not None and isinstance(err, gpu.GPULimitMissing):

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.evaluate import evaluate
-from tasks.report import report_again
+from gcmine.tasks.evaluate import evaluate
+from gcmine.tasks.report import report_again
 
 __all__ = ["evaluate_run"]
 

@@ -3,7 +3,7 @@ optional applications between rank and report (classify with score.cotypicality,
 baseline).
 
 The flow only composes tasks; every computation lives in `tasks/` (I/O) and `gcmodels/` (math).
-Model stages are cached on content fingerprints (see tasks/caching.py), so a rerun - after a
+Model stages are cached on content fingerprints (see tasks/infra/caching.py), so a rerun - after a
 crash, or on a dataset that grew - redoes only what changed.
 """
 
@@ -15,25 +15,25 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from gcmodels.config import ConfigError, RuntimeConfig, Settings
 from gcmodels.runtime import check_device
-from tasks.artifacts import run_info
-from tasks.caching import map_cached, run_cached
-from tasks.baseline import baseline
-from tasks.classify import classify
-from tasks.cluster import cluster, collection_map, condition
-from gcmodels.encoders import fits_on_collection
-from tasks.embed import embed, embed_shard, embeddings_table
-from tasks.finetune import finetune
-from tasks.ingest import ingest
-from tasks.latents import base_key, check_base, check_class_labels, latents_shard
-from tasks.lease import run_lease
-from tasks.publish import publish
-from tasks.rank import elements, rank_shard
-from tasks.report import report
-from tasks.samples import samples
-from tasks.score import score_shard, typicality_table
-from tasks.storage import RunStore, sweep_leftovers, sweep_scratch
-from tasks.translate import translate
-from tasks.uiartifacts import publish_ui_artifacts, ui_summary
+from gcmine.tasks.infra.artifacts import run_info
+from gcmine.tasks.infra.caching import map_cached, run_cached
+from gcmine.tasks.baseline import baseline
+from gcmine.tasks.classify import classify
+from gcmine.tasks.cluster import cluster, collection_map, condition
+from gcmodels.embedding.encoders import fits_on_collection
+from gcmine.tasks.embed import embed, embed_shard, embeddings_table
+from gcmine.tasks.finetune import finetune
+from gcmine.tasks.ingest import ingest
+from gcmine.tasks.latents import base_key, check_base, check_class_labels, latents_shard
+from gcmine.tasks.infra.lease import run_lease
+from gcmine.tasks.publish import publish
+from gcmine.tasks.rank import elements, rank_shard
+from gcmine.tasks.report import report
+from gcmine.tasks.samples import samples
+from gcmine.tasks.score import score_shard, typicality_table
+from gcmine.tasks.infra.storage import RunStore, sweep_leftovers, sweep_scratch
+from gcmine.tasks.translate import translate
+from gcmine.tasks.reporting.uiartifacts import publish_ui_artifacts, ui_summary
 
 __all__ = ["embed_stage", "mine", "run_pipeline", "task_runner"]
 
@@ -86,7 +86,7 @@ def mine(
     `storage_options` (for s3:// URIs) default to those built from `settings.storage`.
 
     The run holds the lease of `out` throughout (one writer per run root: a second run waits or
-    refuses, see tasks/lease.py) and first sweeps what interrupted writes left there."""
+    refuses, see tasks/infra/lease.py) and first sweeps what interrupted writes left there."""
     so = storage_options if storage_options is not None else settings.storage.store_options()
     check_device(settings.runtime)  # a device that is not there fails now, before any work
     checkpoint = None
@@ -233,7 +233,7 @@ def task_runner(runtime: RuntimeConfig):
     """The task runner `runtime` asks for: threads on this machine (`runtime.workers`), or Dask -
     the cluster at `runtime.dask_address`, or a local cluster of `runtime.dask_workers` worker
     processes with one thread each. Tasks receive URIs and fingerprints only; each worker loads
-    the model from the run root itself (tasks/models.py), once per process."""
+    the model from the run root itself (tasks/infra/models.py), once per process."""
     if runtime.runner == "threads":
         return ThreadPoolTaskRunner(max_workers=runtime.workers)
     try:

@@ -3,12 +3,12 @@
 - `mine_configured` (flow `gcmine-production`): the gcmine flow with its settings read from a
   YAML config file on the worker, for scheduled runs and for reprocessing triggered by a
   `gcmine.dataset.updated` event. Rerunning into the same run root is the incremental path:
-  only new images are decoded and scored (see tasks/ingest.py and tasks/caching.py).
+  only new images are decoded and scored (see tasks/ingest.py and tasks/infra/caching.py).
 - `watch` (flow `gcmine-watch`): compares a dataset location with its last listing and emits
   `gcmine.dataset.updated` (URI, run root, counts) when files were added, changed or removed.
 
 Both refuse, before any work, run locations and a settings file that a deployment filled from
-unset environment variables (tasks/preflight.py). Errors gcmine explains fail the run with their
+unset environment variables (tasks/infra/preflight.py). Errors gcmine explains fail the run with their
 one line as the state message ("Flow run encountered an exception: ConfigError: ..."), logged
 without a traceback (flows/errors.py).
 """
@@ -18,10 +18,10 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import deployment, flow_run
 
-from flows.config import load_settings
-from flows.errors import one_line_errors
-from tasks.preflight import check_config_path, check_location
-from tasks.watch import announce, compare, save_listing
+from gcmine.flows.config import load_settings
+from gcmine.flows.errors import one_line_errors
+from gcmine.tasks.infra.preflight import check_config_path, check_location
+from gcmine.tasks.watch import announce, compare, save_listing
 
 __all__ = ["mine_configured", "watch"]
 
@@ -33,7 +33,7 @@ def _dataset_name(uri: str) -> str:
 def _refuse_unset(config: str | None, **locations: tuple[str, str]) -> None:
     """Before any work: refuse run locations (name=(value, the environment variable the
     deployment filled it from)) that are empty, '.', unfilled templates or - in a deployment run -
-    inside the code checkout, and a settings file parameter that names no file (tasks/preflight.py).
+    inside the code checkout, and a settings file parameter that names no file (tasks/infra/preflight.py).
     Errors gcmine explains are logged in one line, without their traceback, from here on."""
     one_line_errors()
     deployed = deployment.id is not None
@@ -57,7 +57,7 @@ def mine_configured(
     settings = load_settings(config, list(overrides or ()))
     # imported here: the model stack (torch, diffusers) takes seconds to import, which the watch
     # flow and `prefect deploy` (it imports this module) need not pay
-    from flows.pipeline import run_pipeline
+    from gcmine.flows.pipeline import run_pipeline
 
     return run_pipeline(images, out, labels, settings)
 

@@ -14,10 +14,10 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from tasks.artifacts import REPORT
-from tasks.errors import InputError
-from tasks.storage import RunStore
-from tasks.uiartifacts import served_path
+from gcmine.tasks.infra.artifacts import REPORT
+from gcmine.tasks.infra.errors import InputError
+from gcmine.tasks.infra.storage import RunStore
+from gcmine.tasks.reporting.uiartifacts import served_path
 
 __all__ = ["report_server"]
 

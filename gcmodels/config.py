@@ -279,7 +279,7 @@ class ScoreConfig(_Section):
         False,
         description="adaptive draws: a first pass of adaptive_first draws per image, then rounds that double the draws "
         "only of images whose best patch could still enter its label's top rank.per_label patches in the shard "
-        "(successive elimination, see gcmodels/adaptive.py); those end with the N draws and the map of plain scoring",
+        "(successive elimination, see gcmodels/mining/adaptive.py); those end with the N draws and the map of plain scoring",
     )
     adaptive_first: int = Field(4, ge=2, description="draws of the adaptive first pass (n0; rounds then double it up to draws)")
     adaptive_z: float = Field(
@@ -459,7 +459,7 @@ class StorageConfig(_Section):
 
     def store_options(self) -> dict:
         """`options()` plus gcmine's retry policy for object-store calls (retries, deadline) under
-        `STORAGE_POLICY_KEY`, for gcmine's storage layer (tasks/storage.py), which strips it before
+        `STORAGE_POLICY_KEY`, for gcmine's storage layer (tasks/infra/storage.py), which strips it before
         fsspec sees the options."""
         return {**self.options(), STORAGE_POLICY_KEY: {"retries": self.retries, "deadline": self.deadline}}
 
@@ -564,7 +564,7 @@ class Settings(_Section):
                     "small pixel model); choose embed.method pca, autoencoder, vae or clip"
                 )
             # the checkpoint's decoder blocks are unknown here: the flow checks rank.feature_block
-            # against model.base's unet/config.json before any work (tasks.latents.check_base)
+            # against model.base's unet/config.json before any work (gcmine.tasks.latents.check_base)
             return self
         if self.train.lora_rank:
             raise ValueError(f"train.lora_rank ({self.train.lora_rank}) needs model.base: LoRA adapts a pretrained UNet")

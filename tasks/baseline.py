@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 from prefect import task
 
-from gcmodels.baseline import DiscriminativeMiner
+from gcmodels.baselines.doersch import DiscriminativeMiner
 from gcmodels.config import BaselineConfig
-from gcmodels.patches import scale_boxes
-from tasks.artifacts import BASELINE, BASELINE_DETECTORS, MANIFEST, live_rows, read_images, stopwatch
-from tasks.logs import stage_logger
-from tasks.storage import RunStore
+from gcmodels.mining.patches import scale_boxes
+from gcmine.tasks.infra.artifacts import BASELINE, BASELINE_DETECTORS, MANIFEST, live_rows, read_images, stopwatch
+from gcmine.tasks.infra.logs import stage_logger
+from gcmine.tasks.infra.storage import RunStore
 
 __all__ = ["BASELINE_COLUMNS", "baseline", "baseline_miner"]
 

@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
-from gcmodels.cotypicality import (
+from gcmodels.mining.cotypicality import (
     classification_accuracy, confused_labels, confusion_matrix, label_matrix, predict_labels,
 )
-from tasks.artifacts import CLASSIFICATION, CONFUSION, LABEL_MATRIX, MODEL, TYPICALITY, artifact_key, dataset_name, stopwatch
-from tasks.logs import stage_logger
-from tasks.models import TRAINING_SET
-from tasks.storage import RunStore
+from gcmine.tasks.infra.artifacts import CLASSIFICATION, CONFUSION, LABEL_MATRIX, MODEL, TYPICALITY, artifact_key, dataset_name, stopwatch
+from gcmine.tasks.infra.logs import stage_logger
+from gcmine.tasks.infra.models import TRAINING_SET
+from gcmine.tasks.infra.storage import RunStore
 
 __all__ = ["classification_summary", "classify", "cotypicality_scores"]
 

@@ -7,16 +7,16 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
-from gcmodels.clusterers import fit_clustering
-from gcmodels.clustering import clustering_metrics, contingency
-from gcmodels.collection import conditioning_labels, project_2d
+from gcmodels.clustering.fitting import fit_clustering
+from gcmodels.clustering.estimators import clustering_metrics, contingency
+from gcmodels.clustering.collection import conditioning_labels, project_2d
 from gcmodels.config import ClusterConfig, ConfigError, RuntimeConfig
 from gcmodels.runtime import resolve_device
-from tasks.artifacts import MANIFEST, live_rows, read_embeddings, stage_file, stopwatch
-from tasks.caching import content_key
-from tasks.errors import InputError
-from tasks.logs import stage_logger
-from tasks.storage import RunStore
+from gcmine.tasks.infra.artifacts import MANIFEST, live_rows, read_embeddings, stage_file, stopwatch
+from gcmine.tasks.infra.caching import content_key
+from gcmine.tasks.infra.errors import InputError
+from gcmine.tasks.infra.logs import stage_logger
+from gcmine.tasks.infra.storage import RunStore
 
 #: t-SNE / UMAP above this many images would take hours on a CPU: the map falls back to PCA
 MAP_NONLINEAR_MAX = 50_000

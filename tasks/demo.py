@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from gcmodels.images import encode_png, image_id
-from gcmodels.synthetic import digits_dataset, motif_dataset
+from gcmodels.data.images import encode_png, image_id
+from gcmodels.data.synthetic import digits_dataset, motif_dataset
 
 DEMOS = {
     "motifs": "4 labels x 100 photos (64x64) with a label-specific motif at a random place, plus a distractor "

@@ -1,6 +1,6 @@
 """embed: one global vector per image (the collection summary's input).
 
-Two shapes, by the encoder (`gcmodels.encoders.fits_on_collection`):
+Two shapes, by the encoder (`gcmodels.embedding.encoders.fits_on_collection`):
 
 - fitted on the collection (pca, autoencoder, vae): one task, `embed`, fits the encoder on all
   images and embeds them - the fit is global (the PCA axes, the autoencoder's weights depend on
@@ -19,13 +19,13 @@ import pandas as pd
 from prefect import task
 
 from gcmodels.config import ConfigError, EmbedConfig, RuntimeConfig
-from gcmodels.encoders import fits_on_collection, make_encoder
-from tasks.artifacts import keyed_part, read_images, stage_file, stopwatch, worker_name
-from tasks.caching import content_key
-from tasks.errors import InputError
-from tasks.logs import stage_logger
-from tasks.models import model_stage
-from tasks.storage import RunStore
+from gcmodels.embedding.encoders import fits_on_collection, make_encoder
+from gcmine.tasks.infra.artifacts import keyed_part, read_images, stage_file, stopwatch, worker_name
+from gcmine.tasks.infra.caching import content_key
+from gcmine.tasks.infra.errors import InputError
+from gcmine.tasks.infra.logs import stage_logger
+from gcmine.tasks.infra.models import model_stage
+from gcmine.tasks.infra.storage import RunStore
 
 _clip_cache: dict[tuple, object] = {}
 _clip_lock = threading.Lock()
@@ -35,7 +35,7 @@ def _needs_model(config: EmbedConfig, fingerprint: str | None) -> None:
     if config.method == "diffusion" and fingerprint is None:
         raise ConfigError(
             "embed.method='diffusion' needs the fine-tuned model: the embed stage must run after finetune, per "
-            "shard (embed_shard), as flows.pipeline does when embed.method is 'diffusion'"
+            "shard (embed_shard), as gcmine.flows.pipeline does when embed.method is 'diffusion'"
         )
 
 

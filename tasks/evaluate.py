@@ -3,7 +3,7 @@
 For every (image, label) that has boxes, the map of the image under that label is upsampled
 bilinearly to the original image (as rank upsamples maps to the working image) and compared
 with the union of its boxes: the paper's AUC-PR, average precision, the pointing game, and the
-mean typicality inside vs outside (gcmodels/evaluation.py). No model work: the maps are read
+mean typicality inside vs outside (gcmodels/mining/evaluation.py). No model work: the maps are read
 from the run root. Every row of the boxes file is accounted for: a box that names an unknown
 image or label, lies outside its image or has unusable coordinates is reported with its
 reason in `evaluation.parquet`, never dropped in silence.
@@ -22,15 +22,15 @@ import torch
 import torch.nn.functional as F
 from prefect import task
 
-from gcmodels.evaluation import boxes_mask, localisation_scores
-from tasks.artifacts import (
+from gcmodels.mining.evaluation import boxes_mask, localisation_scores
+from gcmine.tasks.infra.artifacts import (
     EVALUATION, EVALUATION_SUMMARY, MANIFEST, RUN_JSON, artifact_key, dataset_name, stopwatch, unpack_map_rows,
 )
-from tasks.errors import InputError, RunRootBusy
-from tasks.ingest import clean_label, read_table
-from tasks.lease import root_state
-from tasks.logs import stage_logger
-from tasks.storage import RunStore
+from gcmine.tasks.infra.errors import InputError, RunRootBusy
+from gcmine.tasks.ingest import clean_label, read_table
+from gcmine.tasks.infra.lease import root_state
+from gcmine.tasks.infra.logs import stage_logger
+from gcmine.tasks.infra.storage import RunStore
 
 __all__ = [
     "BOX_COLUMNS", "EVALUATION_COLUMNS", "METRICS", "evaluate", "maps_key", "match_boxes", "read_boxes", "recorded_maps", "summarise",

@@ -14,20 +14,20 @@ import torch
 from prefect import task
 
 from gcmodels.config import ConfigError, ModelConfig, RuntimeConfig, TrainConfig
-from gcmodels.cotypicality import stratified_split
+from gcmodels.mining.cotypicality import stratified_split
 from gcmodels.diffusion import ConditionalDiffusion, PixelDiffusion, inspect_base, load_base
 from gcmodels.runtime import configure_torch, resolve_device, resolve_precision
-from gcmodels.training import CheckpointMismatch, TrainingDiverged, train_diffusion
-from tasks.artifacts import MODEL, TRAINING, artifact_key, model_description, read_images, stopwatch
-from tasks.caching import content_key
-from tasks.errors import DamagedArtifact, InputError, StorageError, out_of_memory_hint
-from tasks.gpu import gpu_slot
-from tasks.latents import base_key, read_latent_inputs, shape_groups
-from tasks.logs import stage_logger
-from tasks.models import COMPLETE, TRAINING_SET, model_fingerprint
-from tasks.progress import StageProgress
-from tasks.integrity import file_records, model_damage
-from tasks.storage import RunStore, is_local, scratch_dir
+from gcmodels.diffusion.training import CheckpointMismatch, TrainingDiverged, train_diffusion
+from gcmine.tasks.infra.artifacts import MODEL, TRAINING, artifact_key, model_description, read_images, stopwatch
+from gcmine.tasks.infra.caching import content_key
+from gcmine.tasks.infra.errors import DamagedArtifact, InputError, StorageError, out_of_memory_hint
+from gcmine.tasks.infra.gpu import gpu_slot
+from gcmine.tasks.latents import base_key, read_latent_inputs, shape_groups
+from gcmine.tasks.infra.logs import stage_logger
+from gcmine.tasks.infra.models import COMPLETE, TRAINING_SET, model_fingerprint
+from gcmine.tasks.infra.progress import StageProgress
+from gcmine.tasks.infra.integrity import file_records, model_damage
+from gcmine.tasks.infra.storage import RunStore, is_local, scratch_dir
 
 CHECKPOINT = "checkpoints/finetune.pt"  # the resumable state of an unfinished training
 
@@ -130,7 +130,7 @@ def checkpoint_of(model_config: ModelConfig, storage_options: dict | None = None
     """(what model.base is, its class map read and checked) or (None, None) for the pixel model."""
     if model_config.base is None:
         return None, None
-    from tasks.latents import read_class_map
+    from gcmine.tasks.latents import read_class_map
 
     try:
         info = inspect_base(model_config.base)
@@ -242,7 +242,7 @@ def finetune(
     """Train on every usable image (unlabelled ones train the null branch only) except the
     held-out split (`holdout` of each label's images, see `holdout_split`); write `model/`
     (diffusers layout + label vocabulary + the training set) and `training.parquet`. Labels come
-    from the conditioning table `conditioning` when given (see tasks.cluster.condition), else
+    from the conditioning table `conditioning` when given (see gcmine.tasks.cluster.condition), else
     from the manifest.
 
     Every `train.checkpoint_every` steps, or by wall time every `train.checkpoint_minutes`, the

@@ -15,13 +15,13 @@ import pandas as pd
 from prefect import task
 
 from gcmodels.config import DataConfig
-from gcmodels.images import ImageRejected, decode_image, encode_png, image_id, reason_kind, to_working
-from tasks.artifacts import MANIFEST, MANIFEST_COLUMNS, SHARDS_META, images_part, part_name, stopwatch
-from tasks.caching import content_key
-from tasks.errors import DamagedArtifact, InputError, StorageError
-from tasks.integrity import parquet_damage
-from tasks.logs import stage_logger
-from tasks.storage import RunStore, is_local, join_uri, open_fs, with_retries
+from gcmodels.data.images import ImageRejected, decode_image, encode_png, image_id, reason_kind, to_working
+from gcmine.tasks.infra.artifacts import MANIFEST, MANIFEST_COLUMNS, SHARDS_META, images_part, part_name, stopwatch
+from gcmine.tasks.infra.caching import content_key
+from gcmine.tasks.infra.errors import DamagedArtifact, InputError, StorageError
+from gcmine.tasks.infra.integrity import parquet_damage
+from gcmine.tasks.infra.logs import stage_logger
+from gcmine.tasks.infra.storage import RunStore, is_local, join_uri, open_fs, with_retries
 
 __all__ = [
     "InputError", "Sources", "clean_label", "ingest", "ingest_images", "list_sources", "match_labels", "read_labels", "read_table",

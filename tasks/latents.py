@@ -21,12 +21,12 @@ from prefect import task
 from gcmodels.config import ConfigError, RuntimeConfig
 from gcmodels.runtime import configure_torch, resolve_device
 from gcmodels.diffusion import CheckpointInfo, LatentEncoder, inspect_base
-from tasks.artifacts import keyed_part, live_labels, read_images, stopwatch, worker_name
-from tasks.caching import content_key
-from tasks.errors import out_of_memory_hint
-from tasks.gpu import gpu_slot
-from tasks.logs import stage_logger
-from tasks.storage import RunStore, open_fs, with_retries
+from gcmine.tasks.infra.artifacts import keyed_part, live_labels, read_images, stopwatch, worker_name
+from gcmine.tasks.infra.caching import content_key
+from gcmine.tasks.infra.errors import out_of_memory_hint
+from gcmine.tasks.infra.gpu import gpu_slot
+from gcmine.tasks.infra.logs import stage_logger
+from gcmine.tasks.infra.storage import RunStore, open_fs, with_retries
 
 BATCH = 16  # images per VAE forward
 _encoders: dict[tuple[str, str], LatentEncoder] = {}

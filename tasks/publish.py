@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from prefect import task
 
-from tasks.artifacts import (
+from gcmine.tasks.infra.artifacts import (
     CLUSTER_CONTINGENCY, CLUSTER_LINKAGE, CLUSTER_METRICS, CLUSTER_TRACES, CLUSTERS, COLLECTION_MAP, CONDITIONING, EMBEDDINGS,
     stopwatch,
 )
-from tasks.errors import DamagedArtifact
-from tasks.integrity import footer_damage
-from tasks.storage import RunStore, damaged_hint
+from gcmine.tasks.infra.errors import DamagedArtifact
+from gcmine.tasks.infra.integrity import footer_damage
+from gcmine.tasks.infra.storage import RunStore, damaged_hint
 
 CONTRACT_NAMES = {
     "embeddings": EMBEDDINGS, "clusters": CLUSTERS, "cluster_metrics": CLUSTER_METRICS, "cluster_traces": CLUSTER_TRACES,

@@ -9,18 +9,18 @@ import torch.nn.functional as F
 from prefect import task
 
 from gcmodels.config import RankConfig, RuntimeConfig
-from gcmodels.elements import mine_elements
-from gcmodels.patches import box_mean, scale_boxes, top_patches
-from tasks.artifacts import (
+from gcmodels.mining.elements import mine_elements
+from gcmodels.mining.patches import box_mean, scale_boxes, top_patches
+from gcmine.tasks.infra.artifacts import (
     ELEMENT_COLUMNS, ELEMENTS, MANIFEST, PATCH_COLUMNS, PATCHES, keyed_part, live_rows, read_images, stopwatch,
     unpack_map_rows, worker_name,
 )
-from tasks.caching import content_key
-from tasks.errors import out_of_memory_hint
-from tasks.latents import read_latents, shape_groups
-from tasks.logs import stage_logger
-from tasks.models import model_stage
-from tasks.storage import RunStore
+from gcmine.tasks.infra.caching import content_key
+from gcmine.tasks.infra.errors import out_of_memory_hint
+from gcmine.tasks.latents import read_latents, shape_groups
+from gcmine.tasks.infra.logs import stage_logger
+from gcmine.tasks.infra.models import model_stage
+from gcmine.tasks.infra.storage import RunStore
 
 
 

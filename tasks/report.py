@@ -1,4 +1,4 @@
-"""report: the self-contained HTML report and the `run.json` files (the Prefect UI's artifacts: tasks/uiartifacts.py)."""
+"""report: the self-contained HTML report and the `run.json` files (the Prefect UI's artifacts: tasks/reporting/uiartifacts.py)."""
 
 from __future__ import annotations
 
@@ -10,20 +10,20 @@ from PIL import Image
 from prefect import task
 
 from gcmodels.config import ReportConfig
-from gcmodels.images import decode_image
-from tasks.artifacts import (
+from gcmodels.data.images import decode_image
+from gcmine.tasks.infra.artifacts import (
     BASELINE, BASELINE_DETECTORS, CLUSTER_METRICS, CLUSTERS, COLLECTION_MAP, CONFUSION, ELEMENTS, EVALUATION,
     EVALUATION_SUMMARY, LABEL_MATRIX, MANIFEST, MODEL, PATCHES, REPORT, RUN_JSON, SAMPLE_QUALITY, SAMPLES, TRAINING,
     TRANSLATION_CHANGES, TRANSLATIONS, TYPICALITY, live_rows, stopwatch, unpack_map_rows,
 )
-from tasks.evaluate import maps_key, maps_of
-from tasks.logs import stage_logger
-from tasks.reporting import (
+from gcmine.tasks.evaluate import maps_key, maps_of
+from gcmine.tasks.infra.logs import stage_logger
+from gcmine.tasks.reporting import (
     ReportData, baseline_section, cotypicality_section, evaluation_section, label_anchors, render_report, samples_section,
     translation_section,
 )
-from tasks.models import TRAINING_SET
-from tasks.storage import RunStore, open_fs
+from gcmine.tasks.infra.models import TRAINING_SET
+from gcmine.tasks.infra.storage import RunStore, open_fs
 
 APPLICATIONS = ("classify", "translate", "baseline")  # the optional stages whose results the report shows
 

@@ -1,6 +1,6 @@
 """samples: did the model learn the data? Per label, samples of the fine-tuned model (seeded DDIM
-from noise, gcmodels/sampling.py) compared with the real images of that label on the embed
-stage's encoder's features (gcmodels/frechet.py): the Frechet distance between the two feature
+from noise, gcmodels/diffusion/sampling.py) compared with the real images of that label on the embed
+stage's encoder's features (gcmodels/mining/frechet.py): the Frechet distance between the two feature
 sets (per label and over every label; named after the encoder, never called FID: it is not on
 Inception features), and the share of samples whose nearest real image carries the label they
 were generated for.
@@ -22,13 +22,13 @@ from prefect import task
 
 from gcmodels.config import EmbedConfig, ReportConfig, RuntimeConfig
 from gcmodels.diffusion import LatentDiffusion
-from gcmodels.encoders import fits_on_collection, make_encoder
-from gcmodels.frechet import ALL, sample_quality
-from gcmodels.sampling import Sampler
-from gcmodels.translation import to_uint8
-from tasks.artifacts import MODEL, SAMPLE_QUALITY, SAMPLES, read_images, stopwatch
-from tasks.logs import stage_logger
-from tasks.models import TRAINING_SET, model_stage
+from gcmodels.embedding.encoders import fits_on_collection, make_encoder
+from gcmodels.mining.frechet import ALL, sample_quality
+from gcmodels.diffusion.sampling import Sampler
+from gcmodels.mining.translation import to_uint8
+from gcmine.tasks.infra.artifacts import MODEL, SAMPLE_QUALITY, SAMPLES, read_images, stopwatch
+from gcmine.tasks.infra.logs import stage_logger
+from gcmine.tasks.infra.models import TRAINING_SET, model_stage
 
 __all__ = ["ALL", "QUALITY_COLUMNS", "SAMPLE_COLUMNS", "samples"]
 SAMPLE_COLUMNS = ["label", "sample", "png", "nearest_image_id", "nearest_label", "nearest_distance", "seed", "steps", "fingerprint"]
@@ -56,7 +56,7 @@ def _real_features(store, shards: list[str], embeddings: str, trained: pd.Series
         ids = meta["image_id"][keep].to_numpy()
         return encoder, ids, np.asarray(encoder.transform(pixels[keep]), np.float64) if keep.any() else np.zeros((0, 1))
     if config.method == "clip":
-        from tasks.embed import clip_encoder
+        from gcmine.tasks.embed import clip_encoder
 
         encoder = clip_encoder(config)
     else:

@@ -11,19 +11,19 @@ import torch
 from prefect import task
 
 from gcmodels.config import RuntimeConfig, ScoreConfig
-from gcmodels.cotypicality import cotypicality_frame
-from gcmodels.adaptive import AdaptiveRule, adaptive_maps, standard_error
-from gcmodels.typicality import TypicalityEstimator
-from tasks.artifacts import (
+from gcmodels.mining.cotypicality import cotypicality_frame
+from gcmodels.mining.adaptive import AdaptiveRule, adaptive_maps, standard_error
+from gcmodels.mining.typicality import TypicalityEstimator
+from gcmine.tasks.infra.artifacts import (
     MAPS_PARQUET, TYPICALITY, TYPICALITY_COLUMNS, artifact_key, keyed_part, maps_frame, read_images, stopwatch, worker_name,
 )
-from tasks.caching import content_key
-from tasks.errors import out_of_memory_hint
-from tasks.logs import stage_logger
-from tasks.models import model_stage
-from tasks.latents import read_latent_inputs, shape_groups
-from tasks.progress import StageProgress
-from tasks.storage import RunStore
+from gcmine.tasks.infra.caching import content_key
+from gcmine.tasks.infra.errors import out_of_memory_hint
+from gcmine.tasks.infra.logs import stage_logger
+from gcmine.tasks.infra.models import model_stage
+from gcmine.tasks.latents import read_latent_inputs, shape_groups
+from gcmine.tasks.infra.progress import StageProgress
+from gcmine.tasks.infra.storage import RunStore
 
 CHUNK = 64  # images handed to the estimator at a time (bounds memory, paces the progress bar)
 
@@ -97,7 +97,7 @@ def score_shard(
     inputs are the shard's cached VAE latents (`latents`) and the maps are at latent resolution
     (one value per latent cell; rank upsamples them to the working image).
 
-    With `config.adaptive`, draws go by successive elimination (`gcmodels.adaptive`) against the
+    With `config.adaptive`, draws go by successive elimination (`gcmodels.mining.adaptive`) against the
     ranking rank will make, `ranking` = {top_k: rank.per_label, per_image: rank.per_image,
     patch_size: working pixels}: images that cannot enter their label's top patches in this shard
     stop early; the others get the N draws (and the map) of plain scoring."""

@@ -12,12 +12,12 @@ from prefect import task
 
 from gcmodels.config import RuntimeConfig, ScoreConfig, TranslateConfig
 from gcmodels.diffusion import LatentDiffusion
-from gcmodels.translation import Translator, change_maps, consistent_changes, to_uint8
-from gcmodels.typicality import TypicalityEstimator
-from tasks.artifacts import ELEMENTS, PATCHES, TRANSLATION_CHANGES, TRANSLATIONS, read_images, stopwatch
-from tasks.latents import shape_groups
-from tasks.logs import stage_logger
-from tasks.models import model_stage
+from gcmodels.mining.translation import Translator, change_maps, consistent_changes, to_uint8
+from gcmodels.mining.typicality import TypicalityEstimator
+from gcmine.tasks.infra.artifacts import ELEMENTS, PATCHES, TRANSLATION_CHANGES, TRANSLATIONS, read_images, stopwatch
+from gcmine.tasks.latents import shape_groups
+from gcmine.tasks.infra.logs import stage_logger
+from gcmine.tasks.infra.models import model_stage
 
 __all__ = ["CHANGE_COLUMNS", "TRANSLATION_COLUMNS", "source_images", "translate"]
 

@@ -19,10 +19,10 @@ import pandas as pd
 from prefect import task
 from prefect.events import emit_event
 
-from tasks.artifacts import MANIFEST
-from tasks.ingest import InputError, _local_rel, _transient
-from tasks.logs import stage_logger
-from tasks.storage import RunStore, is_local, open_fs
+from gcmine.tasks.infra.artifacts import MANIFEST
+from gcmine.tasks.ingest import InputError, _local_rel, _transient
+from gcmine.tasks.infra.logs import stage_logger
+from gcmine.tasks.infra.storage import RunStore, is_local, open_fs
 
 __all__ = [
     "DATASET_UPDATED", "LISTING", "announce", "compare", "dataset_resource", "diff_listings",

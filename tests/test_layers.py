@@ -26,12 +26,12 @@ def test_the_layer_contract_holds() -> None:
 
 def test_a_broken_layer_is_reported(tmp_path) -> None:
     """The check can fail: a copy of the packages where gcmodels imports Prefect and tasks imports flows."""
-    for name in ("gcmodels", "tasks", "flows"):
-        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name, target in (("gcmodels", "gcmodels"), ("tasks", "gcmine/tasks"), ("flows", "gcmine/flows")):
+        shutil.copytree(REPO / name, tmp_path / target, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / ".importlinter", tmp_path / ".importlinter")
     (tmp_path / "gcmodels" / "bad.py").write_text("from prefect import flow\n")
-    (tmp_path / "tasks" / "bad.py").write_text("def f():\n    import flows.cli\n")
+    (tmp_path / "gcmine" / "tasks" / "bad.py").write_text("def f():\n    import gcmine.flows.cli\n")
     proc = _lint_imports(tmp_path)
     assert proc.returncode != 0
     assert "0 kept, 2 broken" in proc.stdout, proc.stdout[-3000:]
-    assert "gcmodels.bad -> prefect" in proc.stdout and "tasks.bad -> flows.cli" in proc.stdout
+    assert "gcmodels.bad -> prefect" in proc.stdout and "gcmine.tasks.bad -> gcmine.flows.cli" in proc.stdout

@@ -4,7 +4,10 @@
 - one module per checkpoint family read from a local diffusers directory (`families` finds them):
   `sd` (Stable Diffusion 1.x/2.x), `sdxl` (SDXL), `sd3` (SD3 / SD3.5), `dit` (class-conditional DiT);
 - `latent`: what the checkpoint families share (VAE latents, frozen conditioning, LoRA, save);
-- `parametrisation`: eps / v / flow-matching and the conversions to the common eps space.
+- `parametrisation`: eps / v / flow-matching and the conversions to the common eps space;
+- `training`: the one training loop of every model (label dropout gives the null model; resumable
+  from checkpoints, which is why it is ours and not a library's: the run root must resume it);
+- `sampling`: deterministic DDIM samples from pure noise (the report's "did it learn the data?").
 
 The estimator, the trainer, the features and the tasks see only the base class.
 """
@@ -13,8 +16,26 @@ from gcmodels.diffusion.base import NULL_LABEL, ConditionalDiffusion, validate_l
 from gcmodels.diffusion.families import UnsupportedModel, families, inspect_base, load_any_model, load_base
 from gcmodels.diffusion.latent import CheckpointInfo, LatentDiffusion, LatentEncoder, ModelLayoutError
 from gcmodels.diffusion.pixel import PixelDiffusion
+from gcmodels.diffusion.sampling import Sampler, check_ddim_settings, ddim_denoise
+from gcmodels.diffusion.training import (
+    CHECKPOINT_FORMAT,
+    PRECISIONS,
+    CheckpointMismatch,
+    TrainingDiverged,
+    TrainResult,
+    train_diffusion,
+)
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
+    "PRECISIONS",
+    "CheckpointMismatch",
+    "Sampler",
+    "TrainResult",
+    "TrainingDiverged",
+    "check_ddim_settings",
+    "ddim_denoise",
+    "train_diffusion",
     "NULL_LABEL",
     "CheckpointInfo",
     "ConditionalDiffusion",

@@ -12,13 +12,13 @@
 The stage that reads the run's tables and writes `report/index.html` is `tasks/report.py`.
 """
 
-from tasks.reporting.applications import baseline_section, cotypicality_section, translation_section
-from tasks.reporting.charts import loss_curve_svg
-from tasks.reporting.evaluation import evaluation_section, samples_section
-from tasks.reporting.format import label_anchors
-from tasks.reporting.glance import map_section
-from tasks.reporting.images import BOX_COLOR, colorize_typicality, overlay_typicality, patch_crop
-from tasks.reporting.page import ReportData, render_report
+from gcmine.tasks.reporting.applications import baseline_section, cotypicality_section, translation_section
+from gcmine.tasks.reporting.charts import loss_curve_svg
+from gcmine.tasks.reporting.evaluation import evaluation_section, samples_section
+from gcmine.tasks.reporting.format import label_anchors
+from gcmine.tasks.reporting.glance import map_section
+from gcmine.tasks.reporting.images import BOX_COLOR, colorize_typicality, overlay_typicality, patch_crop
+from gcmine.tasks.reporting.page import ReportData, render_report
 
 __all__ = [
     "BOX_COLOR",

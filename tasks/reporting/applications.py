@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from tasks.reporting.format import fmt_num, fmt_seconds
-from tasks.reporting.images import patch_crop, png_uri, scaled_to_height
-from tasks.reporting.page import patch_figure
-from tasks.reporting.templating import render
+from gcmine.tasks.reporting.format import fmt_num, fmt_seconds
+from gcmine.tasks.reporting.images import patch_crop, png_uri, scaled_to_height
+from gcmine.tasks.reporting.page import patch_figure
+from gcmine.tasks.reporting.templating import render
 
 __all__ = ["baseline_section", "cotypicality_section", "translation_section"]
 

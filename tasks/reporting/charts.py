@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tasks.reporting.format import fmt_num
-from tasks.reporting.templating import render
+from gcmine.tasks.reporting.format import fmt_num
+from gcmine.tasks.reporting.templating import render
 
 __all__ = ["MAX_CURVE_POINTS", "loss_curve_svg", "scatter_svg"]
 

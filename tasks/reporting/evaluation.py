@@ -14,9 +14,9 @@ from collections.abc import Callable
 import pandas as pd
 from PIL import Image
 
-from tasks.reporting.format import fmt_num
-from tasks.reporting.images import CROP_HEIGHT, png_uri, scaled_to_height
-from tasks.reporting.templating import render
+from gcmine.tasks.reporting.format import fmt_num
+from gcmine.tasks.reporting.images import CROP_HEIGHT, png_uri, scaled_to_height
+from gcmine.tasks.reporting.templating import render
 
 __all__ = ["EVALUATION_MEASURES", "evaluation_section", "samples_section"]
 

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from gcmodels.collection import cluster_name
-from tasks.reporting.charts import scatter_svg
-from tasks.reporting.images import jpeg_thumbnail
-from tasks.reporting.templating import Markup, render, static_text
+from gcmodels.clustering.collection import cluster_name
+from gcmine.tasks.reporting.charts import scatter_svg
+from gcmine.tasks.reporting.images import jpeg_thumbnail
+from gcmine.tasks.reporting.templating import Markup, render, static_text
 
 __all__ = ["GREY", "MAX_MAP_POINTS", "PALETTE", "map_section"]
 

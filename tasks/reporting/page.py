@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from tasks.reporting.charts import loss_curve_svg
-from tasks.reporting.format import flatten, fmt_num, fmt_seconds, int_or, is_number, label_anchors
-from tasks.reporting.glance import map_section
-from tasks.reporting.images import ImageCache, display_image, overlay_typicality, patch_crop, png_uri, robust_vmax
-from tasks.reporting.templating import Markup, render, static_text
+from gcmine.tasks.reporting.charts import loss_curve_svg
+from gcmine.tasks.reporting.format import flatten, fmt_num, fmt_seconds, int_or, is_number, label_anchors
+from gcmine.tasks.reporting.glance import map_section
+from gcmine.tasks.reporting.images import ImageCache, display_image, overlay_typicality, patch_crop, png_uri, robust_vmax
+from gcmine.tasks.reporting.templating import Markup, render, static_text
 
 __all__ = ["MAX_REJECTED_ROWS", "ReportData", "patch_figure", "render_report"]
 

@@ -17,7 +17,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
-from tasks.reporting.format import fmt_num, fmt_seconds
+from gcmine.tasks.reporting.format import fmt_num, fmt_seconds
 
 __all__ = ["Markup", "environment", "render", "static_text"]
 
@@ -34,7 +34,7 @@ def _finalize(value: Any) -> Any:
 def environment() -> Environment:
     """The shared environment (templates compiled once per process)."""
     env = Environment(
-        loader=PackageLoader("tasks.reporting", "templates"),
+        loader=PackageLoader("gcmine.tasks.reporting", "templates"),
         autoescape=True,
         finalize=_finalize,
         undefined=StrictUndefined,
@@ -54,4 +54,4 @@ def render(template: str, **context: Any) -> str:
 @lru_cache(maxsize=None)
 def static_text(name: str) -> str:
     """The text of a file under tasks/reporting/static (the CSS and the hover script)."""
-    return files("tasks.reporting").joinpath("static", name).read_text(encoding="utf-8")
+    return files("gcmine.tasks.reporting").joinpath("static", name).read_text(encoding="utf-8")

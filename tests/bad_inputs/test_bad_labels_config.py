@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from flows.cli import main
+from gcmine.flows.cli import main
 from gcmodels.config import DataConfig
-from tasks.errors import InputError
-from tasks.ingest import ingest_images, read_labels
-from tasks.storage import RunStore
+from gcmine.tasks.infra.errors import InputError
+from gcmine.tasks.ingest import ingest_images, read_labels
+from gcmine.tasks.infra.storage import RunStore
 
 
 def _images(folder: Path, n: int) -> list[str]:

@@ -14,15 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
-from flows.cli import main
+from gcmine.flows.cli import main
 from gcmodels.config import DataConfig, ModelConfig, RuntimeConfig, ScoreConfig, TrainConfig
-from gcmodels.training import TrainingDiverged
-from tasks import storage
-from tasks.artifacts import MANIFEST, MODEL, TRAINING
-from tasks.errors import OutOfMemory, StorageAccessError, StorageError
-from tasks.ingest import ingest_images
-from tasks.models import COMPLETE
-from tasks.storage import RunStore, open_fs
+from gcmodels.diffusion.training import TrainingDiverged
+from gcmine.tasks.infra import storage
+from gcmine.tasks.infra.artifacts import MANIFEST, MODEL, TRAINING
+from gcmine.tasks.infra.errors import OutOfMemory, StorageAccessError, StorageError
+from gcmine.tasks.ingest import ingest_images
+from gcmine.tasks.infra.models import COMPLETE
+from gcmine.tasks.infra.storage import RunStore, open_fs
 
 KEY, SECRET = "AKIAGCMINEFAULTS0001", "gcmine-fault-secret-8Hq2"
 
@@ -188,7 +188,7 @@ def test_disk_full_names_the_artifact_and_keeps_the_previous_manifest(tmp_path, 
 @pytest.fixture
 def trained(prefect_harness, tmp_path):
     """Images ingested for a tiny model (the harness: task code reports progress to a Prefect API)."""
-    from tasks.finetune import finetune
+    from gcmine.tasks.finetune import finetune
 
     folder = tmp_path / "imgs"
     for i in range(4):
@@ -210,9 +210,9 @@ def _oom(*a, **k):
 
 
 def test_gpu_oom_in_training_names_the_setting(trained, monkeypatch) -> None:
-    import tasks.finetune
+    import gcmine.tasks.finetune
 
-    monkeypatch.setattr(tasks.finetune, "train_diffusion", _oom)
+    monkeypatch.setattr(gcmine.tasks.finetune, "train_diffusion", _oom)
     with pytest.raises(OutOfMemory) as err:
         trained["finetune"].fn(**trained["args"])
     msg = str(err.value)
@@ -221,8 +221,8 @@ def test_gpu_oom_in_training_names_the_setting(trained, monkeypatch) -> None:
 
 
 def test_gpu_oom_in_scoring_names_the_setting(trained, monkeypatch) -> None:
-    from gcmodels.typicality import TypicalityEstimator
-    from tasks.score import score_shard
+    from gcmodels.mining.typicality import TypicalityEstimator
+    from gcmine.tasks.score import score_shard
 
     done = trained["finetune"].fn(**trained["args"])
     monkeypatch.setattr(TypicalityEstimator, "maps", _oom)
@@ -232,14 +232,14 @@ def test_gpu_oom_in_scoring_names_the_setting(trained, monkeypatch) -> None:
 
 
 def test_nan_loss_keeps_the_last_good_checkpoint(trained, monkeypatch) -> None:
-    import tasks.finetune
+    import gcmine.tasks.finetune
 
     def diverge(model, images, cond, *, callback, **kw):
         for step in range(3):
             callback({"step": step, "loss": 0.5, "lr": 1e-3, "seconds": 0.1})
         raise TrainingDiverged(3, float("nan"), 2)
 
-    monkeypatch.setattr(tasks.finetune, "train_diffusion", diverge)
+    monkeypatch.setattr(gcmine.tasks.finetune, "train_diffusion", diverge)
     with pytest.raises(TrainingDiverged, match="loss is nan at step 3.*checkpoint \\(step 2\\)"):
         trained["finetune"].fn(**trained["args"])
     store = RunStore(trained["out"])
@@ -256,12 +256,12 @@ def test_nan_loss_keeps_the_last_good_checkpoint(trained, monkeypatch) -> None:
     ],
 )
 def test_cli_prints_faults_without_a_traceback(tmp_path, capsys, monkeypatch, error, needle) -> None:
-    import flows.pipeline
+    import gcmine.flows.pipeline
 
     def fail(*a, **k):
         raise error
 
-    monkeypatch.setattr(flows.pipeline, "run_pipeline", fail)
+    monkeypatch.setattr(gcmine.flows.pipeline, "run_pipeline", fail)
     assert main(["run", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("gcmine: ") and needle in err and "Traceback" not in err
@@ -290,7 +290,7 @@ def test_model_folder_upload_retries_each_file_and_marker_comes_last(s3, waits, 
 
 
 def test_out_of_memory_hint_translates_only_out_of_memory() -> None:
-    from tasks.errors import out_of_memory_hint
+    from gcmine.tasks.infra.errors import out_of_memory_hint
 
     with pytest.raises(OutOfMemory, match=r"score ran out of memory on cuda:0: lower score.batch_size \(now 64\)"):
         with out_of_memory_hint("score", {"score.batch_size": 64}, "cuda:0"):

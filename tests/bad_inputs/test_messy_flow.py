@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from bad_zoo import L_HTML, L_LOST, L_PATH, L_UNI, expected_kinds, write_zoo
 
-from flows.cli import main
+from gcmine.flows.cli import main
 
 pytestmark = pytest.mark.slow
 

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from flows.cli import main
-from flows.config import describe_settings, load_settings
+from gcmine.flows.cli import main
+from gcmine.flows.config import describe_settings, load_settings
 from gcmodels.config import ConfigError, DataConfig
-from tasks.errors import InputError
-from tasks.ingest import ingest_images
-from tasks.storage import RunStore
+from gcmine.tasks.infra.errors import InputError
+from gcmine.tasks.ingest import ingest_images
+from gcmine.tasks.infra.storage import RunStore
 
 SECRET = "1234567890123"  # digits: YAML would read it as a number
 WORDY = "s3cr3t-Zq8f3LxWv92N"

@@ -15,10 +15,10 @@ import time
 import pytest
 from PIL import Image
 
-from flows.cli import main
+from gcmine.flows.cli import main
 from gcmodels.config import StorageConfig
-from tasks.errors import StorageAccessError, StorageError
-from tasks.storage import RunStore
+from gcmine.tasks.infra.errors import StorageAccessError, StorageError
+from gcmine.tasks.infra.storage import RunStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")]
 

@@ -8,9 +8,9 @@ import pytest
 from bad_zoo import L_HTML, L_LOST, L_PATH, L_UNI, expected_kinds, write_zoo
 
 from gcmodels.config import DataConfig
-from tasks.artifacts import MANIFEST
-from tasks.ingest import ingest_images
-from tasks.storage import RunStore
+from gcmine.tasks.infra.artifacts import MANIFEST
+from gcmine.tasks.ingest import ingest_images
+from gcmine.tasks.infra.storage import RunStore
 
 
 @pytest.fixture(scope="module")

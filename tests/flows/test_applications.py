@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from flows.cli import main
-from gcmodels.synthetic import motif_dataset
-from tasks.artifacts import TYPICALITY_COLUMNS, unpack_maps
-from tasks.storage import RunStore
+from gcmine.flows.cli import main
+from gcmodels.data.synthetic import motif_dataset
+from gcmine.tasks.infra.artifacts import TYPICALITY_COLUMNS, unpack_maps
+from gcmine.tasks.infra.storage import RunStore
 
 pytestmark = pytest.mark.slow
 

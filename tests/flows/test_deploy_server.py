@@ -28,7 +28,7 @@ import httpx
 import pytest
 import yaml
 
-from gcmodels.synthetic import motif_dataset
+from gcmodels.data.synthetic import motif_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -358,7 +358,7 @@ def test_deployments_on_a_real_server(stack) -> None:
     assert second["summary"]["ok"] == 10
 
     # nothing changed since: `gcmine watch` compares with the watch run's listing and emits nothing
-    again = stack.call("-m", "flows.cli", "watch", str(stack.images), "--out", str(stack.out), "--config", stack.env["GCMINE_CONFIG"])
+    again = stack.call("-m", "gcmine.flows.cli", "watch", str(stack.images), "--out", str(stack.out), "--config", stack.env["GCMINE_CONFIG"])
     stack.mark("second watch done")
     assert "0 added, 0 changed, 0 removed" in again and "emitted gcmine.dataset.updated" not in again, again
 
@@ -394,7 +394,7 @@ def test_doctor_on_the_real_setup(stack, tmp_path) -> None:
     """`gcmine doctor` after deploying (the run above done): every check passes and it exits 0;
     then, with the worker stopped, a GPU configured without its concurrency limit and a folder
     holding no image, it exits 1 with one line per problem and its fix. Stops the worker: last."""
-    healthy = stack.call("-m", "flows.cli", "doctor")
+    healthy = stack.call("-m", "gcmine.flows.cli", "doctor")
     stack.mark("doctor (healthy) done")
     lines = healthy.strip().splitlines()
     assert lines[-1] == "all checks passed" and all(line.startswith(("ok ", "skip ")) for line in lines[:-1]), healthy
@@ -421,7 +421,7 @@ def test_doctor_on_the_real_setup(stack, tmp_path) -> None:
     stack.mark("worker stopped and offline")
     (tmp_path / "no-images").mkdir()
     broken = stack.call(
-        "-m", "flows.cli", "doctor", "--images", str(tmp_path / "no-images"), "--set", "runtime.device=cuda", code=1,
+        "-m", "gcmine.flows.cli", "doctor", "--images", str(tmp_path / "no-images"), "--set", "runtime.device=cuda", code=1,
     )
     stack.mark("doctor (broken) done")
     failed = [line for line in broken.splitlines() if line.startswith("FAIL")]

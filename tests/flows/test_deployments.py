@@ -44,7 +44,7 @@ def test_production_pieces() -> None:
 
 
 def test_shipped_settings_file_is_valid() -> None:
-    from flows.config import load_settings
+    from gcmine.flows.config import load_settings
 
     settings = load_settings(ROOT / "deployments" / "settings.yaml")
     assert settings.runtime.progress is False
@@ -54,7 +54,7 @@ def test_a_parameter_left_templated_is_a_clear_error() -> None:
     """`{{ $GCMINE_IMAGES }}` stays as it is when the variable was unset at `prefect deploy`."""
     import pytest
 
-    from flows.production import mine_configured, watch
+    from gcmine.flows.production import mine_configured, watch
     from gcmodels.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"parameter images='\{\{ \$GCMINE_IMAGES \}\}' was never filled in"):

@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.cli import main
-from gcmodels.evaluation import boxes_mask, localisation_scores
-from gcmodels.synthetic import motif_dataset
-from tasks.artifacts import EVALUATION, EVALUATION_SUMMARY, MANIFEST, RUN_JSON, unpack_map_rows
-from tasks.evaluate import EVALUATION_COLUMNS, recorded_maps
-from tasks.storage import RunStore
+from gcmine.flows.cli import main
+from gcmodels.mining.evaluation import boxes_mask, localisation_scores
+from gcmodels.data.synthetic import motif_dataset
+from gcmine.tasks.infra.artifacts import EVALUATION, EVALUATION_SUMMARY, MANIFEST, RUN_JSON, unpack_map_rows
+from gcmine.tasks.evaluate import EVALUATION_COLUMNS, recorded_maps
+from gcmine.tasks.infra.storage import RunStore
 
 pytestmark = pytest.mark.slow
 
@@ -102,8 +102,8 @@ def test_a_run_without_evaluation_has_no_evaluation_section(run) -> None:
 
 
 def test_evaluate_renders_the_report_again_with_the_numbers(run, tmp_path, capsys) -> None:
-    from tasks.report import measured_sections
-    from tasks.reporting.evaluation import POOLED
+    from gcmine.tasks.report import measured_sections
+    from gcmine.tasks.reporting.evaluation import POOLED
 
     path = tmp_path / "boxes.csv"
     run["boxes"].to_csv(path, index=False)
@@ -191,7 +191,7 @@ def test_not_a_run(tmp_path, capsys, run) -> None:
 def test_a_run_root_mid_update_is_refused(run, tmp_path, capsys) -> None:
     """A run that left the root mid-update (its in-progress marker, no live lease): one line, exit 1,
     nothing written."""
-    from tasks.lease import IN_PROGRESS
+    from gcmine.tasks.infra.lease import IN_PROGRESS
 
     path = tmp_path / "boxes.csv"
     run["boxes"].to_csv(path, index=False)

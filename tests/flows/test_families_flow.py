@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from flows.cli import main
-from tasks.artifacts import unpack_map_rows
-from tasks.storage import RunStore
+from gcmine.flows.cli import main
+from gcmine.tasks.infra.artifacts import unpack_map_rows
+from gcmine.tasks.infra.storage import RunStore
 
 pytestmark = pytest.mark.slow
 

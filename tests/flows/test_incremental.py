@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flows.config import load_settings
-from flows.pipeline import run_pipeline
-from gcmodels.synthetic import motif_dataset
+from gcmine.flows.config import load_settings
+from gcmine.flows.pipeline import run_pipeline
+from gcmodels.data.synthetic import motif_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -142,7 +142,7 @@ def test_a_failing_stage_leaves_the_previous_artifacts(first, tmp_path, monkeypa
     def broken(*args, **kwargs):
         raise RuntimeError("injected fault in element mining")
 
-    monkeypatch.setattr("tasks.rank.mine_elements", broken)
+    monkeypatch.setattr("gcmine.tasks.rank.mine_elements", broken)
     with pytest.raises(RuntimeError, match="injected fault"):
         run_pipeline(str(images), str(out), None, load_settings(None, [*TINY, "rank.elements=3"]))
     for n in names:

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.cli import main
-from gcmodels.images import working_size
-from gcmodels.synthetic import mixed_motif_dataset, motif_dataset
-from tasks.artifacts import read_images, unpack_map_rows
-from tasks.storage import RunStore
+from gcmine.flows.cli import main
+from gcmodels.data.images import working_size
+from gcmodels.data.synthetic import mixed_motif_dataset, motif_dataset
+from gcmine.tasks.infra.artifacts import read_images, unpack_map_rows
+from gcmine.tasks.infra.storage import RunStore
 
 pytestmark = pytest.mark.slow
 
@@ -125,8 +125,8 @@ def test_a_change_of_resize_policy_retrains_on_oblong_images(mixed, tmp_path) ->
     run root (its working images differ), and the images are decoded again."""
     import shutil
 
-    from flows.config import load_settings
-    from flows.pipeline import run_pipeline
+    from gcmine.flows.config import load_settings
+    from gcmine.flows.pipeline import run_pipeline
 
     out = tmp_path / "run"
     shutil.copytree(mixed["out"], out)

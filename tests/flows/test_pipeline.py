@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.cli import main
-from gcmodels.synthetic import motif_dataset
-from tasks.artifacts import MANIFEST_COLUMNS, unpack_maps
-from tasks.storage import RunStore
+from gcmine.flows.cli import main
+from gcmodels.data.synthetic import motif_dataset
+from gcmine.tasks.infra.artifacts import MANIFEST_COLUMNS, unpack_maps
+from gcmine.tasks.infra.storage import RunStore
 
 pytestmark = pytest.mark.slow
 
@@ -167,8 +167,8 @@ def test_samples_beside_real_images(run) -> None:
     """report.samples (default 8) samples per label of the run's model, their Frechet distance to
     the label's real images on the embed encoder's features, shown in the report; an earlier
     model's samples are not shown as this run's."""
-    from tasks.report import measured_sections
-    from tasks.samples import QUALITY_COLUMNS, SAMPLE_COLUMNS
+    from gcmine.tasks.report import measured_sections
+    from gcmine.tasks.samples import QUALITY_COLUMNS, SAMPLE_COLUMNS
 
     s = run["store"]
     info = s.read_json("run.json")
@@ -218,8 +218,8 @@ def test_diffusion_embedding_runs_after_finetune(prefect_harness, dataset, tmp_p
 
     from gcmodels.config import EmbedConfig
     from gcmodels.diffusion import PixelDiffusion
-    from gcmodels.encoders import make_encoder
-    from tasks.artifacts import read_images
+    from gcmodels.embedding.encoders import make_encoder
+    from gcmine.tasks.infra.artifacts import read_images
 
     shards = sorted(p.name for p in (out / "images").glob("part-*.parquet"))
     assert len(shards) == 3 and info["stages"]["embed"]["workers"]
@@ -297,7 +297,7 @@ def test_prefect_ui_story(run) -> None:
     for _, uri in pictures:  # each a real picture: a strip of patches THUMB pixels high
         from PIL import Image
 
-        from tasks.uiartifacts import THUMB
+        from gcmine.tasks.reporting.uiartifacts import THUMB
 
         strip = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
         assert strip.height == THUMB and strip.width >= THUMB
@@ -396,8 +396,8 @@ def test_prefect_ui_in_a_real_browser(run, tmp_path) -> None:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
     from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
 
-    from flows.serve import report_server
-    from tasks.uiartifacts import THUMB
+    from gcmine.flows.serve import report_server
+    from gcmine.tasks.reporting.uiartifacts import THUMB
     from uibrowser import chromium_page, chromium_path, prefect_ui_server
 
     binary = chromium_path()

@@ -11,10 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from flows.errors import OneLineErrors, exit_code
-from flows.steps import enter_checkout
+from gcmine.flows.errors import OneLineErrors, exit_code
+from gcmine.flows.steps import enter_checkout
 from gcmodels.config import ConfigError
-from tasks.errors import InputError, StorageError
+from gcmine.tasks.infra.errors import InputError, StorageError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,7 +77,7 @@ def test_the_refusal_goes_to_the_run_log(monkeypatch) -> None:
 
 
 def test_deployment_run_into_the_checkout_is_refused_before_any_work(tmp_path, monkeypatch) -> None:
-    from flows import production
+    from gcmine.flows import production
 
     monkeypatch.setattr(production, "deployment", SimpleNamespace(id="d", name="production"))
     monkeypatch.chdir(ROOT)  # where a worker starts the run
@@ -113,7 +113,7 @@ def test_production_run_errors_are_one_line_in_log_and_state(prefect_harness, tm
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentTaskRunId
 
-    from flows.production import mine_configured
+    from gcmine.flows.production import mine_configured
 
     refused = mine_configured(images="", out=str(tmp_path / "out"), return_state=True)
     assert refused.is_failed()
@@ -136,7 +136,7 @@ def test_production_run_errors_are_one_line_in_log_and_state(prefect_harness, tm
 
 
 def test_cli_watch_on_a_missing_dataset_prints_one_line(prefect_harness, tmp_path, capsys) -> None:
-    from flows.cli import main
+    from gcmine.flows.cli import main
 
     assert main(["watch", str(tmp_path / "gone"), "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"gcmine: dataset {tmp_path}/gone does not exist"]
@@ -144,7 +144,7 @@ def test_cli_watch_on_a_missing_dataset_prints_one_line(prefect_harness, tmp_pat
 
 
 def test_cli_run_on_a_missing_folder_prints_one_line(tmp_path, capsys) -> None:
-    from flows.cli import main
+    from gcmine.flows.cli import main
 
     assert main(["run", str(tmp_path / "gone"), "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"gcmine: IMAGES {tmp_path}/gone does not exist"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gcmodels.synthetic import motif_dataset
+from gcmodels.data.synthetic import motif_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ SETTINGS = [
 
 
 def _command(images: Path, out: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "flows.cli", "run", str(images), "--out", str(out)]
+    cmd = [sys.executable, "-m", "gcmine.flows.cli", "run", str(images), "--out", str(out)]
     for item in SETTINGS:
         cmd += ["--set", item]
     return cmd

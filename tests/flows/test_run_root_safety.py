@@ -18,13 +18,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flows.cli import main
-from flows.config import load_settings
-from flows.pipeline import run_pipeline
-from gcmodels.synthetic import motif_dataset
-from tasks.integrity import model_damage
-from tasks.lease import RunLease
-from tasks.storage import RunStore
+from gcmine.flows.cli import main
+from gcmine.flows.config import load_settings
+from gcmine.flows.pipeline import run_pipeline
+from gcmodels.data.synthetic import motif_dataset
+from gcmine.tasks.infra.integrity import model_damage
+from gcmine.tasks.infra.lease import RunLease
+from gcmine.tasks.infra.storage import RunStore
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +98,7 @@ def warnings_seen(monkeypatch) -> list[str]:
                 seen.append(msg % args if args else msg)
 
     recorder = Recorder(logging.getLogger("gcmine.test"), {})
-    for module in ("tasks.caching", "tasks.ingest", "tasks.finetune"):
+    for module in ("gcmine.tasks.infra.caching", "gcmine.tasks.ingest", "gcmine.tasks.finetune"):
         monkeypatch.setattr(f"{module}.stage_logger", lambda *a, **k: recorder)
     return seen
 
@@ -197,7 +197,7 @@ def test_concurrent_incremental_runs_are_serialised_and_a_third_run_is_consisten
     both read the old shard list and both write images/part-00002.parquet and the list (a barrier
     in ingest makes them meet there); with it, the second run waits for the first to finish.
     Every write into the root is recorded with its flow run: the two runs' writes never interleave."""
-    import tasks.ingest
+    import gcmine.tasks.ingest
     from prefect.runtime import flow_run
 
     base, out = _clone(first, tmp_path)
@@ -208,7 +208,7 @@ def test_concurrent_incremental_runs_are_serialised_and_a_third_run_is_consisten
         _write(folder, motif_dataset(n_per_label=1, size=16, labels=("circle", "cross"), seed=seed), prefix=f"new-{name}-")
         folders[name] = folder
     meet = threading.Barrier(2)
-    real_previous = tasks.ingest._previous_run
+    real_previous = gcmine.tasks.ingest._previous_run
 
     def previous_run(*args, **kwargs):
         found = real_previous(*args, **kwargs)
@@ -226,7 +226,7 @@ def test_concurrent_incremental_runs_are_serialised_and_a_third_run_is_consisten
             writes.append((str(flow_run.id), time.monotonic()))
         return real_write(self, rel, data)
 
-    monkeypatch.setattr(tasks.ingest, "_previous_run", previous_run)
+    monkeypatch.setattr(gcmine.tasks.ingest, "_previous_run", previous_run)
     monkeypatch.setattr(RunStore, "write_bytes", write_bytes)
     settings = load_settings(None, [*TINY, "storage.lease=wait", "storage.lease_wait=600"])
     results, errors = {}, []

@@ -9,9 +9,9 @@ import tempfile
 import pandas as pd
 import pytest
 
-from flows.config import load_settings
-from flows.pipeline import run_pipeline
-from gcmodels.synthetic import motif_dataset
+from gcmine.flows.config import load_settings
+from gcmine.flows.pipeline import run_pipeline
+from gcmodels.data.synthetic import motif_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -112,7 +112,7 @@ def test_flow_on_s3(prefect_harness, s3, tmp_path, monkeypatch) -> None:
     assert "presigned link" in artifacts["gcmine-r1-report"].description
 
     # `gcmine serve` answers the report of an S3 run root too (when the link has expired)
-    from flows.serve import report_server
+    from gcmine.flows.serve import report_server
 
     served = report_server("s3://gcmine-data/runs/r1", 0, opts)
     import threading

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from flows.cli import main
-from gcmodels.images import working_size
+from gcmine.flows.cli import main
+from gcmodels.data.images import working_size
 from gcmodels.diffusion import load_any_model
 from gcmodels.diffusion.sd import StableDiffusion
-from tasks.artifacts import unpack_map_rows
-from tasks.storage import RunStore
+from gcmine.tasks.infra.artifacts import unpack_map_rows
+from gcmine.tasks.infra.storage import RunStore
 
 pytestmark = pytest.mark.slow
 
@@ -119,8 +119,8 @@ def test_maps_at_latent_resolution_and_patches_in_original_pixels(sd_run) -> Non
 
 def test_rerun_reuses_latents_model_and_scores(sd_run) -> None:
     """The same command again: nothing is re-encoded, retrained or rescored."""
-    from flows.pipeline import run_pipeline
-    from flows.config import load_settings
+    from gcmine.flows.pipeline import run_pipeline
+    from gcmine.flows.config import load_settings
 
     settings = load_settings(None, [f"model.base={sd_run['base']}", *SD])
     result = run_pipeline(str(sd_run["out"].parent / "images"), str(sd_run["out"]), None, settings)

@@ -9,9 +9,9 @@ import urllib.request
 
 import pytest
 
-from flows.cli import main
-from flows.serve import report_server
-from tasks.errors import InputError
+from gcmine.flows.cli import main
+from gcmine.flows.serve import report_server
+from gcmine.tasks.infra.errors import InputError
 
 
 def _get(url: str) -> tuple[int, str, str, str]:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.cli import main
-from tasks.storage import RunStore
+from gcmine.flows.cli import main
+from gcmine.tasks.infra.storage import RunStore
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from flows.production import watch
-from tasks.watch import DATASET_UPDATED, LISTING, diff_listings
+from gcmine.flows.production import watch
+from gcmine.tasks.watch import DATASET_UPDATED, LISTING, diff_listings
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def emitted(monkeypatch) -> list[dict]:
         calls.append(kwargs)
         return SimpleNamespace(id=uuid.uuid4())
 
-    monkeypatch.setattr("tasks.watch.emit_event", fake_emit)
+    monkeypatch.setattr("gcmine.tasks.watch.emit_event", fake_emit)
     return calls
 
 
@@ -80,14 +80,14 @@ def test_first_watch_of_a_mined_root_compares_with_its_manifest(prefect_harness,
 def test_a_change_whose_event_was_not_sent_stays_pending(prefect_harness, tmp_path, monkeypatch) -> None:
     images, out = tmp_path / "images", tmp_path / "out"
     _png(images / "0.png", 1)
-    monkeypatch.setattr("tasks.watch.emit_event", lambda **kwargs: None)  # no API to send it to
+    monkeypatch.setattr("gcmine.tasks.watch.emit_event", lambda **kwargs: None)  # no API to send it to
     assert watch(uri=str(images), out=str(out))["event"] is None
     assert not (out / LISTING).exists()
     assert watch(uri=str(images), out=str(out))["added"] == 1  # reported again
 
 
 def test_missing_dataset_is_a_clear_error(prefect_harness, tmp_path) -> None:
-    from tasks.ingest import InputError
+    from gcmine.tasks.ingest import InputError
 
     with pytest.raises(InputError, match="does-not-exist does not exist"):
         watch(uri=str(tmp_path / "does-not-exist"), out=str(tmp_path / "out"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from flows.config import describe_settings, load_settings, parse_override
+from gcmine.flows.config import describe_settings, load_settings, parse_override
 from gcmodels.config import ConfigError, DataConfig, ScoreConfig, Settings, TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -160,9 +160,9 @@ def test_sections_are_frozen_and_strict() -> None:
 
 def test_gcmodels_does_not_import_prefect() -> None:
     modules = [
-        "gcmodels", "gcmodels.config", "gcmodels.diffusion", "gcmodels.typicality", "gcmodels.patches",
-        "gcmodels.training", "gcmodels.images", "gcmodels.elements", "gcmodels.clustering",
-        "gcmodels.embedding", "gcmodels.synthetic", "gcmodels.evaluation", "gcmodels.runtime",
+        "gcmodels", "gcmodels.config", "gcmodels.diffusion", "gcmodels.mining.typicality", "gcmodels.mining.patches",
+        "gcmodels.diffusion.training", "gcmodels.data.images", "gcmodels.mining.elements", "gcmodels.clustering.estimators",
+        "gcmodels.embedding.pca", "gcmodels.data.synthetic", "gcmodels.mining.evaluation", "gcmodels.runtime",
     ]
     code = (
         "import importlib, sys\n"

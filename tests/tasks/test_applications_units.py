@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tasks.artifacts import TYPICALITY_COLUMNS
-from tasks.reporting import baseline_section, cotypicality_section, translation_section
-from tasks.classify import classification_summary, cotypicality_scores
-from tasks.finetune import holdout_split
-from tasks.score import score_rows
-from tasks.translate import source_images
+from gcmine.tasks.infra.artifacts import TYPICALITY_COLUMNS
+from gcmine.tasks.reporting import baseline_section, cotypicality_section, translation_section
+from gcmine.tasks.classify import classification_summary, cotypicality_scores
+from gcmine.tasks.finetune import holdout_split
+from gcmine.tasks.score import score_rows
+from gcmine.tasks.translate import source_images
 
 
 def _meta(n_per_label: dict[str, int]) -> pd.DataFrame:

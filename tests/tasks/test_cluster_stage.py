@@ -9,9 +9,9 @@ import pytest
 from sklearn.datasets import make_blobs
 
 from gcmodels.config import ClusterConfig, RuntimeConfig
-from tasks.artifacts import MANIFEST, read_embeddings
-from tasks.cluster import cluster, collection_map, condition
-from tasks.storage import RunStore
+from gcmine.tasks.infra.artifacts import MANIFEST, read_embeddings
+from gcmine.tasks.cluster import cluster, collection_map, condition
+from gcmine.tasks.infra.storage import RunStore
 
 
 def _store(tmp_path, n_per=8, labels=True, dim=3) -> tuple[RunStore, np.ndarray, np.ndarray]:

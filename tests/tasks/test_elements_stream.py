@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from gcmodels.config import RankConfig
-from gcmodels.elements import mine_elements
-from tasks.artifacts import ELEMENTS, PATCH_COLUMNS, PATCHES
-from tasks.rank import _NO_FEATURE, _top_per_label, elements
-from tasks.storage import RunStore
+from gcmodels.mining.elements import mine_elements
+from gcmine.tasks.infra.artifacts import ELEMENTS, PATCH_COLUMNS, PATCHES
+from gcmine.tasks.rank import _NO_FEATURE, _top_per_label, elements
+from gcmine.tasks.infra.storage import RunStore
 
 
 def _shards(rng: np.random.Generator, n_shards: int, per_shard: int, dim: int) -> list[pd.DataFrame]:

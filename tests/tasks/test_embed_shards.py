@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from gcmodels.config import ConfigError, DataConfig, EmbedConfig
-from tasks.embed import clip_encoder, embed, embed_shard, embeddings_table
-from tasks.ingest import ingest_images
-from tasks.storage import RunStore
+from gcmine.tasks.embed import clip_encoder, embed, embed_shard, embeddings_table
+from gcmine.tasks.ingest import ingest_images
+from gcmine.tasks.infra.storage import RunStore
 
 
 @pytest.fixture()

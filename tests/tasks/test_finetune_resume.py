@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import tasks.finetune as finetune_module
+import gcmine.tasks.finetune as finetune_module
 from gcmodels.config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig
-from tasks.finetune import CHECKPOINT, finetune, read_checkpoint, write_checkpoint
-from tasks.ingest import ingest_images
-from tasks.storage import RunStore
+from gcmine.tasks.finetune import CHECKPOINT, finetune, read_checkpoint, write_checkpoint
+from gcmine.tasks.ingest import ingest_images
+from gcmine.tasks.infra.storage import RunStore
 
 MODEL = ModelConfig(block_out_channels=(8, 16), layers_per_block=1, num_train_timesteps=50)
 TRAIN = TrainConfig(steps=6, checkpoint_every=3, batch_size=4, warmup_steps=1, ema_decay=0.9, seed=4)

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from tasks.artifacts import MAPS_PARQUET, maps_frame, unpack_map_rows, unpack_maps
-from tasks.storage import RunStore
+from gcmine.tasks.infra.artifacts import MAPS_PARQUET, maps_frame, unpack_map_rows, unpack_maps
+from gcmine.tasks.infra.storage import RunStore
 
 
 def _maps(n: int, h: int, w: int, seed: int) -> np.ndarray:

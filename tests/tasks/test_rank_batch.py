@@ -9,8 +9,8 @@ from PIL import Image
 
 from gcmodels.config import DataConfig, ModelConfig, RankConfig, RuntimeConfig, ScoreConfig, TrainConfig
 from gcmodels.diffusion import PixelDiffusion
-from tasks.errors import OutOfMemory
-from tasks.storage import RunStore
+from gcmine.tasks.infra.errors import OutOfMemory
+from gcmine.tasks.infra.storage import RunStore
 
 RUNTIME = RuntimeConfig(device="cpu", threads=1, progress=False)
 
@@ -20,9 +20,9 @@ def scored(tmp_path_factory) -> dict:
     """A tiny ingested, trained (2 steps) and scored run of 10 images in one shard."""
     import prefect.artifacts
 
-    from tasks.finetune import finetune
-    from tasks.ingest import ingest
-    from tasks.score import score_shard
+    from gcmine.tasks.finetune import finetune
+    from gcmine.tasks.ingest import ingest
+    from gcmine.tasks.score import score_shard
 
     work = tmp_path_factory.mktemp("rank-batch")
     rng = np.random.default_rng(0)
@@ -42,7 +42,7 @@ def scored(tmp_path_factory) -> dict:
 
 
 def _rank(scored: dict, config: RankConfig):
-    from tasks.rank import rank_shard
+    from gcmine.tasks.rank import rank_shard
 
     result = rank_shard.fn(scored["out"], scored["shard"], scored["maps"], scored["fingerprint"], 3, config, RUNTIME)
     return RunStore(scored["out"]).read_parquet(result["candidates"])

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from gcmodels.frechet import ALL
-from tasks.reporting import samples_section
+from gcmodels.mining.frechet import ALL
+from gcmine.tasks.reporting import samples_section
 
 EVIL = "<script>alert(1)</script>"
 

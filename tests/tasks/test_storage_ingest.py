@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from gcmodels.config import DataConfig
-from gcmodels.images import image_id
-from tasks.artifacts import MANIFEST, MANIFEST_COLUMNS
-from tasks.ingest import InputError, ingest_images, match_labels, read_labels
-from tasks.storage import RunStore
+from gcmodels.data.images import image_id
+from gcmine.tasks.infra.artifacts import MANIFEST, MANIFEST_COLUMNS
+from gcmine.tasks.ingest import InputError, ingest_images, match_labels, read_labels
+from gcmine.tasks.infra.storage import RunStore
 
 
 # ================================================================== RunStore
@@ -426,7 +426,7 @@ def test_short_side_working_images_keep_the_aspect_ratio(tmp_path) -> None:
     """data.resize=short_side (the SD path): the short side becomes the resolution, the long side
     keeps the aspect ratio in multiples of 8; read_images gives them at their own size (ragged) or
     as square views; a change of policy re-decodes rather than reusing the shards."""
-    from tasks.artifacts import SHARDS_META, read_images
+    from gcmine.tasks.infra.artifacts import SHARDS_META, read_images
 
     imgs = tmp_path / "imgs"
     _write(imgs / "wide.png", _png(seed=1, size=(60, 20)))  # 3:1 -> 48 x 16
@@ -452,7 +452,7 @@ def test_squares_keep_their_shards_and_keys_under_either_resize_policy(tmp_path)
     """A square original has the same working image under data.resize=square and short_side: a
     collection of squares keeps its shards, fingerprints and images key when the policy changes;
     a shard holding an oblong image is decoded again, under a new fingerprint."""
-    from tasks.artifacts import SHARDS_META
+    from gcmine.tasks.infra.artifacts import SHARDS_META
 
     imgs = tmp_path / "imgs"
     for i in range(3):

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from tasks.watch import diff_listings, listing_table
+from gcmine.tasks.watch import diff_listings, listing_table
 
 KEY, SECRET = "AKIAGCMINEWATCH00001", "gcmine-watch-secret-7Hq2"
 
@@ -60,7 +60,7 @@ def test_s3_listing_uses_etags(s3) -> None:
 def test_cli_watch_needs_a_server(tmp_path, capsys) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.cli import main
+    from gcmine.flows.cli import main
 
     (tmp_path / "images").mkdir()
     with temporary_settings(restore_defaults={PREFECT_API_URL}):

@@ -1,0 +1,267 @@
+"""Adaptive draws: spend the (t, eps) draws of scoring where a label's top patches are decided.
+
+The user reads a ranking (each label's `top_k` most typical patches, `per_image` non-overlapping
+patches per image at most): most images can never reach it, and their maps need not be known to
+N draws. Scoring by successive elimination, per shard:
+
+1. **First pass**: every image gets `first` draws (n0).
+2. **Bounds**: for every image, its current map (the mean of its draws) gives its `per_image`
+   best patches (the greedy non-overlapping selection rank makes); each draw's map gives each of
+   those patches a per-draw score, so each patch has a running mean mu and a standard error se
+   (of a stratified design: draws paired with their neighbour in t, see `standard_error`). Its
+   confidence bounds are mu +- h se, h = the Student t quantile, with as many degrees of freedom
+   as pairs of draws, of the normal level z (z = 2: h = 4.5 on 4 draws, 2.9 on 8, 2.4 on 16): a
+   standard error from a few draws is itself uncertain, and a z-rule on it would settle images
+   whose error merely looks small.
+3. **Threshold** of a label: tau = the `top_k`-th largest lower bound mu - h se over the patches
+   of the label's images in the shard (-inf when they have fewer than `top_k` patches). With high
+   probability at least `top_k` patches truly score above tau, so the label's top-K lies above it.
+4. **Elimination**: an image whose best patch's upper bound mu + h se is below tau of its label
+   cannot enter the top-K: it is settled and gets no more draws. The others are refined: the
+   next round doubles their draws (n0, 2 n0, 4 n0, ..., N), then 2-4 repeat until every image is
+   settled or has all N draws. Images that stay in contention therefore end with exactly the N
+   draws (and the map) of plain scoring: the top-K is read from full-N maps.
+
+Draws: the same N (t, eps) draws as plain scoring (`TypicalityEstimator.sample_draws`, t
+stratified in N strata), visited in van der Corput (bit-reversed) order of their stratum, so that
+each round's draws are spread over the whole t range (the first 4 of 16 are strata 0, 8, 4, 12)
+and a partial mean is not a low-t mean. Each image's map is the sum of its draws' terms **in
+draw order** divided by their number, so an image that reaches N draws gets plain scoring's map
+bit for bit (for a model whose per-input output does not depend on the rest of its batch).
+
+Limitations of this first version, stated rather than hidden:
+- the threshold is computed per shard: a shard's K-th best is at most the collection's, so an
+  image is only eliminated if it cannot enter its shard's top-K, hence neither the collection's
+  (safe, but it refines more than a gathered threshold would); images that are surely inside the
+  top-K are not stopped early, since a per-shard threshold cannot say they are inside the
+  collection's top;
+- the standard error is that of collapsed strata (conservative where the trend over t shows
+  within a pair of draws), of each image on its own: the draws are shared by all images, so
+  differences between images are more precise than two independent errors say (conservative
+  again); it bounds the patch the current map ranks first, not the maximum over every position;
+- memory: the per-draw maps of every image of the shard are held until the shard is done (to
+  sum them in draw order): images x draws used x h x w float32, e.g. 256 images x 16 draws of
+  32 x 32 = 16 MB, but 256 x 100 draws of SD's 64 x 64 latents = 420 MB;
+- no resume between rounds: a killed shard is scored again from its first pass;
+- the bound is a per-patch t rule, not a simultaneous guarantee over every image and round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.stats import norm as normal
+from scipy.stats import t as student_t
+from torch import Tensor
+
+from gcmodels.mining.patches import top_patches
+from gcmodels.mining.typicality import NoisePredictor, TypicalityEstimator
+
+__all__ = ["AdaptiveResult", "AdaptiveRule", "adaptive_maps", "draw_order", "half_width", "round_sizes", "standard_error"]
+
+
+def draw_order(n: int) -> np.ndarray:
+    """The draw indices 0..n-1 in van der Corput order (bit-reversed index, those < n kept)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    bits = max(1, (n - 1).bit_length())
+    rev = [int(format(i, f"0{bits}b")[::-1], 2) for i in range(1 << bits)]
+    return np.array([r for r in rev if r < n], dtype=np.int64)
+
+
+def round_sizes(first: int, n: int) -> list[int]:
+    """Draws an active image has after each round: first, 2 first, 4 first, ... capped at n."""
+    sizes = [min(first, n)]
+    while sizes[-1] < n:
+        sizes.append(min(2 * sizes[-1], n))
+    return sizes
+
+
+def standard_error(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Standard error of the mean of per-draw values along `axis`, given in draw order (draw i
+    is the i-th stratum of t, so neighbours in that order are neighbours in t).
+
+    Collapsed strata: the draws are one per stratum, and the value of a draw varies with t far
+    more than within a stratum (the noise of a draw falls several-fold over t, RESULTS.md 3b), so
+    the plain sample variance would count that trend as noise. Draws are paired with their
+    neighbour in t, (1st, 2nd), (3rd, 4th), ... (an odd last draw is left out), and
+    se^2 = mean over pairs of (y_a - y_b)^2 / 2, divided by n: the classical variance estimate of
+    a one-draw-per-stratum design (still an overestimate where t's trend shows within a pair).
+    inf with fewer than two draws (nothing can be settled on one draw)."""
+    v = np.moveaxis(np.asarray(values, np.float64), axis, -1)
+    n = v.shape[-1]
+    if n < 2:
+        return np.full(v.shape[:-1], np.inf)
+    m = n // 2 * 2
+    d = v[..., 1:m:2] - v[..., 0:m:2]
+    return np.sqrt((d * d / 2).mean(-1) / n)
+
+
+@dataclass(frozen=True)
+class AdaptiveRule:
+    """first: draws of the first pass (n0, >= 2); z: confidence level of the bounds as a normal
+    quantile (see `half_width`); top_k: patches per label the ranking keeps; per_image: patches per image;
+    patch: patch side in map cells."""
+
+    first: int = 4
+    z: float = 2.0
+    top_k: int = 1000
+    per_image: int = 5
+    patch: int = 3
+
+    def __post_init__(self) -> None:
+        if self.first < 2:
+            raise ValueError(f"first must be >= 2 (a standard error needs two draws), got {self.first}")
+        if not self.z > 0:
+            raise ValueError(f"z must be > 0, got {self.z}")
+        if self.top_k < 1 or self.per_image < 1 or self.patch < 1:
+            raise ValueError(f"top_k, per_image and patch must be >= 1, got {self.top_k}, {self.per_image}, {self.patch}")
+
+
+@dataclass
+class AdaptiveResult:
+    """Per image (in input order): map (h, w) float32, draws used, the image typicality (the map's
+    mean) with its standard error, and the best patch's score with its standard error."""
+
+    maps: list[np.ndarray]
+    draws: np.ndarray  # (n,) int64
+    typicality: np.ndarray  # (n,) float64
+    typicality_se: np.ndarray  # (n,) float64
+    top_patch: np.ndarray  # (n,) float64
+    top_patch_se: np.ndarray  # (n,) float64
+    rounds: int
+
+
+class _Image:
+    """Running state of one image: its draws' terms by draw index."""
+
+    __slots__ = ("terms", "settled")
+
+    def __init__(self) -> None:
+        self.terms: dict[int, np.ndarray] = {}
+        self.settled = False
+
+    def mean_map(self) -> np.ndarray:
+        acc = None
+        for d in sorted(self.terms):  # draw order: plain scoring's summation order
+            acc = self.terms[d].copy() if acc is None else acc.__iadd__(self.terms[d])
+        assert acc is not None
+        return acc / np.float32(len(self.terms))
+
+
+def _patch_stats(images: list[_Image], patch: int, k: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """mean (n, k) and standard error (n, k) of each image's k best patches on its current map
+    (NaN where fewer fit), and the maps."""
+    maps = [im.mean_map() for im in images]
+    mu = np.full((len(images), k), np.nan)
+    se = np.full((len(images), k), np.nan)
+    for i, (im, m) in enumerate(zip(images, maps)):
+        boxes, _ = top_patches(torch.from_numpy(m)[None], min(patch, *m.shape), k)
+        terms = np.stack([im.terms[d] for d in sorted(im.terms)])  # (n_i, h, w)
+        for j, (x0, y0, x1, y1) in enumerate(boxes[0].tolist()):
+            if x0 < 0:
+                break
+            per_draw = terms[:, y0:y1, x0:x1].mean((1, 2), dtype=np.float64)
+            mu[i, j] = per_draw.mean()
+            se[i, j] = standard_error(per_draw)
+    return mu, se, maps
+
+
+def half_width(z: float, n: int) -> float:
+    """Bound half-width in standard errors for n draws: the Student t quantile of the normal level
+    z with n // 2 degrees of freedom (the pairs of `standard_error`); inf below two draws."""
+    if n < 2:
+        return np.inf
+    return float(student_t.ppf(normal.cdf(z), n // 2))
+
+
+def _threshold(lower: np.ndarray, k: int) -> float:
+    """The k-th largest finite lower bound (-inf when fewer than k)."""
+    vals = lower[np.isfinite(lower)]
+    if len(vals) < k:
+        return -np.inf
+    return float(np.partition(vals, len(vals) - k)[len(vals) - k])
+
+
+def adaptive_maps(
+    estimator: TypicalityEstimator,
+    model: NoisePredictor,
+    groups: Sequence[tuple[np.ndarray, Callable[[np.ndarray], Tensor]]],
+    cond: Tensor,
+    rule: AdaptiveRule,
+    *,
+    chunk: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> AdaptiveResult:
+    """Typicality maps of a shard's images by successive elimination (see the module docstring).
+
+    groups: the images in groups of one input shape, each (image indices, a function giving the
+    x0 (b, C, h, w) of a subset of those indices, as positions in the group); cond (n,) long: each
+    image's label (the threshold is per label). `progress` is called with the draws done so far.
+    """
+    n = int(cond.shape[0])
+    order = draw_order(estimator.draws)
+    sizes = round_sizes(rule.first, estimator.draws)
+    state = [_Image() for _ in range(n)]
+    where = {}  # image index -> (group, position in group)
+    for g, (rows, _) in enumerate(groups):
+        for p, i in enumerate(np.asarray(rows).tolist()):
+            where[i] = (g, p)
+    if len(where) != n:
+        raise ValueError(f"groups must cover the {n} images exactly once, got {len(where)} distinct indices")
+    labels = cond.cpu().numpy()
+    done = 0
+    prev = 0
+    mu = se = None
+    maps: list[np.ndarray] = []
+    rounds = 0
+    for size in sizes:
+        active = [i for i in range(n) if not state[i].settled]
+        if not active:
+            break
+        rounds += 1
+        new = torch.from_numpy(order[prev:size])
+        for g, (rows, x0_of) in enumerate(groups):
+            mine = [i for i in active if where[i][0] == g]
+            for s in range(0, len(mine), chunk):
+                part = mine[s : s + chunk]
+                pos = np.array([where[i][1] for i in part])
+                x0 = x0_of(pos)
+                terms = estimator.draw_terms(model, x0, cond[part].to(x0.device), new).cpu().numpy()
+                for i, tm in zip(part, terms):
+                    for d, t in zip(new.tolist(), tm):
+                        state[i].terms[d] = t
+                done += len(part) * len(new)
+                if progress is not None:
+                    progress(done)
+        prev = size
+        mu, se, maps = _patch_stats(state, rule.patch, rule.per_image)
+        if size == sizes[-1]:
+            break
+        h = np.array([half_width(rule.z, len(im.terms)) for im in state])[:, None]  # (n, 1)
+        upper_top = mu[:, 0] + h[:, 0] * se[:, 0]
+        for lab in np.unique(labels):
+            of = np.flatnonzero(labels == lab)
+            tau = _threshold((mu[of] - h[of] * se[of]).ravel(), rule.top_k)
+            for i in of.tolist():
+                if not state[i].settled and upper_top[i] < tau:
+                    state[i].settled = True
+    if mu is None or se is None:  # no image
+        empty = np.zeros(0, np.float64)
+        return AdaptiveResult([], np.zeros(0, np.int64), empty, empty, empty, empty, 0)
+    typ_se = np.array(
+        [float(standard_error(np.array([im.terms[d].mean(dtype=np.float64) for d in sorted(im.terms)]))) for im in state],
+        np.float64,
+    )
+    return AdaptiveResult(
+        maps=maps,
+        draws=np.array([len(im.terms) for im in state], np.int64),
+        typicality=np.array([float(m.mean()) for m in maps], np.float64),
+        typicality_se=typ_se,
+        top_patch=mu[:, 0].astype(np.float64),
+        top_patch_se=se[:, 0].astype(np.float64),
+        rounds=rounds,
+    )

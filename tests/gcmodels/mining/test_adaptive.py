@@ -1,0 +1,197 @@
+"""Tests of adaptive draws (successive elimination against each label's top-K patches)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gcmodels.mining.adaptive import AdaptiveRule, adaptive_maps, draw_order, half_width, round_sizes, standard_error
+from gcmodels.mining.patches import top_patches
+from gcmodels.mining.typicality import TypicalityEstimator
+from stub_schedule import StubSchedule
+
+H = W = 14
+SCALE = 1e5  # channel 1 carries the quality q of each pixel, far above the noise, on a 0.01 grid
+BG = 0.1  # quality of the background
+
+
+class QualityStub(StubSchedule):
+    """A model with known per-pixel typicality. x0 has two channels: channel 0 is 0 (so eps is
+    recovered exactly from x_t), channel 1 is SCALE * q, q in [0, 1] on a 0.01 grid (read back from
+    x_t by rounding). Under a real label the prediction of channel 0 is q * eps, under the null
+    label 0; channel 1 is predicted 0 by both (it adds nothing to the maps). The integrand at a
+    pixel is then eps^2 (1 - (1 - q)^2) / 2 (channels averaged): its expectation
+    (1 - (1 - q)^2) / 2 does not depend on t, its noise is eps^2's. Per input: the output of an
+    input does not depend on the rest of its batch."""
+
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        abar = self._abar(t)
+        q = torch.round(x_t[:, 1:2] / (abar.sqrt() * SCALE) * 100) / 100
+        eps0 = x_t[:, :1] / (1 - abar).sqrt()
+        pred = torch.zeros_like(x_t)
+        pred[:, :1] = torch.where((cond != 0).view(-1, 1, 1, 1), q * eps0, torch.zeros_like(eps0))
+        return pred
+
+
+def _expected_patch(q: float) -> float:
+    return (1 - (1 - q) ** 2) / 2
+
+
+def _collection(values: list[float]) -> torch.Tensor:
+    """Images of background quality BG with a PATCH x PATCH square of quality q (at a place that moves
+    with the image): the image's best patch is the square, expected score _expected_patch(q)."""
+    x0 = torch.zeros((len(values), 2, H, W))
+    x0[:, 1] = BG * SCALE
+    for i, v in enumerate(values):
+        y, x = 1 + i % 7, 1 + (3 * i) % 7
+        x0[i, 1, y : y + PATCH, x : x + PATCH] = v * SCALE
+    return x0
+
+
+VALUES = [1.0, 0.98, 0.96, 0.94, 0.92] + [0.12 + 0.01 * i for i in range(14)] + [0.6, 0.55, 0.4]
+K = 5  # the top-K patches per label; per_image 1: the K images of highest quality
+PATCH = 5
+
+
+def _run(model, x0, cond, est, rule, chunk=64):
+    groups = [(np.arange(len(x0)), lambda pos: x0[torch.as_tensor(pos)])]
+    return adaptive_maps(est, model, groups, cond, rule, chunk=chunk)
+
+
+@pytest.fixture(scope="module")
+def setting():
+    model = QualityStub()
+    est = TypicalityEstimator(draws=32, batch_size=16, seed=3)
+    x0 = _collection(VALUES)
+    cond = torch.ones(len(VALUES), dtype=torch.long)
+    rule = AdaptiveRule(first=4, z=2.0, top_k=K, per_image=1, patch=PATCH)
+    return model, est, x0, cond, rule, _run(model, x0, cond, est, rule)
+
+
+def test_draw_order_is_a_bit_reversed_permutation() -> None:
+    assert draw_order(16)[:4].tolist() == [0, 8, 4, 12]
+    for n in (1, 2, 5, 16, 17, 100):
+        assert sorted(draw_order(n).tolist()) == list(range(n))
+    assert round_sizes(4, 16) == [4, 8, 16] and round_sizes(4, 20) == [4, 8, 16, 20] and round_sizes(8, 4) == [4]
+
+
+def test_half_width_is_wider_on_few_draws() -> None:
+    assert half_width(2.0, 4) == pytest.approx(4.5, abs=0.1) and half_width(2.0, 1) == np.inf
+    assert half_width(2.0, 4) > half_width(2.0, 8) > half_width(2.0, 64) > 2.0 > half_width(1.0, 64)
+
+
+def test_standard_error_of_draws() -> None:
+    """Collapsed strata: pairs of neighbours in draw (t) order; a trend over t is not noise."""
+    v = np.array([[1.0, 3.0, 5.0, 7.0], [1.0, 2.0, 5.0, 4.0]])
+    assert standard_error(v)[0] == pytest.approx(np.sqrt((4 / 2 + 4 / 2) / 2 / 4))
+    assert standard_error(v)[1] == pytest.approx(np.sqrt((1 / 2 + 1 / 2) / 2 / 4))
+    assert standard_error(np.array([2.0, 2.0, 2.0, 2.0, 9.0])) == 0.0  # an odd last draw is left out
+    assert standard_error(v.T, axis=0) == pytest.approx(standard_error(v))
+    assert np.isinf(standard_error(np.ones((3, 1)))).all()
+
+
+def test_draw_terms_summed_in_draw_order_give_the_plain_map_bit_for_bit() -> None:
+    model, est = QualityStub(), TypicalityEstimator(draws=8, batch_size=6, seed=1)
+    x0 = _collection([1.0, 0.5, 0.2])
+    cond = torch.ones(3, dtype=torch.long)
+    terms = est.draw_terms(model, x0, cond, torch.from_numpy(draw_order(8)))  # visited out of order
+    order = np.argsort(draw_order(8))
+    acc = torch.zeros(3, H, W)
+    for j in order:
+        acc += terms[:, j]
+    assert torch.equal(acc / 8, est.maps(model, x0, cond))
+
+
+def test_settled_images_get_fewer_draws_boundary_ones_all(setting) -> None:
+    model, est, x0, cond, rule, res = setting
+    n = len(VALUES)
+    top = np.arange(K)  # the K images of smallest value: the exact top-K
+    far = np.arange(5, 19)  # quality <= 0.25: far below the top
+    assert (res.draws[top] == est.draws).all(), res.draws
+    assert (res.draws[far] < est.draws).all(), res.draws
+    assert (res.draws[far] == rule.first).mean() >= 0.5  # most are settled by the first pass alone
+    boundary = np.array([19, 20])  # quality 0.6, 0.55: below the top, but not surely so on a few draws
+    assert (res.draws[boundary] > 2 * rule.first).all(), res.draws
+    assert res.draws[21] <= res.draws[boundary].min()  # quality 0.4: settled no later than the boundary
+    assert res.draws.sum() <= 0.5 * n * est.draws
+    assert res.rounds >= 2
+
+
+def test_selected_top_k_equals_the_exact_and_the_plain_one(setting) -> None:
+    model, est, x0, cond, rule, res = setting
+    exact = np.argsort([-_expected_patch(v) for v in VALUES], kind="stable")[:K]
+    _, ad_scores = top_patches(torch.from_numpy(np.stack(res.maps)), rule.patch, 1)
+    plain = est.maps(model, x0, cond)
+    _, pl_scores = top_patches(plain, rule.patch, 1)
+    chosen = set(np.argsort(-ad_scores[:, 0].numpy(), kind="stable")[:K].tolist())
+    assert chosen == set(exact.tolist()) == set(np.argsort(-pl_scores[:, 0].numpy(), kind="stable")[:K].tolist())
+
+
+def test_images_scored_to_n_get_the_plain_map_exactly(setting) -> None:
+    model, est, x0, cond, rule, res = setting
+    plain = est.maps(model, x0, cond).numpy()
+    full = np.flatnonzero(res.draws == est.draws)
+    assert len(full) >= K
+    for i in full:
+        np.testing.assert_array_equal(res.maps[i], plain[i])
+    assert res.typicality[full] == pytest.approx(plain[full].mean((1, 2)).astype(np.float64), rel=1e-6)
+
+
+def test_settled_maps_are_means_of_their_draws_and_precision_is_reported(setting) -> None:
+    model, est, x0, cond, rule, res = setting
+    i = int(np.flatnonzero(res.draws == rule.first)[0])
+    drawn = draw_order(est.draws)[: rule.first]
+    terms = est.draw_terms(model, x0[i : i + 1], cond[i : i + 1], torch.from_numpy(np.sort(drawn)))[0]
+    np.testing.assert_allclose(res.maps[i], terms.mean(0).numpy(), rtol=1e-5, atol=1e-6)
+    assert np.isfinite(res.typicality_se).all() and (res.typicality_se > 0).all()
+    assert np.isfinite(res.top_patch_se).all() and (res.top_patch_se > 0).all()
+    # the standard error of a patch scored to N is its known one: the mean of PATCH^2 pixels of
+    # k eps^2 (variance 2 k^2) over N draws, k = _expected_patch(q)
+    full = np.flatnonzero(res.draws == est.draws)
+    known = np.array([_expected_patch(VALUES[i]) for i in full]) * np.sqrt(2 / PATCH**2 / est.draws)
+    assert 0.5 < np.median(res.top_patch_se[full] / known) < 1.5
+
+
+def test_same_run_twice_gives_the_same_maps_whatever_the_chunking(setting) -> None:
+    model, est, x0, cond, rule, res = setting
+    again = _run(model, x0, cond, est, rule, chunk=7)
+    assert (again.draws == res.draws).all()
+    for a, b in zip(again.maps, res.maps):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_threshold_is_per_label() -> None:
+    """Two labels, each with its own top: an image of label 2 whose patch is far below label 1's
+    top but the best of label 2 is refined to N."""
+    model, est = QualityStub(), TypicalityEstimator(draws=16, batch_size=16, seed=3)
+    values = [1.0, 0.95] + [0.2] * 10 + [0.6] + [0.15] * 10
+    cond = torch.tensor([1] * 12 + [2] * 11)
+    res = _run(model, _collection(values), cond, est, AdaptiveRule(first=4, z=2.0, top_k=1, per_image=1, patch=PATCH))
+    assert res.draws[12] == est.draws and res.draws[0] == est.draws
+    assert (res.draws[2:12] < est.draws).all() and (res.draws[13:] < est.draws).all()
+
+
+def test_top_k_larger_than_the_candidates_settles_nothing() -> None:
+    model, est = QualityStub(), TypicalityEstimator(draws=8, batch_size=16, seed=0)
+    values = [1.0, 0.2, 0.2, 0.2]
+    res = _run(model, _collection(values), torch.ones(4, dtype=torch.long), est, AdaptiveRule(first=2, top_k=10, per_image=1, patch=PATCH))
+    assert (res.draws == 8).all()
+
+
+@pytest.mark.parametrize("kwargs", [{"first": 1}, {"z": 0.0}, {"top_k": 0}, {"patch": 0}])
+def test_bad_rule_settings_are_refused(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        AdaptiveRule(**kwargs)
+
+
+def test_plain_maps_record_each_draws_image_typicality() -> None:
+    model, est = QualityStub(), TypicalityEstimator(draws=8, batch_size=6, seed=1)
+    x0 = _collection([1.0, 0.5, 0.2])
+    cond = torch.ones(3, dtype=torch.long)
+    rec = torch.zeros(3, 8, dtype=torch.float64)
+    m = est.maps(model, x0, cond, draw_means=rec)
+    assert torch.equal(m, est.maps(model, x0, cond))  # recording does not change the maps
+    np.testing.assert_allclose(rec.mean(1).numpy(), m.mean((1, 2)).double().numpy(), rtol=1e-5)
+    terms = est.draw_terms(model, x0, cond, torch.arange(8))
+    np.testing.assert_allclose(rec.numpy(), terms.mean((2, 3)).double().numpy(), rtol=1e-6)

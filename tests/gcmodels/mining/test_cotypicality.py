@@ -1,0 +1,238 @@
+"""Tests of cotypicality (every image under every label, shared draws) and typicality as a classifier."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from gcmodels.mining.cotypicality import (
+    classification_accuracy,
+    confused_labels,
+    confusion_matrix,
+    cotypicality_frame,
+    label_matrix,
+    predict_labels,
+    stratified_split,
+)
+from gcmodels.diffusion import PixelDiffusion
+from gcmodels.mining.typicality import TypicalityEstimator
+from stub_schedule import StubSchedule
+
+C, H, W = 3, 6, 7
+
+
+class OneLabelStub(StubSchedule):
+    """Knows x0 (shared by all images) and exactly one label: under `known` it recovers eps
+    exactly; under the null label and every other label it predicts 0."""
+
+    def __init__(self, x0: torch.Tensor, known: int) -> None:
+        super().__init__()
+        self.x0, self.known = x0, known
+
+    def predict_noise(self, x_t, t, cond):
+        abar = self._abar(t)
+        eps = (x_t - abar.sqrt() * self.x0) / (1.0 - abar).sqrt()
+        return torch.where((cond == self.known).view(-1, 1, 1, 1), eps, torch.zeros_like(eps))
+
+
+class SmoothStub(StubSchedule):
+    """Deterministic, elementwise in x_t, different for every label."""
+
+    def predict_noise(self, x_t, t, cond):
+        scale = (1.0 + 0.37 * cond.float()).view(-1, 1, 1, 1)
+        tt = (t.float() / self.num_train_timesteps).view(-1, 1, 1, 1)
+        return torch.tanh(x_t * scale) * (0.5 + tt) + 0.01 * cond.float().view(-1, 1, 1, 1)
+
+
+class RecordingStub(SmoothStub):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def predict_noise(self, x_t, t, cond):
+        self.calls.append((x_t.clone(), t.clone(), cond.clone()))
+        return super().predict_noise(x_t, t, cond)
+
+
+def _images(b: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(b, C, H, W, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+# ------------------------------------------------------------------ the stub that knows one label
+@pytest.mark.parametrize("known", [1, 2, 3])
+def test_stub_knowing_one_label_gives_the_expected_matrix(known: int) -> None:
+    x0 = _images(1)[0]
+    est = TypicalityEstimator(draws=6, batch_size=5, seed=2)
+    labels = torch.tensor([1, 2, 3])
+    images = x0.expand(4, C, H, W)
+    maps = est.cotypicality_maps(OneLabelStub(x0, known), images, labels)
+    assert maps.shape == (4, 3, H, W) and maps.dtype == torch.float32
+    _, eps = est.sample_draws(1000, (C, H, W))
+    expected_map = eps.pow(2).mean(dim=(0, 1))  # L(null) - L(known) = |eps|^2 - 0
+    scores = maps.mean((-2, -1)).numpy()  # (B, L)
+    for j, lab in enumerate(labels.tolist()):
+        if lab == known:
+            assert torch.allclose(maps[:, j], expected_map.expand(4, H, W), rtol=1e-4, atol=1e-6)
+        else:
+            assert torch.equal(maps[:, j], torch.zeros(4, H, W))
+    names = ["a", "b", "c"]
+    mat = label_matrix(scores, ["a", "b", "a", "c"], names)
+    want = np.zeros((3, 3))
+    want[:, known - 1] = float(expected_map.mean())
+    assert np.allclose(mat.to_numpy(), want, rtol=1e-4, atol=1e-7)
+    assert list(mat.index) == names and list(mat.columns) == names
+    # as a classifier, the stub predicts the label it knows, for every image
+    assert list(predict_labels(scores, names)) == [names[known - 1]] * 4
+
+
+# ------------------------------------------------------------------ shared draws == label by label
+@pytest.mark.parametrize("batch_size", [2, 3, 4, 9, 128])
+def test_shared_draws_equal_scoring_label_by_label_exactly(batch_size: int) -> None:
+    x = _images(3, seed=1)
+    labels = torch.tensor([2, 1, 3])
+    est = TypicalityEstimator(draws=5, batch_size=batch_size, seed=7)
+    stub = SmoothStub()
+    co = est.cotypicality_maps(stub, x, labels)
+    for j, lab in enumerate(labels.tolist()):
+        alone = est.maps(stub, x, torch.full((3,), lab))
+        assert torch.equal(co[:, j], alone), (batch_size, lab)
+
+
+def test_shared_draws_equal_label_by_label_on_a_real_tiny_model() -> None:
+    model = PixelDiffusion.create(
+        ["a", "b", "c"], resolution=8, block_out_channels=(8, 16), layers_per_block=1,
+        num_train_timesteps=100, beta_schedule="linear", generator=torch.Generator().manual_seed(0),
+    ).eval()
+    images = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    x0 = model.encode(images)
+    labels = model.label_index(["a", "b", "c"])
+    est = TypicalityEstimator(draws=4, batch_size=16, seed=0)
+    co = est.cotypicality_maps(model, x0, labels)
+    for j in range(3):
+        alone = est.maps(model, x0, labels[j].expand(3))
+        # the UNet sees differently composed batches: equal up to float rounding
+        assert torch.allclose(co[:, j], alone, rtol=1e-5, atol=1e-6)
+    assert co.abs().sum() > 0
+
+
+def test_one_label_cotypicality_is_maps() -> None:
+    x = _images(2, seed=3)
+    est = TypicalityEstimator(draws=3, batch_size=4, seed=1)
+    stub = SmoothStub()
+    assert torch.equal(est.cotypicality_maps(stub, x, torch.tensor([2]))[:, 0], est.maps(stub, x, torch.tensor([2, 2])))
+
+
+# ------------------------------------------------------------------ one forward: null once, then each label
+@pytest.mark.parametrize("batch_size", [2, 3, 4, 8, 9, 128])
+def test_each_draw_costs_l_plus_one_inputs_sharing_x_t(batch_size: int) -> None:
+    stub = RecordingStub()
+    x = _images(3, seed=4)
+    labels = torch.tensor([1, 3, 2])
+    est = TypicalityEstimator(draws=4, batch_size=batch_size, seed=9)
+    progress: list[int] = []
+    est.cotypicality_maps(stub, x, labels, progress=progress.append)
+    assert all(c[0].shape[0] <= batch_size for c in stub.calls)
+    x_t = torch.cat([c[0] for c in stub.calls])
+    t = torch.cat([c[1] for c in stub.calls])
+    cond = torch.cat([c[2] for c in stub.calls])
+    assert x_t.shape[0] == 3 * 4 * (3 + 1)  # B N (L + 1), not B N 2L
+    assert int((cond == 0).sum()) == 3 * 4  # the null branch once per (image, draw)
+    # regroup into (image, draw) groups of L + 1 inputs, branch-major within a forward group
+    pairs = max(1, batch_size // 4)
+    pos = 0
+    t_draws, _ = est.sample_draws(stub.num_train_timesteps, (C, H, W))
+    seen = 0
+    while pos < x_t.shape[0]:
+        p = min(pairs, 12 - seen)
+        g = slice(pos, pos + 4 * p)
+        xg, tg, cg = x_t[g].view(4, p, C, H, W), t[g].view(4, p), cond[g].view(4, p)
+        for k in range(4):
+            assert torch.equal(xg[k], xg[0]) and torch.equal(tg[k], tg[0])
+        assert cg[:3].T.tolist() == [labels.tolist()] * p and (cg[3] == 0).all()
+        assert tg[0].tolist() == t_draws.repeat(3)[seen : seen + p].tolist()
+        pos += 4 * p
+        seen += p
+    assert seen == 12
+    assert progress and progress[-1] == 3 and progress == sorted(progress)
+
+
+def test_cotypicality_rejects_the_null_label_and_bad_shapes() -> None:
+    est = TypicalityEstimator(draws=2)
+    with pytest.raises(ValueError, match="null label"):
+        est.cotypicality_maps(SmoothStub(), _images(2), torch.tensor([1, 0]))
+    with pytest.raises(ValueError, match="labels must be a non-empty"):
+        est.cotypicality_maps(SmoothStub(), _images(2), torch.tensor([], dtype=torch.long))
+    with pytest.raises(ValueError, match="labels must be a non-empty"):
+        est.cotypicality_maps(SmoothStub(), _images(2), torch.tensor([[1, 2]]))
+    with pytest.raises(ValueError, match=r"x0 must be \(B, C, H, W\)"):
+        est.cotypicality_maps(SmoothStub(), _images(1)[0], torch.tensor([1]))
+
+
+# ------------------------------------------------------------------ tables and the classifier
+def test_cotypicality_frame_is_one_row_per_image_and_label() -> None:
+    scores = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    df = cotypicality_frame(["i", "j", "k"], ["a", "b"], scores)
+    assert list(df.columns) == ["image_id", "label", "typicality"]
+    assert df["image_id"].tolist() == ["i", "i", "j", "j", "k", "k"]
+    assert df["label"].tolist() == ["a", "b"] * 3
+    assert df["typicality"].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    with pytest.raises(ValueError, match="2 label columns but 3 labels"):
+        cotypicality_frame(["i", "j", "k"], ["a", "b", "c"], scores)
+    with pytest.raises(ValueError, match="3 rows but 2 image ids"):
+        cotypicality_frame(["i", "j"], ["a", "b"], scores)
+
+
+def test_label_matrix_by_hand() -> None:
+    scores = np.array([[1.0, 0.0, 0.0], [3.0, 2.0, 0.0], [0.0, 5.0, 1.0], [9.0, 9.0, 9.0]])
+    mat = label_matrix(scores, ["x", "x", "y", "other"], ["x", "y", "z"])
+    assert np.allclose(mat.loc["x"].to_numpy(), [2.0, 1.0, 0.0])
+    assert np.allclose(mat.loc["y"].to_numpy(), [0.0, 5.0, 1.0])
+    assert mat.loc["z"].isna().all()  # no image of label z
+    assert mat.index.name == "image_label" and mat.columns.name == "label"
+
+
+def test_predictions_accuracy_confusion_by_hand() -> None:
+    labels = ["a", "b", "c"]
+    scores = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 2.0], [1.0, 0.0, -1.0], [0.0, 0.0, 4.0], [0.5, 0.1, 0.2]])
+    pred = predict_labels(scores, labels)
+    assert pred.tolist() == ["a", "b", "a", "c", "a"]  # the tie in row 2 goes to the first label
+    true = ["a", "b", "c", "c", "b"]
+    assert classification_accuracy(true, pred) == pytest.approx(3 / 5)
+    cm = confusion_matrix(true, pred, labels)
+    assert cm.to_numpy().tolist() == [[1, 0, 0], [1, 1, 0], [1, 0, 1]]
+    assert cm.index.name == "true" and cm.columns.name == "predicted"
+    assert int(cm.to_numpy().sum()) == 5
+    conf = confused_labels(cm)
+    assert conf[["true", "predicted", "count"]].values.tolist() == [["b", "a", 1], ["c", "a", 1]]
+    assert conf["share"].tolist() == [0.5, 0.5]
+    assert len(confused_labels(cm, top=1)) == 1
+    with pytest.raises(ValueError, match="not in the label list"):
+        confusion_matrix(["a", "q"], ["a", "a"], labels)
+    assert np.isnan(classification_accuracy([], []))
+
+
+def test_perfect_classifier_has_diagonal_confusion_and_no_confused_labels() -> None:
+    labels = ["a", "b"]
+    scores = np.array([[1.0, 0.0], [0.0, 1.0]])
+    cm = confusion_matrix(["a", "b"], predict_labels(scores, labels), labels)
+    assert cm.to_numpy().tolist() == [[1, 0], [0, 1]]
+    assert confused_labels(cm).empty
+
+
+def test_stratified_split_is_deterministic_stratified_and_disjoint() -> None:
+    labels = ["a"] * 10 + ["b"] * 5 + ["c"] * 2 + ["d"]
+    rng = np.random.default_rng(0)
+    labels = list(np.array(labels, dtype=object)[rng.permutation(len(labels))])
+    train, test = stratified_split(labels, 0.2, seed=3)
+    train2, test2 = stratified_split(labels, 0.2, seed=3)
+    assert np.array_equal(train, train2) and np.array_equal(test, test2)
+    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(len(labels)))
+    assert np.all(np.diff(train) > 0) and np.all(np.diff(test) > 0)
+    counts = pd.Series(np.asarray(labels, dtype=object)[test]).value_counts().to_dict()
+    assert counts == {"a": 2, "b": 1, "c": 1}  # round(0.2 n), at least one of >= 2 images; d stays in train
+    other = stratified_split(labels, 0.2, seed=4)[1]
+    assert not np.array_equal(other, test)
+    with pytest.raises(ValueError, match="test_fraction"):
+        stratified_split(labels, 1.0, seed=0)

@@ -1,0 +1,90 @@
+"""Tests of visual-element mining: k-means on patch features, elements ranked by median typicality."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gcmodels.mining.elements import Elements, mine_elements
+
+
+def _groups(sizes=(10, 20, 30), typ=(1.0, 5.0, 3.0), seed: int = 0):
+    """Features of three well separated directions (clusters survive L2 normalisation)."""
+    rng = np.random.default_rng(seed)
+    centres = np.eye(3, 6) * 10.0
+    feats, tys, group = [], [], []
+    for g, (n, t) in enumerate(zip(sizes, typ)):
+        feats.append(centres[g] + rng.normal(scale=0.3, size=(n, 6)))
+        tys.append(t + rng.normal(scale=0.1, size=n))
+        group += [g] * n
+    perm = rng.permutation(sum(sizes))
+    return np.concatenate(feats)[perm], np.concatenate(tys)[perm], np.asarray(group)[perm]
+
+
+def test_three_groups_ranked_by_median_typicality() -> None:
+    feats, typ, group = _groups()
+    el = mine_elements(feats, typ, 3, seed=0)
+    assert isinstance(el, Elements)
+    p = len(feats)
+    assert el.assignment.shape == (p,) and el.distance.shape == (p,)
+    assert el.score.shape == (3,) and el.size.shape == (3,)
+    # every element is exactly one group
+    for e in range(3):
+        assert len(set(group[el.assignment == e])) == 1
+    # element 0 = group 1 (median 5), element 1 = group 2 (median 3), element 2 = group 0 (median 1)
+    expected_group = {0: 1, 1: 2, 2: 0}
+    for e, g in expected_group.items():
+        assert set(group[el.assignment == e]) == {g}
+    assert el.size.tolist() == [20, 30, 10]
+    assert np.all(np.diff(el.score) < 0)
+    for e in range(3):
+        assert el.score[e] == pytest.approx(np.median(typ[el.assignment == e]))
+    assert np.all(el.distance >= 0) and np.all(np.isfinite(el.distance))
+    assert el.size.sum() == p
+
+
+def test_scale_of_features_does_not_matter() -> None:
+    # L2 normalisation: scaling a patch's feature vector does not move it to another element
+    feats, typ, group = _groups(seed=1)
+    scale = np.random.default_rng(2).uniform(0.1, 10.0, size=(len(feats), 1))
+    a = mine_elements(feats, typ, 3, seed=0)
+    b = mine_elements(feats * scale, typ, 3, seed=0)
+    assert np.array_equal(a.assignment, b.assignment)
+
+
+def test_deterministic_for_a_seed() -> None:
+    feats, typ, _ = _groups(seed=3)
+    a = mine_elements(feats, typ, 5, seed=4)
+    b = mine_elements(feats, typ, 5, seed=4)
+    assert np.array_equal(a.assignment, b.assignment)
+    assert np.array_equal(a.score, b.score) and np.array_equal(a.size, b.size)
+
+
+def test_fewer_patches_than_elements() -> None:
+    feats = np.array([[1.0, 0.0], [0.0, 1.0]])
+    el = mine_elements(feats, np.array([0.5, 2.0]), 8, seed=0)
+    assert el.score.shape == (2,) and el.size.tolist() == [1, 1]
+    assert el.assignment.tolist() == [1, 0]
+    assert el.score.tolist() == [2.0, 0.5]
+
+
+def test_duplicate_features_cap_the_number_of_elements() -> None:
+    feats = np.array([[1.0, 0.0]] * 4 + [[0.0, 2.0]] * 3)
+    el = mine_elements(feats, np.arange(7.0), 5, seed=0)
+    assert el.score.shape == (2,)
+    assert sorted(el.size.tolist()) == [3, 4]
+
+
+def test_single_patch() -> None:
+    el = mine_elements(np.ones((1, 4)), np.array([0.3]), 3, seed=0)
+    assert el.assignment.tolist() == [0] and el.size.tolist() == [1]
+    assert el.score.tolist() == pytest.approx([0.3])
+
+
+def test_shape_errors() -> None:
+    with pytest.raises(ValueError, match="no patches"):
+        mine_elements(np.zeros((0, 4)), np.zeros(0), 3, seed=0)
+    with pytest.raises(ValueError, match=r"typicality must be \(5,\)"):
+        mine_elements(np.ones((5, 4)), np.zeros(4), 3, seed=0)
+    with pytest.raises(ValueError, match=r"typicality must be \(5,\)"):
+        mine_elements(np.ones((5, 4)), np.zeros((5, 1)), 3, seed=0)
