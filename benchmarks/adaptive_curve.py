@@ -20,30 +20,37 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pandas as pd
+import torch
+from ground_truth import write_dataset
 
-from gcmodels.mining.adaptive import AdaptiveRule, adaptive_maps  # noqa: E402
-from gcmodels.diffusion.families import load_any_model  # noqa: E402
-from gcmodels.mining.patches import top_patches  # noqa: E402
-from gcmodels.runtime import configure_torch  # noqa: E402
-from gcmodels.mining.typicality import TypicalityEstimator  # noqa: E402
-from ground_truth import write_dataset  # noqa: E402
-from gcmine.tasks.infra.artifacts import read_images, unpack_map_rows  # noqa: E402
-from gcmine.tasks.infra.storage import RunStore  # noqa: E402
+from gcmine.tasks.infra.artifacts import read_images, unpack_map_rows
+from gcmine.tasks.infra.storage import RunStore
+from gcmodels.diffusion.families import load_any_model
+from gcmodels.mining.adaptive import AdaptiveRule, adaptive_maps
+from gcmodels.mining.patches import top_patches
+from gcmodels.mining.typicality import TypicalityEstimator
+from gcmodels.runtime import configure_torch
 
 
 def selection(maps: np.ndarray, labels: np.ndarray, patch: int, per_image: int, k: int):
     """rank-0 boxes (n, 4) and each label's top-k patches as a set of (image, x0, y0)."""
     boxes, scores = top_patches(torch.from_numpy(maps), patch, per_image)
     b, s = boxes.numpy(), scores.numpy()
-    rows = pd.DataFrame({
-        "img": np.repeat(np.arange(len(maps)), per_image), "label": np.repeat(labels, per_image),
-        "x0": b[..., 0].ravel(), "y0": b[..., 1].ravel(), "s": s.ravel(),
-    }).dropna()
+    rows = pd.DataFrame(
+        {
+            "img": np.repeat(np.arange(len(maps)), per_image),
+            "label": np.repeat(labels, per_image),
+            "x0": b[..., 0].ravel(),
+            "y0": b[..., 1].ravel(),
+            "s": s.ravel(),
+        }
+    ).dropna()
     top = rows.sort_values("s", ascending=False, kind="stable").groupby("label").head(k)
-    return b[:, 0], {lab: set(map(tuple, g[["img", "x0", "y0"]].to_numpy().tolist())) for lab, g in top.groupby("label")}
+    return b[:, 0], {
+        lab: set(map(tuple, g[["img", "x0", "y0"]].to_numpy().tolist())) for lab, g in top.groupby("label")
+    }
 
 
 def main() -> int:
@@ -69,7 +76,9 @@ def main() -> int:
     ref_df = store.read_parquet(args.ref).set_index("image_id").loc[meta["image_id"]].reset_index()
     ref_maps = np.stack(unpack_map_rows(ref_df))
     labels = meta["label"].to_numpy()
-    truth = write_dataset(work / "truth-check", args.per_label, args.size, 0).set_index("image_id").loc[meta["image_id"]]
+    truth = (
+        write_dataset(work / "truth-check", args.per_label, args.size, 0).set_index("image_id").loc[meta["image_id"]]
+    )
     scale = pixels.shape[1] / args.size
     cx = ((truth["x0"] + truth["x1"]) / 2 * scale).to_numpy()
     cy = ((truth["y0"] + truth["y1"]) / 2 * scale).to_numpy()
@@ -81,7 +90,9 @@ def main() -> int:
         r0, top = selection(maps, labels, args.patch, args.per_image, args.top_k)
         point = np.mean((r0[:, 0] <= cx) & (cx < r0[:, 2]) & (r0[:, 1] <= cy) & (cy < r0[:, 3]))
         overlap = np.mean([len(top.get(lab, set()) & ref_top[lab]) / len(ref_top[lab]) for lab in ref_top])
-        print(f"{name:<22}{passes:>9}{passes / len(maps):>8.1f}{point:>9.3f}{overlap:>11.3f}{seconds:>9.1f}", flush=True)
+        print(
+            f"{name:<22}{passes:>9}{passes / len(maps):>8.1f}{point:>9.3f}{overlap:>11.3f}{seconds:>9.1f}", flush=True
+        )
 
     print(f"{len(meta)} images, K={args.top_k} patches per label, {args.per_image} per image, patch {args.patch} px")
     print(f"{'variant':<22}{'passes':>9}{'/image':>8}{'point':>9}{'overlap 4N':>11}{'seconds':>9}")

@@ -33,12 +33,12 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
+from ground_truth import write_dataset
 
-from gcmine.flows.config import load_settings  # noqa: E402
-from gcmodels.mining.evaluation import localisation_report  # noqa: E402
-from ground_truth import write_dataset  # noqa: E402
+from gcmine.flows.config import load_settings
+from gcmodels.mining.evaluation import localisation_report
 
 BOX = ["x0", "y0", "x1", "y1"]
 
@@ -84,8 +84,12 @@ def main() -> int:
     work = Path(args.out or tempfile.mkdtemp(prefix="gcmine-adaptive-"))
     truth = write_dataset(work / "dataset", args.per_label, args.size, args.seed)
     base = [
-        f"train.steps={args.steps}", f"rank.per_label={args.top_k}", "rank.elements=4", "runtime.progress=false",
-        "runtime.threads=1", *args.overrides,
+        f"train.steps={args.steps}",
+        f"rank.per_label={args.top_k}",
+        "rank.elements=4",
+        "runtime.progress=false",
+        "runtime.threads=1",
+        *args.overrides,
     ]
     n = args.draws
     variants = [(f"plain N={n}", [f"score.draws={n}"]), (f"plain 4N={4 * n}", [f"score.draws={4 * n}"])]
@@ -103,10 +107,14 @@ def main() -> int:
         print(f"{name}: done in {time.perf_counter() - t0:.0f} s (score {results[name]['score_s']:.1f} s)", flush=True)
 
     ref = top_k(results[f"plain 4N={4 * n}"]["patches"], args.top_k)
-    print(f"\nadaptive draws: {len(truth)} motif images of {args.size}x{args.size}, 4 labels, top-K = {args.top_k} "
-          f"patches per label, {args.steps} fine-tuning steps, overrides {args.overrides or 'none'}")
-    header = (f"{'variant':<18}{'passes':>9}{'/image':>8}{'vs N':>7}{'point all':>10}{'point topK':>11}"
-              f"{'purity min':>11}{'overlap 4N':>11}{'score s':>9}")
+    print(
+        f"\nadaptive draws: {len(truth)} motif images of {args.size}x{args.size}, 4 labels, top-K = {args.top_k} "
+        f"patches per label, {args.steps} fine-tuning steps, overrides {args.overrides or 'none'}"
+    )
+    header = (
+        f"{'variant':<18}{'passes':>9}{'/image':>8}{'vs N':>7}{'point all':>10}{'point topK':>11}"
+        f"{'purity min':>11}{'overlap 4N':>11}{'score s':>9}"
+    )
     print(header)
     plain_passes = 2 * results[f"plain N={n}"]["typicality"]["draws"].sum()
     for name, r in results.items():
@@ -116,9 +124,11 @@ def main() -> int:
         in_top = {i for s in mine.values() for (i, *_) in s}
         rep_top = localisation_report(r["patches"][r["patches"]["image_id"].isin(in_top)], truth)
         overlap = np.mean([len(mine.get(lab, set()) & ref[lab]) / max(1, len(ref[lab])) for lab in ref])
-        print(f"{name:<18}{passes:>9}{passes / len(r['typicality']):>8.1f}{passes / plain_passes:>7.2f}"
-              f"{rep['rank0_centre']:>10.3f}{rep_top['rank0_centre']:>11.3f}{rep['min_top_element_purity']:>11.3f}"
-              f"{overlap:>11.3f}{r['score_s']:>9.1f}")
+        print(
+            f"{name:<18}{passes:>9}{passes / len(r['typicality']):>8.1f}{passes / plain_passes:>7.2f}"
+            f"{rep['rank0_centre']:>10.3f}{rep_top['rank0_centre']:>11.3f}{rep['min_top_element_purity']:>11.3f}"
+            f"{overlap:>11.3f}{r['score_s']:>9.1f}"
+        )
     print(f"work folder: {work}")
     return 0
 

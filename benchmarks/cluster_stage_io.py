@@ -61,10 +61,10 @@ def write(out: str, n: int, dim: int, k: int = 20, seed: int = 0) -> None:
 
 
 def child(mode: str, out: str) -> dict:
-    from gcmodels.config import ClusterConfig, RuntimeConfig
-    from gcmine.tasks.infra.artifacts import read_embeddings
     from gcmine.tasks.cluster import cluster, collection_map
+    from gcmine.tasks.infra.artifacts import read_embeddings
     from gcmine.tasks.infra.storage import RunStore
+    from gcmodels.config import ClusterConfig, RuntimeConfig
 
     store = RunStore(out)
     base = _rss_mib()  # after the imports: the peak above it is the step's
@@ -80,10 +80,21 @@ def child(mode: str, out: str) -> dict:
         done = cluster.fn(out, EMB, "bench", ClusterConfig(k=20), RuntimeConfig(device="cpu"))
         mid = time.perf_counter()
         mapped = collection_map.fn(out, EMB, done["clusters"], "pca", 0)
-        result = {"k": done["k"], "silhouette": round(done["silhouette"], 4), "estimator": done["clustering"]["estimator"],
-                  "cluster_s": round(mid - start, 2), "map_s": round(time.perf_counter() - mid, 2), "map": mapped["method"]}
-    return {"mode": mode, "seconds": round(time.perf_counter() - start, 2), "rss_before_mib": round(base),
-            "peak_rss_mib": round(_rss_mib()), **result}
+        result = {
+            "k": done["k"],
+            "silhouette": round(done["silhouette"], 4),
+            "estimator": done["clustering"]["estimator"],
+            "cluster_s": round(mid - start, 2),
+            "map_s": round(time.perf_counter() - mid, 2),
+            "map": mapped["method"],
+        }
+    return {
+        "mode": mode,
+        "seconds": round(time.perf_counter() - start, 2),
+        "rss_before_mib": round(base),
+        "peak_rss_mib": round(_rss_mib()),
+        **result,
+    }
 
 
 def main() -> int:
@@ -100,9 +111,14 @@ def main() -> int:
         start = time.perf_counter()
         write(tmp, args.n, args.dim)
         size = (Path(tmp) / EMB).stat().st_size / 2**20
-        print(f"n={args.n:,} dim={args.dim}: wrote {size:.0f} MiB of Parquet in {time.perf_counter() - start:.1f} s", flush=True)
+        print(
+            f"n={args.n:,} dim={args.dim}: wrote {size:.0f} MiB of Parquet in {time.perf_counter() - start:.1f} s",
+            flush=True,
+        )
         for mode in ("old", "new", "stage"):
-            res = subprocess.run([sys.executable, __file__, "--child", mode, "--out", tmp], capture_output=True, text=True)
+            res = subprocess.run(
+                [sys.executable, __file__, "--child", mode, "--out", tmp], capture_output=True, text=True
+            )
             if res.returncode:
                 print(f"{mode}: failed\n{res.stderr[-2000:]}")
                 return 1

@@ -33,13 +33,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from threadpoolctl import threadpool_limits
 
-from gcmodels.clustering.fitting import fit_clustering
 from gcmodels.clustering.estimators import choose_k
+from gcmodels.clustering.fitting import fit_clustering
 from gcmodels.config import ClusterConfig, EmbedConfig, ModelConfig, TrainConfig
 from gcmodels.diffusion import PixelDiffusion
+from gcmodels.diffusion.training import train_diffusion
 from gcmodels.embedding.encoders import make_encoder
 from gcmodels.runtime import configure_torch
-from gcmodels.diffusion.training import train_diffusion
 
 CLUSTERERS = ("kmeans", "gmm", "dbscan", "hdbscan", "agglomerative", "dec")
 # the Gaussian mixture uses full covariances up to this dimension, diagonal ones above
@@ -64,15 +64,27 @@ def train_digits_diffusion(
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
     x = F.interpolate(x, size=(resolution, resolution), mode="area").round().clamp(0, 255).to(torch.uint8)
     model = PixelDiffusion.create(
-        names, resolution=resolution, block_out_channels=channels,
-        layers_per_block=mc.layers_per_block, num_train_timesteps=mc.num_train_timesteps,
-        beta_schedule=mc.beta_schedule, generator=torch.Generator().manual_seed(0),
+        names,
+        resolution=resolution,
+        block_out_channels=channels,
+        layers_per_block=mc.layers_per_block,
+        num_train_timesteps=mc.num_train_timesteps,
+        beta_schedule=mc.beta_schedule,
+        generator=torch.Generator().manual_seed(0),
     )
     start = time.perf_counter()
     train_diffusion(
-        model, x.contiguous(), torch.as_tensor(labels + 1, dtype=torch.long),
-        steps=steps, batch_size=tc.batch_size, lr=tc.lr, warmup_steps=tc.warmup_steps, weight_decay=tc.weight_decay,
-        grad_clip=tc.grad_clip, label_dropout=tc.label_dropout, checkpoint_every=tc.checkpoint_every,
+        model,
+        x.contiguous(),
+        torch.as_tensor(labels + 1, dtype=torch.long),
+        steps=steps,
+        batch_size=tc.batch_size,
+        lr=tc.lr,
+        warmup_steps=tc.warmup_steps,
+        weight_decay=tc.weight_decay,
+        grad_clip=tc.grad_clip,
+        label_dropout=tc.label_dropout,
+        checkpoint_every=tc.checkpoint_every,
         generator=torch.Generator().manual_seed(0),
     )
     return model.eval(), time.perf_counter() - start
@@ -86,8 +98,12 @@ def main() -> int:
     ap.add_argument("--diffusion-steps", type=int, default=800, help="training steps of the diffusion model (0 = skip)")
     ap.add_argument("--diffusion-resolution", type=int, default=16, help="side of the diffusion model's images")
     ap.add_argument("--diffusion-channels", type=int, nargs="+", default=[32, 64], help="its UNet channels per level")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch and BLAS threads (1 is fastest for these small problems on a busy 2-core machine)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch and BLAS threads (1 is fastest for these small problems on a busy 2-core machine)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     configure_torch(args.threads)
@@ -101,8 +117,10 @@ def run(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message=".*n_jobs value.*")
 
     raw, images, y = digits_images(32)
-    print(f"digits: {len(y)} images, 10 classes, upsampled to {images.shape[1]}x{images.shape[2]}; "
-          f"torch and BLAS threads {args.threads}\n")
+    print(
+        f"digits: {len(y)} images, 10 classes, upsampled to {images.shape[1]}x{images.shape[2]}; "
+        f"torch and BLAS threads {args.threads}\n"
+    )
 
     # ---------------------------------------------------------------- encoders
     embeddings: dict[str, np.ndarray] = {"raw-pixels": raw}
@@ -146,17 +164,23 @@ def run(args: argparse.Namespace) -> int:
         if reduce == "umap" and importlib.util.find_spec("umap") is None:
             print("\nreduce=umap: skipped, umap-learn is not installed (pip install umap-learn)")
             continue
-        print(f"\nreduce={reduce}" + (f" to {args.reduce_dim} dims" if reduce != "none" else "")
-              + ": NMI/ARI, then the share of noise (nX.XX) or the seconds (k = 10 where k is taken; "
-              + f"gmm: full covariances up to {_FULL_COV_MAX_DIM} dims, diagonal above)")
+        print(
+            f"\nreduce={reduce}"
+            + (f" to {args.reduce_dim} dims" if reduce != "none" else "")
+            + ": NMI/ARI, then the share of noise (nX.XX) or the seconds (k = 10 where k is taken; "
+            + f"gmm: full covariances up to {_FULL_COV_MAX_DIM} dims, diagonal above)"
+        )
         print(f"  {'encoder':12s} " + " ".join(f"{m:>17s}" for m in CLUSTERERS))
         for name, X in embeddings.items():
             cells = []
             for method in CLUSTERERS:
                 dim = X.shape[1] if reduce == "none" else min(args.reduce_dim, X.shape[1])
                 cfg = ClusterConfig(
-                    method=method, k=None if method in ("dbscan", "hdbscan") else 10, reduce=reduce,
-                    reduce_dim=args.reduce_dim, seed=args.seed,
+                    method=method,
+                    k=None if method in ("dbscan", "hdbscan") else 10,
+                    reduce=reduce,
+                    reduce_dim=args.reduce_dim,
+                    seed=args.seed,
                     # full covariances in hundreds of dimensions from 1797 rows: singular and slow
                     covariance_type="full" if dim <= _FULL_COV_MAX_DIM else "diag",
                 )
@@ -175,23 +199,35 @@ def run(args: argparse.Namespace) -> int:
     print(f"  {'encoder':12s} {'silhouette (k-means)':>22s} {'BIC (diag GMM)':>16s}")
     for name, X in embeddings.items():
         k_sil, _ = choose_k(X, 2, 16, n_init=2, max_iter=100, random_state=args.seed)
-        from gcmodels.clustering.estimators import GMM_TOL, GaussianMixture  # noqa: PLC0415
+        from gcmodels.clustering.estimators import GMM_TOL, GaussianMixture
 
         k_bic, _ = choose_k(
-            X, 2, 16, n_init=1, max_iter=100, random_state=args.seed, criterion="bic",
-            make_estimator=lambda k: GaussianMixture(k, covariance_type="diag", max_iter=100, tol=GMM_TOL, random_state=args.seed),
+            X,
+            2,
+            16,
+            n_init=1,
+            max_iter=100,
+            random_state=args.seed,
+            criterion="bic",
+            make_estimator=lambda k: GaussianMixture(
+                k, covariance_type="diag", max_iter=100, tol=GMM_TOL, random_state=args.seed
+            ),
         )
         print(f"  {name:12s} {k_sil:>22d} {k_bic:>16d}")
 
     # ---------------------------------------------------------------- targets
     best = max(results, key=lambda r: r[3])
     by = {(r[0], r[1], r[2]): r for r in results}
-    print(f"\nbest pair: {best[1]} + {best[2]} (reduce={best[0]}): NMI {best[3]:.3f}, ARI {best[4]:.3f} "
-          f"-> target NMI >= 0.85: {'met' if best[3] >= 0.85 else 'NOT met'}")
+    print(
+        f"\nbest pair: {best[1]} + {best[2]} (reduce={best[0]}): NMI {best[3]:.3f}, ARI {best[4]:.3f} "
+        f"-> target NMI >= 0.85: {'met' if best[3] >= 0.85 else 'NOT met'}"
+    )
     km, dec = by.get(("none", "raw-pixels", "kmeans")), by.get(("none", "raw-pixels", "dec"))
     if km and dec:
-        print(f"raw pixels: DEC NMI {dec[3]:.3f} / ARI {dec[4]:.3f} vs k-means NMI {km[3]:.3f} / ARI {km[4]:.3f} "
-              f"-> DEC beats k-means: {'yes' if dec[3] > km[3] and dec[4] > km[4] else 'NO'}")
+        print(
+            f"raw pixels: DEC NMI {dec[3]:.3f} / ARI {dec[4]:.3f} vs k-means NMI {km[3]:.3f} / ARI {km[4]:.3f} "
+            f"-> DEC beats k-means: {'yes' if dec[3] > km[3] and dec[4] > km[4] else 'NO'}"
+        )
     return 0
 
 

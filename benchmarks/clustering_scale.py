@@ -35,8 +35,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
 from threadpoolctl import threadpool_limits
 
-from gcmodels.clustering.fitting import fit_clustering
 from gcmodels.clustering.estimators import clustering_metrics, contingency
+from gcmodels.clustering.fitting import fit_clustering
 from gcmodels.config import ClusterConfig
 
 
@@ -74,8 +74,12 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip", nargs="*", default=[], help="steps to skip: lloyd, gmm, choose_k, pca")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="BLAS threads (on a busy 2-core machine one thread is many times faster than two)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="BLAS threads (on a busy 2-core machine one thread is many times faster than two)",
+    )
     args = ap.parse_args()
     warnings.simplefilter("ignore", ConvergenceWarning)
     with threadpool_limits(args.threads):
@@ -96,12 +100,22 @@ def run(args: argparse.Namespace) -> int:
         if "pca" not in args.skip:
             steps.append(("pca to 16 + kmeans", base.model_copy(update={"reduce": "pca", "reduce_dim": 16})))
         if "gmm" not in args.skip:
-            steps.append(("gmm diag, 1 init", base.model_copy(update={"method": "gmm", "covariance_type": "diag", "n_init": 1, "max_iter": 100})))
+            steps.append(
+                (
+                    "gmm diag, 1 init",
+                    base.model_copy(update={"method": "gmm", "covariance_type": "diag", "n_init": 1, "max_iter": 100}),
+                )
+            )
         if "lloyd" not in args.skip:
-            steps.append(("kmeans Lloyd, 1 restart", base.model_copy(update={"minibatch_above": n, "n_init": 1, "max_iter": 100})))
+            steps.append(
+                (
+                    "kmeans Lloyd, 1 restart",
+                    base.model_copy(update={"minibatch_above": n, "n_init": 1, "max_iter": 100}),
+                )
+            )
         last = None
         for name, cfg in steps:
-            res, seconds, peak = measured(lambda cfg=cfg: fit_clustering(X, cfg))
+            res, seconds, peak = measured(lambda cfg=cfg, X=X: fit_clustering(X, cfg))
             ari = adjusted_rand_score(y, res.assignments)
             trace = next(iter(res.traces.items()), ("", []))
             note = f"{res.metadata['estimator']}, k={res.k}, {len(trace[1])} {trace[0]} values"
@@ -112,15 +126,24 @@ def run(args: argparse.Namespace) -> int:
                 last = res
         assert last is not None
         metrics, seconds, peak = measured(
-            lambda: clustering_metrics(last.features, last.assignments, y.astype(str), sample_size=base.silhouette_sample)
+            lambda last=last, y=y, base=base: clustering_metrics(
+                last.features, last.assignments, y.astype(str), sample_size=base.silhouette_sample
+            )
         )
-        print(f"{n:>9d} {'metrics (+ labels: nmi, ari, purity)':34s} {seconds:8.1f} {peak:9.0f} {metrics['ari']:6.3f}  "
-              f"silhouette {metrics['silhouette']:.3f} on {base.silhouette_sample} rows, CH {metrics['calinski_harabasz']:.0f}, "
-              f"DB {metrics['davies_bouldin']:.3f}")
-        table, seconds, peak = measured(lambda: contingency(y.astype(str), last.assignments))
-        print(f"{n:>9d} {'contingency table':34s} {seconds:8.1f} {peak:9.0f} {'':6s}  {table.shape[0]} labels x {table.shape[1]} clusters")
-        print(f"{n:>9d} data {data_mib:.0f} MiB (float32); process peak RSS so far {max_rss_mib():.0f} MiB; "
-              f"an n x n float64 matrix would be {n * n * 8 / 2**30:,.0f} GiB\n", flush=True)
+        print(
+            f"{n:>9d} {'metrics (+ labels: nmi, ari, purity)':34s} {seconds:8.1f} {peak:9.0f} {metrics['ari']:6.3f}  "
+            f"silhouette {metrics['silhouette']:.3f} on {base.silhouette_sample} rows, CH {metrics['calinski_harabasz']:.0f}, "
+            f"DB {metrics['davies_bouldin']:.3f}"
+        )
+        table, seconds, peak = measured(lambda last=last, y=y: contingency(y.astype(str), last.assignments))
+        print(
+            f"{n:>9d} {'contingency table':34s} {seconds:8.1f} {peak:9.0f} {'':6s}  {table.shape[0]} labels x {table.shape[1]} clusters"
+        )
+        print(
+            f"{n:>9d} data {data_mib:.0f} MiB (float32); process peak RSS so far {max_rss_mib():.0f} MiB; "
+            f"an n x n float64 matrix would be {n * n * 8 / 2**30:,.0f} GiB\n",
+            flush=True,
+        )
         del X, y, last
     return 0
 

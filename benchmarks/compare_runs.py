@@ -38,8 +38,12 @@ WALL_CLOCK = {"manifest.parquet": ("first_seen",), "training.parquet": ("seconds
 _KEY = re.compile(r"-[0-9a-f]{16}(?=\.parquet$)")
 # the fixed dataset's settings: a small, fast, complete run (every stage, elements included)
 FIXED_SETTINGS = [
-    "data.resolution=32", "train.steps=40", "score.draws=2", "rank.feature_draws=1",
-    "runtime.threads=1", "runtime.progress=false",
+    "data.resolution=32",
+    "train.steps=40",
+    "score.draws=2",
+    "rank.feature_draws=1",
+    "runtime.threads=1",
+    "runtime.progress=false",
 ]
 
 
@@ -109,7 +113,11 @@ def compare_tables(a: Path, b: Path, wall_clock: tuple[str, ...] = ()) -> str | 
         notes.append(note)
     if notes:
         return "; ".join(notes)
-    return f"same table apart from the wall-clock column(s) {', '.join(clocks)}" if clocks else "same table, different file bytes"
+    return (
+        f"same table apart from the wall-clock column(s) {', '.join(clocks)}"
+        if clocks
+        else "same table, different file bytes"
+    )
 
 
 def compare_runs(run_a: Path, run_b: Path, names: tuple[str, str] = ("A", "B")) -> bool:
@@ -136,8 +144,8 @@ def compare_runs(run_a: Path, run_b: Path, names: tuple[str, str] = ("A", "B")) 
 def write_fixed_dataset(folder: Path) -> Path:
     """The fixed test dataset: 4 labels x 12 motif images of 32x32 (seed 0), one folder per label."""
     sys.path.insert(0, str(REPO))
-    from gcmodels.data.images import encode_png  # noqa: PLC0415
-    from gcmodels.data.synthetic import motif_dataset  # noqa: PLC0415
+    from gcmodels.data.images import encode_png
+    from gcmodels.data.synthetic import motif_dataset
 
     images = folder / "images"
     for i, item in enumerate(motif_dataset(n_per_label=12, size=32, seed=0)):

@@ -46,12 +46,12 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from gcmodels.diffusion import PixelDiffusion
-from gcmodels.mining.patches import top_patches
-from gcmodels.runtime import configure_torch
 from gcmodels.data.synthetic import motif_dataset
+from gcmodels.diffusion import PixelDiffusion
 from gcmodels.diffusion.training import train_diffusion
+from gcmodels.mining.patches import top_patches
 from gcmodels.mining.typicality import TypicalityEstimator
+from gcmodels.runtime import configure_torch
 
 T_MIN, T_MAX = 0.1, 0.7
 RES = 32
@@ -67,14 +67,29 @@ def train_model(steps: int, per_label: int) -> PixelDiffusion:
     items = motif_dataset(n_per_label=per_label, size=RES, labels=LABELS, seed=1)
     images = to_tensor(items)
     model = PixelDiffusion.create(
-        list(LABELS), resolution=RES, block_out_channels=(16, 32, 32), layers_per_block=1,
-        num_train_timesteps=1000, beta_schedule="linear", generator=torch.Generator().manual_seed(0),
+        list(LABELS),
+        resolution=RES,
+        block_out_channels=(16, 32, 32),
+        layers_per_block=1,
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        generator=torch.Generator().manual_seed(0),
     )
     cond = model.label_index([it.label for it in items])
     start = time.perf_counter()
     res = train_diffusion(
-        model, images, cond, steps=steps, batch_size=32, lr=2e-3, warmup_steps=100, weight_decay=1e-2,
-        grad_clip=1.0, label_dropout=0.15, checkpoint_every=100, generator=torch.Generator().manual_seed(0),
+        model,
+        images,
+        cond,
+        steps=steps,
+        batch_size=32,
+        lr=2e-3,
+        warmup_steps=100,
+        weight_decay=1e-2,
+        grad_clip=1.0,
+        label_dropout=0.15,
+        checkpoint_every=100,
+        generator=torch.Generator().manual_seed(0),
     )
     print(f"trained {res.steps} steps in {time.perf_counter() - start:.0f} s, final loss {res.history[-1]['loss']:.4f}")
     return model
@@ -123,7 +138,9 @@ def draws(variant: str, m: int, n: int, shape: tuple, seed: int, T: int) -> tupl
 
 
 @torch.inference_mode()
-def estimate(model: PixelDiffusion, x0: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, batch: int) -> torch.Tensor:
+def estimate(
+    model: PixelDiffusion, x0: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, batch: int
+) -> torch.Tensor:
     """Per-pixel typicality maps (m, H, W) with per-image draws t (m, n), eps (m, n, C, H, W)."""
     m, n = t.shape
     h, w = x0.shape[-2:]
@@ -154,42 +171,76 @@ def agreement(maps: torch.Tensor, ref_scores: np.ndarray, ref_boxes: torch.Tenso
 
 
 def mean_agreement(
-    model: PixelDiffusion, x0: torch.Tensor, cond: torch.Tensor, variant: str, n: int, ref_scores: np.ndarray,
-    ref_boxes: torch.Tensor, args,
+    model: PixelDiffusion,
+    x0: torch.Tensor,
+    cond: torch.Tensor,
+    variant: str,
+    n: int,
+    ref_scores: np.ndarray,
+    ref_boxes: torch.Tensor,
+    args,
 ) -> tuple[float, float]:
     """(Spearman, top-1 IoU) of `variant` at `n` draws with the reference, averaged over the repeats' seeds."""
     m, shape = x0.shape[0], tuple(x0.shape[1:])
     got = [
-        agreement(estimate(model, x0, cond, *draws(variant, m, n, shape, seed=100 * r + n, T=model.num_train_timesteps),
-                           args.batch_size), ref_scores, ref_boxes)
+        agreement(
+            estimate(
+                model,
+                x0,
+                cond,
+                *draws(variant, m, n, shape, seed=100 * r + n, T=model.num_train_timesteps),
+                args.batch_size,
+            ),
+            ref_scores,
+            ref_boxes,
+        )
         for r in range(args.repeats)
     ]
     return float(np.mean([g[0] for g in got])), float(np.mean([g[1] for g in got]))
 
 
 def strata_study(
-    model: PixelDiffusion, x0: torch.Tensor, cond: torch.Tensor, ref_scores: np.ndarray, ref_boxes: torch.Tensor, args,
+    model: PixelDiffusion,
+    x0: torch.Tensor,
+    cond: torch.Tensor,
+    ref_scores: np.ndarray,
+    ref_boxes: torch.Tensor,
+    args,
 ) -> None:
     """Per-stratum noise and signal of shared draws, Neyman's gain, and t sub-range estimators."""
     m, shape, T = x0.shape[0], tuple(x0.shape[1:]), model.num_train_timesteps
     h_n, j_n = args.strata, args.per_stratum
     g = torch.Generator().manual_seed(555)
-    frac = (torch.arange(h_n, dtype=torch.float64).view(-1, 1) + torch.rand(h_n, j_n, generator=g, dtype=torch.float64)) / h_n
+    frac = (
+        torch.arange(h_n, dtype=torch.float64).view(-1, 1) + torch.rand(h_n, j_n, generator=g, dtype=torch.float64)
+    ) / h_n
     t = ((T_MIN + frac * (T_MAX - T_MIN)) * T).long().clamp_(0, T - 1).reshape(-1)
     eps = torch.randn((h_n * j_n, *shape), generator=g)
-    pool = torch.stack([
-        estimate(model, x0, cond, t[k].view(1, 1).expand(m, 1), eps[k].view(1, 1, *shape).expand(m, 1, *shape), args.batch_size)
-        for k in range(h_n * j_n)
-    ], 1).view(m, h_n, j_n, *x0.shape[-2:])
-    img = pool.mean((3, 4))                                           # (m, H, J) image-level per draw
-    noise = (img - img.mean(0, keepdim=True)).std(2).mean(0)          # what a draw adds unevenly to images
+    pool = torch.stack(
+        [
+            estimate(
+                model,
+                x0,
+                cond,
+                t[k].view(1, 1).expand(m, 1),
+                eps[k].view(1, 1, *shape).expand(m, 1, *shape),
+                args.batch_size,
+            )
+            for k in range(h_n * j_n)
+        ],
+        1,
+    ).view(m, h_n, j_n, *x0.shape[-2:])
+    img = pool.mean((3, 4))  # (m, H, J) image-level per draw
+    noise = (img - img.mean(0, keepdim=True)).std(2).mean(0)  # what a draw adds unevenly to images
     signal = img.mean(2).std(0)
     rho = [spearmanr(img[:, h].mean(1).numpy(), ref_scores).statistic for h in range(h_n)]
     centre = t.view(h_n, j_n).double().mean(1)
     print(f"\n{h_n} strata of t in [{T_MIN}, {T_MAX}] x {T}, {j_n} shared draws each (values x 1e4)")
     print(f"{'t centre':>10}{'noise':>8}{'signal':>8}{'SNR':>7}{'Spearman(stratum mean, ref)':>30}")
     for h in range(h_n):
-        print(f"{centre[h]:>10.0f}{noise[h] * 1e4:>8.2f}{signal[h] * 1e4:>8.2f}{signal[h] / noise[h]:>7.2f}{rho[h]:>30.3f}")
+        print(
+            f"{centre[h]:>10.0f}{noise[h] * 1e4:>8.2f}{signal[h] * 1e4:>8.2f}{signal[h] / noise[h]:>7.2f}{rho[h]:>30.3f}"
+        )
     gain = float((noise**2).mean() / noise.mean() ** 2)
     print(f"Neyman allocation (same estimand) is worth {gain:.2f} N draws")
 
@@ -208,7 +259,10 @@ def strata_study(
                 maps = sum(pool[:, h, j] * w for h, j, w in picks) / len(strata)
                 scores.append(agreement(maps, ref_scores, ref_boxes))
             rows.append((f"shared t<{hi:.2f}", n, *np.mean(scores, 0)))
-    plain = {n: mean_agreement(model, x0, cond, "plain", n, ref_scores, ref_boxes, args) for n in sorted({4 * n for n in args.draws})}
+    plain = {
+        n: mean_agreement(model, x0, cond, "plain", n, ref_scores, ref_boxes, args)
+        for n in sorted({4 * n for n in args.draws})
+    }
     rows += [("plain", n, *plain[n]) for n in plain]
     print(f"\n{'estimator':<18}{'N':>4}{'Spearman':>10}{'top-1 IoU':>11}   vs plain at 4N (Spearman / IoU)")
     for name, n, r, i in rows:
@@ -260,9 +314,11 @@ def main() -> int:
     ref = estimate(model, x0, cond, t, eps, args.batch_size)
     ref_scores = ref.mean((1, 2)).numpy()
     ref_boxes, _ = top_patches(ref, PATCH, 1)
-    print(f"{m} blended images at {RES}x{RES} under 'circle'; reference: {n_ref} stratified draws per image "
-          f"({time.perf_counter() - start:.0f} s); Spearman(reference typicality, blend weight a) = "
-          f"{spearmanr(ref_scores, a).statistic:.3f}")
+    print(
+        f"{m} blended images at {RES}x{RES} under 'circle'; reference: {n_ref} stratified draws per image "
+        f"({time.perf_counter() - start:.0f} s); Spearman(reference typicality, blend weight a) = "
+        f"{spearmanr(ref_scores, a).statistic:.3f}"
+    )
     if args.strata:
         strata_study(model, x0, cond, ref_scores, ref_boxes, args)
         print(f"total {time.perf_counter() - start:.0f} s, {torch.get_num_threads()} torch thread(s)")

@@ -41,33 +41,83 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gcmodels.diffusion.base import ConditionalDiffusion  # noqa: E402
-from gcmodels.diffusion.parametrisation import SD_REFERENCE_SCHEDULE, ddpm_alphas_cumprod  # noqa: E402
-from sd_gpu import count_flops, gpu_peak  # noqa: E402
+from sd_gpu import count_flops, gpu_peak
+
+from gcmodels.diffusion.base import ConditionalDiffusion
+from gcmodels.diffusion.parametrisation import SD_REFERENCE_SCHEDULE, ddpm_alphas_cumprod
 
 SD15 = dict(
-    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768, attention_head_dim=8,
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    cross_attention_dim=768,
+    attention_head_dim=8,
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), in_channels=4,
-    out_channels=4, sample_size=64,
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    in_channels=4,
+    out_channels=4,
+    sample_size=64,
 )
-SD21 = {**SD15, "cross_attention_dim": 1024, "attention_head_dim": (5, 10, 20, 20), "use_linear_projection": True,
-        "upcast_attention": True, "sample_size": 96}
+SD21 = {
+    **SD15,
+    "cross_attention_dim": 1024,
+    "attention_head_dim": (5, 10, 20, 20),
+    "use_linear_projection": True,
+    "upcast_attention": True,
+    "sample_size": 96,
+}
 SDXL = dict(
-    block_out_channels=(320, 640, 1280), layers_per_block=2, cross_attention_dim=2048, attention_head_dim=(5, 10, 20),
+    block_out_channels=(320, 640, 1280),
+    layers_per_block=2,
+    cross_attention_dim=2048,
+    attention_head_dim=(5, 10, 20),
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2, 10),
-    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816, in_channels=4, out_channels=4, sample_size=128,
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10),
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+    in_channels=4,
+    out_channels=4,
+    sample_size=128,
 )
 SD3_MEDIUM = dict(
-    sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64, num_attention_heads=24,
-    joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192,
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    num_layers=24,
+    attention_head_dim=64,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    caption_projection_dim=1536,
+    pooled_projection_dim=2048,
+    out_channels=16,
+    pos_embed_max_size=192,
 )
-SD35_MEDIUM = {**SD3_MEDIUM, "pos_embed_max_size": 384, "dual_attention_layers": tuple(range(13)), "qk_norm": "rms_norm"}
-SD35_LARGE = {**SD3_MEDIUM, "num_layers": 38, "num_attention_heads": 38, "caption_projection_dim": 2432, "qk_norm": "rms_norm"}
-DIT_XL = dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28, sample_size=32,
-              patch_size=2, num_embeds_ada_norm=1000, norm_type="ada_norm_zero")
+SD35_MEDIUM = {
+    **SD3_MEDIUM,
+    "pos_embed_max_size": 384,
+    "dual_attention_layers": tuple(range(13)),
+    "qk_norm": "rms_norm",
+}
+SD35_LARGE = {
+    **SD3_MEDIUM,
+    "num_layers": 38,
+    "num_attention_heads": 38,
+    "caption_projection_dim": 2432,
+    "qk_norm": "rms_norm",
+}
+DIT_XL = dict(
+    num_attention_heads=16,
+    attention_head_dim=72,
+    in_channels=4,
+    out_channels=8,
+    num_layers=28,
+    sample_size=32,
+    patch_size=2,
+    num_embeds_ada_norm=1000,
+    norm_type="ada_norm_zero",
+)
 
 # name -> (family, diffusers class, config, conditioning widths)
 ARCHITECTURES = {
@@ -81,16 +131,47 @@ ARCHITECTURES = {
     "DiT-XL/2-512": ("dit", "DiTTransformer2DModel", {**DIT_XL, "sample_size": 64}, {}),
 }
 TINY = {
-    "tiny SD UNet": ("sd", "UNet2DConditionModel", dict(
-        block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        in_channels=4, out_channels=4, sample_size=8), {"states": (77, 32)}),
-    "tiny SD3 MMDiT": ("sd3", "SD3Transformer2DModel", dict(
-        sample_size=8, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=2,
-        joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32, out_channels=16, pos_embed_max_size=64),
-        {"states": (77 + 256, 32), "pooled": 32}),
-    "tiny DiT": ("dit", "DiTTransformer2DModel", {**DIT_XL, "num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 8,
-                                                  "sample_size": 8}, {}),
+    "tiny SD UNet": (
+        "sd",
+        "UNet2DConditionModel",
+        dict(
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            cross_attention_dim=32,
+            attention_head_dim=4,
+            norm_num_groups=8,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            in_channels=4,
+            out_channels=4,
+            sample_size=8,
+        ),
+        {"states": (77, 32)},
+    ),
+    "tiny SD3 MMDiT": (
+        "sd3",
+        "SD3Transformer2DModel",
+        dict(
+            sample_size=8,
+            patch_size=2,
+            in_channels=16,
+            num_layers=2,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=32,
+            caption_projection_dim=16,
+            pooled_projection_dim=32,
+            out_channels=16,
+            pos_embed_max_size=64,
+        ),
+        {"states": (77 + 256, 32), "pooled": 32},
+    ),
+    "tiny DiT": (
+        "dit",
+        "DiTTransformer2DModel",
+        {**DIT_XL, "num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 8, "sample_size": 8},
+        {},
+    ),
 }
 RESOLUTIONS = (256, 512, 1024)
 
@@ -112,9 +193,13 @@ class RandomConditioned(ConditionalDiffusion):
     the conditional diffusion interface the estimator uses, without text encoders or weights to
     load. Calls the network as the family module does (`gcmodels.diffusion.<family>`)."""
 
-    def __init__(self, family: str, network, widths: dict, labels: int = 2, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self, family: str, network, widths: dict, labels: int = 2, generator: torch.Generator | None = None
+    ) -> None:
         prediction = "flow_matching" if family == "sd3" else "epsilon"
-        super().__init__([f"label {i}" for i in range(labels)], ddpm_alphas_cumprod(**SD_REFERENCE_SCHEDULE), prediction)
+        super().__init__(
+            [f"label {i}" for i in range(labels)], ddpm_alphas_cumprod(**SD_REFERENCE_SCHEDULE), prediction
+        )
         self.family_name, self.net = family, network
         g = generator or torch.Generator().manual_seed(0)
         if "states" in widths:
@@ -134,13 +219,21 @@ class RandomConditioned(ConditionalDiffusion):
             return self.net(x, timestep=timestep, class_labels=self.classes[cond]).sample[:, : x.shape[1]]
         states = self.states[cond].to(self.dtype)
         if self.family_name == "sd3":
-            return self.net(hidden_states=x, timestep=timestep.to(self.dtype), encoder_hidden_states=states,
-                            pooled_projections=self.pooled[cond].to(self.dtype)).sample
+            return self.net(
+                hidden_states=x,
+                timestep=timestep.to(self.dtype),
+                encoder_hidden_states=states,
+                pooled_projections=self.pooled[cond].to(self.dtype),
+            ).sample
         if self.family_name == "sdxl":
             h, w = x.shape[-2] * 8, x.shape[-1] * 8
             ids = torch.tensor([h, w, 0, 0, h, w], device=x.device, dtype=self.dtype).expand(x.shape[0], -1)
-            return self.net(x, timestep, encoder_hidden_states=states,
-                            added_cond_kwargs={"text_embeds": self.pooled[cond].to(self.dtype), "time_ids": ids}).sample
+            return self.net(
+                x,
+                timestep,
+                encoder_hidden_states=states,
+                added_cond_kwargs={"text_embeds": self.pooled[cond].to(self.dtype), "time_ids": ids},
+            ).sample
         return self.net(x, timestep, encoder_hidden_states=states).sample
 
     def feature_blocks(self):
@@ -201,7 +294,7 @@ def timed_forward(name: str, archs: dict, px: int) -> dict:
 def time_table(archs: dict, px: int, max_gb: float, *, tiny: bool = False) -> None:
     print(f"\n## one forward on the CPU at {px} px (DiT at its sample size), fresh process each, random fp32 weights\n")
     print("| architecture | forward s | build s | peak RSS GiB | threads |\n|---|---|---|---|---|")
-    for name, (family, cls_name, config, _) in archs.items():
+    for name, (_family, cls_name, config, _) in archs.items():
         n = sum(p.numel() for p in build(cls_name, config).parameters())
         if 4 * n / 1e9 > max_gb:
             print(f"| {name} | skipped: {4 * n / 1e9:.1f} GB of fp32 weights > --max-gb {max_gb:g} | | | |")
@@ -209,7 +302,9 @@ def time_table(archs: dict, px: int, max_gb: float, *, tiny: bool = False) -> No
         cmd = [sys.executable, __file__, "--_child", name, "--px", str(px)] + (["--tiny"] if tiny else [])
         done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
         if done.returncode != 0:
-            print(f"| {name} | failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode} | | | |")
+            print(
+                f"| {name} | failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode} | | | |"
+            )
             continue
         r = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"| {name} | {r['seconds']:.2f} | {r['build']:.1f} | {r['peak_gib']:.2f} | {r['threads']} |")
@@ -221,7 +316,9 @@ def score_table(archs: dict, args, device: torch.device) -> None:
     peak, gpu = gpu_peak(device, args.peak_tflops)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     print(f"\n## scoring on {gpu} ({device}, denoiser in {dtype}; TypicalityEstimator, both branches per batch)\n")
-    print("| architecture | px | N | batch | images/s | TFLOP/s | share of peak | peak GPU GiB |\n|---|---|---|---|---|---|---|---|")
+    print(
+        "| architecture | px | N | batch | images/s | TFLOP/s | share of peak | peak GPU GiB |\n|---|---|---|---|---|---|---|---|"
+    )
     for name, (family, cls_name, config, widths) in archs.items():
         if args.base:
             from gcmodels.diffusion import load_base
@@ -256,7 +353,9 @@ def score_table(archs: dict, args, device: torch.device) -> None:
             tflops = ips * 2 * n * flops / 1e12
             mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
             share = f"{tflops / peak:.1%}" if peak else "n/a"
-            print(f"| {name if not args.base else args.base} | {px} | {n} | {args.batch} | {ips:.2f} | {tflops:.1f} | {share} | {mem:.1f} |")
+            print(
+                f"| {name if not args.base else args.base} | {px} | {n} | {args.batch} | {ips:.2f} | {tflops:.1f} | {share} | {mem:.1f} |"
+            )
         del model
         if args.base:
             break
@@ -268,7 +367,9 @@ def main() -> None:
     ap.add_argument("--score", action="store_true", help="scoring throughput (meant for a GPU)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--px", type=int, default=256, help="image side of the timed forward and of scoring")
-    ap.add_argument("--max-gb", type=float, default=11.0, help="skip timing architectures with more fp32 weights than this")
+    ap.add_argument(
+        "--max-gb", type=float, default=11.0, help="skip timing architectures with more fp32 weights than this"
+    )
     ap.add_argument("--draws", type=int, nargs="+", default=[16, 100])
     ap.add_argument("--batch", type=int, default=128, help="score.batch_size")
     ap.add_argument("--images", type=int, default=64)

@@ -24,12 +24,12 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-import pandas as pd  # noqa: E402
+import pandas as pd
 
-from gcmine.flows.config import load_settings  # noqa: E402
-from gcmodels.mining.evaluation import localisation_report  # noqa: E402
-from gcmodels.data.images import encode_png, image_id  # noqa: E402
-from gcmodels.data.synthetic import motif_dataset  # noqa: E402
+from gcmine.flows.config import load_settings
+from gcmodels.data.images import encode_png, image_id
+from gcmodels.data.synthetic import motif_dataset
+from gcmodels.mining.evaluation import localisation_report
 
 
 def write_dataset(root: Path, per_label: int, size: int, seed: int) -> pd.DataFrame:
@@ -65,8 +65,10 @@ def main() -> int:
     wall = time.perf_counter() - start
     rep = localisation_report(RunStore(str(work / "run")).read_parquet(PATCHES), truth)
 
-    print(f"\nground-truth benchmark: {len(truth)} images of {args.size}x{args.size}, "
-          f"{truth['label'].nunique()} labels, settings overrides: {args.overrides or 'none'}")
+    print(
+        f"\nground-truth benchmark: {len(truth)} images of {args.size}x{args.size}, "
+        f"{truth['label'].nunique()} labels, settings overrides: {args.overrides or 'none'}"
+    )
     print(f"{'metric':<44}{'value':>10}{'target':>10}")
     print(f"{'rank-0 patch contains motif centre':<44}{rep['rank0_centre']:>10.3f}{'>= 0.90':>10}")
     print(f"{'rank-0 patch overlaps motif':<44}{rep['rank0_overlap']:>10.3f}")
@@ -79,7 +81,9 @@ def main() -> int:
         print(f"{name:<12}{s['seconds']:>10.1f}")
     compute = sum(s["seconds"] for s in stages.values())
     print(f"{'wall':<12}{wall:>10.1f}")
-    print(f"{'overhead':<12}{wall - compute:>10.1f}  (flow wall time minus stage compute: Prefect start-up, orchestration)")
+    print(
+        f"{'overhead':<12}{wall - compute:>10.1f}  (flow wall time minus stage compute: Prefect start-up, orchestration)"
+    )
     print(f"{'overhead %':<12}{100 * (wall - compute) / wall:>10.1f}  (target for a 500-image run: < 10)")
     print(f"run folder: {work}")
     ok = rep["rank0_centre"] >= 0.9 and rep["min_top_element_purity"] >= 0.9

@@ -39,15 +39,15 @@ def main() -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 
-    import gcmine.tasks.infra.caching
     import gcmine.tasks.finetune
+    import gcmine.tasks.infra.caching
     import gcmine.tasks.ingest
     from gcmine.flows.config import load_settings
     from gcmine.flows.pipeline import run_pipeline
-    from gcmodels.data.synthetic import motif_dataset
     from gcmine.tasks.infra.integrity import artifact_damage, model_damage, parquet_damage
     from gcmine.tasks.infra.models import COMPLETE, model_fingerprint
     from gcmine.tasks.infra.storage import RunStore
+    from gcmodels.data.synthetic import motif_dataset
 
     root = Path(tempfile.mkdtemp(prefix="gcmine-bench-integrity-"))
     images = root / "images"
@@ -57,10 +57,18 @@ def main() -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         item.image.save(path)
     out = root / "out"
-    settings = load_settings(None, [
-        f"data.resolution={args.resolution}", f"data.shard_size={args.shard_size}", "train.steps=20", "score.draws=4",
-        "rank.feature_draws=1", "runtime.progress=false", "runtime.threads=1",
-    ])
+    settings = load_settings(
+        None,
+        [
+            f"data.resolution={args.resolution}",
+            f"data.shard_size={args.shard_size}",
+            "train.steps=20",
+            "score.draws=4",
+            "rank.feature_draws=1",
+            "runtime.progress=false",
+            "runtime.threads=1",
+        ],
+    )
 
     def rerun() -> float:
         start = time.perf_counter()
@@ -71,20 +79,30 @@ def main() -> int:
     @contextlib.contextmanager
     def existence_checks_only():
         """The checks of before issue 22: a cache hit's outputs exist; shards and the model unchecked."""
-        saved = (gcmine.tasks.infra.caching.artifact_damage, gcmine.tasks.finetune.model_damage, gcmine.tasks.ingest.parquet_damage_or_missing)
+        saved = (
+            gcmine.tasks.infra.caching.artifact_damage,
+            gcmine.tasks.finetune.model_damage,
+            gcmine.tasks.ingest.parquet_damage_or_missing,
+        )
         gcmine.tasks.infra.caching.artifact_damage = lambda store, rel: None if store.exists(rel) else "missing"
         gcmine.tasks.finetune.model_damage = lambda *a, **k: None
         gcmine.tasks.ingest.parquet_damage_or_missing = lambda store, rel: None if store.exists(rel) else "missing"
         try:
             yield
         finally:
-            gcmine.tasks.infra.caching.artifact_damage, gcmine.tasks.finetune.model_damage, gcmine.tasks.ingest.parquet_damage_or_missing = saved
+            (
+                gcmine.tasks.infra.caching.artifact_damage,
+                gcmine.tasks.finetune.model_damage,
+                gcmine.tasks.ingest.parquet_damage_or_missing,
+            ) = saved
 
     n = len(labels) * args.images_per_label
     start = time.perf_counter()
     run_pipeline(str(images), str(out), None, settings)
-    print(f"{n} images, {-(-n // args.shard_size)} shards, resolution {args.resolution}; first run {time.perf_counter() - start:.1f} s",
-          file=sys.stderr)
+    print(
+        f"{n} images, {-(-n // args.shard_size)} shards, resolution {args.resolution}; first run {time.perf_counter() - start:.1f} s",
+        file=sys.stderr,
+    )
     rerun()  # warm caches (imports, page cache) before timing
 
     with_checks, without = [], []
@@ -94,8 +112,12 @@ def main() -> int:
             without.append(rerun())
 
     store = RunStore(str(out))
-    cached = [p for folder in ("stages", "maps", "scores", "patch_candidates", "embeddings") if (out / folder).is_dir()
-              for p in sorted((out / folder).glob("*.parquet"))]
+    cached = [
+        p
+        for folder in ("stages", "maps", "scores", "patch_candidates", "embeddings")
+        if (out / folder).is_dir()
+        for p in sorted((out / folder).glob("*.parquet"))
+    ]
     shards = sorted((out / "images").glob("part-*.parquet"))
     marker = json.loads((out / "model" / COMPLETE).read_text())
     t = time.perf_counter()
@@ -112,10 +134,16 @@ def main() -> int:
     mib = sum(p.stat().st_size for p in cached) / 2**20
     print(f"| rerun, everything reused | median of {args.repeats} | runs (s) |")
     print("|---|---|---|")
-    print(f"| with integrity checks | {statistics.median(with_checks):.2f} s | {', '.join(f'{x:.1f}' for x in with_checks)} |")
-    print(f"| existence checks only (before) | {statistics.median(without):.2f} s | {', '.join(f'{x:.1f}' for x in without)} |")
-    print(f"checks alone: {len(cached)} cached outputs ({mib:.1f} MiB) {t_cached * 1000:.0f} ms, "
-          f"{len(shards)} shard footers {t_shards * 1000:.0f} ms, model files {t_model * 1000:.0f} ms")
+    print(
+        f"| with integrity checks | {statistics.median(with_checks):.2f} s | {', '.join(f'{x:.1f}' for x in with_checks)} |"
+    )
+    print(
+        f"| existence checks only (before) | {statistics.median(without):.2f} s | {', '.join(f'{x:.1f}' for x in without)} |"
+    )
+    print(
+        f"checks alone: {len(cached)} cached outputs ({mib:.1f} MiB) {t_cached * 1000:.0f} ms, "
+        f"{len(shards)} shard footers {t_shards * 1000:.0f} ms, model files {t_model * 1000:.0f} ms"
+    )
     return 0
 
 

@@ -32,9 +32,9 @@ from pathlib import Path
 
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from gcmodels.config import DataConfig, ModelConfig, RankConfig, RuntimeConfig, ScoreConfig, TrainConfig  # noqa: E402
+from gcmodels.config import DataConfig, ModelConfig, RankConfig, RuntimeConfig, ScoreConfig, TrainConfig
 
 RES = 64
 DATA = DataConfig(resolution=RES)
@@ -113,8 +113,18 @@ def stage(work: Path, which: str) -> None:
         for shard, m in zip(info["shards"], maps):
             rank_shard.fn(out, shard, m, info["fingerprint"], PATCH, RANK, RUNTIME)
             trace.append(rss_mib())
-    print(json.dumps({"stage": which, "peak_mib": peak_mib(), "after_imports_mib": base, "rss_trace": trace,
-                      "seconds": time.perf_counter() - start, "shards": len(info["shards"])}))
+    print(
+        json.dumps(
+            {
+                "stage": which,
+                "peak_mib": peak_mib(),
+                "after_imports_mib": base,
+                "rss_trace": trace,
+                "seconds": time.perf_counter() - start,
+                "shards": len(info["shards"]),
+            }
+        )
+    )
 
 
 FEATURE_DIM = 1280  # Stable Diffusion's up_blocks[1] channels
@@ -125,8 +135,8 @@ ELEMENT_RANK = RankConfig(per_label=1000, elements=32)  # the paper's 1000 patch
 def write_candidates(work: Path, n: int) -> dict:
     """Synthetic candidates of `n` images in shards, twice: as rank_shard writes them now
     (`pruned/`) and with every feature (`full/`, the former format)."""
-    from gcmine.tasks.rank import _NO_FEATURE, _top_per_label
     from gcmine.tasks.infra.storage import RunStore
+    from gcmine.tasks.rank import _NO_FEATURE, _top_per_label
 
     rng = np.random.default_rng(n)
     names = []
@@ -137,12 +147,23 @@ def write_candidates(work: Path, n: int) -> dict:
 
         m = min(ELEMENT_SHARD, n - start) * 5
         ids = np.repeat([f"{i:012x}" for i in range(start, start + m // 5)], 5)
-        table = pd.DataFrame({
-            "image_id": ids, "label": rng.choice(["a", "b", "c"], m // 5).repeat(5), "rank": np.tile(np.arange(5), m // 5),
-            "x0": rng.integers(0, 400, m), "y0": rng.integers(0, 400, m), "x1": rng.integers(400, 512, m), "y1": rng.integers(400, 512, m),
-            "wx0": 0, "wy0": 0, "wx1": 64, "wy1": 64, "typicality": rng.normal(size=m).astype(np.float32),
-            "feature": list(rng.normal(size=(m, FEATURE_DIM)).astype(np.float32)),
-        })
+        table = pd.DataFrame(
+            {
+                "image_id": ids,
+                "label": rng.choice(["a", "b", "c"], m // 5).repeat(5),
+                "rank": np.tile(np.arange(5), m // 5),
+                "x0": rng.integers(0, 400, m),
+                "y0": rng.integers(0, 400, m),
+                "x1": rng.integers(400, 512, m),
+                "y1": rng.integers(400, 512, m),
+                "wx0": 0,
+                "wy0": 0,
+                "wx1": 64,
+                "wy1": 64,
+                "typicality": rng.normal(size=m).astype(np.float32),
+                "feature": list(rng.normal(size=(m, FEATURE_DIM)).astype(np.float32)),
+            }
+        )
         name = f"patch_candidates/part-{s:05d}.parquet"
         names.append(name)
         RunStore(str(work / "full")).write_parquet(name, table)
@@ -157,9 +178,9 @@ def elements_stage(work: Path, which: str) -> None:
     (`before`, every candidate concatenated with its feature); prints the peak RSS as JSON."""
     import pandas as pd
 
-    from gcmodels.mining.elements import mine_elements
-    from gcmine.tasks.rank import elements
     from gcmine.tasks.infra.storage import RunStore
+    from gcmine.tasks.rank import elements
+    from gcmodels.mining.elements import mine_elements
 
     no_api()
     names = json.loads((work / "setup.json").read_text())["names"]
@@ -173,9 +194,15 @@ def elements_stage(work: Path, which: str) -> None:
         cand["element"] = -1
         for _, group in cand.groupby("label", sort=True):
             top = group.nlargest(ELEMENT_RANK.per_label, "typicality", keep="first")
-            found = mine_elements(np.stack(top["feature"].to_numpy()), top["typicality"].to_numpy(), ELEMENT_RANK.elements, seed=0)
+            found = mine_elements(
+                np.stack(top["feature"].to_numpy()), top["typicality"].to_numpy(), ELEMENT_RANK.elements, seed=0
+            )
             cand.loc[top.index, "element"] = found.assignment
-    print(json.dumps({"stage": which, "peak_mib": peak_mib(), "after_imports_mib": base, "seconds": time.perf_counter() - start}))
+    print(
+        json.dumps(
+            {"stage": which, "peak_mib": peak_mib(), "after_imports_mib": base, "seconds": time.perf_counter() - start}
+        )
+    )
 
 
 def elements_main(sizes: list[int]) -> int:
@@ -188,18 +215,30 @@ def elements_main(sizes: list[int]) -> int:
             for which in ("now", "before"):
                 res = subprocess.run(
                     [sys.executable, __file__, "--stage", f"elements-{which}", "--work", str(work)],
-                    check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "OMP_NUM_THREADS": "1"},
                 )
                 row = json.loads(res.stdout.strip().splitlines()[-1])
                 row["candidates_mib"] = disk["pruned" if which == "now" else "full"]
                 rows.append({"images": n, **row})
-                print(f"  {n} images, elements ({which}): {row['peak_mib']:.0f} MiB peak ({row['seconds']:.1f} s)", flush=True)
-    print(f"\nelements stage: 5 candidate patches an image, {FEATURE_DIM}-float features, 3 labels, {ELEMENT_SHARD} images a shard, "
-          f"per_label {ELEMENT_RANK.per_label}, {ELEMENT_RANK.elements} elements, 1 thread")
-    print(f"{'images':>8}{'stage':>8}{'peak RSS MiB':>14}{'after imports':>15}{'above imports':>15}{'candidates MiB':>16}{'seconds':>9}")
+                print(
+                    f"  {n} images, elements ({which}): {row['peak_mib']:.0f} MiB peak ({row['seconds']:.1f} s)",
+                    flush=True,
+                )
+    print(
+        f"\nelements stage: 5 candidate patches an image, {FEATURE_DIM}-float features, 3 labels, {ELEMENT_SHARD} images a shard, "
+        f"per_label {ELEMENT_RANK.per_label}, {ELEMENT_RANK.elements} elements, 1 thread"
+    )
+    print(
+        f"{'images':>8}{'stage':>8}{'peak RSS MiB':>14}{'after imports':>15}{'above imports':>15}{'candidates MiB':>16}{'seconds':>9}"
+    )
     for r in rows:
-        print(f"{r['images']:>8}{r['stage']:>8}{r['peak_mib']:>14.0f}{r['after_imports_mib']:>15.0f}"
-              f"{r['peak_mib'] - r['after_imports_mib']:>15.0f}{r['candidates_mib']:>16.0f}{r['seconds']:>9.1f}")
+        print(
+            f"{r['images']:>8}{r['stage']:>8}{r['peak_mib']:>14.0f}{r['after_imports_mib']:>15.0f}"
+            f"{r['peak_mib'] - r['after_imports_mib']:>15.0f}{r['candidates_mib']:>16.0f}{r['seconds']:>9.1f}"
+        )
     return 0
 
 
@@ -229,22 +268,33 @@ def main() -> int:
             for which in ("score", "rank"):
                 res = subprocess.run(
                     [sys.executable, __file__, "--stage", which, "--work", str(work)],
-                    check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "OMP_NUM_THREADS": "1"},
                 )
                 row = json.loads(res.stdout.strip().splitlines()[-1])
                 rows.append({"images": n, **row, "setup_s": setup_s})
                 print(f"  {n} images, {which}: {row['peak_mib']:.0f} MiB peak ({row['seconds']:.0f} s)", flush=True)
-    print(f"\n64x64 images, {DATA.shard_size} per shard, tiny untrained model {MODEL.block_out_channels}, "
-          f"N={SCORE.draws} draw, {RANK.feature_draws} feature draw, 1 thread")
-    print(f"{'images':>8}{'shards':>8}{'stage':>7}{'peak RSS MiB':>14}{'after imports':>15}"
-          f"{'RSS after shard 1':>19}{'after last':>12}{'seconds':>9}")
+    print(
+        f"\n64x64 images, {DATA.shard_size} per shard, tiny untrained model {MODEL.block_out_channels}, "
+        f"N={SCORE.draws} draw, {RANK.feature_draws} feature draw, 1 thread"
+    )
+    print(
+        f"{'images':>8}{'shards':>8}{'stage':>7}{'peak RSS MiB':>14}{'after imports':>15}"
+        f"{'RSS after shard 1':>19}{'after last':>12}{'seconds':>9}"
+    )
     for r in rows:
-        print(f"{r['images']:>8}{r['shards']:>8}{r['stage']:>7}{r['peak_mib']:>14.0f}{r['after_imports_mib']:>15.0f}"
-              f"{r['rss_trace'][0]:>19.0f}{r['rss_trace'][-1]:>12.0f}{r['seconds']:>9.0f}")
+        print(
+            f"{r['images']:>8}{r['shards']:>8}{r['stage']:>7}{r['peak_mib']:>14.0f}{r['after_imports_mib']:>15.0f}"
+            f"{r['rss_trace'][0]:>19.0f}{r['rss_trace'][-1]:>12.0f}{r['seconds']:>9.0f}"
+        )
     if args.trace:
         for r in rows:
-            print(f"RSS after each shard, {r['images']} images, {r['stage']}: "
-                  + " ".join(f"{v:.0f}" for v in r["rss_trace"]))
+            print(
+                f"RSS after each shard, {r['images']} images, {r['stage']}: "
+                + " ".join(f"{v:.0f}" for v in r["rss_trace"])
+            )
     return 0
 
 

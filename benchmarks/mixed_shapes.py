@@ -33,18 +33,20 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-import pandas as pd  # noqa: E402
+import pandas as pd
 
-from gcmine.flows.config import load_settings  # noqa: E402
-from gcmodels.mining.evaluation import localisation_report  # noqa: E402
-from gcmodels.data.images import encode_png, image_id  # noqa: E402
-from gcmodels.data.synthetic import mixed_motif_dataset, motif_dataset  # noqa: E402
+from gcmine.flows.config import load_settings
+from gcmodels.data.images import encode_png, image_id
+from gcmodels.data.synthetic import mixed_motif_dataset, motif_dataset
+from gcmodels.mining.evaluation import localisation_report
 
 
 def write_dataset(root: Path, kind: str, per_label: int, seed: int) -> pd.DataFrame:
     """The images under root/<label>/, and their motif boxes (original pixels)."""
-    items = mixed_motif_dataset(n_per_label=per_label, seed=seed) if kind == "mixed" else motif_dataset(
-        n_per_label=per_label, size=80, seed=seed
+    items = (
+        mixed_motif_dataset(n_per_label=per_label, seed=seed)
+        if kind == "mixed"
+        else motif_dataset(n_per_label=per_label, size=80, seed=seed)
     )
     rows = []
     for i, item in enumerate(items):
@@ -53,8 +55,18 @@ def write_dataset(root: Path, kind: str, per_label: int, seed: int) -> pd.DataFr
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         x0, y0, x1, y1 = item.box
-        rows.append({"image_id": image_id(data), "label": item.label, "x0": x0, "y0": y0, "x1": x1, "y1": y1,
-                     "width": item.image.width, "height": item.image.height})
+        rows.append(
+            {
+                "image_id": image_id(data),
+                "label": item.label,
+                "x0": x0,
+                "y0": y0,
+                "x1": x1,
+                "y1": y1,
+                "width": item.image.width,
+                "height": item.image.height,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -76,8 +88,15 @@ def run_policy(dataset: Path, out: Path, resize: str, overrides: list[str], trut
     for part in sorted((out / "maps").glob("part-*.parquet")):
         m = pd.read_parquet(part)
         maps.update(zip(m["image_id"], m["map"]))
-    return {"resize": resize, "report": rep, "wall": wall, "stages": result["stages"], "shapes": shapes, "maps": maps,
-            "patches": store.read_parquet(PATCHES)}
+    return {
+        "resize": resize,
+        "report": rep,
+        "wall": wall,
+        "stages": result["stages"],
+        "shapes": shapes,
+        "maps": maps,
+        "patches": store.read_parquet(PATCHES),
+    }
 
 
 def main() -> int:
@@ -89,7 +108,9 @@ def main() -> int:
     ap.add_argument("--out", help="work folder (default: a temporary folder)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument(
-        "--multiple", type=int, default=None,
+        "--multiple",
+        type=int,
+        default=None,
         help="experiment: round the long side to this multiple instead of the model's downsampling factor "
         "(fewer, fuller shape buckets; a multiple of that factor)",
     )
@@ -102,10 +123,13 @@ def main() -> int:
     work = Path(args.out or tempfile.mkdtemp(prefix="gcmine-mixed-"))
     truth = write_dataset(work / "dataset", args.dataset, args.per_label, args.seed)
     aspect = truth["width"] / truth["height"]
-    print(f"{args.dataset}: {len(truth)} images, {truth['label'].nunique()} labels x {args.per_label}, seed {args.seed}; "
-          f"widths {truth['width'].min()}-{truth['width'].max()}, heights {truth['height'].min()}-{truth['height'].max()}, "
-          f"aspect {aspect.min():.2f}-{aspect.max():.2f}; overrides: {args.overrides or 'none'}"
-          f"{'' if args.multiple is None else f'; long side rounded to a multiple of {args.multiple}'}", flush=True)
+    print(
+        f"{args.dataset}: {len(truth)} images, {truth['label'].nunique()} labels x {args.per_label}, seed {args.seed}; "
+        f"widths {truth['width'].min()}-{truth['width'].max()}, heights {truth['height'].min()}-{truth['height'].max()}, "
+        f"aspect {aspect.min():.2f}-{aspect.max():.2f}; overrides: {args.overrides or 'none'}"
+        f"{'' if args.multiple is None else f'; long side rounded to a multiple of {args.multiple}'}",
+        flush=True,
+    )
     runs = []
     for resize in args.resize:
         got = run_policy(work / "dataset", work / f"run-{resize}", resize, args.overrides, truth)
@@ -113,10 +137,14 @@ def main() -> int:
         rep, stages = got["report"], got["stages"]
         purity = " ".join(f"{k}={v:.2f}" for k, v in rep["top_element_purity"].items())
         timing = ", ".join(f"{k} {s['seconds']:.0f}" for k, s in stages.items() if s.get("seconds", 0) >= 1)
-        print(f"\n## data.resize={resize}: {len(got['shapes'])} working shape(s), most common "
-              f"{', '.join(f'{w}x{h} ({n})' for (w, h), n in got['shapes'].most_common(4))}")
-        print(f"rank-0 pointing (contains the motif centre) {rep['rank0_centre']:.3f}   rank-0 overlaps the motif "
-              f"{rep['rank0_overlap']:.3f}   min top-element purity {rep['min_top_element_purity']:.3f}   ({purity})")
+        print(
+            f"\n## data.resize={resize}: {len(got['shapes'])} working shape(s), most common "
+            f"{', '.join(f'{w}x{h} ({n})' for (w, h), n in got['shapes'].most_common(4))}"
+        )
+        print(
+            f"rank-0 pointing (contains the motif centre) {rep['rank0_centre']:.3f}   rank-0 overlaps the motif "
+            f"{rep['rank0_overlap']:.3f}   min top-element purity {rep['min_top_element_purity']:.3f}   ({purity})"
+        )
         print(f"seconds: flow wall {got['wall']:.0f}; stages: {timing}", flush=True)
     if len(runs) == 2:
         a, b = runs

@@ -46,8 +46,10 @@ def reference_top_patches(pooled: np.ndarray, size: int, k: int) -> list[tuple[i
         top = df.iloc[0]
         kept.append((int(top["x_start"]), int(top["y_start"]), int(top["x_end"]), int(top["y_end"])))
         hit = (
-            (df["x_start"] <= top["x_end"]) & (df["x_end"] >= top["x_start"])
-            & (df["y_start"] <= top["y_end"]) & (df["y_end"] >= top["y_start"])
+            (df["x_start"] <= top["x_end"])
+            & (df["x_end"] >= top["x_start"])
+            & (df["y_start"] <= top["y_end"])
+            & (df["y_end"] >= top["y_start"])
         )
         df = df[~hit].reset_index(drop=True)
     return kept
@@ -88,12 +90,16 @@ def main() -> int:
     # (map side, patch, maps for gcmine, maps for reference); 32x32 with patch 6 is the default pipeline
     cases = [(32, 6, 8192, 256), (64, 8, 4096, 128), (256, 50, 512, 24)]
     print(f"top-{args.k} non-overlapping patches per map, {torch.get_num_threads()} torch thread(s)")
-    print(f"{'map':>9}{'patch':>7}{'gcmine img/s':>14}{'reference img/s':>17}{'speed-up':>10}"
-          f"{'ref. ranking only':>19}{'speed-up':>10}{'identical':>11}")
+    print(
+        f"{'map':>9}{'patch':>7}{'gcmine img/s':>14}{'reference img/s':>17}{'speed-up':>10}"
+        f"{'ref. ranking only':>19}{'speed-up':>10}{'identical':>11}"
+    )
     for side, size, n_ours, n_ref in cases:
         r = bench(side, size, args.k, n_ours, n_ref, args.batch)
-        print(f"{side:>4}x{side:<4}{size:>7}{r['ours']:>14.1f}{r['ref']:>17.2f}{r['ours'] / r['ref']:>9.0f}x"
-              f"{r['ref_rank']:>19.2f}{r['ours'] / r['ref_rank']:>9.0f}x{str(r['checked']) + '/' + str(r['checked']):>11}")
+        print(
+            f"{side:>4}x{side:<4}{size:>7}{r['ours']:>14.1f}{r['ref']:>17.2f}{r['ours'] / r['ref']:>9.0f}x"
+            f"{r['ref_rank']:>19.2f}{r['ours'] / r['ref_rank']:>9.0f}x{str(r['checked']) + '/' + str(r['checked']):>11}"
+        )
     return 0
 
 

@@ -27,14 +27,14 @@ import numpy as np
 import torch
 
 from gcmodels.config import EmbedConfig, ModelConfig, TrainConfig
+from gcmodels.data.synthetic import digits_dataset
 from gcmodels.diffusion import PixelDiffusion
+from gcmodels.diffusion.sampling import Sampler
+from gcmodels.diffusion.training import train_diffusion
 from gcmodels.embedding.encoders import make_encoder
 from gcmodels.mining.frechet import ALL, sample_quality
-from gcmodels.runtime import configure_torch
-from gcmodels.diffusion.sampling import Sampler
-from gcmodels.data.synthetic import digits_dataset
-from gcmodels.diffusion.training import train_diffusion
 from gcmodels.mining.translation import to_uint8
+from gcmodels.runtime import configure_torch
 
 
 def _measure(encoder, real_f: np.ndarray, real_labels: np.ndarray, images: np.ndarray, labels: np.ndarray) -> dict:
@@ -42,8 +42,11 @@ def _measure(encoder, real_f: np.ndarray, real_labels: np.ndarray, images: np.nd
     q, _, _ = sample_quality(labels, feats, real_labels, real_f)
     per_label = q[q["label"] != ALL]
     overall = q[q["label"] == ALL].iloc[0]
-    return {"fd_all": float(overall["frechet"]), "fd_label_mean": float(per_label["frechet"].mean()),
-            "nearest": float(overall["nearest_label_share"])}
+    return {
+        "fd_all": float(overall["frechet"]),
+        "fd_label_mean": float(per_label["frechet"].mean()),
+        "nearest": float(overall["nearest_label_share"]),
+    }
 
 
 def main() -> int:
@@ -56,7 +59,9 @@ def main() -> int:
     ap.add_argument("--channels", type=int, nargs="+", default=[32, 64], help="UNet channels per level")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--grid", default=None, help="write the last checkpoint's samples as a PNG grid (a row per digit) here")
+    ap.add_argument(
+        "--grid", default=None, help="write the last checkpoint's samples as a PNG grid (a row per digit) here"
+    )
     args = ap.parse_args()
     configure_torch(args.threads)
 
@@ -67,17 +72,26 @@ def main() -> int:
     encoder = make_encoder(EmbedConfig()).fit(real)  # the embed stage's default: pixel PCA
     real_f = np.asarray(encoder.transform(real), np.float64)
     sample_labels = np.repeat(np.array(names, dtype=object), args.per_label)
-    print(f"{len(real)} digits at {args.resolution}x{args.resolution}; features: {encoder.describe()}; "
-          f"{args.per_label} samples per digit, {args.sample_steps} DDIM steps; threads {args.threads}")
+    print(
+        f"{len(real)} digits at {args.resolution}x{args.resolution}; features: {encoder.describe()}; "
+        f"{args.per_label} samples per digit, {args.sample_steps} DDIM steps; threads {args.threads}"
+    )
 
     rng = np.random.default_rng(args.seed)
-    floor_idx = np.concatenate([rng.choice(np.flatnonzero(real_labels == n), args.per_label, replace=False) for n in names])
+    floor_idx = np.concatenate(
+        [rng.choice(np.flatnonzero(real_labels == n), args.per_label, replace=False) for n in names]
+    )
     floor = _measure(encoder, real_f, real_labels, real[floor_idx], real_labels[floor_idx])
 
     mc, tc = ModelConfig(), TrainConfig()
     model = PixelDiffusion.create(
-        names, resolution=args.resolution, block_out_channels=tuple(args.channels), layers_per_block=mc.layers_per_block,
-        num_train_timesteps=mc.num_train_timesteps, beta_schedule=mc.beta_schedule, generator=torch.Generator().manual_seed(args.seed),
+        names,
+        resolution=args.resolution,
+        block_out_channels=tuple(args.channels),
+        layers_per_block=mc.layers_per_block,
+        num_train_timesteps=mc.num_train_timesteps,
+        beta_schedule=mc.beta_schedule,
+        generator=torch.Generator().manual_seed(args.seed),
     )
     sampler = Sampler(steps=args.sample_steps, seed=args.seed)
     cond_labels = model.label_index(names)
@@ -100,11 +114,21 @@ def main() -> int:
             grid = images.reshape(10, n, h, h, 3).transpose(0, 2, 1, 3, 4).reshape(10 * h, n * h, 3)
             Image.fromarray(np.ascontiguousarray(grid)).resize((n * h * 4, 10 * h * 4), Image.NEAREST).save(args.grid)
         m = _measure(encoder, real_f, real_labels, images, sample_labels)
-        rows.append({"step": step, "loss": float(np.mean(last_loss[-50:])) if last_loss else float("nan"),
-                     "train_s": clock["train"], "sample_s": sample_s, **m})
+        rows.append(
+            {
+                "step": step,
+                "loss": float(np.mean(last_loss[-50:])) if last_loss else float("nan"),
+                "train_s": clock["train"],
+                "sample_s": sample_s,
+                **m,
+            }
+        )
         r = rows[-1]
-        print(f"step {step:>5}  loss {r['loss']:.4f}  FD all {r['fd_all']:9.2f}  FD per digit {r['fd_label_mean']:9.2f}  "
-              f"nearest digit {100 * r['nearest']:5.1f}%  ({sample_s:.1f} s sampling, {clock['train']:.0f} s training)", flush=True)
+        print(
+            f"step {step:>5}  loss {r['loss']:.4f}  FD all {r['fd_all']:9.2f}  FD per digit {r['fd_label_mean']:9.2f}  "
+            f"nearest digit {100 * r['nearest']:5.1f}%  ({sample_s:.1f} s sampling, {clock['train']:.0f} s training)",
+            flush=True,
+        )
 
     wanted = sorted(set(args.checkpoints))
     if 0 in wanted:
@@ -124,24 +148,40 @@ def main() -> int:
             paused[0] += time.perf_counter() - t0
 
     train_diffusion(
-        model, x, cond, steps=args.steps, batch_size=tc.batch_size, lr=tc.lr, warmup_steps=tc.warmup_steps,
-        weight_decay=tc.weight_decay, grad_clip=tc.grad_clip, label_dropout=tc.label_dropout,
-        checkpoint_every=tc.checkpoint_every, generator=torch.Generator().manual_seed(args.seed), callback=callback,
+        model,
+        x,
+        cond,
+        steps=args.steps,
+        batch_size=tc.batch_size,
+        lr=tc.lr,
+        warmup_steps=tc.warmup_steps,
+        weight_decay=tc.weight_decay,
+        grad_clip=tc.grad_clip,
+        label_dropout=tc.label_dropout,
+        checkpoint_every=tc.checkpoint_every,
+        generator=torch.Generator().manual_seed(args.seed),
+        callback=callback,
     )
     clock["train"] = time.perf_counter() - train_start - paused[0]
     model.eval()
     measure(args.steps)
 
-    print("\n| training step | loss (last 50) | Frechet distance, all samples | mean over digits | nearest real digit is the sample's digit |")
+    print(
+        "\n| training step | loss (last 50) | Frechet distance, all samples | mean over digits | nearest real digit is the sample's digit |"
+    )
     print("|---|---|---|---|---|")
     for r in rows:
         loss = "—" if np.isnan(r["loss"]) else f"{r['loss']:.4f}"
         print(f"| {r['step']} | {loss} | {r['fd_all']:.2f} | {r['fd_label_mean']:.2f} | {100 * r['nearest']:.1f}% |")
-    print(f"| real digits ({args.per_label} per digit, the floor) | — | {floor['fd_all']:.2f} | {floor['fd_label_mean']:.2f} | "
-          f"{100 * floor['nearest']:.1f}% |")
+    print(
+        f"| real digits ({args.per_label} per digit, the floor) | — | {floor['fd_all']:.2f} | {floor['fd_label_mean']:.2f} | "
+        f"{100 * floor['nearest']:.1f}% |"
+    )
     falling = rows[-1]["fd_all"] < rows[0]["fd_all"]
-    print(f"\nFD fell from {rows[0]['fd_all']:.2f} (step {rows[0]['step']}) to {rows[-1]['fd_all']:.2f} (step {rows[-1]['step']}): "
-          f"{'yes' if falling else 'NO'}; training {clock['train']:.0f} s, sampling {sum(r['sample_s'] for r in rows):.0f} s")
+    print(
+        f"\nFD fell from {rows[0]['fd_all']:.2f} (step {rows[0]['step']}) to {rows[-1]['fd_all']:.2f} (step {rows[-1]['step']}): "
+        f"{'yes' if falling else 'NO'}; training {clock['train']:.0f} s, sampling {sum(r['sample_s'] for r in rows):.0f} s"
+    )
     return 0 if falling else 1
 
 

@@ -29,8 +29,12 @@ def main() -> int:
     ap.add_argument("--shard-size", type=int, default=8)
     ap.add_argument("--draws", type=int, default=32)
     ap.add_argument("--resolution", type=int, default=32)
-    ap.add_argument("--configs", nargs="+", default=["threads:1", "threads:2", "dask:2"],
-                    help="RUNNER:N, N = threads (threads) or local worker processes (dask)")
+    ap.add_argument(
+        "--configs",
+        nargs="+",
+        default=["threads:1", "threads:2", "dask:2"],
+        help="RUNNER:N, N = threads (threads) or local worker processes (dask)",
+    )
     args = ap.parse_args()
     if "PREFECT_API_URL" not in os.environ:
         os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="gcmine-bench-prefect-")
@@ -43,16 +47,28 @@ def main() -> int:
 
     root = Path(tempfile.mkdtemp(prefix="gcmine-bench-scaleout-"))
     images = root / "images"
-    for i, item in enumerate(motif_dataset(n_per_label=args.images_per_label, size=48, labels=("circle", "cross"), seed=5)):
+    for i, item in enumerate(
+        motif_dataset(n_per_label=args.images_per_label, size=48, labels=("circle", "cross"), seed=5)
+    ):
         path = images / item.label / f"{i:04d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         item.image.save(path)
     out = root / "out"
     base = [
-        f"data.resolution={args.resolution}", f"data.shard_size={args.shard_size}", "embed.dim=8", "cluster.k=2",
-        "model.block_out_channels=[32, 64]", "train.steps=20", "train.batch_size=16", "train.warmup_steps=2",
-        f"score.draws={args.draws}", "score.batch_size=64", "rank.feature_draws=2", "report.heatmaps_per_label=1",
-        "runtime.progress=false", "runtime.threads=1",
+        f"data.resolution={args.resolution}",
+        f"data.shard_size={args.shard_size}",
+        "embed.dim=8",
+        "cluster.k=2",
+        "model.block_out_channels=[32, 64]",
+        "train.steps=20",
+        "train.batch_size=16",
+        "train.warmup_steps=2",
+        f"score.draws={args.draws}",
+        "score.batch_size=64",
+        "rank.feature_draws=2",
+        "report.heatmaps_per_label=1",
+        "runtime.progress=false",
+        "runtime.threads=1",
     ]
 
     def run(extra: list[str]) -> tuple[float, dict]:
@@ -62,8 +78,11 @@ def main() -> int:
         return time.perf_counter() - start, json.loads((out / "run.json").read_text())
 
     n = 2 * args.images_per_label
-    print(f"{n} images, {-(-n // args.shard_size)} shards of {args.shard_size}, {args.draws} draws, "
-          f"resolution {args.resolution}, torch threads 1 per worker, {os.cpu_count()} CPUs", file=sys.stderr)
+    print(
+        f"{n} images, {-(-n // args.shard_size)} shards of {args.shard_size}, {args.draws} draws, "
+        f"resolution {args.resolution}, torch threads 1 per worker, {os.cpu_count()} CPUs",
+        file=sys.stderr,
+    )
     wall, _ = run(["score.seed=0"])
     print(f"warm-up (trains the model): {wall:.1f} s", file=sys.stderr)
     print("| runner | workers | wall s (score+rank+report) | score s (sum of shards) | rank s | shard processes |")
@@ -75,8 +94,10 @@ def main() -> int:
         wall, info = run(extra)
         stages = info["stages"]
         procs = len(set(stages["score"]["workers"]) | set(stages["rank"]["workers"]))
-        print(f"| {runner} | {count} | {wall:.1f} | {info['timings']['score']:.1f} | {info['timings']['rank']:.1f} | {procs} |",
-              flush=True)
+        print(
+            f"| {runner} | {count} | {wall:.1f} | {info['timings']['score']:.1f} | {info['timings']['rank']:.1f} | {procs} |",
+            flush=True,
+        )
     return 0
 
 

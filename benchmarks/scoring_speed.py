@@ -38,16 +38,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from gcmine.tasks.infra.artifacts import MAPS_PARQUET, maps_frame
 from gcmodels.config import ModelConfig, ScoreConfig
 from gcmodels.diffusion import PixelDiffusion
-from gcmodels.runtime import configure_torch
 from gcmodels.mining.typicality import TypicalityEstimator
-from gcmine.tasks.infra.artifacts import MAPS_PARQUET, maps_frame
+from gcmodels.runtime import configure_torch
 
 REF_DRAWS_PER_FORWARD = 10  # the paper's code: 10 draws x 2 conditions per UNet call
 
 
-def reference_scoring(model: PixelDiffusion, x0: torch.Tensor, cond: torch.Tensor, n: int, folder: Path) -> tuple[torch.Tensor, int]:
+def reference_scoring(
+    model: PixelDiffusion, x0: torch.Tensor, cond: torch.Tensor, n: int, folder: Path
+) -> tuple[torch.Tensor, int]:
     """The reference method: per image and per 10 draws one forward of the draws x (null, label),
     the (N, 2, C, H, W) loss tensor written as float16 .npy, then reduced from the files.
     Returns the maps (M, H, W) and the bytes written."""
@@ -133,24 +135,32 @@ def main() -> int:
     ap.add_argument("--draws", type=int, nargs="+", default=[4, 8, 16, 32])
     ap.add_argument("--batch-size", type=int, default=ScoreConfig().batch_size)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--storage-only", action="store_true", help="only the storage columns (no timing, no reference forwards)")
+    ap.add_argument(
+        "--storage-only", action="store_true", help="only the storage columns (no timing, no reference forwards)"
+    )
     args = ap.parse_args()
     if args.model:
         model = PixelDiffusion.load(args.model).eval()
     else:
         mc = ModelConfig()
         model = PixelDiffusion.create(
-            ["a", "b", "c", "d"], resolution=args.resolution, block_out_channels=mc.block_out_channels,
-            layers_per_block=mc.layers_per_block, num_train_timesteps=mc.num_train_timesteps,
-            beta_schedule=mc.beta_schedule, generator=torch.Generator().manual_seed(0),
+            ["a", "b", "c", "d"],
+            resolution=args.resolution,
+            block_out_channels=mc.block_out_channels,
+            layers_per_block=mc.layers_per_block,
+            num_train_timesteps=mc.num_train_timesteps,
+            beta_schedule=mc.beta_schedule,
+            generator=torch.Generator().manual_seed(0),
         ).eval()
     configure_torch(args.threads)
     res = model.resolution
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.images, 3, res, res), dtype=torch.uint8, generator=g)
     cond = torch.randint(1, len(model.labels) + 1, (args.images,), generator=g)
-    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {res}x{res}, "
-          f"{args.images} images, batch {args.batch_size} UNet inputs, {torch.get_num_threads()} threads")
+    print(
+        f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {res}x{res}, "
+        f"{args.images} images, batch {args.batch_size} UNet inputs, {torch.get_num_threads()} threads"
+    )
     x0 = model.encode(images)
     if args.storage_only:
         print(f"{'N':>4}{'bytes/img':>11}{'ref bytes/img':>15}{'less':>8}  (maps {res}x{res}, |value| median / max)")
@@ -163,8 +173,10 @@ def main() -> int:
                 print(f"      {name:<52}{b:>8} bytes/img")
         return 0
     bare_forwards(model, args.batch_size * 2, args.batch_size, (3, res, res))  # warm-up
-    print(f"{'N':>4}{'images/s':>10}{'fwd/s':>10}{'bare fwd/s':>12}{'ratio':>8}"
-          f"{'ref images/s':>14}{'speed-up':>10}{'bytes/img':>11}{'ref bytes/img':>15}{'less':>8}")
+    print(
+        f"{'N':>4}{'images/s':>10}{'fwd/s':>10}{'bare fwd/s':>12}{'ratio':>8}"
+        f"{'ref images/s':>14}{'speed-up':>10}{'bytes/img':>11}{'ref bytes/img':>15}{'less':>8}"
+    )
     for n in args.draws:
         est = TypicalityEstimator(draws=n, batch_size=args.batch_size)
         start = time.process_time()
@@ -178,11 +190,15 @@ def main() -> int:
             _, written = reference_scoring(model, x0, cond, n, Path(tmp))
             ref = time.process_time() - start
         ref_bytes = written / args.images
-        print(f"{n:>4}{args.images / scoring:>10.2f}{n_inputs / scoring:>10.1f}{n_inputs / bare:>12.1f}{bare / scoring:>8.3f}"
-              f"{args.images / ref:>14.2f}{ref / scoring:>9.2f}x{ours_bytes:>11.0f}{ref_bytes:>15.0f}{ref_bytes / ours_bytes:>7.0f}x")
+        print(
+            f"{n:>4}{args.images / scoring:>10.2f}{n_inputs / scoring:>10.1f}{n_inputs / bare:>12.1f}{bare / scoring:>8.3f}"
+            f"{args.images / ref:>14.2f}{ref / scoring:>9.2f}x{ours_bytes:>11.0f}{ref_bytes:>15.0f}{ref_bytes / ours_bytes:>7.0f}x"
+        )
     paper = 100 * 2 * 4 * 32 * 32 * 2 + 128
-    print(f"(the paper's setting, 100 draws of a 4 x 32 x 32 latent per 256 x 256 image, stores {paper} bytes per "
-          f"image as float16 .npy)")
+    print(
+        f"(the paper's setting, 100 draws of a 4 x 32 x 32 latent per 256 x 256 image, stores {paper} bytes per "
+        f"image as float16 .npy)"
+    )
     return 0
 
 

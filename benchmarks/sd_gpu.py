@@ -33,28 +33,50 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gcmodels.diffusion.base import ConditionalDiffusion  # noqa: E402
-from gcmodels.diffusion.parametrisation import SD_REFERENCE_SCHEDULE, ddpm_alphas_cumprod  # noqa: E402
-from gcmodels.runtime import PRECISION_DTYPES, configure_torch, resolve_device, resolve_precision  # noqa: E402
-from gcmodels.diffusion.training import train_diffusion  # noqa: E402
-from gcmodels.mining.typicality import TypicalityEstimator  # noqa: E402
+from gcmodels.diffusion.base import ConditionalDiffusion
+from gcmodels.diffusion.parametrisation import SD_REFERENCE_SCHEDULE, ddpm_alphas_cumprod
+from gcmodels.diffusion.training import train_diffusion
+from gcmodels.mining.typicality import TypicalityEstimator
+from gcmodels.runtime import PRECISION_DTYPES, configure_torch, resolve_device, resolve_precision
 
 # Dense (no sparsity) bf16/fp16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.
 PEAK_TFLOPS = {
-    "H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 756.0,
-    "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0, "A10": 125.0, "RTX 4090": 165.2, "RTX 3090": 71.0,
-    "V100": 125.0, "T4": 65.0,
+    "H200": 989.4,
+    "H100 SXM": 989.4,
+    "H100 80GB HBM3": 989.4,
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H100": 756.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10G": 70.0,
+    "A10": 125.0,
+    "RTX 4090": 165.2,
+    "RTX 3090": 71.0,
+    "V100": 125.0,
+    "T4": 65.0,
 }
 SD15_UNET = dict(
-    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768, attention_head_dim=8,
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    cross_attention_dim=768,
+    attention_head_dim=8,
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    in_channels=4, out_channels=4,
+    in_channels=4,
+    out_channels=4,
 )
 TINY_UNET = dict(
-    block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=4,
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    in_channels=4, out_channels=4, norm_num_groups=8,
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    cross_attention_dim=32,
+    attention_head_dim=4,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    in_channels=4,
+    out_channels=4,
+    norm_num_groups=8,
 )
 
 
@@ -80,7 +102,7 @@ class RandomPromptUNet(ConditionalDiffusion):
     def feature_blocks(self):
         return self.unet.up_blocks
 
-    def half_precision(self, dtype: torch.dtype) -> "RandomPromptUNet":
+    def half_precision(self, dtype: torch.dtype) -> RandomPromptUNet:
         self.unet.to(dtype=dtype)
         return self
 
@@ -160,8 +182,15 @@ def bench_training(model, latents, cond, args, device, precision) -> dict:
         model.unet.enable_gradient_checkpointing()
     reset_peak(device)
     common = dict(
-        batch_size=args.train_batch, lr=1e-5, warmup_steps=0, weight_decay=1e-2, grad_clip=1.0, label_dropout=0.1,
-        checkpoint_every=10**9, lr_schedule="constant", precision=precision,
+        batch_size=args.train_batch,
+        lr=1e-5,
+        warmup_steps=0,
+        weight_decay=1e-2,
+        grad_clip=1.0,
+        label_dropout=0.1,
+        checkpoint_every=10**9,
+        lr_schedule="constant",
+        precision=precision,
     )
     train_diffusion(model, latents, cond, steps=args.warmup, generator=torch.Generator().manual_seed(0), **common)
     sync(device)
@@ -172,7 +201,11 @@ def bench_training(model, latents, cond, args, device, precision) -> dict:
     model.eval()
     if args.gradient_checkpointing:
         model.unet.disable_gradient_checkpointing()
-    return {"samples/s": args.train_steps * args.train_batch / seconds, "peak GiB": peak_memory(device), "seconds": seconds}
+    return {
+        "samples/s": args.train_steps * args.train_batch / seconds,
+        "peak GiB": peak_memory(device),
+        "seconds": seconds,
+    }
 
 
 @torch.inference_mode()
@@ -207,7 +240,9 @@ def score_reference(model, latents, cond, draws, device) -> tuple[float, float, 
             eps = eps_all[s : s + 10]
             k = t.shape[0]
             x_t = model.add_noise(latents[i : i + 1].expand(k, -1, -1, -1), eps, t)
-            pred = model.predict_noise(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond[i].expand(k), null[:k]]))
+            pred = model.predict_noise(
+                torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond[i].expand(k), null[:k]])
+            )
             err = (pred - torch.cat([eps, eps]).to(pred.dtype)).pow(2)  # fp16, (2k, C, h, w)
             per_image.append(err.view(2, k, c, h, w).transpose(0, 1).to(torch.float16).cpu().numpy())
         kept.append(np.concatenate(per_image))  # (N, 2, C, h, w) float16 on the host
@@ -249,14 +284,18 @@ def main() -> None:
     cond = (torch.arange(args.images) % 2 + 1).to(device)
     n_params = sum(p.numel() for p in model.unet.parameters())
     peak, gpu = gpu_peak(device, args.peak_tflops)
-    print(f"# {gpu}; device {device}; precision {precision}; UNet {n_params / 1e6:.0f} M parameters; "
-          f"latents {latent}; {args.images} images; torch {torch.__version__}")
+    print(
+        f"# {gpu}; device {device}; precision {precision}; UNet {n_params / 1e6:.0f} M parameters; "
+        f"latents {latent}; {args.images} images; torch {torch.__version__}"
+    )
 
     if not args.no_train:
         # gcmine's precision, then the paper's fine-tuning (fp32, no autocast) on the same model
         runs = [precision] + (["fp32"] if precision != "fp32" else [])
-        print(f"\n## fine-tuning (batch {args.train_batch}, AdamW, grad clip"
-              f"{', gradient checkpointing' if args.gradient_checkpointing else ''}; fp32 = the paper's setting)")
+        print(
+            f"\n## fine-tuning (batch {args.train_batch}, AdamW, grad clip"
+            f"{', gradient checkpointing' if args.gradient_checkpointing else ''}; fp32 = the paper's setting)"
+        )
         print("| precision | samples/s | steps/s | peak GPU memory GiB |\n|---|---|---|---|")
         for p in runs:
             tr = bench_training(model, latents.cpu(), cond.cpu(), args, device, p)
@@ -266,7 +305,9 @@ def main() -> None:
         model.half_precision(half)
     flops = flops_per_input(model, latent, device)
     print(f"\nUNet forward: {flops / 1e9:.3f} GFLOP per input at latents {latent} (FlopCounterMode)")
-    print(f"\n## scoring (gcmine: TypicalityEstimator, UNet in {precision}, loss math fp32, maps reduced on the device)")
+    print(
+        f"\n## scoring (gcmine: TypicalityEstimator, UNet in {precision}, loss math fp32, maps reduced on the device)"
+    )
     print("| N | batch | images/s | forwards/s | TFLOP/s | share of peak | peak GPU memory GiB |")
     print("|---|---|---|---|---|---|---|")
     best: dict[int, tuple[float, Tensor]] = {}
@@ -287,15 +328,19 @@ def main() -> None:
         if device.type == "cuda":
             ref_model.half_precision(torch.float16)  # the paper's code: fp16
         print("\n## the reference approach (10 draws x 2 prompts per forward, fp16, loss tensor to the host)")
-        print("| N | ref images/s | gcmine images/s (best batch) | speed-up | ref bytes kept/img | gcmine bytes/img (map) |")
+        print(
+            "| N | ref images/s | gcmine images/s (best batch) | speed-up | ref bytes kept/img | gcmine bytes/img (map) |"
+        )
         print("|---|---|---|---|---|---|")
         for n in args.draws:
             reset_peak(device)
             seconds, nbytes, _ = score_reference(ref_model, latents, cond, n, device)
             ours = args.images / best[n][0]
             map_bytes = latent[1] * latent[2] * 4
-            print(f"| {n} | {args.images / seconds:.2f} | {ours:.2f} | {ours * seconds / args.images:.2f}x | "
-                  f"{nbytes:.0f} | {map_bytes} |")
+            print(
+                f"| {n} | {args.images / seconds:.2f} | {ours:.2f} | {ours * seconds / args.images:.2f}x | "
+                f"{nbytes:.0f} | {map_bytes} |"
+            )
 
 
 if __name__ == "__main__":

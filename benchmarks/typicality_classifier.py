@@ -24,6 +24,9 @@ import pandas as pd
 import torch
 
 from gcmodels.config import Settings
+from gcmodels.data.synthetic import digits_dataset
+from gcmodels.diffusion import PixelDiffusion
+from gcmodels.diffusion.training import train_diffusion
 from gcmodels.mining.cotypicality import (
     classification_accuracy,
     confused_labels,
@@ -32,16 +35,17 @@ from gcmodels.mining.cotypicality import (
     predict_labels,
     stratified_split,
 )
-from gcmodels.diffusion import PixelDiffusion
-from gcmodels.runtime import configure_torch
-from gcmodels.data.synthetic import digits_dataset
-from gcmodels.diffusion.training import train_diffusion
 from gcmodels.mining.typicality import TypicalityEstimator
+from gcmodels.runtime import configure_torch
 
 
 def log_step(row: dict, steps: int) -> None:
     if (row["step"] + 1) % 100 == 0 or row["step"] + 1 == steps:
-        print(f"  step {row['step'] + 1}/{steps}  loss {row['loss']:.4f}  {row['seconds']:.0f} s", file=sys.stderr, flush=True)
+        print(
+            f"  step {row['step'] + 1}/{steps}  loss {row['loss']:.4f}  {row['seconds']:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def main() -> int:
@@ -49,7 +53,9 @@ def main() -> int:
     ap.add_argument("--per-label", type=int, default=None, help="digits per label (default: all 1797)")
     ap.add_argument("--test-fraction", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0, help="seed of the split")
-    ap.add_argument("--steps", type=int, default=None, help="override the training budget (default: TrainConfig.budget)")
+    ap.add_argument(
+        "--steps", type=int, default=None, help="override the training budget (default: TrainConfig.budget)"
+    )
     ap.add_argument("--draws", type=int, default=None, help="override score.draws")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
@@ -65,16 +71,30 @@ def main() -> int:
 
     gen = torch.Generator().manual_seed(s.train.seed)
     model = PixelDiffusion.create(
-        vocab, resolution=res, block_out_channels=s.model.block_out_channels, layers_per_block=s.model.layers_per_block,
-        num_train_timesteps=s.model.num_train_timesteps, beta_schedule=s.model.beta_schedule, generator=gen,
+        vocab,
+        resolution=res,
+        block_out_channels=s.model.block_out_channels,
+        layers_per_block=s.model.layers_per_block,
+        num_train_timesteps=s.model.num_train_timesteps,
+        beta_schedule=s.model.beta_schedule,
+        generator=gen,
     )
     steps = args.steps or s.train.budget(len(train_idx))
     t0 = time.perf_counter()
     result = train_diffusion(
-        model, pixels[train_idx], model.label_index(list(labels[train_idx])), steps=steps,
-        batch_size=s.train.batch_size, lr=s.train.lr, warmup_steps=s.train.warmup_steps,
-        weight_decay=s.train.weight_decay, grad_clip=s.train.grad_clip, label_dropout=s.train.label_dropout,
-        checkpoint_every=s.train.checkpoint_every, generator=gen, callback=lambda row: log_step(row, steps),
+        model,
+        pixels[train_idx],
+        model.label_index(list(labels[train_idx])),
+        steps=steps,
+        batch_size=s.train.batch_size,
+        lr=s.train.lr,
+        warmup_steps=s.train.warmup_steps,
+        weight_decay=s.train.weight_decay,
+        grad_clip=s.train.grad_clip,
+        label_dropout=s.train.label_dropout,
+        checkpoint_every=s.train.checkpoint_every,
+        generator=gen,
+        callback=lambda row: log_step(row, steps),
     )
     train_s = time.perf_counter() - t0
 
@@ -88,7 +108,11 @@ def main() -> int:
     for start in range(0, len(test_idx), 64):
         x0 = model.encode(pixels[test_idx[start : start + 64]])
         scores.append(est.cotypicality_maps(model, x0, label_ids).mean((-2, -1)).numpy())
-        print(f"  scored {start + x0.shape[0]}/{len(test_idx)}  {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        print(
+            f"  scored {start + x0.shape[0]}/{len(test_idx)}  {time.perf_counter() - t0:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     scores = np.concatenate(scores)  # (B_test, L)
     score_s = time.perf_counter() - t0
 
@@ -97,11 +121,15 @@ def main() -> int:
     acc = classification_accuracy(true, pred)
     cm = confusion_matrix(true, pred, vocab)
     pd.set_option("display.width", 160)
-    print(f"\ntypicality classifier on sklearn digits: {len(train_idx)} training / {len(test_idx)} held-out images "
-          f"({res}x{res}), {len(vocab)} labels")
-    print(f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {result.steps} steps of batch "
-          f"{s.train.batch_size} (final loss {np.mean([r['loss'] for r in result.history[-50:]]):.4f}); "
-          f"{est.draws} draws x {len(vocab) + 1} UNet inputs per image; {torch.get_num_threads()} threads")
+    print(
+        f"\ntypicality classifier on sklearn digits: {len(train_idx)} training / {len(test_idx)} held-out images "
+        f"({res}x{res}), {len(vocab)} labels"
+    )
+    print(
+        f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {result.steps} steps of batch "
+        f"{s.train.batch_size} (final loss {np.mean([r['loss'] for r in result.history[-50:]]):.4f}); "
+        f"{est.draws} draws x {len(vocab) + 1} UNet inputs per image; {torch.get_num_threads()} threads"
+    )
     print(f"\n{'metric':<36}{'value':>10}{'target':>10}")
     print(f"{'held-out accuracy':<36}{acc:>10.3f}{'>= 0.90':>10}")
     print(f"{'chance':<36}{1 / len(vocab):>10.3f}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gcmine.tasks.watch import diff_listings, listing_table  # noqa: E402
+from gcmine.tasks.watch import diff_listings, listing_table
 
 EXTS = (".png", ".jpg")
 

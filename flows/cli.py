@@ -23,7 +23,11 @@ _PREFECT_DEFAULTS = {
 def _settings_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML file of settings (see `gcmine config`)")
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override one setting, e.g. --set train.steps=500 (repeatable)",
     )
 
@@ -41,33 +45,45 @@ def build_parser() -> argparse.ArgumentParser:
     from gcmine.tasks.demo import DEMOS
 
     demo = sub.add_parser("demo", help="build a bundled demo dataset and run the pipeline on it")
-    demo.add_argument("name", nargs="?", default="motifs", choices=sorted(DEMOS), help="; ".join(f"{k}: {v}" for k, v in DEMOS.items()))
+    demo.add_argument(
+        "name",
+        nargs="?",
+        default="motifs",
+        choices=sorted(DEMOS),
+        help="; ".join(f"{k}: {v}" for k, v in DEMOS.items()),
+    )
     demo.add_argument("--out", help="run root (default runs/demo-NAME)")
     _settings_args(demo)
     watch = sub.add_parser(
-        "watch", help="compare a dataset location with its last listing; on changes emit gcmine.dataset.updated",
+        "watch",
+        help="compare a dataset location with its last listing; on changes emit gcmine.dataset.updated",
     )
     watch.add_argument("uri", metavar="URI", help="dataset folder (local or s3://) or CSV/Parquet manifest to watch")
     watch.add_argument("--out", help="run root the dataset is mined into; keeps the last listing (default runs/NAME)")
     _settings_args(watch)
     ev = sub.add_parser(
-        "evaluate", help="score a finished run's typicality maps against boxes (the paper's AUC-PR, AP, pointing game)",
+        "evaluate",
+        help="score a finished run's typicality maps against boxes (the paper's AUC-PR, AP, pointing game)",
     )
     ev.add_argument("run", metavar="RUN", help="run root of a finished `gcmine run` (local or s3://)")
     ev.add_argument(
-        "--boxes", required=True, help="CSV/Parquet with columns filename,label,x0,y0,x1,y1 (original pixels; several rows per image allowed)",
+        "--boxes",
+        required=True,
+        help="CSV/Parquet with columns filename,label,x0,y0,x1,y1 (original pixels; several rows per image allowed)",
     )
     _settings_args(ev)
     cfg = sub.add_parser("config", help="print the effective configuration with its defaults")
     _settings_args(cfg)
     doc = sub.add_parser(
-        "doctor", help="check a production setup (server, deployments, schedules, workers, limits, storage, settings, model)",
+        "doctor",
+        help="check a production setup (server, deployments, schedules, workers, limits, storage, settings, model)",
     )
     doc.add_argument("--images", help="images to check (default: the production deployment's, else GCMINE_IMAGES)")
     doc.add_argument("--out", help="run root to check (default: the production deployment's, else GCMINE_OUT)")
     _settings_args(doc)
     serve = sub.add_parser(
-        "serve", help="show a run root's report over http on 127.0.0.1 (where the Prefect UI's report link points)",
+        "serve",
+        help="show a run root's report over http on 127.0.0.1 (where the Prefect UI's report link points)",
     )
     serve.add_argument("run_root", metavar="RUN", help="run root (local or s3://) holding report/index.html")
     serve.add_argument("--port", type=int, help="port on 127.0.0.1 (default: report.serve_port, 8765)")
@@ -96,7 +112,9 @@ def _print_summary(result: dict, wall: float) -> None:
     for name, stage in stages.items():
         print(f"{name:<10}{stage.get('seconds', 0.0):>10.1f}", file=sys.stderr)
     compute = sum(s.get("seconds", 0.0) for s in stages.values())
-    print(f"{'total':<10}{wall:>10.1f}  (stages {compute:.1f} s, orchestration {wall - compute:.1f} s)", file=sys.stderr)
+    print(
+        f"{'total':<10}{wall:>10.1f}  (stages {compute:.1f} s, orchestration {wall - compute:.1f} s)", file=sys.stderr
+    )
     reused = result.get("reused") or []
     print(f"reused from earlier runs (no model work): {', '.join(reused) if reused else 'nothing'}", file=sys.stderr)
     print(f"report: {result['report']}", file=sys.stderr)
@@ -110,24 +128,29 @@ def _print_classifier(found: dict) -> None:
     print(
         f"accuracy {'n/a' if acc is None else f'{100 * acc:.1f}%'} on {found['images']} {found['split']} images "
         f"(chance {100 / max(1, len(labels)):.1f}%)"
-        + ("" if found["split"] == "held-out" else "; no held-out images: set score.holdout (e.g. 0.2) for a fair test"),
+        + (
+            "" if found["split"] == "held-out" else "; no held-out images: set score.holdout (e.g. 0.2) for a fair test"
+        ),
         file=sys.stderr,
     )
     width = max(9, *(len(lab) for lab in labels)) + 1
     corner = "true/pred"
-    print(f"{corner:<{width}}" + "".join(f"{lab[:width - 1]:>{width}}" for lab in labels), file=sys.stderr)
+    print(f"{corner:<{width}}" + "".join(f"{lab[: width - 1]:>{width}}" for lab in labels), file=sys.stderr)
     for lab, row in zip(labels, found["confusion"]):
-        print(f"{lab[:width - 1]:<{width}}" + "".join(f"{v:>{width}}" for v in row), file=sys.stderr)
+        print(f"{lab[: width - 1]:<{width}}" + "".join(f"{v:>{width}}" for v in row), file=sys.stderr)
     for c in found.get("confused") or []:
-        print(f"  {c['true']!r} taken for {c['predicted']!r}: {c['count']} image(s), {100 * c['share']:.0f}%", file=sys.stderr)
+        print(
+            f"  {c['true']!r} taken for {c['predicted']!r}: {c['count']} image(s), {100 * c['share']:.0f}%",
+            file=sys.stderr,
+        )
 
 
 def _print_ground_truth(out: str, truth: Path) -> None:
     import pandas as pd
 
-    from gcmodels.mining.evaluation import localisation_report
     from gcmine.tasks.infra.artifacts import PATCHES
     from gcmine.tasks.infra.storage import RunStore
+    from gcmodels.mining.evaluation import localisation_report
 
     rep = localisation_report(RunStore(out).read_parquet(PATCHES), pd.read_csv(truth))
     print("\n== ground truth check ==", file=sys.stderr)
@@ -137,7 +160,10 @@ def _print_ground_truth(out: str, truth: Path) -> None:
         file=sys.stderr,
     )
     for label, purity in rep["top_element_purity"].items():
-        print(f"top element of {label!r}: {100 * purity:.0f}% motif patches ({rep['top_element_size'][label]} patches)", file=sys.stderr)
+        print(
+            f"top element of {label!r}: {100 * purity:.0f}% motif patches ({rep['top_element_size'][label]} patches)",
+            file=sys.stderr,
+        )
 
 
 def _print_evaluation(result: dict, boxes: str) -> None:
@@ -149,11 +175,14 @@ def _print_evaluation(result: dict, boxes: str) -> None:
     print(head + "   (AUC-PR: the paper's thresholds 2e-2..2e-7)", file=sys.stderr)
     for r in rows:
         print(
-            f"{str(r['label']):<{width}}{r['model']:<11}{r['pairs']:>6}{r['aucpr_paper']:>10.4f}{r['ap']:>8.4f}"
+            f"{r['label']!s:<{width}}{r['model']:<11}{r['pairs']:>6}{r['aucpr_paper']:>10.4f}{r['ap']:>8.4f}"
             f"{r['pointing']:>10.3f}{r['inside']:>11.3g}{r['outside']:>11.3g}",
             file=sys.stderr,
         )
-    print(f"evaluated {result['evaluated']} maps of {result['boxes']} box rows; written to {result['evaluation']}", file=sys.stderr)
+    print(
+        f"evaluated {result['evaluated']} maps of {result['boxes']} box rows; written to {result['evaluation']}",
+        file=sys.stderr,
+    )
     for reason, count in (result.get("skipped_by_reason") or {}).items():
         print(f"  skipped {count:>5}  {reason} (column reason of evaluation.parquet)", file=sys.stderr)
     if result.get("report"):
@@ -165,7 +194,7 @@ def _evaluate(run: str, boxes: str, settings: Settings) -> int:
 
     try:
         result = evaluate_run(out=run, boxes=boxes, storage_options=settings.storage.options())
-    except Exception as err:  # noqa: BLE001 - explained errors are one line, others propagate
+    except Exception as err:
         return _explained(err)
     _print_evaluation(result, boxes)
     return 0
@@ -192,7 +221,7 @@ def _watch(uri: str, out: str | None, config: str | None, overrides: list[str], 
     try:
         require_exists(uri, "dataset", settings.storage.options())  # one line, before any Prefect work
         changes = watch(uri=uri, out=out, config=config, overrides=overrides)
-    except Exception as err:  # noqa: BLE001 - explained errors are one line, others propagate
+    except Exception as err:
         return _explained(err)
     print(
         f"{uri}: {changes['added']} added, {changes['changed']} changed, {changes['removed']} removed "
@@ -214,9 +243,12 @@ def _serve(run_root: str, port: int | None, settings: Settings) -> int:
         return 2
     try:
         server = report_server(run_root, port, settings.storage.options())
-    except Exception as err:  # noqa: BLE001 - explained errors are one line, others propagate
+    except Exception as err:
         if isinstance(err, OSError) and err.errno in (errno.EADDRINUSE, errno.EACCES):
-            print(f"gcmine: cannot listen on {HOST}:{port} ({err.strerror}): stop what uses it or pass --port", file=sys.stderr)
+            print(
+                f"gcmine: cannot listen on {HOST}:{port} ({err.strerror}): stop what uses it or pass --port",
+                file=sys.stderr,
+            )
             return 2
         return _explained(err)
     print(
@@ -250,7 +282,11 @@ def _doctor(images: str | None, out: str | None, config: str | None, overrides: 
     for check in checks:
         print(check.line())
     failed = [c for c in checks if c.status == "FAIL"]
-    print(f"{len(failed)} problem(s): fix them in this order, then run gcmine doctor again" if failed else "all checks passed")
+    print(
+        f"{len(failed)} problem(s): fix them in this order, then run gcmine doctor again"
+        if failed
+        else "all checks passed"
+    )
     return 1 if failed else 0
 
 
@@ -289,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             require_exists(args.images, "IMAGES", settings.storage.options())
             if args.labels is not None:
                 require_exists(args.labels, "labels file", settings.storage.options())
-        except Exception as err:  # noqa: BLE001 - explained errors are one line, others propagate
+        except Exception as err:
             return _explained(err)
     from gcmine.flows.pipeline import run_pipeline
 
@@ -306,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         result = run_pipeline(str(images), str(out), labels, settings)
-    except Exception as err:  # noqa: BLE001 - explained errors are one line (exit 2: input, 1: fault), others propagate
+    except Exception as err:
         # After a fault finished stages are kept: the same command resumes once the cause is fixed.
         return _explained(err)
     _print_summary(result, time.perf_counter() - start)

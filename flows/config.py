@@ -107,8 +107,14 @@ def describe_settings(settings: Settings) -> str:
 
         info = base_checkpoint(settings.model.base)
         lines.append(f"# model.base is {info.describe()}")
-        changed = {**{f"{s}.{k}": v for s, d in BASE_MODEL_DEFAULTS.items() for k, v in d.items()},
-                   **{f"{s}.{k}": v for s, d in checkpoint_defaults(info.defaults, info.parameters).items() for k, v in d.items()}}
+        changed = {
+            **{f"{s}.{k}": v for s, d in BASE_MODEL_DEFAULTS.items() for k, v in d.items()},
+            **{
+                f"{s}.{k}": v
+                for s, d in checkpoint_defaults(info.defaults, info.parameters).items()
+                for k, v in d.items()
+            },
+        }
         lines.append("# its defaults (unless set): " + ", ".join(f"{k}={_plain(v)!r}" for k, v in changed.items()))
         lines.append(f"# fine-tuning: {fine_tuning_mode(settings.train.lora_rank, info.parameters)}")
     defaults = Settings()
@@ -137,7 +143,11 @@ def fine_tuning_mode(lora_rank: int, parameters: int | None) -> str:
 
     size = format_parameters(parameters)
     if lora_rank:
-        why = " (the default above %.0f B parameters)" % (LORA_ABOVE_PARAMETERS / 1e9) if parameters and parameters > LORA_ABOVE_PARAMETERS else ""
+        why = (
+            " (the default above %.0f B parameters)" % (LORA_ABOVE_PARAMETERS / 1e9)
+            if parameters and parameters > LORA_ABOVE_PARAMETERS
+            else ""
+        )
         return f"LoRA rank {lora_rank} on a denoiser of {size} parameters{why}"
     return f"full fine-tuning of a denoiser of {size} parameters"
 

@@ -16,12 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from gcmine.flows.config import load_settings
-from gcmodels.config import ConfigError, Settings
 from gcmine.tasks.infra.doctor import (
-    Check, check_api, check_deployments, check_gpu_limit, check_images, check_model_base, check_run_root, check_work_pools,
+    Check,
+    check_api,
+    check_deployments,
+    check_gpu_limit,
+    check_images,
+    check_model_base,
+    check_run_root,
+    check_work_pools,
     gpu_configured,
 )
 from gcmine.tasks.infra.preflight import check_config_path
+from gcmodels.config import ConfigError, Settings
 
 __all__ = ["doctor", "model_loadable"]
 
@@ -52,7 +59,10 @@ def _in_checkout(value: str | None) -> str | None:
 
 
 def doctor(
-    images: str | None = None, out: str | None = None, config: str | None = None, overrides: list[str] | None = None,
+    images: str | None = None,
+    out: str | None = None,
+    config: str | None = None,
+    overrides: list[str] | None = None,
 ) -> list[Check]:
     """Every check, in the order a setup is built; each a `Check` (see tasks/infra/doctor.py)."""
     from prefect.settings import PREFECT_API_URL
@@ -76,9 +86,15 @@ def doctor(
                 checks += found_checks
                 pools = sorted({d.work_pool_name for d in found.values() if d.work_pool_name}) or [DEFAULT_POOL]
                 checks += check_work_pools(client, pools)
-            except Exception as err:  # noqa: BLE001 - a server that fails a request: say so, check the rest
-                checks.append(Check("server", "FAIL", f"reading deployments and work pools failed: {type(err).__name__}: {err}",
-                                    "see the server's log"))
+            except Exception as err:
+                checks.append(
+                    Check(
+                        "server",
+                        "FAIL",
+                        f"reading deployments and work pools failed: {type(err).__name__}: {err}",
+                        "see the server's log",
+                    )
+                )
 
         # the values a scheduled run uses: given here, else the production deployment's, else the environment
         params = found[PRODUCTION].parameters if PRODUCTION in found else {}
@@ -99,7 +115,14 @@ def doctor(
             what = f"settings file {config} valid" if config else "no settings file: the defaults"
             checks.append(Check("settings", "ok", f"{what} (images, run root and settings from {where} unless given)"))
         except ConfigError as err:
-            checks.append(Check("settings", "FAIL", str(err), "fix the settings file: `gcmine config --config FILE` shows its errors"))
+            checks.append(
+                Check(
+                    "settings",
+                    "FAIL",
+                    str(err),
+                    "fix the settings file: `gcmine config --config FILE` shows its errors",
+                )
+            )
         if settings is None:
             checks.append(Check("model", "skip", "settings invalid"))
             checks.append(Check("images", "skip", "settings invalid (storage credentials unknown)"))

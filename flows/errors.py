@@ -21,8 +21,8 @@ _LOGGERS = ("", "prefect", "prefect.flow_runs", "prefect.task_runs")
 
 def exit_code(err: BaseException) -> int | None:
     """2 for bad input or settings, 1 for an explained fault, None for anything else (a bug)."""
-    from gcmodels.config import ConfigError
     from gcmine.tasks.infra.errors import InputError, OutOfMemory, RunRootBusy, StorageAccessError, StorageError
+    from gcmodels.config import ConfigError
 
     if isinstance(err, (InputError, ConfigError, StorageAccessError)):  # fix the input, a setting, the credentials
         return 2

@@ -13,27 +13,27 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from gcmodels.config import ConfigError, RuntimeConfig, Settings
-from gcmodels.runtime import check_device
-from gcmine.tasks.infra.artifacts import run_info
-from gcmine.tasks.infra.caching import map_cached, run_cached
 from gcmine.tasks.baseline import baseline
 from gcmine.tasks.classify import classify
 from gcmine.tasks.cluster import cluster, collection_map, condition
-from gcmodels.embedding.encoders import fits_on_collection
 from gcmine.tasks.embed import embed, embed_shard, embeddings_table
 from gcmine.tasks.finetune import finetune
+from gcmine.tasks.infra.artifacts import run_info
+from gcmine.tasks.infra.caching import map_cached, run_cached
+from gcmine.tasks.infra.lease import run_lease
+from gcmine.tasks.infra.storage import RunStore, sweep_leftovers, sweep_scratch
 from gcmine.tasks.ingest import ingest
 from gcmine.tasks.latents import base_key, check_base, check_class_labels, latents_shard
-from gcmine.tasks.infra.lease import run_lease
 from gcmine.tasks.publish import publish
 from gcmine.tasks.rank import elements, rank_shard
 from gcmine.tasks.report import report
+from gcmine.tasks.reporting.uiartifacts import publish_ui_artifacts, ui_summary
 from gcmine.tasks.samples import samples
 from gcmine.tasks.score import score_shard, typicality_table
-from gcmine.tasks.infra.storage import RunStore, sweep_leftovers, sweep_scratch
 from gcmine.tasks.translate import translate
-from gcmine.tasks.reporting.uiartifacts import publish_ui_artifacts, ui_summary
+from gcmodels.config import ConfigError, RuntimeConfig, Settings
+from gcmodels.embedding.encoders import fits_on_collection
+from gcmodels.runtime import check_device
 
 __all__ = ["embed_stage", "mine", "run_pipeline", "task_runner"]
 
@@ -49,28 +49,47 @@ def _workers(results: list[tuple[dict, bool]]) -> list[str]:
     return sorted({r["worker"] for r, hit in results if not hit and "worker" in r})
 
 
-def embed_stage(out: str, ingested: dict, settings: Settings, fingerprint: str | None, so: dict | None, reused: list[str]) -> dict:
+def embed_stage(
+    out: str, ingested: dict, settings: Settings, fingerprint: str | None, so: dict | None, reused: list[str]
+) -> dict:
     """The embeddings table: one global fit-and-embed task for encoders fitted on the collection;
     for the others (clip, diffusion) one task run per shard, mapped over the workers, and a gather."""
     shards, config = ingested["shards"], settings.embed
     model = {"fingerprint": fingerprint, "runtime": settings.runtime} if fingerprint else {}
     if fits_on_collection(config.method):
         embedded, hit = run_cached(
-            embed, ("embeddings",), out=out, shards=[s["name"] for s in shards], images_key=ingested["images_key"],
-            config=config, storage_options=so,
+            embed,
+            ("embeddings",),
+            out=out,
+            shards=[s["name"] for s in shards],
+            images_key=ingested["images_key"],
+            config=config,
+            storage_options=so,
         )
         reused += ["embed"] * hit
         return embedded
-    parts = map_cached(embed_shard, ("embeddings",), "shard", shards, out=out, config=config, storage_options=so, **model)
+    parts = map_cached(
+        embed_shard, ("embeddings",), "shard", shards, out=out, config=config, storage_options=so, **model
+    )
     reused += [f"embed[{r['shard']}]" for r, hit in parts if hit]
     gathered, _ = run_cached(
-        embeddings_table, ("embeddings",), out=out, parts=[r["embeddings"] for r, _ in parts],
-        images_key=ingested["images_key"], config=config, fingerprint=fingerprint, storage_options=so,
+        embeddings_table,
+        ("embeddings",),
+        out=out,
+        parts=[r["embeddings"] for r, _ in parts],
+        images_key=ingested["images_key"],
+        config=config,
+        fingerprint=fingerprint,
+        storage_options=so,
     )
     first = parts[0][0]
     return {
-        "images": gathered["images"], "dim": first["dim"], "encoder": first["encoder"], "embeddings": gathered["embeddings"],
-        "seconds": sum(r["seconds"] for r, hit in parts if not hit) + gathered["seconds"], "workers": _workers(parts),
+        "images": gathered["images"],
+        "dim": first["dim"],
+        "encoder": first["encoder"],
+        "embeddings": gathered["embeddings"],
+        "seconds": sum(r["seconds"] for r, hit in parts if not hit) + gathered["seconds"],
+        "workers": _workers(parts),
     }
 
 
@@ -92,12 +111,19 @@ def mine(
     checkpoint = None
     if settings.model.base is not None:  # an unsupported checkpoint, bad feature block or class map fails now
         checkpoint = check_base(
-            settings.model.base, settings.rank.feature_block, class_map=settings.model.class_map,
-            resolution=settings.data.resolution, resize=settings.data.resize,
+            settings.model.base,
+            settings.rank.feature_block,
+            class_map=settings.model.class_map,
+            resolution=settings.data.resolution,
+            resize=settings.data.resize,
         )
     store, storage = RunStore(out, so), settings.storage
     with run_lease(
-        store, flow_run_id=str(flow_run.id), mode=storage.lease, wait=storage.lease_wait, expiry=storage.lease_expiry,
+        store,
+        flow_run_id=str(flow_run.id),
+        mode=storage.lease,
+        wait=storage.lease_wait,
+        expiry=storage.lease_expiry,
         logger=get_run_logger(),
     ):
         swept = sweep_leftovers(store, older_than=storage.lease_expiry) + sweep_scratch()
@@ -121,20 +147,38 @@ def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dic
     encoded_stage: dict[str, dict] = {}
     if settings.model.base is not None:
         encoded = map_cached(
-            latents_shard, ("latents",), "shard", shards, out=out, base=settings.model.base,
-            vae_key=base_key(settings.model.base), runtime=settings.runtime, storage_options=so,
+            latents_shard,
+            ("latents",),
+            "shard",
+            shards,
+            out=out,
+            base=settings.model.base,
+            vae_key=base_key(settings.model.base),
+            runtime=settings.runtime,
+            storage_options=so,
         )
         reused += [f"latents[{r['shard']}]" for r, hit in encoded if hit]
         latents = [r["latents"] for r, _ in encoded]
         encoded_stage["latents"] = {
-            "seconds": sum(r["seconds"] for r, hit in encoded if not hit), "images": sum(r["images"] for r, _ in encoded),
-            "base": settings.model.base, "family": checkpoint.family if checkpoint else None, "workers": _workers(encoded),
+            "seconds": sum(r["seconds"] for r, hit in encoded if not hit),
+            "images": sum(r["images"] for r, _ in encoded),
+            "base": settings.model.base,
+            "family": checkpoint.family if checkpoint else None,
+            "workers": _workers(encoded),
         }
 
     def train(conditioning: str | None) -> dict:
         result = finetune(
-            out, names, settings.data.resolution, settings.model, settings.train, settings.runtime, so,
-            conditioning=conditioning, holdout=settings.score.holdout, holdout_seed=settings.score.seed,
+            out,
+            names,
+            settings.data.resolution,
+            settings.model,
+            settings.train,
+            settings.runtime,
+            so,
+            conditioning=conditioning,
+            holdout=settings.score.holdout,
+            holdout_seed=settings.score.seed,
             latents=latents if settings.model.base is not None else None,
         )
         reused.extend(["finetune"] * result["reused"])
@@ -145,9 +189,14 @@ def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dic
     trained = train(None) if settings.embed.method == "diffusion" else None
     embedded = embed_stage(out, ingested, settings, trained["fingerprint"] if trained else None, so, reused)
     clustered, hit = run_cached(
-        cluster, ("clusters", "cluster_metrics", "cluster_traces", "cluster_contingency", "cluster_linkage"), out=out,
-        embeddings=embedded["embeddings"], labels_key=ingested["labels_key"], config=settings.cluster,
-        runtime=settings.runtime, storage_options=so,
+        cluster,
+        ("clusters", "cluster_metrics", "cluster_traces", "cluster_contingency", "cluster_linkage"),
+        out=out,
+        embeddings=embedded["embeddings"],
+        labels_key=ingested["labels_key"],
+        config=settings.cluster,
+        runtime=settings.runtime,
+        storage_options=so,
     )
     reused += ["cluster"] * hit
     # the labels that condition the model: the given ones, or the clusters as pseudo-labels
@@ -155,8 +204,14 @@ def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dic
     # given labels are read from the manifest (per-shard label fingerprints keep reruns incremental)
     conditioning = conditioned["conditioning"] if conditioned["source"] == "clusters" else None
     mapped, hit = run_cached(
-        collection_map, ("collection_map",), out=out, embeddings=embedded["embeddings"], clusters=clustered["clusters"],
-        method=settings.report.map_method, seed=settings.report.map_seed, storage_options=so,
+        collection_map,
+        ("collection_map",),
+        out=out,
+        embeddings=embedded["embeddings"],
+        clusters=clustered["clusters"],
+        method=settings.report.map_method,
+        seed=settings.report.map_seed,
+        storage_options=so,
     )
     reused += ["collection-map"] * hit
     if trained is None:
@@ -164,21 +219,36 @@ def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dic
     fingerprint = trained["fingerprint"]
 
     scored = map_cached(
-        score_shard, ("maps", "scores"), ("shard", "latents"), list(zip(shards, latents)), out=out, fingerprint=fingerprint,
-        config=settings.score, runtime=settings.runtime, storage_options=so, conditioning=conditioning,
+        score_shard,
+        ("maps", "scores"),
+        ("shard", "latents"),
+        list(zip(shards, latents)),
+        out=out,
+        fingerprint=fingerprint,
+        config=settings.score,
+        runtime=settings.runtime,
+        storage_options=so,
+        conditioning=conditioning,
         # adaptive draws serve rank's top patches; plain scoring does not depend on rank's settings
         ranking=(
             {"top_k": settings.rank.per_label, "per_image": settings.rank.per_image, "patch_size": settings.patch_size}
-            if settings.score.adaptive else None
+            if settings.score.adaptive
+            else None
         ),
     )
     reused += [f"score[{r['shard']}]" for r, hit in scored if hit]
     gathered = typicality_table(out, [r["scores"] for r, _ in scored], so)
     ranked = map_cached(
-        rank_shard, ("candidates",), ("shard", "maps", "latents"),
+        rank_shard,
+        ("candidates",),
+        ("shard", "maps", "latents"),
         [(shard, s["maps"], z) for shard, (s, _), z in zip(shards, scored, latents)],
-        out=out, fingerprint=fingerprint, patch_size=settings.patch_size, config=settings.rank,
-        runtime=settings.runtime, storage_options=so,
+        out=out,
+        fingerprint=fingerprint,
+        patch_size=settings.patch_size,
+        config=settings.rank,
+        runtime=settings.runtime,
+        storage_options=so,
     )
     reused += [f"rank[{r['shard']}]" for r, hit in ranked if hit]
     mined = elements(out, [r["candidates"] for r, _ in ranked], settings.rank, so)
@@ -194,29 +264,59 @@ def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dic
     cluster_outputs = ("clusters", "cluster_metrics", "cluster_traces", "cluster_contingency", "cluster_linkage")
     published = publish(
         out,
-        {"embeddings": embedded["embeddings"], **{r: clustered[r] for r in cluster_outputs}, "conditioning": conditioned["conditioning"],
-         "collection_map": mapped["collection_map"]},
+        {
+            "embeddings": embedded["embeddings"],
+            **{r: clustered[r] for r in cluster_outputs},
+            "conditioning": conditioned["conditioning"],
+            "collection_map": mapped["collection_map"],
+        },
         so,
     )
     sampled = {}
     if settings.report.samples > 0:  # did the model learn the data? samples beside real images
         sampled["samples"] = samples(
-            out, names, fingerprint, embedded["embeddings"], settings.report, settings.embed, settings.data.resolution,
-            settings.runtime, so,
+            out,
+            names,
+            fingerprint,
+            embedded["embeddings"],
+            settings.report,
+            settings.embed,
+            settings.data.resolution,
+            settings.runtime,
+            so,
         )
     if reused:
         get_run_logger().info("reused from earlier runs (no model work): %s", ", ".join(reused))
     stages = {
-        "ingest": ingested, **encoded_stage, "embed": embedded, "cluster": clustered, "condition": conditioned, "map": mapped,
+        "ingest": ingested,
+        **encoded_stage,
+        "embed": embedded,
+        "cluster": clustered,
+        "condition": conditioned,
+        "map": mapped,
         "finetune": trained,
-        "score": {"seconds": sum(r["seconds"] for r, hit in scored if not hit) + gathered["seconds"], "images": gathered["images"],
-                  "workers": _workers(scored), "maps": [r["maps"] for r, _ in scored]},
-        "rank": {"seconds": sum(r["seconds"] for r, hit in ranked if not hit) + mined["seconds"] + published["seconds"], **mined,
-                 "workers": _workers(ranked)},
-        **applications, **sampled,
+        "score": {
+            "seconds": sum(r["seconds"] for r, hit in scored if not hit) + gathered["seconds"],
+            "images": gathered["images"],
+            "workers": _workers(scored),
+            "maps": [r["maps"] for r, _ in scored],
+        },
+        "rank": {
+            "seconds": sum(r["seconds"] for r, hit in ranked if not hit) + mined["seconds"] + published["seconds"],
+            **mined,
+            "workers": _workers(ranked),
+        },
+        **applications,
+        **sampled,
     }
     info = run_info(
-        settings, images=images, labels=labels, out=out, stages=stages, flow_run_id=str(flow_run.id), reused=reused,
+        settings,
+        images=images,
+        labels=labels,
+        out=out,
+        stages=stages,
+        flow_run_id=str(flow_run.id),
+        reused=reused,
         checkpoint=checkpoint,
     )
     reported = report(out, [r["maps"] for r, _ in scored], settings.report, info, so, applications)
@@ -224,8 +324,13 @@ def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dic
     # the Prefect UI's summary, on the run the user opened: the deployment's run, or this one
     publish_ui_artifacts(ui_summary(out, settings.report, so), flow_run.root_flow_run_id or flow_run.id)
     return {
-        "out": out, "report": reported["report"], "stages": stages, "summary": info["summary"],
-        "flow_run_id": info["flow_run_id"], "reused": reused, "classifier": applications.get("classify"),
+        "out": out,
+        "report": reported["report"],
+        "stages": stages,
+        "summary": info["summary"],
+        "flow_run_id": info["flow_run_id"],
+        "reused": reused,
+        "classifier": applications.get("classify"),
     }
 
 
@@ -239,16 +344,26 @@ def task_runner(runtime: RuntimeConfig):
     try:
         from prefect_dask import DaskTaskRunner
     except ImportError:
-        raise ConfigError("runtime.runner='dask' needs the prefect-dask package: pip install prefect-dask==0.3.7") from None
+        raise ConfigError(
+            "runtime.runner='dask' needs the prefect-dask package: pip install prefect-dask==0.3.7"
+        ) from None
     if runtime.dask_address:
         return DaskTaskRunner(address=runtime.dask_address)
     return DaskTaskRunner(
-        cluster_kwargs={"n_workers": runtime.dask_workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+        cluster_kwargs={
+            "n_workers": runtime.dask_workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+        }
     )
 
 
 def run_pipeline(
-    images: str, out: str, labels: str | None = None, settings: Settings | None = None,
+    images: str,
+    out: str,
+    labels: str | None = None,
+    settings: Settings | None = None,
     storage_options: dict | None = None,
 ) -> dict:
     """Run the flow with the task runner the settings ask for."""

@@ -48,7 +48,11 @@ def _production_run_name() -> str:
 
 @flow(name="gcmine-production", flow_run_name=_production_run_name, log_prints=True)
 def mine_configured(
-    images: str, out: str, labels: str | None = None, config: str | None = None, overrides: list[str] | None = None,
+    images: str,
+    out: str,
+    labels: str | None = None,
+    config: str | None = None,
+    overrides: list[str] | None = None,
 ) -> dict:
     """Run the gcmine flow on `images` into `out` with the settings of YAML file `config` (a path
     on the worker, relative to its working directory) and `overrides` ("key=value", as `--set`).

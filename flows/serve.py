@@ -36,7 +36,7 @@ def report_server(run_root: str, port: int, storage_options: dict | None = None)
     class Handler(BaseHTTPRequestHandler):
         server_version = "gcmine-serve"
 
-        def do_GET(self) -> None:  # noqa: N802 - the http.server interface
+        def do_GET(self) -> None:
             target = urlsplit(self.path).path
             if target == "/":
                 self.send_response(HTTPStatus.FOUND)
@@ -44,11 +44,13 @@ def report_server(run_root: str, port: int, storage_options: dict | None = None)
                 self.end_headers()
                 return
             if target not in (path, path + "index.html"):
-                self._text(HTTPStatus.NOT_FOUND, f"gcmine serve shows the report of {run_root} at {path}, nothing else\n")
+                self._text(
+                    HTTPStatus.NOT_FOUND, f"gcmine serve shows the report of {run_root} at {path}, nothing else\n"
+                )
                 return
             try:
                 body = store.read_bytes(REPORT)
-            except Exception as err:  # noqa: BLE001 - the page says what went wrong; the server stays up
+            except Exception as err:
                 self._text(HTTPStatus.BAD_GATEWAY, f"cannot read {store.uri(REPORT)}: {type(err).__name__}: {err}\n")
                 return
             self.send_response(HTTPStatus.OK)
@@ -66,7 +68,7 @@ def report_server(run_root: str, port: int, storage_options: dict | None = None)
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the http.server interface
+        def log_message(self, format: str, *args: object) -> None:
             print(f"gcmine serve: {self.address_string()} {format % args}", file=sys.stderr)
 
     server = ThreadingHTTPServer((HOST, port), Handler)

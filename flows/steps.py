@@ -25,7 +25,7 @@ def _refuse(message: str) -> ValueError:
 
             logging.getLogger("prefect.flow_runs").error(message, extra={"flow_run_id": run_id})
             APILogWorker.drain_all(timeout=5)
-        except Exception:  # noqa: BLE001 - the worker's terminal still shows the error
+        except Exception:
             pass
     return ValueError(message)
 

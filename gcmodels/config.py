@@ -15,6 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, V
 from gcmodels.prompts import validate_prompt_template
 
 __all__ = [
+    "BASE_MODEL_DEFAULTS",
+    "LORA_ABOVE_PARAMETERS",
+    "LORA_DEFAULT_RANK",
+    "STORAGE_POLICY_KEY",
     "BaselineConfig",
     "ClusterConfig",
     "ConfigError",
@@ -29,10 +33,6 @@ __all__ = [
     "StorageConfig",
     "TrainConfig",
     "TranslateConfig",
-    "BASE_MODEL_DEFAULTS",
-    "LORA_ABOVE_PARAMETERS",
-    "LORA_DEFAULT_RANK",
-    "STORAGE_POLICY_KEY",
     "checkpoint_defaults",
     "format_validation_error",
     "may_hold_secret",
@@ -40,7 +40,9 @@ __all__ = [
 ]
 
 
-STORAGE_POLICY_KEY = "gcmine"  # storage options entry holding gcmine's own retry policy (see StorageConfig.store_options)
+STORAGE_POLICY_KEY = (
+    "gcmine"  # storage options entry holding gcmine's own retry policy (see StorageConfig.store_options)
+)
 
 
 class ConfigError(ValueError):
@@ -53,7 +55,9 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     resolution: int = Field(
-        32, ge=8, le=4096,
+        32,
+        ge=8,
+        le=4096,
         description="working resolution the model sees: pixels per side (resize=square) or of the short side "
         "(resize=short_side); with model.base the default is 256",
     )
@@ -66,15 +70,24 @@ class DataConfig(_Section):
     )
     max_pixels: int = Field(64_000_000, ge=1, description="images with more pixels are rejected (decompression bombs)")
     max_file_bytes: int = Field(
-        256 * 2**20, ge=1,
+        256 * 2**20,
+        ge=1,
         description="image files larger than this many bytes are rejected before they are read (a symlink to a huge "
         "file or a device)",
     )
-    min_side: int = Field(8, ge=1, description="images with a side shorter than this many pixels are rejected (1x1 trackers, icons)")
-    max_aspect: float | None = Field(
-        10.0, ge=1, description="images whose long side exceeds this many times the short side are rejected (banners); null = any shape"
+    min_side: int = Field(
+        8, ge=1, description="images with a side shorter than this many pixels are rejected (1x1 trackers, icons)"
     )
-    max_labels: int = Field(1000, ge=1, description="most distinct labels a run accepts (one class embedding, elements and report section each)")
+    max_aspect: float | None = Field(
+        10.0,
+        ge=1,
+        description="images whose long side exceeds this many times the short side are rejected (banners); null = any shape",
+    )
+    max_labels: int = Field(
+        1000,
+        ge=1,
+        description="most distinct labels a run accepts (one class embedding, elements and report section each)",
+    )
     shard_size: int = Field(256, ge=1, description="images per shard of the sharded stages (score, rank)")
     extensions: tuple[str, ...] = Field(
         (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"),
@@ -95,21 +108,31 @@ class EmbedConfig(_Section):
         "the collection), clip (pretrained, from clip_path), diffusion (features of the fine-tuned model)",
     )
     size: int = Field(16, ge=2, le=256, description="thumbnail side the pca / autoencoder / vae encoders read")
-    dim: int = Field(32, ge=1, description="embedding dimension of pca / autoencoder / vae (pca: clipped to the number of images)")
+    dim: int = Field(
+        32, ge=1, description="embedding dimension of pca / autoencoder / vae (pca: clipped to the number of images)"
+    )
     epochs: int = Field(30, ge=1, description="autoencoder / vae: training passes over the collection")
     batch_size: int = Field(64, ge=1, description="images per training step / per forward pass")
     lr: float = Field(1e-3, gt=0, description="autoencoder / vae: Adam learning rate")
     width: int = Field(32, ge=1, description="autoencoder / vae: channels of the first convolution")
     beta: float = Field(1.0, ge=0, description="vae: weight of the KL term of the ELBO")
     seed: int = Field(0, description="seed of the encoder's initialisation, batch order and noise")
-    clip_path: str | None = Field(None, description="clip: local directory of a pretrained CLIP model (transformers layout)")
-    diffusion_t: float = Field(0.05, ge=0, le=1, description="diffusion: timestep of the features, fraction of the schedule")
-    diffusion_block: int = Field(0, description="diffusion: UNet decoder block whose output is pooled (0 = the coarsest, -1 = the last)")
-    diffusion_grid: int = Field(4, ge=1, le=16, description="diffusion: activations averaged over a grid x grid partition (1 = global pooling)")
+    clip_path: str | None = Field(
+        None, description="clip: local directory of a pretrained CLIP model (transformers layout)"
+    )
+    diffusion_t: float = Field(
+        0.05, ge=0, le=1, description="diffusion: timestep of the features, fraction of the schedule"
+    )
+    diffusion_block: int = Field(
+        0, description="diffusion: UNet decoder block whose output is pooled (0 = the coarsest, -1 = the last)"
+    )
+    diffusion_grid: int = Field(
+        4, ge=1, le=16, description="diffusion: activations averaged over a grid x grid partition (1 = global pooling)"
+    )
     diffusion_draws: int = Field(2, ge=1, description="diffusion: noise draws averaged")
 
     @model_validator(mode="after")
-    def _method_needs(self) -> "EmbedConfig":
+    def _method_needs(self) -> EmbedConfig:
         if self.method == "clip" and not self.clip_path:
             raise ValueError("clip_path must name a local CLIP model directory when method is 'clip'")
         if self.method in ("autoencoder", "vae") and (self.size % 4 or self.size < 4):
@@ -125,7 +148,9 @@ class ClusterConfig(_Section):
         description="clustering model: kmeans, gmm (Gaussian mixture), dbscan / hdbscan (density, noise = -1), "
         "agglomerative (ward etc., with dendrogram), dec (deep embedded clustering)",
     )
-    k: int | None = Field(None, ge=1, description="number of clusters; null = choose by k_criterion (not for dbscan / hdbscan)")
+    k: int | None = Field(
+        None, ge=1, description="number of clusters; null = choose by k_criterion (not for dbscan / hdbscan)"
+    )
     k_criterion: Literal["silhouette", "bic"] = Field("silhouette", description="how k is chosen when k is null")
     k_min: int = Field(2, ge=2, description="smallest k tried when choosing k")
     k_max: int = Field(12, ge=2, description="largest k tried when choosing k")
@@ -133,31 +158,45 @@ class ClusterConfig(_Section):
     n_init: int = Field(4, ge=1, description="k-means restarts / mixture initialisations (best objective kept)")
     max_iter: int = Field(300, ge=1, description="Lloyd / EM iterations per restart (mini-batch k-means: passes)")
     seed: int = Field(0, description="random_state of the clustering")
-    reduce: Literal["none", "pca", "umap"] = Field("none", description="dimensionality reduction before clustering (umap needs umap-learn)")
+    reduce: Literal["none", "pca", "umap"] = Field(
+        "none", description="dimensionality reduction before clustering (umap needs umap-learn)"
+    )
     reduce_dim: int = Field(16, ge=1, description="dimension after reduction (clipped to the embedding dimension)")
     batch_size: int | None = Field(
-        None, ge=1, description="k-means mini-batch rows; null = Lloyd up to minibatch_above rows, batches of 4096 beyond"
+        None,
+        ge=1,
+        description="k-means mini-batch rows; null = Lloyd up to minibatch_above rows, batches of 4096 beyond",
     )
     minibatch_above: int = Field(100_000, ge=1, description="k-means switches to mini-batches above this many rows")
-    covariance_type: Literal["full", "diag", "spherical"] = Field("full", description="gmm (and BIC): covariance per component")
-    eps: float | None = Field(None, gt=0, description="dbscan radius; null = median distance to the min_samples-th neighbour")
+    covariance_type: Literal["full", "diag", "spherical"] = Field(
+        "full", description="gmm (and BIC): covariance per component"
+    )
+    eps: float | None = Field(
+        None, gt=0, description="dbscan radius; null = median distance to the min_samples-th neighbour"
+    )
     min_samples: int = Field(5, ge=1, description="dbscan / hdbscan: neighbours that make a core point")
     min_cluster_size: int = Field(5, ge=2, description="hdbscan: smallest cluster")
-    linkage: Literal["ward", "complete", "average", "single"] = Field("ward", description="agglomerative merge criterion")
+    linkage: Literal["ward", "complete", "average", "single"] = Field(
+        "ward", description="agglomerative merge criterion"
+    )
     dec_hidden: tuple[int, ...] = Field((256, 128), min_length=1, description="dec: encoder hidden widths")
     dec_latent_dim: int = Field(10, ge=1, description="dec: embedded space dimension")
     dec_pretrain_epochs: int = Field(100, ge=0, description="dec: autoencoder pre-training passes")
     dec_epochs: int = Field(100, ge=0, description="dec: most KL refinement passes")
     dec_batch_size: int = Field(256, ge=1, description="dec: rows per step")
     dec_lr: float = Field(1e-3, gt=0, description="dec: Adam learning rate")
-    silhouette_sample: int = Field(10_000, ge=2, description="rows (a random subset) the silhouette metric is computed on")
+    silhouette_sample: int = Field(
+        10_000, ge=2, description="rows (a random subset) the silhouette metric is computed on"
+    )
 
     @model_validator(mode="after")
-    def _k_range(self) -> "ClusterConfig":
+    def _k_range(self) -> ClusterConfig:
         if self.k_min > self.k_max:
             raise ValueError(f"k_min ({self.k_min}) must not exceed k_max ({self.k_max})")
         if self.k is not None and self.method in ("dbscan", "hdbscan"):
-            raise ValueError(f"k ({self.k}) cannot be set for method {self.method!r}, which finds the number of clusters itself")
+            raise ValueError(
+                f"k ({self.k}) cannot be set for method {self.method!r}, which finds the number of clusters itself"
+            )
         if any(h < 1 for h in self.dec_hidden):
             raise ValueError(f"dec_hidden {self.dec_hidden} must hold positive layer widths")
         return self
@@ -186,7 +225,9 @@ class ModelConfig(_Section):
         description="model.base: the prompt of a label ({label} = the label, underscores as spaces); the same in "
         "fine-tuning, scoring and patch features",
     )
-    null_prompt: str = Field("", description="model.base: the prompt of the unconditional branch (label dropout, typicality)")
+    null_prompt: str = Field(
+        "", description="model.base: the prompt of the unconditional branch (label dropout, typicality)"
+    )
     block_out_channels: tuple[int, ...] = Field((32, 64, 64), min_length=1, description="UNet channels per level")
     layers_per_block: int = Field(1, ge=1, description="resnet layers per UNet level")
     num_train_timesteps: int = Field(1000, ge=10, description="diffusion steps of the DDPM schedule")
@@ -195,7 +236,7 @@ class ModelConfig(_Section):
     )
 
     @model_validator(mode="after")
-    def _template(self) -> "ModelConfig":
+    def _template(self) -> ModelConfig:
         validate_prompt_template(self.prompt_template)
         return self
 
@@ -213,12 +254,14 @@ class TrainConfig(_Section):
     grad_clip: float = Field(1.0, gt=0, description="gradient-norm clip")
     label_dropout: float = Field(0.15, ge=0, lt=1, description="probability of training on the null label")
     checkpoint_every: int = Field(
-        100, ge=1,
+        100,
+        ge=1,
         description="steps between checkpoints: the last one is the NaN guard's restore point, and an interrupted "
         "finetune resumes from it (weights, optimizer, data order, random state)",
     )
     checkpoint_minutes: float | None = Field(
-        None, ge=0,
+        None,
+        ge=0,
         description="write the resumable checkpoint by wall time: after the first step this many minutes since the "
         "last one (instead of every checkpoint_every steps, which then only sets the NaN guard's in-memory restore "
         "point); null = by steps; with model.base the default is 15 (a multi-GB state is not written every 100 steps)",
@@ -227,12 +270,18 @@ class TrainConfig(_Section):
         "cosine", description="after warm-up: cosine decay to lr/10, or constant (the paper's SD fine-tuning)"
     )
     ema_decay: float | None = Field(
-        None, ge=0, lt=1, description="exponential moving average of the weights (e.g. 0.999), used for scoring; null = off"
+        None,
+        ge=0,
+        lt=1,
+        description="exponential moving average of the weights (e.g. 0.999), used for scoring; null = off",
     )
-    lora_rank: int = Field(0, ge=0, description="model.base: LoRA adapters of this rank on the UNet attention (peft); 0 = full fine-tuning")
+    lora_rank: int = Field(
+        0, ge=0, description="model.base: LoRA adapters of this rank on the UNet attention (peft); 0 = full fine-tuning"
+    )
     lora_alpha: float | None = Field(None, gt=0, description="model.base: LoRA scaling alpha; null = lora_rank")
     gradient_checkpointing: bool = Field(
-        False, description="recompute activations in the backward pass (less memory, ~30% slower); with model.base the default is true"
+        False,
+        description="recompute activations in the backward pass (less memory, ~30% slower); with model.base the default is true",
     )
     retrain_fraction: float = Field(
         0.25, ge=0, description="rerun on changed data: retrain when more than this share of the training set changed"
@@ -240,7 +289,7 @@ class TrainConfig(_Section):
     seed: int = Field(0, description="seed of initialisation, batches, noise")
 
     @model_validator(mode="after")
-    def _bounds(self) -> "TrainConfig":
+    def _bounds(self) -> TrainConfig:
         if self.min_steps > self.max_steps:
             raise ValueError(f"min_steps ({self.min_steps}) must not exceed max_steps ({self.max_steps})")
         return self
@@ -256,13 +305,16 @@ class TrainConfig(_Section):
 class ScoreConfig(_Section):
     draws: int = Field(16, ge=1, description="(t, eps) draws N per image (stratified t, shared across images)")
     t_min: float = Field(
-        0.1, ge=0, le=1,
+        0.1,
+        ge=0,
+        le=1,
         description="smallest t, as a fraction of the DDPM schedule (a signal-to-noise ratio: flow-matching models "
         "are scored at the flow level of equal SNR, on SD 1.x's schedule for SD3)",
     )
     t_max: float = Field(0.7, ge=0, le=1, description="largest t, as a fraction of the DDPM schedule (see t_min)")
     batch_size: int = Field(
-        32, ge=2,
+        32,
+        ge=2,
         description="UNet inputs per forward pass (both branches counted); 32 keeps the small UNet's activations "
         "in CPU cache (1.3-1.6x the forwards/s of 128 on a CPU); raise it on a GPU",
     )
@@ -271,7 +323,9 @@ class ScoreConfig(_Section):
         False, description="score every image under every label (one row per image and label in typicality.parquet)"
     )
     holdout: float = Field(
-        0.0, ge=0, lt=1,
+        0.0,
+        ge=0,
+        lt=1,
         description="share of each label's images kept out of fine-tuning to test typicality as a classifier "
         "(needs cotypicality; 0 = none)",
     )
@@ -281,19 +335,24 @@ class ScoreConfig(_Section):
         "only of images whose best patch could still enter its label's top rank.per_label patches in the shard "
         "(successive elimination, see gcmodels/mining/adaptive.py); those end with the N draws and the map of plain scoring",
     )
-    adaptive_first: int = Field(4, ge=2, description="draws of the adaptive first pass (n0; rounds then double it up to draws)")
+    adaptive_first: int = Field(
+        4, ge=2, description="draws of the adaptive first pass (n0; rounds then double it up to draws)"
+    )
     adaptive_z: float = Field(
-        2.0, gt=0,
+        2.0,
+        gt=0,
         description="confidence of the adaptive rule: an image is settled when its best patch's mean + adaptive_z standard "
         "errors is below the label's top-K threshold (computed from the patches' mean - adaptive_z standard errors)",
     )
 
     @model_validator(mode="after")
-    def _t_range(self) -> "ScoreConfig":
+    def _t_range(self) -> ScoreConfig:
         if self.t_min >= self.t_max:
             raise ValueError(f"t_min ({self.t_min}) must be smaller than t_max ({self.t_max})")
         if self.adaptive and self.cotypicality:
-            raise ValueError("adaptive: true does not support cotypicality: true yet (it refines each image's own-label map only)")
+            raise ValueError(
+                "adaptive: true does not support cotypicality: true yet (it refines each image's own-label map only)"
+            )
         if self.holdout > 0 and not self.cotypicality:
             raise ValueError(
                 f"holdout ({self.holdout}) needs cotypicality: true (the classifier compares every label's typicality)"
@@ -314,7 +373,8 @@ class RankConfig(_Section):
         "transformer checkpoints (SD3, DiT) a transformer block whose image tokens are laid back on the latent grid",
     )
     feature_batch: int = Field(
-        64, ge=1,
+        64,
+        ge=1,
         description="most UNet inputs (images x feature_draws) per feature forward; 64 fits a 24 GB card with Stable "
         "Diffusion at 512 px: lower it on out-of-memory, raise it on a larger card",
     )
@@ -322,9 +382,13 @@ class RankConfig(_Section):
 
 
 class TranslateConfig(_Section):
-    enabled: bool = Field(False, description="translate the top images of each label's best element to every other label")
+    enabled: bool = Field(
+        False, description="translate the top images of each label's best element to every other label"
+    )
     images_per_label: int = Field(4, ge=1, description="source images per label (the top images of its rank-0 element)")
-    strength: float = Field(0.6, ge=0, le=1, description="noise level of the partial noising (0 = unchanged, 1 = from pure noise)")
+    strength: float = Field(
+        0.6, ge=0, le=1, description="noise level of the partial noising (0 = unchanged, 1 = from pure noise)"
+    )
     steps: int = Field(50, ge=1, description="DDIM steps over the whole schedule (ceil(steps x strength) are run)")
     guidance: float = Field(1.0, ge=0, description="classifier-free guidance scale (1 = the plain conditional model)")
     clusters: int = Field(4, ge=1, description="consistent-change clusters (k-means over the most changed patches)")
@@ -332,9 +396,13 @@ class TranslateConfig(_Section):
 
 
 class BaselineConfig(_Section):
-    enabled: bool = Field(False, description="also run the Doersch et al. 2012 baseline (HOG + linear detectors) on the working images")
+    enabled: bool = Field(
+        False, description="also run the Doersch et al. 2012 baseline (HOG + linear detectors) on the working images"
+    )
     cell_size: int = Field(4, ge=2, description="HOG cell side in working pixels")
-    patch_cells: int | None = Field(None, ge=1, description="patch side in cells; null = the typicality patch size in cells")
+    patch_cells: int | None = Field(
+        None, ge=1, description="patch side in cells; null = the typicality patch size in cells"
+    )
     detectors: int = Field(10, ge=1, description="detectors trained per label")
     keep: int = Field(5, ge=1, description="best detectors per label whose detections are kept")
     rounds: int = Field(3, ge=1, description="rounds of iterative retraining")
@@ -354,18 +422,26 @@ class ReportConfig(_Section):
     map_thumbnails_per_cluster: int = Field(4, ge=0, description="thumbnails shown per cluster next to the map")
     map_seed: int = Field(0, description="random_state of the t-SNE / UMAP map")
     samples: int = Field(
-        8, ge=0, le=256,
+        8,
+        ge=0,
+        le=256,
         description="samples generated per label by the fine-tuned model (seeded DDIM from noise), shown beside real "
         "images with the Frechet distance to them on the embed encoder's features; 0 = none",
     )
-    sample_steps: int = Field(25, ge=1, le=1000, description="DDIM steps of each sample (the cost is samples x labels x steps network passes)")
+    sample_steps: int = Field(
+        25, ge=1, le=1000, description="DDIM steps of each sample (the cost is samples x labels x steps network passes)"
+    )
     sample_seed: int = Field(0, description="seed of the samples' noise (each label gets the same noises)")
     serve_port: int = Field(
-        8765, ge=1024, le=65535,
+        8765,
+        ge=1024,
+        le=65535,
         description="port of `gcmine serve` (127.0.0.1) that the Prefect UI's report link of a local run root points at",
     )
     link_hours: int = Field(
-        168, ge=0, le=168,
+        168,
+        ge=0,
+        le=168,
         description="validity of the presigned report link the Prefect UI shows for an S3 run root (at most 7 days; "
         "it holds the access key id, not the secret); 0 = none, the UI points at `gcmine serve`",
     )
@@ -382,12 +458,16 @@ class RuntimeConfig(_Section):
     workers: int = Field(1, ge=1, description="task runner threads (shards run concurrently; runner=threads)")
     progress: bool = Field(True, description="progress bars on the terminal")
     runner: Literal["threads", "dask"] = Field(
-        "threads", description="task runner: 'threads' (one machine) or 'dask' (shards of score and rank on Dask workers)"
+        "threads",
+        description="task runner: 'threads' (one machine) or 'dask' (shards of score and rank on Dask workers)",
     )
     dask_address: str | None = Field(
-        None, description="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786; null = start a local cluster"
+        None,
+        description="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786; null = start a local cluster",
     )
-    dask_workers: int = Field(2, ge=1, description="worker processes of the local Dask cluster (runner=dask, no address)")
+    dask_workers: int = Field(
+        2, ge=1, description="worker processes of the local Dask cluster (runner=dask, no address)"
+    )
     gpu_limit: str | None = Field(
         "gpu", description="Prefect concurrency limit a GPU stage takes one slot of (one slot per GPU); null = none"
     )
@@ -396,9 +476,11 @@ class RuntimeConfig(_Section):
     )
 
     @model_validator(mode="after")
-    def _runner_settings(self) -> "RuntimeConfig":
+    def _runner_settings(self) -> RuntimeConfig:
         if self.dask_address is not None and self.runner != "dask":
-            raise ValueError(f"runtime.dask_address ({self.dask_address!r}) is set but runtime.runner is {self.runner!r}, not 'dask'")
+            raise ValueError(
+                f"runtime.dask_address ({self.dask_address!r}) is set but runtime.runner is {self.runner!r}, not 'dask'"
+            )
         if self.gpu_limit is not None and not self.gpu_limit.strip():
             raise ValueError("runtime.gpu_limit must name a concurrency limit (or be null for none)")
         return self
@@ -413,13 +495,20 @@ class StorageConfig(_Section):
     profile: str | None = Field(None, description="AWS profile name in ~/.aws/credentials")
     key: SecretStr | None = Field(None, description="access key id (prefer the environment or a profile)")
     secret: SecretStr | None = Field(None, description="secret access key (prefer the environment or a profile)")
-    connect_timeout: float = Field(10.0, gt=0, description="seconds to open a connection to the object store before the attempt fails")
-    read_timeout: float = Field(
-        30.0, gt=0, description="seconds without a byte from the object store before the attempt fails (a stalled endpoint)"
+    connect_timeout: float = Field(
+        10.0, gt=0, description="seconds to open a connection to the object store before the attempt fails"
     )
-    retries: int = Field(4, ge=0, description="retries of a failed object-store call (backoff 0.5, 1, 2, 4 s, ...); the only retry layer")
+    read_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="seconds without a byte from the object store before the attempt fails (a stalled endpoint)",
+    )
+    retries: int = Field(
+        4, ge=0, description="retries of a failed object-store call (backoff 0.5, 1, 2, 4 s, ...); the only retry layer"
+    )
     deadline: float = Field(
-        120.0, gt=0,
+        120.0,
+        gt=0,
         description="seconds after which a failing object-store call is not retried again; a write is also cut then "
         "(plus a second per MiB sent), so a stalled endpoint ends in an error naming the URI",
     )
@@ -428,9 +517,12 @@ class StorageConfig(_Section):
         description="when another run holds the run root (it is writing there): wait for it (up to lease_wait) or "
         "refuse at once, naming it",
     )
-    lease_wait: float = Field(3600.0, ge=0, description="lease=wait: most seconds to wait for the run root before giving up")
+    lease_wait: float = Field(
+        3600.0, ge=0, description="lease=wait: most seconds to wait for the run root before giving up"
+    )
     lease_expiry: float = Field(
-        120.0, ge=5,
+        120.0,
+        ge=5,
         description="a run renews its lease of the run root every lease_expiry/4 s; one not renewed for lease_expiry s "
         "(crashed, killed, cut off) is presumed dead and its lease is taken over",
     )
@@ -441,7 +533,8 @@ class StorageConfig(_Section):
         read timeouts with botocore's own retries off (gcmine retries whole operations itself)."""
         opts: dict = {
             "config_kwargs": {
-                "connect_timeout": self.connect_timeout, "read_timeout": self.read_timeout,
+                "connect_timeout": self.connect_timeout,
+                "read_timeout": self.read_timeout,
                 "retries": {"total_max_attempts": 1},
             }
         }
@@ -471,8 +564,13 @@ class StorageConfig(_Section):
 BASE_MODEL_DEFAULTS: dict[str, dict] = {
     "data": {"resolution": 256, "resize": "short_side"},
     "train": {
-        "lr": 1e-4, "lr_schedule": "constant", "warmup_steps": 0, "label_dropout": 0.1, "batch_size": 8,
-        "gradient_checkpointing": True, "checkpoint_minutes": 15,
+        "lr": 1e-4,
+        "lr_schedule": "constant",
+        "warmup_steps": 0,
+        "label_dropout": 0.1,
+        "batch_size": 8,
+        "gradient_checkpointing": True,
+        "checkpoint_minutes": 15,
     },
     "rank": {"feature_block": 1, "feature_t": 0.161, "feature_draws": 8},
     "score": {"batch_size": 128},  # a GPU's batch: 4 images x 16 draws x 2 prompts per forward
@@ -530,7 +628,7 @@ class Settings(_Section):
         return out
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Settings":
+    def _consistent(self) -> Settings:
         p = self.rank.patch_size
         if p is not None and p > self.data.resolution:
             raise ValueError(
@@ -547,7 +645,9 @@ class Settings(_Section):
                 "embed.method pca, autoencoder, vae or clip"
             )
         if self.model.base is None and self.model.class_map is not None:
-            raise ValueError(f"model.class_map ({self.model.class_map!r}) needs model.base: it maps labels to a checkpoint's classes")
+            raise ValueError(
+                f"model.class_map ({self.model.class_map!r}) needs model.base: it maps labels to a checkpoint's classes"
+            )
         if self.model.base is not None:
             if self.model.prediction != "epsilon":
                 raise ValueError(
@@ -567,7 +667,9 @@ class Settings(_Section):
             # against model.base's unet/config.json before any work (gcmine.tasks.latents.check_base)
             return self
         if self.train.lora_rank:
-            raise ValueError(f"train.lora_rank ({self.train.lora_rank}) needs model.base: LoRA adapts a pretrained UNet")
+            raise ValueError(
+                f"train.lora_rank ({self.train.lora_rank}) needs model.base: LoRA adapts a pretrained UNet"
+            )
         levels = len(self.model.block_out_channels)
         if self.data.resolution % (2 ** (levels - 1)):
             raise ValueError(
@@ -598,7 +700,7 @@ class Settings(_Section):
         return max(2, round(0.2 * self.data.resolution))
 
     @classmethod
-    def from_dict(cls, values: dict, checkpoint_defaults: dict | None = None) -> "Settings":
+    def from_dict(cls, values: dict, checkpoint_defaults: dict | None = None) -> Settings:
         """Validate nested `values` (with model.base, unset settings take `checkpoint_defaults` over
         BASE_MODEL_DEFAULTS); raise `ConfigError` naming every bad field."""
         try:

@@ -24,7 +24,10 @@ def validate_prompt_template(template: str) -> str:
     labels = [f for f in fields if f == ("label", "", None)]
     others = [f for f in fields if f != ("label", "", None)]
     if len(labels) != 1 or others:
-        found = ["{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}" for name, spec, conv in fields]
+        found = [
+            "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            for name, spec, conv in fields
+        ]
         raise ValueError(
             f"prompt template {template!r} must contain {{label}} exactly once and no other field, found {found}"
         )

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 from prefect import task
 
-from gcmodels.baselines.doersch import DiscriminativeMiner
-from gcmodels.config import BaselineConfig
-from gcmodels.mining.patches import scale_boxes
 from gcmine.tasks.infra.artifacts import BASELINE, BASELINE_DETECTORS, MANIFEST, live_rows, read_images, stopwatch
 from gcmine.tasks.infra.logs import stage_logger
 from gcmine.tasks.infra.storage import RunStore
+from gcmodels.baselines.doersch import DiscriminativeMiner
+from gcmodels.config import BaselineConfig
+from gcmodels.mining.patches import scale_boxes
 
 __all__ = ["BASELINE_COLUMNS", "baseline", "baseline_miner"]
 
@@ -21,14 +21,22 @@ def baseline_miner(config: BaselineConfig, patch_size: int) -> DiscriminativeMin
     """The miner of `config`; its patch side defaults to the typicality patch size (in cells)."""
     cells = config.patch_cells or max(2, round(patch_size / config.cell_size))
     return DiscriminativeMiner(
-        cell_size=config.cell_size, patch_cells=cells, detectors=config.detectors, keep=config.keep,
-        rounds=config.rounds, seed=config.seed,
+        cell_size=config.cell_size,
+        patch_cells=cells,
+        detectors=config.detectors,
+        keep=config.keep,
+        rounds=config.rounds,
+        seed=config.seed,
     )
 
 
 @task(name="baseline", task_run_name="baseline")
 def baseline(
-    out: str, shards: list[str], patch_size: int, config: BaselineConfig, storage_options: dict | None = None,
+    out: str,
+    shards: list[str],
+    patch_size: int,
+    config: BaselineConfig,
+    storage_options: dict | None = None,
     conditioning: str | None = None,
 ) -> dict:
     """Mine discriminative HOG patches of every label (label vs rest) on the labelled working
@@ -57,16 +65,24 @@ def baseline(
         wh = sizes.reindex(ids)
         res = pixels.shape[1]
         boxes = scale_boxes(
-            det[["x0", "y0", "x1", "y1"]].to_numpy(), (res, res), (wh["width"].to_numpy(np.int64), wh["height"].to_numpy(np.int64))
+            det[["x0", "y0", "x1", "y1"]].to_numpy(),
+            (res, res),
+            (wh["width"].to_numpy(np.int64), wh["height"].to_numpy(np.int64)),
         )
         table = det.assign(image_id=ids, x0=boxes[:, 0], y0=boxes[:, 1], x1=boxes[:, 2], y1=boxes[:, 3])
         store.write_parquet(BASELINE, table[BASELINE_COLUMNS].reset_index(drop=True))
         store.write_parquet(BASELINE_DETECTORS, found.detectors)
     log.info(
-        "baseline: %d detectors on %d images in %.1f s (patch %d px)", len(found.detectors), len(meta),
-        found.seconds["total"], miner.patch_size,
+        "baseline: %d detectors on %d images in %.1f s (patch %d px)",
+        len(found.detectors),
+        len(meta),
+        found.seconds["total"],
+        miner.patch_size,
     )
     return {
-        "images": len(meta), "detectors": len(found.detectors), "patch_size": miner.patch_size,
-        "phases": {k: round(float(v), 3) for k, v in found.seconds.items()}, "seconds": clock["seconds"],
+        "images": len(meta),
+        "detectors": len(found.detectors),
+        "patch_size": miner.patch_size,
+        "phases": {k: round(float(v), 3) for k, v in found.seconds.items()},
+        "seconds": clock["seconds"],
     }

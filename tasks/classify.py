@@ -11,13 +11,26 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
-from gcmodels.mining.cotypicality import (
-    classification_accuracy, confused_labels, confusion_matrix, label_matrix, predict_labels,
+from gcmine.tasks.infra.artifacts import (
+    CLASSIFICATION,
+    CONFUSION,
+    LABEL_MATRIX,
+    MODEL,
+    TYPICALITY,
+    artifact_key,
+    dataset_name,
+    stopwatch,
 )
-from gcmine.tasks.infra.artifacts import CLASSIFICATION, CONFUSION, LABEL_MATRIX, MODEL, TYPICALITY, artifact_key, dataset_name, stopwatch
 from gcmine.tasks.infra.logs import stage_logger
 from gcmine.tasks.infra.models import TRAINING_SET
 from gcmine.tasks.infra.storage import RunStore
+from gcmodels.mining.cotypicality import (
+    classification_accuracy,
+    confused_labels,
+    confusion_matrix,
+    label_matrix,
+    predict_labels,
+)
 
 __all__ = ["classification_summary", "classify", "cotypicality_scores"]
 
@@ -25,7 +38,9 @@ __all__ = ["classification_summary", "classify", "cotypicality_scores"]
 def cotypicality_scores(typicality: pd.DataFrame, labels: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
     """The long `typicality.parquet` -> (one row per image: `image_id`, `image_label`; scores
     (B, L) in `labels` order). Every image must have a row for every label."""
-    wide = typicality.pivot_table(index=["image_id", "image_label"], columns="label", values="typicality", aggfunc="first")
+    wide = typicality.pivot_table(
+        index=["image_id", "image_label"], columns="label", values="typicality", aggfunc="first"
+    )
     missing = [lab for lab in labels if lab not in wide.columns]
     if missing or wide[labels].isna().any().any():
         raise ValueError(
@@ -46,21 +61,27 @@ def classification_summary(images: pd.DataFrame, scores: np.ndarray, labels: lis
     sel = held if held.any() else np.ones(len(images), bool)
     confusion = confusion_matrix(own[sel], predicted[sel], labels)
     return {
-        "predicted": predicted, "held_out": held, "split": split, "images": int(sel.sum()),
+        "predicted": predicted,
+        "held_out": held,
+        "split": split,
+        "images": int(sel.sum()),
         "accuracy": classification_accuracy(own[sel], predicted[sel]),
         "train_accuracy": classification_accuracy(own[~held], predicted[~held]),
-        "confusion": confusion, "confused": confused_labels(confusion),
+        "confusion": confusion,
+        "confused": confused_labels(confusion),
     }
 
 
 def _long(matrix: pd.DataFrame, rows: str, columns: str, value: str) -> pd.DataFrame:
     """(L, L) matrix -> long table (rows, columns, value), row-major, NaN cells kept."""
     r, c = len(matrix.index), len(matrix.columns)
-    return pd.DataFrame({
-        rows: np.repeat(np.asarray(matrix.index, dtype=object), c),
-        columns: np.tile(np.asarray(matrix.columns, dtype=object), r),
-        value: matrix.to_numpy().reshape(-1),
-    })
+    return pd.DataFrame(
+        {
+            rows: np.repeat(np.asarray(matrix.index, dtype=object), c),
+            columns: np.tile(np.asarray(matrix.columns, dtype=object), r),
+            value: matrix.to_numpy().reshape(-1),
+        }
+    )
 
 
 def _finite(value: float) -> float | None:
@@ -105,24 +126,42 @@ def classify(out: str, fingerprint: str, storage_options: dict | None = None) ->
         found = classification_summary(images, scores, labels, trained)
         store.write_parquet(
             CLASSIFICATION,
-            pd.DataFrame({"image_id": images["image_id"], "label": images["image_label"],
-                          "predicted": found["predicted"], "held_out": found["held_out"]}),
+            pd.DataFrame(
+                {
+                    "image_id": images["image_id"],
+                    "label": images["image_label"],
+                    "predicted": found["predicted"],
+                    "held_out": found["held_out"],
+                }
+            ),
         )
         conf = _long(found["confusion"], "true", "predicted", "count")
         store.write_parquet(CONFUSION, conf[["true", "predicted", "count"]])
     result = {
-        "labels": labels, "split": found["split"], "images": found["images"], "accuracy": _finite(found["accuracy"]),
-        "train_accuracy": _finite(found["train_accuracy"]), "held_out": int(found["held_out"].sum()),
+        "labels": labels,
+        "split": found["split"],
+        "images": found["images"],
+        "accuracy": _finite(found["accuracy"]),
+        "train_accuracy": _finite(found["train_accuracy"]),
+        "held_out": int(found["held_out"].sum()),
         "confusion": found["confusion"].to_numpy().tolist(),
-        "confused": found["confused"].head(5).to_dict(orient="records"), "seconds": clock["seconds"],
+        "confused": found["confused"].head(5).to_dict(orient="records"),
+        "seconds": clock["seconds"],
     }
-    log.info("typicality as a classifier: %.1f%% accuracy on %d %s images", 100 * (result["accuracy"] or 0), result["images"], result["split"])
+    log.info(
+        "typicality as a classifier: %.1f%% accuracy on %d %s images",
+        100 * (result["accuracy"] or 0),
+        result["images"],
+        result["split"],
+    )
     try:
         from prefect.artifacts import create_markdown_artifact
 
         create_markdown_artifact(
-            _markdown(result), key=artifact_key(out, "classifier"), description=f"{dataset_name(out)}: typicality as a classifier ({out})",
+            _markdown(result),
+            key=artifact_key(out, "classifier"),
+            description=f"{dataset_name(out)}: typicality as a classifier ({out})",
         )
-    except Exception as err:  # noqa: BLE001 - outside a flow run there is no API; the files are what matter
+    except Exception as err:
         log.debug("Prefect artifact not created: %s", err)
     return result

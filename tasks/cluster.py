@@ -7,16 +7,16 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
-from gcmodels.clustering.fitting import fit_clustering
-from gcmodels.clustering.estimators import clustering_metrics, contingency
-from gcmodels.clustering.collection import conditioning_labels, project_2d
-from gcmodels.config import ClusterConfig, ConfigError, RuntimeConfig
-from gcmodels.runtime import resolve_device
 from gcmine.tasks.infra.artifacts import MANIFEST, live_rows, read_embeddings, stage_file, stopwatch
 from gcmine.tasks.infra.caching import content_key
 from gcmine.tasks.infra.errors import InputError
 from gcmine.tasks.infra.logs import stage_logger
 from gcmine.tasks.infra.storage import RunStore
+from gcmodels.clustering.collection import conditioning_labels, project_2d
+from gcmodels.clustering.estimators import clustering_metrics, contingency
+from gcmodels.clustering.fitting import fit_clustering
+from gcmodels.config import ClusterConfig, ConfigError, RuntimeConfig
+from gcmodels.runtime import resolve_device
 
 #: t-SNE / UMAP above this many images would take hours on a CPU: the map falls back to PCA
 MAP_NONLINEAR_MAX = 50_000
@@ -41,14 +41,22 @@ def _linkage_table(estimator) -> pd.DataFrame:
     if z is None:
         z = np.zeros((0, 4))
     return pd.DataFrame(
-        {"child_a": z[:, 0].astype(np.int64), "child_b": z[:, 1].astype(np.int64), "distance": z[:, 2].astype(np.float64),
-         "size": z[:, 3].astype(np.int64)}
+        {
+            "child_a": z[:, 0].astype(np.int64),
+            "child_b": z[:, 1].astype(np.int64),
+            "distance": z[:, 2].astype(np.float64),
+            "size": z[:, 3].astype(np.int64),
+        }
     )
 
 
 @task(name="cluster", task_run_name="cluster")
 def cluster(
-    out: str, embeddings: str, labels_key: str, config: ClusterConfig, runtime: RuntimeConfig | None = None,
+    out: str,
+    embeddings: str,
+    labels_key: str,
+    config: ClusterConfig,
+    runtime: RuntimeConfig | None = None,
     storage_options: dict | None = None,
 ) -> dict:
     """Cluster the embeddings; write, under content-addressed names (published under the names
@@ -78,26 +86,33 @@ def cluster(
         image_labels = _manifest_labels(store, image_ids)
         has_labels = any(isinstance(lab, str) for lab in image_labels)
         metrics = clustering_metrics(
-            found.features, found.assignments, image_labels if has_labels else None,
-            sample_size=config.silhouette_sample, random_state=config.seed,
+            found.features,
+            found.assignments,
+            image_labels if has_labels else None,
+            sample_size=config.silhouette_sample,
+            random_state=config.seed,
         )
         rows = [("k", float(k))]
         rows += [(f"{name}_final", float(value)) for name, value in found.finals.items()]
         rows += [(name, float(value)) for name, value in metrics.items()]
-        rows += [(f"{found.metadata.get('k_source', 'k')}_at_k={kk}", float(v)) for kk, v in sorted(found.k_curve.items())]
+        rows += [
+            (f"{found.metadata.get('k_source', 'k')}_at_k={kk}", float(v)) for kk, v in sorted(found.k_curve.items())
+        ]
         curve = found.k_curve
         key = content_key(embeddings, labels_key, config)
         roles = ("clusters", "cluster_metrics", "cluster_traces", "cluster_contingency", "cluster_linkage")
         names = {role: stage_file(role, key) for role in roles}
         store.write_parquet(
-            names["clusters"], pd.DataFrame({"image_id": image_ids, "cluster": found.assignments, "distance": found.distance})
+            names["clusters"],
+            pd.DataFrame({"image_id": image_ids, "cluster": found.assignments, "distance": found.distance}),
         )
         store.write_parquet(names["cluster_metrics"], pd.DataFrame(rows, columns=["metric", "value"]))
         store.write_parquet(names["cluster_traces"], _traces_table(found.traces))
         table = contingency(image_labels, found.assignments) if has_labels else pd.DataFrame()
         long = (
             table.reset_index().melt(id_vars="label", var_name="cluster", value_name="count")
-            if not table.empty else pd.DataFrame(columns=CONTINGENCY_COLUMNS)
+            if not table.empty
+            else pd.DataFrame(columns=CONTINGENCY_COLUMNS)
         )
         store.write_parquet(
             names["cluster_contingency"],
@@ -105,11 +120,18 @@ def cluster(
         )
         store.write_parquet(names["cluster_linkage"], _linkage_table(found.estimator))
         log.info(
-            "%s: k=%d%s; %s", config.method, k, f" (chosen by {config.k_criterion})" if curve else "",
+            "%s: k=%d%s; %s",
+            config.method,
+            k,
+            f" (chosen by {config.k_criterion})" if curve else "",
             ", ".join(f"{m}={v:.3f}" for m, v in metrics.items()),
         )
     return {
-        "k": k, "clustering": found.metadata, "device": device, **{m: float(v) for m, v in metrics.items()}, **names,
+        "k": k,
+        "clustering": found.metadata,
+        "device": device,
+        **{m: float(v) for m, v in metrics.items()},
+        **names,
         "seconds": clock["seconds"],
     }
 
@@ -130,13 +152,23 @@ def condition(out: str, clusters: str, labels_key: str, mode: str, storage_optio
         name = stage_file("conditioning", content_key(clusters, labels_key, mode))
         store.write_parquet(
             name,
-            pd.DataFrame({"image_id": table["image_id"], "label": pd.Series(chosen.labels, dtype=object),
-                          "cluster": table["cluster"].astype(np.int64), "source": chosen.source}),
+            pd.DataFrame(
+                {
+                    "image_id": table["image_id"],
+                    "label": pd.Series(chosen.labels, dtype=object),
+                    "cluster": table["cluster"].astype(np.int64),
+                    "source": chosen.source,
+                }
+            ),
         )
         d = chosen.decision
         stage_logger().info(
-            "conditioning on %s (%s): %d label(s), %d image(s) unlabelled%s", d["source"], d["reason"], len(d["labels"]),
-            d["unlabelled"], f" ({d['noise']} noise)" if d["noise"] else "",
+            "conditioning on %s (%s): %d label(s), %d image(s) unlabelled%s",
+            d["source"],
+            d["reason"],
+            len(d["labels"]),
+            d["unlabelled"],
+            f" ({d['noise']} noise)" if d["noise"] else "",
         )
     return {"conditioning": name, **d, "seconds": clock["seconds"]}
 
@@ -157,11 +189,21 @@ def collection_map(
             used = "pca"
             log.warning("report.map_method=%s on %d images would take too long: the map uses pca", method, len(x))
         xy = project_2d(x, used, random_state=seed)
-        cl = store.read_parquet(clusters, ["image_id", "cluster"]).drop_duplicates("image_id").set_index("image_id")["cluster"]
+        cl = (
+            store.read_parquet(clusters, ["image_id", "cluster"])
+            .drop_duplicates("image_id")
+            .set_index("image_id")["cluster"]
+        )
         name = stage_file("collection_map", content_key(embeddings, clusters, method, seed))
         store.write_parquet(
             name,
-            pd.DataFrame({"image_id": image_ids, "x": xy[:, 0], "y": xy[:, 1],
-                          "cluster": cl.reindex(image_ids).fillna(-1).astype(np.int64).to_numpy()}),
+            pd.DataFrame(
+                {
+                    "image_id": image_ids,
+                    "x": xy[:, 0],
+                    "y": xy[:, 1],
+                    "cluster": cl.reindex(image_ids).fillna(-1).astype(np.int64).to_numpy(),
+                }
+            ),
         )
     return {"collection_map": name, "method": used, "images": int(len(x)), "seconds": clock["seconds"]}

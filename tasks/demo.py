@@ -33,8 +33,17 @@ def write_demo(name: str, folder: str | Path) -> tuple[Path, Path | None]:
         if not path.exists() or path.read_bytes() != data:
             path.write_bytes(data)
         if item.box is not None:
-            rows.append({"image_id": image_id(data), "label": item.label, "filename": path.relative_to(root).as_posix(),
-                         "x0": item.box[0], "y0": item.box[1], "x1": item.box[2], "y1": item.box[3]})
+            rows.append(
+                {
+                    "image_id": image_id(data),
+                    "label": item.label,
+                    "filename": path.relative_to(root).as_posix(),
+                    "x0": item.box[0],
+                    "y0": item.box[1],
+                    "x1": item.box[2],
+                    "y1": item.box[3],
+                }
+            )
     if not rows:
         return root, None
     truth = Path(folder) / "ground_truth.csv"

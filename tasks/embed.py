@@ -18,14 +18,14 @@ import threading
 import pandas as pd
 from prefect import task
 
-from gcmodels.config import ConfigError, EmbedConfig, RuntimeConfig
-from gcmodels.embedding.encoders import fits_on_collection, make_encoder
 from gcmine.tasks.infra.artifacts import keyed_part, read_images, stage_file, stopwatch, worker_name
 from gcmine.tasks.infra.caching import content_key
 from gcmine.tasks.infra.errors import InputError
 from gcmine.tasks.infra.logs import stage_logger
 from gcmine.tasks.infra.models import model_stage
 from gcmine.tasks.infra.storage import RunStore
+from gcmodels.config import ConfigError, EmbedConfig, RuntimeConfig
+from gcmodels.embedding.encoders import fits_on_collection, make_encoder
 
 _clip_cache: dict[tuple, object] = {}
 _clip_lock = threading.Lock()
@@ -57,7 +57,9 @@ def embeddings_name(images_key: str, config: EmbedConfig, fingerprint: str | Non
 
 
 @task(name="embed", task_run_name="embed")
-def embed(out: str, shards: list[str], images_key: str, config: EmbedConfig, storage_options: dict | None = None) -> dict:
+def embed(
+    out: str, shards: list[str], images_key: str, config: EmbedConfig, storage_options: dict | None = None
+) -> dict:
     """Fit the configured encoder on the working images and embed them; write the embeddings
     under a content-addressed name (published as `embeddings.parquet` at the end of the run).
     `embed.method=diffusion` needs the fine-tuned model and runs per shard (`embed_shard`)."""
@@ -76,14 +78,21 @@ def embed(out: str, shards: list[str], images_key: str, config: EmbedConfig, sto
         store.write_parquet(name, pd.DataFrame({"image_id": meta["image_id"], "embedding": list(vectors)}))
         stage_logger().info("embedded %d images with %s into %d dimensions", len(meta), config.method, vectors.shape[1])
     return {
-        "images": len(meta), "dim": int(vectors.shape[1]), "encoder": encoder.describe(), "embeddings": name,
+        "images": len(meta),
+        "dim": int(vectors.shape[1]),
+        "encoder": encoder.describe(),
+        "embeddings": name,
         "seconds": clock["seconds"],
     }
 
 
 @task(name="embed-shard", task_run_name="embed[{shard[name]}]")
 def embed_shard(
-    out: str, shard: dict, config: EmbedConfig, fingerprint: str | None = None, runtime: RuntimeConfig | None = None,
+    out: str,
+    shard: dict,
+    config: EmbedConfig,
+    fingerprint: str | None = None,
+    runtime: RuntimeConfig | None = None,
     storage_options: dict | None = None,
 ) -> dict:
     """Embed the live images of one shard with an encoder that needs no fit on the collection
@@ -110,14 +119,23 @@ def embed_shard(
         store.write_parquet(part, pd.DataFrame({"image_id": meta["image_id"], "embedding": list(vectors)}))
     stage_logger().info("embedded %d images of %s with %s in %.1f s", len(meta), name, config.method, clock["seconds"])
     return {
-        "shard": name, "images": len(meta), "dim": int(vectors.shape[1]), "encoder": encoder.describe(),
-        "embeddings": part, "seconds": clock["seconds"], "worker": worker_name(),
+        "shard": name,
+        "images": len(meta),
+        "dim": int(vectors.shape[1]),
+        "encoder": encoder.describe(),
+        "embeddings": part,
+        "seconds": clock["seconds"],
+        "worker": worker_name(),
     }
 
 
 @task(name="embeddings-table", task_run_name="embeddings-table")
 def embeddings_table(
-    out: str, parts: list[str], images_key: str, config: EmbedConfig, fingerprint: str | None = None,
+    out: str,
+    parts: list[str],
+    images_key: str,
+    config: EmbedConfig,
+    fingerprint: str | None = None,
     storage_options: dict | None = None,
 ) -> dict:
     """Gather the shards' embeddings (`parts`: their artifact names, in shard order) into the

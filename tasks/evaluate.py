@@ -22,24 +22,49 @@ import torch
 import torch.nn.functional as F
 from prefect import task
 
-from gcmodels.mining.evaluation import boxes_mask, localisation_scores
 from gcmine.tasks.infra.artifacts import (
-    EVALUATION, EVALUATION_SUMMARY, MANIFEST, RUN_JSON, artifact_key, dataset_name, stopwatch, unpack_map_rows,
+    EVALUATION,
+    EVALUATION_SUMMARY,
+    MANIFEST,
+    RUN_JSON,
+    artifact_key,
+    dataset_name,
+    stopwatch,
+    unpack_map_rows,
 )
 from gcmine.tasks.infra.errors import InputError, RunRootBusy
-from gcmine.tasks.ingest import clean_label, read_table
 from gcmine.tasks.infra.lease import root_state
 from gcmine.tasks.infra.logs import stage_logger
 from gcmine.tasks.infra.storage import RunStore
+from gcmine.tasks.ingest import clean_label, read_table
+from gcmodels.mining.evaluation import boxes_mask, localisation_scores
 
 __all__ = [
-    "BOX_COLUMNS", "EVALUATION_COLUMNS", "METRICS", "evaluate", "maps_key", "match_boxes", "read_boxes", "recorded_maps", "summarise",
+    "BOX_COLUMNS",
+    "EVALUATION_COLUMNS",
+    "METRICS",
+    "evaluate",
+    "maps_key",
+    "match_boxes",
+    "read_boxes",
+    "recorded_maps",
+    "summarise",
 ]
 
 BOX_COLUMNS = ["filename", "label", "x0", "y0", "x1", "y1"]
 METRICS = ["aucpr_paper", "ap", "pointing", "inside", "outside"]
 EVALUATION_COLUMNS = [
-    "image_id", "filename", "label", "model", "status", "reason", "boxes", "boxes_dropped", "width", "height", *METRICS,
+    "image_id",
+    "filename",
+    "label",
+    "model",
+    "status",
+    "reason",
+    "boxes",
+    "boxes_dropped",
+    "width",
+    "height",
+    *METRICS,
 ]
 ALL = "(all)"  # the summary row that pools every evaluated (image, label) pair (micro-average)
 
@@ -53,15 +78,21 @@ def read_boxes(uri: str, storage_options: dict | None = None) -> pd.DataFrame:
     df = read_table(uri, "boxes", storage_options)
     missing = [c for c in BOX_COLUMNS if c not in df.columns]
     if missing:
-        raise InputError(f"boxes file {uri} lacks column(s) {missing}; it has {list(df.columns)} (need {','.join(BOX_COLUMNS)})")
+        raise InputError(
+            f"boxes file {uri} lacks column(s) {missing}; it has {list(df.columns)} (need {','.join(BOX_COLUMNS)})"
+        )
     if len(df) == 0:
         raise InputError(f"boxes file {uri} has no rows")
     df = df.reset_index(drop=True)
-    out = pd.DataFrame({
-        "row": np.arange(len(df)) + 2,
-        "filename": ["" if v is None or (isinstance(v, float) and v != v) else str(v).strip() for v in df["filename"]],
-        "label": [clean_label(v) for v in df["label"]],
-    })
+    out = pd.DataFrame(
+        {
+            "row": np.arange(len(df)) + 2,
+            "filename": [
+                "" if v is None or (isinstance(v, float) and v != v) else str(v).strip() for v in df["filename"]
+            ],
+            "label": [clean_label(v) for v in df["label"]],
+        }
+    )
     problem: list[str | None] = [None] * len(df)
     for c in ("x0", "y0", "x1", "y1"):
         values = pd.to_numeric(df[c], errors="coerce").astype(float)
@@ -78,7 +109,9 @@ def read_boxes(uri: str, storage_options: dict | None = None) -> pd.DataFrame:
     return out
 
 
-def _pixel_box(x0: float, y0: float, x1: float, y1: float, width: int, height: int) -> tuple[tuple[int, int, int, int] | None, str | None]:
+def _pixel_box(
+    x0: float, y0: float, x1: float, y1: float, width: int, height: int
+) -> tuple[tuple[int, int, int, int] | None, str | None]:
     """A box in whole original pixels (x0, y0 floored, x1, y1 ceiled), clipped to the image;
     None and the reason when nothing of it is inside the image or it is empty."""
     if not (x1 > x0 and y1 > y0):
@@ -113,7 +146,11 @@ def match_boxes(boxes: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
             found = by_source.get(name, [])
             if not found:
                 suffix = "/" + clean
-                found = [i for i in by_base.get(posixpath.basename(clean), []) if sources[i].replace("\\", "/").endswith(suffix)]
+                found = [
+                    i
+                    for i in by_base.get(posixpath.basename(clean), [])
+                    if sources[i].replace("\\", "/").endswith(suffix)
+                ]
             if not found and "/" not in clean:
                 found = by_base.get(clean, [])
         rows = manifest.iloc[found] if found else manifest.iloc[0:0]
@@ -122,7 +159,9 @@ def match_boxes(boxes: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
             if rows.empty:
                 problem[j] = "unknown image: no image of the run has this file name"
             elif len(live) > 1 and live["image_id"].nunique() > 1:
-                problem[j] = f"ambiguous file name: it fits {len(live)} images of the run; give the path relative to IMAGES"
+                problem[j] = (
+                    f"ambiguous file name: it fits {len(live)} images of the run; give the path relative to IMAGES"
+                )
             elif live.empty:
                 problem[j] = f"image rejected at ingest ({rows['reason'].iloc[0]})"
         if problem[j] is None:
@@ -219,13 +258,28 @@ def evaluate(out: str, boxes: str, storage_options: dict | None = None) -> dict:
             pairs = _pairs(found, index, labels)
             loaded = _load_maps(store, [p["key"] for p in pairs if p["status"] == "ok"], index)
             for p in pairs:
-                row = {k: p[k] for k in ("image_id", "filename", "label", "status", "reason", "boxes", "boxes_dropped", "width", "height")}
+                row = {
+                    k: p[k]
+                    for k in (
+                        "image_id",
+                        "filename",
+                        "label",
+                        "status",
+                        "reason",
+                        "boxes",
+                        "boxes_dropped",
+                        "width",
+                        "height",
+                    )
+                }
                 row["model"] = model
                 row.update(dict.fromkeys(METRICS, float("nan")))
                 if p["status"] == "ok":
                     m = _upsample(loaded[p["key"]], p["height"], p["width"])
                     try:
-                        row.update(localisation_scores(m, boxes_mask(np.asarray(p["pixel_boxes"]), p["height"], p["width"])))
+                        row.update(
+                            localisation_scores(m, boxes_mask(np.asarray(p["pixel_boxes"]), p["height"], p["width"]))
+                        )
                     except ValueError as err:  # a map holding NaN: reported, not fatal
                         row.update(status="skipped", reason=f"map not usable: {err}")
                 rows.append(row)
@@ -236,11 +290,16 @@ def evaluate(out: str, boxes: str, storage_options: dict | None = None) -> dict:
     evaluated = int((table["status"] == "ok").sum())
     skipped = table[table["status"] != "ok"]
     log.info("evaluated %d (image, label, model) maps against %s; %d skipped", evaluated, boxes, len(skipped))
-    records = summary.drop(columns="maps").astype({m: float for m in METRICS}).round(6).to_dict(orient="records")
+    records = summary.drop(columns="maps").astype(dict.fromkeys(METRICS, float)).round(6).to_dict(orient="records")
     _table_artifact(records, boxes, out)
     return {
-        "evaluated": evaluated, "skipped": len(skipped), "boxes": len(found), "summary": records,
-        "skipped_by_reason": _reason_counts(skipped), "evaluation": store.uri(EVALUATION), "seconds": clock["seconds"],
+        "evaluated": evaluated,
+        "skipped": len(skipped),
+        "boxes": len(found),
+        "summary": records,
+        "skipped_by_reason": _reason_counts(skipped),
+        "evaluation": store.uri(EVALUATION),
+        "seconds": clock["seconds"],
     }
 
 
@@ -249,9 +308,7 @@ def _require_idle(store: RunStore) -> None:
     manifest may belong to two runs."""
     state = root_state(store)
     if state["state"] == "updating":
-        raise RunRootBusy(
-            f"{store.location} is being updated by {state['by']}: evaluate it once that run has finished"
-        )
+        raise RunRootBusy(f"{store.location} is being updated by {state['by']}: evaluate it once that run has finished")
     if state["state"] == "interrupted":
         raise RunRootBusy(
             f"{store.location} was left mid-update by {state['by']} (its tables may mix two runs): run the same "
@@ -266,10 +323,11 @@ def _table_artifact(records: list[dict], boxes: str, out: str) -> None:
         # NaN (no pixel outside a box covering the whole image) is not JSON: shown empty
         clean = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in records]
         create_table_artifact(
-            clean, key=artifact_key(out, "evaluation"),
+            clean,
+            key=artifact_key(out, "evaluation"),
             description=f"{dataset_name(out)}: typicality maps against the boxes of {boxes}",
         )
-    except Exception as err:  # noqa: BLE001 - outside a flow run there is no API; the Parquet files are what matter
+    except Exception as err:
         stage_logger().debug("Prefect artifact not created: %s", err)
 
 
@@ -286,9 +344,16 @@ def _pairs(found: pd.DataFrame, index: dict[tuple[str, str], tuple[str, int]], l
     for (name, label), group in found.groupby(["filename", found["label"].fillna("")], sort=True, dropna=False):
         first = group.iloc[0]
         base = {
-            "image_id": first["image_id"], "filename": name, "label": label or None, "boxes": 0,
-            "boxes_dropped": len(group), "width": int(first["width"]), "height": int(first["height"]),
-            "pixel_boxes": [], "key": None, "status": "skipped",
+            "image_id": first["image_id"],
+            "filename": name,
+            "label": label or None,
+            "boxes": 0,
+            "boxes_dropped": len(group),
+            "width": int(first["width"]),
+            "height": int(first["height"]),
+            "pixel_boxes": [],
+            "key": None,
+            "status": "skipped",
         }
         problems = [f"row {r}: {p}" for r, p in zip(group["row"], group["problem"]) if isinstance(p, str)]
         if len(problems) == len(group):
@@ -314,10 +379,18 @@ def _pairs(found: pd.DataFrame, index: dict[tuple[str, str], tuple[str, int]], l
         if not boxes:
             pairs.append({**base, "image_id": image, "reason": _join_reasons(dropped)})
             continue
-        pairs.append({
-            **base, "image_id": image, "boxes": len(boxes), "boxes_dropped": len(dropped), "pixel_boxes": boxes,
-            "key": (image, label), "status": "ok", "reason": _join_reasons(dropped) if dropped else None,
-        })
+        pairs.append(
+            {
+                **base,
+                "image_id": image,
+                "boxes": len(boxes),
+                "boxes_dropped": len(dropped),
+                "pixel_boxes": boxes,
+                "key": (image, label),
+                "status": "ok",
+                "reason": _join_reasons(dropped) if dropped else None,
+            }
+        )
     return pairs
 
 
@@ -326,7 +399,9 @@ def _join_reasons(reasons: list[str]) -> str:
     return "; ".join(seen[:3]) + (f"; and {len(seen) - 3} more" if len(seen) > 3 else "")
 
 
-def _load_maps(store: RunStore, keys: list[tuple[str, str]], index: dict[tuple[str, str], tuple[str, int]]) -> dict[tuple[str, str], np.ndarray]:
+def _load_maps(
+    store: RunStore, keys: list[tuple[str, str]], index: dict[tuple[str, str], tuple[str, int]]
+) -> dict[tuple[str, str], np.ndarray]:
     """The maps of `keys`, reading each maps part once."""
     by_part: dict[str, list[int]] = defaultdict(list)
     for key in dict.fromkeys(keys):

@@ -13,33 +13,38 @@ import pandas as pd
 import torch
 from prefect import task
 
-from gcmodels.config import ConfigError, ModelConfig, RuntimeConfig, TrainConfig
-from gcmodels.mining.cotypicality import stratified_split
-from gcmodels.diffusion import ConditionalDiffusion, PixelDiffusion, inspect_base, load_base
-from gcmodels.runtime import configure_torch, resolve_device, resolve_precision
-from gcmodels.diffusion.training import CheckpointMismatch, TrainingDiverged, train_diffusion
 from gcmine.tasks.infra.artifacts import MODEL, TRAINING, artifact_key, model_description, read_images, stopwatch
 from gcmine.tasks.infra.caching import content_key
 from gcmine.tasks.infra.errors import DamagedArtifact, InputError, StorageError, out_of_memory_hint
 from gcmine.tasks.infra.gpu import gpu_slot
-from gcmine.tasks.latents import base_key, read_latent_inputs, shape_groups
+from gcmine.tasks.infra.integrity import file_records, model_damage
 from gcmine.tasks.infra.logs import stage_logger
 from gcmine.tasks.infra.models import COMPLETE, TRAINING_SET, model_fingerprint
 from gcmine.tasks.infra.progress import StageProgress
-from gcmine.tasks.infra.integrity import file_records, model_damage
 from gcmine.tasks.infra.storage import RunStore, is_local, scratch_dir
+from gcmine.tasks.latents import base_key, read_latent_inputs, shape_groups
+from gcmodels.config import ConfigError, ModelConfig, RuntimeConfig, TrainConfig
+from gcmodels.diffusion import ConditionalDiffusion, PixelDiffusion, inspect_base, load_base
+from gcmodels.diffusion.training import CheckpointMismatch, TrainingDiverged, train_diffusion
+from gcmodels.mining.cotypicality import stratified_split
+from gcmodels.runtime import configure_torch, resolve_device, resolve_precision
 
 CHECKPOINT = "checkpoints/finetune.pt"  # the resumable state of an unfinished training
 
 
-def _publish(store: RunStore, model: ConditionalDiffusion, history: list[dict], trained_on: pd.DataFrame, config_key: str) -> str:
+def _publish(
+    store: RunStore, model: ConditionalDiffusion, history: list[dict], trained_on: pd.DataFrame, config_key: str
+) -> str:
     """Write `model/` (weights, training set, completion marker last) and `training.parquet`."""
     with scratch_dir("model") as tmp:
         model.save(tmp)
         trained_on.to_parquet(Path(tmp) / TRAINING_SET, index=False)
         fingerprint = model_fingerprint(Path(tmp))
         marker = {
-            "fingerprint": fingerprint, "config_key": config_key, "labels": list(model.labels), "images": len(trained_on),
+            "fingerprint": fingerprint,
+            "config_key": config_key,
+            "labels": list(model.labels),
+            "images": len(trained_on),
             "files": file_records(Path(tmp), skip=(COMPLETE,)),  # size and SHA-256 of each file, checked before reuse
         }
         (Path(tmp) / COMPLETE).write_text(json.dumps(marker, indent=2, ensure_ascii=False))
@@ -71,7 +76,9 @@ def write_checkpoint(store: RunStore, payload: dict) -> None:
             _save(payload, local)
         except OSError as err:
             raise _checkpoint_error(store, err, staged=local) from err
-        store.retrying(f"uploading {store.uri(CHECKPOINT)}", store.fs.put_file, str(local), path, transfer=local.stat().st_size)
+        store.retrying(
+            f"uploading {store.uri(CHECKPOINT)}", store.fs.put_file, str(local), path, transfer=local.stat().st_size
+        )
 
 
 def _checkpoint_error(store: RunStore, err: OSError, staged: Path | None = None) -> StorageError:
@@ -106,11 +113,17 @@ def read_checkpoint(store: RunStore) -> dict | None:
             return torch.load(store.path(CHECKPOINT), map_location="cpu", weights_only=True)
         with scratch_dir("checkpoint") as tmp:
             local = Path(tmp) / "finetune.pt"
-            store.retrying(f"downloading {store.uri(CHECKPOINT)}", store.fs.get_file, store.path(CHECKPOINT), str(local), transfer=None)
+            store.retrying(
+                f"downloading {store.uri(CHECKPOINT)}",
+                store.fs.get_file,
+                store.path(CHECKPOINT),
+                str(local),
+                transfer=None,
+            )
             return torch.load(local, map_location="cpu", weights_only=True)
     except StorageError:
         raise  # the store failed (not the file): the run cannot go on
-    except Exception as err:  # noqa: BLE001 - a truncated or foreign file: ignore it, it is rewritten
+    except Exception as err:
         stage_logger().warning("ignoring the unreadable checkpoint %s: %s", store.uri(CHECKPOINT), err)
         return None
 
@@ -136,25 +149,41 @@ def checkpoint_of(model_config: ModelConfig, storage_options: dict | None = None
         info = inspect_base(model_config.base)
     except ValueError as err:
         raise ConfigError(f"model.base: {err}") from None
-    mapping = read_class_map(model_config.class_map, info, storage_options) if model_config.class_map is not None else None
+    mapping = (
+        read_class_map(model_config.class_map, info, storage_options) if model_config.class_map is not None else None
+    )
     return info, mapping
 
 
-def _new_model(vocab: list[str], resolution: int, model_config: ModelConfig, train_config: TrainConfig, generator,
-               class_map: dict[str, int] | None = None):
+def _new_model(
+    vocab: list[str],
+    resolution: int,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    generator,
+    class_map: dict[str, int] | None = None,
+):
     """The model to fine-tune: the small pixel UNet from scratch (in `model.prediction`), or the
     checkpoint `model.base` as its family (LoRA adapters added with `train.lora_rank`). A directory
     of no supported family, parts that do not fit, or labels its conditioning cannot express (a
     DiT label that is no class id) are configuration errors naming what is wrong."""
     if model_config.base is None:
         return PixelDiffusion.create(
-            vocab, resolution=resolution, block_out_channels=model_config.block_out_channels,
-            layers_per_block=model_config.layers_per_block, num_train_timesteps=model_config.num_train_timesteps,
-            beta_schedule=model_config.beta_schedule, prediction=model_config.prediction, generator=generator,
+            vocab,
+            resolution=resolution,
+            block_out_channels=model_config.block_out_channels,
+            layers_per_block=model_config.layers_per_block,
+            num_train_timesteps=model_config.num_train_timesteps,
+            beta_schedule=model_config.beta_schedule,
+            prediction=model_config.prediction,
+            generator=generator,
         )
     try:
         model = load_base(
-            model_config.base, vocab, prompt_template=model_config.prompt_template, null_prompt=model_config.null_prompt,
+            model_config.base,
+            vocab,
+            prompt_template=model_config.prompt_template,
+            null_prompt=model_config.null_prompt,
             class_map=class_map,
         )
     except ValueError as err:
@@ -193,7 +222,9 @@ def holdout_split(meta: pd.DataFrame, fraction: float, seed: int) -> set[str]:
     return set(labelled["image_id"].iloc[test])
 
 
-def reuse_decision(store: RunStore, training_set: pd.DataFrame, config_key: str, retrain_fraction: float) -> tuple[str | None, str]:
+def reuse_decision(
+    store: RunStore, training_set: pd.DataFrame, config_key: str, retrain_fraction: float
+) -> tuple[str | None, str]:
     """The fingerprint of the run root's model if it may score this dataset as it is, else None;
     and the reason, for the log. A model is reused when it was trained with the same settings,
     knows every current label, and at most `retrain_fraction` of its training set changed
@@ -282,13 +313,18 @@ def finetune(
             pixels = [z for z, k in zip(pixels, keep) if k]
             meta = meta[keep].reset_index(drop=True)
             log.info("%d labelled image(s) held out of fine-tuning (score.holdout = %g)", len(held), holdout)
-        training_set = meta[meta["label"].map(lambda v: isinstance(v, str))][["image_id", "label"]].reset_index(drop=True)
+        training_set = meta[meta["label"].map(lambda v: isinstance(v, str))][["image_id", "label"]].reset_index(
+            drop=True
+        )
         checkpoint, class_map = checkpoint_of(model_config, storage_options)
         # working images that keep an oblong original's aspect ratio (data.resize=short_side) key
         # the model too: a change of resize policy retrains it (squares are the same under both)
         oblong = ["aspect kept"] if latents is None and any(p.shape[0] != p.shape[1] for p in pixels) else []
         config_key = content_key(
-            resolution, model_config, train_config.model_dump(exclude={"retrain_fraction"}), *oblong,
+            resolution,
+            model_config,
+            train_config.model_dump(exclude={"retrain_fraction"}),
+            *oblong,
             *([{"holdout": holdout, "seed": holdout_seed}] if holdout > 0 else []),
             *([base_key(model_config.base)] if model_config.base is not None else []),
             *([sorted(class_map.items())] if class_map else []),
@@ -296,8 +332,15 @@ def finetune(
         reused, why = reuse_decision(store, training_set, config_key, train_config.retrain_fraction)
         if reused is not None:
             log.info("finetune reused the existing model %s: %s", reused, why)
-            return {"fingerprint": reused, "labels": vocab, "reused": True, "reason": why, "device": str(device),
-                    "held_out": len(held), "seconds": 0.0}
+            return {
+                "fingerprint": reused,
+                "labels": vocab,
+                "reused": True,
+                "reason": why,
+                "device": str(device),
+                "held_out": len(held),
+                "seconds": 0.0,
+            }
         log.info("training a new model: %s", why)
         labels = [lab if isinstance(lab, str) else None for lab in meta["label"]]
         data_key = content_key(meta["image_id"].tolist(), labels)  # the images and labels, in training order
@@ -312,11 +355,16 @@ def finetune(
                 images = torch.from_numpy(_channels_first(np.stack(pixels), True))
             else:  # batched by shape (aspect ratio): lists of (n_i, C, h, w) and (n_i,)
                 all_cond = model.label_index(labels)
-                images = [torch.from_numpy(_channels_first(np.stack([pixels[i] for i in idx]), latents is None)) for idx in groups]
+                images = [
+                    torch.from_numpy(_channels_first(np.stack([pixels[i] for i in idx]), latents is None))
+                    for idx in groups
+                ]
                 cond = [all_cond[idx] for idx in groups]
                 log.info(
                     "%d working shapes batched apart (the largest %d images, %d shape(s) smaller than a batch of %d)",
-                    len(groups), max(map(len, groups)), sum(len(g) < train_config.batch_size for g in groups),
+                    len(groups),
+                    max(map(len, groups)),
+                    sum(len(g) < train_config.batch_size for g in groups),
                     train_config.batch_size,
                 )
             steps = train_config.budget(len(meta))
@@ -324,8 +372,14 @@ def finetune(
             n_params = sum(p.numel() for p in trainable)
             log.info(
                 "training %.2fM parameters (%s) on %d images, %d labels, %d steps of batch %d on %s (%s)",
-                n_params / 1e6, model_description(model_config, train_config, checkpoint), len(meta), len(vocab), steps, train_config.batch_size,
-                device, precision,
+                n_params / 1e6,
+                model_description(model_config, train_config, checkpoint),
+                len(meta),
+                len(vocab),
+                steps,
+                train_config.batch_size,
+                device,
+                precision,
             )
             resume = None
             saved = read_checkpoint(store)
@@ -342,10 +396,15 @@ def finetune(
                 write_checkpoint(store, {"config_key": config_key, "data_key": data_key, "state": state})
                 log.info(
                     "checkpoint at step %d: %.1f s to copy the state to the host, %.1f s to write %s",
-                    state["step"], state.get("host_seconds", 0.0), time.perf_counter() - began, store.uri(CHECKPOINT),
+                    state["step"],
+                    state.get("host_seconds", 0.0),
+                    time.perf_counter() - began,
+                    store.uri(CHECKPOINT),
                 )
 
-            progress = StageProgress(steps, "finetune", bar=runtime.progress, key=artifact_key(out, "finetune-progress"))
+            progress = StageProgress(
+                steps, "finetune", bar=runtime.progress, key=artifact_key(out, "finetune-progress")
+            )
 
             def on_step(row: dict) -> None:
                 progress.update(row["step"] + 1, loss=row["loss"])
@@ -355,15 +414,28 @@ def finetune(
             def train(resume: dict | None):
                 history[:] = [] if resume is None else [dict(r) for r in resume["history"]]
                 return train_diffusion(
-                    model, images, cond, steps=steps, batch_size=train_config.batch_size, lr=train_config.lr,
-                    warmup_steps=train_config.warmup_steps, weight_decay=train_config.weight_decay,
-                    grad_clip=train_config.grad_clip, label_dropout=train_config.label_dropout,
-                    checkpoint_every=train_config.checkpoint_every, generator=generator,
-                    checkpoint_seconds=None if train_config.checkpoint_minutes is None else 60.0 * train_config.checkpoint_minutes,
+                    model,
+                    images,
+                    cond,
+                    steps=steps,
+                    batch_size=train_config.batch_size,
+                    lr=train_config.lr,
+                    warmup_steps=train_config.warmup_steps,
+                    weight_decay=train_config.weight_decay,
+                    grad_clip=train_config.grad_clip,
+                    label_dropout=train_config.label_dropout,
+                    checkpoint_every=train_config.checkpoint_every,
+                    generator=generator,
+                    checkpoint_seconds=None
+                    if train_config.checkpoint_minutes is None
+                    else 60.0 * train_config.checkpoint_minutes,
                     max_seconds=None if train_config.minutes is None else 60.0 * train_config.minutes,
                     callback=lambda row: (history.append(row), on_step(row)),
-                    lr_schedule=train_config.lr_schedule, ema_decay=train_config.ema_decay, precision=precision,
-                    on_checkpoint=on_checkpoint, resume=resume,
+                    lr_schedule=train_config.lr_schedule,
+                    ema_decay=train_config.ema_decay,
+                    precision=precision,
+                    on_checkpoint=on_checkpoint,
+                    resume=resume,
                 )
 
             try:
@@ -387,7 +459,14 @@ def finetune(
             log.warning("train.minutes reached: stopped after %d of %d steps", result.steps, steps)
         log.info("trained %d steps; final loss (mean of last 50) %.4f", result.steps, tail)
     return {
-        "steps": result.steps, "labels": vocab, "final_loss": float(tail), "fingerprint": fingerprint,
-        "parameters": n_params, "device": str(device), "reused": False, "reason": why, "held_out": len(held),
+        "steps": result.steps,
+        "labels": vocab,
+        "final_loss": float(tail),
+        "fingerprint": fingerprint,
+        "parameters": n_params,
+        "device": str(device),
+        "reused": False,
+        "reason": why,
+        "held_out": len(held),
         "seconds": clock["seconds"],
     }

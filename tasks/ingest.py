@@ -14,17 +14,25 @@ from dataclasses import dataclass
 import pandas as pd
 from prefect import task
 
-from gcmodels.config import DataConfig
-from gcmodels.data.images import ImageRejected, decode_image, encode_png, image_id, reason_kind, to_working
 from gcmine.tasks.infra.artifacts import MANIFEST, MANIFEST_COLUMNS, SHARDS_META, images_part, part_name, stopwatch
 from gcmine.tasks.infra.caching import content_key
 from gcmine.tasks.infra.errors import DamagedArtifact, InputError, StorageError
 from gcmine.tasks.infra.integrity import parquet_damage
 from gcmine.tasks.infra.logs import stage_logger
 from gcmine.tasks.infra.storage import RunStore, is_local, join_uri, open_fs, with_retries
+from gcmodels.config import DataConfig
+from gcmodels.data.images import ImageRejected, decode_image, encode_png, image_id, reason_kind, to_working
 
 __all__ = [
-    "InputError", "Sources", "clean_label", "ingest", "ingest_images", "list_sources", "match_labels", "read_labels", "read_table",
+    "InputError",
+    "Sources",
+    "clean_label",
+    "ingest",
+    "ingest_images",
+    "list_sources",
+    "match_labels",
+    "read_labels",
+    "read_table",
 ]
 
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -47,7 +55,9 @@ def read_table(uri: str, what: str, storage_options: dict | None) -> pd.DataFram
     if with_retries(fs, f"checking {uri}", fs.isdir, path):
         raise InputError(f"{what} file {uri} is a folder, not a CSV/Parquet file")
     if is_local(fs) and not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would hang the read
-        raise InputError(f"{what} file {uri} is {_FILE_KINDS.get(stat.S_IFMT(os.stat(path).st_mode), 'not a regular file')}, not a CSV/Parquet file")
+        raise InputError(
+            f"{what} file {uri} is {_FILE_KINDS.get(stat.S_IFMT(os.stat(path).st_mode), 'not a regular file')}, not a CSV/Parquet file"
+        )
     raw = with_retries(fs, f"reading {uri}", fs.cat_file, path)
     try:
         fh = io.BytesIO(raw)
@@ -57,8 +67,10 @@ def read_table(uri: str, what: str, storage_options: dict | None) -> pd.DataFram
             df = pd.read_csv(fh, dtype=str, keep_default_na=False, skipinitialspace=True)
     except pd.errors.EmptyDataError:
         raise InputError(f"{what} file {uri} is empty") from None
-    except Exception as err:  # noqa: BLE001 - any parser error becomes a user-facing error naming the file
-        raise InputError(f"{what} file {uri} could not be read as {'Parquet' if path.lower().endswith(('.parquet', '.pq')) else 'CSV'}: {err}") from None
+    except Exception as err:
+        raise InputError(
+            f"{what} file {uri} could not be read as {'Parquet' if path.lower().endswith(('.parquet', '.pq')) else 'CSV'}: {err}"
+        ) from None
     df.columns = [str(c).strip() for c in df.columns]
     return df
 
@@ -132,7 +144,9 @@ def read_labels(labels: str, storage_options: dict | None = None, notes: list[st
     df = read_table(labels, "labels", storage_options)
     missing = [c for c in ("filename", "label") if c not in df.columns]
     if missing:
-        raise InputError(f"labels file {labels} lacks column(s) {missing}; it has {list(df.columns)} (need filename,label)")
+        raise InputError(
+            f"labels file {labels} lacks column(s) {missing}; it has {list(df.columns)} (need filename,label)"
+        )
     if len(df) == 0:
         raise InputError(f"labels file {labels} has no rows")
     df = df.reset_index(drop=True)
@@ -179,8 +193,11 @@ def match_labels(names: list[str], table: pd.DataFrame) -> tuple[list[str | None
 
 
 _FILE_KINDS = {
-    stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-    stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a folder",
 }
 
 
@@ -234,7 +251,12 @@ def _read_source(fs, uri: str, limit: int, size: int | None) -> bytes:
 
 
 def _decode_one(
-    fs, uri: str, data_config: DataConfig, known: frozenset[str], size: int | None = None, multiple: int = 8,
+    fs,
+    uri: str,
+    data_config: DataConfig,
+    known: frozenset[str],
+    size: int | None = None,
+    multiple: int = 8,
 ) -> dict:
     """Read one file; decode it unless its content (image_id) is already in a reusable shard.
     A file that cannot be read, is not a regular file or is larger than `data.max_file_bytes` is
@@ -272,7 +294,10 @@ def _decode_one(
 
 
 def _previous_run(
-    store: RunStore, resolution: int, resize: str = "square", log: logging.Logger | logging.LoggerAdapter | None = None,
+    store: RunStore,
+    resolution: int,
+    resize: str = "square",
+    log: logging.Logger | logging.LoggerAdapter | None = None,
     multiple: int = 8,
 ) -> tuple[list[dict], pd.DataFrame]:
     """Shards of an earlier run at the same working size policy (reusable as they are) and its ok
@@ -310,9 +335,13 @@ def _previous_run(
         if reason is not None:
             log.warning(
                 "the image shard %s is %s: its %d image(s) are decoded again from the sources",
-                store.uri(images_part(sh["name"])), reason if reason == "missing" else f"damaged ({reason})", len(sh["ids"]),
+                store.uri(images_part(sh["name"])),
+                reason if reason == "missing" else f"damaged ({reason})",
+                len(sh["ids"]),
             )
-    return [sh for sh, reason in zip(shards, damage) if reason is None], prev[["image_id", "width", "height", "first_seen"]]
+    return [sh for sh, reason in zip(shards, damage) if reason is None], prev[
+        ["image_id", "width", "height", "first_seen"]
+    ]
 
 
 def parquet_damage_or_missing(store: RunStore, rel: str) -> str | None:
@@ -323,8 +352,13 @@ def parquet_damage_or_missing(store: RunStore, rel: str) -> str | None:
 
 
 def ingest_images(
-    images: str, labels: str | None, store: RunStore, data: DataConfig, storage_options: dict | None = None,
-    logger: logging.Logger | None = None, multiple: int = 8,
+    images: str,
+    labels: str | None,
+    store: RunStore,
+    data: DataConfig,
+    storage_options: dict | None = None,
+    logger: logging.Logger | None = None,
+    multiple: int = 8,
 ) -> dict:
     """Everything of the ingest stage but the Prefect wrapping; returns the ingest summary.
 
@@ -360,7 +394,9 @@ def ingest_images(
     fs, _ = open_fs(images, storage_options)
     with ThreadPoolExecutor(max_workers=8) as pool:
         sizes = sources.sizes or [None] * len(sources.uris)
-        decoded = list(pool.map(lambda us: _decode_one(fs, us[0], data, known, us[1], multiple), zip(sources.uris, sizes)))
+        decoded = list(
+            pool.map(lambda us: _decode_one(fs, us[0], data, known, us[1], multiple), zip(sources.uris, sizes))
+        )
 
     prev = previous.set_index("image_id")
     now = pd.Timestamp.now(tz="UTC").isoformat()
@@ -368,8 +404,14 @@ def ingest_images(
     for uri, name, label, d in zip(sources.uris, sources.names, assigned, decoded):
         iid = d["image_id"]
         row = {
-            "image_id": iid, "source": uri, "filename": posixpath.basename(name), "label": label,
-            "width": d.get("width"), "height": d.get("height"), "status": d["status"], "reason": d["reason"],
+            "image_id": iid,
+            "source": uri,
+            "filename": posixpath.basename(name),
+            "label": label,
+            "width": d.get("width"),
+            "height": d.get("height"),
+            "status": d["status"],
+            "reason": d["reason"],
             "first_seen": now,
         }
         if iid in prev.index and isinstance(prev.at[iid, "first_seen"], str):
@@ -414,7 +456,9 @@ def ingest_images(
     for sh in all_shards:
         keyed = policy if oblong.intersection(sh["ids"]) else []
         sh["fingerprint"] = content_key(sorted(sh["ids"]), data.resolution, *keyed)
-    store.write_json(SHARDS_META, {"resolution": data.resolution, "resize": data.resize, "multiple": multiple, "shards": all_shards})
+    store.write_json(
+        SHARDS_META, {"resolution": data.resolution, "resize": data.resize, "multiple": multiple, "shards": all_shards}
+    )
     store.write_parquet(MANIFEST, manifest)
     ok = manifest["status"] == "ok"
     live = manifest[ok]
@@ -422,7 +466,9 @@ def ingest_images(
     for sh in all_shards:
         members = live[live["shard"] == sh["name"]]
         if len(members):
-            pairs = sorted(zip(members["image_id"], members["label"].map(lambda v: v if isinstance(v, str) else None)), key=str)
+            pairs = sorted(
+                zip(members["image_id"], members["label"].map(lambda v: v if isinstance(v, str) else None)), key=str
+            )
             shards.append({"name": sh["name"], "fingerprint": sh["fingerprint"], "labels": content_key(pairs)})
     labelled = live.loc[live["label"].map(lambda v: isinstance(v, str)).astype(bool)]
 
@@ -435,28 +481,40 @@ def ingest_images(
     if lost:
         notes.append(
             f"{len(lost)} label(s) have no usable image left after rejection and are left out: "
-            + ", ".join(repr(lab) for lab in lost[:10]) + (" ..." if len(lost) > 10 else "")
+            + ", ".join(repr(lab) for lab in lost[:10])
+            + (" ..." if len(lost) > 10 else "")
         )
     single = sorted(str(lab) for lab, n in label_counts.items() if n == 1)
     if single:
         notes.append(
             f"{len(single)} label(s) have a single usable image (kept; their elements come from that image alone): "
-            + ", ".join(repr(lab) for lab in single[:10]) + (" ..." if len(single) > 10 else "")
+            + ", ".join(repr(lab) for lab in single[:10])
+            + (" ..." if len(single) > 10 else "")
         )
     conflicts = int(rejected["reason"].str.startswith("duplicate with another label").sum())
     if conflicts:
-        notes.append(f"{conflicts} duplicate image(s) carry another label than their first copy: the first copy and its label are kept")
+        notes.append(
+            f"{conflicts} duplicate image(s) carry another label than their first copy: the first copy and its label are kept"
+        )
     if missing:
         notes.append(f"{len(missing)} labelled file(s) not found among the images (ignored), e.g. {missing[:3]}")
     if unlabeled:
         notes.append(f"{unlabeled} usable image(s) have no label (used for the unconditional model only)")
     summary = {
-        "images": len(manifest), "ok": int(ok.sum()), "rejected": int((~ok).sum()),
-        "rejected_by_reason": dict(by_reason), "unlabeled": unlabeled,
-        "missing_files": len(missing), "missing_examples": missing[:5],
-        "labels": {str(k): int(v) for k, v in label_counts.items()}, "shards": shards,
-        "new_images": len(new_rows), "reused_shards": len(old_shards),
-        "images_key": content_key(sorted(live["image_id"]), data.resolution, *(policy if oblong.intersection(live["image_id"]) else [])),
+        "images": len(manifest),
+        "ok": int(ok.sum()),
+        "rejected": int((~ok).sum()),
+        "rejected_by_reason": dict(by_reason),
+        "unlabeled": unlabeled,
+        "missing_files": len(missing),
+        "missing_examples": missing[:5],
+        "labels": {str(k): int(v) for k, v in label_counts.items()},
+        "shards": shards,
+        "new_images": len(new_rows),
+        "reused_shards": len(old_shards),
+        "images_key": content_key(
+            sorted(live["image_id"]), data.resolution, *(policy if oblong.intersection(live["image_id"]) else [])
+        ),
         "labels_key": content_key(sorted(zip(labelled["image_id"], labelled["label"]))),
         "notes": notes,
     }
@@ -469,7 +527,9 @@ def ingest_images(
     if new_rows or old_shards:
         log.info("%d new image(s) decoded; %d shard(s) of an earlier run reused", len(new_rows), len(old_shards))
     if not shards:
-        raise InputError(f"no usable image in {images}: all {len(manifest)} were rejected ({dict(by_reason)}); see {store.uri(MANIFEST)}")
+        raise InputError(
+            f"no usable image in {images}: all {len(manifest)} were rejected ({dict(by_reason)}); see {store.uri(MANIFEST)}"
+        )
     if len(label_counts) > data.max_labels:
         raise InputError(
             f"{labels or images} gives {len(label_counts)} distinct labels to usable images, more than "
@@ -478,7 +538,11 @@ def ingest_images(
         )
     log.info(
         "ingested %d images (%d ok, %d rejected) with %d labels into %d shard(s)",
-        len(manifest), summary["ok"], summary["rejected"], len(label_counts), len(shards),
+        len(manifest),
+        summary["ok"],
+        summary["rejected"],
+        len(label_counts),
+        len(shards),
     )
     return summary
 
@@ -491,14 +555,19 @@ def _transient(task, task_run, state) -> bool:
         return False
     except OSError:
         return True
-    except Exception:  # noqa: BLE001 - anything else is a bug or bad data: no retry
+    except Exception:
         return False
     return False
 
 
 @task(name="ingest", task_run_name="ingest", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient)
 def ingest(
-    images: str, labels: str | None, out: str, data: DataConfig, storage_options: dict | None = None, multiple: int = 8,
+    images: str,
+    labels: str | None,
+    out: str,
+    data: DataConfig,
+    storage_options: dict | None = None,
+    multiple: int = 8,
 ) -> dict:
     """Prefect task: see `ingest_images` (`multiple`: what the long side of a working image is
     rounded to under data.resize=short_side, `Settings.working_multiple`)."""

@@ -18,15 +18,15 @@ import pandas as pd
 import torch
 from prefect import task
 
-from gcmodels.config import ConfigError, RuntimeConfig
-from gcmodels.runtime import configure_torch, resolve_device
-from gcmodels.diffusion import CheckpointInfo, LatentEncoder, inspect_base
 from gcmine.tasks.infra.artifacts import keyed_part, live_labels, read_images, stopwatch, worker_name
 from gcmine.tasks.infra.caching import content_key
 from gcmine.tasks.infra.errors import out_of_memory_hint
 from gcmine.tasks.infra.gpu import gpu_slot
 from gcmine.tasks.infra.logs import stage_logger
 from gcmine.tasks.infra.storage import RunStore, open_fs, with_retries
+from gcmodels.config import ConfigError, RuntimeConfig
+from gcmodels.diffusion import CheckpointInfo, LatentEncoder, inspect_base
+from gcmodels.runtime import configure_torch, resolve_device
 
 BATCH = 16  # images per VAE forward
 _encoders: dict[tuple[str, str], LatentEncoder] = {}
@@ -46,7 +46,12 @@ def base_key(base: str) -> str:
 
 
 def check_base(
-    base: str, feature_block: int, *, class_map: str | None = None, resolution: int | None = None, resize: str | None = None,
+    base: str,
+    feature_block: int,
+    *,
+    class_map: str | None = None,
+    resolution: int | None = None,
+    resize: str | None = None,
 ) -> CheckpointInfo:
     """Before any image is ingested or encoded: `base` must be a complete directory of a supported
     family (read from its model_index.json and component configs), `feature_block`
@@ -81,7 +86,9 @@ def check_base(
     return info
 
 
-def check_class_labels(info: CheckpointInfo, class_map: str | None, labels: list[str], storage_options: dict | None = None) -> None:
+def check_class_labels(
+    info: CheckpointInfo, class_map: str | None, labels: list[str], storage_options: dict | None = None
+) -> None:
     """Right after ingest, before any latent is encoded: a class-conditional checkpoint (DiT) needs a
     class for every given label (`labels`; none = the run would condition on cluster pseudo-labels,
     which have no class): ConfigError naming the labels otherwise."""
@@ -113,7 +120,9 @@ def read_class_map(uri: str, info: CheckpointInfo, storage_options: dict | None 
         raise ConfigError(f"model.class_map: cannot read {uri} as a CSV ({type(err).__name__}: {err})") from None
     missing = [c for c in ("label", "class_id") if c not in table.columns]
     if missing:
-        raise ConfigError(f"model.class_map: {uri} needs the columns label,class_id; missing {missing}, found {list(table.columns)}")
+        raise ConfigError(
+            f"model.class_map: {uri} needs the columns label,class_id; missing {missing}, found {list(table.columns)}"
+        )
     try:
         return validate_class_map(list(zip(table["label"], table["class_id"])), info.num_classes or 0)
     except ValueError as err:
@@ -181,7 +190,12 @@ def shape_groups(arrays: list[np.ndarray]) -> dict[tuple[int, ...], list[int]]:
 
 @task(name="latents", task_run_name="latents[{shard[name]}]")
 def latents_shard(
-    out: str, shard: dict, base: str, vae_key: str, runtime: RuntimeConfig, storage_options: dict | None = None,
+    out: str,
+    shard: dict,
+    base: str,
+    vae_key: str,
+    runtime: RuntimeConfig,
+    storage_options: dict | None = None,
 ) -> dict:
     """VAE latents of the shard's live working images (each at its own size: images that keep
     their aspect ratio are batched by size) into `latents/part-*-<key>.parquet`."""

@@ -5,7 +5,14 @@ from __future__ import annotations
 from prefect import task
 
 from gcmine.tasks.infra.artifacts import (
-    CLUSTER_CONTINGENCY, CLUSTER_LINKAGE, CLUSTER_METRICS, CLUSTER_TRACES, CLUSTERS, COLLECTION_MAP, CONDITIONING, EMBEDDINGS,
+    CLUSTER_CONTINGENCY,
+    CLUSTER_LINKAGE,
+    CLUSTER_METRICS,
+    CLUSTER_TRACES,
+    CLUSTERS,
+    COLLECTION_MAP,
+    CONDITIONING,
+    EMBEDDINGS,
     stopwatch,
 )
 from gcmine.tasks.infra.errors import DamagedArtifact
@@ -13,8 +20,13 @@ from gcmine.tasks.infra.integrity import footer_damage
 from gcmine.tasks.infra.storage import RunStore, damaged_hint
 
 CONTRACT_NAMES = {
-    "embeddings": EMBEDDINGS, "clusters": CLUSTERS, "cluster_metrics": CLUSTER_METRICS, "cluster_traces": CLUSTER_TRACES,
-    "cluster_contingency": CLUSTER_CONTINGENCY, "cluster_linkage": CLUSTER_LINKAGE, "conditioning": CONDITIONING,
+    "embeddings": EMBEDDINGS,
+    "clusters": CLUSTERS,
+    "cluster_metrics": CLUSTER_METRICS,
+    "cluster_traces": CLUSTER_TRACES,
+    "cluster_contingency": CLUSTER_CONTINGENCY,
+    "cluster_linkage": CLUSTER_LINKAGE,
+    "conditioning": CONDITIONING,
     "collection_map": COLLECTION_MAP,
 }
 

@@ -8,20 +8,28 @@ import torch
 import torch.nn.functional as F
 from prefect import task
 
-from gcmodels.config import RankConfig, RuntimeConfig
-from gcmodels.mining.elements import mine_elements
-from gcmodels.mining.patches import box_mean, scale_boxes, top_patches
 from gcmine.tasks.infra.artifacts import (
-    ELEMENT_COLUMNS, ELEMENTS, MANIFEST, PATCH_COLUMNS, PATCHES, keyed_part, live_rows, read_images, stopwatch,
-    unpack_map_rows, worker_name,
+    ELEMENT_COLUMNS,
+    ELEMENTS,
+    MANIFEST,
+    PATCH_COLUMNS,
+    PATCHES,
+    keyed_part,
+    live_rows,
+    read_images,
+    stopwatch,
+    unpack_map_rows,
+    worker_name,
 )
 from gcmine.tasks.infra.caching import content_key
 from gcmine.tasks.infra.errors import out_of_memory_hint
-from gcmine.tasks.latents import read_latents, shape_groups
 from gcmine.tasks.infra.logs import stage_logger
 from gcmine.tasks.infra.models import model_stage
 from gcmine.tasks.infra.storage import RunStore
-
+from gcmine.tasks.latents import read_latents, shape_groups
+from gcmodels.config import RankConfig, RuntimeConfig
+from gcmodels.mining.elements import mine_elements
+from gcmodels.mining.patches import box_mean, scale_boxes, top_patches
 
 
 def _model_inputs(store: RunStore, model, name: str, ids: list[str], latents: str | None) -> list[np.ndarray]:
@@ -37,8 +45,15 @@ def _model_inputs(store: RunStore, model, name: str, ids: list[str], latents: st
 
 @task(name="rank", task_run_name="rank[{shard[name]}]")
 def rank_shard(
-    out: str, shard: dict, maps: str, fingerprint: str, patch_size: int, config: RankConfig, runtime: RuntimeConfig,
-    storage_options: dict | None = None, latents: str | None = None,
+    out: str,
+    shard: dict,
+    maps: str,
+    fingerprint: str,
+    patch_size: int,
+    config: RankConfig,
+    runtime: RuntimeConfig,
+    storage_options: dict | None = None,
+    latents: str | None = None,
 ) -> dict:
     """Top `per_image` patches of each image of the shard (maps from artifact `maps`), with their
     diffusion features, written to `patch_candidates/part-*-<key>.parquet`.
@@ -52,8 +67,11 @@ def rank_shard(
     more than `per_label` features per label."""
     name = shard["name"]
     chunk = max(1, config.feature_batch // config.feature_draws)  # images per feature forward
-    with stopwatch() as clock, model_stage(out, fingerprint, runtime, storage_options) as (store, model, device), \
-            out_of_memory_hint(f"rank {name}", {"rank.feature_batch": config.feature_batch}, device):
+    with (
+        stopwatch() as clock,
+        model_stage(out, fingerprint, runtime, storage_options) as (store, model, device),
+        out_of_memory_hint(f"rank {name}", {"rank.feature_batch": config.feature_batch}, device),
+    ):
         maps_df = store.read_parquet(maps)
         ids = list(maps_df["image_id"])
         map_list = unpack_map_rows(maps_df)
@@ -90,7 +108,9 @@ def rank_shard(
                     features[idx[sl]] = part
         if features is None:
             features = np.zeros((0, k, 1), np.float32)
-        sizes = live_rows(store.read_parquet(MANIFEST, ["image_id", "width", "height", "status"])).reindex(maps_df["image_id"])
+        sizes = live_rows(store.read_parquet(MANIFEST, ["image_id", "width", "height", "status"])).reindex(
+            maps_df["image_id"]
+        )
         wid = sizes["width"].to_numpy(np.int64)[:, None]
         hei = sizes["height"].to_numpy(np.int64)[:, None]
         orig = scale_boxes(boxes, (work[:, :1], work[:, 1:]), (wid, hei))  # (N, k, 4) original pixels
@@ -103,18 +123,28 @@ def rank_shard(
                 **{c: orig[..., i].reshape(-1) for i, c in enumerate(["x0", "y0", "x1", "y1"])},
                 **{c: boxes[..., i].reshape(-1) for i, c in enumerate(["wx0", "wy0", "wx1", "wy1"])},
                 "typicality": scores.reshape(-1),
-                "draws": np.repeat(maps_df["draws"].to_numpy(np.int64) if "draws" in maps_df else np.zeros(n, np.int64), k),
+                "draws": np.repeat(
+                    maps_df["draws"].to_numpy(np.int64) if "draws" in maps_df else np.zeros(n, np.int64), k
+                ),
                 "top_patch_se": np.repeat(
                     maps_df["top_patch_se"].to_numpy(np.float64) if "top_patch_se" in maps_df else np.full(n, np.nan), k
                 ),
-                "feature": list(features.reshape(n * k, features.shape[-1]).astype(np.float32)),  # n may be 0 (no labelled image)
+                "feature": list(
+                    features.reshape(n * k, features.shape[-1]).astype(np.float32)
+                ),  # n may be 0 (no labelled image)
             }
         )[valid].reset_index(drop=True)
         kept = table.index.isin(_top_per_label(table, config.per_label))
         table["feature"] = [f if keep else _NO_FEATURE for f, keep in zip(table["feature"], kept)]
         candidates = keyed_part("patch_candidates", name, content_key(maps, fingerprint, patch_size, config, latents))
         store.write_parquet(candidates, table)
-    return {"shard": name, "patches": int(valid.sum()), "candidates": candidates, "seconds": clock["seconds"], "worker": worker_name()}
+    return {
+        "shard": name,
+        "patches": int(valid.sum()),
+        "candidates": candidates,
+        "seconds": clock["seconds"],
+        "worker": worker_name(),
+    }
 
 
 _NO_FEATURE = np.zeros(0, np.float32)  # the feature of a candidate that cannot reach its label's top
@@ -164,14 +194,28 @@ def elements(out: str, candidates: list[str], config: RankConfig, storage_option
         distance = pd.Series(dtype=np.float64)
         rows = []
         for label, top in best.groupby("label", sort=True):
-            found = mine_elements(np.stack(top["feature"].to_numpy()), top["typicality"].to_numpy(), config.elements, seed=config.seed)
+            found = mine_elements(
+                np.stack(top["feature"].to_numpy()), top["typicality"].to_numpy(), config.elements, seed=config.seed
+            )
             element = pd.concat([element, pd.Series(found.assignment, index=top["order"].to_numpy())])
             distance = pd.concat([distance, pd.Series(found.distance, index=top["order"].to_numpy())])
             for e in range(len(found.score)):
-                rows.append({"label": label, "element": e, "rank": e, "score": float(found.score[e]), "size": int(found.size[e])})
+                rows.append(
+                    {
+                        "label": label,
+                        "element": e,
+                        "rank": e,
+                        "score": float(found.score[e]),
+                        "size": int(found.size[e]),
+                    }
+                )
             log.info(
                 "label %r: %d patches kept, %d elements (top score %.4g, %d patches)",
-                label, len(top), len(found.score), found.score[0], found.size[0],
+                label,
+                len(top),
+                len(found.score),
+                found.score[0],
+                found.size[0],
             )
         columns = [c for c in PATCH_COLUMNS if c != "element"]
         cand = pd.concat([store.read_parquet(c, columns) for c in candidates], ignore_index=True)
@@ -180,4 +224,9 @@ def elements(out: str, candidates: list[str], config: RankConfig, storage_option
         patches = cand[PATCH_COLUMNS + ["distance"]].sort_values(["label", "image_id", "rank"], kind="stable")
         store.write_parquet(PATCHES, patches.reset_index(drop=True))
         store.write_parquet(ELEMENTS, pd.DataFrame(rows, columns=ELEMENT_COLUMNS))
-    return {"labels": int(cand["label"].nunique()), "patches": len(cand), "elements": len(rows), "seconds": clock["seconds"]}
+    return {
+        "labels": int(cand["label"].nunique()),
+        "patches": len(cand),
+        "elements": len(rows),
+        "seconds": clock["seconds"],
+    }

@@ -9,21 +9,47 @@ import pandas as pd
 from PIL import Image
 from prefect import task
 
-from gcmodels.config import ReportConfig
-from gcmodels.data.images import decode_image
-from gcmine.tasks.infra.artifacts import (
-    BASELINE, BASELINE_DETECTORS, CLUSTER_METRICS, CLUSTERS, COLLECTION_MAP, CONFUSION, ELEMENTS, EVALUATION,
-    EVALUATION_SUMMARY, LABEL_MATRIX, MANIFEST, MODEL, PATCHES, REPORT, RUN_JSON, SAMPLE_QUALITY, SAMPLES, TRAINING,
-    TRANSLATION_CHANGES, TRANSLATIONS, TYPICALITY, live_rows, stopwatch, unpack_map_rows,
-)
 from gcmine.tasks.evaluate import maps_key, maps_of
-from gcmine.tasks.infra.logs import stage_logger
-from gcmine.tasks.reporting import (
-    ReportData, baseline_section, cotypicality_section, evaluation_section, label_anchors, render_report, samples_section,
-    translation_section,
+from gcmine.tasks.infra.artifacts import (
+    BASELINE,
+    BASELINE_DETECTORS,
+    CLUSTER_METRICS,
+    CLUSTERS,
+    COLLECTION_MAP,
+    CONFUSION,
+    ELEMENTS,
+    EVALUATION,
+    EVALUATION_SUMMARY,
+    LABEL_MATRIX,
+    MANIFEST,
+    MODEL,
+    PATCHES,
+    REPORT,
+    RUN_JSON,
+    SAMPLE_QUALITY,
+    SAMPLES,
+    TRAINING,
+    TRANSLATION_CHANGES,
+    TRANSLATIONS,
+    TYPICALITY,
+    live_rows,
+    stopwatch,
+    unpack_map_rows,
 )
+from gcmine.tasks.infra.logs import stage_logger
 from gcmine.tasks.infra.models import TRAINING_SET
 from gcmine.tasks.infra.storage import RunStore, open_fs
+from gcmine.tasks.reporting import (
+    ReportData,
+    baseline_section,
+    cotypicality_section,
+    evaluation_section,
+    render_report,
+    samples_section,
+    translation_section,
+)
+from gcmodels.config import ReportConfig
+from gcmodels.data.images import decode_image
 
 APPLICATIONS = ("classify", "translate", "baseline")  # the optional stages whose results the report shows
 
@@ -62,7 +88,9 @@ def application_sections(store: RunStore, applications: dict, load_image, run_in
     """The report sections of the applications that ran (classify, translate, baseline)."""
     sections = []
     if "classify" in applications:
-        html = cotypicality_section(store.read_parquet(LABEL_MATRIX), store.read_parquet(CONFUSION), applications["classify"])
+        html = cotypicality_section(
+            store.read_parquet(LABEL_MATRIX), store.read_parquet(CONFUSION), applications["classify"]
+        )
         sections.append(("cotypicality", "Cotypicality and classifier", html))
     if "translate" in applications:
 
@@ -70,19 +98,26 @@ def application_sections(store: RunStore, applications: dict, load_image, run_in
         def load_png(path: str):
             try:
                 return decode_image(store.read_bytes(path), max_pixels=10**8)
-            except Exception:  # noqa: BLE001 - shown as missing
+            except Exception:
                 return None
 
         html = translation_section(
-            store.read_parquet(TRANSLATIONS), store.read_parquet(TRANSLATION_CHANGES), load_png, applications["translate"]
+            store.read_parquet(TRANSLATIONS),
+            store.read_parquet(TRANSLATION_CHANGES),
+            load_png,
+            applications["translate"],
         )
         sections.append(("translation", "Translation across labels", html))
     if "baseline" in applications:
         timings = run_info.get("timings", {})
         typ = sum(float(timings.get(k, 0.0)) for k in ("finetune", "score", "rank"))
         html = baseline_section(
-            store.read_parquet(BASELINE), store.read_parquet(BASELINE_DETECTORS), store.read_parquet(ELEMENTS),
-            store.read_parquet(PATCHES), load_image, {"typicality": typ, "baseline": applications["baseline"]["seconds"]},
+            store.read_parquet(BASELINE),
+            store.read_parquet(BASELINE_DETECTORS),
+            store.read_parquet(ELEMENTS),
+            store.read_parquet(PATCHES),
+            load_image,
+            {"typicality": typ, "baseline": applications["baseline"]["seconds"]},
         )
         sections.append(("baseline", "Classic baseline", html))
     return sections
@@ -117,13 +152,13 @@ def _samples_section(store: RunStore, run_info: dict, load_image) -> str | None:
     def image(image_id: str):
         try:
             return load_image(image_id)
-        except Exception:  # noqa: BLE001 - shown as missing
+        except Exception:
             return None
 
     def png(data: bytes):
         try:
             return decode_image(data, max_pixels=10**8)
-        except Exception:  # noqa: BLE001 - shown as missing
+        except Exception:
             return None
 
     return samples_section(quality, table, real, png, image)
@@ -146,7 +181,11 @@ def measured_sections(store: RunStore, run_info: dict, load_image=None) -> list[
 
 
 def render_run_report(
-    store: RunStore, maps: list[str], config: ReportConfig, run_info: dict, storage_options: dict | None,
+    store: RunStore,
+    maps: list[str],
+    config: ReportConfig,
+    run_info: dict,
+    storage_options: dict | None,
     applications: dict | None,
 ) -> None:
     """Render the report of the run root of `store` from its tables and write `report/index.html`."""
@@ -156,10 +195,18 @@ def render_run_report(
     typicality = own_label_rows(store.read_parquet(TYPICALITY))
     given = live_rows(manifest)["label"].reset_index()  # image_id, label (the given labels)
     clusters = store.read_parquet(CLUSTERS).merge(given, on="image_id", how="left")
-    points = store.read_parquet(COLLECTION_MAP).merge(given, on="image_id", how="left") if store.exists(COLLECTION_MAP) else None
+    points = (
+        store.read_parquet(COLLECTION_MAP).merge(given, on="image_id", how="left")
+        if store.exists(COLLECTION_MAP)
+        else None
+    )
     labels = sorted(typicality["label"].dropna().unique().tolist())
     load_image = _image_loader(manifest, storage_options)
-    wanted = set(typicality.sort_values("typicality", ascending=False).groupby("label").head(config.heatmaps_per_label)["image_id"])
+    wanted = set(
+        typicality.sort_values("typicality", ascending=False)
+        .groupby("label")
+        .head(config.heatmaps_per_label)["image_id"]
+    )
     data = ReportData(
         title=f"gcmine report: {run_info.get('images', '')}",
         summary=run_info.get("summary", {}),
@@ -176,11 +223,15 @@ def render_run_report(
         collection_map=points,
         conditioning=run_info.get("stages", {}).get("condition"),
         map_method=run_info.get("stages", {}).get("map", {}).get("method", config.map_method),
-        extra_sections=measured_sections(store, run_info, load_image) + application_sections(store, applications or {}, load_image, run_info),
+        extra_sections=measured_sections(store, run_info, load_image)
+        + application_sections(store, applications or {}, load_image, run_info),
     )
     html = render_report(
-        data, elements_per_label=config.elements_per_label, patches_per_element=config.patches_per_element,
-        heatmaps_per_label=config.heatmaps_per_label, map_interactive_max=config.map_interactive_max,
+        data,
+        elements_per_label=config.elements_per_label,
+        patches_per_element=config.patches_per_element,
+        heatmaps_per_label=config.heatmaps_per_label,
+        map_interactive_max=config.map_interactive_max,
         map_thumbnails_per_cluster=config.map_thumbnails_per_cluster,
     )
     store.write_text(REPORT, html)
@@ -188,7 +239,11 @@ def render_run_report(
 
 @task(name="report", task_run_name="report")
 def report(
-    out: str, maps: list[str], config: ReportConfig, run_info: dict, storage_options: dict | None = None,
+    out: str,
+    maps: list[str],
+    config: ReportConfig,
+    run_info: dict,
+    storage_options: dict | None = None,
     applications: dict | None = None,
 ) -> dict:
     """Render `report/index.html` and write `run.json` in each artifact folder.
@@ -222,6 +277,8 @@ def report_again(out: str, storage_options: dict | None = None) -> dict:
         stages = info.get("stages") or {}
         applications = {k: stages[k] for k in APPLICATIONS if k in stages}
         maps = maps_of(info).get("finetuned", [])
-        render_run_report(store, maps, config, {k: v for k, v in info.items() if k != "report_seconds"}, storage_options, applications)
+        render_run_report(
+            store, maps, config, {k: v for k, v in info.items() if k != "report_seconds"}, storage_options, applications
+        )
     log.info("report rendered again: %s", store.uri(REPORT))
     return {"report": store.uri(REPORT), "seconds": clock["seconds"]}

@@ -20,20 +20,37 @@ import torch
 from PIL import Image
 from prefect import task
 
-from gcmodels.config import EmbedConfig, ReportConfig, RuntimeConfig
-from gcmodels.diffusion import LatentDiffusion
-from gcmodels.embedding.encoders import fits_on_collection, make_encoder
-from gcmodels.mining.frechet import ALL, sample_quality
-from gcmodels.diffusion.sampling import Sampler
-from gcmodels.mining.translation import to_uint8
 from gcmine.tasks.infra.artifacts import MODEL, SAMPLE_QUALITY, SAMPLES, read_images, stopwatch
 from gcmine.tasks.infra.logs import stage_logger
 from gcmine.tasks.infra.models import TRAINING_SET, model_stage
+from gcmodels.config import EmbedConfig, ReportConfig, RuntimeConfig
+from gcmodels.diffusion import LatentDiffusion
+from gcmodels.diffusion.sampling import Sampler
+from gcmodels.embedding.encoders import fits_on_collection, make_encoder
+from gcmodels.mining.frechet import ALL, sample_quality
+from gcmodels.mining.translation import to_uint8
 
 __all__ = ["ALL", "QUALITY_COLUMNS", "SAMPLE_COLUMNS", "samples"]
-SAMPLE_COLUMNS = ["label", "sample", "png", "nearest_image_id", "nearest_label", "nearest_distance", "seed", "steps", "fingerprint"]
+SAMPLE_COLUMNS = [
+    "label",
+    "sample",
+    "png",
+    "nearest_image_id",
+    "nearest_label",
+    "nearest_distance",
+    "seed",
+    "steps",
+    "fingerprint",
+]
 QUALITY_COLUMNS = [
-    "label", "samples", "real_images", "frechet", "nearest_label_share", "features", "dim", "fingerprint",
+    "label",
+    "samples",
+    "real_images",
+    "frechet",
+    "nearest_label_share",
+    "features",
+    "dim",
+    "fingerprint",
 ]
 
 
@@ -69,8 +86,15 @@ def _real_features(store, shards: list[str], embeddings: str, trained: pd.Series
 
 @task(name="samples", task_run_name="samples")
 def samples(
-    out: str, shards: list[str], fingerprint: str, embeddings: str, config: ReportConfig, embed: EmbedConfig,
-    resolution: int, runtime: RuntimeConfig, storage_options: dict | None = None,
+    out: str,
+    shards: list[str],
+    fingerprint: str,
+    embeddings: str,
+    config: ReportConfig,
+    embed: EmbedConfig,
+    resolution: int,
+    runtime: RuntimeConfig,
+    storage_options: dict | None = None,
 ) -> dict:
     """`config.samples` samples of every label the model was trained on (`config.sample_steps`
     DDIM steps, noise from `config.sample_seed`), compared with the label's training images on
@@ -96,32 +120,55 @@ def samples(
         sampler = Sampler(steps=config.sample_steps, clip=None if latent else 1.0, seed=config.sample_seed)
         x = sampler.sample(model, model.label_index(labels), config.samples, shape, device=device)
         if latent:
-            images = torch.cat([model.decode(x[i:i + 16].to(device)).cpu() for i in range(0, len(x), 16)])
+            images = torch.cat([model.decode(x[i : i + 16].to(device)).cpu() for i in range(0, len(x), 16)])
         else:
             images = to_uint8(x)
         generated = images.permute(0, 2, 3, 1).contiguous().numpy()  # (L * n, H, W, 3) uint8
-        if generated.shape[1:3] != (resolution, resolution):  # e.g. a latent model's decoded size: compare at the working size
-            generated = np.stack([np.asarray(Image.fromarray(g).resize((resolution, resolution), Image.BICUBIC)) for g in generated])
+        if generated.shape[1:3] != (
+            resolution,
+            resolution,
+        ):  # e.g. a latent model's decoded size: compare at the working size
+            generated = np.stack(
+                [np.asarray(Image.fromarray(g).resize((resolution, resolution), Image.BICUBIC)) for g in generated]
+            )
         sample_labels = np.repeat(np.array(labels, dtype=object), config.samples)
         gen_f = np.asarray(encoder.transform(generated), np.float64)
         quality, nearest, distance = sample_quality(sample_labels, gen_f, real_labels, real_f)
         name = str(encoder.describe().get("encoder", embed.method))
         quality = quality.assign(features=name, dim=int(gen_f.shape[1]), fingerprint=fingerprint)[QUALITY_COLUMNS]
-        table = pd.DataFrame({
-            "label": sample_labels, "sample": np.tile(np.arange(config.samples), len(labels)),
-            "png": [_png(g) for g in generated], "nearest_image_id": real_ids[nearest], "nearest_label": real_labels[nearest],
-            "nearest_distance": distance, "seed": config.sample_seed, "steps": config.sample_steps, "fingerprint": fingerprint,
-        })[SAMPLE_COLUMNS]
+        table = pd.DataFrame(
+            {
+                "label": sample_labels,
+                "sample": np.tile(np.arange(config.samples), len(labels)),
+                "png": [_png(g) for g in generated],
+                "nearest_image_id": real_ids[nearest],
+                "nearest_label": real_labels[nearest],
+                "nearest_distance": distance,
+                "seed": config.sample_seed,
+                "steps": config.sample_steps,
+                "fingerprint": fingerprint,
+            }
+        )[SAMPLE_COLUMNS]
         store.write_parquet(SAMPLES, table)
         store.write_parquet(SAMPLE_QUALITY, quality)
     overall = quality[quality["label"] == ALL].iloc[0]
     log.info(
         "%d samples of %d labels (%d DDIM steps): Frechet distance on %s features %.4g, nearest real image of the "
-        "sample's label for %.0f%% in %.1f s", len(table), len(labels), config.sample_steps, name, overall["frechet"],
-        100 * overall["nearest_label_share"], clock["seconds"],
+        "sample's label for %.0f%% in %.1f s",
+        len(table),
+        len(labels),
+        config.sample_steps,
+        name,
+        overall["frechet"],
+        100 * overall["nearest_label_share"],
+        clock["seconds"],
     )
     return {
-        "samples": len(table), "labels": len(labels), "steps": config.sample_steps, "features": name,
-        "frechet": float(overall["frechet"]), "nearest_label_share": float(overall["nearest_label_share"]),
+        "samples": len(table),
+        "labels": len(labels),
+        "steps": config.sample_steps,
+        "features": name,
+        "frechet": float(overall["frechet"]),
+        "nearest_label_share": float(overall["nearest_label_share"]),
         "seconds": clock["seconds"],
     }

@@ -10,26 +10,38 @@ import pandas as pd
 import torch
 from prefect import task
 
-from gcmodels.config import RuntimeConfig, ScoreConfig
-from gcmodels.mining.cotypicality import cotypicality_frame
-from gcmodels.mining.adaptive import AdaptiveRule, adaptive_maps, standard_error
-from gcmodels.mining.typicality import TypicalityEstimator
 from gcmine.tasks.infra.artifacts import (
-    MAPS_PARQUET, TYPICALITY, TYPICALITY_COLUMNS, artifact_key, keyed_part, maps_frame, read_images, stopwatch, worker_name,
+    MAPS_PARQUET,
+    TYPICALITY,
+    TYPICALITY_COLUMNS,
+    artifact_key,
+    keyed_part,
+    maps_frame,
+    read_images,
+    stopwatch,
+    worker_name,
 )
 from gcmine.tasks.infra.caching import content_key
 from gcmine.tasks.infra.errors import out_of_memory_hint
 from gcmine.tasks.infra.logs import stage_logger
 from gcmine.tasks.infra.models import model_stage
-from gcmine.tasks.latents import read_latent_inputs, shape_groups
 from gcmine.tasks.infra.progress import StageProgress
 from gcmine.tasks.infra.storage import RunStore
+from gcmine.tasks.latents import read_latent_inputs, shape_groups
+from gcmodels.config import RuntimeConfig, ScoreConfig
+from gcmodels.mining.adaptive import AdaptiveRule, adaptive_maps, standard_error
+from gcmodels.mining.cotypicality import cotypicality_frame
+from gcmodels.mining.typicality import TypicalityEstimator
 
 CHUNK = 64  # images handed to the estimator at a time (bounds memory, paces the progress bar)
 
 
 def score_rows(
-    ids: list[str], labels: list[str], typicality: np.ndarray, vocab: list[str], cotypicality: np.ndarray | None,
+    ids: list[str],
+    labels: list[str],
+    typicality: np.ndarray,
+    vocab: list[str],
+    cotypicality: np.ndarray | None,
     precision: dict[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """Image-level rows of `typicality.parquet`: `image_id`, `label` (the conditioning label),
@@ -56,7 +68,11 @@ def _adaptive_rule(config: ScoreConfig, ranking: dict | None, model) -> Adaptive
         raise ValueError("score.adaptive needs the ranking it serves (top_k, per_image, patch_size): pass ranking=")
     patch = max(1, round(ranking["patch_size"] / int(getattr(model, "latent_factor", 1))))
     return AdaptiveRule(
-        first=config.adaptive_first, z=config.adaptive_z, top_k=ranking["top_k"], per_image=ranking["per_image"], patch=patch
+        first=config.adaptive_first,
+        z=config.adaptive_z,
+        top_k=ranking["top_k"],
+        per_image=ranking["per_image"],
+        patch=patch,
     )
 
 
@@ -86,8 +102,14 @@ def _shard_inputs(
 
 @task(name="score", task_run_name="score[{shard[name]}]")
 def score_shard(
-    out: str, shard: dict, fingerprint: str, config: ScoreConfig, runtime: RuntimeConfig,
-    storage_options: dict | None = None, conditioning: str | None = None, latents: str | None = None,
+    out: str,
+    shard: dict,
+    fingerprint: str,
+    config: ScoreConfig,
+    runtime: RuntimeConfig,
+    storage_options: dict | None = None,
+    conditioning: str | None = None,
+    latents: str | None = None,
     ranking: dict | None = None,
 ) -> dict:
     """Typicality maps of the shard's live labelled images under their labels (from the
@@ -120,11 +142,18 @@ def score_shard(
         if config.adaptive:
             rule = _adaptive_rule(config, ranking, model)
             total = len(meta) * config.draws  # the progress of adaptive scoring counts draws (fewer are spent)
-            with StageProgress(total, f"score {name} (draws)", bar=runtime.progress, key=key) as progress, \
-                    out_of_memory_hint(f"score {name}", {"score.batch_size": config.batch_size}, device):
+            with (
+                StageProgress(total, f"score {name} (draws)", bar=runtime.progress, key=key) as progress,
+                out_of_memory_hint(f"score {name}", {"score.batch_size": config.batch_size}, device),
+            ):
                 found = adaptive_maps(
-                    estimator, model, [(rows, lambda pos, f=inputs: f(torch.from_numpy(pos))) for rows, inputs in groups],
-                    cond, rule, chunk=CHUNK, progress=progress.update,
+                    estimator,
+                    model,
+                    [(rows, lambda pos, f=inputs: f(torch.from_numpy(pos))) for rows, inputs in groups],
+                    cond,
+                    rule,
+                    chunk=CHUNK,
+                    progress=progress.update,
                 )
                 progress.update(total)
                 progress.close()
@@ -142,7 +171,9 @@ def score_shard(
                             c = cond[idx].to(device)
                             record = torch.zeros((len(idx), per_draw.shape[1], config.draws), dtype=torch.float64)
                             if config.cotypicality:
-                                m = estimator.cotypicality_maps(model, x0, every.to(device), progress=tick, draw_means=record)  # (b, L, h, w)
+                                m = estimator.cotypicality_maps(
+                                    model, x0, every.to(device), progress=tick, draw_means=record
+                                )  # (b, L, h, w)
                                 co[idx] = m.mean((2, 3)).double().cpu().numpy()
                                 own = (c - 1).view(-1, 1, 1, 1).expand(-1, 1, *m.shape[2:])
                                 m = m.gather(1, own)[:, 0]  # each image's map under its own label (what rank reads)
@@ -157,7 +188,9 @@ def score_shard(
         okey = content_key(shard, fingerprint, config, conditioning, latents, *([ranking] if config.adaptive else []))
         outputs = {"maps": keyed_part("maps", name, okey), "scores": keyed_part("scores", name, okey)}
         own = {  # the precision of each image's own-label map (with cotypicality: column of its label)
-            "draws": precision["draws"][np.arange(len(ids)), (cond - 1).cpu().numpy()] if config.cotypicality else precision["draws"],
+            "draws": precision["draws"][np.arange(len(ids)), (cond - 1).cpu().numpy()]
+            if config.cotypicality
+            else precision["draws"],
             **({"top_patch_se": precision["top_patch_se"]} if "top_patch_se" in precision else {}),
         }
         store.write_parquet(outputs["maps"], maps_frame(ids, labels, maps, own), **MAPS_PARQUET)  # type: ignore[arg-type]
@@ -171,11 +204,21 @@ def score_shard(
     seconds = clock["seconds"]
     spent = int(np.sum(precision["draws"])) if not config.cotypicality else len(ids) * config.draws
     stage_logger().info(
-        "scored %d images with N=%d draws in %.1f s (%.2f images/s, %d draws spent%s)", len(ids), config.draws, seconds,
-        len(ids) / max(seconds, 1e-9), spent, " adaptively" if config.adaptive else "",
+        "scored %d images with N=%d draws in %.1f s (%.2f images/s, %d draws spent%s)",
+        len(ids),
+        config.draws,
+        seconds,
+        len(ids) / max(seconds, 1e-9),
+        spent,
+        " adaptively" if config.adaptive else "",
     )
     return {
-        "shard": name, "images": len(ids), **outputs, "seconds": seconds, "worker": worker_name(), "draws_spent": spent,
+        "shard": name,
+        "images": len(ids),
+        **outputs,
+        "seconds": seconds,
+        "worker": worker_name(),
+        "draws_spent": spent,
     }
 
 

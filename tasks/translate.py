@@ -10,22 +10,45 @@ import torch
 from PIL import Image
 from prefect import task
 
+from gcmine.tasks.infra.artifacts import ELEMENTS, PATCHES, TRANSLATION_CHANGES, TRANSLATIONS, read_images, stopwatch
+from gcmine.tasks.infra.logs import stage_logger
+from gcmine.tasks.infra.models import model_stage
+from gcmine.tasks.latents import shape_groups
 from gcmodels.config import RuntimeConfig, ScoreConfig, TranslateConfig
 from gcmodels.diffusion import LatentDiffusion
 from gcmodels.mining.translation import Translator, change_maps, consistent_changes, to_uint8
 from gcmodels.mining.typicality import TypicalityEstimator
-from gcmine.tasks.infra.artifacts import ELEMENTS, PATCHES, TRANSLATION_CHANGES, TRANSLATIONS, read_images, stopwatch
-from gcmine.tasks.latents import shape_groups
-from gcmine.tasks.infra.logs import stage_logger
-from gcmine.tasks.infra.models import model_stage
 
 __all__ = ["CHANGE_COLUMNS", "TRANSLATION_COLUMNS", "source_images", "translate"]
 
 TRANSLATION_COLUMNS = [
-    "pair", "image_id", "label", "target", "strength", "guidance", "seed", "typicality_source", "typicality",
-    "change", "file", "source_file",
+    "pair",
+    "image_id",
+    "label",
+    "target",
+    "strength",
+    "guidance",
+    "seed",
+    "typicality_source",
+    "typicality",
+    "change",
+    "file",
+    "source_file",
 ]
-CHANGE_COLUMNS = ["pair", "image_id", "label", "target", "rank", "x0", "y0", "x1", "y1", "change", "change_cluster", "distance"]
+CHANGE_COLUMNS = [
+    "pair",
+    "image_id",
+    "label",
+    "target",
+    "rank",
+    "x0",
+    "y0",
+    "x1",
+    "y1",
+    "change",
+    "change_cluster",
+    "distance",
+]
 
 
 def source_images(patches: pd.DataFrame, elements: pd.DataFrame, per_label: int) -> pd.DataFrame:
@@ -36,7 +59,9 @@ def source_images(patches: pd.DataFrame, elements: pd.DataFrame, per_label: int)
     rows = []
     for label, group in patches.groupby("label", sort=True):
         in_best = group["element"].to_numpy() == best.get(label, -2)
-        order = group.assign(_best=in_best).sort_values(["_best", "typicality"], ascending=[False, False], kind="stable")
+        order = group.assign(_best=in_best).sort_values(
+            ["_best", "typicality"], ascending=[False, False], kind="stable"
+        )
         for image_id in order["image_id"].drop_duplicates().head(per_label):
             rows.append({"image_id": image_id, "label": label})
     return pd.DataFrame(rows, columns=["image_id", "label"])
@@ -50,8 +75,14 @@ def _png(pixels: np.ndarray) -> bytes:
 
 @task(name="translate", task_run_name="translate")
 def translate(
-    out: str, shards: list[str], fingerprint: str, patch_size: int, config: TranslateConfig, score: ScoreConfig,
-    runtime: RuntimeConfig, storage_options: dict | None = None,
+    out: str,
+    shards: list[str],
+    fingerprint: str,
+    patch_size: int,
+    config: TranslateConfig,
+    score: ScoreConfig,
+    runtime: RuntimeConfig,
+    storage_options: dict | None = None,
 ) -> dict:
     """Translate the source images (`source_images`) to every other label of the model by
     partial noising to `config.strength` and DDIM denoising under the target label (seeded: the
@@ -78,8 +109,12 @@ def translate(
         src_px = [pixels[j] for j in where.reindex([p[1] for p in pairs]).to_numpy()]  # (H_k, W_k, 3) uint8 each
         target = model.label_index([p[3] for p in pairs]).to(device)
         translator = Translator(
-            strength=config.strength, steps=config.steps, guidance=config.guidance, batch_size=score.batch_size,
-            seed=config.seed, clip=None if latent else 1.0,
+            strength=config.strength,
+            steps=config.steps,
+            guidance=config.guidance,
+            batch_size=score.batch_size,
+            seed=config.seed,
+            clip=None if latent else 1.0,
         )
         estimator = TypicalityEstimator(
             draws=score.draws, t_min=score.t_min, t_max=score.t_max, batch_size=score.batch_size, seed=score.seed
@@ -107,7 +142,12 @@ def translate(
             before.append(a)
             after.append(b)
         found = consistent_changes(
-            before, after, patch_size=patch_size, per_image=1, clusters=config.clusters, feature_size=min(4, patch_size),
+            before,
+            after,
+            patch_size=patch_size,
+            per_image=1,
+            clusters=config.clusters,
+            feature_size=min(4, patch_size),
             seed=config.seed,
         )
         order = np.asarray([k for idx in groups for k in idx])
@@ -120,11 +160,22 @@ def translate(
                 written.add(source_file)
             file = f"translations/{k:05d}.png"
             store.write_bytes(file, _png(moved_px[k]))
-            rows.append({
-                "pair": k, "image_id": image_id, "label": label, "target": tgt, "strength": config.strength,
-                "guidance": config.guidance, "seed": config.seed, "typicality_source": float(t_src[k]),
-                "typicality": float(t_moved[k]), "change": float(change[k]), "file": file, "source_file": source_file,
-            })
+            rows.append(
+                {
+                    "pair": k,
+                    "image_id": image_id,
+                    "label": label,
+                    "target": tgt,
+                    "strength": config.strength,
+                    "guidance": config.guidance,
+                    "seed": config.seed,
+                    "typicality_source": float(t_src[k]),
+                    "typicality": float(t_moved[k]),
+                    "change": float(change[k]),
+                    "file": file,
+                    "source_file": source_file,
+                }
+            )
         table = pd.DataFrame(rows, columns=TRANSLATION_COLUMNS)
         store.write_parquet(TRANSLATIONS, table)
         ch = found.patches.assign(image=order[found.patches["image"].to_numpy()]).rename(columns={"image": "pair"})
@@ -133,9 +184,17 @@ def translate(
     gain = float(np.mean(t_moved - t_src))
     log.info(
         "translated %d images to %d other labels (%d translations) at strength %g: typicality under the target "
-        "%+.4g on average", len(sources), len(vocab) - 1, len(pairs), config.strength, gain,
+        "%+.4g on average",
+        len(sources),
+        len(vocab) - 1,
+        len(pairs),
+        config.strength,
+        gain,
     )
     return {
-        "sources": len(sources), "translations": len(pairs), "clusters": int(len(found.clusters)),
-        "typicality_gain": gain, "seconds": clock["seconds"],
+        "sources": len(sources),
+        "translations": len(pairs),
+        "clusters": int(len(found.clusters)),
+        "typicality_gain": gain,
+        "seconds": clock["seconds"],
     }

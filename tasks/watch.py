@@ -20,13 +20,19 @@ from prefect import task
 from prefect.events import emit_event
 
 from gcmine.tasks.infra.artifacts import MANIFEST
-from gcmine.tasks.ingest import InputError, _local_rel, _transient
 from gcmine.tasks.infra.logs import stage_logger
 from gcmine.tasks.infra.storage import RunStore, is_local, open_fs
+from gcmine.tasks.ingest import InputError, _local_rel, _transient
 
 __all__ = [
-    "DATASET_UPDATED", "LISTING", "announce", "compare", "dataset_resource", "diff_listings",
-    "listing_table", "save_listing",
+    "DATASET_UPDATED",
+    "LISTING",
+    "announce",
+    "compare",
+    "dataset_resource",
+    "diff_listings",
+    "listing_table",
+    "save_listing",
 ]
 
 DATASET_UPDATED = "gcmine.dataset.updated"
@@ -53,7 +59,11 @@ def listing_table(uri: str, extensions: tuple[str, ...], storage_options: dict |
         exts = tuple(e.lower() for e in extensions)
         found = fs.find(path, detail=True)
         rows = [
-            {"name": _local_rel(p, path) if is_local(fs) else posixpath.relpath(p, path), "size": int(info.get("size") or 0), "stamp": _stamp(info)}
+            {
+                "name": _local_rel(p, path) if is_local(fs) else posixpath.relpath(p, path),
+                "size": int(info.get("size") or 0),
+                "stamp": _stamp(info),
+            }
             for p, info in found.items()
             if p.lower().endswith(exts)
         ]
@@ -100,7 +110,13 @@ def dataset_resource(uri: str) -> dict[str, str]:
     return {"prefect.resource.id": f"gcmine.dataset.{uri}", "prefect.resource.name": uri, "gcmine.uri": uri}
 
 
-@task(name="compare-listing", task_run_name="compare-listing", retries=2, retry_delay_seconds=2, retry_condition_fn=_transient)
+@task(
+    name="compare-listing",
+    task_run_name="compare-listing",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=_transient,
+)
 def compare(uri: str, out: str, extensions: tuple[str, ...], storage_options: dict | None = None) -> dict[str, Any]:
     """List `uri` and compare it with the last watch (or the last manifest): counts of the files
     added, changed and removed, up to 5 examples of each. The new listing is staged in the run
@@ -113,7 +129,12 @@ def compare(uri: str, out: str, extensions: tuple[str, ...], storage_options: di
     counts = {k: len(v) for k, v in diff.items()}
     stage_logger().info(
         "%s against the %s: %d added, %d changed, %d removed (%d files now)",
-        uri, against, counts["added"], counts["changed"], counts["removed"], len(listing),
+        uri,
+        against,
+        counts["added"],
+        counts["changed"],
+        counts["removed"],
+        len(listing),
     )
     return {**counts, "files": len(listing), "against": against, "examples": {k: v[:5] for k, v in diff.items()}}
 

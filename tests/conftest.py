@@ -60,12 +60,19 @@ def tiny_clip_dir(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("tiny-clip")
     config = transformers.CLIPVisionConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        image_size=16, patch_size=4, projection_dim=8,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=16,
+        patch_size=4,
+        projection_dim=8,
     )
     torch.manual_seed(0)
     transformers.CLIPVisionModelWithProjection(config).save_pretrained(path)
-    transformers.CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(path)
+    transformers.CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(
+        path
+    )
     return path
 
 

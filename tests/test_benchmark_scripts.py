@@ -16,8 +16,23 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_sd_gpu_benchmark_runs_on_a_tiny_unet() -> None:
     cmd = [
-        sys.executable, str(ROOT / "benchmarks" / "sd_gpu.py"), "--tiny", "--device", "cpu", "--resolution", "32",
-        "--images", "4", "--draws", "2", "--batch", "8", "--train-steps", "1", "--warmup", "1",
+        sys.executable,
+        str(ROOT / "benchmarks" / "sd_gpu.py"),
+        "--tiny",
+        "--device",
+        "cpu",
+        "--resolution",
+        "32",
+        "--images",
+        "4",
+        "--draws",
+        "2",
+        "--batch",
+        "8",
+        "--train-steps",
+        "1",
+        "--warmup",
+        "1",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
@@ -33,9 +48,24 @@ def test_sd_gpu_benchmark_runs_on_a_tiny_unet() -> None:
 def test_estimator_strata_study_runs_and_reports_every_stratum(tmp_path: Path) -> None:
     """The t-strata study of the estimator benchmark (RESULTS 3b/3c) on a model trained 2 steps."""
     cmd = [
-        sys.executable, str(ROOT / "benchmarks" / "estimator_variance.py"), "--model-dir", str(tmp_path / "m"),
-        "--steps", "2", "--images", "6", "--draws", "2", "--repeats", "1", "--strata", "4", "--per-stratum", "2",
-        "--resamples", "3",
+        sys.executable,
+        str(ROOT / "benchmarks" / "estimator_variance.py"),
+        "--model-dir",
+        str(tmp_path / "m"),
+        "--steps",
+        "2",
+        "--images",
+        "6",
+        "--draws",
+        "2",
+        "--repeats",
+        "1",
+        "--strata",
+        "4",
+        "--per-stratum",
+        "2",
+        "--resamples",
+        "3",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
@@ -77,15 +107,30 @@ def test_families_benchmark_runs_on_tiny_configs() -> None:
     """benchmarks/families.py (params, GFLOP at 256/512/1024 with attention, a timed forward in a
     fresh process, scoring) on tiny configs of each kind of denoiser: it must not rot."""
     cmd = [
-        sys.executable, str(ROOT / "benchmarks" / "families.py"), "--tiny", "--time", "--time-only", "tiny DiT", "--score",
-        "--draws", "2", "--images", "2", "--batch", "8", "--px", "64",
+        sys.executable,
+        str(ROOT / "benchmarks" / "families.py"),
+        "--tiny",
+        "--time",
+        "--time-only",
+        "tiny DiT",
+        "--score",
+        "--draws",
+        "2",
+        "--images",
+        "2",
+        "--batch",
+        "8",
+        "--px",
+        "64",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {line.split("|")[1].strip(): line for line in done.stdout.splitlines() if line.startswith("| tiny")}
-    assert len([line for line in done.stdout.splitlines() if line.startswith("| tiny")]) == 3 + 1 + 3  # meta, timed, scored
-    dit = [line for line in done.stdout.splitlines() if line.startswith("| tiny DiT")][0].split("|")
+    assert (
+        len([line for line in done.stdout.splitlines() if line.startswith("| tiny")]) == 3 + 1 + 3
+    )  # meta, timed, scored
+    dit = next(line for line in done.stdout.splitlines() if line.startswith("| tiny DiT")).split("|")
     assert dit[5].strip() == "n/a" and "@64)" in dit[7]  # a DiT only at its sample size
     assert "failed" not in done.stdout and "skipped" not in done.stdout and rows
 
@@ -96,8 +141,24 @@ def test_samples_frechet_benchmark_runs(tmp_path: Path) -> None:
     checkpoint, the real-digits floor, and the grid of the last samples."""
     grid = tmp_path / "grid.png"
     cmd = [
-        sys.executable, str(ROOT / "benchmarks" / "samples_frechet.py"), "--steps", "4", "--checkpoints", "0", "4",
-        "--per-label", "3", "--sample-steps", "2", "--resolution", "8", "--channels", "8", "16", "--grid", str(grid),
+        sys.executable,
+        str(ROOT / "benchmarks" / "samples_frechet.py"),
+        "--steps",
+        "4",
+        "--checkpoints",
+        "0",
+        "4",
+        "--per-label",
+        "3",
+        "--sample-steps",
+        "2",
+        "--resolution",
+        "8",
+        "--channels",
+        "8",
+        "16",
+        "--grid",
+        str(grid),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)

@@ -22,12 +22,20 @@ def _write(root: Path, name: str, df: pd.DataFrame) -> Path:
 
 
 def test_tables_equal_renamed_and_different(tmp_path: Path) -> None:
-    base = pd.DataFrame({"image_id": ["a", "b", "c"], "cluster": [0, 1, 1], "distance": [0.5, np.nan, 1.0],
-                         "map": [np.zeros(2, np.float32), np.ones(3, np.float32), np.zeros(1, np.float32)]})
+    base = pd.DataFrame(
+        {
+            "image_id": ["a", "b", "c"],
+            "cluster": [0, 1, 1],
+            "distance": [0.5, np.nan, 1.0],
+            "map": [np.zeros(2, np.float32), np.ones(3, np.float32), np.zeros(1, np.float32)],
+        }
+    )
     a = _write(tmp_path, "a.parquet", base)
     assert compare_runs.compare_tables(a, _write(tmp_path, "same.parquet", base)) is None
     renamed = _write(tmp_path, "renamed.parquet", base.assign(cluster=[1, 0, 0]))
-    assert compare_runs.compare_tables(a, renamed) == "cluster: 3 of 3 values differ (the same partition under other ids)"
+    assert (
+        compare_runs.compare_tables(a, renamed) == "cluster: 3 of 3 values differ (the same partition under other ids)"
+    )
     merged = _write(tmp_path, "merged.parquet", base.assign(cluster=[0, 0, 1], distance=[0.5, np.nan, 1.25]))
     diff = compare_runs.compare_tables(a, merged)
     assert "cluster: 1 of 3 values differ;" in diff and "other ids" not in diff

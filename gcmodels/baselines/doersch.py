@@ -93,9 +93,7 @@ def hog_cells(images: np.ndarray, cell_size: int, bins: int = 9) -> tuple[np.nda
     energy = (hist**2).sum(-1)  # (N, Hc, Wc)
     block = energy[:, :-1, :-1] + energy[:, 1:, :-1] + energy[:, :-1, 1:] + energy[:, 1:, 1:]  # (N, Hc-1, Wc-1)
     norm = np.sqrt(np.pad(block, ((0, 0), (1, 1), (1, 1)), mode="edge") + _EPS)  # (N, Hc+1, Wc+1)
-    parts = [
-        np.minimum(hist / norm[:, dy : dy + hc, dx : dx + wc, None], _CLIP) for dy in (0, 1) for dx in (0, 1)
-    ]
+    parts = [np.minimum(hist / norm[:, dy : dy + hc, dx : dx + wc, None], _CLIP) for dy in (0, 1) for dx in (0, 1)]
     hog = np.concatenate(parts, -1).astype(np.float32)
     colour = images[:, :hh, :ww].reshape(n, hc, cell_size, wc, cell_size, 3).mean((2, 4)).astype(np.float32)
     cell_energy = mag[:, :hh, :ww].reshape(n, hc, cell_size, wc, cell_size).sum((2, 4)).astype(np.float32)
@@ -130,7 +128,9 @@ def patch_descriptors(
         if (sh, sw) == (h, w):
             scaled = images
         else:
-            scaled = np.stack([np.asarray(Image.fromarray(im).resize((sw, sh), Image.Resampling.BILINEAR)) for im in images])
+            scaled = np.stack(
+                [np.asarray(Image.fromarray(im).resize((sw, sh), Image.Resampling.BILINEAR)) for im in images]
+            )
         if sh // cell_size < patch_cells or sw // cell_size < patch_cells:
             raise ValueError(
                 f"a patch of {patch_cells}x{patch_cells} cells of {cell_size} px does not fit images of {sw}x{sh} (scale {scale})"
@@ -221,8 +221,18 @@ class DiscriminativeMiner:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("cell_size", "patch_cells", "bins", "candidates", "neighbours", "detectors", "rounds",
-                     "negatives", "top", "keep"):
+        for name in (
+            "cell_size",
+            "patch_cells",
+            "bins",
+            "candidates",
+            "neighbours",
+            "detectors",
+            "rounds",
+            "negatives",
+            "top",
+            "keep",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.folds < 2:
@@ -253,7 +263,11 @@ class DiscriminativeMiner:
         if len(vocab) < 2:
             raise ValueError(f"discriminative mining needs at least two labels, got {vocab!r}")
         desc, boxes, energy = patch_descriptors(
-            images, cell_size=self.cell_size, patch_cells=self.patch_cells, scales=self.scales, bins=self.bins,
+            images,
+            cell_size=self.cell_size,
+            patch_cells=self.patch_cells,
+            scales=self.scales,
+            bins=self.bins,
             color_weight=self.color_weight,
         )  # (N, P, D), (P, 4), (N, P)
         seconds = {"descriptors": time.perf_counter() - t_start, "seeding": 0.0, "training": 0.0, "detection": 0.0}
@@ -289,8 +303,16 @@ class DiscriminativeMiner:
                 hit_rows.append(
                     pd.DataFrame(
                         {
-                            "label": label, "detector": rank, "image": np.arange(len(s)), "image_label": labels,
-                            "x0": bb[:, 0], "y0": bb[:, 1], "x1": bb[:, 2], "y1": bb[:, 3], "score": s, "rank": img_rank,
+                            "label": label,
+                            "detector": rank,
+                            "image": np.arange(len(s)),
+                            "image_label": labels,
+                            "x0": bb[:, 0],
+                            "y0": bb[:, 1],
+                            "x1": bb[:, 2],
+                            "y1": bb[:, 3],
+                            "score": s,
+                            "rank": img_rank,
                         }
                     )
                 )
@@ -374,9 +396,7 @@ class DiscriminativeMiner:
 def _box_overlap(boxes: np.ndarray) -> np.ndarray:
     """(P, 4) boxes -> (P, P) bool: whether two boxes overlap (share at least one pixel)."""
     x0, y0, x1, y1 = (boxes[:, i] for i in range(4))
-    return (
-        (x0[:, None] < x1[None]) & (x0[None] < x1[:, None]) & (y0[:, None] < y1[None]) & (y0[None] < y1[:, None])
-    )
+    return (x0[:, None] < x1[None]) & (x0[None] < x1[:, None]) & (y0[:, None] < y1[None]) & (y0[None] < y1[:, None])
 
 
 def _shared(imgs_a, patches_a, imgs_b, patches_b, overlap) -> float:

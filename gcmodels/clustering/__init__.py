@@ -8,23 +8,51 @@
 - `collection`: conditioning labels from clusters, and the 2-D map of the embeddings.
 """
 
-from gcmodels.clustering.estimators import Agglomerative, GMM_TOL, GaussianMixture, KMeans, MiniBatchKMeans, TracedKMeans, choose_k, clustering_metrics, contingency, lloyd_trace
-from gcmodels.clustering.fitting import AGGLOMERATIVE_MAX_SAMPLES, CLUSTERERS, ClusteringResult, centroid_distances, estimate_eps, fit_clustering, make_clusterer, make_reducer
+from gcmodels.clustering.collection import (
+    LABEL_MODES,
+    MAP_METHODS,
+    Conditioning,
+    cluster_name,
+    cluster_names,
+    conditioning_labels,
+    project_2d,
+)
 from gcmodels.clustering.dec import DEC, soft_assignments, target_distribution
-from gcmodels.clustering.collection import Conditioning, LABEL_MODES, MAP_METHODS, cluster_name, cluster_names, conditioning_labels, project_2d
+from gcmodels.clustering.estimators import (
+    GMM_TOL,
+    Agglomerative,
+    GaussianMixture,
+    KMeans,
+    MiniBatchKMeans,
+    TracedKMeans,
+    choose_k,
+    clustering_metrics,
+    contingency,
+    lloyd_trace,
+)
+from gcmodels.clustering.fitting import (
+    AGGLOMERATIVE_MAX_SAMPLES,
+    CLUSTERERS,
+    ClusteringResult,
+    centroid_distances,
+    estimate_eps,
+    fit_clustering,
+    make_clusterer,
+    make_reducer,
+)
 
 __all__ = [
     "AGGLOMERATIVE_MAX_SAMPLES",
-    "Agglomerative",
     "CLUSTERERS",
-    "ClusteringResult",
-    "Conditioning",
     "DEC",
     "GMM_TOL",
-    "GaussianMixture",
-    "KMeans",
     "LABEL_MODES",
     "MAP_METHODS",
+    "Agglomerative",
+    "ClusteringResult",
+    "Conditioning",
+    "GaussianMixture",
+    "KMeans",
     "MiniBatchKMeans",
     "TracedKMeans",
     "centroid_distances",

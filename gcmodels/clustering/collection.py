@@ -132,7 +132,7 @@ def project_2d(X: Any, method: str = "pca", *, random_state: int = 0, perplexity
     if n == 1:
         return out
     if method == "tsne" and n >= 4:
-        from sklearn.manifold import TSNE  # noqa: PLC0415
+        from sklearn.manifold import TSNE
 
         perp = float(min(perplexity, max(1.0, (n - 1) / 3.0 - 1e-6)))
         emb = TSNE(n_components=2, perplexity=perp, init="pca", random_state=random_state).fit_transform(
@@ -141,14 +141,16 @@ def project_2d(X: Any, method: str = "pca", *, random_state: int = 0, perplexity
         return np.asarray(emb, dtype=np.float32)
     if method == "umap":
         try:
-            import umap  # noqa: PLC0415  (optional dependency)
+            import umap
         except ImportError:
             raise ValueError("report.map_method='umap' needs the umap-learn package (pip install umap-learn)") from None
     if method == "umap" and n >= 4:
         emb = umap.UMAP(n_components=2, random_state=random_state, n_neighbors=min(15, n - 1)).fit_transform(X)
         return np.asarray(emb, dtype=np.float32)
-    from sklearn.decomposition import PCA  # noqa: PLC0415
+    from sklearn.decomposition import PCA
 
     m = min(2, d, n)
-    out[:, :m] = PCA(n_components=m, svd_solver="covariance_eigh" if n > d else "full", random_state=random_state).fit_transform(X)
+    out[:, :m] = PCA(
+        n_components=m, svd_solver="covariance_eigh" if n > d else "full", random_state=random_state
+    ).fit_transform(X)
     return out

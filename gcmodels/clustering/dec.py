@@ -35,8 +35,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor, nn
 
-from gcmodels.embedding.autoencoders import MLPAutoencoder, build_seeded, train_autoencoder
 from gcmodels.clustering.estimators import KMeans, RandomStateLike
+from gcmodels.embedding.autoencoders import MLPAutoencoder, build_seeded, train_autoencoder
 
 __all__ = ["DEC", "soft_assignments", "target_distribution"]
 
@@ -150,7 +150,10 @@ class DEC(ClusterMixin, BaseEstimator):
         """Codes f(x) (n, m) of standardised rows (n, d), on the CPU, without gradients."""
         dev = torch.device(self.device)
         with torch.no_grad():
-            parts = [self.autoencoder_.encode(Xt[s : s + _ENCODE_BATCH].to(dev)).cpu() for s in range(0, Xt.shape[0], _ENCODE_BATCH)]
+            parts = [
+                self.autoencoder_.encode(Xt[s : s + _ENCODE_BATCH].to(dev)).cpu()
+                for s in range(0, Xt.shape[0], _ENCODE_BATCH)
+            ]
         return torch.cat(parts) if parts else torch.empty(0, int(self.latent_dim))
 
     def _q(self, Xt: Tensor) -> Tensor:
@@ -158,7 +161,7 @@ class DEC(ClusterMixin, BaseEstimator):
         return soft_assignments(self._encode(Xt), centers, float(self.alpha))
 
     # ------------------------------------------------------------------ estimator API
-    def fit(self, X: Any, y: Any = None) -> "DEC":
+    def fit(self, X: Any, y: Any = None) -> DEC:
         """Fit on X (n, d); `y` is ignored. Returns self."""
         X = validate_data(self, X, dtype=[np.float64, np.float32])
         n, d = X.shape
@@ -177,7 +180,13 @@ class DEC(ClusterMixin, BaseEstimator):
         # 1. pre-training
         ae = build_seeded(lambda: MLPAutoencoder(d, int(self.latent_dim), tuple(int(h) for h in self.hidden)), seed)
         self.autoencoder_ = ae.to(device)
-        history = train_autoencoder(ae, Xt, epochs=int(self.pretrain_epochs), batch_size=batch, lr=float(self.lr), generator=generator) if self.pretrain_epochs else []
+        history = (
+            train_autoencoder(
+                ae, Xt, epochs=int(self.pretrain_epochs), batch_size=batch, lr=float(self.lr), generator=generator
+            )
+            if self.pretrain_epochs
+            else []
+        )
         self.pretrain_loss_trace_ = [row["loss"] for row in history]
 
         # 2. k-means on the codes

@@ -141,7 +141,7 @@ class TracedKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.trace = trace
 
-    def fit(self, X: Any, y: Any = None) -> "TracedKMeans":
+    def fit(self, X: Any, y: Any = None) -> TracedKMeans:
         """Fit on X (n, d); `y` is ignored. Returns self."""
         X = validate_data(self, X, dtype=[np.float64, np.float32], order="C")
         name = type(self).__name__
@@ -150,7 +150,9 @@ class TracedKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         if not isinstance(self.tol, numbers.Real) or not self.tol >= 0:
             raise ValueError(f"{name}: tol must be a non-negative number, got {self.tol!r}")
         if X.shape[0] < self.n_clusters:
-            raise ValueError(f"{name}: n_clusters={self.n_clusters} is larger than the number of samples ({X.shape[0]})")
+            raise ValueError(
+                f"{name}: n_clusters={self.n_clusters} is larger than the number of samples ({X.shape[0]})"
+            )
         rng = check_random_state(self.random_state)
         mean = X.mean(axis=0)
         centred = X - mean
@@ -173,7 +175,8 @@ class TracedKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                 warnings.warn(
                     f"{name}: the replayed objective trace ended on other assignments than the fit "
                     f"({int((labels != self.labels_).sum())} of {len(labels)} rows, a rounding tie)",
-                    RuntimeWarning, stacklevel=2,
+                    RuntimeWarning,
+                    stacklevel=2,
                 )
         return self
 
@@ -222,7 +225,7 @@ class Agglomerative(ClusterMixin, BaseEstimator):
         self.n_clusters = n_clusters
         self.linkage = linkage
 
-    def fit(self, X: Any, y: Any = None) -> "Agglomerative":
+    def fit(self, X: Any, y: Any = None) -> Agglomerative:
         """Fit on X (n, d); `y` is ignored. Returns self."""
         X = validate_data(self, X, dtype=[np.float64, np.float32])
         n = X.shape[0]

@@ -74,7 +74,7 @@ def make_reducer(method: str, dim: int, *, random_state: RandomStateLike = 0) ->
         return PCA(n_components=int(dim), svd_solver="covariance_eigh", random_state=random_state)
     if method == "umap":
         try:
-            import umap  # noqa: PLC0415  (optional dependency)
+            import umap
         except ImportError:
             raise ValueError("cluster.reduce='umap' needs the umap-learn package (pip install umap-learn)") from None
         seed = random_state if isinstance(random_state, numbers.Integral) else None
@@ -110,13 +110,20 @@ def make_clusterer(
     if method == "kmeans":
         if config.batch_size is not None or n_samples > config.minibatch_above:
             return MiniBatchKMeans(
-                k, batch_size=config.batch_size or _DEFAULT_BATCH, n_init=config.n_init,
-                max_iter=config.max_iter, random_state=seed,
+                k,
+                batch_size=config.batch_size or _DEFAULT_BATCH,
+                n_init=config.n_init,
+                max_iter=config.max_iter,
+                random_state=seed,
             )
         return TracedKMeans(k, n_init=config.n_init, max_iter=config.max_iter, random_state=seed, trace=trace)
     if method == "gmm":
         return GaussianMixture(
-            k, covariance_type=config.covariance_type, max_iter=config.max_iter, n_init=config.n_init, tol=GMM_TOL,
+            k,
+            covariance_type=config.covariance_type,
+            max_iter=config.max_iter,
+            n_init=config.n_init,
+            tol=GMM_TOL,
             random_state=seed,
         )
     if method == "dbscan":
@@ -137,9 +144,16 @@ def make_clusterer(
         from gcmodels.clustering.dec import DEC  # torch-heavy: imported only when used
 
         return DEC(
-            k, hidden=tuple(config.dec_hidden), latent_dim=config.dec_latent_dim,
-            pretrain_epochs=config.dec_pretrain_epochs, epochs=config.dec_epochs, batch_size=config.dec_batch_size,
-            lr=config.dec_lr, n_init=config.n_init, random_state=seed, device=device,
+            k,
+            hidden=tuple(config.dec_hidden),
+            latent_dim=config.dec_latent_dim,
+            pretrain_epochs=config.dec_pretrain_epochs,
+            epochs=config.dec_epochs,
+            batch_size=config.dec_batch_size,
+            lr=config.dec_lr,
+            n_init=config.n_init,
+            random_state=seed,
+            device=device,
         )
     raise ValueError(f"make_clusterer: unknown cluster.method {method!r}; expected one of {CLUSTERERS}")
 
@@ -245,7 +259,9 @@ def objective_traces(estimator: Any, X: np.ndarray) -> dict[str, list[float]]:
     """
     if isinstance(estimator, GaussianMixture):
         return {"log_likelihood": [float(v) for v in estimator.lower_bounds_] + [float(estimator.score(X))]}
-    return {name: [float(v) for v in getattr(estimator, attr)] for attr, name in _TRACES.items() if hasattr(estimator, attr)}
+    return {
+        name: [float(v) for v in getattr(estimator, attr)] for attr, name in _TRACES.items() if hasattr(estimator, attr)
+    }
 
 
 def _json_params(estimator: Any) -> dict[str, Any]:
@@ -292,8 +308,14 @@ def fit_clustering(X: Any, config: ClusterConfig, *, device: str = "cpu") -> Clu
             else:
                 cfg = config
             k, curve = choose_k(
-                features, config.k_min, min(config.k_max, n - 1), n_init=config.n_init, max_iter=config.max_iter,
-                random_state=config.seed, criterion=config.k_criterion, fit_size=config.k_sample,
+                features,
+                config.k_min,
+                min(config.k_max, n - 1),
+                n_init=config.n_init,
+                max_iter=config.max_iter,
+                random_state=config.seed,
+                criterion=config.k_criterion,
+                fit_size=config.k_sample,
                 make_estimator=lambda kk: make_clusterer(cfg, fit_n, k=kk, device=device, trace=False),
             )
             meta["k_source"] = config.k_criterion
@@ -303,13 +325,19 @@ def fit_clustering(X: Any, config: ClusterConfig, *, device: str = "cpu") -> Clu
 
     eps = None
     if config.method == "dbscan":
-        eps = config.eps if config.eps is not None else estimate_eps(features, config.min_samples, random_state=config.seed)
+        eps = (
+            config.eps
+            if config.eps is not None
+            else estimate_eps(features, config.min_samples, random_state=config.seed)
+        )
         meta["eps"] = float(eps)
     estimator = make_clusterer(config, n, k=k, eps=eps, device=device)
     # Lloyd and EM in float64 (scikit-learn computes in the data's dtype): the objective and its trace
     # to full precision, as gcmine's own estimators gave them; mini-batch k-means, the path for
     # large n, stays in float32 to keep memory low
-    fit_on = features.astype(np.float64, copy=False) if isinstance(estimator, (GaussianMixture, TracedKMeans)) else features
+    fit_on = (
+        features.astype(np.float64, copy=False) if isinstance(estimator, (GaussianMixture, TracedKMeans)) else features
+    )
     if isinstance(estimator, GaussianMixture) and n < 2:  # EM needs two rows; one row is one cluster
         assignments, traces = np.zeros(n, dtype=np.int64), {}
     else:

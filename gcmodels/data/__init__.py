@@ -4,13 +4,30 @@
 - `synthetic`: the demo datasets with planted motifs and their ground-truth boxes.
 """
 
-from gcmodels.data.images import ImageRejected, decode_image, encode_png, image_id, reason_kind, to_working, working_size
-from gcmodels.data.synthetic import DISTRACTOR_COLOR, MOTIF_STYLES, MotifStyle, SyntheticImage, assign_motif_styles, digits_dataset, mixed_motif_dataset, motif_dataset
+from gcmodels.data.images import (
+    ImageRejected,
+    decode_image,
+    encode_png,
+    image_id,
+    reason_kind,
+    to_working,
+    working_size,
+)
+from gcmodels.data.synthetic import (
+    DISTRACTOR_COLOR,
+    MOTIF_STYLES,
+    MotifStyle,
+    SyntheticImage,
+    assign_motif_styles,
+    digits_dataset,
+    mixed_motif_dataset,
+    motif_dataset,
+)
 
 __all__ = [
     "DISTRACTOR_COLOR",
-    "ImageRejected",
     "MOTIF_STYLES",
+    "ImageRejected",
     "MotifStyle",
     "SyntheticImage",
     "assign_motif_styles",

@@ -68,18 +68,27 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int = 1, max_aspect:
     except UnidentifiedImageError:
         raise ImageRejected(f"not an image: {_sniff(data)}") from None
     except Image.DecompressionBombError as err:
-        raise ImageRejected(f"too many pixels: {err} (data.max_pixels = {max_pixels}; possible decompression bomb)") from None
+        raise ImageRejected(
+            f"too many pixels: {err} (data.max_pixels = {max_pixels}; possible decompression bomb)"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         kind = getattr(img, "format", None) or _magic(data) or "image"
         raise ImageRejected(f"truncated or corrupt: {kind} data, {err}") from None
     try:
         img = ImageOps.exif_transpose(img) or img
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the image
+    except Exception:
         pass
     return _to_rgb(img)
 
 
-_MAGIC = ((b"\x89PNG", "PNG"), (b"\xff\xd8", "JPEG"), (b"GIF8", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"))
+_MAGIC = (
+    (b"\x89PNG", "PNG"),
+    (b"\xff\xd8", "JPEG"),
+    (b"GIF8", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
 
 
 def _magic(data: bytes) -> str | None:
@@ -113,7 +122,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def working_size(width: int, height: int, resolution: int, resize: str = "square", multiple: int = 8) -> tuple[int, int]:
+def working_size(
+    width: int, height: int, resolution: int, resize: str = "square", multiple: int = 8
+) -> tuple[int, int]:
     """(width, height) of the working image of a `width` x `height` original.
 
     square: `resolution` x `resolution` (the aspect ratio is not kept). short_side: the short side

@@ -100,8 +100,18 @@ def _plus(a: float = 0.32) -> tuple[tuple[float, float], ...]:
 def _saltire(w: float = 0.2) -> tuple[tuple[float, float], ...]:
     h = 0.5
     return (
-        (0, w), (w, 0), (h, h - w), (1 - w, 0), (1, w), (h + w, h),
-        (1, 1 - w), (1 - w, 1), (h, h + w), (w, 1), (0, 1 - w), (h - w, h),
+        (0, w),
+        (w, 0),
+        (h, h - w),
+        (1 - w, 0),
+        (1, w),
+        (h + w, h),
+        (1, 1 - w),
+        (1 - w, 1),
+        (h, h + w),
+        (w, 1),
+        (0, 1 - w),
+        (h - w, h),
     )
 
 
@@ -151,9 +161,7 @@ def assign_motif_styles(labels: Sequence[str]) -> dict[str, MotifStyle]:
     if len(set(labels)) != len(labels):
         raise ValueError(f"labels must be distinct, got {labels}")
     if len(labels) > len(MOTIF_STYLES):
-        raise ValueError(
-            f"{len(labels)} labels asked for, but only {len(MOTIF_STYLES)} distinct motifs are defined"
-        )
+        raise ValueError(f"{len(labels)} labels asked for, but only {len(MOTIF_STYLES)} distinct motifs are defined")
     spare = [name for name in MOTIF_STYLES if name not in labels]
     styles: dict[str, MotifStyle] = {}
     for label in labels:

@@ -24,7 +24,13 @@ import torch
 from torch import Tensor, nn
 
 from gcmodels.diffusion.parametrisation import (
-    PREDICTIONS, eps_from_flow, eps_from_v, flow_from_ddpm, flow_sigma, flow_training_sigmas, v_target,
+    PREDICTIONS,
+    eps_from_flow,
+    eps_from_v,
+    flow_from_ddpm,
+    flow_sigma,
+    flow_training_sigmas,
+    v_target,
 )
 
 __all__ = ["NULL_LABEL", "ConditionalDiffusion", "validate_label_vocabulary"]
@@ -97,7 +103,9 @@ class ConditionalDiffusion(nn.Module):
         lookup = {lab: i + 1 for i, lab in enumerate(self.labels)}
         unknown = sorted({lab for lab in labels if lab is not None and lab not in lookup})
         if unknown:
-            raise ValueError(f"labels unknown to the model: {unknown[:5]!r}; the model knows {list(self.labels)[:10]!r}")
+            raise ValueError(
+                f"labels unknown to the model: {unknown[:5]!r}; the model knows {list(self.labels)[:10]!r}"
+            )
         return torch.tensor([NULL_LABEL if lab is None else lookup[lab] for lab in labels], dtype=torch.long)
 
     # ------------------------------------------------------------------ properties
@@ -126,7 +134,7 @@ class ConditionalDiffusion(nn.Module):
         """Network parameters that require grad (all of them, or a LoRA adapter's)."""
         return [p for p in self.network.parameters() if p.requires_grad]
 
-    def enable_gradient_checkpointing(self) -> "ConditionalDiffusion":
+    def enable_gradient_checkpointing(self) -> ConditionalDiffusion:
         """Recompute network activations in the backward pass (less memory, same gradients); returns self."""
         self.network.enable_gradient_checkpointing()
         return self
@@ -183,7 +191,9 @@ class ConditionalDiffusion(nn.Module):
         blocks = self.feature_blocks()
         n_blocks = len(blocks)
         if not -n_blocks <= block < n_blocks:
-            raise ValueError(f"feature block {block} out of range: the {self.block_kind} has {n_blocks} {self.block_name}s")
+            raise ValueError(
+                f"feature block {block} out of range: the {self.block_kind} has {n_blocks} {self.block_name}s"
+            )
         if noise.dim() != 4 or noise.shape[0] < 1 or noise.shape[1:] != x0.shape[1:]:
             raise ValueError(f"noise must be (D >= 1, {', '.join(map(str, x0.shape[1:]))}), got {tuple(noise.shape)}")
         if max_batch is not None and max_batch < 1:
@@ -203,7 +213,9 @@ class ConditionalDiffusion(nn.Module):
             captured.append(self._feature_grid(out, inputs[-1]))
             raise _StopForward
 
-        pre = self.network.register_forward_pre_hook(lambda _m, args, kwargs: inputs.append(_first_tensor(args, kwargs)), with_kwargs=True)
+        pre = self.network.register_forward_pre_hook(
+            lambda _m, args, kwargs: inputs.append(_first_tensor(args, kwargs)), with_kwargs=True
+        )
         handle = blocks[block].register_forward_hook(hook)
         parts = []
         try:

@@ -23,14 +23,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from diffusers import AutoencoderKL, DiTTransformer2DModel
 from torch import Tensor, nn
 
 from gcmodels.diffusion.latent import (
-    SCHEDULER, CheckpointInfo, LatentDiffusion, ModelLayoutError, Part, check_layout, ddpm_schedule, load_diffusers,
-    read_json, safetensors_parameters, vae_factor,
+    SCHEDULER,
+    CheckpointInfo,
+    LatentDiffusion,
+    ModelLayoutError,
+    Part,
+    check_layout,
+    ddpm_schedule,
+    load_diffusers,
+    read_json,
+    safetensors_parameters,
+    vae_factor,
 )
 
 __all__ = ["DiT", "class_ids_of", "validate_class_map"]
@@ -59,7 +69,11 @@ def validate_class_map(rows: Iterable[tuple[object, object]], num_classes: int) 
         else:
             out[label], used[cid] = cid, label
     if problems:
-        raise ValueError("bad class map: " + "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
+        raise ValueError(
+            "bad class map: "
+            + "; ".join(problems[:5])
+            + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+        )
     if not out:
         raise ValueError("bad class map: no rows")
     return out
@@ -78,8 +92,10 @@ def class_ids_of(labels: Sequence[str], num_classes: int, class_map: Mapping[str
         else:
             missing.append(lab)
     if missing:
-        how = "model.class_map does not map them" if class_map is not None else (
-            f"they are not class ids in 0..{num_classes - 1}: set model.class_map to a CSV label,class_id"
+        how = (
+            "model.class_map does not map them"
+            if class_map is not None
+            else (f"they are not class ids in 0..{num_classes - 1}: set model.class_map to a CSV label,class_id")
         )
         raise ValueError(f"labels without a class of the DiT checkpoint: {missing[:5]!r} ({how})")
     dup = sorted({c for c in ids if ids.count(c) > 1})
@@ -100,7 +116,7 @@ class DiT(LatentDiffusion):
     conditioning_kind = "class"
     block_kind = "transformer"
     block_name = "transformer block"
-    PARTS = {"transformer": Part(), "vae": Part(), "scheduler": SCHEDULER}
+    PARTS: ClassVar[dict[str, Part]] = {"transformer": Part(), "vae": Part(), "scheduler": SCHEDULER}
 
     def __init__(
         self,
@@ -121,16 +137,24 @@ class DiT(LatentDiffusion):
         prediction = sched_cfg.get("prediction_type", "epsilon")
         problems = []
         if tc.in_channels != vae.config.latent_channels:
-            problems.append(f"transformer in_channels {tc.in_channels} != vae latent_channels {vae.config.latent_channels}")
+            problems.append(
+                f"transformer in_channels {tc.in_channels} != vae latent_channels {vae.config.latent_channels}"
+            )
         if tc.out_channels not in (tc.in_channels, 2 * tc.in_channels):
-            problems.append(f"transformer out_channels {tc.out_channels} is neither in_channels nor twice it (learned variance)")
+            problems.append(
+                f"transformer out_channels {tc.out_channels} is neither in_channels nor twice it (learned variance)"
+            )
         if prediction != "epsilon":
             problems.append(f"scheduler prediction_type {prediction!r} is not 'epsilon'")
         if problems:
             raise ValueError("incompatible DiT parts: " + "; ".join(problems))
         super().__init__(
-            transformer, vae, labels, alphas_cumprod=torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float32),
-            prediction=prediction, scheduler_config=sched_cfg,
+            transformer,
+            vae,
+            labels,
+            alphas_cumprod=torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float32),
+            prediction=prediction,
+            scheduler_config=sched_cfg,
         )
         # the embedding's own label dropout (for its CFG training) draws from the global RNG in train
         # mode; gcmine's trainer drops labels itself (seeded, resumable): turn it off, keep the null row
@@ -142,7 +166,7 @@ class DiT(LatentDiffusion):
                     raise ValueError(f"the DiT transformer has no null class embedding (only {num_classes} classes)")
                 module.dropout_prob = 0.0
         self.num_classes = num_classes
-        self.class_map = {lab: cid for lab, cid in zip(self.labels, ids)}
+        self.class_map = dict(zip(self.labels, ids))
         self.id2label = {str(k): v for k, v in (id2label or {}).items()}
         # label index -> class id; index 0 (null) -> the extra embedding num_classes
         self.register_buffer("class_ids", torch.tensor([num_classes, *ids], dtype=torch.long), persistent=False)
@@ -159,7 +183,11 @@ class DiT(LatentDiffusion):
         cfg = read_json(cfg_path) if cfg_path.is_file() else {}
         if "DiTTransformer2DModel" in (part[-1], cfg.get("_class_name")):
             return True
-        return index.get("_class_name") == "DiTPipeline" and cfg.get("norm_type") == "ada_norm_zero" and bool(cfg.get("num_embeds_ada_norm"))
+        return (
+            index.get("_class_name") == "DiTPipeline"
+            and cfg.get("norm_type") == "ada_norm_zero"
+            and bool(cfg.get("num_embeds_ada_norm"))
+        )
 
     @classmethod
     def inspect(cls, directory: Path, index: dict) -> CheckpointInfo:
@@ -174,10 +202,19 @@ class DiT(LatentDiffusion):
         sched = read_json(directory / "scheduler" / "scheduler_config.json")
         names = index.get("id2label") or {}
         return CheckpointInfo(
-            family=cls.family, title=cls.title, pipeline=str(index.get("_class_name")), directory=str(directory),
-            prediction=sched.get("prediction_type", "epsilon"), feature_blocks=layers, block_name="transformer block",
-            native_resolution=native, fixed_resolution=True, parameters=safetensors_parameters(directory / "transformer"),
-            conditioning="class", num_classes=classes, class_names={int(k): str(v) for k, v in names.items()} or None,
+            family=cls.family,
+            title=cls.title,
+            pipeline=str(index.get("_class_name")),
+            directory=str(directory),
+            prediction=sched.get("prediction_type", "epsilon"),
+            feature_blocks=layers,
+            block_name="transformer block",
+            native_resolution=native,
+            fixed_resolution=True,
+            parameters=safetensors_parameters(directory / "transformer"),
+            conditioning="class",
+            num_classes=classes,
+            class_names={int(k): str(v) for k, v in names.items()} or None,
             defaults={"data": {"resolution": native, "resize": "square"}, "rank": {"feature_block": layers // 2}},
         )
 
@@ -190,7 +227,7 @@ class DiT(LatentDiffusion):
         class_map: Mapping[str, int] | None = None,
         dtype: torch.dtype | None = None,
         **_ignored,
-    ) -> "DiT":
+    ) -> DiT:
         """Load a local diffusers DiT directory for `labels` (CPU; the transformer in `dtype`, fp32 if
         None). Labels map to classes through `class_map` or are class ids; ValueError otherwise."""
         directory = Path(directory)
@@ -201,8 +238,12 @@ class DiT(LatentDiffusion):
         sched_cfg = read_json(directory / "scheduler" / "scheduler_config.json")
         return cls(
             load_diffusers(DiTTransformer2DModel, directory / "transformer", torch.float32 if dtype is None else dtype),
-            load_diffusers(AutoencoderKL, directory / "vae"), ddpm_schedule(sched_cfg), labels,
-            class_map=class_map, scheduler_config=sched_cfg, id2label=index.get("id2label"),
+            load_diffusers(AutoencoderKL, directory / "vae"),
+            ddpm_schedule(sched_cfg),
+            labels,
+            class_map=class_map,
+            scheduler_config=sched_cfg,
+            id2label=index.get("id2label"),
         )
 
     def _index_extras(self) -> dict:

@@ -19,7 +19,12 @@ from pathlib import Path
 
 from gcmodels.diffusion.base import ConditionalDiffusion
 from gcmodels.diffusion.latent import (
-    CheckpointInfo, LatentDiffusion, ModelLayoutError, check_layout, read_json, read_meta,
+    CheckpointInfo,
+    LatentDiffusion,
+    ModelLayoutError,
+    check_layout,
+    read_json,
+    read_meta,
 )
 
 __all__ = ["UnsupportedModel", "families", "inspect_base", "load_any_model", "load_base", "supported_families"]
@@ -56,7 +61,12 @@ def families() -> dict[str, type[LatentDiffusion]]:
                 continue
             module = importlib.import_module(f"{package.__name__}.{info.name}")
             for obj in vars(module).values():
-                if isinstance(obj, type) and issubclass(obj, LatentDiffusion) and obj.family and obj.__module__ == module.__name__:
+                if (
+                    isinstance(obj, type)
+                    and issubclass(obj, LatentDiffusion)
+                    and obj.family
+                    and obj.__module__ == module.__name__
+                ):
                     found[obj.family] = obj
         _FAMILIES = found
     return _FAMILIES
@@ -82,7 +92,9 @@ def inspect_base(directory: str | Path) -> CheckpointInfo:
     index_path = directory / "model_index.json"
     if not index_path.is_file():
         # no index to tell the family by: name what a UNet (or transformer) checkpoint lacks
-        candidates = [c for c in families().values() if (directory / c.denoiser_part).exists()] or list(families().values())
+        candidates = [c for c in families().values() if (directory / c.denoiser_part).exists()] or list(
+            families().values()
+        )
         check_layout(directory, candidates[0].PARTS, candidates[0].title)
         raise ModelLayoutError(f"{directory} is not a diffusers model directory: missing model_index.json")
     index = read_json(index_path)
@@ -94,11 +106,17 @@ def inspect_base(directory: str | Path) -> CheckpointInfo:
         if index.get(part) is not None and cfg_path.is_file():
             cfg = read_json(cfg_path)
             if cfg.get("time_cond_proj_dim") is not None:
-                raise _refuse(directory, f"{name} whose {part} embeds the guidance scale (time_cond_proj_dim="
-                              f"{cfg['time_cond_proj_dim']})", "a guidance-distilled model has no trained unconditional branch")
+                raise _refuse(
+                    directory,
+                    f"{name} whose {part} embeds the guidance scale (time_cond_proj_dim={cfg['time_cond_proj_dim']})",
+                    "a guidance-distilled model has no trained unconditional branch",
+                )
             if cfg.get("guidance_embeds"):
-                raise _refuse(directory, f"{name} whose {part} embeds the guidance scale (guidance_embeds)",
-                              "a guidance-distilled model has no trained unconditional branch")
+                raise _refuse(
+                    directory,
+                    f"{name} whose {part} embeds the guidance scale (guidance_embeds)",
+                    "a guidance-distilled model has no trained unconditional branch",
+                )
     for cls in families().values():
         if cls.detect(index, directory):
             return cls.inspect(directory, index)
@@ -126,5 +144,7 @@ def load_any_model(directory: str | Path) -> ConditionalDiffusion:
         return PixelDiffusion.load(directory)
     known = families()
     if kind not in known:
-        raise ValueError(f"{directory}: unknown gcmine model kind {kind!r} (expected 'pixel' or one of {sorted(known)})")
+        raise ValueError(
+            f"{directory}: unknown gcmine model kind {kind!r} (expected 'pixel' or one of {sorted(known)})"
+        )
     return known[kind].load(directory)

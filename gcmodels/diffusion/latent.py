@@ -39,10 +39,10 @@ from gcmodels.diffusion.base import ConditionalDiffusion, validate_label_vocabul
 from gcmodels.prompts import render_prompt, validate_prompt_template
 
 __all__ = [
-    "CheckpointInfo",
     "DEFAULT_NULL_PROMPT",
     "DEFAULT_PROMPT_TEMPLATE",
     "LORA_TARGET_MODULES",
+    "CheckpointInfo",
     "LatentDiffusion",
     "LatentEncoder",
     "ModelLayoutError",
@@ -73,7 +73,14 @@ class Part:
     """One folder of a diffusers directory: the config file it must hold (None: none), whether it
     must hold weights, whether it is a tokenizer, whether it may be absent (e.g. SD3's T5)."""
 
-    def __init__(self, config: str | None = "config.json", weights: bool = True, *, tokenizer: bool = False, optional: bool = False) -> None:
+    def __init__(
+        self,
+        config: str | None = "config.json",
+        weights: bool = True,
+        *,
+        tokenizer: bool = False,
+        optional: bool = False,
+    ) -> None:
         self.config, self.weights, self.tokenizer, self.optional = config, weights, tokenizer, optional
 
 
@@ -222,7 +229,9 @@ class LatentDiffusion(ConditionalDiffusion):
         self.vae = vae
         self.frozen_parts: dict[str, Any] = dict(frozen or {})
         for name, part in self.frozen_parts.items():
-            setattr(self, name, part)  # modules are registered (.to() moves them); tokenizers and None are plain attributes
+            setattr(
+                self, name, part
+            )  # modules are registered (.to() moves them); tokenizers and None are plain attributes
         for module in (vae, *[p for p in self.frozen_parts.values() if isinstance(p, nn.Module)]):
             module.requires_grad_(False)
             module.eval()
@@ -249,7 +258,7 @@ class LatentDiffusion(ConditionalDiffusion):
         return int(self.vae.config.latent_channels)
 
     # ------------------------------------------------------------------ modes, precision, training knobs
-    def train(self, mode: bool = True) -> "LatentDiffusion":
+    def train(self, mode: bool = True) -> LatentDiffusion:
         """Train/eval mode for the denoiser only: the VAE and the conditioning parts always stay in eval mode."""
         super().train(mode)
         self.vae.eval()
@@ -258,7 +267,7 @@ class LatentDiffusion(ConditionalDiffusion):
                 part.eval()
         return self
 
-    def half_precision(self, dtype: torch.dtype = torch.float16) -> "LatentDiffusion":
+    def half_precision(self, dtype: torch.dtype = torch.float16) -> LatentDiffusion:
         """Cast the denoiser (only) to `dtype` (fp16/bf16 for scoring on a GPU); returns self."""
         if dtype not in (torch.float16, torch.bfloat16, torch.float32):
             raise ValueError(f"the denoiser's dtype must be float16, bfloat16 or float32, got {dtype}")
@@ -267,7 +276,7 @@ class LatentDiffusion(ConditionalDiffusion):
 
     def enable_lora(
         self, rank: int, alpha: float | None = None, *, generator: torch.Generator | None = None
-    ) -> "LatentDiffusion":
+    ) -> LatentDiffusion:
         """Freeze the denoiser and add a peft LoRA adapter of `rank` (scale alpha / rank, alpha = rank
         if None) on the attention projections to_q, to_k, to_v, to_out.0: only the adapter trains.
         B starts at zero, so the model's outputs are unchanged until it trains. The random A
@@ -321,7 +330,10 @@ class LatentDiffusion(ConditionalDiffusion):
             device_types = {d.type for d, _ in where} or {"cpu"}
             with torch.inference_mode(False), torch.no_grad(), _no_autocast(device_types):
                 values = self._encode_conditioning()
-            self._cond_cache = (key, {k: v.to(self.device, self.dtype if v.is_floating_point() else v.dtype) for k, v in values.items()})
+            self._cond_cache = (
+                key,
+                {k: v.to(self.device, self.dtype if v.is_floating_point() else v.dtype) for k, v in values.items()},
+            )
         return self._cond_cache[1]
 
     # ------------------------------------------------------------------ latents
@@ -337,7 +349,9 @@ class LatentDiffusion(ConditionalDiffusion):
         decoder applied to latents / scaling_factor (+ shift_factor), clipped to [-1, 1]; the
         inverse of `encode` up to the VAE's reconstruction error."""
         if latents.dim() != 4 or latents.shape[1] != self.latent_channels:
-            raise ValueError(f"decode expects latents (B, {self.latent_channels}, h, w), got shape {tuple(latents.shape)}")
+            raise ValueError(
+                f"decode expects latents (B, {self.latent_channels}, h, w), got shape {tuple(latents.shape)}"
+            )
         p = next(self.vae.parameters())
         z = latents.detach().to(p.device, torch.float32) / self.vae.config.scaling_factor
         shift = getattr(self.vae.config, "shift_factor", None)
@@ -415,11 +429,11 @@ class LatentDiffusion(ConditionalDiffusion):
         (directory / META).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
 
     @classmethod
-    def from_base(cls, directory: str | Path, labels: Sequence[str], **options) -> "LatentDiffusion":
+    def from_base(cls, directory: str | Path, labels: Sequence[str], **options) -> LatentDiffusion:
         raise NotImplementedError
 
     @classmethod
-    def load(cls, directory: str | Path, *, dtype: torch.dtype | None = None) -> "LatentDiffusion":
+    def load(cls, directory: str | Path, *, dtype: torch.dtype | None = None) -> LatentDiffusion:
         """Read back a directory written by `save` (CPU; the denoiser in `dtype`, fp32 if None)."""
         directory = Path(directory)
         meta = read_meta(directory)
@@ -440,13 +454,13 @@ class LatentEncoder(nn.Module):
         self.vae.set_attn_processor(AttnProcessor2_0())
 
     @classmethod
-    def from_base(cls, directory: str | Path) -> "LatentEncoder":
+    def from_base(cls, directory: str | Path) -> LatentEncoder:
         """Load the ``vae/`` of a local diffusers directory (CPU, fp32); ModelLayoutError if it is missing."""
         directory = Path(directory)
         check_layout(directory, {"vae": Part()}, "model", index=False)
         return cls(load_diffusers(AutoencoderKL, directory / "vae"))
 
-    def train(self, mode: bool = True) -> "LatentEncoder":
+    def train(self, mode: bool = True) -> LatentEncoder:
         """The VAE stays in eval mode."""
         super().train(mode)
         self.vae.eval()
@@ -572,7 +586,9 @@ def unet_decoder_blocks(config_path: Path) -> int:
     try:
         blocks = json.loads(Path(config_path).read_text())["up_block_types"]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ModelLayoutError(f"{config_path}: cannot read the UNet's up_block_types ({type(err).__name__}: {err})") from None
+        raise ModelLayoutError(
+            f"{config_path}: cannot read the UNet's up_block_types ({type(err).__name__}: {err})"
+        ) from None
     if not isinstance(blocks, list) or not blocks:
         raise ModelLayoutError(f"{config_path}: up_block_types must be a non-empty list, got {blocks!r}")
     return len(blocks)

@@ -66,7 +66,12 @@ __all__ = [
 
 PREDICTIONS = ("epsilon", "v_prediction", "flow_matching")
 # SD 1.x / 2.x's DDPM schedule: the reference of families that have none of their own (SD3's flow).
-SD_REFERENCE_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+SD_REFERENCE_SCHEDULE = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+}
 
 
 def ddpm_alphas_cumprod(num_train_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str) -> Tensor:

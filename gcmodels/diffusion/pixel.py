@@ -64,16 +64,14 @@ class PixelDiffusion(ConditionalDiffusion):
         beta_schedule: str,
         prediction: str = "epsilon",
         generator: torch.Generator | None = None,
-    ) -> "PixelDiffusion":
+    ) -> PixelDiffusion:
         """A freshly initialised model for `labels` at `resolution` x `resolution` RGB."""
         labels = validate_label_vocabulary(labels)
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         levels = len(block_out_channels)
         if resolution % (2 ** (levels - 1)):
-            raise ValueError(
-                f"resolution {resolution} is not divisible by {2 ** (levels - 1)} ({levels} UNet levels)"
-            )
+            raise ValueError(f"resolution {resolution} is not divisible by {2 ** (levels - 1)} ({levels} UNet levels)")
         groups = _norm_groups(block_out_channels)
         if generator is not None:
             # diffusers initialises from the global RNG; fork it so the caller's state is untouched.
@@ -83,7 +81,8 @@ class PixelDiffusion(ConditionalDiffusion):
         else:
             unet = cls._build_unet(labels, resolution, block_out_channels, layers_per_block, groups)
         scheduler = DDPMScheduler(
-            num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+            num_train_timesteps=num_train_timesteps,
+            beta_schedule=beta_schedule,
             prediction_type="v_prediction" if prediction == "v_prediction" else "epsilon",
         )
         return cls(unet, scheduler, labels, prediction)
@@ -109,11 +108,16 @@ class PixelDiffusion(ConditionalDiffusion):
         directory = Path(directory)
         self.unet.save_pretrained(directory / "unet")
         self.scheduler.save_pretrained(directory / "scheduler")
-        meta = {"kind": "pixel", "labels": list(self.labels), "resolution": self.resolution, "prediction": self.prediction}
+        meta = {
+            "kind": "pixel",
+            "labels": list(self.labels),
+            "resolution": self.resolution,
+            "prediction": self.prediction,
+        }
         (directory / _META).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
 
     @classmethod
-    def load(cls, directory: str | Path) -> "PixelDiffusion":
+    def load(cls, directory: str | Path) -> PixelDiffusion:
         directory = Path(directory)
         meta_path = directory / _META
         if not meta_path.exists():

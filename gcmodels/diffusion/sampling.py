@@ -48,7 +48,13 @@ def check_ddim_settings(steps: int, guidance: float, clip: float | None, batch_s
 
 
 def ddim_denoise(
-    model: NoisePredictor, x: Tensor, cond: Tensor, taus: Sequence[int], *, guidance: float = 1.0, clip: float | None = 1.0,
+    model: NoisePredictor,
+    x: Tensor,
+    cond: Tensor,
+    taus: Sequence[int],
+    *,
+    guidance: float = 1.0,
+    clip: float | None = 1.0,
 ) -> Tensor:
     """Run deterministic DDIM steps over the descending timesteps `taus` from x (B, C, H, W), a
     sample of the reference process at taus[0], conditioned on `cond` (B,) long (0 = null) ->
@@ -59,7 +65,9 @@ def ddim_denoise(
     for j, tau in enumerate(taus):
         tt = torch.full((n,), int(tau), dtype=torch.long, device=x.device)
         if guided:
-            pred = model.predict_noise(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, torch.zeros_like(cond)]))
+            pred = model.predict_noise(
+                torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, torch.zeros_like(cond)])
+            )
             eps_c, eps_null = pred[:n], pred[n:]
             eps_hat = eps_null + guidance * (eps_c - eps_null)
         else:
@@ -107,8 +115,14 @@ class Sampler:
 
     @torch.inference_mode()
     def sample(
-        self, model: NoisePredictor, labels: Tensor, per_label: int, shape: tuple[int, ...],
-        *, device: torch.device | str = "cpu", progress: Callable[[int], None] | None = None,
+        self,
+        model: NoisePredictor,
+        labels: Tensor,
+        per_label: int,
+        shape: tuple[int, ...],
+        *,
+        device: torch.device | str = "cpu",
+        progress: Callable[[int], None] | None = None,
     ) -> Tensor:
         """`per_label` samples of each label index of `labels` (L,) long (no null label) ->
         (L * per_label, *shape) in model space, label by label (rows l * per_label + i: sample i
@@ -116,7 +130,9 @@ class Sampler:
         is called with the number of samples finished after each chunk. The network runs on
         `device`; the samples are returned float32 on the CPU."""
         if labels.dim() != 1 or labels.numel() == 0:
-            raise ValueError(f"labels must be a non-empty (L,) tensor of label indices, got shape {tuple(labels.shape)}")
+            raise ValueError(
+                f"labels must be a non-empty (L,) tensor of label indices, got shape {tuple(labels.shape)}"
+            )
         if bool((labels == 0).any()):
             raise ValueError("cannot sample the null label (index 0) as a label; pass real labels")
         if per_label < 1:
@@ -130,7 +146,9 @@ class Sampler:
         for start in range(0, x_all.shape[0], per_chunk):
             stop = min(start + per_chunk, x_all.shape[0])
             x = x_all[start:stop].to(device)
-            out[start:stop] = ddim_denoise(model, x, cond[start:stop], taus, guidance=self.guidance, clip=self.clip).float().cpu()
+            out[start:stop] = (
+                ddim_denoise(model, x, cond[start:stop], taus, guidance=self.guidance, clip=self.clip).float().cpu()
+            )
             if progress is not None:
                 progress(stop)
         return out

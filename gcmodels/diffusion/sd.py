@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -24,9 +25,22 @@ from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from gcmodels.diffusion.latent import (
-    DEFAULT_NULL_PROMPT, DEFAULT_PROMPT_TEMPLATE, SCHEDULER, TOKENIZER, CheckpointInfo, LatentDiffusion, Part,
-    check_layout, ddpm_schedule, label_prompts, load_diffusers, load_text_encoder, read_json, safetensors_parameters,
-    unet_decoder_blocks, vae_factor,
+    DEFAULT_NULL_PROMPT,
+    DEFAULT_PROMPT_TEMPLATE,
+    SCHEDULER,
+    TOKENIZER,
+    CheckpointInfo,
+    LatentDiffusion,
+    Part,
+    check_layout,
+    ddpm_schedule,
+    label_prompts,
+    load_diffusers,
+    load_text_encoder,
+    read_json,
+    safetensors_parameters,
+    unet_decoder_blocks,
+    vae_factor,
 )
 
 __all__ = ["StableDiffusion"]
@@ -41,7 +55,13 @@ class StableDiffusion(LatentDiffusion):
     title = "Stable Diffusion 1.x/2.x"
     pipeline_class = "StableDiffusionPipeline"
     denoiser_part = "unet"
-    PARTS = {"unet": Part(), "vae": Part(), "text_encoder": Part(), "tokenizer": TOKENIZER, "scheduler": SCHEDULER}
+    PARTS: ClassVar[dict[str, Part]] = {
+        "unet": Part(),
+        "vae": Part(),
+        "text_encoder": Part(),
+        "tokenizer": TOKENIZER,
+        "scheduler": SCHEDULER,
+    }
 
     def __init__(
         self,
@@ -62,9 +82,18 @@ class StableDiffusion(LatentDiffusion):
         prediction = sched_cfg.get("prediction_type", "epsilon")
         _check_compatible(unet, vae, text_encoder, prediction)
         super().__init__(
-            unet, vae, labels, alphas_cumprod=torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float32),
-            prediction=prediction, scheduler_config=sched_cfg,
-            frozen={"text_encoder": text_encoder, "tokenizer": tokenizer, "safety_checker": None, "feature_extractor": None},
+            unet,
+            vae,
+            labels,
+            alphas_cumprod=torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float32),
+            prediction=prediction,
+            scheduler_config=sched_cfg,
+            frozen={
+                "text_encoder": text_encoder,
+                "tokenizer": tokenizer,
+                "safety_checker": None,
+                "feature_extractor": None,
+            },
         )
         self.prompt_template, self.null_prompt = prompt_template, null_prompt
         self._prompts = prompts
@@ -86,10 +115,17 @@ class StableDiffusion(LatentDiffusion):
         sched = read_json(directory / "scheduler" / "scheduler_config.json")
         factor = vae_factor(read_json(directory / "vae" / "config.json"))
         return CheckpointInfo(
-            family=cls.family, title=cls.title, pipeline=str(index.get("_class_name")), directory=str(directory),
-            prediction=sched.get("prediction_type", "epsilon"), feature_blocks=unet_decoder_blocks(directory / "unet" / "config.json"),
-            block_name="decoder block", native_resolution=int(unet_cfg.get("sample_size", 64)) * factor,
-            fixed_resolution=False, parameters=safetensors_parameters(directory / "unet"), conditioning="prompt",
+            family=cls.family,
+            title=cls.title,
+            pipeline=str(index.get("_class_name")),
+            directory=str(directory),
+            prediction=sched.get("prediction_type", "epsilon"),
+            feature_blocks=unet_decoder_blocks(directory / "unet" / "config.json"),
+            block_name="decoder block",
+            native_resolution=int(unet_cfg.get("sample_size", 64)) * factor,
+            fixed_resolution=False,
+            parameters=safetensors_parameters(directory / "unet"),
+            conditioning="prompt",
             defaults={},  # the paper's settings (BASE_MODEL_DEFAULTS): 256 px, up_blocks[1]
         )
 
@@ -103,7 +139,7 @@ class StableDiffusion(LatentDiffusion):
         null_prompt: str = DEFAULT_NULL_PROMPT,
         dtype: torch.dtype | None = None,
         **_ignored,
-    ) -> "StableDiffusion":
+    ) -> StableDiffusion:
         """Load a local diffusers SD 1.x/2.x directory for `labels` (CPU; the UNet in `dtype`, fp32 if None).
 
         Raises ModelLayoutError naming every missing part before loading anything, and ValueError
@@ -117,8 +153,15 @@ class StableDiffusion(LatentDiffusion):
         text_encoder = load_text_encoder(CLIPTextModel, directory / "text_encoder")
         tokenizer = CLIPTokenizer.from_pretrained(directory / "tokenizer")
         return cls(
-            unet, vae, text_encoder, tokenizer, ddpm_schedule(sched_cfg), labels,
-            prompt_template=prompt_template, null_prompt=null_prompt, scheduler_config=sched_cfg,
+            unet,
+            vae,
+            text_encoder,
+            tokenizer,
+            ddpm_schedule(sched_cfg),
+            labels,
+            prompt_template=prompt_template,
+            null_prompt=null_prompt,
+            scheduler_config=sched_cfg,
         )
 
     def _index_extras(self) -> dict:
@@ -136,7 +179,10 @@ class StableDiffusion(LatentDiffusion):
     def _encode_conditioning(self) -> dict[str, Tensor]:
         te = next(self.text_encoder.parameters())
         tokens = self.tokenizer(
-            list(self._prompts), padding="max_length", truncation=True, max_length=self.tokenizer.model_max_length,
+            list(self._prompts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.tokenizer.model_max_length,
             return_tensors="pt",
         )
         hidden = self.text_encoder(tokens.input_ids.to(te.device))[0]
@@ -157,14 +203,18 @@ class StableDiffusion(LatentDiffusion):
         return self.unet.up_blocks
 
 
-def _check_compatible(unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel, prediction: str) -> None:
+def _check_compatible(
+    unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel, prediction: str
+) -> None:
     """ValueError naming the values when the parts of an SD directory do not fit together."""
     problems = []
     uc = unet.config
     if uc.in_channels != vae.config.latent_channels:
         problems.append(f"unet in_channels {uc.in_channels} != vae latent_channels {vae.config.latent_channels}")
     if uc.out_channels != uc.in_channels:
-        problems.append(f"unet out_channels {uc.out_channels} != in_channels {uc.in_channels} (not an eps- or v-predictor)")
+        problems.append(
+            f"unet out_channels {uc.out_channels} != in_channels {uc.in_channels} (not an eps- or v-predictor)"
+        )
     hidden = text_encoder.config.hidden_size
     if uc.cross_attention_dim != hidden:
         problems.append(f"unet cross_attention_dim {uc.cross_attention_dim} != text encoder hidden_size {hidden}")

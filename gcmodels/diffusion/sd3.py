@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +38,20 @@ from torch import Tensor, nn
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 
 from gcmodels.diffusion.latent import (
-    DEFAULT_NULL_PROMPT, DEFAULT_PROMPT_TEMPLATE, SCHEDULER, TOKENIZER, CheckpointInfo, LatentDiffusion, Part,
-    check_layout, label_prompts, load_diffusers, load_text_encoder, read_json, safetensors_parameters, vae_factor,
+    DEFAULT_NULL_PROMPT,
+    DEFAULT_PROMPT_TEMPLATE,
+    SCHEDULER,
+    TOKENIZER,
+    CheckpointInfo,
+    LatentDiffusion,
+    Part,
+    check_layout,
+    label_prompts,
+    load_diffusers,
+    load_text_encoder,
+    read_json,
+    safetensors_parameters,
+    vae_factor,
 )
 from gcmodels.diffusion.parametrisation import SD_REFERENCE_SCHEDULE, ddpm_alphas_cumprod
 
@@ -56,9 +69,15 @@ class StableDiffusion3(LatentDiffusion):
     denoiser_part = "transformer"
     block_kind = "transformer"
     block_name = "transformer block"
-    PARTS = {
-        "transformer": Part(), "vae": Part(), "text_encoder": Part(), "text_encoder_2": Part(), "tokenizer": TOKENIZER,
-        "tokenizer_2": TOKENIZER, "text_encoder_3": Part(optional=True), "tokenizer_3": Part(None, False, tokenizer=True, optional=True),
+    PARTS: ClassVar[dict[str, Part]] = {
+        "transformer": Part(),
+        "vae": Part(),
+        "text_encoder": Part(),
+        "text_encoder_2": Part(),
+        "tokenizer": TOKENIZER,
+        "tokenizer_2": TOKENIZER,
+        "text_encoder_3": Part(optional=True),
+        "tokenizer_3": Part(None, False, tokenizer=True, optional=True),
         "scheduler": SCHEDULER,
     }
 
@@ -81,12 +100,21 @@ class StableDiffusion3(LatentDiffusion):
         prompts = label_prompts(labels, prompt_template, null_prompt)
         _check_compatible(transformer, vae, text_encoder, text_encoder_2, text_encoder_3)
         super().__init__(
-            transformer, vae, labels, alphas_cumprod=ddpm_alphas_cumprod(**SD_REFERENCE_SCHEDULE),
-            prediction="flow_matching", scheduler_config=scheduler_config,
+            transformer,
+            vae,
+            labels,
+            alphas_cumprod=ddpm_alphas_cumprod(**SD_REFERENCE_SCHEDULE),
+            prediction="flow_matching",
+            scheduler_config=scheduler_config,
             frozen={
-                "text_encoder": text_encoder, "text_encoder_2": text_encoder_2, "text_encoder_3": text_encoder_3,
-                "tokenizer": tokenizer, "tokenizer_2": tokenizer_2, "tokenizer_3": tokenizer_3,
-                "image_encoder": None, "feature_extractor": None,
+                "text_encoder": text_encoder,
+                "text_encoder_2": text_encoder_2,
+                "text_encoder_3": text_encoder_3,
+                "tokenizer": tokenizer,
+                "tokenizer_2": tokenizer_2,
+                "tokenizer_3": tokenizer_3,
+                "image_encoder": None,
+                "feature_extractor": None,
             },
         )
         self.prompt_template, self.null_prompt = prompt_template, null_prompt
@@ -102,7 +130,9 @@ class StableDiffusion3(LatentDiffusion):
             return False
         named = index["transformer"][-1] if isinstance(index["transformer"], list) else None
         cfg = directory / "transformer" / "config.json"
-        return named == "SD3Transformer2DModel" or (cfg.is_file() and read_json(cfg).get("_class_name") == "SD3Transformer2DModel")
+        return named == "SD3Transformer2DModel" or (
+            cfg.is_file() and read_json(cfg).get("_class_name") == "SD3Transformer2DModel"
+        )
 
     @classmethod
     def inspect(cls, directory: Path, index: dict) -> CheckpointInfo:
@@ -110,16 +140,27 @@ class StableDiffusion3(LatentDiffusion):
         cfg = read_json(directory / "transformer" / "config.json")
         layers = cfg.get("num_layers")
         if not isinstance(layers, int) or layers < 1:
-            raise _layout(directory / "transformer" / "config.json", f"num_layers must be a positive integer, got {layers!r}")
+            raise _layout(
+                directory / "transformer" / "config.json", f"num_layers must be a positive integer, got {layers!r}"
+            )
         factor = vae_factor(read_json(directory / "vae" / "config.json"))
         t5 = index.get("text_encoder_3", [None])[0] is not None and (directory / "text_encoder_3").is_dir()
         return CheckpointInfo(
-            family=cls.family, title=cls.title, pipeline=str(index.get("_class_name")), directory=str(directory),
-            prediction="flow_matching", feature_blocks=layers, block_name="transformer block",
-            native_resolution=int(cfg.get("sample_size", 128)) * factor, fixed_resolution=False,
-            parameters=safetensors_parameters(directory / "transformer"), conditioning="prompt",
+            family=cls.family,
+            title=cls.title,
+            pipeline=str(index.get("_class_name")),
+            directory=str(directory),
+            prediction="flow_matching",
+            feature_blocks=layers,
+            block_name="transformer block",
+            native_resolution=int(cfg.get("sample_size", 128)) * factor,
+            fixed_resolution=False,
+            parameters=safetensors_parameters(directory / "transformer"),
+            conditioning="prompt",
             defaults={"data": {"resolution": 1024}, "rank": {"feature_block": layers // 2}},
-            notes=() if t5 else ("no text_encoder_3: the T5 slot of the prompt states is zeros, as the SD3 pipeline does without it",),
+            notes=()
+            if t5
+            else ("no text_encoder_3: the T5 slot of the prompt states is zeros, as the SD3 pipeline does without it",),
         )
 
     @classmethod
@@ -132,7 +173,7 @@ class StableDiffusion3(LatentDiffusion):
         null_prompt: str = DEFAULT_NULL_PROMPT,
         dtype: torch.dtype | None = None,
         **_ignored,
-    ) -> "StableDiffusion3":
+    ) -> StableDiffusion3:
         """Load a local diffusers SD3 / SD3.5 directory for `labels` (CPU; the transformer in
         `dtype`, fp32 if None; the VAE and text encoders in fp32; T5 if the directory has it)."""
         directory = Path(directory)
@@ -149,8 +190,10 @@ class StableDiffusion3(LatentDiffusion):
             CLIPTokenizer.from_pretrained(directory / "tokenizer"),
             CLIPTokenizer.from_pretrained(directory / "tokenizer_2"),
             T5Tokenizer.from_pretrained(directory / "tokenizer_3") if t5 else None,
-            read_json(directory / "scheduler" / "scheduler_config.json"), labels,
-            prompt_template=prompt_template, null_prompt=null_prompt,
+            read_json(directory / "scheduler" / "scheduler_config.json"),
+            labels,
+            prompt_template=prompt_template,
+            null_prompt=null_prompt,
         )
 
     def _meta(self) -> dict:
@@ -167,7 +210,9 @@ class StableDiffusion3(LatentDiffusion):
         length = self.tokenizer.model_max_length  # the pipeline's tokenizer_max_length, for both CLIPs
         states, pooled = [], []
         for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
-            ids = tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+            ids = tokenizer(
+                prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+            ).input_ids
             out = encoder(ids.to(next(encoder.parameters()).device), output_hidden_states=True)
             pooled.append(out[0])
             states.append(out.hidden_states[-2])
@@ -179,7 +224,11 @@ class StableDiffusion3(LatentDiffusion):
             t5 = torch.zeros(len(prompts), T5_MAX_LENGTH, width, device=device)
         else:
             ids = self.tokenizer_3(
-                prompts, padding="max_length", max_length=T5_MAX_LENGTH, truncation=True, add_special_tokens=True,
+                prompts,
+                padding="max_length",
+                max_length=T5_MAX_LENGTH,
+                truncation=True,
+                add_special_tokens=True,
                 return_tensors="pt",
             ).input_ids
             t5 = self.text_encoder_3(ids.to(next(self.text_encoder_3.parameters()).device))[0].to(device)
@@ -201,10 +250,15 @@ class StableDiffusion3(LatentDiffusion):
                 f"latents of {h}x{w} ({h * self.latent_factor}x{w * self.latent_factor} px) exceed the transformer's "
                 f"position grid of {limit}x{limit} patches of {p}: lower data.resolution or data.max_aspect"
             )
-        padded = F.pad(x.to(self.dtype), (0, -w % p, 0, -h % p), mode="replicate") if (h % p or w % p) else x.to(self.dtype)
+        padded = (
+            F.pad(x.to(self.dtype), (0, -w % p, 0, -h % p), mode="replicate") if (h % p or w % p) else x.to(self.dtype)
+        )
         out = self.transformer(
-            hidden_states=padded, timestep=timestep.to(self.dtype).expand(x.shape[0]),
-            encoder_hidden_states=c["hidden"][idx], pooled_projections=c["pooled"][idx], return_dict=False,
+            hidden_states=padded,
+            timestep=timestep.to(self.dtype).expand(x.shape[0]),
+            encoder_hidden_states=c["hidden"][idx],
+            pooled_projections=c["pooled"][idx],
+            return_dict=False,
         )[0]
         return out[..., :h, :w]
 
@@ -233,11 +287,17 @@ def _check_compatible(transformer, vae, text_encoder, text_encoder_2, text_encod
         problems.append(f"transformer in_channels {tc.in_channels} != vae latent_channels {vae.config.latent_channels}")
     clip = text_encoder.config.hidden_size + text_encoder_2.config.hidden_size
     if clip > tc.joint_attention_dim:
-        problems.append(f"the two CLIP widths {clip} exceed the transformer's joint_attention_dim {tc.joint_attention_dim}")
+        problems.append(
+            f"the two CLIP widths {clip} exceed the transformer's joint_attention_dim {tc.joint_attention_dim}"
+        )
     pooled = text_encoder.config.projection_dim + text_encoder_2.config.projection_dim
     if pooled != tc.pooled_projection_dim:
-        problems.append(f"the CLIP projections {pooled} != the transformer's pooled_projection_dim {tc.pooled_projection_dim}")
+        problems.append(
+            f"the CLIP projections {pooled} != the transformer's pooled_projection_dim {tc.pooled_projection_dim}"
+        )
     if text_encoder_3 is not None and text_encoder_3.config.d_model != tc.joint_attention_dim:
-        problems.append(f"text_encoder_3 d_model {text_encoder_3.config.d_model} != joint_attention_dim {tc.joint_attention_dim}")
+        problems.append(
+            f"text_encoder_3 d_model {text_encoder_3.config.d_model} != joint_attention_dim {tc.joint_attention_dim}"
+        )
     if problems:
         raise ValueError("incompatible SD3 parts: " + "; ".join(problems))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -31,9 +32,22 @@ from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from gcmodels.diffusion.latent import (
-    DEFAULT_NULL_PROMPT, DEFAULT_PROMPT_TEMPLATE, SCHEDULER, TOKENIZER, CheckpointInfo, LatentDiffusion, Part,
-    check_layout, ddpm_schedule, label_prompts, load_diffusers, load_text_encoder, read_json, safetensors_parameters,
-    unet_decoder_blocks, vae_factor,
+    DEFAULT_NULL_PROMPT,
+    DEFAULT_PROMPT_TEMPLATE,
+    SCHEDULER,
+    TOKENIZER,
+    CheckpointInfo,
+    LatentDiffusion,
+    Part,
+    check_layout,
+    ddpm_schedule,
+    label_prompts,
+    load_diffusers,
+    load_text_encoder,
+    read_json,
+    safetensors_parameters,
+    unet_decoder_blocks,
+    vae_factor,
 )
 
 __all__ = ["StableDiffusionXL"]
@@ -46,9 +60,14 @@ class StableDiffusionXL(LatentDiffusion):
     title = "SDXL"
     pipeline_class = "StableDiffusionXLPipeline"
     denoiser_part = "unet"
-    PARTS = {
-        "unet": Part(), "vae": Part(), "text_encoder": Part(), "text_encoder_2": Part(), "tokenizer": TOKENIZER,
-        "tokenizer_2": TOKENIZER, "scheduler": SCHEDULER,
+    PARTS: ClassVar[dict[str, Part]] = {
+        "unet": Part(),
+        "vae": Part(),
+        "text_encoder": Part(),
+        "text_encoder_2": Part(),
+        "tokenizer": TOKENIZER,
+        "tokenizer_2": TOKENIZER,
+        "scheduler": SCHEDULER,
     }
 
     def __init__(
@@ -73,11 +92,19 @@ class StableDiffusionXL(LatentDiffusion):
         prediction = sched_cfg.get("prediction_type", "epsilon")
         _check_compatible(unet, vae, text_encoder, text_encoder_2, prediction)
         super().__init__(
-            unet, vae, labels, alphas_cumprod=torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float32),
-            prediction=prediction, scheduler_config=sched_cfg,
+            unet,
+            vae,
+            labels,
+            alphas_cumprod=torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float32),
+            prediction=prediction,
+            scheduler_config=sched_cfg,
             frozen={
-                "text_encoder": text_encoder, "text_encoder_2": text_encoder_2, "tokenizer": tokenizer,
-                "tokenizer_2": tokenizer_2, "image_encoder": None, "feature_extractor": None,
+                "text_encoder": text_encoder,
+                "text_encoder_2": text_encoder_2,
+                "tokenizer": tokenizer,
+                "tokenizer_2": tokenizer_2,
+                "image_encoder": None,
+                "feature_extractor": None,
             },
         )
         self.prompt_template, self.null_prompt = prompt_template, null_prompt
@@ -100,10 +127,17 @@ class StableDiffusionXL(LatentDiffusion):
         sched = read_json(directory / "scheduler" / "scheduler_config.json")
         factor = vae_factor(read_json(directory / "vae" / "config.json"))
         return CheckpointInfo(
-            family=cls.family, title=cls.title, pipeline=str(index.get("_class_name")), directory=str(directory),
-            prediction=sched.get("prediction_type", "epsilon"), feature_blocks=unet_decoder_blocks(directory / "unet" / "config.json"),
-            block_name="decoder block", native_resolution=int(unet_cfg.get("sample_size", 128)) * factor,
-            fixed_resolution=False, parameters=safetensors_parameters(directory / "unet"), conditioning="prompt",
+            family=cls.family,
+            title=cls.title,
+            pipeline=str(index.get("_class_name")),
+            directory=str(directory),
+            prediction=sched.get("prediction_type", "epsilon"),
+            feature_blocks=unet_decoder_blocks(directory / "unet" / "config.json"),
+            block_name="decoder block",
+            native_resolution=int(unet_cfg.get("sample_size", 128)) * factor,
+            fixed_resolution=False,
+            parameters=safetensors_parameters(directory / "unet"),
+            conditioning="prompt",
             defaults={"data": {"resolution": 1024}, "rank": {"feature_block": 0}},
         )
 
@@ -117,7 +151,7 @@ class StableDiffusionXL(LatentDiffusion):
         null_prompt: str = DEFAULT_NULL_PROMPT,
         dtype: torch.dtype | None = None,
         **_ignored,
-    ) -> "StableDiffusionXL":
+    ) -> StableDiffusionXL:
         """Load a local diffusers SDXL directory for `labels` (CPU; the UNet in `dtype`, fp32 if None;
         the VAE and text encoders in fp32)."""
         directory = Path(directory)
@@ -132,8 +166,12 @@ class StableDiffusionXL(LatentDiffusion):
             load_text_encoder(CLIPTextModelWithProjection, directory / "text_encoder_2"),
             CLIPTokenizer.from_pretrained(directory / "tokenizer"),
             CLIPTokenizer.from_pretrained(directory / "tokenizer_2"),
-            ddpm_schedule(sched_cfg), labels, prompt_template=prompt_template, null_prompt=null_prompt,
-            scheduler_config=sched_cfg, force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True),
+            ddpm_schedule(sched_cfg),
+            labels,
+            prompt_template=prompt_template,
+            null_prompt=null_prompt,
+            scheduler_config=sched_cfg,
+            force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True),
         )
 
     def _index_extras(self) -> dict:
@@ -152,7 +190,10 @@ class StableDiffusionXL(LatentDiffusion):
         states, pooled = [], None
         for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
             ids = tokenizer(
-                list(self._prompts), padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+                list(self._prompts),
+                padding="max_length",
+                truncation=True,
+                max_length=tokenizer.model_max_length,
                 return_tensors="pt",
             ).input_ids
             out = encoder(ids.to(next(encoder.parameters()).device), output_hidden_states=True)
@@ -175,7 +216,9 @@ class StableDiffusionXL(LatentDiffusion):
         h, w = (int(s) * self.latent_factor for s in x.shape[-2:])
         time_ids = torch.tensor([h, w, 0, 0, h, w], device=x.device, dtype=self.dtype).expand(x.shape[0], -1)
         return self.unet(
-            x.to(self.dtype), timestep, encoder_hidden_states=c["hidden"][idx],
+            x.to(self.dtype),
+            timestep,
+            encoder_hidden_states=c["hidden"][idx],
             added_cond_kwargs={"text_embeds": c["pooled"][idx], "time_ids": time_ids},
         ).sample
 

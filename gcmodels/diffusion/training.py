@@ -24,10 +24,10 @@ from gcmodels.runtime import PRECISION_DTYPES
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "CheckpointMismatch",
     "PRECISIONS",
-    "TrainingDiverged",
+    "CheckpointMismatch",
     "TrainResult",
+    "TrainingDiverged",
     "train_diffusion",
 ]
 
@@ -113,8 +113,10 @@ class _Buckets:
 
     def state(self) -> dict:
         return {
-            "orders": [o.clone() for o in self.orders], "pos": list(self.pos),
-            "plan": None if self.plan is None else self.plan.clone(), "plan_pos": self.plan_pos,
+            "orders": [o.clone() for o in self.orders],
+            "pos": list(self.pos),
+            "plan": None if self.plan is None else self.plan.clone(),
+            "plan_pos": self.plan_pos,
         }
 
     def load(self, state: dict) -> None:
@@ -208,7 +210,11 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 def _check_signature(saved: dict, now: dict) -> None:
     if saved == now:
         return
-    diffs = [f"{k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    diffs = [
+        f"{k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now"
+        for k in sorted(set(saved) | set(now))
+        if saved.get(k) != now.get(k)
+    ]
     raise CheckpointMismatch("the checkpoint was written by a training with other settings (" + "; ".join(diffs) + ")")
 
 
@@ -294,9 +300,17 @@ def train_diffusion(
     named = _trainable(model)
     params = [p for _, p in named]
     signature = {
-        "format": CHECKPOINT_FORMAT, "steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
-        "weight_decay": weight_decay, "grad_clip": grad_clip, "label_dropout": label_dropout,
-        "lr_schedule": lr_schedule, "ema_decay": ema_decay, "precision": precision,
+        "format": CHECKPOINT_FORMAT,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "warmup_steps": warmup_steps,
+        "weight_decay": weight_decay,
+        "grad_clip": grad_clip,
+        "label_dropout": label_dropout,
+        "lr_schedule": lr_schedule,
+        "ema_decay": ema_decay,
+        "precision": precision,
         "buckets": [[len(c), *x.shape[1:]] for x, c in zip(data.images, data.cond)],
         "trainable": [[n, *p.shape] for n, p in named],
     }
@@ -353,7 +367,12 @@ def train_diffusion(
         scaler.update()
         if ema is not None:
             _ema_update(ema, params, min(ema_decay, (2 + step) / (11 + step)))
-        row = {"step": step, "loss": value, "lr": opt.param_groups[0]["lr"], "seconds": offset + time.perf_counter() - start}
+        row = {
+            "step": step,
+            "loss": value,
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": offset + time.perf_counter() - start,
+        }
         sched.step()
         result.history.append(row)
         result.steps = step + 1
@@ -369,18 +388,24 @@ def train_diffusion(
             weights = _weights(named)
             good_weights, good_step = weights, step + 1
         due = (
-            (step + 1) % checkpoint_every == 0 if checkpoint_seconds is None
+            (step + 1) % checkpoint_every == 0
+            if checkpoint_seconds is None
             else time.perf_counter() - last_saved >= checkpoint_seconds
         )
         if on_checkpoint is not None and due:
             copy_start = time.perf_counter()
             state = {
-                "format": CHECKPOINT_FORMAT, "step": step + 1, "weights": weights if weights is not None else _weights(named),
-                "optimizer": _cpu(opt.state_dict()), "scheduler": _cpu(sched.state_dict()),
+                "format": CHECKPOINT_FORMAT,
+                "step": step + 1,
+                "weights": weights if weights is not None else _weights(named),
+                "optimizer": _cpu(opt.state_dict()),
+                "scheduler": _cpu(sched.state_dict()),
                 "scaler": _cpu(scaler.state_dict()),
                 "ema": None if ema is None else {n: e.to("cpu", copy=True) for (n, _), e in zip(named, ema)},
-                "generator": generator.get_state(), "data": data.state(),
-                "history": [dict(r) for r in result.history], "signature": signature,
+                "generator": generator.get_state(),
+                "data": data.state(),
+                "history": [dict(r) for r in result.history],
+                "signature": signature,
             }
             state["host_seconds"] = time.perf_counter() - copy_start
             on_checkpoint(state)

@@ -50,7 +50,11 @@ class MLPAutoencoder(nn.Module):
         super().__init__()
         if activation not in ("relu", "none"):
             raise ValueError(f"activation must be 'relu' or 'none', got {activation!r}")
-        for name, value in (("in_dim", in_dim), ("latent_dim", latent_dim), *((f"hidden[{i}]", h) for i, h in enumerate(hidden))):
+        for name, value in (
+            ("in_dim", in_dim),
+            ("latent_dim", latent_dim),
+            *((f"hidden[{i}]", h) for i, h in enumerate(hidden)),
+        ):
             if int(value) < 1:
                 raise ValueError(f"MLPAutoencoder: {name} must be positive, got {value!r}")
         dims = [int(in_dim), *(int(h) for h in hidden), int(latent_dim)]
@@ -86,7 +90,9 @@ class ConvAutoencoder(nn.Module):
     (mean and log-variance for the VAE). Decoder: the transposed mirror image, linear output.
     """
 
-    def __init__(self, size: int, latent_dim: int, *, width: int = 32, variational: bool = False, beta: float = 1.0) -> None:
+    def __init__(
+        self, size: int, latent_dim: int, *, width: int = 32, variational: bool = False, beta: float = 1.0
+    ) -> None:
         super().__init__()
         if size < 4 or size % 4:
             raise ValueError(f"ConvAutoencoder: size must be a positive multiple of 4, got {size}")
@@ -94,7 +100,12 @@ class ConvAutoencoder(nn.Module):
             raise ValueError(f"ConvAutoencoder: latent_dim and width must be positive, got {latent_dim}, {width}")
         if beta < 0:
             raise ValueError(f"ConvAutoencoder: beta must be non-negative, got {beta}")
-        self.size, self.latent_dim, self.variational, self.beta = int(size), int(latent_dim), bool(variational), float(beta)
+        self.size, self.latent_dim, self.variational, self.beta = (
+            int(size),
+            int(latent_dim),
+            bool(variational),
+            float(beta),
+        )
         s4 = size // 4
         flat = 2 * width * s4 * s4
         self.encoder = nn.Sequential(
@@ -182,7 +193,9 @@ def train_autoencoder(
         value = total / n
         if not math.isfinite(value):
             model.eval()
-            raise FloatingPointError(f"autoencoder training diverged: loss {value} at epoch {epoch}; lower the learning rate ({lr})")
+            raise FloatingPointError(
+                f"autoencoder training diverged: loss {value} at epoch {epoch}; lower the learning rate ({lr})"
+            )
         history.append({"epoch": float(epoch), "loss": value, "seconds": time.perf_counter() - start})
     model.eval()
     return history

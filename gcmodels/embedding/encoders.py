@@ -40,17 +40,17 @@ import torch.nn.functional as F
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from gcmodels.embedding.autoencoders import ConvAutoencoder, build_seeded, train_autoencoder
 from gcmodels.config import EmbedConfig
 from gcmodels.diffusion import NULL_LABEL, PixelDiffusion
+from gcmodels.embedding.autoencoders import ConvAutoencoder, build_seeded, train_autoencoder
 from gcmodels.embedding.pca import PixelPCAEncoder, _check_images, _thumbnails
 
 __all__ = [
+    "ENCODERS",
     "CLIPImageEncoder",
     "ConvAutoencoderEncoder",
     "ConvVAEEncoder",
     "DiffusionFeatureEncoder",
-    "ENCODERS",
     "PixelPCAEncoder",
     "fits_on_collection",
     "make_encoder",
@@ -125,11 +125,18 @@ class ConvAutoencoderEncoder(TransformerMixin, BaseEstimator):
         s = int(self.size)
         return torch.from_numpy(_thumbnails(images, s)).view(-1, 3, s, s).mul_(2.0).sub_(1.0)
 
-    def fit(self, images: Any, y: Any = None) -> "ConvAutoencoderEncoder":
+    def fit(self, images: Any, y: Any = None) -> ConvAutoencoderEncoder:
         """Train on images (n, H, W, 3) uint8. Returns self."""
         name = type(self).__name__
-        _check_positive(name, n_components=self.n_components, size=self.size, epochs=self.epochs,
-                        batch_size=self.batch_size, lr=self.lr, width=self.width)
+        _check_positive(
+            name,
+            n_components=self.n_components,
+            size=self.size,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            width=self.width,
+        )
         if self.size % 4:
             raise ValueError(f"{name}: size must be a multiple of 4 (two stride-2 convolutions), got {self.size}")
         x = self._inputs(images, min_images=1)
@@ -194,7 +201,9 @@ class ConvVAEEncoder(ConvAutoencoderEncoder):
         seed: int = 0,
         device: str = "cpu",
     ) -> None:
-        super().__init__(n_components, size, epochs=epochs, batch_size=batch_size, lr=lr, width=width, seed=seed, device=device)
+        super().__init__(
+            n_components, size, epochs=epochs, batch_size=batch_size, lr=lr, width=width, seed=seed, device=device
+        )
         self.beta = beta
 
     def _build(self) -> ConvAutoencoder:
@@ -233,7 +242,7 @@ class CLIPImageEncoder(TransformerMixin, BaseEstimator):
         self.normalize = normalize
         self.device = device
 
-    def fit(self, images: Any = None, y: Any = None) -> "CLIPImageEncoder":
+    def fit(self, images: Any = None, y: Any = None) -> CLIPImageEncoder:
         """Load the model (images, if given, are only checked). Returns self."""
         name = type(self).__name__
         _check_positive(name, batch_size=self.batch_size)
@@ -262,7 +271,7 @@ class CLIPImageEncoder(TransformerMixin, BaseEstimator):
         bs = int(self.batch_size)
         with torch.no_grad():
             for start in range(0, images.shape[0], bs):
-                batch = [img for img in images[start : start + bs]]
+                batch = list(images[start : start + bs])
                 pixels = self.processor_(images=batch, return_tensors="pt")["pixel_values"].to(device)
                 emb = self.model_(pixel_values=pixels).image_embeds.float()  # (B, projection_dim)
                 if self.normalize:
@@ -340,7 +349,7 @@ class DiffusionFeatureEncoder(TransformerMixin, BaseEstimator):
     def timestep(self) -> int:
         return int(round(float(self.t_fraction) * (self.model.num_train_timesteps - 1)))
 
-    def fit(self, images: Any = None, y: Any = None) -> "DiffusionFeatureEncoder":
+    def fit(self, images: Any = None, y: Any = None) -> DiffusionFeatureEncoder:
         """Check the parameters and find the feature dimension (images, if given, are only checked)."""
         self._check_params()
         if images is not None:
@@ -365,9 +374,16 @@ class DiffusionFeatureEncoder(TransformerMixin, BaseEstimator):
         try:
             with torch.no_grad():
                 for start in range(0, images.shape[0], bs):
-                    x = torch.from_numpy(np.ascontiguousarray(images[start : start + bs])).permute(0, 3, 1, 2)  # (B, 3, H, W)
+                    x = torch.from_numpy(np.ascontiguousarray(images[start : start + bs])).permute(
+                        0, 3, 1, 2
+                    )  # (B, 3, H, W)
                     if x.shape[-2:] != (res, res):
-                        x = F.interpolate(x.float(), size=(res, res), mode="area").round_().clamp_(0, 255).to(torch.uint8)
+                        x = (
+                            F.interpolate(x.float(), size=(res, res), mode="area")
+                            .round_()
+                            .clamp_(0, 255)
+                            .to(torch.uint8)
+                        )
                     cond = torch.full((x.shape[0],), NULL_LABEL, dtype=torch.long, device=device)
                     feat = model.decoder_features(model.encode(x), cond, self.timestep, noise, int(self.block))
                     pooled = F.adaptive_avg_pool2d(feat, int(self.grid))  # (B, F, grid, grid)
@@ -400,7 +416,10 @@ class DiffusionFeatureEncoder(TransformerMixin, BaseEstimator):
 
 ENCODERS = ("pca", "autoencoder", "vae", "clip", "diffusion")
 _CLASSES = {
-    "pca": PixelPCAEncoder, "autoencoder": ConvAutoencoderEncoder, "vae": ConvVAEEncoder, "clip": CLIPImageEncoder,
+    "pca": PixelPCAEncoder,
+    "autoencoder": ConvAutoencoderEncoder,
+    "vae": ConvVAEEncoder,
+    "clip": CLIPImageEncoder,
     "diffusion": DiffusionFeatureEncoder,
 }
 
@@ -426,8 +445,14 @@ def make_encoder(config: EmbedConfig, *, diffusion: PixelDiffusion | None = None
     if method == "pca":
         return PixelPCAEncoder(n_components=config.dim, size=config.size)
     if method in ("autoencoder", "vae"):
-        common = dict(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, width=config.width,
-                      seed=config.seed, device=device)
+        common = dict(
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            width=config.width,
+            seed=config.seed,
+            device=device,
+        )
         if method == "vae":
             return ConvVAEEncoder(config.dim, config.size, beta=config.beta, **common)
         return ConvAutoencoderEncoder(config.dim, config.size, **common)
@@ -437,10 +462,16 @@ def make_encoder(config: EmbedConfig, *, diffusion: PixelDiffusion | None = None
         return CLIPImageEncoder(config.clip_path, batch_size=config.batch_size, device=device)
     if method == "diffusion":
         if diffusion is None:
-            raise ValueError("make_encoder: embed.method='diffusion' needs the fine-tuned model (diffusion=PixelDiffusion)")
+            raise ValueError(
+                "make_encoder: embed.method='diffusion' needs the fine-tuned model (diffusion=PixelDiffusion)"
+            )
         return DiffusionFeatureEncoder(
-            diffusion, t_fraction=config.diffusion_t, block=config.diffusion_block, grid=config.diffusion_grid,
+            diffusion,
+            t_fraction=config.diffusion_t,
+            block=config.diffusion_block,
+            grid=config.diffusion_grid,
             draws=config.diffusion_draws,
-            batch_size=config.batch_size, seed=config.seed,
+            batch_size=config.batch_size,
+            seed=config.seed,
         )
     raise ValueError(f"make_encoder: unknown embed.method {method!r}; expected one of {ENCODERS}")

@@ -101,7 +101,7 @@ class PixelPCAEncoder(TransformerMixin, BaseEstimator):
         Z /= self.scale_
         return Z
 
-    def fit(self, images: Any, y: Any = None) -> "PixelPCAEncoder":
+    def fit(self, images: Any, y: Any = None) -> PixelPCAEncoder:
         """Fit mu, sigma and the principal axes on images (n, H, W, 3) uint8, n >= 2. Returns self."""
         self._check_params()
         images = _check_images(images, type(self).__name__, min_images=2)

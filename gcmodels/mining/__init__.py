@@ -10,23 +10,61 @@
 - `frechet`: how close a model's samples are to the real images (Frechet distance).
 """
 
-from gcmodels.mining.typicality import NoisePredictor, TypicalityEstimator, typicality_from_losses
-from gcmodels.mining.adaptive import AdaptiveResult, AdaptiveRule, adaptive_maps, draw_order, half_width, round_sizes, standard_error
-from gcmodels.mining.patches import box_mean, pool_map, scale_boxes, top_patches
+from gcmodels.mining.adaptive import (
+    AdaptiveResult,
+    AdaptiveRule,
+    adaptive_maps,
+    draw_order,
+    half_width,
+    round_sizes,
+    standard_error,
+)
+from gcmodels.mining.cotypicality import (
+    classification_accuracy,
+    confused_labels,
+    confusion_matrix,
+    cotypicality_frame,
+    label_matrix,
+    predict_labels,
+    stratified_split,
+)
 from gcmodels.mining.elements import Elements, mine_elements
-from gcmodels.mining.cotypicality import classification_accuracy, confused_labels, confusion_matrix, cotypicality_frame, label_matrix, predict_labels, stratified_split
-from gcmodels.mining.translation import ConsistentChanges, Translator, change_maps, consistent_changes, patch_crops, to_uint8
-from gcmodels.mining.evaluation import PAPER_THRESHOLDS, average_precision, boxes_mask, localisation_report, localisation_scores, paper_aucpr, pointing_hit
-from gcmodels.mining.frechet import ALL, frechet_distance, frechet_distance_between, gaussian_stats, nearest_neighbours, sample_quality
+from gcmodels.mining.evaluation import (
+    PAPER_THRESHOLDS,
+    average_precision,
+    boxes_mask,
+    localisation_report,
+    localisation_scores,
+    paper_aucpr,
+    pointing_hit,
+)
+from gcmodels.mining.frechet import (
+    ALL,
+    frechet_distance,
+    frechet_distance_between,
+    gaussian_stats,
+    nearest_neighbours,
+    sample_quality,
+)
+from gcmodels.mining.patches import box_mean, pool_map, scale_boxes, top_patches
+from gcmodels.mining.translation import (
+    ConsistentChanges,
+    Translator,
+    change_maps,
+    consistent_changes,
+    patch_crops,
+    to_uint8,
+)
+from gcmodels.mining.typicality import NoisePredictor, TypicalityEstimator, typicality_from_losses
 
 __all__ = [
     "ALL",
+    "PAPER_THRESHOLDS",
     "AdaptiveResult",
     "AdaptiveRule",
     "ConsistentChanges",
     "Elements",
     "NoisePredictor",
-    "PAPER_THRESHOLDS",
     "Translator",
     "TypicalityEstimator",
     "adaptive_maps",

@@ -60,7 +60,15 @@ from torch import Tensor
 from gcmodels.mining.patches import top_patches
 from gcmodels.mining.typicality import NoisePredictor, TypicalityEstimator
 
-__all__ = ["AdaptiveResult", "AdaptiveRule", "adaptive_maps", "draw_order", "half_width", "round_sizes", "standard_error"]
+__all__ = [
+    "AdaptiveResult",
+    "AdaptiveRule",
+    "adaptive_maps",
+    "draw_order",
+    "half_width",
+    "round_sizes",
+    "standard_error",
+]
 
 
 def draw_order(n: int) -> np.ndarray:
@@ -118,7 +126,9 @@ class AdaptiveRule:
         if not self.z > 0:
             raise ValueError(f"z must be > 0, got {self.z}")
         if self.top_k < 1 or self.per_image < 1 or self.patch < 1:
-            raise ValueError(f"top_k, per_image and patch must be >= 1, got {self.top_k}, {self.per_image}, {self.patch}")
+            raise ValueError(
+                f"top_k, per_image and patch must be >= 1, got {self.top_k}, {self.per_image}, {self.patch}"
+            )
 
 
 @dataclass
@@ -138,7 +148,7 @@ class AdaptiveResult:
 class _Image:
     """Running state of one image: its draws' terms by draw index."""
 
-    __slots__ = ("terms", "settled")
+    __slots__ = ("settled", "terms")
 
     def __init__(self) -> None:
         self.terms: dict[int, np.ndarray] = {}
@@ -224,7 +234,7 @@ def adaptive_maps(
             break
         rounds += 1
         new = torch.from_numpy(order[prev:size])
-        for g, (rows, x0_of) in enumerate(groups):
+        for g, (_rows, x0_of) in enumerate(groups):
             mine = [i for i in active if where[i][0] == g]
             for s in range(0, len(mine), chunk):
                 part = mine[s : s + chunk]
@@ -253,7 +263,10 @@ def adaptive_maps(
         empty = np.zeros(0, np.float64)
         return AdaptiveResult([], np.zeros(0, np.int64), empty, empty, empty, empty, 0)
     typ_se = np.array(
-        [float(standard_error(np.array([im.terms[d].mean(dtype=np.float64) for d in sorted(im.terms)]))) for im in state],
+        [
+            float(standard_error(np.array([im.terms[d].mean(dtype=np.float64) for d in sorted(im.terms)])))
+            for im in state
+        ],
         np.float64,
     )
     return AdaptiveResult(

@@ -50,10 +50,10 @@ def cotypicality_frame(image_ids: Sequence[str], labels: Sequence[str], scores: 
     scores = _check_scores(scores, labels)
     if scores.shape[0] != len(image_ids):
         raise ValueError(f"scores have {scores.shape[0]} rows but {len(image_ids)} image ids were given")
-    b, l = scores.shape
+    b, n_labels = scores.shape
     return pd.DataFrame(
         {
-            "image_id": np.repeat(np.asarray(image_ids, dtype=object), l),
+            "image_id": np.repeat(np.asarray(image_ids, dtype=object), n_labels),
             "label": np.tile(np.asarray(labels, dtype=object), b),
             "typicality": scores.reshape(-1),
         }

@@ -22,7 +22,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["ALL", "frechet_distance", "frechet_distance_between", "gaussian_stats", "nearest_neighbours", "sample_quality"]
+__all__ = [
+    "ALL",
+    "frechet_distance",
+    "frechet_distance_between",
+    "gaussian_stats",
+    "nearest_neighbours",
+    "sample_quality",
+]
 
 ALL = "(all)"  # the row of `sample_quality` over every label
 
@@ -48,7 +55,10 @@ def _sqrt_psd(s: np.ndarray) -> np.ndarray:
 
 
 def frechet_distance(
-    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+    mu1: np.ndarray,
+    sigma1: np.ndarray,
+    mu2: np.ndarray,
+    sigma2: np.ndarray,
 ) -> float:
     """d^2 between N(mu1, sigma1) and N(mu2, sigma2) (see the module docstring): mu (D,), sigma
     (D, D) symmetric positive semi-definite. Returns a float >= 0 (tiny negative rounding is
@@ -57,7 +67,9 @@ def frechet_distance(
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     d = mu1.shape[0]
     if mu1.shape != (d,) or mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
-        raise ValueError(f"means (D,) and covariances (D, D) of one D needed, got {mu1.shape}, {s1.shape}, {mu2.shape}, {s2.shape}")
+        raise ValueError(
+            f"means (D,) and covariances (D, D) of one D needed, got {mu1.shape}, {s1.shape}, {mu2.shape}, {s2.shape}"
+        )
     for name, a in (("mu1", mu1), ("sigma1", s1), ("mu2", mu2), ("sigma2", s2)):
         if not np.isfinite(a).all():
             raise ValueError(f"{name} holds NaN or infinite values")
@@ -88,7 +100,10 @@ def nearest_neighbours(queries: np.ndarray, references: np.ndarray) -> tuple[np.
 
 
 def sample_quality(
-    sample_labels: np.ndarray, sample_features: np.ndarray, real_labels: np.ndarray, real_features: np.ndarray,
+    sample_labels: np.ndarray,
+    sample_features: np.ndarray,
+    real_labels: np.ndarray,
+    real_features: np.ndarray,
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """How close samples (sample_labels (M,), sample_features (M, D)) are to the real images
     (real_labels (N,), real_features (N, D)): per label (in order of first appearance among the
@@ -103,9 +118,18 @@ def sample_quality(
     for label in [*dict.fromkeys(sample_labels.tolist()), ALL]:
         s = np.ones(len(sample_labels), bool) if label == ALL else sample_labels == label
         r = np.ones(len(real_labels), bool) if label == ALL else real_labels == label
-        fd = frechet_distance_between(real_features[r], sample_features[s]) if s.sum() >= 2 and r.sum() >= 2 else float("nan")
-        rows.append({
-            "label": label, "samples": int(s.sum()), "real_images": int(r.sum()), "frechet": fd,
-            "nearest_label_share": float(hit[s].mean()),
-        })
+        fd = (
+            frechet_distance_between(real_features[r], sample_features[s])
+            if s.sum() >= 2 and r.sum() >= 2
+            else float("nan")
+        )
+        rows.append(
+            {
+                "label": label,
+                "samples": int(s.sum()),
+                "real_images": int(r.sum()),
+                "frechet": fd,
+                "nearest_label_share": float(hit[s].mean()),
+            }
+        )
     return pd.DataFrame(rows), nearest, distance

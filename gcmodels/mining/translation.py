@@ -43,9 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gcmodels.diffusion.sampling import check_ddim_settings, ddim_denoise
 from gcmodels.mining.elements import mine_elements
 from gcmodels.mining.patches import top_patches
-from gcmodels.diffusion.sampling import check_ddim_settings, ddim_denoise
 from gcmodels.mining.typicality import NoisePredictor
 
 __all__ = ["ConsistentChanges", "Translator", "change_maps", "consistent_changes", "patch_crops", "to_uint8"]
@@ -147,7 +147,7 @@ def change_maps(source: Tensor, translated: Tensor) -> Tensor:
 def patch_crops(images: Tensor, boxes: Tensor) -> Tensor:
     """Crops of equal-size boxes: images (B, C, H, W), boxes (B, k, 4) (x0, y0, x1, y1), all of
     one size s x s, -1 rows allowed -> (B, k, C, s, s) (zeros for -1 rows)."""
-    b, c, h, w = images.shape
+    b, _c, _h, _w = images.shape
     valid = (boxes >= 0).all(-1)  # (B, k)
     if not bool(valid.any()):
         raise ValueError("no box to crop")
@@ -225,16 +225,22 @@ def consistent_changes(
         change.append(scores[valid].cpu().numpy().astype(np.float64))
         img, rank = torch.nonzero(valid, as_tuple=True)
         b = boxes[valid].cpu().numpy()
-        rows.append(pd.DataFrame({
-            "image": img.cpu().numpy() + offset, "rank": rank.cpu().numpy(),
-            "x0": b[:, 0], "y0": b[:, 1], "x1": b[:, 2], "y1": b[:, 3],
-        }))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "image": img.cpu().numpy() + offset,
+                    "rank": rank.cpu().numpy(),
+                    "x0": b[:, 0],
+                    "y0": b[:, 1],
+                    "x1": b[:, 2],
+                    "y1": b[:, 3],
+                }
+            )
+        )
         offset += src.shape[0]
     found = mine_elements(np.concatenate(feats), np.concatenate(change), clusters, seed=seed)
     patches = pd.concat(rows, ignore_index=True).assign(
         change=np.concatenate(change), change_cluster=found.assignment, distance=found.distance
     )
-    table = pd.DataFrame(
-        {"change_cluster": np.arange(len(found.score)), "score": found.score, "size": found.size}
-    )
+    table = pd.DataFrame({"change_cluster": np.arange(len(found.score)), "score": found.score, "size": found.size})
     return ConsistentChanges(patches=patches, clusters=table)

@@ -117,7 +117,9 @@ class TypicalityEstimator:
             raise ValueError("typicality under the null label (index 0) is zero by definition; pass real labels")
         record = None if draw_means is None else draw_means.view(x0.shape[0], 1, self.draws)
         if draw_means is not None and tuple(draw_means.shape) != (x0.shape[0], self.draws):
-            raise ValueError(f"draw_means must be (B, N) = ({x0.shape[0]}, {self.draws}), got {tuple(draw_means.shape)}")
+            raise ValueError(
+                f"draw_means must be (B, N) = ({x0.shape[0]}, {self.draws}), got {tuple(draw_means.shape)}"
+            )
         return self._maps_under(model, x0, cond[:, None], progress, record)[:, 0]
 
     @torch.inference_mode()
@@ -149,7 +151,9 @@ class TypicalityEstimator:
         if x0.dim() != 4:
             raise ValueError(f"x0 must be (B, C, H, W), got shape {tuple(x0.shape)}")
         if labels.dim() != 1 or labels.numel() == 0:
-            raise ValueError(f"labels must be a non-empty (L,) tensor of label indices, got shape {tuple(labels.shape)}")
+            raise ValueError(
+                f"labels must be a non-empty (L,) tensor of label indices, got shape {tuple(labels.shape)}"
+            )
         if bool((labels == 0).any()):
             raise ValueError("typicality under the null label (index 0) is zero by definition; pass real labels")
         conds = labels.to(torch.long).view(1, -1).expand(x0.shape[0], -1)
@@ -158,7 +162,11 @@ class TypicalityEstimator:
         return self._maps_under(model, x0, conds, progress, draw_means)
 
     def _maps_under(
-        self, model: NoisePredictor, x0: Tensor, conds: Tensor, progress: Callable[[int], None] | None,
+        self,
+        model: NoisePredictor,
+        x0: Tensor,
+        conds: Tensor,
+        progress: Callable[[int], None] | None,
         record: Tensor | None = None,
     ) -> Tensor:
         """Maps of x0 (B, C, H, W) under K labels per image, conds (B, K) long (no null) -> (B, K, H, W).
@@ -236,7 +244,9 @@ class TypicalityEstimator:
             return model.predict_noise(x_t, t, cond)
         return torch.cat(
             [
-                model.predict_noise(x_t[s : s + self.batch_size], t[s : s + self.batch_size], cond[s : s + self.batch_size])
+                model.predict_noise(
+                    x_t[s : s + self.batch_size], t[s : s + self.batch_size], cond[s : s + self.batch_size]
+                )
                 for s in range(0, n, self.batch_size)
             ]
         )

@@ -10,10 +10,10 @@ import socket
 import subprocess
 import time
 import unicodedata
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -108,7 +108,9 @@ def decode_pngs(column: pd.Series, square: int | None = None) -> np.ndarray:
     if square is not None:
         imgs = [im if im.size == (square, square) else im.resize((square, square), Image.Resampling.BOX) for im in imgs]
     elif len({im.size for im in imgs}) > 1:
-        raise ValueError(f"working images of different sizes {sorted({im.size for im in imgs})[:4]}: pass a square size")
+        raise ValueError(
+            f"working images of different sizes {sorted({im.size for im in imgs})[:4]}: pass a square size"
+        )
     return np.stack([np.asarray(im) for im in imgs])
 
 
@@ -129,14 +131,22 @@ def live_labels(store: RunStore, conditioning: str | None = None) -> pd.Series:
     manifest = store.read_parquet(MANIFEST, ["image_id", "label", "status"])
     live = live_rows(manifest)["label"]
     if conditioning is not None:
-        cond = store.read_parquet(conditioning, ["image_id", "label"]).drop_duplicates("image_id").set_index("image_id")["label"]
+        cond = (
+            store.read_parquet(conditioning, ["image_id", "label"])
+            .drop_duplicates("image_id")
+            .set_index("image_id")["label"]
+        )
         live = cond.reindex(live.index)
     return live.map(lambda v: v if isinstance(v, str) else None)
 
 
 def read_images(
-    store: RunStore, shards: list[str], conditioning: str | None = None, only: set[str] | None = None,
-    *, ragged: bool = False,
+    store: RunStore,
+    shards: list[str],
+    conditioning: str | None = None,
+    only: set[str] | None = None,
+    *,
+    ragged: bool = False,
 ) -> tuple[pd.DataFrame, np.ndarray | list[np.ndarray]]:
     """(image_id, label) table and uint8 working images (N, H, W, 3) of the live images of the
     given shards: those the current manifest lists as ok, with the manifest's labels (None if
@@ -183,7 +193,9 @@ def read_embeddings(store: RunStore, name: str, batch_rows: int = 65536) -> tupl
             bounds = pc.min_max(pc.list_value_length(col)).as_py()
             d = bounds["max"] if out is None else out.shape[1]
             if bounds["min"] != bounds["max"] or not bounds["min"] or bounds["max"] != d:
-                raise ValueError(f"{name}: embeddings have different or zero lengths ({bounds['min']} to {bounds['max']}, first {d})")
+                raise ValueError(
+                    f"{name}: embeddings have different or zero lengths ({bounds['min']} to {bounds['max']}, first {d})"
+                )
             if out is None:
                 out = np.empty((n, d), dtype=np.float32)
             out[row : row + len(batch)] = col.flatten().to_numpy(zero_copy_only=False).reshape(len(batch), d)
@@ -260,7 +272,10 @@ def code_version() -> str:
     try:
         rev = subprocess.run(
             ["git", "-C", str(here), "describe", "--always", "--dirty", "--abbrev=12"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         if rev:
             return rev
@@ -306,19 +321,33 @@ def model_description(model, train, checkpoint=None, data=None) -> str:
         size = f", {format_parameters(checkpoint.parameters)} parameters" if checkpoint.parameters else ""
         big = checkpoint.parameters is not None and checkpoint.parameters > LORA_ABOVE_PARAMETERS
         why = f" (LoRA is the default above {LORA_ABOVE_PARAMETERS / 1e9:.0f} B)" if big and train.lora_rank else ""
-        head = (f"{checkpoint.title} {model.base} ({checkpoint.pipeline}, {checkpoint.prediction}{size}), "
-                f"{what} fine-tuned{why}")
+        head = (
+            f"{checkpoint.title} {model.base} ({checkpoint.pipeline}, {checkpoint.prediction}{size}), "
+            f"{what} fine-tuned{why}"
+        )
     if data is not None:
-        fixed = " (the checkpoint's fixed sample size)" if checkpoint is not None and checkpoint.fixed_resolution else ""
+        fixed = (
+            " (the checkpoint's fixed sample size)" if checkpoint is not None and checkpoint.fixed_resolution else ""
+        )
         head += f"; working images {data.resolution} px {data.resize.replace('_', ' ')}{fixed}"
     if checkpoint is not None and checkpoint.conditioning == "class":
-        return head + f"; labels as class ids ({'model.class_map ' + model.class_map if model.class_map else 'labels that are ids'}), null class {checkpoint.num_classes}"
+        return (
+            head
+            + f"; labels as class ids ({'model.class_map ' + model.class_map if model.class_map else 'labels that are ids'}), null class {checkpoint.num_classes}"
+        )
     return head + f"; prompt {model.prompt_template!r}, null prompt {model.null_prompt!r}"
 
 
 def run_info(
-    settings, *, images: str, labels: str | None, out: str, stages: dict[str, dict], flow_run_id: str | None = None,
-    reused: list[str] | None = None, checkpoint=None,
+    settings,
+    *,
+    images: str,
+    labels: str | None,
+    out: str,
+    stages: dict[str, dict],
+    flow_run_id: str | None = None,
+    reused: list[str] | None = None,
+    checkpoint=None,
 ) -> dict:
     """Everything `run.json` records: inputs, config, code and library versions, seeds, device,
     per-stage timings and the run summary shown in the report."""
@@ -326,27 +355,57 @@ def run_info(
     timings = {name: round(float(s.get("seconds", 0.0)), 3) for name, s in stages.items()}
     device = stages.get("finetune", {}).get("device", "unknown")
     summary = {
-        k: ingested.get(k) for k in ("images", "ok", "rejected", "rejected_by_reason", "unlabeled", "missing_files", "missing_examples", "notes")
+        k: ingested.get(k)
+        for k in (
+            "images",
+            "ok",
+            "rejected",
+            "rejected_by_reason",
+            "unlabeled",
+            "missing_files",
+            "missing_examples",
+            "notes",
+        )
     }
     summary.update(reused=list(reused or []), new_images=ingested.get("new_images"))
-    summary.update(labels=len(ingested.get("labels", {})), label_counts=ingested.get("labels", {}), timings=timings, device=device)
+    summary.update(
+        labels=len(ingested.get("labels", {})), label_counts=ingested.get("labels", {}), timings=timings, device=device
+    )
     cond = stages.get("condition", {})
     if cond:
         summary["conditioning"] = f"{cond.get('source')} ({cond.get('reason')})"
     summary["model"] = model_description(settings.model, settings.train, checkpoint, settings.data)
     if checkpoint is not None:
         summary["model_family"] = {
-            "family": checkpoint.family, "title": checkpoint.title, "pipeline": checkpoint.pipeline,
-            "prediction": checkpoint.prediction, "parameters": checkpoint.parameters,
-            "native_resolution": checkpoint.native_resolution, "working_resolution": settings.data.resolution,
+            "family": checkpoint.family,
+            "title": checkpoint.title,
+            "pipeline": checkpoint.pipeline,
+            "prediction": checkpoint.prediction,
+            "parameters": checkpoint.parameters,
+            "native_resolution": checkpoint.native_resolution,
+            "working_resolution": settings.data.resolution,
             "fine_tuning": f"LoRA rank {settings.train.lora_rank}" if settings.train.lora_rank else "full",
         }
     summary["config"] = settings.model_dump(mode="json")
     return {
-        "images": images, "labels": labels, "out": out, "flow_run_id": flow_run_id,
-        "code_version": code_version(), "libraries": library_versions(),
-        "seeds": {"train": settings.train.seed, "score": settings.score.seed, "rank": settings.rank.seed, "cluster": settings.cluster.seed},
-        "device": device, "timings": timings, "reused": list(reused or []), "config": settings.model_dump(mode="json"),
-        "stages": {name: {k: v for k, v in s.items() if k not in ("shards", "missing_examples")} for name, s in stages.items()},
+        "images": images,
+        "labels": labels,
+        "out": out,
+        "flow_run_id": flow_run_id,
+        "code_version": code_version(),
+        "libraries": library_versions(),
+        "seeds": {
+            "train": settings.train.seed,
+            "score": settings.score.seed,
+            "rank": settings.rank.seed,
+            "cluster": settings.cluster.seed,
+        },
+        "device": device,
+        "timings": timings,
+        "reused": list(reused or []),
+        "config": settings.model_dump(mode="json"),
+        "stages": {
+            name: {k: v for k, v in s.items() if k not in ("shards", "missing_examples")} for name, s in stages.items()
+        },
         "summary": summary,
     }

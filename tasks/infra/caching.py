@@ -54,8 +54,8 @@ def code_fingerprint() -> str:
     """Hash of the source of gcmodels/ and tasks/: the code version of every cached result.
 
     The folders are found from the imported packages (a checkout or an installed wheel alike)."""
-    import gcmodels
     import gcmine.tasks
+    import gcmodels
 
     h = hashlib.sha256()
     files = 0
@@ -143,7 +143,9 @@ def run_cached(task: Task, outputs: tuple[str, ...], **kwargs: Any) -> tuple[dic
     return result, state.name == "Cached"
 
 
-def map_cached(task: Task, outputs: tuple[str, ...], over: str | tuple[str, ...], items: list, **fixed: Any) -> list[tuple[dict, bool]]:
+def map_cached(
+    task: Task, outputs: tuple[str, ...], over: str | tuple[str, ...], items: list, **fixed: Any
+) -> list[tuple[dict, bool]]:
     """`task` mapped over `items` (values of its parameter `over`, or tuples of values when `over`
     names several parameters; the other parameters, `out` and `storage_options` among them, in
     `fixed`), one cached task run per item, run concurrently by the flow's task runner (threads
@@ -164,7 +166,9 @@ def map_cached(task: Task, outputs: tuple[str, ...], over: str | tuple[str, ...]
         future.wait()
         state = future.state
         result = state.result()
-        if state.name == "Cached" and _unusable(store, result, outputs, f"{task.name}[{row[0].get('name', row[0]) if isinstance(row[0], dict) else row[0]}]"):
+        if state.name == "Cached" and _unusable(
+            store, result, outputs, f"{task.name}[{row[0].get('name', row[0]) if isinstance(row[0], dict) else row[0]}]"
+        ):
             state = stage.with_options(refresh_cache=True)(**dict(zip(names, row)), **fixed, return_state=True)
             result = state.result()
         done.append((result, state.name == "Cached"))

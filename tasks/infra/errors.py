@@ -17,7 +17,13 @@ import contextlib
 from collections.abc import Iterator
 
 __all__ = [
-    "DamagedArtifact", "InputError", "OutOfMemory", "RunRootBusy", "StorageAccessError", "StorageError", "out_of_memory_hint",
+    "DamagedArtifact",
+    "InputError",
+    "OutOfMemory",
+    "RunRootBusy",
+    "StorageAccessError",
+    "StorageError",
+    "out_of_memory_hint",
 ]
 
 
@@ -62,7 +68,7 @@ def out_of_memory_hint(stage: str, settings: dict[str, object], device: object =
     names `settings` (dotted name -> current value), the ones to lower, and the device."""
     try:
         yield
-    except Exception as err:  # noqa: BLE001 - only out-of-memory errors are translated, the rest re-raised
+    except Exception as err:
         if not _is_oom(err) or isinstance(err, OutOfMemory):
             raise
         lower = " or ".join(f"{name} (now {value})" for name, value in settings.items())

@@ -22,7 +22,9 @@ class GPULimitMissing(RuntimeError):
 
 
 def _device_lock(device: torch.device) -> threading.Lock:
-    index = device.index if device.index is not None else torch.cuda.current_device() if torch.cuda.is_available() else 0
+    index = (
+        device.index if device.index is not None else torch.cuda.current_device() if torch.cuda.is_available() else 0
+    )
     with _locks_guard:
         return _locks.setdefault(f"cuda:{index}", threading.Lock())
 
@@ -41,8 +43,8 @@ def gpu_slot(device: torch.device, runtime: RuntimeConfig) -> Iterator[None]:
     with ExitStack() as stack:
         stack.enter_context(_device_lock(device))
         if runtime.gpu_limit is not None:
-            from prefect.concurrency.sync import concurrency
             from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
+            from prefect.concurrency.sync import concurrency
 
             try:
                 stack.enter_context(concurrency(runtime.gpu_limit, occupy=1, strict=runtime.gpu_limit_strict))

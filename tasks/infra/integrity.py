@@ -30,7 +30,14 @@ from gcmine.tasks.infra.errors import DamagedArtifact
 from gcmine.tasks.infra.storage import RunStore, is_local
 
 __all__ = [
-    "FOOTER_TAIL", "FULL_CHECK_BYTES", "artifact_damage", "footer_damage", "file_digest", "file_records", "model_damage", "parquet_damage",
+    "FOOTER_TAIL",
+    "FULL_CHECK_BYTES",
+    "artifact_damage",
+    "file_digest",
+    "file_records",
+    "footer_damage",
+    "model_damage",
+    "parquet_damage",
 ]
 
 FULL_CHECK_BYTES = 64 * 2**20  # cached Parquet files up to this size are read whole (page checksums) before reuse
@@ -66,7 +73,7 @@ def footer_damage(size: int, tail: bytes) -> str | None:
     if footer_len + 8 > len(tail):
         return None  # caller reads more
     try:
-        meta = pq.read_metadata(io.BytesIO(b"PAR1" + tail[-(footer_len + 8):]))
+        meta = pq.read_metadata(io.BytesIO(b"PAR1" + tail[-(footer_len + 8) :]))
     except (pa.ArrowException, OSError) as err:
         return f"unreadable footer ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
     data_end = size - footer_len - 8
@@ -76,7 +83,9 @@ def footer_damage(size: int, tail: bytes) -> str | None:
             col = group.column(c)
             if col.total_compressed_size == 0:
                 continue  # an empty column chunk (a table of no rows) has no pages
-            offsets = [o for o in (col.dictionary_page_offset if col.has_dictionary_page else None, col.data_page_offset) if o]
+            offsets = [
+                o for o in (col.dictionary_page_offset if col.has_dictionary_page else None, col.data_page_offset) if o
+            ]
             start = min(offsets) if offsets else 0
             if start < 4 or start + col.total_compressed_size > data_end:
                 return f"truncated or overwritten (column chunk {col.path_in_schema} of row group {g} lies outside the file)"
@@ -125,7 +134,11 @@ def model_damage(store: RunStore, folder: str, marker: dict, fingerprint_of=None
         if fingerprint_of is None or not is_local(store.fs):
             return None
         found = fingerprint_of(Path(store.path(folder)))
-        return None if found == marker.get("fingerprint") else f"its files hash to {found}, not to the recorded {marker.get('fingerprint')}"
+        return (
+            None
+            if found == marker.get("fingerprint")
+            else f"its files hash to {found}, not to the recorded {marker.get('fingerprint')}"
+        )
     sizes = store.list_files(folder)
     for name, rec in records.items():
         if name not in sizes:

@@ -46,10 +46,10 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from gcmine.tasks.infra.errors import RunRootBusy, StorageError
-from gcmine.tasks.infra.storage import RunStore, pid_alive, is_local
+from gcmine.tasks.infra.storage import RunStore, is_local, pid_alive
 
 __all__ = ["IN_PROGRESS", "LEASE", "RunLease", "describe_holder", "root_state", "run_lease"]
 
@@ -64,7 +64,7 @@ def _now() -> float:
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
 def describe_holder(lease: dict) -> str:
@@ -145,7 +145,12 @@ class _Backend:
                     os.remove(tmp)
         try:
             self.store.retrying(
-                f"writing {self.store.uri(LEASE)}", self.store.fs.pipe_file, self.path, data, mode="create", transfer=len(data)
+                f"writing {self.store.uri(LEASE)}",
+                self.store.fs.pipe_file,
+                self.path,
+                data,
+                mode="create",
+                transfer=len(data),
             )
         except FileExistsError:  # 412 Precondition Failed on If-None-Match
             return False
@@ -161,7 +166,12 @@ class _Backend:
         extra = {"IfMatch": version} if self.if_match and version else {}
         try:
             self.store.retrying(
-                f"writing {self.store.uri(LEASE)}", self.store.fs.pipe_file, self.path, data, transfer=len(data), **extra
+                f"writing {self.store.uri(LEASE)}",
+                self.store.fs.pipe_file,
+                self.path,
+                data,
+                transfer=len(data),
+                **extra,
             )
         except OSError as err:
             text = str(err).lower()
@@ -182,15 +192,24 @@ class RunLease:
     holder (None: refuse at once); `expiry`: seconds without renewal after which a lease is dead."""
 
     def __init__(
-        self, store: RunStore, *, flow_run_id: str | None = None, expiry: float = 120.0, wait: float | None = None,
-        poll: float | None = None, logger: logging.Logger | logging.LoggerAdapter | None = None,
+        self,
+        store: RunStore,
+        *,
+        flow_run_id: str | None = None,
+        expiry: float = 120.0,
+        wait: float | None = None,
+        poll: float | None = None,
+        logger: logging.Logger | logging.LoggerAdapter | None = None,
     ) -> None:
         self.store, self.backend = store, _Backend(store)
         self.expiry, self.wait = float(expiry), wait
         self.poll = poll if poll is not None else min(5.0, self.expiry / 4)
         self.log = logger or _log
         self.owner = {
-            "host": socket.gethostname(), "pid": os.getpid(), "flow_run_id": flow_run_id, "started": _iso(_now()),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "flow_run_id": flow_run_id,
+            "started": _iso(_now()),
             "token": uuid.uuid4().hex,
         }
         self.lost: str | None = None  # who took the lease over while this run held it
@@ -220,7 +239,9 @@ class RunLease:
             if _expired(current, _now()):
                 self.log.warning(
                     "taking over the lease of %s held by %s: not renewed for more than %s s (presumed dead)",
-                    self.store.location, describe_holder(current), current.get("expiry"),
+                    self.store.location,
+                    describe_holder(current),
+                    current.get("expiry"),
                 )
                 if self.backend.swap(self._lease(), version) and self._settled(atomic=False):
                     break
@@ -233,7 +254,9 @@ class RunLease:
                     f"{how}: run again when it has finished, or use another --out"
                 )
             if said < 0 or waited - said >= 60:
-                self.log.warning("waiting for the run root %s, written by %s", self.store.location, describe_holder(current))
+                self.log.warning(
+                    "waiting for the run root %s, written by %s", self.store.location, describe_holder(current)
+                )
                 said = waited
             time.sleep(min(self.poll, max(0.05, self.wait - waited)))
         self._thread = threading.Thread(target=self._heartbeat, name="gcmine-lease", daemon=True)
@@ -245,12 +268,21 @@ class RunLease:
                 current, version = self.backend.read()
                 if not current or current.get("token") != self.owner["token"]:
                     self.lost = describe_holder(current) if current else "nobody (the lease was deleted)"
-                    self.log.error("the lease of %s was taken over by %s: this run's results may mix with it", self.store.location, self.lost)
+                    self.log.error(
+                        "the lease of %s was taken over by %s: this run's results may mix with it",
+                        self.store.location,
+                        self.lost,
+                    )
                     return
                 if not self.backend.swap(self._lease(), version):
                     continue  # changed under us: the next beat reads who holds it
-            except Exception as err:  # noqa: BLE001 - a failed renewal is retried at the next beat
-                self.log.warning("renewing the lease of %s failed (retrying in %.0f s): %s", self.store.location, self.expiry / 4, err)
+            except Exception as err:
+                self.log.warning(
+                    "renewing the lease of %s failed (retrying in %.0f s): %s",
+                    self.store.location,
+                    self.expiry / 4,
+                    err,
+                )
 
     def release(self, touch_storage: bool = True) -> None:
         """Stop renewing; delete the lease if it is still this run's. With `touch_storage` False
@@ -265,19 +297,28 @@ class RunLease:
             current, _ = self.backend.read()
             if current and current.get("token") == self.owner["token"]:
                 self.backend.delete()
-        except Exception as err:  # noqa: BLE001 - an unreleased lease expires by itself
-            self.log.warning("could not release the lease of %s (it expires in %.0f s): %s", self.store.location, self.expiry, err)
+        except Exception as err:
+            self.log.warning(
+                "could not release the lease of %s (it expires in %.0f s): %s", self.store.location, self.expiry, err
+            )
 
 
 @contextlib.contextmanager
 def run_lease(
-    store: RunStore, *, flow_run_id: str | None, mode: str = "wait", wait: float = 3600.0, expiry: float = 120.0,
+    store: RunStore,
+    *,
+    flow_run_id: str | None,
+    mode: str = "wait",
+    wait: float = 3600.0,
+    expiry: float = 120.0,
     logger: logging.Logger | logging.LoggerAdapter | None = None,
 ) -> Iterator[RunLease]:
     """Hold the lease of `store`'s root for the block, with the in-progress marker written while
     it runs and removed when it ends without error. `mode`: "wait" (up to `wait` seconds) or
     "refuse" (storage.lease, storage.lease_wait, storage.lease_expiry)."""
-    lease = RunLease(store, flow_run_id=flow_run_id, expiry=expiry, wait=wait if mode == "wait" else None, logger=logger)
+    lease = RunLease(
+        store, flow_run_id=flow_run_id, expiry=expiry, wait=wait if mode == "wait" else None, logger=logger
+    )
     lease.acquire()
     storage_failed = False
     try:

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 
-from gcmodels.diffusion import ConditionalDiffusion, LatentDiffusion, load_any_model
-from gcmodels.runtime import PRECISION_DTYPES, configure_torch, resolve_device, resolve_precision
 from gcmine.tasks.infra.artifacts import MODEL
 from gcmine.tasks.infra.errors import DamagedArtifact
 from gcmine.tasks.infra.gpu import gpu_slot
 from gcmine.tasks.infra.integrity import CHUNK, local_records_damage
 from gcmine.tasks.infra.storage import RunStore, damaged_hint, is_local
+from gcmodels.diffusion import ConditionalDiffusion, LatentDiffusion, load_any_model
+from gcmodels.runtime import PRECISION_DTYPES, configure_torch, resolve_device, resolve_precision
 
 COMPLETE = "_COMPLETE.json"  # written last: a model folder without it is incomplete
 TRAINING_SET = "training_set.parquet"  # (image_id, label) the model was trained on
@@ -38,7 +38,9 @@ def model_fingerprint(directory: Path) -> str:
 
 
 @contextmanager
-def model_stage(out: str, fingerprint: str, runtime, storage_options: dict | None) -> Iterator[tuple[RunStore, ConditionalDiffusion, torch.device]]:
+def model_stage(
+    out: str, fingerprint: str, runtime, storage_options: dict | None
+) -> Iterator[tuple[RunStore, ConditionalDiffusion, torch.device]]:
     """What every model stage runs in: torch configured per `runtime`, the GPU slot of the chosen
     device held (see tasks/infra/gpu.py; nothing on CPU), the run's store, and the model of
     `fingerprint` on the device (loaded from storage once per worker process, never passed in)."""
@@ -59,15 +61,21 @@ def load_model(
     with _lock:
         if key not in _cache:
             if not store.exists(f"{MODEL}/{COMPLETE}"):
-                raise FileNotFoundError(f"model folder {store.uri(MODEL)} is incomplete ({COMPLETE} missing): rerun the run")
+                raise FileNotFoundError(
+                    f"model folder {store.uri(MODEL)} is incomplete ({COMPLETE} missing): rerun the run"
+                )
             found = store.read_json(f"{MODEL}/{COMPLETE}")["fingerprint"]
             if found != fingerprint:
-                raise RuntimeError(f"model folder {store.uri(MODEL)} holds model {found}, not {fingerprint}: another run replaced it")
+                raise RuntimeError(
+                    f"model folder {store.uri(MODEL)} holds model {found}, not {fingerprint}: another run replaced it"
+                )
             with store.local_copy(MODEL) as directory:  # a download (object stores) is removed once loaded
                 if not is_local(store.fs):  # the bytes as they arrived, against the sizes and hashes of the marker
                     damage = local_records_damage(directory, store.read_json(f"{MODEL}/{COMPLETE}").get("files") or {})
                     if damage is not None:
-                        raise DamagedArtifact(0, f"model folder {store.uri(MODEL)} is damaged ({damage}); {damaged_hint(MODEL + '/')}")
+                        raise DamagedArtifact(
+                            0, f"model folder {store.uri(MODEL)} is damaged ({damage}); {damaged_hint(MODEL + '/')}"
+                        )
                 model = load_any_model(directory).to(device).eval()
             if precision != "fp32" and isinstance(model, LatentDiffusion):
                 model.half_precision(PRECISION_DTYPES[precision])

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import fsspec
 
-from gcmodels.config import ConfigError
 from gcmine.tasks.infra.errors import InputError, StorageError
 from gcmine.tasks.infra.storage import open_fs, with_retries
+from gcmodels.config import ConfigError
 
 __all__ = ["check_config_path", "check_location", "code_checkout", "require_exists"]
 
@@ -83,9 +83,13 @@ def check_config_path(value: str | None, variable: str) -> None:
         raise ConfigError(f"config={text!r} names no settings file: {_unset('config', variable)}")
     path = Path(text)
     if not path.is_file():
-        where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()}: the checkout GCMINE_REPO)"
+        where = (
+            "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()}: the checkout GCMINE_REPO)"
+        )
         what = "is a directory" if path.is_dir() else "does not exist"
-        raise ConfigError(f"config file {text} {what}{where}; set {variable} to a gcmine settings file and deploy again")
+        raise ConfigError(
+            f"config file {text} {what}{where}; set {variable} to a gcmine settings file and deploy again"
+        )
 
 
 def require_exists(uri: str, what: str, storage_options: dict | None = None) -> None:
@@ -95,6 +99,8 @@ def require_exists(uri: str, what: str, storage_options: dict | None = None) -> 
     try:
         found = with_retries(fs, f"checking {what} {uri}", fs.exists, path)
     except PermissionError as err:
-        raise StorageError(err.errno or 0, f"{what} {uri} cannot be read with the configured credentials: {err}") from None
+        raise StorageError(
+            err.errno or 0, f"{what} {uri} cannot be read with the configured credentials: {err}"
+        ) from None
     if not found:
         raise InputError(f"{what} {uri} does not exist")

@@ -25,7 +25,7 @@ class StageProgress:
             from prefect.artifacts import create_progress_artifact
 
             self._artifact = create_progress_artifact(progress=0.0, key=key, description=desc)
-        except Exception as err:  # noqa: BLE001 - outside a flow run there is no API to report to
+        except Exception as err:
             _log.debug("no progress artifact for %s: %s", desc, err)
 
     def update(self, done: int, **postfix: float) -> None:
@@ -42,7 +42,7 @@ class StageProgress:
                 from prefect.artifacts import update_progress_artifact
 
                 update_progress_artifact(self._artifact, progress=100.0 * done / self.total)
-            except Exception as err:  # noqa: BLE001 - progress display must never fail the stage
+            except Exception as err:
                 _log.debug("progress artifact update failed: %s", err)
 
     def close(self) -> None:
@@ -50,7 +50,7 @@ class StageProgress:
         if self._bar is not None:
             self._bar.close()
 
-    def __enter__(self) -> "StageProgress":
+    def __enter__(self) -> StageProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:

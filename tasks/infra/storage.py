@@ -47,22 +47,48 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from gcmine.tasks.infra.errors import DamagedArtifact, StorageAccessError, StorageError
 from gcmodels.config import STORAGE_POLICY_KEY as POLICY_KEY
 from gcmodels.config import StorageConfig
-from gcmine.tasks.infra.errors import DamagedArtifact, StorageAccessError, StorageError
 
 __all__ = [
-    "BACKOFF_SECONDS", "POLICY_KEY", "RETRIES", "RunStore", "damaged_hint", "StoragePolicy", "is_local", "join_uri", "open_fs",
-    "pid_alive", "policy_of", "scratch_dir", "sweep_leftovers", "sweep_scratch", "with_retries",
+    "BACKOFF_SECONDS",
+    "POLICY_KEY",
+    "RETRIES",
+    "RunStore",
+    "StoragePolicy",
+    "damaged_hint",
+    "is_local",
+    "join_uri",
+    "open_fs",
+    "pid_alive",
+    "policy_of",
+    "scratch_dir",
+    "sweep_leftovers",
+    "sweep_scratch",
+    "with_retries",
 ]
 
-RETRIES: int = StorageConfig.model_fields["retries"].default  # retries of a failed object-store call (5 attempts in all)
+RETRIES: int = StorageConfig.model_fields[
+    "retries"
+].default  # retries of a failed object-store call (5 attempts in all)
 BACKOFF_SECONDS = 0.5  # first wait; doubled after each failed attempt (0.5 + 1 + 2 + 4 s)
-DEADLINE_SECONDS: float = StorageConfig.model_fields["deadline"].default  # no retry starts later than this after the first
+DEADLINE_SECONDS: float = StorageConfig.model_fields[
+    "deadline"
+].default  # no retry starts later than this after the first
 SECONDS_PER_MIB = 1.0  # a write's hard cap grows by this per MiB sent (big uploads are not cut)
 _PERMANENT = (
-    FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError,
-    ValueError, TypeError, KeyError, AttributeError, NotImplementedError, StorageError,
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    FileExistsError,
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    NotImplementedError,
+    StorageError,
 )
 _log = logging.getLogger("gcmine.storage")
 
@@ -126,8 +152,13 @@ def _cap(fs: fsspec.AbstractFileSystem, call: Callable, remaining: float, transf
 
 
 def with_retries(
-    fs: fsspec.AbstractFileSystem, what: str, call: Callable, *args, policy: StoragePolicy | None = None,
-    transfer: int | None = 0, **kwargs,
+    fs: fsspec.AbstractFileSystem,
+    what: str,
+    call: Callable,
+    *args,
+    policy: StoragePolicy | None = None,
+    transfer: int | None = 0,
+    **kwargs,
 ):
     """`call(*args, **kwargs)`, retried with backoff on transient errors of an object store.
     `what` ("writing s3://b/x") names the operation in the log and in the final `StorageError`.
@@ -150,7 +181,7 @@ def with_retries(
             if access is not None:
                 raise access from err
             raise
-        except Exception as err:  # noqa: BLE001 - network and server errors come in many types
+        except Exception as err:
             access = None if local else _access_error(what, err)
             if access is not None:
                 raise access from err
@@ -199,7 +230,11 @@ class RunStore:
         self.storage_options = dict(storage_options or {})
         self.policy = policy_of(self.storage_options)
         self.fs, self.root = open_fs(root, self.storage_options)
-        self.protocol = "file" if is_local(self.fs) else (self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0])
+        self.protocol = (
+            "file"
+            if is_local(self.fs)
+            else (self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0])
+        )
 
     def retrying(self, what: str, call: Callable, *args, transfer: int | None = 0, **kwargs):
         """`with_retries` under this store's policy."""
@@ -244,7 +279,8 @@ class RunStore:
                 os.replace(tmp, path)
             except OSError as err:
                 raise StorageError(
-                    err.errno or 0, f"writing {self.uri(rel)} failed: {err.strerror or err}; its previous version (if any) is kept"
+                    err.errno or 0,
+                    f"writing {self.uri(rel)} failed: {err.strerror or err}; its previous version (if any) is kept",
                 ) from err
             finally:
                 if os.path.exists(tmp):
@@ -259,7 +295,9 @@ class RunStore:
         """(size of artifact `rel`, its last `length` bytes): a Parquet footer without the file."""
         size = self.size(rel)
         start = max(0, size - length)
-        tail = self.retrying(f"reading {self.uri(rel)}", self.fs.cat_file, self.path(rel), start=start, end=size, transfer=None)
+        tail = self.retrying(
+            f"reading {self.uri(rel)}", self.fs.cat_file, self.path(rel), start=start, end=size, transfer=None
+        )
         return size, tail
 
     def remove(self, rel: str) -> None:
@@ -349,17 +387,29 @@ class RunStore:
             for old_marker in markers:
                 # the folder is incomplete until the new marker lands
                 self.retrying(f"removing {old_marker}", self.fs.rm, old_marker)
-            files = sorted((p for p in Path(local_dir).rglob("*") if p.is_file()), key=lambda p: (p.name.startswith("_"), str(p)))
+            files = sorted(
+                (p for p in Path(local_dir).rglob("*") if p.is_file()), key=lambda p: (p.name.startswith("_"), str(p))
+            )
             for src in files:
                 rel_file = src.relative_to(local_dir).as_posix()
                 dest = posixpath.join(target, rel_file)
-                self.retrying(f"uploading {self.uri(rel)}/{rel_file}", self.fs.put_file, str(src), dest, transfer=src.stat().st_size)
+                self.retrying(
+                    f"uploading {self.uri(rel)}/{rel_file}",
+                    self.fs.put_file,
+                    str(src),
+                    dest,
+                    transfer=src.stat().st_size,
+                )
 
     def list_files(self, rel: str) -> dict[str, int]:
         """Path (relative to folder `rel`) -> size of every file under artifact folder `rel`."""
         base = self.path(rel)
         found = self.retrying(f"listing {self.uri(rel)}", self.fs.find, base, detail=True)
-        return {posixpath.relpath(p, base): int(info.get("size") or 0) for p, info in found.items() if info.get("type") != "directory"}
+        return {
+            posixpath.relpath(p, base): int(info.get("size") or 0)
+            for p, info in found.items()
+            if info.get("type") != "directory"
+        }
 
     @contextlib.contextmanager
     def local_copy(self, rel: str) -> Iterator[Path]:
@@ -373,7 +423,9 @@ class RunStore:
             yield Path(path)
             return
         with scratch_dir("download") as dest:
-            self.retrying(f"downloading {self.uri(rel)}", self.fs.get, path + "/", str(dest), recursive=True, transfer=None)
+            self.retrying(
+                f"downloading {self.uri(rel)}", self.fs.get, path + "/", str(dest), recursive=True, transfer=None
+            )
             yield dest
 
 

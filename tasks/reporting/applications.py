@@ -70,7 +70,10 @@ def cotypicality_section(label_matrix: pd.DataFrame, confusion: pd.DataFrame, re
         chance=f"{100 / max(1, len(labels)):.1f}%",
         matrix=_heat_matrix(matrix.reindex(index=labels, columns=labels), "images \\ under"),
         confusion=_heat_matrix(conf.astype(np.float64), "true \\ predicted"),
-        confused=[(c["true"], c["predicted"], fmt_num(c["count"]), f"{100 * c['share']:.1f}%") for c in result.get("confused") or []],
+        confused=[
+            (c["true"], c["predicted"], fmt_num(c["count"]), f"{100 * c['share']:.1f}%")
+            for c in result.get("confused") or []
+        ],
     )
 
 
@@ -83,7 +86,10 @@ def _thumb(img: Image.Image | None) -> dict | None:
 
 
 def translation_section(
-    translations: pd.DataFrame, changes: pd.DataFrame, load_png: Callable[[str], Image.Image | None], result: dict,
+    translations: pd.DataFrame,
+    changes: pd.DataFrame,
+    load_png: Callable[[str], Image.Image | None],
+    result: dict,
     per_cluster: int = 8,
 ) -> str:
     """Sources and their translations to every other label (with typicality under the target
@@ -95,8 +101,11 @@ def translation_section(
         return render("applications/translation.html", translations=None)
     first = translations.iloc[0]
     intro = {
-        "strength": fmt_num(first["strength"]), "guidance": fmt_num(first["guidance"]), "seed": fmt_num(first["seed"]),
-        "seconds": fmt_seconds(result.get("seconds")), "gain": fmt_num(result.get("typicality_gain")),
+        "strength": fmt_num(first["strength"]),
+        "guidance": fmt_num(first["guidance"]),
+        "seed": fmt_num(first["seed"]),
+        "seconds": fmt_seconds(result.get("seconds")),
+        "gain": fmt_num(result.get("typicality_gain")),
     }
     sources = []
     for source_file, group in translations.groupby("source_file", sort=True):
@@ -118,17 +127,29 @@ def translation_section(
                 for which in ("source_file", "file"):
                     img = load_png(files.loc[p["pair"], which]) if p["pair"] in files.index else None
                     crop = None if img is None else patch_crop(img, box)[0]
-                    crops.append((_thumb(crop), "before" if which == "source_file" else f"after ({fmt_num(p['change'], 2)})"))
-            clusters.append({
-                "rank": int(cluster) + 1, "patches": len(members), "median": fmt_num(float(members["change"].median()), 3),
-                "pairs": ", ".join(f"{k} ({v})" for k, v in pairs.head(4).items()), "crops": crops,
-            })
+                    crops.append(
+                        (_thumb(crop), "before" if which == "source_file" else f"after ({fmt_num(p['change'], 2)})")
+                    )
+            clusters.append(
+                {
+                    "rank": int(cluster) + 1,
+                    "patches": len(members),
+                    "median": fmt_num(float(members["change"].median()), 3),
+                    "pairs": ", ".join(f"{k} ({v})" for k, v in pairs.head(4).items()),
+                    "crops": crops,
+                }
+            )
     return render("applications/translation.html", translations=True, intro=intro, sources=sources, clusters=clusters)
 
 
 def baseline_section(
-    baseline: pd.DataFrame, detectors: pd.DataFrame, elements: pd.DataFrame, patches: pd.DataFrame,
-    load_image: Callable[[str], Image.Image | None], timings: dict, per_row: int = COLUMNS_SHOWN,
+    baseline: pd.DataFrame,
+    detectors: pd.DataFrame,
+    elements: pd.DataFrame,
+    patches: pd.DataFrame,
+    load_image: Callable[[str], Image.Image | None],
+    timings: dict,
+    per_row: int = COLUMNS_SHOWN,
 ) -> str:
     """Per label, the typicality rank-0 element's patches beside the baseline's best detector's
     top detections, with the time each miner took (`timings`: typicality, baseline seconds)."""
@@ -136,7 +157,7 @@ def baseline_section(
     def image(image_id: str) -> Image.Image | None:
         try:
             return load_image(image_id)
-        except Exception:  # noqa: BLE001 - shown as missing
+        except Exception:
             return None
 
     times = {"typicality": fmt_seconds(timings.get("typicality")), "baseline": fmt_seconds(timings.get("baseline"))}
@@ -154,11 +175,13 @@ def baseline_section(
         det = det.sort_values("rank", kind="stable").head(per_row).rename(columns={"score": "typicality"})
         pur = purity.get((label, 0), float("nan")) if len(purity) else float("nan")
         on_label = float((det["image_label"].astype(str) == label).mean()) if len(det) else float("nan")
-        labels.append({
-            "label": label,
-            "typicality": [patch_figure(image, r) for _, r in typ.iterrows()],
-            "baseline": [patch_figure(image, r) for _, r in det.iterrows()],
-            "purity": fmt_num(pur, 2),
-            "on_label": fmt_num(on_label, 2),
-        })
+        labels.append(
+            {
+                "label": label,
+                "typicality": [patch_figure(image, r) for _, r in typ.iterrows()],
+                "baseline": [patch_figure(image, r) for _, r in det.iterrows()],
+                "purity": fmt_num(pur, 2),
+                "on_label": fmt_num(on_label, 2),
+            }
+        )
     return render("applications/baseline.html", times=times, labels=labels)

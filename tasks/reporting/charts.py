@@ -64,19 +64,37 @@ def loss_curve_svg(
 
     x_axis_y = top + ph
     x_ticks = [(f"{float(px(np.array([s]))[0]):.1f}", fmt_num(s)) for s in sorted({s_lo, s_hi})]
-    y_ticks = [(f"{float(py(np.array([v]))[0]):.1f}", f"{float(py(np.array([v]))[0]) + 4:.1f}", fmt_num(v))
-               for v in sorted({lo_v, hi_v})]
+    y_ticks = [
+        (f"{float(py(np.array([v]))[0]):.1f}", f"{float(py(np.array([v]))[0]) + 4:.1f}", fmt_num(v))
+        for v in sorted({lo_v, hi_v})
+    ]
     return render(
         "charts/loss_curve.svg",
-        width=width, height=height, left=left, top=top, pw=pw, ph=ph, x_axis_y=x_axis_y,
-        raw=points(steps, loss), smooth=points(steps, smooth) if n >= 5 and window > 1 else None, window=window,
-        x_ticks=x_ticks, y_ticks=y_ticks, x_label_x=f"{left + pw / 2:.0f}", y_label_y=f"{top + ph / 2:.0f}",
+        width=width,
+        height=height,
+        left=left,
+        top=top,
+        pw=pw,
+        ph=ph,
+        x_axis_y=x_axis_y,
+        raw=points(steps, loss),
+        smooth=points(steps, smooth) if n >= 5 and window > 1 else None,
+        window=window,
+        x_ticks=x_ticks,
+        y_ticks=y_ticks,
+        x_label_x=f"{left + pw / 2:.0f}",
+        y_label_y=f"{top + ph / 2:.0f}",
         y_label="loss (log scale)" if log_y else "loss",
     )
 
 
 def scatter_svg(
-    x: np.ndarray, y: np.ndarray, colors: list[str], title: str, *, captions: list[str] | None = None,
+    x: np.ndarray,
+    y: np.ndarray,
+    colors: list[str],
+    title: str,
+    *,
+    captions: list[str] | None = None,
     size: tuple[int, int] = (560, 420),
 ) -> str:
     """Points (x, y) as circles filled with `colors` (one CSS colour each), scaled to `size`
@@ -99,4 +117,6 @@ def scatter_svg(
         (int(i), f"{px[i]:.1f}", f"{py[i]:.1f}", colors[i], None if captions is None else captions[i])
         for i in np.flatnonzero(ok)
     ]
-    return render("charts/scatter.svg", width=w, height=h, title=title, live=captions is not None, radius=radius, circles=circles)
+    return render(
+        "charts/scatter.svg", width=w, height=h, title=title, live=captions is not None, radius=radius, circles=circles
+    )

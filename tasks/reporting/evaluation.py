@@ -22,7 +22,11 @@ __all__ = ["EVALUATION_MEASURES", "evaluation_section", "samples_section"]
 
 #: (column of evaluation_summary.parquet, header, tooltip), in the order shown
 EVALUATION_MEASURES = [
-    ("aucpr_paper", "AUC-PR (paper)", "the paper's X-ray AUC-PR: 1000 thresholds 2e-s, s in [2, 7], trapezoid over recall"),
+    (
+        "aucpr_paper",
+        "AUC-PR (paper)",
+        "the paper's X-ray AUC-PR: 1000 thresholds 2e-s, s in [2, 7], trapezoid over recall",
+    ),
     ("ap", "AP", "average precision of the pixels ranked by typicality (scale-free)"),
     ("pointing", "pointing", "share of maps whose maximum lies inside a box"),
     ("inside", "inside", "mean typicality inside the boxes"),
@@ -48,22 +52,32 @@ def evaluation_section(summary: pd.DataFrame, table: pd.DataFrame | None = None,
         s = s.sort_values(["model", "_pooled", "label"], kind="stable", key=lambda c: c.astype(str))
         for _, r in s.iterrows():
             pooled = str(r["label"]) == POOLED
-            rows.append({
-                "model": str(r["model"]), "label": "all labels (micro-average)" if pooled else str(r["label"]),
-                "pooled": pooled, "pairs": fmt_num(int(r["pairs"])),
-                "values": [
-                    _pct(r[m]) if m in ("aucpr_paper", "ap", "pointing") else fmt_num(float(r[m]), 3)
-                    for m, _, _ in EVALUATION_MEASURES
-                ],
-            })
+            rows.append(
+                {
+                    "model": str(r["model"]),
+                    "label": "all labels (micro-average)" if pooled else str(r["label"]),
+                    "pooled": pooled,
+                    "pairs": fmt_num(int(r["pairs"])),
+                    "values": [
+                        _pct(r[m]) if m in ("aucpr_paper", "ap", "pointing") else fmt_num(float(r[m]), 3)
+                        for m, _, _ in EVALUATION_MEASURES
+                    ],
+                }
+            )
     skipped = []
     if table is not None and not table.empty and "status" in table.columns:
         bad = table[table["status"] != "ok"].drop_duplicates(["filename", "label"])  # once, not once per model
         if len(bad):
-            kinds = bad["reason"].fillna("").astype(str).str.replace(r"^row \d+: ", "", regex=True).str.split(":").str[0]
+            kinds = (
+                bad["reason"].fillna("").astype(str).str.replace(r"^row \d+: ", "", regex=True).str.split(":").str[0]
+            )
             skipped = [(k, fmt_num(int(v))) for k, v in kinds.value_counts().sort_index().items()]
     return render(
-        "evaluation.html", rows=rows, measures=[(h, tip) for _, h, tip in EVALUATION_MEASURES], skipped=skipped, stale=stale,
+        "evaluation.html",
+        rows=rows,
+        measures=[(h, tip) for _, h, tip in EVALUATION_MEASURES],
+        skipped=skipped,
+        stale=stale,
     )
 
 
@@ -73,15 +87,20 @@ def _shown(img: Image.Image | None, height: int = CROP_HEIGHT) -> dict | None:
     if img is None:
         return None
     if img.height > height:
-        img = img.convert("RGB").resize((max(1, round(img.width * height / img.height)), height), Image.Resampling.BILINEAR)
+        img = img.convert("RGB").resize(
+            (max(1, round(img.width * height / img.height)), height), Image.Resampling.BILINEAR
+        )
     else:
         img = scaled_to_height(img, height)
     return {"src": png_uri(img), "width": img.width, "height": img.height}
 
 
 def samples_section(
-    quality: pd.DataFrame, samples: pd.DataFrame, real: dict[str, list[str]],
-    load_png: Callable[[bytes], Image.Image | None], load_image: Callable[[str], Image.Image | None],
+    quality: pd.DataFrame,
+    samples: pd.DataFrame,
+    real: dict[str, list[str]],
+    load_png: Callable[[bytes], Image.Image | None],
+    load_image: Callable[[str], Image.Image | None],
 ) -> str:
     """Did the model learn the data? Per label, its samples beside real images of the label, the
     Frechet distance between the two on the encoder's features and the share of samples whose
@@ -98,18 +117,32 @@ def samples_section(
     for _, q in quality.iterrows():
         label = str(q["label"])
         pooled = label == POOLED
-        mine = samples[samples["label"].astype(str) == label].sort_values("sample", kind="stable") if not pooled else samples.iloc[0:0]
-        rows.append({
-            "label": "all labels" if pooled else label, "pooled": pooled, "samples": fmt_num(int(q["samples"])),
-            "real_images": fmt_num(int(q["real_images"])), "frechet": fmt_num(float(q["frechet"]), 4),
-            "share": _pct(q["nearest_label_share"]),
-            "generated": [(_shown(load_png(b)), f"→ {n}") for b, n in zip(mine["png"], mine["nearest_label"])],
-            "real": [(_shown(load_image(i)), "real") for i in real.get(label, [])],
-        })
+        mine = (
+            samples[samples["label"].astype(str) == label].sort_values("sample", kind="stable")
+            if not pooled
+            else samples.iloc[0:0]
+        )
+        rows.append(
+            {
+                "label": "all labels" if pooled else label,
+                "pooled": pooled,
+                "samples": fmt_num(int(q["samples"])),
+                "real_images": fmt_num(int(q["real_images"])),
+                "frechet": fmt_num(float(q["frechet"]), 4),
+                "share": _pct(q["nearest_label_share"]),
+                "generated": [(_shown(load_png(b)), f"→ {n}") for b, n in zip(mine["png"], mine["nearest_label"])],
+                "real": [(_shown(load_image(i)), "real") for i in real.get(label, [])],
+            }
+        )
     steps = int(samples["steps"].iloc[0]) if len(samples) else None
     seed = int(samples["seed"].iloc[0]) if len(samples) else None
     chance = 1.0 / max(1, len(quality) - 1)
     return render(
-        "samples.html", rows=rows, features=features, dim=fmt_num(int(first["dim"])), steps=steps, seed=seed,
+        "samples.html",
+        rows=rows,
+        features=features,
+        dim=fmt_num(int(first["dim"])),
+        steps=steps,
+        seed=seed,
         chance=_pct(chance),
     )

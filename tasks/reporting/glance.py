@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from gcmodels.clustering.collection import cluster_name
 from gcmine.tasks.reporting.charts import scatter_svg
 from gcmine.tasks.reporting.images import jpeg_thumbnail
 from gcmine.tasks.reporting.templating import Markup, render, static_text
+from gcmodels.clustering.collection import cluster_name
 
 __all__ = ["GREY", "MAX_MAP_POINTS", "PALETTE", "map_section"]
 
@@ -28,8 +28,26 @@ __all__ = ["GREY", "MAX_MAP_POINTS", "PALETTE", "map_section"]
 MAX_MAP_POINTS = 5000
 #: colours of the first clusters / labels (tab20); more reuse them; noise and unlabelled are grey
 PALETTE = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
+    "#f7b6d2",
+    "#c7c7c7",
+    "#dbdb8d",
+    "#9edae5",
 )
 GREY = "#b0b0b0"
 
@@ -115,7 +133,9 @@ def map_section(
     facts = f"{n:,} images, {method} of the embeddings"
     if len(shown) < n:
         facts += f"; {len(shown):,} random points drawn"
-    facts += "; hover a point to see its image" if live else f"; interactive above no more than {interactive_max:,} images"
+    facts += (
+        "; hover a point to see its image" if live else f"; interactive above no more than {interactive_max:,} images"
+    )
 
     x, y = shown["x"].to_numpy(np.float64), shown["y"].to_numpy(np.float64)
     by_cluster = scatter_svg(x, y, [ccolor.get(int(c), GREY) for c in cl], "map by cluster", captions=captions)
@@ -135,7 +155,9 @@ def map_section(
         cd = clusters.assign(_d=pd.to_numeric(clusters.get("distance"), errors="coerce"))
         for c in ids + ([-1] if -1 in counts.index else []):
             members = cd[cd["cluster"] == c].sort_values("_d", kind="stable", na_position="last")
-            images = [(iid, jpeg_thumbnail(load_image, iid)) for iid in members["image_id"].head(thumbnails_per_cluster)]
+            images = [
+                (iid, jpeg_thumbnail(load_image, iid)) for iid in members["image_id"].head(thumbnails_per_cluster)
+            ]
             thumbnails.append((_name(c, k), ccolor.get(c, GREY), f"{int(counts.get(c, 0)):,}", images))
 
     hover = None
@@ -143,6 +165,14 @@ def map_section(
         uris = [(i, uri) for i, iid in enumerate(shown["image_id"]) if (uri := jpeg_thumbnail(load_image, iid))]
         hover = {"thumbs": uris, "script": Markup(static_text("map_hover.js"))}
     return render(
-        "glance.html", decision=decision, maps=True, facts=facts, cluster_legend=cluster_legend,
-        by_cluster=Markup(by_cluster), label_legend=label_legend, by_label=by_label, thumbnails=thumbnails, hover=hover,
+        "glance.html",
+        decision=decision,
+        maps=True,
+        facts=facts,
+        cluster_legend=cluster_legend,
+        by_cluster=Markup(by_cluster),
+        label_legend=label_legend,
+        by_label=by_label,
+        thumbnails=thumbnails,
+        hover=hover,
     )

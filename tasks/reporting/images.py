@@ -73,7 +73,7 @@ def jpeg_thumbnail(load_image: Callable[[str], Image.Image], image_id: str) -> s
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=85)
         return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-    except Exception:  # noqa: BLE001 - a missing image is shown as missing, not fatal
+    except Exception:
         return None
 
 
@@ -168,7 +168,8 @@ def _resize_map(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if m.shape[::-1] == tuple(size):
         return m.astype(np.float32, copy=False)
     return np.asarray(
-        Image.fromarray(np.ascontiguousarray(m, dtype=np.float32)).resize(size, Image.Resampling.BILINEAR), dtype=np.float32
+        Image.fromarray(np.ascontiguousarray(m, dtype=np.float32)).resize(size, Image.Resampling.BILINEAR),
+        dtype=np.float32,
     )
 
 
@@ -223,7 +224,7 @@ class ImageCache:
         try:
             img = self._load_image(image_id)
             img = None if img is None else to_rgb(img)
-        except Exception:  # noqa: BLE001 - a missing image is shown as missing, not fatal
+        except Exception:
             img = None
         self._images[image_id] = img
         self._pixels += 0 if img is None else img.width * img.height
@@ -242,6 +243,6 @@ class ImageCache:
                 if m is not None and (m.ndim != 2 or m.size == 0):
                     m = None
                 self._maps[image_id] = None if m is None else np.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 self._maps[image_id] = None
         return self._maps[image_id]

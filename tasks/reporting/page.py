@@ -27,7 +27,14 @@ from PIL import Image
 from gcmine.tasks.reporting.charts import loss_curve_svg
 from gcmine.tasks.reporting.format import flatten, fmt_num, fmt_seconds, int_or, is_number, label_anchors
 from gcmine.tasks.reporting.glance import map_section
-from gcmine.tasks.reporting.images import ImageCache, display_image, overlay_typicality, patch_crop, png_uri, robust_vmax
+from gcmine.tasks.reporting.images import (
+    ImageCache,
+    display_image,
+    overlay_typicality,
+    patch_crop,
+    png_uri,
+    robust_vmax,
+)
 from gcmine.tasks.reporting.templating import Markup, render, static_text
 
 __all__ = ["MAX_REJECTED_ROWS", "ReportData", "patch_figure", "render_report"]
@@ -91,7 +98,7 @@ def patch_figure(image: Callable[[str], Image.Image | None], row: Any) -> dict:
         return {**fig, "missing": "image unavailable"}
     try:
         crop, _ = patch_crop(img, (row["x0"], row["y0"], row["x1"], row["y1"]))
-    except Exception:  # noqa: BLE001 - a malformed box is shown as missing
+    except Exception:
         return {**fig, "missing": "bad patch box"}
     return {**fig, "src": png_uri(crop), "width": crop.width, "height": crop.height}
 
@@ -107,8 +114,11 @@ def _summary(data: ReportData) -> dict:
         if (v := summary.get(key)) is not None
     ]
     handled = set(_SUMMARY_CARDS) | {"rejected_by_reason", "timings", "config", "notes"}
-    others = [(k, fmt_num(v) if is_number(v) else v) for k, v in summary.items()
-              if k not in handled and not isinstance(v, (dict, list, tuple))]
+    others = [
+        (k, fmt_num(v) if is_number(v) else v)
+        for k, v in summary.items()
+        if k not in handled and not isinstance(v, (dict, list, tuple))
+    ]
 
     timings = None
     if isinstance(summary.get("timings"), dict) and summary["timings"]:
@@ -119,14 +129,19 @@ def _summary(data: ReportData) -> dict:
             except (TypeError, ValueError):
                 vals[k] = float("nan")
         total = sum(v for v in vals.values() if math.isfinite(v))
-        rows = [(k, fmt_seconds(v), 0 if not (math.isfinite(v) and total > 0) else max(1, round(120 * v / total)))
-                for k, v in vals.items()]
+        rows = [
+            (k, fmt_seconds(v), 0 if not (math.isfinite(v) and total > 0) else max(1, round(120 * v / total)))
+            for k, v in vals.items()
+        ]
         timings = {"rows": rows, "total": fmt_seconds(total)}
 
     by_reason = summary.get("rejected_by_reason")
     reasons = None
     if isinstance(by_reason, dict) and by_reason:
-        reasons = [(k, fmt_num(v)) for k, v in sorted(by_reason.items(), key=lambda kv: -float(kv[1]) if is_number(kv[1]) else 0)]
+        reasons = [
+            (k, fmt_num(v))
+            for k, v in sorted(by_reason.items(), key=lambda kv: -float(kv[1]) if is_number(kv[1]) else 0)
+        ]
     elif _has(data.rejected, ["reason"]):
         reasons = [(k, fmt_num(int(v))) for k, v in data.rejected["reason"].astype(str).value_counts().items()]
 
@@ -144,15 +159,23 @@ def _summary(data: ReportData) -> dict:
 
 
 def _label(
-    data: ReportData, cache: ImageCache, label: str, anchor: str, vmax: float, heat_ids: list[tuple[str, float]],
-    elements_per_label: int, patches_per_element: int,
+    data: ReportData,
+    cache: ImageCache,
+    label: str,
+    anchor: str,
+    vmax: float,
+    heat_ids: list[tuple[str, float]],
+    elements_per_label: int,
+    patches_per_element: int,
 ) -> dict:
     facts = []
     if _has(data.typicality, ["label", "image_id"]):
         sub = data.typicality[data.typicality["label"].astype(str) == label]
         facts.append(f"{fmt_num(sub['image_id'].nunique())} images")
         if "typicality" in sub and len(sub):
-            facts.append(f"median image typicality {fmt_num(float(pd.to_numeric(sub['typicality'], errors='coerce').median()))}")
+            facts.append(
+                f"median image typicality {fmt_num(float(pd.to_numeric(sub['typicality'], errors='coerce').median()))}"
+            )
     lp = pd.DataFrame()
     if _has(data.patches, ["label", "image_id", "x0", "y0", "x1", "y1"]):
         lp = data.patches[data.patches["label"].astype(str) == label]
@@ -178,13 +201,15 @@ def _label(
                         "_t", ascending=False, kind="stable", na_position="last"
                     )
                 crops = [patch_figure(cache.image, p) for _, p in members.head(patches_per_element).iterrows()]
-            items.append({
-                "rank": fmt_num(int_or(e.get("rank", i), i) + 1),
-                "score": fmt_num(e["score"]) if "score" in e else None,
-                "size": fmt_num(e["size"]) if "size" in e else None,
-                "element": fmt_num(e["element"]),
-                "crops": crops,
-            })
+            items.append(
+                {
+                    "rank": fmt_num(int_or(e.get("rank", i), i) + 1),
+                    "score": fmt_num(e["score"]) if "score" in e else None,
+                    "size": fmt_num(e["size"]) if "size" in e else None,
+                    "element": fmt_num(e["element"]),
+                    "crops": crops,
+                }
+            )
         note = f"Showing the top {len(shown)} of {len(le)} elements." if len(le) > len(shown) else None
         elements = {"note": note, "items": items}
 
@@ -212,11 +237,22 @@ def _collection(data: ReportData, labels: list[str]) -> dict:
         cl = data.clusters
         counts = cl["cluster"].value_counts().sort_index()
         biggest = max(1, int(counts.max()))
-        dist = pd.to_numeric(cl["distance"], errors="coerce").groupby(cl["cluster"]).mean() if "distance" in cl.columns else None
+        dist = (
+            pd.to_numeric(cl["distance"], errors="coerce").groupby(cl["cluster"]).mean()
+            if "distance" in cl.columns
+            else None
+        )
         sizes = {
             "has_distance": dist is not None,
-            "rows": [(fmt_num(c), fmt_num(int(n)), None if dist is None else fmt_num(dist.get(c, float("nan")), 3),
-                      max(1, round(140 * int(n) / biggest))) for c, n in counts.items()],
+            "rows": [
+                (
+                    fmt_num(c),
+                    fmt_num(int(n)),
+                    None if dist is None else fmt_num(dist.get(c, float("nan")), 3),
+                    max(1, round(140 * int(n) / biggest)),
+                )
+                for c, n in counts.items()
+            ],
         }
 
     crosstab = None  # None: no table at all; {"rows": []}: no labelled image
@@ -237,8 +273,12 @@ def _collection(data: ReportData, labels: list[str]) -> dict:
                     alpha = 0.08 + 0.6 * v / total if total and v else 0  # background shade: share of the label
                     cells.append((v, f"{alpha:.2f}"))
                 rows.append((lab, cells, total))
-            crosstab = {"columns": [fmt_num(c) for c in cols], "rows": rows,
-                        "totals": [int(ct[c].sum()) for c in cols], "total": int(ct.values.sum())}
+            crosstab = {
+                "columns": [fmt_num(c) for c in cols],
+                "rows": rows,
+                "totals": [int(ct[c].sum()) for c in cols],
+                "total": int(ct.values.sum()),
+            }
     return {"metrics": metrics, "sizes": sizes, "crosstab": crosstab}
 
 
@@ -252,8 +292,11 @@ def _training(data: ReportData) -> dict | None:
     if not svg:
         return None
     ok = np.isfinite(steps) & np.isfinite(loss)
-    facts = [f"{fmt_num(int(ok.sum()))} logged steps", f"last loss {fmt_num(loss[ok][np.argmax(steps[ok])])}",
-             f"min loss {fmt_num(loss[ok].min())}"]
+    facts = [
+        f"{fmt_num(int(ok.sum()))} logged steps",
+        f"last loss {fmt_num(loss[ok][np.argmax(steps[ok])])}",
+        f"min loss {fmt_num(loss[ok].min())}",
+    ]
     if "lr" in tr.columns:
         lr = pd.to_numeric(tr["lr"], errors="coerce").dropna()
         if len(lr):
@@ -333,8 +376,13 @@ def render_report(
 
     anchors = label_anchors(labels)
     glance = map_section(
-        data.collection_map, data.clusters, data.conditioning, cache.image, method=data.map_method,
-        interactive_max=map_interactive_max, thumbnails_per_cluster=map_thumbnails_per_cluster,
+        data.collection_map,
+        data.clusters,
+        data.conditioning,
+        cache.image,
+        method=data.map_method,
+        interactive_max=map_interactive_max,
+        thumbnails_per_cluster=map_thumbnails_per_cluster,
     )
     return render(
         "page.html",

@@ -10,7 +10,7 @@ as nothing.
 from __future__ import annotations
 
 import html
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib.resources import files
 from typing import Any
 
@@ -51,7 +51,7 @@ def render(template: str, **context: Any) -> str:
     return environment().get_template(template).render(**context)
 
 
-@lru_cache(maxsize=None)
+@cache
 def static_text(name: str) -> str:
     """The text of a file under tasks/reporting/static (the CSS and the hover script)."""
     return files("gcmine.tasks.reporting").joinpath("static", name).read_text(encoding="utf-8")

@@ -18,23 +18,40 @@ import base64
 import io
 import logging
 import re
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 from PIL import Image, ImageDraw
 from prefect import task
 
+from gcmine.tasks.infra.artifacts import (
+    ELEMENTS,
+    MANIFEST,
+    PATCHES,
+    REPORT,
+    TYPICALITY,
+    artifact_key,
+    dataset_name,
+    dataset_slug,
+    live_rows,
+)
+from gcmine.tasks.infra.storage import RunStore, is_local, open_fs
+from gcmine.tasks.report import own_label_rows
+from gcmine.tasks.reporting import label_anchors
 from gcmodels.config import ReportConfig
 from gcmodels.data.images import decode_image
-from gcmine.tasks.infra.artifacts import ELEMENTS, MANIFEST, PATCHES, REPORT, TYPICALITY, artifact_key, dataset_name, dataset_slug, live_rows
-from gcmine.tasks.reporting import label_anchors
-from gcmine.tasks.report import own_label_rows
-from gcmine.tasks.infra.storage import RunStore, is_local, open_fs
 
 __all__ = [
-    "TOP_ELEMENTS", "element_strips", "publish_ui_artifacts", "report_link", "served_path", "summary_markdown", "ui_summary",
+    "TOP_ELEMENTS",
+    "element_strips",
+    "publish_ui_artifacts",
+    "report_link",
+    "served_path",
+    "summary_markdown",
+    "ui_summary",
 ]
 
 TOP_ELEMENTS = 3  # elements per label in the summary
@@ -69,10 +86,15 @@ def report_link(store: RunStore, config: ReportConfig) -> dict[str, str]:
     seconds = config.link_hours * 3600
     try:
         url = store.fs.url(store.path(REPORT), expires=seconds, ResponseContentType="text/html; charset=utf-8")
-    except Exception as err:  # noqa: BLE001 - a store that cannot presign (or no credentials to sign with)
-        _log.warning("no presigned link for %s (%s: %s); the UI points at gcmine serve", store.uri(REPORT), type(err).__name__, err)
+    except Exception as err:
+        _log.warning(
+            "no presigned link for %s (%s: %s); the UI points at gcmine serve",
+            store.uri(REPORT),
+            type(err).__name__,
+            err,
+        )
         return served
-    until = (datetime.now(timezone.utc) + timedelta(seconds=seconds)).strftime("%Y-%m-%d %H:%M UTC")
+    until = (datetime.now(UTC) + timedelta(seconds=seconds)).strftime("%Y-%m-%d %H:%M UTC")
     return {"url": url, "note": f"a presigned link, valid until {until}; after that, `gcmine serve {store.root_uri}`"}
 
 
@@ -85,7 +107,7 @@ def _image_loader(store: RunStore, storage_options: dict | None) -> Callable[[st
         try:
             fs, path = open_fs(str(sources.loc[image_id]), storage_options)
             return decode_image(fs.cat_file(path), max_pixels=10**12)
-        except Exception as err:  # noqa: BLE001 - a picture less in the summary, never a failed run
+        except Exception as err:
             _log.warning("no picture of image %s: %s", image_id, err)
             return None
 
@@ -124,8 +146,14 @@ def _data_uri(picture: Image.Image) -> str:
 
 
 def element_strips(
-    elements: pd.DataFrame, patches: pd.DataFrame, load_image: Callable[[str], Image.Image | None], labels: list[str],
-    *, top: int = TOP_ELEMENTS, per_element: int = STRIP_PATCHES, budget: int = PICTURE_BUDGET,
+    elements: pd.DataFrame,
+    patches: pd.DataFrame,
+    load_image: Callable[[str], Image.Image | None],
+    labels: list[str],
+    *,
+    top: int = TOP_ELEMENTS,
+    per_element: int = STRIP_PATCHES,
+    budget: int = PICTURE_BUDGET,
 ) -> dict[tuple[str, int], str]:
     """(label, element) -> data: URI of a strip of the element's `per_element` most typical
     patches, for the `top` elements of each label in `labels` order, until `budget` bytes of URIs."""
@@ -161,8 +189,13 @@ def _md(text: Any) -> str:
 
 
 def summary_markdown(
-    out: str, elements: pd.DataFrame, strips: dict[tuple[str, int], str], link: dict[str, str], labels: list[str],
-    *, top: int = TOP_ELEMENTS,
+    out: str,
+    elements: pd.DataFrame,
+    strips: dict[tuple[str, int], str],
+    link: dict[str, str],
+    labels: list[str],
+    *,
+    top: int = TOP_ELEMENTS,
 ) -> str:
     """The summary: a heading naming the dataset, the report link, and one table row per top
     element of each label with its pictures, score and a link to its label's section."""
@@ -191,7 +224,10 @@ def summary_markdown(
             lines.append(f"| {section} | {int(e['rank'])} | {e['score']:.4g} | {int(e['size'])} | {picture} |")
     missing = [lab for lab in labels if lab not in pictured and (shown["label"] == lab).any()]
     if missing:
-        lines += ["", f"Pictures of {len(missing)} more label(s) are in the report (the summary keeps to {PICTURE_BUDGET // 1000} kB)."]
+        lines += [
+            "",
+            f"Pictures of {len(missing)} more label(s) are in the report (the summary keeps to {PICTURE_BUDGET // 1000} kB).",
+        ]
     return "\n".join(lines)
 
 
@@ -210,16 +246,20 @@ def ui_summary(out: str, config: ReportConfig, storage_options: dict | None = No
     table = elements.sort_values(["label", "rank"]).astype({"score": float}).round({"score": 6})
     return {
         "summary": {
-            "key": artifact_key(out, "summary"), "description": f"{name}: top visual elements per label ({out})",
+            "key": artifact_key(out, "summary"),
+            "description": f"{name}: top visual elements per label ({out})",
             "markdown": summary_markdown(out, elements, strips, link, labels),
         },
         "elements": {
-            "key": artifact_key(out, "elements"), "description": f"{name}: ranked visual elements ({out})",
+            "key": artifact_key(out, "elements"),
+            "description": f"{name}: ranked visual elements ({out})",
             "table": table.to_dict(orient="records"),
         },
         "report": {
-            "key": artifact_key(out, "report"), "description": f"{name}: the HTML report ({link['note']})",
-            "link": link["url"], "link_text": f"gcmine report of {name}",
+            "key": artifact_key(out, "report"),
+            "description": f"{name}: the HTML report ({link['note']})",
+            "link": link["url"],
+            "link_text": f"gcmine report of {name}",
         },
     }
 
@@ -232,5 +272,5 @@ def publish_ui_artifacts(summary: dict, flow_run_id: Any) -> None:
         MarkdownArtifact(flow_run_id=flow_run_id, **summary["summary"]).create()
         TableArtifact(flow_run_id=flow_run_id, **summary["elements"]).create()
         LinkArtifact(flow_run_id=flow_run_id, **summary["report"]).create()
-    except Exception as err:  # noqa: BLE001 - outside a flow run there is no API; the files are what matter
+    except Exception as err:
         _log.warning("Prefect UI artifacts not created: %s", err)

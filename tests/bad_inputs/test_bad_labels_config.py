@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from gcmine.flows.cli import main
-from gcmodels.config import DataConfig
 from gcmine.tasks.infra.errors import InputError
-from gcmine.tasks.ingest import ingest_images, read_labels
 from gcmine.tasks.infra.storage import RunStore
+from gcmine.tasks.ingest import ingest_images, read_labels
+from gcmodels.config import DataConfig
 
 
 def _images(folder: Path, n: int) -> list[str]:
@@ -61,7 +61,9 @@ def test_labels_path_that_is_a_folder(tmp_path) -> None:
 def test_labels_are_normalised_text_not_paths(tmp_path) -> None:
     nfd = unicodedata.normalize("NFD", "café")
     labels = tmp_path / "labels.csv"
-    pd.DataFrame({"filename": ["a.png", "b.png", "c.png", "d.png"], "label": [nfd, "café ", 7, "a/../../b"]}).to_csv(labels, index=False)
+    pd.DataFrame({"filename": ["a.png", "b.png", "c.png", "d.png"], "label": [nfd, "café ", 7, "a/../../b"]}).to_csv(
+        labels, index=False
+    )
     notes: list[str] = []
     table = read_labels(str(labels), notes=notes)
     assert list(table["label"]) == ["café", "café", "7", "a/../../b"] and not notes
@@ -74,7 +76,11 @@ def test_more_labels_than_max_labels(tmp_path) -> None:
     store = RunStore(str(tmp_path / "out"))
     with pytest.raises(InputError) as err:
         ingest_images(str(tmp_path / "imgs"), str(labels), store, DataConfig(resolution=16, max_labels=2))
-    assert "3 distinct labels" in str(err.value) and "data.max_labels = 2" in str(err.value) and str(labels) in str(err.value)
+    assert (
+        "3 distinct labels" in str(err.value)
+        and "data.max_labels = 2" in str(err.value)
+        and str(labels) in str(err.value)
+    )
     summary = ingest_images(str(tmp_path / "imgs"), str(labels), store, DataConfig(resolution=16, max_labels=3))
     assert summary["labels"] == {"a": 1, "b": 1, "c": 1}
 
@@ -87,7 +93,9 @@ def test_min_side_and_max_aspect_are_settings(tmp_path) -> None:
     Image.new("RGB", (16, 16), (5, 5, 5)).save(folder / "ok.png")
     default = ingest_images(str(folder), None, RunStore(str(tmp_path / "o1")), DataConfig(resolution=16))
     assert default["rejected_by_reason"] == {"too small": 1, "too elongated": 1}
-    lenient = ingest_images(str(folder), None, RunStore(str(tmp_path / "o2")), DataConfig(resolution=16, min_side=1, max_aspect=None))
+    lenient = ingest_images(
+        str(folder), None, RunStore(str(tmp_path / "o2")), DataConfig(resolution=16, min_side=1, max_aspect=None)
+    )
     assert lenient["ok"] == 3 and lenient["rejected"] == 0
 
 

@@ -15,14 +15,14 @@ import torch
 from PIL import Image
 
 from gcmine.flows.cli import main
-from gcmodels.config import DataConfig, ModelConfig, RuntimeConfig, ScoreConfig, TrainConfig
-from gcmodels.diffusion.training import TrainingDiverged
 from gcmine.tasks.infra import storage
 from gcmine.tasks.infra.artifacts import MANIFEST, MODEL, TRAINING
 from gcmine.tasks.infra.errors import OutOfMemory, StorageAccessError, StorageError
-from gcmine.tasks.ingest import ingest_images
 from gcmine.tasks.infra.models import COMPLETE
 from gcmine.tasks.infra.storage import RunStore, open_fs
+from gcmine.tasks.ingest import ingest_images
+from gcmodels.config import DataConfig, ModelConfig, RuntimeConfig, ScoreConfig, TrainConfig
+from gcmodels.diffusion.training import TrainingDiverged
 
 KEY, SECRET = "AKIAGCMINEFAULTS0001", "gcmine-fault-secret-8Hq2"
 
@@ -118,7 +118,9 @@ def test_s3_permanent_errors_are_not_retried(s3, waits, monkeypatch) -> None:
     monkeypatch.setattr(store.fs, "pipe_file", flaky)
     with pytest.raises(StorageAccessError) as err:  # one line: the URI and what to check
         store.write_bytes("x.bin", b"x")
-    assert str(err.value).startswith("writing s3://faults/run3/x.bin: access denied (Access Denied); check the credentials")
+    assert str(err.value).startswith(
+        "writing s3://faults/run3/x.bin: access denied (Access Denied); check the credentials"
+    )
     assert flaky.calls == 1 and waits == []
     with pytest.raises(FileNotFoundError):
         store.read_bytes("never-written.bin")
@@ -155,7 +157,7 @@ def test_s3_server_gone_mid_run_fails_clearly(monkeypatch) -> None:
     store.write_bytes("a.bin", b"a")
     server.stop()
     start = time.monotonic()
-    with pytest.raises(StorageError, match="writing s3://gone/run/b.bin failed after 5 attempt"):
+    with pytest.raises(StorageError, match=r"writing s3://gone/run/b.bin failed after 5 attempt"):
         store.write_bytes("b.bin", b"b")
     assert time.monotonic() - start < 120
 
@@ -198,7 +200,10 @@ def trained(prefect_harness, tmp_path):
     summary = ingest_images(str(folder), None, RunStore(out), DataConfig(resolution=16))
     shards = [s["name"] for s in summary["shards"]]
     args = dict(
-        out=out, shards=shards, resolution=16, model_config=ModelConfig(block_out_channels=(8, 16)),
+        out=out,
+        shards=shards,
+        resolution=16,
+        model_config=ModelConfig(block_out_channels=(8, 16)),
         train_config=TrainConfig(steps=2, batch_size=4, warmup_steps=1),
         runtime=RuntimeConfig(device="cpu", progress=False, threads=1),
     )
@@ -206,7 +211,9 @@ def trained(prefect_harness, tmp_path):
 
 
 def _oom(*a, **k):
-    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.77 GiB total capacity)")
+    raise torch.cuda.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.77 GiB total capacity)"
+    )
 
 
 def test_gpu_oom_in_training_names_the_setting(trained, monkeypatch) -> None:
@@ -221,14 +228,22 @@ def test_gpu_oom_in_training_names_the_setting(trained, monkeypatch) -> None:
 
 
 def test_gpu_oom_in_scoring_names_the_setting(trained, monkeypatch) -> None:
-    from gcmodels.mining.typicality import TypicalityEstimator
     from gcmine.tasks.score import score_shard
+    from gcmodels.mining.typicality import TypicalityEstimator
 
     done = trained["finetune"].fn(**trained["args"])
     monkeypatch.setattr(TypicalityEstimator, "maps", _oom)
     with pytest.raises(OutOfMemory) as err:
-        score_shard.fn(trained["out"], trained["shards"][0], done["fingerprint"], ScoreConfig(draws=2, batch_size=8), trained["args"]["runtime"])
-    assert "score part-00000.parquet ran out of memory" in str(err.value) and "score.batch_size (now 8)" in str(err.value)
+        score_shard.fn(
+            trained["out"],
+            trained["shards"][0],
+            done["fingerprint"],
+            ScoreConfig(draws=2, batch_size=8),
+            trained["args"]["runtime"],
+        )
+    assert "score part-00000.parquet ran out of memory" in str(err.value) and "score.batch_size (now 8)" in str(
+        err.value
+    )
 
 
 def test_nan_loss_keeps_the_last_good_checkpoint(trained, monkeypatch) -> None:
@@ -240,7 +255,7 @@ def test_nan_loss_keeps_the_last_good_checkpoint(trained, monkeypatch) -> None:
         raise TrainingDiverged(3, float("nan"), 2)
 
     monkeypatch.setattr(gcmine.tasks.finetune, "train_diffusion", diverge)
-    with pytest.raises(TrainingDiverged, match="loss is nan at step 3.*checkpoint \\(step 2\\)"):
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 3.*checkpoint \(step 2\)"):
         trained["finetune"].fn(**trained["args"])
     store = RunStore(trained["out"])
     assert store.exists(f"{MODEL}/{COMPLETE}")  # the restored model is published whole
@@ -250,7 +265,10 @@ def test_nan_loss_keeps_the_last_good_checkpoint(trained, monkeypatch) -> None:
 @pytest.mark.parametrize(
     ("error", "needle"),
     [
-        (OutOfMemory("score part-00000.parquet ran out of memory on cuda: lower score.batch_size (now 128)"), "lower score.batch_size"),
+        (
+            OutOfMemory("score part-00000.parquet ran out of memory on cuda: lower score.batch_size (now 128)"),
+            "lower score.batch_size",
+        ),
         (StorageError(0, "writing s3://b/run/manifest.parquet failed after 5 attempt(s)"), "after 5 attempt(s)"),
         (TrainingDiverged(7, float("inf"), 5), "Lower train.lr"),
     ],

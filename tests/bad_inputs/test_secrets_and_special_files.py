@@ -15,10 +15,10 @@ from PIL import Image
 
 from gcmine.flows.cli import main
 from gcmine.flows.config import describe_settings, load_settings
-from gcmodels.config import ConfigError, DataConfig
 from gcmine.tasks.infra.errors import InputError
-from gcmine.tasks.ingest import ingest_images
 from gcmine.tasks.infra.storage import RunStore
+from gcmine.tasks.ingest import ingest_images
+from gcmodels.config import ConfigError, DataConfig
 
 SECRET = "1234567890123"  # digits: YAML would read it as a number
 WORDY = "s3cr3t-Zq8f3LxWv92N"
@@ -107,7 +107,9 @@ def test_a_fifo_is_rejected_without_being_opened(folder, tmp_path) -> None:
 def test_a_fifo_as_labels_file_is_an_input_error(folder, tmp_path) -> None:
     os.mkfifo(tmp_path / "labels.csv")
     with pytest.raises(InputError, match=r"labels file .*labels.csv is a FIFO \(named pipe\), not a CSV/Parquet file"):
-        ingest_images(str(folder), str(tmp_path / "labels.csv"), RunStore(str(tmp_path / "out")), DataConfig(resolution=16))
+        ingest_images(
+            str(folder), str(tmp_path / "labels.csv"), RunStore(str(tmp_path / "out")), DataConfig(resolution=16)
+        )
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
@@ -146,7 +148,12 @@ def test_a_backslash_is_part_of_a_file_name(tmp_path) -> None:
 # ------------------------------------------------------------------ device
 def test_a_missing_device_fails_before_any_work(prefect_harness, folder, tmp_path, capsys) -> None:
     out = tmp_path / "out"
-    assert main(["run", str(folder), "--out", str(out), "--set", "runtime.device=cuda:7", "--set", "runtime.progress=false"]) == 2
+    assert (
+        main(
+            ["run", str(folder), "--out", str(out), "--set", "runtime.device=cuda:7", "--set", "runtime.progress=false"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "gcmine: runtime.device is 'cuda:7'" in err
     assert not out.exists()  # nothing ingested, nothing written

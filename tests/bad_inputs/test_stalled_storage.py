@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from gcmine.flows.cli import main
-from gcmodels.config import StorageConfig
 from gcmine.tasks.infra.errors import StorageAccessError, StorageError
 from gcmine.tasks.infra.storage import RunStore
+from gcmodels.config import StorageConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")]
 
@@ -36,7 +36,9 @@ def _moto_process(env: dict | None = None) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -89,8 +91,20 @@ def test_a_run_into_a_stalled_root_ends_with_a_gcmine_line(prefect_harness, stal
     images.mkdir(parents=True)
     for i in range(2):
         Image.new("RGB", (16, 16), (40 * i, 90, 200)).save(images / f"{i}.png")
-    argv = ["run", str(tmp_path / "imgs"), "--out", "s3://stall/run2", "--set", "runtime.progress=false",
-            "--set", f"storage.endpoint_url={stalled['endpoint']}", "--set", f"storage.key={KEY}", "--set", f"storage.secret={SECRET}"]
+    argv = [
+        "run",
+        str(tmp_path / "imgs"),
+        "--out",
+        "s3://stall/run2",
+        "--set",
+        "runtime.progress=false",
+        "--set",
+        f"storage.endpoint_url={stalled['endpoint']}",
+        "--set",
+        f"storage.key={KEY}",
+        "--set",
+        f"storage.secret={SECRET}",
+    ]
     for name, value in FAST.items():
         argv += ["--set", f"storage.{name}={value}"]
     start = time.monotonic()
@@ -102,7 +116,9 @@ def test_a_run_into_a_stalled_root_ends_with_a_gcmine_line(prefect_harness, stal
     print(f"time to a clear error with a stalled endpoint (flow start included): {took:.1f} s")
 
 
-def test_wrong_credentials_and_a_missing_bucket_are_one_line_saying_what_to_check(prefect_harness, tmp_path, capsys) -> None:
+def test_wrong_credentials_and_a_missing_bucket_are_one_line_saying_what_to_check(
+    prefect_harness, tmp_path, capsys
+) -> None:
     proc, endpoint = _moto_process({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})  # moto checks credentials
     try:
         wrong = StorageConfig(endpoint_url=endpoint, key="AKIAWRONGKEY00000000", secret=SECRET, **FAST)
@@ -119,8 +135,20 @@ def test_wrong_credentials_and_a_missing_bucket_are_one_line_saying_what_to_chec
         images = tmp_path / "imgs" / "lab"
         images.mkdir(parents=True)
         Image.new("RGB", (16, 16), (1, 2, 3)).save(images / "0.png")
-        argv = ["run", str(tmp_path / "imgs"), "--out", "s3://no-such-bucket/run", "--set", "runtime.progress=false",
-                "--set", f"storage.endpoint_url={endpoint}", "--set", f"storage.key={KEY}", "--set", f"storage.secret={SECRET}"]
+        argv = [
+            "run",
+            str(tmp_path / "imgs"),
+            "--out",
+            "s3://no-such-bucket/run",
+            "--set",
+            "runtime.progress=false",
+            "--set",
+            f"storage.endpoint_url={endpoint}",
+            "--set",
+            f"storage.key={KEY}",
+            "--set",
+            f"storage.secret={SECRET}",
+        ]
         assert main(argv) == 2
         lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("gcmine: ")]
         assert len(lines) == 1 and "s3://no-such-bucket/run/_lease.json" in lines[0], lines

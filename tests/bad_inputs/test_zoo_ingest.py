@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from bad_zoo import L_HTML, L_LOST, L_PATH, L_UNI, expected_kinds, write_zoo
 
-from gcmodels.config import DataConfig
 from gcmine.tasks.infra.artifacts import MANIFEST
-from gcmine.tasks.ingest import ingest_images
 from gcmine.tasks.infra.storage import RunStore
+from gcmine.tasks.ingest import ingest_images
+from gcmodels.config import DataConfig
 
 
 @pytest.fixture(scope="module")

@@ -12,23 +12,42 @@ import pytest
 from PIL import Image
 
 from gcmine.flows.cli import main
-from gcmodels.data.synthetic import motif_dataset
 from gcmine.tasks.infra.artifacts import TYPICALITY_COLUMNS, unpack_maps
 from gcmine.tasks.infra.storage import RunStore
+from gcmodels.data.synthetic import motif_dataset
 
 pytestmark = pytest.mark.slow
 
 LABELS = ("circle", "cross", "square")
 PER_LABEL = 8
 TINY = [
-    "data.resolution=16", "data.shard_size=10", "embed.size=8", "embed.dim=4", "cluster.k=2",
-    "model.block_out_channels=[8, 16]", "train.steps=3", "train.batch_size=4", "train.warmup_steps=1",
-    "score.draws=2", "score.batch_size=8", "rank.per_image=2", "rank.elements=2", "rank.feature_draws=1",
-    "report.heatmaps_per_label=1", "runtime.progress=false",
-    "score.cotypicality=true", "score.holdout=0.25",
-    "translate.enabled=true", "translate.images_per_label=2", "translate.steps=4", "translate.strength=0.5",
+    "data.resolution=16",
+    "data.shard_size=10",
+    "embed.size=8",
+    "embed.dim=4",
+    "cluster.k=2",
+    "model.block_out_channels=[8, 16]",
+    "train.steps=3",
+    "train.batch_size=4",
+    "train.warmup_steps=1",
+    "score.draws=2",
+    "score.batch_size=8",
+    "rank.per_image=2",
+    "rank.elements=2",
+    "rank.feature_draws=1",
+    "report.heatmaps_per_label=1",
+    "runtime.progress=false",
+    "score.cotypicality=true",
+    "score.holdout=0.25",
+    "translate.enabled=true",
+    "translate.images_per_label=2",
+    "translate.steps=4",
+    "translate.strength=0.5",
     "translate.clusters=2",
-    "baseline.enabled=true", "baseline.detectors=2", "baseline.keep=1", "baseline.rounds=1",
+    "baseline.enabled=true",
+    "baseline.detectors=2",
+    "baseline.keep=1",
+    "baseline.rounds=1",
 ]
 
 
@@ -67,7 +86,9 @@ def test_cotypicality_rows_and_own_label_maps(run) -> None:
     maps = pd.concat([s.read_parquet(f"maps/{p.name}") for p in sorted((run["out"] / "maps").glob("part-*.parquet"))])
     assert len(maps) == len(own) and (maps["label"].to_numpy() == own.reindex(maps["image_id"]).to_numpy()).all()
     mine = typ[typ["label"] == typ["image_label"]].set_index("image_id")["typicality"]
-    np.testing.assert_allclose(mine.loc[maps["image_id"]].to_numpy(), unpack_maps(maps).mean((1, 2)), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        mine.loc[maps["image_id"]].to_numpy(), unpack_maps(maps).mean((1, 2)), rtol=1e-5, atol=1e-7
+    )
     # the label matrix is the mean of those rows
     lm = s.read_parquet("label_matrix.parquet")
     assert list(lm.columns) == ["image_label", "label", "typicality", "images"] and len(lm) == len(LABELS) ** 2
@@ -115,7 +136,9 @@ def test_translations_and_change_clusters(run) -> None:
         assert img.size == (16, 16)
     # a source PNG is the working image of its source (not a translation)
     first = tr.iloc[0]
-    assert not np.array_equal(np.asarray(Image.open(out / first["file"])), np.asarray(Image.open(out / first["source_file"])))
+    assert not np.array_equal(
+        np.asarray(Image.open(out / first["file"])), np.asarray(Image.open(out / first["source_file"]))
+    )
     ch = s.read_parquet("translation_changes.parquet")
     assert len(ch) == len(tr) and set(ch["pair"]) == set(tr["pair"])
     assert set(ch["change_cluster"]) <= {0, 1} and ((ch["x1"] - ch["x0"]) == 3).all()
@@ -124,7 +147,18 @@ def test_translations_and_change_clusters(run) -> None:
 def test_baseline_and_report_sections(run) -> None:
     s, out = run["store"], run["out"]
     base = s.read_parquet("baseline.parquet")
-    assert list(base.columns) == ["label", "detector", "rank", "image_id", "image_label", "x0", "y0", "x1", "y1", "score"]
+    assert list(base.columns) == [
+        "label",
+        "detector",
+        "rank",
+        "image_id",
+        "image_label",
+        "x0",
+        "y0",
+        "x1",
+        "y1",
+        "score",
+    ]
     assert set(base["label"]) == set(LABELS) and (base["detector"] == 0).all()
     assert (base.groupby("label")["image_id"].nunique() == len(LABELS) * PER_LABEL).all()
     assert ((0 <= base["x0"]) & (base["x0"] < base["x1"]) & (base["x1"] <= 24)).all()

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
-import re
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -68,7 +68,9 @@ def server_log_problems(text: str) -> list[str]:
     problems = []
     for record in records:
         level = _RECORD.match(record)
-        bad = (level is not None and level.group(1) in ("ERROR", "CRITICAL")) or "Traceback (most recent call last)" in record
+        bad = (
+            level is not None and level.group(1) in ("ERROR", "CRITICAL")
+        ) or "Traceback (most recent call last)" in record
         if bad and _SQLITE_CONTENTION not in record:
             problems.append(record.strip().splitlines()[0])
     return problems
@@ -114,15 +116,23 @@ class Stack:
         config.write_text(yaml.safe_dump(TINY))
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update(
-            PREFECT_HOME=str(tmp / "prefect-home"), PREFECT_API_URL=self.api, PREFECT_CLI_PROMPT="false",
-            PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false",
-            PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_PREFETCH_SECONDS="2",
+            PREFECT_HOME=str(tmp / "prefect-home"),
+            PREFECT_API_URL=self.api,
+            PREFECT_CLI_PROMPT="false",
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_UI_ENABLED="false",
+            PREFECT_WORKER_QUERY_SECONDS="2",
+            PREFECT_WORKER_PREFETCH_SECONDS="2",
             # a stopped worker is marked offline 30-45 s later (3 missed heartbeats, then the foreman's
             # next loop), for `gcmine doctor`
             PREFECT_WORKER_HEARTBEAT_SECONDS="10",
-            PREFECT_LOGGING_LEVEL="INFO", OMP_NUM_THREADS="1",
+            PREFECT_LOGGING_LEVEL="INFO",
+            OMP_NUM_THREADS="1",
             PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
-            GCMINE_REPO=str(ROOT), GCMINE_IMAGES=str(self.images), GCMINE_OUT=str(self.out), GCMINE_CONFIG=str(config),
+            GCMINE_REPO=str(ROOT),
+            GCMINE_IMAGES=str(self.images),
+            GCMINE_OUT=str(self.out),
+            GCMINE_CONFIG=str(config),
         )
         self.env = env
         self.t0 = time.monotonic()
@@ -134,7 +144,11 @@ class Stack:
     def start(self, name: str, *args: str) -> subprocess.Popen:
         log = self.tmp / f"{name}.log"
         proc = subprocess.Popen(
-            [sys.executable, *args], cwd=ROOT, env=self.env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.procs.append((name, proc, log))
@@ -142,12 +156,18 @@ class Stack:
 
     def call(self, *args: str, timeout: float = 180, code: int = 0) -> str:
         """Run `python ARGS` in the checkout with the stack's environment; its output (exit `code` expected)."""
-        done = subprocess.run([sys.executable, *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
-        assert done.returncode == code, f"{args} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        done = subprocess.run(
+            [sys.executable, *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        assert done.returncode == code, (
+            f"{args} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
         return done.stdout + done.stderr
 
     def logs(self) -> str:
-        return "\n".join(f"--- {name}.log (tail)\n{log.read_text(errors='replace')[-4000:]}" for name, _, log in self.procs)
+        return "\n".join(
+            f"--- {name}.log (tail)\n{log.read_text(errors='replace')[-4000:]}" for name, _, log in self.procs
+        )
 
     def stop(self) -> list[int]:
         """SIGTERM to the process group of everything started here, SIGKILL after 15 s; flow-run
@@ -246,17 +266,29 @@ def stack(tmp_path_factory):
             time.sleep(1)
         s.mark("server healthy")
         # the worker creates the process pool (saves a `prefect work-pool create` subprocess)
-        worker = s.start("worker", "-m", "prefect", "worker", "start", "--pool", "gcmine-process", "--type", "process", "--limit", "2")
+        worker = s.start(
+            "worker",
+            "-m",
+            "prefect",
+            "worker",
+            "start",
+            "--pool",
+            "gcmine-process",
+            "--type",
+            "process",
+            "--limit",
+            "2",
+        )
         while not _get_ok(f"{s.api}/work_pools/gcmine-process"):
             assert worker.poll() is None, f"prefect worker exited:\n{s.logs()}"
             assert time.monotonic() < deadline + 120, f"no work pool after 120 s:\n{s.logs()}"
             time.sleep(1)
         s.mark("worker up")
-        s.first_run = (datetime.now(timezone.utc) + timedelta(seconds=SCHEDULE_LEAD_SECONDS)).replace(microsecond=0)
+        s.first_run = (datetime.now(UTC) + timedelta(seconds=SCHEDULE_LEAD_SECONDS)).replace(microsecond=0)
         prefect_file = _scheduled_prefect_yaml(s.tmp, s.first_run)
         s.deploy_output = s.call("-m", "prefect", "deploy", "--all", "--prefect-file", str(prefect_file), "--no-prompt")
         s.mark("deployed")
-        assert datetime.now(timezone.utc) < s.first_run - timedelta(seconds=5), (
+        assert datetime.now(UTC) < s.first_run - timedelta(seconds=5), (
             f"`prefect deploy` took longer than {SCHEDULE_LEAD_SECONDS - 5} s: raise SCHEDULE_LEAD_SECONDS"
         )
         yield s
@@ -278,7 +310,9 @@ def _wait(stack: Stack, run_id: str, timeout: float) -> dict:
         if run["state_type"] in TERMINAL:
             return run
         time.sleep(2)
-    raise AssertionError(f"flow run {run_id} not finished after {timeout} s (last state {run['state_type']}):\n{stack.logs()}")
+    raise AssertionError(
+        f"flow run {run_id} not finished after {timeout} s (last state {run['state_type']}):\n{stack.logs()}"
+    )
 
 
 def test_deployments_on_a_real_server(stack) -> None:
@@ -289,8 +323,15 @@ def test_deployments_on_a_real_server(stack) -> None:
     prod = by_name["production"]
     (schedule,) = prod["schedules"]
     assert schedule["active"] and schedule["schedule"]["interval"] == SCHEDULE_INTERVAL_SECONDS
-    assert prod["global_concurrency_limit"]["limit"] == 1 and prod["concurrency_options"]["collision_strategy"] == "ENQUEUE"
-    assert prod["parameters"] == {"images": str(stack.images), "out": str(stack.out), "config": stack.env["GCMINE_CONFIG"]}
+    assert (
+        prod["global_concurrency_limit"]["limit"] == 1
+        and prod["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+    )
+    assert prod["parameters"] == {
+        "images": str(stack.images),
+        "out": str(stack.out),
+        "config": stack.env["GCMINE_CONFIG"],
+    }
     assert prod["work_pool_name"] == "gcmine-process"
     (trigger,) = _http("POST", f"{api}/automations/filter", json={}).json()
     assert trigger["name"] == "gcmine-reprocess-on-dataset-updated", trigger["name"]  # not "A custom trigger"
@@ -301,7 +342,8 @@ def test_deployments_on_a_real_server(stack) -> None:
     while not scheduled and time.monotonic() < deadline:
         scheduled = _http(
             "POST",
-            f"{api}/flow_runs/filter", json={"deployments": {"id": {"any_": [prod["id"]]}}, "sort": "EXPECTED_START_TIME_ASC"},
+            f"{api}/flow_runs/filter",
+            json={"deployments": {"id": {"any_": [prod["id"]]}}, "sort": "EXPECTED_START_TIME_ASC"},
         ).json()
         time.sleep(1)
     assert scheduled, f"the scheduler created no run of the production deployment in 60 s:\n{stack.logs()}"
@@ -312,7 +354,9 @@ def test_deployments_on_a_real_server(stack) -> None:
     assert len(scheduled) >= 2 and all(r["auto_scheduled"] for r in scheduled)  # the hourly ones after it: upcoming
     done = _wait(stack, first["id"], 60 + SCHEDULE_LEAD_SECONDS + 240)
     started = datetime.fromisoformat(done["start_time"])
-    stack.mark(f"scheduled production run finished (started {(started - stack.first_run).total_seconds():.1f} s after its schedule)")
+    stack.mark(
+        f"scheduled production run finished (started {(started - stack.first_run).total_seconds():.1f} s after its schedule)"
+    )
     assert done["state_type"] == "COMPLETED", f"{done['state']}\n{stack.logs()}"
     assert done["name"] == "production-images"
     children = _http("POST", f"{api}/flow_runs/filter", json={"flows": {"name": {"any_": ["gcmine"]}}}).json()
@@ -323,7 +367,9 @@ def test_deployments_on_a_real_server(stack) -> None:
     # the UI's summary, element table and report link hang off the run the scheduler started (the
     # deployment's page), named after the dataset; the child's tasks keep their progress artifacts
     shown = _http("POST", f"{api}/artifacts/filter", json={"flow_runs": {"id": {"any_": [first["id"]]}}}).json()
-    assert {a["key"] for a in shown} == {"gcmine-images-summary", "gcmine-images-elements", "gcmine-images-report"}, shown
+    assert {a["key"] for a in shown} == {"gcmine-images-summary", "gcmine-images-elements", "gcmine-images-report"}, (
+        shown
+    )
     assert all(a["task_run_id"] is None for a in shown)
 
     # 2. two new images; the watch deployment (run now, on the worker) emits gcmine.dataset.updated,
@@ -347,9 +393,18 @@ def test_deployments_on_a_real_server(stack) -> None:
     stack.mark("reprocess run finished")
     assert done["state_type"] == "COMPLETED", f"{done['state']}\n{stack.logs()}"
     assert done["name"] == "reprocess-images"
-    events = _http("POST", f"{api}/events/filter", json={"filter": {"event": {"name": ["gcmine.dataset.updated"]}}}).json()["events"]
+    events = _http(
+        "POST", f"{api}/events/filter", json={"filter": {"event": {"name": ["gcmine.dataset.updated"]}}}
+    ).json()["events"]
     assert len(events) == 1, events
-    assert events[0]["payload"] == {"uri": str(stack.images), "out": str(stack.out), "added": 2, "changed": 0, "removed": 0, "files": 10}
+    assert events[0]["payload"] == {
+        "uri": str(stack.images),
+        "out": str(stack.out),
+        "added": 2,
+        "changed": 0,
+        "removed": 0,
+        "files": 10,
+    }
     assert events[0]["resource"]["prefect.resource.id"] == f"gcmine.dataset.{stack.images}"
     second = json.loads((stack.out / "run.json").read_text())
     # the incremental path: only the new images were decoded and scored, the model was kept
@@ -358,14 +413,25 @@ def test_deployments_on_a_real_server(stack) -> None:
     assert second["summary"]["ok"] == 10
 
     # nothing changed since: `gcmine watch` compares with the watch run's listing and emits nothing
-    again = stack.call("-m", "gcmine.flows.cli", "watch", str(stack.images), "--out", str(stack.out), "--config", stack.env["GCMINE_CONFIG"])
+    again = stack.call(
+        "-m",
+        "gcmine.flows.cli",
+        "watch",
+        str(stack.images),
+        "--out",
+        str(stack.out),
+        "--config",
+        stack.env["GCMINE_CONFIG"],
+    )
     stack.mark("second watch done")
     assert "0 added, 0 changed, 0 removed" in again and "emitted gcmine.dataset.updated" not in again, again
 
     # the server ran every service (scheduler included) without an error
     server_log = (stack.tmp / "server.log").read_text(errors="replace")
     problems = server_log_problems(server_log)
-    assert not problems, f"the server's log holds {len(problems)} error(s) or traceback(s): {problems}\n{server_log[-6000:]}"
+    assert not problems, (
+        f"the server's log holds {len(problems)} error(s) or traceback(s): {problems}\n{server_log[-6000:]}"
+    )
 
 
 def test_server_log_check() -> None:
@@ -387,7 +453,9 @@ def test_server_log_check() -> None:
     assert server_log_problems(info + race + info) == []
     assert server_log_problems(info + scheduler + race) == [scheduler.splitlines()[0]]
     assert server_log_problems(bare) == [bare.splitlines()[0]]
-    assert server_log_problems("Traceback (most recent call last):\nValueError\n" + info) == ["Traceback (most recent call last):"]
+    assert server_log_problems("Traceback (most recent call last):\nValueError\n" + info) == [
+        "Traceback (most recent call last):"
+    ]
 
 
 def test_doctor_on_the_real_setup(stack, tmp_path) -> None:
@@ -400,11 +468,13 @@ def test_doctor_on_the_real_setup(stack, tmp_path) -> None:
     assert lines[-1] == "all checks passed" and all(line.startswith(("ok ", "skip ")) for line in lines[:-1]), healthy
     for needle in (
         f"ok    API          {stack.api} answers",
-        "ok    schedule     gcmine-production/production: ", "ok    schedule     gcmine-watch/watch: ",
+        "ok    schedule     gcmine-production/production: ",
+        "ok    schedule     gcmine-watch/watch: ",
         "ok    trigger      gcmine-production/reprocess: automation gcmine-reprocess-on-dataset-updated enabled",
         "ok    worker       gcmine-process: 1 live worker(s)",
         f"ok    settings     settings file {stack.env['GCMINE_CONFIG']} valid (images, run root and settings from the production deployment",
-        f"ok    images       {stack.images} readable", f"ok    run root     {stack.out} writable (holds a run)",
+        f"ok    images       {stack.images} readable",
+        f"ok    run root     {stack.out} writable (holds a run)",
         "skip  GPU limit    no GPU configured here",
     ):
         assert needle in healthy, (needle, healthy)
@@ -421,7 +491,14 @@ def test_doctor_on_the_real_setup(stack, tmp_path) -> None:
     stack.mark("worker stopped and offline")
     (tmp_path / "no-images").mkdir()
     broken = stack.call(
-        "-m", "gcmine.flows.cli", "doctor", "--images", str(tmp_path / "no-images"), "--set", "runtime.device=cuda", code=1,
+        "-m",
+        "gcmine.flows.cli",
+        "doctor",
+        "--images",
+        str(tmp_path / "no-images"),
+        "--set",
+        "runtime.device=cuda",
+        code=1,
     )
     stack.mark("doctor (broken) done")
     failed = [line for line in broken.splitlines() if line.startswith("FAIL")]
@@ -434,4 +511,3 @@ def test_doctor_on_the_real_setup(stack, tmp_path) -> None:
     )
     assert failed[2].startswith(f"FAIL  images       {tmp_path / 'no-images'} holds no image file")
     assert broken.strip().endswith("3 problem(s): fix them in this order, then run gcmine doctor again")
-

@@ -13,19 +13,31 @@ import pandas as pd
 import pytest
 
 from gcmine.flows.cli import main
-from gcmodels.mining.evaluation import boxes_mask, localisation_scores
-from gcmodels.data.synthetic import motif_dataset
-from gcmine.tasks.infra.artifacts import EVALUATION, EVALUATION_SUMMARY, MANIFEST, RUN_JSON, unpack_map_rows
 from gcmine.tasks.evaluate import EVALUATION_COLUMNS, recorded_maps
+from gcmine.tasks.infra.artifacts import EVALUATION, EVALUATION_SUMMARY, MANIFEST, RUN_JSON, unpack_map_rows
 from gcmine.tasks.infra.storage import RunStore
+from gcmodels.data.synthetic import motif_dataset
+from gcmodels.mining.evaluation import boxes_mask, localisation_scores
 
 pytestmark = pytest.mark.slow
 
 TINY = [
-    "data.resolution=16", "data.shard_size=4", "embed.size=8", "embed.dim=4", "cluster.k=2",
-    "model.block_out_channels=[8, 16]", "train.steps=3", "train.batch_size=4", "train.warmup_steps=1",
-    "score.draws=2", "score.batch_size=8", "rank.per_image=2", "rank.elements=2", "rank.feature_draws=1",
-    "report.heatmaps_per_label=1", "runtime.progress=false",
+    "data.resolution=16",
+    "data.shard_size=4",
+    "embed.size=8",
+    "embed.dim=4",
+    "cluster.k=2",
+    "model.block_out_channels=[8, 16]",
+    "train.steps=3",
+    "train.batch_size=4",
+    "train.warmup_steps=1",
+    "score.draws=2",
+    "score.batch_size=8",
+    "rank.per_image=2",
+    "rank.elements=2",
+    "rank.feature_draws=1",
+    "report.heatmaps_per_label=1",
+    "runtime.progress=false",
 ]
 
 
@@ -41,7 +53,16 @@ def run(prefect_harness, tmp_path_factory) -> dict:
         path.parent.mkdir(parents=True, exist_ok=True)
         item.image.resize((24, 20)).save(path)
         x0, y0, x1, y1 = item.box
-        rows.append({"filename": f"{item.label}/{i:02d}.png", "label": item.label, "x0": x0, "y0": y0 * 20 / 24, "x1": x1, "y1": y1 * 20 / 24})
+        rows.append(
+            {
+                "filename": f"{item.label}/{i:02d}.png",
+                "label": item.label,
+                "x0": x0,
+                "y0": y0 * 20 / 24,
+                "x1": x1,
+                "y1": y1 * 20 / 24,
+            }
+        )
     (images / "circle" / "broken.png").write_bytes(b"not an image")
     out = root / "out"
     argv = ["run", str(images), "--out", str(out)]
@@ -116,18 +137,34 @@ def test_evaluate_renders_the_report_again_with_the_numbers(run, tmp_path, capsy
     section = html.split('<section id="evaluation">', 1)[1].split("</section>", 1)[0]
     summary = store.read_parquet(EVALUATION_SUMMARY)
     for _, r in summary.iterrows():  # every label and the pooled row, with its numbers as printed
-        row = re.search(r"<tr[^>]*><td>finetuned</td><td>(?:<b>)?" + re.escape("all labels (micro-average)" if r["label"] == POOLED else r["label"]) + r"(.*?)</tr>", section)
+        row = re.search(
+            r"<tr[^>]*><td>finetuned</td><td>(?:<b>)?"
+            + re.escape("all labels (micro-average)" if r["label"] == POOLED else r["label"])
+            + r"(.*?)</tr>",
+            section,
+        )
         assert row, r["label"]
         cells = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row.group(1))]
-        assert cells[:4] == [str(int(r["pairs"])), f"{100 * r['aucpr_paper']:.1f}%", f"{100 * r['ap']:.1f}%", f"{100 * r['pointing']:.1f}%"]
+        assert cells[:4] == [
+            str(int(r["pairs"])),
+            f"{100 * r['aucpr_paper']:.1f}%",
+            f"{100 * r['ap']:.1f}%",
+            f"{100 * r['pointing']:.1f}%",
+        ]
     assert "earlier run of this root" not in section
     assert (run["out"] / RUN_JSON).read_text() == run_json_before  # run.json kept as the run wrote it
     # an evaluation of other maps than the run's current ones is flagged, not shown as current
     run_json = store.read_json(RUN_JSON)
-    other = {**run_json, "stages": {**run_json["stages"], "score": {**run_json["stages"]["score"], "maps": ["maps/part-00000-other.parquet"]}}}
-    (anchor, _, stale), = measured_sections(store, other)
+    other = {
+        **run_json,
+        "stages": {
+            **run_json["stages"],
+            "score": {**run_json["stages"]["score"], "maps": ["maps/part-00000-other.parquet"]},
+        },
+    }
+    ((anchor, _, stale),) = measured_sections(store, other)
     assert anchor == "evaluation" and "earlier run of this root" in stale
-    (_, _, fresh), = measured_sections(store, run_json)
+    ((_, _, fresh),) = measured_sections(store, run_json)
     assert "earlier run of this root" not in fresh
 
 
@@ -143,7 +180,14 @@ def test_every_box_row_is_accounted_for(run, tmp_path) -> None:
         {**good, "filename": Path(good["filename"]).name},  # the base name alone: unique in this run
         {**good, "filename": run["boxes"].iloc[1]["filename"], "x0": "wide"},  # not a number
         {**good, "filename": run["boxes"].iloc[2]["filename"], "x1": good["x0"]},  # empty box
-        {**good, "filename": run["boxes"].iloc[3]["filename"], "x0": -5, "y0": -5, "x1": 30, "y1": 30},  # clipped to the image
+        {
+            **good,
+            "filename": run["boxes"].iloc[3]["filename"],
+            "x0": -5,
+            "y0": -5,
+            "x1": 30,
+            "y1": 30,
+        },  # clipped to the image
     ]
     path = tmp_path / "boxes.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
@@ -196,7 +240,9 @@ def test_a_run_root_mid_update_is_refused(run, tmp_path, capsys) -> None:
     path = tmp_path / "boxes.csv"
     run["boxes"].to_csv(path, index=False)
     store = RunStore(run["out"])
-    store.write_json(IN_PROGRESS, {"host": "elsewhere", "pid": 1, "flow_run_id": "r-1", "started": "2026-01-01T00:00:00Z"})
+    store.write_json(
+        IN_PROGRESS, {"host": "elsewhere", "pid": 1, "flow_run_id": "r-1", "started": "2026-01-01T00:00:00Z"}
+    )
     before = store.read_parquet(EVALUATION) if store.exists(EVALUATION) else None
     try:
         assert _evaluate(run["out"], path) == 1
@@ -221,7 +267,11 @@ def s3_endpoint(monkeypatch):
         port = sock.getsockname()[1]
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     import s3fs
 

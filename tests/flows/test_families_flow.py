@@ -19,11 +19,28 @@ from gcmine.tasks.infra.storage import RunStore
 pytestmark = pytest.mark.slow
 
 COMMON = [
-    "data.shard_size=8", "embed.size=8", "embed.dim=4", "cluster.k=2", "train.steps=2", "train.batch_size=2",
-    "train.lora_rank=2", "train.checkpoint_every=1", "score.draws=2", "score.batch_size=8", "rank.per_image=1",
-    "rank.elements=2", "rank.feature_draws=1", "rank.patch_size=8", "report.heatmaps_per_label=1",
-    "runtime.progress=false", "runtime.threads=1", "translate.enabled=true", "translate.images_per_label=1",
-    "translate.steps=2", "translate.strength=0.5", "translate.clusters=1",
+    "data.shard_size=8",
+    "embed.size=8",
+    "embed.dim=4",
+    "cluster.k=2",
+    "train.steps=2",
+    "train.batch_size=2",
+    "train.lora_rank=2",
+    "train.checkpoint_every=1",
+    "score.draws=2",
+    "score.batch_size=8",
+    "rank.per_image=1",
+    "rank.elements=2",
+    "rank.feature_draws=1",
+    "rank.patch_size=8",
+    "report.heatmaps_per_label=1",
+    "runtime.progress=false",
+    "runtime.threads=1",
+    "translate.enabled=true",
+    "translate.images_per_label=1",
+    "translate.steps=2",
+    "translate.strength=0.5",
+    "translate.clusters=1",
 ]
 PIPELINES = {"sdxl": "StableDiffusionXLPipeline", "sd3": "StableDiffusion3Pipeline", "dit": "DiTPipeline"}
 
@@ -76,7 +93,9 @@ def test_the_flow_mines_with_each_family_and_the_model_reloads_in_its_pipeline(f
     assert fam["family"] == family and fam["pipeline"] == PIPELINES[family] and fam["fine_tuning"] == "LoRA rank 2"
     assert info["summary"]["model"].startswith({"sdxl": "SDXL ", "sd3": "SD3/SD3.5 ", "dit": "DiT "}[family])
     if family == "dit":
-        assert info["config"]["data"]["resolution"] == 32 and info["config"]["data"]["resize"] == "square"  # the family's defaults
+        assert (
+            info["config"]["data"]["resolution"] == 32 and info["config"]["data"]["resize"] == "square"
+        )  # the family's defaults
         assert "labels as class ids (model.class_map" in info["summary"]["model"]
     tr = store.read_parquet("translations.parquet")  # every family translates (latents, decoded by the VAE)
     assert len(tr) == 2 and set(tr["target"]) == set(family_run["labels"]) and np.isfinite(tr["typicality"]).all()
@@ -128,8 +147,18 @@ def test_a_bad_class_map_or_size_for_dit_exits_2_before_anything_is_written(
 ) -> None:
     (tmp_path / "classes.csv").write_text(csv)
     out = tmp_path / "out"
-    argv = ["run", str(_one_image(tmp_path)), "--out", str(out), "--set", f"model.base={tiny_dit_dir}",
-            "--set", f"model.class_map={tmp_path / 'classes.csv'}", "--set", "runtime.progress=false"]
+    argv = [
+        "run",
+        str(_one_image(tmp_path)),
+        "--out",
+        str(out),
+        "--set",
+        f"model.base={tiny_dit_dir}",
+        "--set",
+        f"model.class_map={tmp_path / 'classes.csv'}",
+        "--set",
+        "runtime.progress=false",
+    ]
     for item in extra:
         argv += ["--set", item]
     assert main(argv) == 2
@@ -139,8 +168,16 @@ def test_a_bad_class_map_or_size_for_dit_exits_2_before_anything_is_written(
 
 def test_dit_labels_without_a_class_exit_2_before_any_latent(prefect_harness, tiny_dit_dir, tmp_path, capsys) -> None:
     out = tmp_path / "out"
-    argv = ["run", str(_one_image(tmp_path)), "--out", str(out), "--set", f"model.base={tiny_dit_dir}",
-            "--set", "runtime.progress=false"]
+    argv = [
+        "run",
+        str(_one_image(tmp_path)),
+        "--out",
+        str(out),
+        "--set",
+        f"model.base={tiny_dit_dir}",
+        "--set",
+        "runtime.progress=false",
+    ]
     assert main(argv) == 2  # the label "a" is not a class id and there is no class map
     assert "labels without a class of the DiT checkpoint: ['a']" in capsys.readouterr().err
     assert (out / "manifest.parquet").exists() and not (out / "latents").exists()
@@ -151,8 +188,18 @@ def test_a_class_map_for_a_prompt_model_and_a_transformer_feature_block_are_chec
 ) -> None:
     (tmp_path / "classes.csv").write_text("label,class_id\na,2\n")
     out = tmp_path / "out"
-    base = ["run", str(_one_image(tmp_path)), "--out", str(out), "--set", f"model.base={tiny_sd3_dir}",
-            "--set", "data.resolution=16", "--set", "runtime.progress=false"]
+    base = [
+        "run",
+        str(_one_image(tmp_path)),
+        "--out",
+        str(out),
+        "--set",
+        f"model.base={tiny_sd3_dir}",
+        "--set",
+        "data.resolution=16",
+        "--set",
+        "runtime.progress=false",
+    ]
     assert main(base + ["--set", f"model.class_map={tmp_path / 'classes.csv'}"]) == 2
     assert "applies to class-conditional checkpoints (DiT)" in capsys.readouterr().err
     assert main(base + ["--set", "rank.feature_block=2"]) == 2

@@ -16,10 +16,23 @@ from gcmodels.data.synthetic import motif_dataset
 pytestmark = pytest.mark.slow
 
 TINY = [
-    "data.resolution=16", "data.shard_size=4", "embed.size=8", "embed.dim=4", "cluster.k=2",
-    "model.block_out_channels=[8, 16]", "train.steps=3", "train.batch_size=4", "train.warmup_steps=1",
-    "train.retrain_fraction=0.5", "score.draws=2", "score.batch_size=8", "rank.per_image=2", "rank.elements=2",
-    "rank.feature_draws=1", "report.heatmaps_per_label=1", "runtime.progress=false",
+    "data.resolution=16",
+    "data.shard_size=4",
+    "embed.size=8",
+    "embed.dim=4",
+    "cluster.k=2",
+    "model.block_out_channels=[8, 16]",
+    "train.steps=3",
+    "train.batch_size=4",
+    "train.warmup_steps=1",
+    "train.retrain_fraction=0.5",
+    "score.draws=2",
+    "score.batch_size=8",
+    "rank.per_image=2",
+    "rank.elements=2",
+    "rank.feature_draws=1",
+    "report.heatmaps_per_label=1",
+    "runtime.progress=false",
 ]
 
 
@@ -49,7 +62,10 @@ def _clone(first: dict, tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _tables(out: Path) -> dict[str, pd.DataFrame]:
-    return {name: pd.read_parquet(out / f"{name}.parquet") for name in ("typicality", "patches", "elements", "clusters", "embeddings")}
+    return {
+        name: pd.read_parquet(out / f"{name}.parquet")
+        for name in ("typicality", "patches", "elements", "clusters", "embeddings")
+    }
 
 
 def test_first_run_reuses_nothing(first) -> None:
@@ -99,7 +115,9 @@ def test_removed_images_disappear_from_every_table(first, tmp_path) -> None:
     images, out = _clone(first, tmp_path)
     gone = sorted(images.rglob("*.png"))[:2]
     manifest = pd.read_parquet(out / "manifest.parquet")
-    gone_ids = set(manifest.loc[manifest["source"].isin([str(first["images"] / p.relative_to(images)) for p in gone]), "image_id"])
+    gone_ids = set(
+        manifest.loc[manifest["source"].isin([str(first["images"] / p.relative_to(images)) for p in gone]), "image_id"]
+    )
     assert len(gone_ids) == 2
     for p in gone:
         p.unlink()

@@ -18,17 +18,30 @@ import pandas as pd
 import pytest
 
 from gcmine.flows.cli import main
-from gcmodels.data.synthetic import motif_dataset
 from gcmine.tasks.infra.artifacts import MANIFEST_COLUMNS, unpack_maps
 from gcmine.tasks.infra.storage import RunStore
+from gcmodels.data.synthetic import motif_dataset
 
 pytestmark = pytest.mark.slow
 
 TINY = [
-    "data.resolution=16", "data.shard_size=5", "embed.size=8", "embed.dim=4", "cluster.k=2",
-    "model.block_out_channels=[8, 16]", "train.steps=3", "train.batch_size=4", "train.warmup_steps=1",
-    "score.draws=2", "score.batch_size=8", "rank.per_image=2", "rank.elements=2", "rank.feature_draws=1",
-    "report.heatmaps_per_label=1", "runtime.progress=false", "runtime.threads=1",
+    "data.resolution=16",
+    "data.shard_size=5",
+    "embed.size=8",
+    "embed.dim=4",
+    "cluster.k=2",
+    "model.block_out_channels=[8, 16]",
+    "train.steps=3",
+    "train.batch_size=4",
+    "train.warmup_steps=1",
+    "score.draws=2",
+    "score.batch_size=8",
+    "rank.per_image=2",
+    "rank.elements=2",
+    "rank.feature_draws=1",
+    "report.heatmaps_per_label=1",
+    "runtime.progress=false",
+    "runtime.threads=1",
 ]
 LABELS = ["circle", "<b>cross</b>"]
 
@@ -108,7 +121,10 @@ def test_tables_contract(run) -> None:
     assert ct["count"].sum() == ok["label"].notna().sum()
     assert s.read_parquet("cluster_linkage.parquet").empty  # k-means: no merge tree
     cond = s.read_parquet("conditioning.parquet").set_index("image_id")
-    assert set(cond["source"]) == {"labels"} and (cond["label"].fillna("") == ok["label"].reindex(cond.index).fillna("")).all()
+    assert (
+        set(cond["source"]) == {"labels"}
+        and (cond["label"].fillna("") == ok["label"].reindex(cond.index).fillna("")).all()
+    )
     points = s.read_parquet("collection_map.parquet")
     assert sorted(points["image_id"]) == sorted(ok.index) and np.isfinite(points[["x", "y"]].to_numpy()).all()
 
@@ -116,7 +132,15 @@ def test_tables_contract(run) -> None:
     assert list(training.columns) == ["step", "loss", "lr", "seconds"] and list(training["step"]) == [0, 1, 2]
 
     typ = s.read_parquet("typicality.parquet")
-    assert list(typ.columns) == ["image_id", "label", "image_label", "typicality", "draws", "typicality_se", "top_patch_se"]
+    assert list(typ.columns) == [
+        "image_id",
+        "label",
+        "image_label",
+        "typicality",
+        "draws",
+        "typicality_se",
+        "top_patch_se",
+    ]
     assert (typ["draws"] == 2).all() and (typ["typicality_se"] >= 0).all() and typ["top_patch_se"].isna().all()
     assert (typ["label"] == typ["image_label"]).all()  # cotypicality off: one row per image, its own label
     labelled = ok[ok["label"].notna()]
@@ -147,7 +171,10 @@ def test_tables_contract(run) -> None:
         assert list(g.sort_values("rank")["rank"]) == list(range(len(g)))
         assert g.sort_values("rank")["score"].is_monotonic_decreasing
         members = patches[(patches["label"] == label) & (patches["element"] >= 0)]
-        assert g.set_index("element")["size"].sort_index().tolist() == members["element"].value_counts().sort_index().tolist()
+        assert (
+            g.set_index("element")["size"].sort_index().tolist()
+            == members["element"].value_counts().sort_index().tolist()
+        )
         for e, mem in members.groupby("element"):
             assert g.set_index("element").loc[e, "score"] == pytest.approx(float(np.median(mem["typicality"])))
 
@@ -185,7 +212,9 @@ def test_samples_beside_real_images(run) -> None:
     assert list(quality.reset_index().columns) == QUALITY_COLUMNS and set(quality.index) == {*LABELS, "(all)"}
     assert (quality["features"] == "pixel-pca").all() and (quality["frechet"] > 0).all()
     assert quality.loc["(all)", "samples"] == 16 and quality.loc["(all)", "real_images"] == 12
-    assert quality.loc["(all)", "nearest_label_share"] == pytest.approx((table["nearest_label"] == table["label"]).mean())
+    assert quality.loc["(all)", "nearest_label_share"] == pytest.approx(
+        (table["nearest_label"] == table["label"]).mean()
+    )
     assert "samples" in info["timings"]
     report = (run["out"] / "report" / "index.html").read_text()
     section = report.split('<section id="samples">', 1)[1].split("</section>", 1)[0]
@@ -210,16 +239,20 @@ def test_diffusion_embedding_runs_after_finetune(prefect_harness, dataset, tmp_p
     assert vectors.shape == (dataset["n_ok"], encoder["dim"]) and np.isfinite(vectors).all()
     assert vectors.std(0).max() > 0  # the images are told apart
     assert len(store.read_parquet("clusters.parquet")) == dataset["n_ok"]
-    assert info["stages"]["finetune"]["reused"] is False and list(store.read_parquet("training.parquet")["step"]) == [0, 1, 2]
+    assert info["stages"]["finetune"]["reused"] is False and list(store.read_parquet("training.parquet")["step"]) == [
+        0,
+        1,
+        2,
+    ]
     # mapped over the shards (one embed task run each, gathered in shard order), with the same
     # vectors as the encoder on all images in one go (up to float rounding of other batch sizes)
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    from gcmine.tasks.infra.artifacts import read_images
     from gcmodels.config import EmbedConfig
     from gcmodels.diffusion import PixelDiffusion
     from gcmodels.embedding.encoders import make_encoder
-    from gcmine.tasks.infra.artifacts import read_images
 
     shards = sorted(p.name for p in (out / "images").glob("part-*.parquet"))
     assert len(shards) == 3 and info["stages"]["embed"]["workers"]
@@ -268,8 +301,16 @@ def test_prefect_ui_story(run) -> None:
     assert {f"score[{s}]" for s in shards} <= names and {f"rank[{s}]" for s in shards} <= names
     by_key = {a.key: a for a in artifacts if a.key}
     # keys carry the dataset (run root) name: one entry per dataset on the Artifacts page
-    assert {"gcmine-cars-summary", "gcmine-cars-elements", "gcmine-cars-report", "gcmine-cars-finetune-progress"} <= set(by_key)
-    assert by_key["gcmine-cars-finetune-progress"].type == "progress" and float(by_key["gcmine-cars-finetune-progress"].data) == 100.0
+    assert {
+        "gcmine-cars-summary",
+        "gcmine-cars-elements",
+        "gcmine-cars-report",
+        "gcmine-cars-finetune-progress",
+    } <= set(by_key)
+    assert (
+        by_key["gcmine-cars-finetune-progress"].type == "progress"
+        and float(by_key["gcmine-cars-finetune-progress"].data) == 100.0
+    )
     assert by_key["gcmine-cars-elements"].type == "table"
     # the summary, table and link hang off the flow run itself, not a task run; titles name the dataset
     for what in ("summary", "elements", "report"):
@@ -303,7 +344,11 @@ def test_prefect_ui_story(run) -> None:
         assert strip.height == THUMB and strip.width >= THUMB
     report = (run["out"] / "report" / "index.html").read_text()
     for label in LABELS:  # each row's label links to its section of the report
-        anchor = next(a for a in re.findall(r'<section class="label" id="([^"]+)"><h2>([^<]*)', report) if html.unescape(a[1]) == label)[0]
+        anchor = next(
+            a
+            for a in re.findall(r'<section class="label" id="([^"]+)"><h2>([^<]*)', report)
+            if html.unescape(a[1]) == label
+        )[0]
         text = label.replace("<", "&lt;").replace(">", "&gt;")
         assert f"| [{text}]({run['link']}#{anchor}) | " in md
     # the table artifact holds every element with its score
@@ -339,8 +384,11 @@ def test_cli_reports_bad_input(prefect_harness, tmp_path, capsys) -> None:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
     with get_client(sync_client=True) as client:
-        failed = [r for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["mine-imgs"])))
-                  if r.parameters.get("out") == str(tmp_path / "o")]
+        failed = [
+            r
+            for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["mine-imgs"])))
+            if r.parameters.get("out") == str(tmp_path / "o")
+        ]
         assert len(failed) == 1 and failed[0].state.is_failed()
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [failed[0].id]}))
     bad = [t for t in tasks if t.state.is_failed()]
@@ -360,7 +408,9 @@ def test_dask_runner_gives_the_same_artifacts(run, dataset, tmp_path) -> None:
 
     out = tmp_path / "dask"
     _run_cli(dataset, out, "runtime.runner=dask", "runtime.dask_workers=2")
-    files = sorted(p.relative_to(run["out"]).as_posix() for p in run["out"].rglob("*.parquet") if ".cache" not in p.parts)
+    files = sorted(
+        p.relative_to(run["out"]).as_posix() for p in run["out"].rglob("*.parquet") if ".cache" not in p.parts
+    )
     assert files == sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet") if ".cache" not in p.parts)
     assert any(f.startswith("maps/") for f in files) and any(f.startswith("patch_candidates/") for f in files)
     for name in files:
@@ -395,10 +445,10 @@ def test_prefect_ui_in_a_real_browser(run, tmp_path) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
     from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+    from uibrowser import chromium_page, chromium_path, prefect_ui_server
 
     from gcmine.flows.serve import report_server
     from gcmine.tasks.reporting.uiartifacts import THUMB
-    from uibrowser import chromium_page, chromium_path, prefect_ui_server
 
     binary = chromium_path()
     if binary is None:
@@ -419,7 +469,10 @@ def test_prefect_ui_in_a_real_browser(run, tmp_path) -> None:
     served = report_server(str(run["out"]), run["port"])  # `gcmine serve RUN` with the run's report.serve_port
     threading.Thread(target=served.serve_forever, daemon=True).start()
     try:
-        with prefect_ui_server(database, tmp_path / "ui-server") as ui, chromium_page(binary, tmp_path / "chromium") as page:
+        with (
+            prefect_ui_server(database, tmp_path / "ui-server") as ui,
+            chromium_page(binary, tmp_path / "chromium") as page,
+        ):
             page.goto(f"{ui}/runs/flow-run/{run_id}")
             page.wait_text(name, "Completed", "Artifacts")
             assert page.js("document.title") == f"Flow Run: {name} • Prefect Server"
@@ -430,7 +483,14 @@ def test_prefect_ui_in_a_real_browser(run, tmp_path) -> None:
             page.screenshot(shots / "flow-run-tasks.png")
 
             page.click_text(".p-tab", "Artifacts")
-            page.wait_text(name, "Flow run", "gcmine-cars-summary", "gcmine-cars-elements", "gcmine-cars-report", "cars: top visual elements per label")
+            page.wait_text(
+                name,
+                "Flow run",
+                "gcmine-cars-summary",
+                "gcmine-cars-elements",
+                "gcmine-cars-report",
+                "cars: top visual elements per label",
+            )
             page.screenshot(shots / "flow-run-artifacts.png")
             # the task runs' progress artifacts come below, loaded once scrolled into view
             page.wait_text("Task runs", "gcmine-cars-finetune-progress", "gcmine-cars-score-part-00000", scroll=True)
@@ -442,13 +502,17 @@ def test_prefect_ui_in_a_real_browser(run, tmp_path) -> None:
             shown = "[...document.querySelectorAll('img')].filter(i => i.src.startsWith('data:image/'))"
             deadline = time.monotonic() + 30
             while page.js(f"{shown}.filter(i => i.complete && i.naturalHeight === {THUMB}).length") < pictures:
-                assert time.monotonic() < deadline, page.js(f"{shown}.map(i => [i.alt, i.naturalWidth, i.naturalHeight])")
+                assert time.monotonic() < deadline, page.js(
+                    f"{shown}.map(i => [i.alt, i.naturalWidth, i.naturalHeight])"
+                )
                 time.sleep(0.5)
             assert pictures >= 4 and page.js(f"{shown}.every(i => i.getBoundingClientRect().height >= 40)")
             page.screenshot(shots / "summary-artifact.png")
 
             # the report link leads to the report (http, served by `gcmine serve`; a file:// link would not open)
-            href = page.js("[...document.querySelectorAll('a')].find(a => a.innerText.includes('Open the full report')).href")
+            href = page.js(
+                "[...document.querySelectorAll('a')].find(a => a.innerText.includes('Open the full report')).href"
+            )
             assert href == run["link"]
             page.goto(href)
             text = page.wait_text("gcmine report", "circle")
@@ -482,4 +546,6 @@ def test_adaptive_scoring_runs_in_the_flow(run, dataset, tmp_path) -> None:
     assert all(np.array_equal(x, y) for x, y in zip(a, p))
     patches = pd.read_parquet(adaptive / "patches.parquet")
     assert len(patches) > 0 and (patches["draws"].to_numpy() == typ.loc[patches["image_id"], "draws"].to_numpy()).all()
-    np.testing.assert_array_equal(patches["top_patch_se"].to_numpy(), typ.loc[patches["image_id"], "top_patch_se"].to_numpy())
+    np.testing.assert_array_equal(
+        patches["top_patch_se"].to_numpy(), typ.loc[patches["image_id"], "top_patch_se"].to_numpy()
+    )

@@ -13,8 +13,8 @@ import pytest
 
 from gcmine.flows.errors import OneLineErrors, exit_code
 from gcmine.flows.steps import enter_checkout
-from gcmodels.config import ConfigError
 from gcmine.tasks.infra.errors import InputError, StorageError
+from gcmodels.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,7 +28,7 @@ def _logged(err: BaseException) -> str:
     log.propagate = False
     try:
         raise err
-    except BaseException:  # noqa: BLE001
+    except BaseException:
         log.exception("Encountered exception during execution: %r", err)
     return sink.getvalue()
 
@@ -44,9 +44,14 @@ def test_explained_errors_lose_their_traceback_others_keep_it() -> None:
 
 def test_worker_without_gcmine_repo_is_told_so(tmp_path, monkeypatch) -> None:
     for unset in ("", None, "  "):
-        with pytest.raises(ValueError, match=r"GCMINE_REPO is not set in the worker's environment.*GCMINE_REPO=\$PWD prefect worker start"):
+        with pytest.raises(
+            ValueError,
+            match=r"GCMINE_REPO is not set in the worker's environment.*GCMINE_REPO=\$PWD prefect worker start",
+        ):
             enter_checkout(unset)
-    with pytest.raises(ValueError, match=rf"GCMINE_REPO={tmp_path} is not a gcmine checkout .*holds no flows/production.py"):
+    with pytest.raises(
+        ValueError, match=rf"GCMINE_REPO={tmp_path} is not a gcmine checkout .*holds no flows/production.py"
+    ):
         enter_checkout(str(tmp_path))
     with pytest.raises(ValueError, match="does not exist"):
         enter_checkout(str(tmp_path / "nope"))
@@ -83,7 +88,7 @@ def test_deployment_run_into_the_checkout_is_refused_before_any_work(tmp_path, m
     monkeypatch.chdir(ROOT)  # where a worker starts the run
     with pytest.raises(ConfigError, match=r"images='' names no location: GCMINE_IMAGES was probably unset"):
         production.mine_configured.fn(images="", out=str(tmp_path / "out"))
-    with pytest.raises(ConfigError, match=rf"out='' names no location: GCMINE_OUT"):
+    with pytest.raises(ConfigError, match=r"out='' names no location: GCMINE_OUT"):
         production.mine_configured.fn(images=str(tmp_path), out="")
     with pytest.raises(ConfigError, match=rf"images='\.venv' is {ROOT}/\.venv, inside the code checkout"):
         production.mine_configured.fn(images=".venv", out=str(tmp_path / "out"))
@@ -103,7 +108,9 @@ def _run_logs(flow_run_ids: list) -> list[str]:
 
     APILogWorker.drain_all(timeout=10)
     with get_client(sync_client=True) as client:
-        return [r.message for r in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=flow_run_ids)))]
+        return [
+            r.message for r in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=flow_run_ids)))
+        ]
 
 
 def test_production_run_errors_are_one_line_in_log_and_state(prefect_harness, tmp_path) -> None:
@@ -117,7 +124,9 @@ def test_production_run_errors_are_one_line_in_log_and_state(prefect_harness, tm
 
     refused = mine_configured(images="", out=str(tmp_path / "out"), return_state=True)
     assert refused.is_failed()
-    assert refused.message.startswith("Flow run encountered an exception: ConfigError: images='' names no location: GCMINE_IMAGES")
+    assert refused.message.startswith(
+        "Flow run encountered an exception: ConfigError: images='' names no location: GCMINE_IMAGES"
+    )
     assert "\n" not in refused.message and not (tmp_path / "out").exists()
 
     (tmp_path / "empty").mkdir()
@@ -149,5 +158,7 @@ def test_cli_run_on_a_missing_folder_prints_one_line(tmp_path, capsys) -> None:
     assert main(["run", str(tmp_path / "gone"), "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"gcmine: IMAGES {tmp_path}/gone does not exist"]
     (tmp_path / "imgs").mkdir()
-    assert main(["run", str(tmp_path / "imgs"), "--labels", str(tmp_path / "l.csv"), "--out", str(tmp_path / "out")]) == 2
+    assert (
+        main(["run", str(tmp_path / "imgs"), "--labels", str(tmp_path / "l.csv"), "--out", str(tmp_path / "out")]) == 2
+    )
     assert capsys.readouterr().err.strip().splitlines() == [f"gcmine: labels file {tmp_path}/l.csv does not exist"]

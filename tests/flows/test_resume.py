@@ -18,10 +18,23 @@ from gcmodels.data.synthetic import motif_dataset
 pytestmark = pytest.mark.slow
 
 SETTINGS = [
-    "data.resolution=16", "data.shard_size=2", "embed.size=8", "embed.dim=4", "cluster.k=2",
-    "model.block_out_channels=[16, 32]", "train.steps=3", "train.batch_size=4", "train.warmup_steps=1",
-    "score.draws=384", "score.batch_size=128", "rank.per_image=2", "rank.elements=2", "rank.feature_draws=1",
-    "report.heatmaps_per_label=1", "runtime.progress=false", "runtime.threads=1",
+    "data.resolution=16",
+    "data.shard_size=2",
+    "embed.size=8",
+    "embed.dim=4",
+    "cluster.k=2",
+    "model.block_out_channels=[16, 32]",
+    "train.steps=3",
+    "train.batch_size=4",
+    "train.warmup_steps=1",
+    "score.draws=384",
+    "score.batch_size=128",
+    "rank.per_image=2",
+    "rank.elements=2",
+    "rank.feature_draws=1",
+    "report.heatmaps_per_label=1",
+    "runtime.progress=false",
+    "runtime.threads=1",
 ]
 
 
@@ -62,7 +75,9 @@ def test_killed_during_scoring_resumes_missing_shards_only(prefect_harness, imag
     assert done.returncode == 0, done.stderr[-3000:]
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_command(images, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _command(images, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 300
         # Kill as soon as the first score shard has finished (its result record is persisted:

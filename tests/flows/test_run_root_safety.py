@@ -21,18 +21,32 @@ import pytest
 from gcmine.flows.cli import main
 from gcmine.flows.config import load_settings
 from gcmine.flows.pipeline import run_pipeline
-from gcmodels.data.synthetic import motif_dataset
 from gcmine.tasks.infra.integrity import model_damage
 from gcmine.tasks.infra.lease import RunLease
 from gcmine.tasks.infra.storage import RunStore
+from gcmodels.data.synthetic import motif_dataset
 
 pytestmark = pytest.mark.slow
 
 TINY = [
-    "data.resolution=16", "data.shard_size=4", "embed.size=8", "embed.dim=4", "cluster.k=2",
-    "model.block_out_channels=[8, 16]", "train.steps=3", "train.batch_size=4", "train.warmup_steps=1",
-    "train.retrain_fraction=0.5", "score.draws=2", "score.batch_size=8", "rank.per_image=2", "rank.elements=2",
-    "rank.feature_draws=1", "report.heatmaps_per_label=1", "runtime.progress=false", "runtime.device=cpu",
+    "data.resolution=16",
+    "data.shard_size=4",
+    "embed.size=8",
+    "embed.dim=4",
+    "cluster.k=2",
+    "model.block_out_channels=[8, 16]",
+    "train.steps=3",
+    "train.batch_size=4",
+    "train.warmup_steps=1",
+    "train.retrain_fraction=0.5",
+    "score.draws=2",
+    "score.batch_size=8",
+    "rank.per_image=2",
+    "rank.elements=2",
+    "rank.feature_draws=1",
+    "report.heatmaps_per_label=1",
+    "runtime.progress=false",
+    "runtime.device=cpu",
 ]
 
 
@@ -67,8 +81,14 @@ def test_unlabelled_images_added_to_a_run_flow_through_every_stage(first, tmp_pa
     extra = motif_dataset(n_per_label=1, size=16, labels=("circle", "cross"), seed=77)
     for i, item in enumerate(extra):  # at the top of the folder: no folder label
         item.image.save(images / f"unlabelled-{i}.png")
-    settings = [*TINY, "score.cotypicality=true", "baseline.enabled=true", "translate.enabled=true", "translate.steps=2",
-                "translate.images_per_label=1"]
+    settings = [
+        *TINY,
+        "score.cotypicality=true",
+        "baseline.enabled=true",
+        "translate.enabled=true",
+        "translate.steps=2",
+        "translate.images_per_label=1",
+    ]
     result = run_pipeline(str(images), str(out), None, load_settings(None, settings))
     assert result["summary"]["new_images"] == 2 and result["summary"]["unlabeled"] == 2
     manifest = pd.read_parquet(out / "manifest.parquet")
@@ -111,8 +131,10 @@ def test_truncated_cached_outputs_are_recomputed_named_and_never_published(first
     images, out = _clone(first, tmp_path)
     before = {n: pd.read_parquet(out / f"{n}.parquet") for n in ("embeddings", "typicality", "patches", "clusters")}
     damaged = [
-        next((out / "stages").glob("embeddings-*.parquet")), next((out / "maps").glob("part-00000-*.parquet")),
-        next((out / "patch_candidates").glob("part-00001-*.parquet")), next((out / "stages").glob("clusters-*.parquet")),
+        next((out / "stages").glob("embeddings-*.parquet")),
+        next((out / "maps").glob("part-00000-*.parquet")),
+        next((out / "patch_candidates").glob("part-00001-*.parquet")),
+        next((out / "stages").glob("clusters-*.parquet")),
     ]
     for path in damaged:
         _truncate(path)
@@ -186,7 +208,9 @@ def _assert_consistent(out: Path) -> None:
     """Every shard the shard list names holds exactly its images; every live labelled image is scored."""
     meta = json.loads((out / "images" / "_shards.json").read_text())
     for shard in meta["shards"]:
-        assert sorted(pd.read_parquet(out / "images" / shard["name"])["image_id"]) == sorted(shard["ids"]), shard["name"]
+        assert sorted(pd.read_parquet(out / "images" / shard["name"])["image_id"]) == sorted(shard["ids"]), shard[
+            "name"
+        ]
     manifest = pd.read_parquet(out / "manifest.parquet")
     live = manifest[(manifest["status"] == "ok") & manifest["label"].notna()]
     assert set(pd.read_parquet(out / "typicality.parquet")["image_id"]) == set(live["image_id"])
@@ -197,15 +221,18 @@ def test_concurrent_incremental_runs_are_serialised_and_a_third_run_is_consisten
     both read the old shard list and both write images/part-00002.parquet and the list (a barrier
     in ingest makes them meet there); with it, the second run waits for the first to finish.
     Every write into the root is recorded with its flow run: the two runs' writes never interleave."""
-    import gcmine.tasks.ingest
     from prefect.runtime import flow_run
+
+    import gcmine.tasks.ingest
 
     base, out = _clone(first, tmp_path)
     folders = {}
     for name, seed in (("a", 11), ("b", 12)):
         folder = tmp_path / f"images-{name}"
         shutil.copytree(base, folder)
-        _write(folder, motif_dataset(n_per_label=1, size=16, labels=("circle", "cross"), seed=seed), prefix=f"new-{name}-")
+        _write(
+            folder, motif_dataset(n_per_label=1, size=16, labels=("circle", "cross"), seed=seed), prefix=f"new-{name}-"
+        )
         folders[name] = folder
     meet = threading.Barrier(2)
     real_previous = gcmine.tasks.ingest._previous_run
@@ -234,7 +261,7 @@ def test_concurrent_incremental_runs_are_serialised_and_a_third_run_is_consisten
     def run(name: str) -> None:
         try:
             results[name] = run_pipeline(str(folders[name]), str(out), None, settings)
-        except Exception as err:  # noqa: BLE001 - reported below
+        except Exception as err:
             errors.append(err)
 
     threads = [threading.Thread(target=run, args=(n,)) for n in folders]
@@ -273,5 +300,9 @@ def test_a_run_into_a_busy_root_refuses_with_one_line_naming_the_holder(first, t
     finally:
         holder.release()
     line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("gcmine: ")]
-    assert len(line) == 1 and "is being written by flow run the-scheduled-run" in line[0] and "storage.lease=refuse" in line[0]
+    assert (
+        len(line) == 1
+        and "is being written by flow run the-scheduled-run" in line[0]
+        and "storage.lease=refuse" in line[0]
+    )
     assert (out / "manifest.parquet").read_bytes() == manifest  # nothing touched

@@ -17,10 +17,22 @@ pytestmark = pytest.mark.slow
 
 KEY, SECRET = "AKIAGCMINETEST000001", "gcmine-test-secret-Zq8f3LxWv92N"
 TINY = [
-    "data.resolution=16", "data.shard_size=4", "embed.size=8", "embed.dim=4", "cluster.k=2",
-    "model.block_out_channels=[8, 16]", "train.steps=3", "train.batch_size=4", "train.warmup_steps=1",
-    "score.draws=2", "score.batch_size=8", "rank.per_image=2", "rank.elements=2", "rank.feature_draws=1",
-    "report.heatmaps_per_label=1", "runtime.progress=false",
+    "data.resolution=16",
+    "data.shard_size=4",
+    "embed.size=8",
+    "embed.dim=4",
+    "cluster.k=2",
+    "model.block_out_channels=[8, 16]",
+    "train.steps=3",
+    "train.batch_size=4",
+    "train.warmup_steps=1",
+    "score.draws=2",
+    "score.batch_size=8",
+    "rank.per_image=2",
+    "rank.elements=2",
+    "rank.feature_draws=1",
+    "report.heatmaps_per_label=1",
+    "runtime.progress=false",
 ]
 
 
@@ -64,7 +76,9 @@ def test_flow_on_s3(prefect_harness, s3, tmp_path, monkeypatch) -> None:
     scratch = tmp_path / "tmp"  # the system temp folder, private to this test
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    settings = load_settings(None, [*TINY, f"storage.endpoint_url={s3['endpoint']}", f"storage.key={KEY}", f"storage.secret={SECRET}"])
+    settings = load_settings(
+        None, [*TINY, f"storage.endpoint_url={s3['endpoint']}", f"storage.key={KEY}", f"storage.secret={SECRET}"]
+    )
     result = run_pipeline("s3://gcmine-data/images", "s3://gcmine-data/runs/r1", None, settings)
     fs = s3["fs"]
     opts = settings.storage.options()
@@ -87,7 +101,6 @@ def test_flow_on_s3(prefect_harness, s3, tmp_path, monkeypatch) -> None:
 
     # ... nor in what Prefect stored about the run
     from prefect.client.orchestration import get_client
-
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
@@ -127,7 +140,9 @@ def test_flow_on_s3(prefect_harness, s3, tmp_path, monkeypatch) -> None:
 
     # a rerun does no model work, results and cache both on S3
     again = run_pipeline("s3://gcmine-data/images", "s3://gcmine-data/runs/r1", None, settings)
-    assert {"embed", "cluster", "finetune", "score[part-00000.parquet]", "rank[part-00001.parquet]"} <= set(again["reused"])
+    assert {"embed", "cluster", "finetune", "score[part-00000.parquet]", "rank[part-00001.parquet]"} <= set(
+        again["reused"]
+    )
     assert fs.find("gcmine-data/runs/r1/.cache")
     # nothing copied out of the run root is left behind (model downloads, checkpoints, staging)
     assert not [p.name for p in scratch.iterdir() if p.name.startswith("gcmine-")]

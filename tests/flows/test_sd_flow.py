@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,20 +13,33 @@ import pytest
 from PIL import Image
 
 from gcmine.flows.cli import main
+from gcmine.tasks.infra.artifacts import unpack_map_rows
+from gcmine.tasks.infra.storage import RunStore
 from gcmodels.data.images import working_size
 from gcmodels.diffusion import load_any_model
 from gcmodels.diffusion.sd import StableDiffusion
-from gcmine.tasks.infra.artifacts import unpack_map_rows
-from gcmine.tasks.infra.storage import RunStore
 
 pytestmark = pytest.mark.slow
 
 SIZES = [(40, 24), (24, 24), (24, 36)]  # wide, square, tall originals
 SD = [
-    "data.resolution=16", "data.shard_size=4", "embed.size=8", "embed.dim=4", "cluster.k=2",
-    "train.steps=2", "train.batch_size=2", "train.checkpoint_every=1", "score.draws=2", "score.batch_size=8",
-    "rank.per_image=2", "rank.elements=2", "rank.feature_draws=2", "rank.patch_size=6",
-    "report.heatmaps_per_label=1", "runtime.progress=false", "runtime.threads=1",
+    "data.resolution=16",
+    "data.shard_size=4",
+    "embed.size=8",
+    "embed.dim=4",
+    "cluster.k=2",
+    "train.steps=2",
+    "train.batch_size=2",
+    "train.checkpoint_every=1",
+    "score.draws=2",
+    "score.batch_size=8",
+    "rank.per_image=2",
+    "rank.elements=2",
+    "rank.feature_draws=2",
+    "rank.patch_size=6",
+    "report.heatmaps_per_label=1",
+    "runtime.progress=false",
+    "runtime.threads=1",
     "model.prompt_template=A photo of a {label}.",
 ]
 
@@ -110,7 +122,9 @@ def test_maps_at_latent_resolution_and_patches_in_original_pixels(sd_run) -> Non
     assert (sd_run["out"] / "report" / "index.html").exists()
     info = json.loads((sd_run["out"] / "run.json").read_text())
     assert info["config"]["model"]["base"] == str(sd_run["base"])
-    assert info["summary"]["model"].startswith(f"Stable Diffusion 1.x/2.x {sd_run['base']} (StableDiffusionPipeline, epsilon")
+    assert info["summary"]["model"].startswith(
+        f"Stable Diffusion 1.x/2.x {sd_run['base']} (StableDiffusionPipeline, epsilon"
+    )
     assert "full UNet fine-tuned; working images 16 px short side" in info["summary"]["model"]
     assert info["summary"]["model_family"]["family"] == "sd" and info["stages"]["latents"]["family"] == "sd"
     assert "A photo of a {label}." in (sd_run["out"] / "report" / "index.html").read_text()
@@ -119,8 +133,8 @@ def test_maps_at_latent_resolution_and_patches_in_original_pixels(sd_run) -> Non
 
 def test_rerun_reuses_latents_model_and_scores(sd_run) -> None:
     """The same command again: nothing is re-encoded, retrained or rescored."""
-    from gcmine.flows.pipeline import run_pipeline
     from gcmine.flows.config import load_settings
+    from gcmine.flows.pipeline import run_pipeline
 
     settings = load_settings(None, [f"model.base={sd_run['base']}", *SD])
     result = run_pipeline(str(sd_run["out"].parent / "images"), str(sd_run["out"]), None, settings)
@@ -135,8 +149,20 @@ def test_not_an_sd_directory_is_a_clear_error(prefect_harness, tmp_path, capsys)
     Image.new("RGB", (16, 16), (255, 0, 0)).save(images / "x.png")
     bad = tmp_path / "not-sd"
     (bad / "unet").mkdir(parents=True)
-    code = main(["run", str(tmp_path / "images"), "--out", str(tmp_path / "out"), "--set", f"model.base={bad}",
-                 "--set", "data.resolution=16", "--set", "runtime.progress=false"])
+    code = main(
+        [
+            "run",
+            str(tmp_path / "images"),
+            "--out",
+            str(tmp_path / "out"),
+            "--set",
+            f"model.base={bad}",
+            "--set",
+            "data.resolution=16",
+            "--set",
+            "runtime.progress=false",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "model.base" in err and "vae/" in err and "tokenizer/" in err and str(bad) in err
@@ -151,8 +177,22 @@ def test_feature_block_outside_the_checkpoints_unet_fails_before_any_work(
     for i in range(2):
         Image.new("RGB", (16, 16), (255, 0, 40 * i)).save(images / f"{i}.png")
     out = tmp_path / "out"
-    code = main(["run", str(tmp_path / "images"), "--out", str(out), "--set", f"model.base={tiny_sd_dir}",
-                 "--set", f"rank.feature_block={block}", "--set", "data.resolution=16", "--set", "runtime.progress=false"])
+    code = main(
+        [
+            "run",
+            str(tmp_path / "images"),
+            "--out",
+            str(out),
+            "--set",
+            f"model.base={tiny_sd_dir}",
+            "--set",
+            f"rank.feature_block={block}",
+            "--set",
+            "data.resolution=16",
+            "--set",
+            "runtime.progress=false",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert f"rank.feature_block ({block})" in err and "2 decoder blocks" in err and "from -2 to 1" in err
@@ -168,9 +208,26 @@ def test_half_precision_or_cuda_on_a_cpu_machine_is_a_configuration_error(prefec
     images.mkdir(parents=True)
     Image.new("RGB", (16, 16), (255, 0, 0)).save(images / "x.png")
     Image.new("RGB", (16, 16), (0, 0, 255)).save(images / "y.png")
-    for setting, words in (("runtime.precision=fp16", "runtime.precision='fp16'"), ("runtime.device=cuda", "CUDA is not available")):
-        code = main(["run", str(tmp_path / "images"), "--out", str(tmp_path / "out"), "--set", setting,
-                     "--set", "data.resolution=16", "--set", "runtime.progress=false", "--set", "train.steps=1"])
+    for setting, words in (
+        ("runtime.precision=fp16", "runtime.precision='fp16'"),
+        ("runtime.device=cuda", "CUDA is not available"),
+    ):
+        code = main(
+            [
+                "run",
+                str(tmp_path / "images"),
+                "--out",
+                str(tmp_path / "out"),
+                "--set",
+                setting,
+                "--set",
+                "data.resolution=16",
+                "--set",
+                "runtime.progress=false",
+                "--set",
+                "train.steps=1",
+            ]
+        )
         assert code == 2
         assert words in capsys.readouterr().err
 

@@ -36,7 +36,13 @@ def test_serves_the_report_and_nothing_else(tmp_path) -> None:
         assert _get(base + "/cars/index.html")[0] == 200
         (tmp_path / "cars" / "report" / "index.html").write_text("<h1>rerun</h1>")  # read at each request
         assert _get(base + "/cars/#label-0-a")[3] == "<h1>rerun</h1>"
-        for path in ("/cars/manifest.parquet", "/manifest.parquet", "/cars/../manifest.parquet", "/etc/passwd", "/other/"):
+        for path in (
+            "/cars/manifest.parquet",
+            "/manifest.parquet",
+            "/cars/../manifest.parquet",
+            "/etc/passwd",
+            "/other/",
+        ):
             status, _, _, body = _get(base + path)
             assert status == 404 and "shows the report of" in body and "private" not in body, path
     finally:

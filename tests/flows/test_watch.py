@@ -50,12 +50,19 @@ def test_one_event_per_change_none_without_change(prefect_harness, tmp_path, emi
     assert (again["added"], again["changed"], again["removed"], again["event"]) == (0, 0, 0, None)
     assert len(emitted) == 1
 
-    _png(images / "b" / "new.png", 200)            # added
-    _png(images / "a" / "0.png", 99)               # same name, other bytes: changed
-    (images / "a" / "2.png").unlink()              # removed
+    _png(images / "b" / "new.png", 200)  # added
+    _png(images / "a" / "0.png", 99)  # same name, other bytes: changed
+    (images / "a" / "2.png").unlink()  # removed
     third = watch(uri=str(images), out=str(out))
     assert len(emitted) == 2
-    assert emitted[1]["payload"] == {"uri": str(images), "out": str(out), "added": 1, "changed": 1, "removed": 1, "files": 3}
+    assert emitted[1]["payload"] == {
+        "uri": str(images),
+        "out": str(out),
+        "added": 1,
+        "changed": 1,
+        "removed": 1,
+        "files": 3,
+    }
     assert third["examples"] == {"added": ["b/new.png"], "changed": ["a/0.png"], "removed": ["a/2.png"]}
 
     watch(uri=str(images), out=str(out))

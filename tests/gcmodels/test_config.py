@@ -74,7 +74,10 @@ def test_several_errors_are_all_reported() -> None:
     assert "train.steps" in str(err.value) and "rank.per_image" in str(err.value)
 
 
-@pytest.mark.parametrize(("text", "needle"), [("train.steps", "key=value"), ("train..steps=3", "empty key part"), ("x.y=[1", "not valid YAML")])
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [("train.steps", "key=value"), ("train..steps=3", "empty key part"), ("x.y=[1", "not valid YAML")],
+)
 def test_bad_override_syntax(text: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         parse_override(text)
@@ -160,9 +163,19 @@ def test_sections_are_frozen_and_strict() -> None:
 
 def test_gcmodels_does_not_import_prefect() -> None:
     modules = [
-        "gcmodels", "gcmodels.config", "gcmodels.diffusion", "gcmodels.mining.typicality", "gcmodels.mining.patches",
-        "gcmodels.diffusion.training", "gcmodels.data.images", "gcmodels.mining.elements", "gcmodels.clustering.estimators",
-        "gcmodels.embedding.pca", "gcmodels.data.synthetic", "gcmodels.mining.evaluation", "gcmodels.runtime",
+        "gcmodels",
+        "gcmodels.config",
+        "gcmodels.diffusion",
+        "gcmodels.mining.typicality",
+        "gcmodels.mining.patches",
+        "gcmodels.diffusion.training",
+        "gcmodels.data.images",
+        "gcmodels.mining.elements",
+        "gcmodels.clustering.estimators",
+        "gcmodels.embedding.pca",
+        "gcmodels.data.synthetic",
+        "gcmodels.mining.evaluation",
+        "gcmodels.runtime",
     ]
     code = (
         "import importlib, sys\n"
@@ -200,7 +213,12 @@ def test_checkpoint_defaults_layer_over_the_base_defaults_and_lora_above_2b() ->
     big = checkpoint_defaults(family, 2_600_000_000)
     assert big["train"] == {"lora_rank": LORA_DEFAULT_RANK} and big["data"] == {"resolution": 1024}
     s = Settings.from_dict({"model": {"base": "/sdxl"}, "train": {"lr": 3e-4}}, big)
-    assert (s.data.resolution, s.data.resize, s.rank.feature_block, s.train.lora_rank) == (1024, "short_side", 0, LORA_DEFAULT_RANK)
+    assert (s.data.resolution, s.data.resize, s.rank.feature_block, s.train.lora_rank) == (
+        1024,
+        "short_side",
+        0,
+        LORA_DEFAULT_RANK,
+    )
     assert s.train.lr == 3e-4 and s.train.lr_schedule == "constant"  # given, and the common base defaults
     full = Settings.from_dict({"model": {"base": "/sdxl"}, "train": {"lora_rank": 0}, "data": {"resolution": 512}}, big)
     assert (full.train.lora_rank, full.data.resolution) == (0, 512)  # what the user sets wins

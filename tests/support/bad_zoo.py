@@ -45,11 +45,14 @@ def _save(img: Image.Image, fmt: str, **kw) -> bytes:
 
 def _png_bomb(width: int, height: int) -> bytes:
     """A few dozen bytes whose header claims width x height pixels."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def cases() -> list[Case]:
@@ -63,22 +66,68 @@ def cases() -> list[Case]:
     gray16 = Image.fromarray(np.asarray(circle[4].convert("L"), np.uint16) * 257)
     out.append(Case("gray16.png", _save(gray16, "PNG"), L_HTML, "ok", "16-bit PNG", (24, 24)))
     pal = cross[4].convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
-    out.append(Case("palette_alpha.png", _save(pal, "PNG", transparency=0), L_PATH, "ok", "palette with transparency", (24, 24)))
-    out.append(Case("grayscale.jpg", _save(circle[5].convert("L"), "JPEG", quality=95), L_HTML, "ok", "grayscale", (24, 24)))
+    out.append(
+        Case(
+            "palette_alpha.png", _save(pal, "PNG", transparency=0), L_PATH, "ok", "palette with transparency", (24, 24)
+        )
+    )
+    out.append(
+        Case("grayscale.jpg", _save(circle[5].convert("L"), "JPEG", quality=95), L_HTML, "ok", "grayscale", (24, 24))
+    )
     rgba = cross[5].convert("RGBA")
     rgba.putalpha(200)
     out.append(Case("rgba.png", _save(rgba, "PNG"), L_PATH, "ok", "RGBA", (24, 24)))
-    out.append(Case("cmyk.jpg", _save(circle[4].convert("CMYK"), "JPEG", quality=95), L_HTML, "ok", "CMYK JPEG", (24, 24)))
+    out.append(
+        Case("cmyk.jpg", _save(circle[4].convert("CMYK"), "JPEG", quality=95), L_HTML, "ok", "CMYK JPEG", (24, 24))
+    )
     exif = Image.Exif()
     exif[0x0112] = 6  # displayed rotated 90 degrees clockwise
     wide = cross[1].resize((40, 24))
-    out.append(Case("exif_rotated.jpg", _save(wide, "JPEG", exif=exif.tobytes(), quality=95), L_PATH, "ok", "EXIF-rotated JPEG", (24, 40)))
+    out.append(
+        Case(
+            "exif_rotated.jpg",
+            _save(wide, "JPEG", exif=exif.tobytes(), quality=95),
+            L_PATH,
+            "ok",
+            "EXIF-rotated JPEG",
+            (24, 40),
+        )
+    )
     frames = [circle[0].rotate(90 * k) for k in range(3)]
-    out.append(Case("animated.gif", _save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50), L_HTML, "ok", "animated GIF", (24, 24)))
-    out.append(Case("multipage.tiff", _save(cross[2].rotate(180), "TIFF", save_all=True, append_images=[cross[3].copy()]), L_PATH, "ok", "multi-page TIFF", (24, 24)))
+    out.append(
+        Case(
+            "animated.gif",
+            _save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50),
+            L_HTML,
+            "ok",
+            "animated GIF",
+            (24, 24),
+        )
+    )
+    out.append(
+        Case(
+            "multipage.tiff",
+            _save(cross[2].rotate(180), "TIFF", save_all=True, append_images=[cross[3].copy()]),
+            L_PATH,
+            "ok",
+            "multi-page TIFF",
+            (24, 24),
+        )
+    )
     out.append(Case("UPPER.PNG", _save(circle[1].rotate(90), "PNG"), L_HTML, "ok", "upper-case extension", (24, 24)))
-    out.append(Case("single.png", _save(circle[2].rotate(270), "PNG"), L_UNI, "ok", "a label with a single image", (24, 24)))
-    out.append(Case("ünï <b>code<b> \"q\" & 'x'.png", _save(cross[1].rotate(270), "PNG"), L_PATH, "ok", "a file name with HTML, quotes, unicode", (24, 24)))
+    out.append(
+        Case("single.png", _save(circle[2].rotate(270), "PNG"), L_UNI, "ok", "a label with a single image", (24, 24))
+    )
+    out.append(
+        Case(
+            "ünï <b>code<b> \"q\" & 'x'.png",
+            _save(cross[1].rotate(270), "PNG"),
+            L_PATH,
+            "ok",
+            "a file name with HTML, quotes, unicode",
+            (24, 24),
+        )
+    )
     out.append(Case("nolabel.png", _save(cross[0].rotate(90), "PNG"), None, "ok", "an image with no label", (24, 24)))
     out.append(Case("blank_label.png", _save(cross[0].rotate(270), "PNG"), "   ", "ok", "a whitespace label", (24, 24)))
 
@@ -90,13 +139,31 @@ def cases() -> list[Case]:
         Case("trunc.png", truncated_png[: len(truncated_png) // 2], L_HTML, "truncated or corrupt", "truncated PNG"),
         Case("trunc.jpg", truncated_jpg[: len(truncated_jpg) // 2], L_PATH, "truncated or corrupt", "truncated JPEG"),
         Case("text.png", b"filename,label\na.png,cat\n", L_PATH, "not an image", "a text file named .png"),
-        Case("<img src=x onerror=alert(2)>.png", b"<script>alert(2)</script>", L_PATH, "not an image", "a file name with HTML"),
+        Case(
+            "<img src=x onerror=alert(2)>.png",
+            b"<script>alert(2)</script>",
+            L_PATH,
+            "not an image",
+            "a file name with HTML",
+        ),
         Case("error_page.jpg", html, L_HTML, "not an image", "an HTML error page saved as .jpg"),
         Case("bomb.png", _png_bomb(30000, 30000), L_PATH, "too many pixels", "a decompression bomb"),
         Case("tiny_1x1.png", _save(Image.new("RGB", (1, 1), (9, 9, 9)), "PNG"), L_HTML, "too small", "1x1 image"),
-        Case("banner.png", _save(Image.new("RGB", (400, 10), (200, 10, 10)), "PNG"), L_PATH, "too elongated", "very elongated image"),
+        Case(
+            "banner.png",
+            _save(Image.new("RGB", (400, 10), (200, 10, 10)), "PNG"),
+            L_PATH,
+            "too elongated",
+            "very elongated image",
+        ),
         Case("zz_dup_same.png", _save(circle[0], "PNG"), L_HTML, "duplicate", "duplicate under another name"),
-        Case("zz_dup_other.png", _save(cross[0], "PNG"), L_HTML, "duplicate with another label", "duplicate with another label"),
+        Case(
+            "zz_dup_other.png",
+            _save(cross[0], "PNG"),
+            L_HTML,
+            "duplicate with another label",
+            "duplicate with another label",
+        ),
         Case("lost_a.png", b"", L_LOST, "empty file", "label with no image after rejection"),
         Case("lost_b.png", b"\x00" * 10 + b"garbage", L_LOST, "not an image", "label with no image after rejection"),
         Case(None, None, L_PATH, "missing", "labels naming a file that does not exist"),

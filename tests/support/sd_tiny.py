@@ -30,7 +30,12 @@ from pathlib import Path
 import torch
 
 __all__ = [
-    "TINY_MAX_LENGTH", "build_flux_like", "build_tiny_dit", "build_tiny_sd", "build_tiny_sd3", "build_tiny_sdxl",
+    "TINY_MAX_LENGTH",
+    "build_flux_like",
+    "build_tiny_dit",
+    "build_tiny_sd",
+    "build_tiny_sd3",
+    "build_tiny_sdxl",
     "byte_level_vocabulary",
 ]
 
@@ -80,9 +85,16 @@ def _tiny_clip(vocab: dict[str, int], *, hidden: int = 16, projection: int | Non
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=TINY_MAX_LENGTH, projection_dim=projection or hidden,
-        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=TINY_MAX_LENGTH,
+        projection_dim=projection or hidden,
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
     )
     return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
 
@@ -91,10 +103,16 @@ def _tiny_vae(sample_size: int, *, levels: int = 3, latent_channels: int = 4, **
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * levels,
-        up_block_types=("UpDecoderBlock2D",) * levels, block_out_channels=(8,) * (levels - 1) + (16,),
-        layers_per_block=1, latent_channels=latent_channels, norm_num_groups=4,
-        sample_size=sample_size * 2 ** (levels - 1), **kw,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=(8,) * (levels - 1) + (16,),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=4,
+        sample_size=sample_size * 2 ** (levels - 1),
+        **kw,
     )
 
 
@@ -138,9 +156,16 @@ def build_tiny_sd(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
-            sample_size=sample_size, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4,
+            sample_size=sample_size,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=16,
+            attention_head_dim=2,
+            norm_num_groups=4,
             **({"use_linear_projection": True} if prediction_type == "v_prediction" else {}),
         )
         vae = _tiny_vae(sample_size, levels=vae_levels)
@@ -153,23 +178,29 @@ def build_tiny_sd(
 
     sched_cls = getattr(diffusers, scheduler)
     sched_kw = dict(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
         prediction_type=prediction_type,
     )
     if scheduler == "PNDMScheduler":
         sched_kw.update(skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
     sched_cls(**sched_kw).save_pretrained(path / "scheduler")
-    _write_index(path, {
-        "_class_name": "StableDiffusionPipeline",
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", scheduler],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    })
+    _write_index(
+        path,
+        {
+            "_class_name": "StableDiffusionPipeline",
+            "feature_extractor": [None, None],
+            "requires_safety_checker": False,
+            "safety_checker": [None, None],
+            "scheduler": ["diffusers", scheduler],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        },
+    )
     return path
 
 
@@ -185,10 +216,20 @@ def build_tiny_sdxl(path: str | Path, *, seed: int = 0, sample_size: int = 8) ->
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
-            sample_size=sample_size, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32, attention_head_dim=2, norm_num_groups=4, use_linear_projection=True,
-            addition_embed_type="text_time", addition_time_embed_dim=4, projection_class_embeddings_input_dim=16 + 6 * 4,
+            sample_size=sample_size,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=2,
+            norm_num_groups=4,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=4,
+            projection_class_embeddings_input_dim=16 + 6 * 4,
         )
         vae = _tiny_vae(sample_size, scaling_factor=0.13025)
         vocab = byte_level_vocabulary()
@@ -201,17 +242,29 @@ def build_tiny_sdxl(path: str | Path, *, seed: int = 0, sample_size: int = 8) ->
     _write_clip_tokenizer(path / "tokenizer")
     _write_clip_tokenizer(path / "tokenizer_2")
     EulerDiscreteScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
         timestep_spacing="leading",
     ).save_pretrained(path / "scheduler")
-    _write_index(path, {
-        "_class_name": "StableDiffusionXLPipeline",
-        "feature_extractor": [None, None], "image_encoder": [None, None], "force_zeros_for_empty_prompt": True,
-        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
-        "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-    })
+    _write_index(
+        path,
+        {
+            "_class_name": "StableDiffusionXLPipeline",
+            "feature_extractor": [None, None],
+            "image_encoder": [None, None],
+            "force_zeros_for_empty_prompt": True,
+            "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "tokenizer_2": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        },
+    )
     return path
 
 
@@ -242,19 +295,47 @@ def build_tiny_sd3(path: str | Path, *, seed: int = 0, sample_size: int = 8, t5:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = SD3Transformer2DModel(
-            sample_size=sample_size, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8,
-            num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
-            out_channels=16, pos_embed_max_size=16,
+            sample_size=sample_size,
+            patch_size=2,
+            in_channels=16,
+            num_layers=2,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=32,
+            caption_projection_dim=16,
+            pooled_projection_dim=32,
+            out_channels=16,
+            pos_embed_max_size=16,
         )
-        vae = _tiny_vae(sample_size, latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609,
-                        use_quant_conv=False, use_post_quant_conv=False)
+        vae = _tiny_vae(
+            sample_size,
+            latent_channels=16,
+            scaling_factor=1.5305,
+            shift_factor=0.0609,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+        )
         vocab = byte_level_vocabulary()
         text_encoder = _tiny_clip(vocab, projection=16)
         text_encoder_2 = _tiny_clip(vocab, projection=16)
-        t5_model = T5EncoderModel(T5Config(
-            vocab_size=160, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2, relative_attention_num_buckets=8,
-            pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-        )) if t5 else None
+        t5_model = (
+            T5EncoderModel(
+                T5Config(
+                    vocab_size=160,
+                    d_model=32,
+                    d_kv=8,
+                    d_ff=64,
+                    num_layers=1,
+                    num_heads=2,
+                    relative_attention_num_buckets=8,
+                    pad_token_id=0,
+                    eos_token_id=1,
+                    decoder_start_token_id=0,
+                )
+            )
+            if t5
+            else None
+        )
     transformer.save_pretrained(path / "transformer")
     vae.save_pretrained(path / "vae")
     text_encoder.save_pretrained(path / "text_encoder")
@@ -265,17 +346,23 @@ def build_tiny_sd3(path: str | Path, *, seed: int = 0, sample_size: int = 8, t5:
         t5_model.save_pretrained(path / "text_encoder_3")
         _write_t5_tokenizer(path / "tokenizer_3")
     FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0).save_pretrained(path / "scheduler")
-    _write_index(path, {
-        "_class_name": "StableDiffusion3Pipeline",
-        "feature_extractor": [None, None], "image_encoder": [None, None],
-        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
-        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
-        "text_encoder_3": ["transformers", "T5EncoderModel"] if t5 else [None, None],
-        "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
-        "tokenizer_3": ["transformers", "T5Tokenizer"] if t5 else [None, None],
-        "transformer": ["diffusers", "SD3Transformer2DModel"], "vae": ["diffusers", "AutoencoderKL"],
-    })
+    _write_index(
+        path,
+        {
+            "_class_name": "StableDiffusion3Pipeline",
+            "feature_extractor": [None, None],
+            "image_encoder": [None, None],
+            "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
+            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+            "text_encoder_3": ["transformers", "T5EncoderModel"] if t5 else [None, None],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "tokenizer_2": ["transformers", "CLIPTokenizer"],
+            "tokenizer_3": ["transformers", "T5Tokenizer"] if t5 else [None, None],
+            "transformer": ["diffusers", "SD3Transformer2DModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        },
+    )
     return path
 
 
@@ -290,23 +377,44 @@ def build_tiny_dit(path: str | Path, *, seed: int = 0, sample_size: int = 8, num
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = DiTTransformer2DModel(
-            num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
-            sample_size=sample_size, patch_size=2, num_embeds_ada_norm=num_classes, norm_type="ada_norm_zero",
+            num_attention_heads=2,
+            attention_head_dim=8,
+            in_channels=4,
+            out_channels=8,
+            num_layers=2,
+            sample_size=sample_size,
+            patch_size=2,
+            num_embeds_ada_norm=num_classes,
+            norm_type="ada_norm_zero",
         )
         vae = _tiny_vae(sample_size)
     transformer.save_pretrained(path / "transformer")
     vae.save_pretrained(path / "vae")
-    DDIMScheduler(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear", clip_sample=False).save_pretrained(
-        path / "scheduler"
+    DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear", clip_sample=False
+    ).save_pretrained(path / "scheduler")
+    names = [
+        "tench",
+        "goldfish",
+        "white shark",
+        "tiger shark",
+        "hammerhead",
+        "electric ray",
+        "stingray",
+        "cock",
+        "hen",
+        "ostrich",
+    ]
+    _write_index(
+        path,
+        {
+            "_class_name": "DiTPipeline",
+            "id2label": {str(i): (names[i] if i < len(names) else f"class {i}") for i in range(num_classes)},
+            "scheduler": ["diffusers", "DDIMScheduler"],
+            "transformer": ["diffusers", "DiTTransformer2DModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        },
     )
-    names = ["tench", "goldfish", "white shark", "tiger shark", "hammerhead", "electric ray", "stingray", "cock", "hen", "ostrich"]
-    _write_index(path, {
-        "_class_name": "DiTPipeline",
-        "id2label": {str(i): (names[i] if i < len(names) else f"class {i}") for i in range(num_classes)},
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "transformer": ["diffusers", "DiTTransformer2DModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    })
     return path
 
 
@@ -315,13 +423,27 @@ def build_flux_like(path: str | Path, *, pipeline: str = "FluxPipeline", guidanc
     refuse it from its configs alone)."""
     path = Path(path)
     (path / "transformer").mkdir(parents=True, exist_ok=True)
-    (path / "transformer" / "config.json").write_text(json.dumps(
-        {"_class_name": "FluxTransformer2DModel", "guidance_embeds": guidance_embeds, "in_channels": 64, "num_layers": 19}
-    ))
-    _write_index(path, {
-        "_class_name": pipeline, "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "T5EncoderModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "T5TokenizerFast"],
-        "transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"],
-    })
+    (path / "transformer" / "config.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "FluxTransformer2DModel",
+                "guidance_embeds": guidance_embeds,
+                "in_channels": 64,
+                "num_layers": 19,
+            }
+        )
+    )
+    _write_index(
+        path,
+        {
+            "_class_name": pipeline,
+            "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "text_encoder_2": ["transformers", "T5EncoderModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "tokenizer_2": ["transformers", "T5TokenizerFast"],
+            "transformer": ["diffusers", "FluxTransformer2DModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        },
+    )
     return path

@@ -15,11 +15,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-__all__ = ["Page", "chromium_path", "free_port", "prefect_ui_server", "chromium_page"]
+__all__ = ["Page", "chromium_page", "chromium_path", "free_port", "prefect_ui_server"]
 
 
 def chromium_path() -> str | None:
@@ -64,8 +64,10 @@ def prefect_ui_server(database_url: str, home: Path, timeout: float = 240) -> It
     base = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
-        PREFECT_HOME=str(home), PREFECT_SERVER_DATABASE_CONNECTION_URL=database_url,
-        PREFECT_UI_API_URL=f"{base}/api", PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=database_url,
+        PREFECT_UI_API_URL=f"{base}/api",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT="false",
     )
     log = home / "server.log"
@@ -74,7 +76,10 @@ def prefect_ui_server(database_url: str, home: Path, timeout: float = 240) -> It
     with open(log, "w") as sink:
         proc = subprocess.Popen(
             [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-services"],
-            env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         _wait_http(f"{base}/api/health", timeout, proc, "prefect server", log)
@@ -157,10 +162,22 @@ def chromium_page(binary: str, profile: Path, width: int = 1400, height: int = 1
     log = profile.with_suffix(".log")
     with open(log, "w") as sink:
         proc = subprocess.Popen(
-            [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-             "--no-default-browser-check", f"--user-data-dir={profile}", f"--remote-debugging-port={port}",
-             f"--window-size={width},{height}", "about:blank"],
-            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                binary,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--no-default-browser-check",
+                f"--user-data-dir={profile}",
+                f"--remote-debugging-port={port}",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         _wait_http(f"http://127.0.0.1:{port}/json/version", 60, proc, "chromium", log)

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from sklearn.datasets import make_blobs
 
-from gcmodels.config import ClusterConfig, RuntimeConfig
-from gcmine.tasks.infra.artifacts import MANIFEST, read_embeddings
 from gcmine.tasks.cluster import cluster, collection_map, condition
+from gcmine.tasks.infra.artifacts import MANIFEST, read_embeddings
 from gcmine.tasks.infra.storage import RunStore
+from gcmodels.config import ClusterConfig, RuntimeConfig
 
 
 def _store(tmp_path, n_per=8, labels=True, dim=3) -> tuple[RunStore, np.ndarray, np.ndarray]:
@@ -39,14 +39,18 @@ def test_read_embeddings_is_float32_from_the_arrow_buffer(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.parquet: embeddings have different"):
         read_embeddings(store, "bad.parquet")
     # ragged across batches
-    store.write_parquet("bad2.parquet", pd.DataFrame({"image_id": ["a", "b"], "embedding": [[1.0, 2.0], [3.0, 4.0, 5.0]]}))
+    store.write_parquet(
+        "bad2.parquet", pd.DataFrame({"image_id": ["a", "b"], "embedding": [[1.0, 2.0], [3.0, 4.0, 5.0]]})
+    )
     with pytest.raises(ValueError, match=r"bad2\.parquet"):
         read_embeddings(store, "bad2.parquet", batch_rows=1)
 
 
 def test_agglomerative_writes_its_merge_tree_and_the_contingency_table(tmp_path):
-    store, X, y = _store(tmp_path)
-    result = cluster.fn(str(tmp_path / "out"), "stages/embeddings-x.parquet", "k", ClusterConfig(method="agglomerative", k=3))
+    store, X, _y = _store(tmp_path)
+    result = cluster.fn(
+        str(tmp_path / "out"), "stages/embeddings-x.parquet", "k", ClusterConfig(method="agglomerative", k=3)
+    )
     link = store.read_parquet(result["cluster_linkage"])
     n = len(X)
     assert list(link.columns) == ["child_a", "child_b", "distance", "size"] and len(link) == n - 1
@@ -64,18 +68,22 @@ def test_agglomerative_writes_its_merge_tree_and_the_contingency_table(tmp_path)
 def test_gmm_trace_is_recorded_per_iteration_and_dec_runs_on_the_runtime_device(tmp_path):
     store, _, _ = _store(tmp_path)
     out = str(tmp_path / "out")
-    result = cluster.fn(out, "stages/embeddings-x.parquet", "k", ClusterConfig(method="gmm", k=3, n_init=1), RuntimeConfig(device="cpu"))
+    result = cluster.fn(
+        out, "stages/embeddings-x.parquet", "k", ClusterConfig(method="gmm", k=3, n_init=1), RuntimeConfig(device="cpu")
+    )
     traces = store.read_parquet(result["cluster_traces"])
     ll = traces[traces["trace"] == "log_likelihood"].sort_values("iteration")
     assert list(ll["iteration"]) == list(range(len(ll))) and len(ll) >= 2
     assert (np.diff(ll["value"].to_numpy()) >= -1e-9).all()  # EM never decreases the likelihood
-    dec = ClusterConfig(method="dec", k=3, n_init=1, dec_hidden=(8,), dec_latent_dim=2, dec_pretrain_epochs=2, dec_epochs=2)
+    dec = ClusterConfig(
+        method="dec", k=3, n_init=1, dec_hidden=(8,), dec_latent_dim=2, dec_pretrain_epochs=2, dec_epochs=2
+    )
     result = cluster.fn(out, "stages/embeddings-x.parquet", "k", dec, RuntimeConfig(device="cpu"))
     assert result["device"] == "cpu" and result["clustering"]["params"]["device"] == "cpu"
 
 
 def test_condition_and_map_tasks(tmp_path):
-    store, X, _ = _store(tmp_path, labels=False)
+    store, _X, _ = _store(tmp_path, labels=False)
     out = str(tmp_path / "out")
     result = cluster.fn(out, "stages/embeddings-x.parquet", "k", ClusterConfig(k=3))
     assert store.read_parquet(result["cluster_contingency"]).empty

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gcmine.tasks.infra.artifacts import ELEMENTS, PATCH_COLUMNS, PATCHES
+from gcmine.tasks.infra.storage import RunStore
+from gcmine.tasks.rank import _NO_FEATURE, _top_per_label, elements
 from gcmodels.config import RankConfig
 from gcmodels.mining.elements import mine_elements
-from gcmine.tasks.infra.artifacts import ELEMENTS, PATCH_COLUMNS, PATCHES
-from gcmine.tasks.rank import _NO_FEATURE, _top_per_label, elements
-from gcmine.tasks.infra.storage import RunStore
 
 
 def _shards(rng: np.random.Generator, n_shards: int, per_shard: int, dim: int) -> list[pd.DataFrame]:
@@ -21,16 +21,27 @@ def _shards(rng: np.random.Generator, n_shards: int, per_shard: int, dim: int) -
     for s in range(n_shards):
         n = per_shard + int(rng.integers(0, 5))
         labels = rng.choice(["a", "b", "c"] if s % 3 else ["a", "b"], n)
-        shards.append(pd.DataFrame({
-            "image_id": [f"img{s:02d}{i:03d}" for i in range(n)],
-            "label": labels,
-            "rank": rng.integers(0, 3, n),
-            "x0": rng.integers(0, 10, n), "y0": rng.integers(0, 10, n), "x1": rng.integers(10, 20, n), "y1": rng.integers(10, 20, n),
-            "wx0": 0, "wy0": 0, "wx1": 4, "wy1": 4,
-            "typicality": rng.choice(np.linspace(-1, 1, 7), n).astype(np.float32),  # many ties
-            "draws": rng.integers(2, 17, n), "top_patch_se": rng.random(n),
-            "feature": list(rng.normal(size=(n, dim)).astype(np.float32)),
-        }))
+        shards.append(
+            pd.DataFrame(
+                {
+                    "image_id": [f"img{s:02d}{i:03d}" for i in range(n)],
+                    "label": labels,
+                    "rank": rng.integers(0, 3, n),
+                    "x0": rng.integers(0, 10, n),
+                    "y0": rng.integers(0, 10, n),
+                    "x1": rng.integers(10, 20, n),
+                    "y1": rng.integers(10, 20, n),
+                    "wx0": 0,
+                    "wy0": 0,
+                    "wx1": 4,
+                    "wy1": 4,
+                    "typicality": rng.choice(np.linspace(-1, 1, 7), n).astype(np.float32),  # many ties
+                    "draws": rng.integers(2, 17, n),
+                    "top_patch_se": rng.random(n),
+                    "feature": list(rng.normal(size=(n, dim)).astype(np.float32)),
+                }
+            )
+        )
     return shards
 
 
@@ -42,12 +53,20 @@ def _reference(shards: list[pd.DataFrame], config: RankConfig) -> tuple[pd.DataF
     rows = []
     for label, group in cand.groupby("label", sort=True):
         top = group.nlargest(config.per_label, "typicality", keep="first")
-        found = mine_elements(np.stack(top["feature"].to_numpy()), top["typicality"].to_numpy(), config.elements, seed=config.seed)
+        found = mine_elements(
+            np.stack(top["feature"].to_numpy()), top["typicality"].to_numpy(), config.elements, seed=config.seed
+        )
         cand.loc[top.index, "element"] = found.assignment
         cand.loc[top.index, "distance"] = found.distance
         for e in range(len(found.score)):
-            rows.append({"label": label, "element": e, "rank": e, "score": float(found.score[e]), "size": int(found.size[e])})
-    patches = cand[PATCH_COLUMNS + ["distance"]].sort_values(["label", "image_id", "rank"], kind="stable").reset_index(drop=True)
+            rows.append(
+                {"label": label, "element": e, "rank": e, "score": float(found.score[e]), "size": int(found.size[e])}
+            )
+    patches = (
+        cand[PATCH_COLUMNS + ["distance"]]
+        .sort_values(["label", "image_id", "rank"], kind="stable")
+        .reset_index(drop=True)
+    )
     return patches, pd.DataFrame(rows)
 
 
@@ -78,6 +97,8 @@ def test_streamed_elements_equal_the_concatenated_ones(tmp_path, seed: int, per_
 def test_top_per_label_is_nlargest_keep_first() -> None:
     table = pd.DataFrame({"label": list("abababab"), "typicality": [1, 2, 1, 2, 3, 2, 1, 2]})
     got = list(_top_per_label(table, 2))
-    expected = [i for _, g in table.groupby("label", sort=False) for i in g.nlargest(2, "typicality", keep="first").index]
+    expected = [
+        i for _, g in table.groupby("label", sort=False) for i in g.nlargest(2, "typicality", keep="first").index
+    ]
     assert sorted(got) == sorted(expected)
     assert got == [4, 1, 3, 0]  # typicality descending, ties to the earlier row

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gcmodels.config import ConfigError, DataConfig, EmbedConfig
 from gcmine.tasks.embed import clip_encoder, embed, embed_shard, embeddings_table
-from gcmine.tasks.ingest import ingest_images
 from gcmine.tasks.infra.storage import RunStore
+from gcmine.tasks.ingest import ingest_images
+from gcmodels.config import ConfigError, DataConfig, EmbedConfig
 
 
 @pytest.fixture()
@@ -34,11 +34,15 @@ def test_shards_gathered_equal_the_single_task(ingested, tiny_clip_dir):
     single = embed.fn(out, [s["name"] for s in shards], summary["images_key"], config)
     parts = [embed_shard.fn(out, shard, config) for shard in shards]
     assert [p["images"] for p in parts] == [3, 3, 1] and parts[0]["encoder"] == single["encoder"]
-    assert len({p["embeddings"] for p in parts}) == 3 and all(p["embeddings"].startswith("embeddings/part-") for p in parts)
+    assert len({p["embeddings"] for p in parts}) == 3 and all(
+        p["embeddings"].startswith("embeddings/part-") for p in parts
+    )
     store = RunStore(out)
     expected = store.read_parquet(single["embeddings"])
     gathered = embeddings_table.fn(out, [p["embeddings"] for p in parts], summary["images_key"], config)
-    assert gathered["embeddings"] == single["embeddings"] and gathered["images"] == 7  # the name the cluster stage reads
+    assert (
+        gathered["embeddings"] == single["embeddings"] and gathered["images"] == 7
+    )  # the name the cluster stage reads
     got = store.read_parquet(gathered["embeddings"])
     assert list(got["image_id"]) == list(expected["image_id"])
     np.testing.assert_allclose(np.stack(got["embedding"]), np.stack(expected["embedding"]), rtol=1e-5, atol=1e-6)
@@ -49,7 +53,7 @@ def test_shards_gathered_equal_the_single_task(ingested, tiny_clip_dir):
 
 def test_per_shard_refuses_fitted_encoders_and_a_missing_model(ingested):
     summary, out = ingested
-    with pytest.raises(ConfigError, match="embed.method='pca' is fitted on the whole collection"):
+    with pytest.raises(ConfigError, match=r"embed.method='pca' is fitted on the whole collection"):
         embed_shard.fn(out, summary["shards"][0], EmbedConfig())
     with pytest.raises(ConfigError, match="must run after finetune"):
         embed_shard.fn(out, summary["shards"][0], EmbedConfig(method="diffusion"))

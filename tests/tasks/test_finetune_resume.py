@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 import gcmine.tasks.finetune as finetune_module
-from gcmodels.config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig
 from gcmine.tasks.finetune import CHECKPOINT, finetune, read_checkpoint, write_checkpoint
-from gcmine.tasks.ingest import ingest_images
 from gcmine.tasks.infra.storage import RunStore
+from gcmine.tasks.ingest import ingest_images
+from gcmodels.config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig
 
 MODEL = ModelConfig(block_out_channels=(8, 16), layers_per_block=1, num_train_timesteps=50)
 TRAIN = TrainConfig(steps=6, checkpoint_every=3, batch_size=4, warmup_steps=1, ema_decay=0.9, seed=4)
@@ -133,7 +133,11 @@ def test_checkpoint_the_trainer_refuses_is_dropped_for_a_fresh_start(images, tmp
     write_checkpoint(store, payload)
     caplog.clear()
     got = _finetune(out, shards)
-    assert "resuming from step 3" in caplog.text and "not resuming" in caplog.text and "'bf16' in the checkpoint" in caplog.text
+    assert (
+        "resuming from step 3" in caplog.text
+        and "not resuming" in caplog.text
+        and "'bf16' in the checkpoint" in caplog.text
+    )
     assert not store.exists(CHECKPOINT)
     ref_out = tmp_path / "reference"
     assert got["fingerprint"] == _finetune(ref_out, _ingest(images, ref_out))["fingerprint"]

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gcmodels.config import DataConfig, ModelConfig, RankConfig, RuntimeConfig, ScoreConfig, TrainConfig
-from gcmodels.diffusion import PixelDiffusion
 from gcmine.tasks.infra.errors import OutOfMemory
 from gcmine.tasks.infra.storage import RunStore
+from gcmodels.config import DataConfig, ModelConfig, RankConfig, RuntimeConfig, ScoreConfig, TrainConfig
+from gcmodels.diffusion import PixelDiffusion
 
 RUNTIME = RuntimeConfig(device="cpu", threads=1, progress=False)
 
@@ -32,10 +32,19 @@ def scored(tmp_path_factory) -> dict:
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
     out = str(work / "run")
     mp = pytest.MonkeyPatch()
-    mp.setattr(prefect.artifacts, "create_progress_artifact", lambda **kw: (_ for _ in ()).throw(RuntimeError("no API")))
+    mp.setattr(
+        prefect.artifacts, "create_progress_artifact", lambda **kw: (_ for _ in ()).throw(RuntimeError("no API"))
+    )
     ingested = ingest.fn(str(work / "images"), None, out, DataConfig(resolution=16))
     shard = ingested["shards"][0]
-    trained = finetune.fn(out, [shard["name"]], 16, ModelConfig(block_out_channels=(8, 16)), TrainConfig(steps=2, batch_size=4, warmup_steps=0), RUNTIME)
+    trained = finetune.fn(
+        out,
+        [shard["name"]],
+        16,
+        ModelConfig(block_out_channels=(8, 16)),
+        TrainConfig(steps=2, batch_size=4, warmup_steps=0),
+        RUNTIME,
+    )
     maps = score_shard.fn(out, shard, trained["fingerprint"], ScoreConfig(draws=2, batch_size=8), RUNTIME)["maps"]
     yield {"out": out, "shard": shard, "maps": maps, "fingerprint": trained["fingerprint"]}
     mp.undo()

@@ -5,11 +5,10 @@ from __future__ import annotations
 import io
 
 import pandas as pd
-import pytest
 from PIL import Image
 
-from gcmodels.mining.frechet import ALL
 from gcmine.tasks.reporting import samples_section
+from gcmodels.mining.frechet import ALL
 
 EVIL = "<script>alert(1)</script>"
 
@@ -21,14 +20,28 @@ def _png(color: int) -> bytes:
 
 
 def test_samples_section_shows_samples_real_images_and_numbers() -> None:
-    quality = pd.DataFrame({
-        "label": ["cat", EVIL, ALL], "samples": [2, 2, 4], "real_images": [5, 6, 11], "frechet": [1.25, 3.5, 2.0],
-        "nearest_label_share": [1.0, 0.5, 0.75], "features": "pixel-pca", "dim": 4, "fingerprint": "f",
-    })
-    samples = pd.DataFrame({
-        "label": ["cat", "cat", EVIL, EVIL], "sample": [0, 1, 0, 1], "png": [_png(10), _png(20), _png(30), _png(40)],
-        "nearest_label": ["cat", "cat", EVIL, "cat"], "seed": 3, "steps": 7,
-    })
+    quality = pd.DataFrame(
+        {
+            "label": ["cat", EVIL, ALL],
+            "samples": [2, 2, 4],
+            "real_images": [5, 6, 11],
+            "frechet": [1.25, 3.5, 2.0],
+            "nearest_label_share": [1.0, 0.5, 0.75],
+            "features": "pixel-pca",
+            "dim": 4,
+            "fingerprint": "f",
+        }
+    )
+    samples = pd.DataFrame(
+        {
+            "label": ["cat", "cat", EVIL, EVIL],
+            "sample": [0, 1, 0, 1],
+            "png": [_png(10), _png(20), _png(30), _png(40)],
+            "nearest_label": ["cat", "cat", EVIL, "cat"],
+            "seed": 3,
+            "steps": 7,
+        }
+    )
     real = {"cat": ["c1", "c2"], EVIL: ["e1", "missing"]}
     loaded = []
 
@@ -42,6 +55,6 @@ def test_samples_section_shows_samples_real_images_and_numbers() -> None:
     assert "7 DDIM steps from noise of seed 3" in html
     assert html.count('class="crop"') == 4 + 3  # 4 samples, 3 real images (one missing)
     assert "image unavailable" in html and sorted(loaded) == ["c1", "c2", "e1", "missing"]
-    assert "<td class=\"n\">1.25</td><td class=\"n\">100.0%</td>" in html
-    assert "<td class=\"n\">2</td><td class=\"n\">75.0%</td>" in html
+    assert '<td class="n">1.25</td><td class="n">100.0%</td>' in html
+    assert '<td class="n">2</td><td class="n">75.0%</td>' in html
     assert 'height="96"' in html  # large real images are shown at the crop height

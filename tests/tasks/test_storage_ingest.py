@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from gcmine.tasks.infra.artifacts import MANIFEST, MANIFEST_COLUMNS
+from gcmine.tasks.infra.storage import RunStore
+from gcmine.tasks.ingest import InputError, ingest_images, match_labels, read_labels
 from gcmodels.config import DataConfig
 from gcmodels.data.images import image_id
-from gcmine.tasks.infra.artifacts import MANIFEST, MANIFEST_COLUMNS
-from gcmine.tasks.ingest import InputError, ingest_images, match_labels, read_labels
-from gcmine.tasks.infra.storage import RunStore
 
 
 # ================================================================== RunStore
@@ -133,7 +133,9 @@ def _write(path, data: bytes) -> None:
 def _ingest(images, labels=None, tmp_path=None, **data_kw):
     out = tmp_path / "run"
     store = RunStore(str(out))
-    summary = ingest_images(str(images), None if labels is None else str(labels), store, DataConfig(**data_kw), logger=None)
+    summary = ingest_images(
+        str(images), None if labels is None else str(labels), store, DataConfig(**data_kw), logger=None
+    )
     return summary, store
 
 
@@ -150,9 +152,17 @@ def test_folder_per_label(tmp_path) -> None:
     assert manifest["status"].tolist() == ["ok"] * 3
     assert manifest["label"].tolist() == ["cat", "cat", "dog"]
     assert manifest["filename"].tolist() == ["c1.png", "c2.png", "d1.png"]
-    assert manifest["source"].tolist() == [str(imgs / "cat" / "c1.png"), str(imgs / "cat" / "c2.png"), str(imgs / "dog" / "d1.png")]
+    assert manifest["source"].tolist() == [
+        str(imgs / "cat" / "c1.png"),
+        str(imgs / "cat" / "c2.png"),
+        str(imgs / "dog" / "d1.png"),
+    ]
     assert manifest["width"].tolist() == [20, 12, 12] and manifest["height"].tolist() == [14, 10, 10]
-    assert manifest["image_id"].tolist() == [image_id((imgs / "cat" / "c1.png").read_bytes()), image_id(_png(seed=2)), image_id(_png(seed=3))]
+    assert manifest["image_id"].tolist() == [
+        image_id((imgs / "cat" / "c1.png").read_bytes()),
+        image_id(_png(seed=2)),
+        image_id(_png(seed=3)),
+    ]
     assert manifest["reason"].isna().all()
     assert store.exists("images/part-00000.parquet")
     part = store.read_parquet("images/part-00000.parquet")
@@ -417,7 +427,9 @@ def test_put_dir_failing_midway_keeps_the_old_folder(tmp_path, monkeypatch) -> N
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(shutil, "copytree", fail)
-    with pytest.raises(OSError, match=r"writing folder file://.*/model failed: .*No space left on device.*previous version"):
+    with pytest.raises(
+        OSError, match=r"writing folder file://.*/model failed: .*No space left on device.*previous version"
+    ):
         store.put_dir(src2, "model")
     assert (tmp_path / "run" / "model" / "unet" / "w.bin").read_bytes() == b"old"
 

@@ -54,7 +54,11 @@ def test_s3_listing_uses_etags(s3) -> None:
     fs.rm("watched/ds/b/2.jpg")
     second = listing_table("s3://watched/ds", (".png", ".jpg"), opts)
     assert diff_listings(first, second) == {"added": ["c/3.png"], "changed": ["a/1.png"], "removed": ["b/2.jpg"]}
-    assert diff_listings(second, listing_table("s3://watched/ds", (".png", ".jpg"), opts)) == {"added": [], "changed": [], "removed": []}
+    assert diff_listings(second, listing_table("s3://watched/ds", (".png", ".jpg"), opts)) == {
+        "added": [],
+        "changed": [],
+        "removed": [],
+    }
 
 
 def test_cli_watch_needs_a_server(tmp_path, capsys) -> None:

@@ -37,7 +37,12 @@ def test_patch_descriptors_shapes_and_boxes() -> None:
     assert desc.shape[:2] == (2, 24 + 2) and boxes.shape == (26, 4) and energy.shape == (2, 26)
     assert desc.shape[2] == 9 * 36 + 9 * 3
     assert boxes[0].tolist() == [0, 0, 12, 12] and boxes[23].tolist() == [20, 12, 32, 24]
-    assert boxes[24].tolist() == [0, 0, 24, 24] and boxes[25].tolist() == [8, 0, 32, 24]  # scale 0.5, back in input pixels
+    assert boxes[24].tolist() == [0, 0, 24, 24] and boxes[25].tolist() == [
+        8,
+        0,
+        32,
+        24,
+    ]  # scale 0.5, back in input pixels
     assert ((boxes[:, 2] <= 32) & (boxes[:, 3] <= 24)).all()
     with pytest.raises(ValueError, match="uint8"):
         patch_descriptors(images.astype(np.float32), cell_size=4, patch_cells=3)
@@ -52,8 +57,17 @@ def motif_run():
     labels = [d.label for d in data]
     boxes = np.array([d.box for d in data])
     miner = DiscriminativeMiner(
-        cell_size=4, patch_cells=3, candidates=40, neighbours=5, detectors=4, rounds=3, folds=4,
-        negatives=400, hard_negatives=200, keep=2, seed=0,
+        cell_size=4,
+        patch_cells=3,
+        candidates=40,
+        neighbours=5,
+        detectors=4,
+        rounds=3,
+        folds=4,
+        negatives=400,
+        hard_negatives=200,
+        keep=2,
+        seed=0,
     )
     return miner, miner.mine(images, labels), labels, boxes
 
@@ -71,7 +85,7 @@ def test_top_detections_hit_the_motif_far_more_often_than_chance(motif_run) -> N
 
 
 def test_detector_table_and_timing(motif_run) -> None:
-    miner, found, labels, _ = motif_run
+    miner, found, _labels, _ = motif_run
     d = found.detectors
     assert set(d["label"]) == {"circle", "cross", "triangle"}
     for _, g in d.groupby("label"):
@@ -90,18 +104,30 @@ def test_detector_table_and_timing(motif_run) -> None:
 
 
 def test_mining_is_deterministic_for_a_seed(motif_run) -> None:
-    miner, found, labels, _ = motif_run
+    _miner, _found, _labels, _ = motif_run
     data = motif_dataset(n_per_label=8, size=32, labels=("circle", "cross"), motif_frac=0.25, seed=1)
     images = np.stack([np.asarray(d.image) for d in data])
-    small = DiscriminativeMiner(cell_size=4, patch_cells=2, candidates=10, neighbours=3, detectors=2, rounds=2,
-                                folds=2, negatives=100, hard_negatives=50, seed=3)
+    small = DiscriminativeMiner(
+        cell_size=4,
+        patch_cells=2,
+        candidates=10,
+        neighbours=3,
+        detectors=2,
+        rounds=2,
+        folds=2,
+        negatives=100,
+        hard_negatives=50,
+        seed=3,
+    )
     a = small.mine(images, [d.label for d in data])
     b = small.mine(images, [d.label for d in data])
     assert a.detectors.equals(b.detectors) and a.detections.equals(b.detections)
 
 
-@pytest.mark.parametrize(("kwargs", "needle"), [({"folds": 1}, "folds"), ({"svm_c": 0.0}, "svm_c"),
-                                                 ({"scales": ()}, "scales"), ({"cell_size": 0}, "cell_size")])
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [({"folds": 1}, "folds"), ({"svm_c": 0.0}, "svm_c"), ({"scales": ()}, "scales"), ({"cell_size": 0}, "cell_size")],
+)
 def test_bad_settings_are_rejected(kwargs: dict, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
         DiscriminativeMiner(**kwargs)

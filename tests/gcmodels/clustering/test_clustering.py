@@ -137,7 +137,12 @@ def test_more_clusters_than_samples_is_a_clear_error():
 
 @pytest.mark.parametrize(
     ("params", "needle"),
-    [({"n_clusters": 0}, "n_clusters"), ({"n_init": 0}, "n_init"), ({"max_iter": 1.5}, "max_iter"), ({"tol": -1.0}, "tol")],
+    [
+        ({"n_clusters": 0}, "n_clusters"),
+        ({"n_init": 0}, "n_init"),
+        ({"max_iter": 1.5}, "max_iter"),
+        ({"tol": -1.0}, "tol"),
+    ],
 )
 def test_bad_parameters_name_the_value(params, needle):
     X = np.arange(20.0).reshape(10, 2)
@@ -175,7 +180,7 @@ def test_choose_k_all_identical_points_gives_nan_curve():
 
 
 def test_choose_k_too_few_samples():
-    with pytest.raises(ValueError, match="at least 3 samples.*got 2"):
+    with pytest.raises(ValueError, match=r"at least 3 samples.*got 2"):
         choose_k(np.zeros((2, 3)), 2, 4, n_init=1, max_iter=10, random_state=0)
     with pytest.raises(ValueError, match="k_min=5"):
         choose_k(np.random.default_rng(0).normal(size=(4, 2)), 5, 8, n_init=1, max_iter=10, random_state=0)
@@ -229,7 +234,7 @@ def test_metrics_purity_hand_computed():
 
 @pytest.mark.parametrize("case", ["one_cluster", "singletons", "one_point"])
 def test_degenerate_metrics_are_nan(case):
-    X, y = _two_blobs()
+    X, _y = _two_blobs()
     if case == "one_cluster":
         assignments = np.zeros(len(X), dtype=int)
     elif case == "singletons":

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import re
 import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.cluster.hierarchy import linkage as scipy_linkage
 from scipy.cluster.hierarchy import fcluster
+from scipy.cluster.hierarchy import linkage as scipy_linkage
 from sklearn.cluster import DBSCAN, HDBSCAN, MiniBatchKMeans
 from sklearn.datasets import make_blobs, make_moons
 from sklearn.exceptions import ConvergenceWarning
@@ -23,6 +22,7 @@ from sklearn.mixture import GaussianMixture
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import gcmodels.clustering.fitting as clusterers
+from gcmodels.clustering.estimators import Agglomerative, TracedKMeans, choose_k, clustering_metrics, contingency
 from gcmodels.clustering.fitting import (
     AGGLOMERATIVE_MAX_SAMPLES,
     centroid_distances,
@@ -32,7 +32,6 @@ from gcmodels.clustering.fitting import (
     make_reducer,
     objective_traces,
 )
-from gcmodels.clustering.estimators import Agglomerative, TracedKMeans, choose_k, clustering_metrics, contingency
 from gcmodels.config import ClusterConfig, ConfigError, Settings
 
 
@@ -115,7 +114,9 @@ def test_agglomerative_linkage_matches_scipy_ward():
 
 
 def test_agglomerative_refuses_quadratic_sizes():
-    with pytest.raises(ValueError, match=f"at most {AGGLOMERATIVE_MAX_SAMPLES} rows, got {AGGLOMERATIVE_MAX_SAMPLES + 1}"):
+    with pytest.raises(
+        ValueError, match=f"at most {AGGLOMERATIVE_MAX_SAMPLES} rows, got {AGGLOMERATIVE_MAX_SAMPLES + 1}"
+    ):
         make_clusterer(ClusterConfig(method="agglomerative", k=3), AGGLOMERATIVE_MAX_SAMPLES + 1)
 
 

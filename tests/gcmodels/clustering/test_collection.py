@@ -27,8 +27,13 @@ def test_auto_uses_given_labels_when_any_image_has_one():
     c = conditioning_labels("auto", ["a", None, "b", float("nan")], [0, 0, 1, -1])
     assert c.source == "labels" and c.labels == ["a", None, "b", None]
     assert c.decision == {
-        "mode": "auto", "source": "labels", "reason": "labels were given", "labels": {"a": 1, "b": 1},
-        "unlabelled": 2, "noise": 0, "given_labelled": 2,
+        "mode": "auto",
+        "source": "labels",
+        "reason": "labels were given",
+        "labels": {"a": 1, "b": 1},
+        "unlabelled": 2,
+        "noise": 0,
+        "given_labelled": 2,
     }
 
 
@@ -51,7 +56,7 @@ def test_clear_errors():
         conditioning_labels("given", [None, None], [0, 1])
     with pytest.raises(ValueError, match="every image as noise"):
         conditioning_labels("auto", [None, None], [-1, -1])
-    with pytest.raises(ValueError, match="data.labels must be one of"):
+    with pytest.raises(ValueError, match=r"data.labels must be one of"):
         conditioning_labels("maybe", [None], [0])
     with pytest.raises(ValueError, match="2 labels for 3"):
         conditioning_labels("auto", [None, None], [0, 1, 1])
@@ -60,7 +65,7 @@ def test_clear_errors():
 def test_settings_refuse_diffusion_features_with_cluster_labels():
     with pytest.raises(ConfigError, match="circular"):
         Settings.from_dict({"embed": {"method": "diffusion"}, "data": {"labels": "clusters"}})
-    with pytest.raises(ConfigError, match="data.labels"):
+    with pytest.raises(ConfigError, match=r"data.labels"):
         Settings.from_dict({"data": {"labels": "pseudo"}})
     assert Settings().data.labels == "auto" and Settings().report.map_method == "pca"
 

@@ -10,9 +10,9 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from gcmodels.clustering.dec import DEC, soft_assignments, target_distribution
 from gcmodels.clustering.fitting import fit_clustering, make_clusterer
 from gcmodels.config import ClusterConfig
-from gcmodels.clustering.dec import DEC, soft_assignments, target_distribution
 
 _TINY = dict(hidden=(8,), latent_dim=2, pretrain_epochs=3, epochs=3, batch_size=16, n_init=2)
 
@@ -77,10 +77,19 @@ def test_dec_bad_parameters():
 
 
 def test_dec_through_the_factory():
-    cfg = ClusterConfig(method="dec", k=3, dec_hidden=(16,), dec_latent_dim=2, dec_pretrain_epochs=5, dec_epochs=3, seed=2)
+    cfg = ClusterConfig(
+        method="dec", k=3, dec_hidden=(16,), dec_latent_dim=2, dec_pretrain_epochs=5, dec_epochs=3, seed=2
+    )
     est = make_clusterer(cfg, 100)
     assert isinstance(est, DEC)
-    assert (est.n_clusters, est.hidden, est.latent_dim, est.pretrain_epochs, est.epochs, est.random_state) == (3, (16,), 2, 5, 3, 2)
+    assert (est.n_clusters, est.hidden, est.latent_dim, est.pretrain_epochs, est.epochs, est.random_state) == (
+        3,
+        (16,),
+        2,
+        5,
+        3,
+        2,
+    )
     X, _ = make_blobs(n_samples=90, centers=3, n_features=4, random_state=0)
     res = fit_clustering(X, cfg.model_copy(update={"k": None, "k_max": 5}))
     assert res.metadata["estimator"] == "DEC" and res.metadata["k_source"] == "silhouette"

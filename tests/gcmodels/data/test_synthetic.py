@@ -42,7 +42,7 @@ def _gap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
 
 def test_counts_sizes_and_modes(motifs: list[SyntheticImage]) -> None:
     assert len(motifs) == 400
-    assert Counter(m.label for m in motifs) == {label: 100 for label in LABELS}
+    assert Counter(m.label for m in motifs) == dict.fromkeys(LABELS, 100)
     assert [m.label for m in motifs[::100]] == list(LABELS)  # grouped in label order
     for m in motifs:
         assert m.image.mode == "RGB"
@@ -227,7 +227,9 @@ def test_mixed_shapes_sizes_boxes_and_determinism() -> None:
         (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = it.box, it.distractor_box
         assert ax1 + 2 <= bx0 or bx1 + 2 <= ax0 or ay1 + 2 <= by0 or by1 + 2 <= ay0
     again = mixed_motif_dataset(n_per_label=30, seed=4)
-    assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image)) and a.box == b.box for a, b in zip(items, again))
+    assert all(
+        np.array_equal(np.asarray(a.image), np.asarray(b.image)) and a.box == b.box for a, b in zip(items, again)
+    )
     other = mixed_motif_dataset(n_per_label=30, seed=5)
     assert [it.image.size for it in other] != [it.image.size for it in items]
     with pytest.raises(ValueError, match="width_range"):

@@ -18,8 +18,14 @@ pytestmark = pytest.mark.gpu
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "flow_matching"])
 def test_pixel_maps_on_cuda_equal_the_cpu_maps(prediction: str) -> None:
     model = PixelDiffusion.create(
-        ["a", "b"], resolution=16, block_out_channels=(8, 16), layers_per_block=1, num_train_timesteps=100,
-        beta_schedule="linear", prediction=prediction, generator=torch.Generator().manual_seed(0),
+        ["a", "b"],
+        resolution=16,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        num_train_timesteps=100,
+        beta_schedule="linear",
+        prediction=prediction,
+        generator=torch.Generator().manual_seed(0),
     ).eval()
     images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     x0, cond = model.encode(images), model.label_index(["a", "b", "a", "b"])

@@ -12,8 +12,12 @@ from gcmodels.diffusion import NULL_LABEL, PixelDiffusion, validate_label_vocabu
 
 def _tiny(labels=("a", "b"), seed: int = 0, **kw) -> PixelDiffusion:
     args = dict(
-        resolution=8, block_out_channels=(8, 16), layers_per_block=1, num_train_timesteps=100,
-        beta_schedule="linear", generator=torch.Generator().manual_seed(seed),
+        resolution=8,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        num_train_timesteps=100,
+        beta_schedule="linear",
+        generator=torch.Generator().manual_seed(seed),
     )
     args.update(kw)
     return PixelDiffusion.create(list(labels), **args).eval()
@@ -79,7 +83,13 @@ def test_label_index_unknown_label_is_named() -> None:
 
 @pytest.mark.parametrize(
     ("labels", "needle"),
-    [([], "at least one label"), (["a", "b", "a"], "'a'"), (["a", " "], "non-empty"), (["a", ""], "non-empty"), (["a", 3], "non-empty")],
+    [
+        ([], "at least one label"),
+        (["a", "b", "a"], "'a'"),
+        (["a", " "], "non-empty"),
+        (["a", ""], "non-empty"),
+        (["a", 3], "non-empty"),
+    ],
 )
 def test_validate_label_vocabulary_errors(labels, needle) -> None:
     with pytest.raises(ValueError) as err:

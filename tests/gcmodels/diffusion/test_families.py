@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from sd_tiny import build_flux_like
 
 from gcmodels.diffusion import ModelLayoutError, UnsupportedModel, families, inspect_base, load_base
 from gcmodels.mining.typicality import TypicalityEstimator
-
-from sd_tiny import build_flux_like
 
 SUPPORTED = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline", "DiTPipeline")
 
@@ -33,7 +31,10 @@ def test_every_family_is_a_module_found_by_discovery() -> None:
         ({}, "FluxPipeline: Flux (dev, schnell) is guidance- or step-distilled"),
         ({"pipeline": "FluxPipeline", "guidance_embeds": False}, "FluxPipeline: Flux"),
         ({"pipeline": "MyFluxPipeline"}, "embeds the guidance scale (guidance_embeds)"),
-        ({"pipeline": "PixArtAlphaPipeline", "guidance_embeds": False}, "PixArtAlphaPipeline (parts: scheduler, text_encoder"),
+        (
+            {"pipeline": "PixArtAlphaPipeline", "guidance_embeds": False},
+            "PixArtAlphaPipeline (parts: scheduler, text_encoder",
+        ),
     ],
 )
 def test_unsupported_models_are_refused_naming_the_family_and_the_supported_ones(tmp_path, kwargs, words) -> None:
@@ -50,14 +51,18 @@ def test_a_guidance_distilled_unet_is_refused(tiny_sd_dir, tmp_path) -> None:
     lcm = shutil.copytree(tiny_sd_dir, tmp_path / "lcm")
     cfg = json.loads((lcm / "unet" / "config.json").read_text())
     (lcm / "unet" / "config.json").write_text(json.dumps({**cfg, "time_cond_proj_dim": 256}))
-    with pytest.raises(UnsupportedModel, match=r"time_cond_proj_dim=256.*guidance-distilled model has no trained unconditional branch"):
+    with pytest.raises(
+        UnsupportedModel, match=r"time_cond_proj_dim=256.*guidance-distilled model has no trained unconditional branch"
+    ):
         inspect_base(lcm)
 
 
 def test_no_model_index_names_what_is_missing(tiny_sd_dir, tmp_path) -> None:
     bare = tmp_path / "bare"
     shutil.copytree(tiny_sd_dir / "unet", bare / "unet")
-    with pytest.raises(ModelLayoutError, match=r"missing model_index.json, vae/, text_encoder/, tokenizer/, scheduler/"):
+    with pytest.raises(
+        ModelLayoutError, match=r"missing model_index.json, vae/, text_encoder/, tokenizer/, scheduler/"
+    ):
         inspect_base(bare)
     with pytest.raises(ModelLayoutError, match="does not exist"):
         inspect_base(tmp_path / "nowhere")
@@ -70,9 +75,17 @@ def test_load_base_checks_before_loading(tmp_path) -> None:
 
 
 # ---------------------------------------------------------------------- every family, built tiny by the test
-LABELS = {"sd": ["red car", "blue car"], "sdxl": ["red car", "blue car"], "sd3": ["red car", "blue car"], "dit": ["3", "7"]}
+LABELS = {
+    "sd": ["red car", "blue car"],
+    "sdxl": ["red car", "blue car"],
+    "sd3": ["red car", "blue car"],
+    "dit": ["3", "7"],
+}
 PIPELINES = {
-    "sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "sd3": "StableDiffusion3Pipeline", "dit": "DiTPipeline",
+    "sd": "StableDiffusionPipeline",
+    "sdxl": "StableDiffusionXLPipeline",
+    "sd3": "StableDiffusion3Pipeline",
+    "dit": "DiTPipeline",
 }
 
 
@@ -141,8 +154,18 @@ def test_each_family_trains_scores_features_saves_and_reloads_in_its_pipeline(fa
     assert all("lora_" in n for n, p in model.network.named_parameters() if p.requires_grad)
     z = _latents(model, 4)
     result = train_diffusion(
-        model, z, torch.tensor([1, 2, 1, 2]), steps=2, batch_size=2, lr=1e-2, warmup_steps=0, weight_decay=0.0,
-        grad_clip=1.0, label_dropout=0.5, checkpoint_every=1, generator=torch.Generator().manual_seed(0),
+        model,
+        z,
+        torch.tensor([1, 2, 1, 2]),
+        steps=2,
+        batch_size=2,
+        lr=1e-2,
+        warmup_steps=0,
+        weight_decay=0.0,
+        grad_clip=1.0,
+        label_dropout=0.5,
+        checkpoint_every=1,
+        generator=torch.Generator().manual_seed(0),
     )
     assert result.steps == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history)
     maps = TypicalityEstimator(draws=2, batch_size=8).maps(model, z[:2], torch.tensor([1, 2]))
@@ -160,7 +183,11 @@ def test_each_family_trains_scores_features_saves_and_reloads_in_its_pipeline(fa
     assert type(pipe).__name__ == PIPELINES[family]
     loaded = load_any_model(tmp_path / "tuned").eval()
     assert type(loaded) is type(model) and loaded.labels == model.labels and loaded.lora is None
-    x_t, t, cond = model.add_noise(z[:2], noise, torch.tensor([100, 600])), torch.tensor([100, 600]), torch.tensor([0, 2])
+    x_t, t, cond = (
+        model.add_noise(z[:2], noise, torch.tensor([100, 600])),
+        torch.tensor([100, 600]),
+        torch.tensor([0, 2]),
+    )
     with torch.no_grad():
         assert torch.allclose(loaded.predict_noise(x_t, t, cond), model.eval().predict_noise(x_t, t, cond), atol=1e-5)
 
@@ -174,7 +201,9 @@ def test_sdxl_conditioning_is_the_pipelines(tiny_sdxl_dir) -> None:
     pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_dir)
     pe, npe, pp, npp = pipe.encode_prompt("An image of blue car.", device="cpu", do_classifier_free_guidance=True)
     c = model.conditioning()
-    assert torch.allclose(c["hidden"][2], pe[0], atol=1e-6) and torch.allclose(c["pooled"][2], pp[0], atol=1e-6)  # index 2: "blue car"
+    assert torch.allclose(c["hidden"][2], pe[0], atol=1e-6) and torch.allclose(
+        c["pooled"][2], pp[0], atol=1e-6
+    )  # index 2: "blue car"
     assert torch.equal(c["hidden"][0], npe[0]) and torch.equal(c["pooled"][0], npp[0]) and not c["pooled"][0].any()
     # the UNet sees time ids of the image size (H, W, 0, 0, H, W), as the pipeline's _get_add_time_ids
     seen = {}
@@ -186,7 +215,6 @@ def test_sdxl_conditioning_is_the_pipelines(tiny_sdxl_dir) -> None:
 @pytest.mark.parametrize("t5", [True, False])
 def test_sd3_conditioning_is_the_pipelines_with_or_without_t5(tmp_path, t5) -> None:
     from diffusers import StableDiffusion3Pipeline
-
     from sd_tiny import build_tiny_sd3
 
     path = build_tiny_sd3(tmp_path / "sd3", t5=t5)
@@ -195,14 +223,20 @@ def test_sd3_conditioning_is_the_pipelines_with_or_without_t5(tmp_path, t5) -> N
     model = load_base(path, ["red car"])
     assert (model.text_encoder_3 is None) == (not t5)
     # without T5, diffusers needs the absent parts named (as its docs show for dropping T5)
-    pipe = StableDiffusion3Pipeline.from_pretrained(path, **({} if t5 else {"text_encoder_3": None, "tokenizer_3": None}))
-    pe, npe, pp, npp = pipe.encode_prompt("An image of red car.", None, None, device="cpu", do_classifier_free_guidance=True)
+    pipe = StableDiffusion3Pipeline.from_pretrained(
+        path, **({} if t5 else {"text_encoder_3": None, "tokenizer_3": None})
+    )
+    pe, npe, pp, npp = pipe.encode_prompt(
+        "An image of red car.", None, None, device="cpu", do_classifier_free_guidance=True
+    )
     c = model.conditioning()
     assert c["hidden"].shape[1:] == pe.shape[1:] == (16 + 256, 32)
     assert torch.allclose(c["hidden"][1], pe[0], atol=1e-5) and torch.allclose(c["pooled"][1], pp[0], atol=1e-5)
     assert torch.allclose(c["hidden"][0], npe[0], atol=1e-5) and torch.allclose(c["pooled"][0], npp[0], atol=1e-5)
     model.save(tmp_path / "saved")
-    assert json.loads((tmp_path / "saved" / "model_index.json").read_text())["text_encoder_3"][0] == ("transformers" if t5 else None)
+    assert json.loads((tmp_path / "saved" / "model_index.json").read_text())["text_encoder_3"][0] == (
+        "transformers" if t5 else None
+    )
 
 
 def test_sd3_flow_matching_timesteps_padding_and_limits(tiny_sd3_dir) -> None:
@@ -247,17 +281,23 @@ def test_dit_classes_null_class_and_fixed_size(tiny_dit_dir) -> None:
     ):
         with pytest.raises(ValueError, match=words):
             load_base(tiny_dit_dir, labels, class_map=cmap)
-    with pytest.raises(ValueError, match="fixed sample size 8x8.*data.resolution=32"):
+    with pytest.raises(ValueError, match=r"fixed sample size 8x8.*data.resolution=32"):
         model.predict_noise(torch.randn(1, 4, 8, 12), torch.tensor([5]), torch.tensor([1]))
     assert validate_class_map([("a", "1"), ("b", " 2 ")], 10) == {"a": 1, "b": 2}
     with pytest.raises(ValueError, match=r"row 2: class_id '10'.*row 3: label 'a' is mapped twice.*row 4: class 1"):
         validate_class_map([("a", "1"), ("b", "10"), ("a", "3"), ("c", "1")], 10)
     # the embedding's own random label dropout is off: training is deterministic given the generator
     model.train()
-    a = model.training_loss(torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([1, 2, 1, 2]),
-                            generator=torch.Generator().manual_seed(0))
-    b = model.training_loss(torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([1, 2, 1, 2]),
-                            generator=torch.Generator().manual_seed(0))
+    a = model.training_loss(
+        torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0)),
+        torch.tensor([1, 2, 1, 2]),
+        generator=torch.Generator().manual_seed(0),
+    )
+    b = model.training_loss(
+        torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0)),
+        torch.tensor([1, 2, 1, 2]),
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.equal(a, b)
 
 
@@ -284,8 +324,20 @@ def test_fine_tuning_interrupted_and_resumed_equals_uninterrupted(
 
     def run(model, seed, **kw):
         return train_diffusion(
-            model, z, cond, steps=4, batch_size=2, lr=1e-3, warmup_steps=0, weight_decay=1e-2, grad_clip=1.0,
-            label_dropout=0.2, checkpoint_every=2, generator=torch.Generator().manual_seed(seed), lr_schedule="constant", **kw,
+            model,
+            z,
+            cond,
+            steps=4,
+            batch_size=2,
+            lr=1e-3,
+            warmup_steps=0,
+            weight_decay=1e-2,
+            grad_clip=1.0,
+            label_dropout=0.2,
+            checkpoint_every=2,
+            generator=torch.Generator().manual_seed(seed),
+            lr_schedule="constant",
+            **kw,
         )
 
     full = fresh()

@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from gcmodels.diffusion.parametrisation import (
-    SD_REFERENCE_SCHEDULE, ddpm_alphas_cumprod, eps_from_flow, eps_from_v, flow_from_ddpm, flow_sigma,
-    flow_training_sigmas, v_target,
+    SD_REFERENCE_SCHEDULE,
+    ddpm_alphas_cumprod,
+    eps_from_flow,
+    eps_from_v,
+    flow_from_ddpm,
+    flow_sigma,
+    flow_training_sigmas,
+    v_target,
 )
 
 

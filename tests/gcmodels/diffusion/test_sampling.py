@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from stub_schedule import StubSchedule
 
 from gcmodels.diffusion import PixelDiffusion
 from gcmodels.diffusion.sampling import Sampler
-from stub_schedule import StubSchedule
 
 C, H, W = 3, 8, 8
 
@@ -67,7 +67,9 @@ def test_seeded_common_noise_and_independent_of_the_batch() -> None:
     a = s.sample(stub, torch.tensor([1, 2]), 3, (C, H, W))
     assert torch.equal(a, s.sample(stub, torch.tensor([1, 2]), 3, (C, H, W)))
     assert torch.equal(a, Sampler(steps=6, seed=3, batch_size=64).sample(stub, torch.tensor([1, 2]), 3, (C, H, W)))
-    assert torch.equal(a[3:], s.sample(stub, torch.tensor([2]), 3, (C, H, W)))  # a label's samples do not depend on the others
+    assert torch.equal(
+        a[3:], s.sample(stub, torch.tensor([2]), 3, (C, H, W))
+    )  # a label's samples do not depend on the others
     assert torch.equal(a[:2], s.sample(stub, torch.tensor([1]), 2, (C, H, W)))  # sample i is the same for any count
     assert not torch.allclose(a, Sampler(steps=6, seed=4).sample(stub, torch.tensor([1, 2]), 3, (C, H, W)))
     assert not torch.allclose(a[:3], a[3:])  # the label matters
@@ -76,14 +78,25 @@ def test_seeded_common_noise_and_independent_of_the_batch() -> None:
 def test_a_real_pixel_model_samples_in_range() -> None:
     torch.manual_seed(0)
     model = PixelDiffusion.create(
-        ["a", "b"], resolution=8, block_out_channels=(8, 16), layers_per_block=1, num_train_timesteps=100, beta_schedule="linear"
+        ["a", "b"],
+        resolution=8,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        num_train_timesteps=100,
+        beta_schedule="linear",
     ).eval()
     out = Sampler(steps=3).sample(model, model.label_index(["a", "b"]), 2, (3, 8, 8))
     assert out.shape == (4, 3, 8, 8) and out.abs().max() <= 1.0 and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize(
-    "kwargs, message", [({"steps": 0}, "steps"), ({"guidance": -1.0}, "guidance"), ({"clip": 0.0}, "clip"), ({"batch_size": 1}, "batch_size")]
+    "kwargs, message",
+    [
+        ({"steps": 0}, "steps"),
+        ({"guidance": -1.0}, "guidance"),
+        ({"clip": 0.0}, "clip"),
+        ({"batch_size": 1}, "batch_size"),
+    ],
 )
 def test_bad_settings(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from sd_tiny import build_tiny_sd
 
 from gcmodels.diffusion import LatentEncoder, ModelLayoutError, PixelDiffusion, inspect_base, load_any_model
 from gcmodels.diffusion.sd import StableDiffusion
-from gcmodels.prompts import render_prompt, validate_prompt_template
 from gcmodels.mining.typicality import TypicalityEstimator
-
-from sd_tiny import build_tiny_sd
+from gcmodels.prompts import render_prompt, validate_prompt_template
 
 LABELS = ("old_cars", "São Paulo", "1950s")
 
@@ -53,7 +52,11 @@ def test_import_does_not_import_prefect() -> None:
         "assert not bad, bad\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[3], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[3],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
@@ -113,9 +116,12 @@ def test_inspect_reads_the_configs_without_loading(sd_dir, model, tmp_path) -> N
     broken = shutil.copytree(sd_dir, tmp_path / "sd")
     config = broken / "unet" / "config.json"
     values = json.loads(config.read_text())
-    for bad, words in (("{not json", "JSONDecodeError"), (json.dumps({**values, "up_block_types": []}), "up_block_types must be a non-empty list"),
-                       (json.dumps({k: v for k, v in values.items() if k != "up_block_types"}), "up_block_types .KeyError"),
-                       ("[1, 2]", "expected a JSON object")):
+    for bad, words in (
+        ("{not json", "JSONDecodeError"),
+        (json.dumps({**values, "up_block_types": []}), "up_block_types must be a non-empty list"),
+        (json.dumps({k: v for k, v in values.items() if k != "up_block_types"}), "up_block_types .KeyError"),
+        ("[1, 2]", "expected a JSON object"),
+    ):
         config.write_text(bad)
         with pytest.raises(ModelLayoutError, match=words) as err:
             inspect_base(broken)
@@ -187,7 +193,8 @@ def test_render_prompt_refuses_labels_with_nothing_readable(label) -> None:
 
 
 @pytest.mark.parametrize(
-    "template", ["An image.", "{label} and {label}", "{label} of {place}", "{}", "{label!r}", "{label:>9}", "{label", "{0}"]
+    "template",
+    ["An image.", "{label} and {label}", "{label} of {place}", "{}", "{label!r}", "{label:>9}", "{label", "{0}"],
 )
 def test_bad_templates_are_refused_and_echoed(sd_dir, template) -> None:
     with pytest.raises(ValueError) as err:
@@ -203,7 +210,7 @@ def test_prompts_labels_and_clashes(model, sd_dir) -> None:
     assert model.label_index([None]).dtype == torch.long
     with pytest.raises(ValueError, match="'bus'"):
         model.label_index(["bus"])
-    with pytest.raises(ValueError, match="both render to 'An image of old cars.'"):
+    with pytest.raises(ValueError, match=r"both render to 'An image of old cars.'"):
         StableDiffusion.from_base(sd_dir, ["old_cars", "old cars"])
     with pytest.raises(ValueError, match="null prompt"):
         StableDiffusion.from_base(sd_dir, ["car"], prompt_template="A {label}.", null_prompt="A car.")
@@ -337,8 +344,13 @@ def test_half_precision_unet_on_load(sd_dir, model) -> None:
 
 def test_load_any_model_dispatch(tmp_path) -> None:
     pixel = PixelDiffusion.create(
-        ["a", "b"], resolution=8, block_out_channels=(8, 16), layers_per_block=1, num_train_timesteps=10,
-        beta_schedule="linear", generator=torch.Generator().manual_seed(0),
+        ["a", "b"],
+        resolution=8,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        num_train_timesteps=10,
+        beta_schedule="linear",
+        generator=torch.Generator().manual_seed(0),
     )
     pixel.save(tmp_path / "p")
     assert isinstance(load_any_model(tmp_path / "p"), PixelDiffusion)
@@ -350,7 +362,7 @@ def test_load_any_model_dispatch(tmp_path) -> None:
     meta_path.write_text(json.dumps({**meta, "kind": "gan"}))
     with pytest.raises(ValueError, match="'gan'"):
         load_any_model(tmp_path / "p")
-    with pytest.raises(FileNotFoundError, match="gcmine_model.json"):
+    with pytest.raises(FileNotFoundError, match=r"gcmine_model.json"):
         load_any_model(tmp_path)
 
 
@@ -433,8 +445,17 @@ def test_the_trainer_runs_on_it(sd_dir) -> None:
 
     m = _fresh(sd_dir)
     result = train_diffusion(
-        m, _images(4), torch.tensor([1, 2, 3, 1]), steps=2, batch_size=2, lr=1e-4, warmup_steps=1,
-        weight_decay=1e-2, grad_clip=1.0, label_dropout=0.1, checkpoint_every=1,
+        m,
+        _images(4),
+        torch.tensor([1, 2, 3, 1]),
+        steps=2,
+        batch_size=2,
+        lr=1e-4,
+        warmup_steps=1,
+        weight_decay=1e-2,
+        grad_clip=1.0,
+        label_dropout=0.1,
+        checkpoint_every=1,
         generator=torch.Generator().manual_seed(0),
     )
     assert result.steps == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history)
@@ -492,9 +513,21 @@ def test_sd_fine_tuning_interrupted_and_resumed_equals_uninterrupted(sd_dir, tmp
 
     def run(model, seed, **kw):
         return train_diffusion(
-            model, buckets, conds, steps=4, batch_size=2, lr=1e-3, warmup_steps=0, weight_decay=1e-2, grad_clip=1.0,
-            label_dropout=0.1, checkpoint_every=2, generator=torch.Generator().manual_seed(seed), lr_schedule="constant",
-            ema_decay=0.9, **kw,
+            model,
+            buckets,
+            conds,
+            steps=4,
+            batch_size=2,
+            lr=1e-3,
+            warmup_steps=0,
+            weight_decay=1e-2,
+            grad_clip=1.0,
+            label_dropout=0.1,
+            checkpoint_every=2,
+            generator=torch.Generator().manual_seed(seed),
+            lr_schedule="constant",
+            ema_decay=0.9,
+            **kw,
         )
 
     full = fresh()
@@ -543,7 +576,9 @@ def test_half_precision_scoring_keeps_the_loss_math_in_fp32(sd_dir) -> None:
 @pytest.fixture(scope="module")
 def sd2_dir(tmp_path_factory) -> Path:
     """SD 2.x 768-v as hub checkpoints often ship it: v_prediction, weights only as *.fp16.safetensors in fp16."""
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd2") / "sd2", seed=1, prediction_type="v_prediction", fp16_variant=True)
+    return build_tiny_sd(
+        tmp_path_factory.mktemp("tiny-sd2") / "sd2", seed=1, prediction_type="v_prediction", fp16_variant=True
+    )
 
 
 def _dtypes(folder: Path) -> set[str]:
@@ -580,7 +615,11 @@ def test_prompt_states_are_computed_outside_autocast(sd_dir) -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         inside = m.text_embeddings().clone()
         with torch.no_grad():
-            te = m.text_encoder(m.tokenizer(list(m.prompts), padding="max_length", truncation=True, max_length=16, return_tensors="pt").input_ids)[0]
+            te = m.text_encoder(
+                m.tokenizer(
+                    list(m.prompts), padding="max_length", truncation=True, max_length=16, return_tensors="pt"
+                ).input_ids
+            )[0]
     outside = _fresh(sd_dir).text_embeddings()
     assert inside.dtype == torch.float32 and torch.equal(inside, outside)
     assert not torch.allclose(te.float(), outside, rtol=0, atol=1e-4)  # autocast would have changed them

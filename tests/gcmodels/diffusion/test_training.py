@@ -4,20 +4,26 @@ checkpoint / resume giving bit-identical results."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
 
 from gcmodels.diffusion import PixelDiffusion
-from gcmodels.runtime import resolve_precision
 from gcmodels.diffusion.training import CheckpointMismatch, TrainingDiverged, TrainResult, _lr_factor, train_diffusion
+from gcmodels.runtime import resolve_precision
 
 
 def _tiny(seed: int = 0) -> PixelDiffusion:
     return PixelDiffusion.create(
-        ["a", "b"], resolution=8, block_out_channels=(8, 16), layers_per_block=1,
-        num_train_timesteps=100, beta_schedule="linear", generator=torch.Generator().manual_seed(seed),
+        ["a", "b"],
+        resolution=8,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        num_train_timesteps=100,
+        beta_schedule="linear",
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
@@ -30,8 +36,15 @@ def _data(n: int = 8):
 
 def _train(model, images, cond, steps, seed=0, **kw) -> TrainResult:
     args = dict(
-        steps=steps, batch_size=4, lr=1e-3, warmup_steps=2, weight_decay=1e-2, grad_clip=1.0,
-        label_dropout=0.2, checkpoint_every=5, generator=torch.Generator().manual_seed(seed),
+        steps=steps,
+        batch_size=4,
+        lr=1e-3,
+        warmup_steps=2,
+        weight_decay=1e-2,
+        grad_clip=1.0,
+        label_dropout=0.2,
+        checkpoint_every=5,
+        generator=torch.Generator().manual_seed(seed),
     )
     args.update(kw)
     return train_diffusion(model, images, cond, **args)
@@ -71,7 +84,7 @@ def test_lr_schedule_warmup_then_cosine() -> None:
     result = _train(model, images, cond, 10, lr=1e-3, warmup_steps=2)
     lrs = [r["lr"] for r in result.history]
     assert lrs[0] == pytest.approx(0.5e-3) and lrs[1] == pytest.approx(1e-3)
-    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[1:]))
     assert lrs[-1] >= 0.1e-3 - 1e-12
     assert _lr_factor(0, 0, 10) == pytest.approx(1.0)
     assert _lr_factor(10, 0, 10) == pytest.approx(0.1)
@@ -254,8 +267,14 @@ def test_ema_weights_are_loaded_at_the_end() -> None:
     names = [n for n, _ in model.named_parameters()]
     shadow = {n: p.detach().clone() for n, p in model.named_parameters()}
     after: list[dict] = []
-    result = _train(model, images, cond, 6, ema_decay=0.9,
-                    callback=lambda row: after.append({n: p.detach().clone() for n, p in model.named_parameters()}))
+    result = _train(
+        model,
+        images,
+        cond,
+        6,
+        ema_decay=0.9,
+        callback=lambda row: after.append({n: p.detach().clone() for n, p in model.named_parameters()}),
+    )
     for k, weights in enumerate(after, start=1):
         d = min(0.9, (1 + k) / (10 + k))
         shadow = {n: shadow[n] * d + weights[n] * (1 - d) for n in names}
@@ -286,7 +305,9 @@ def test_mixed_precision_trains_and_resumes_exactly(precision: str, tmp_path) ->
     ref = _train(full, images, cond, 6, seed=3, on_checkpoint=states.append, **kw)
     assert all(p.dtype == torch.float32 for p in full.parameters())
     losses = [r["loss"] for r in ref.history]
-    assert all(math.isfinite(v) for v in losses) and losses != [r["loss"] for r in _train(_tiny(), images, cond, 6, seed=3).history]
+    assert all(math.isfinite(v) for v in losses) and losses != [
+        r["loss"] for r in _train(_tiny(), images, cond, 6, seed=3).history
+    ]
     scaler = states[0]["scaler"]
     assert (scaler.get("scale") == 65536.0) if precision == "fp16" else not scaler
     resumed = _tiny()
@@ -364,8 +385,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(kind: str, ema: float | No
     resumed = _tiny()  # a fresh object, built as for the first run
     rest_states: list[dict] = []
     rows: list[dict] = []
-    out = _train(resumed, images, cond, 8, seed=99, on_checkpoint=rest_states.append, callback=rows.append,
-                 resume=state, **kw)  # the generator's seed is irrelevant: its state is restored
+    out = _train(
+        resumed, images, cond, 8, seed=99, on_checkpoint=rest_states.append, callback=rows.append, resume=state, **kw
+    )  # the generator's seed is irrelevant: its state is restored
     assert out.resumed_from == 4 and out.steps == 8 and [r["step"] for r in rows] == [4, 5, 6, 7]
     assert [r["loss"] for r in out.history] == [r["loss"] for r in ref.history]
     assert [r["lr"] for r in out.history] == [r["lr"] for r in ref.history]
@@ -373,7 +395,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(kind: str, ema: float | No
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the next checkpoint of the resumed run is that of the uninterrupted one
     assert [s["step"] for s in rest_states] == [6]
-    assert all(torch.equal(rest_states[0]["weights"][k], full_states[2]["weights"][k]) for k in full_states[2]["weights"])
+    assert all(
+        torch.equal(rest_states[0]["weights"][k], full_states[2]["weights"][k]) for k in full_states[2]["weights"]
+    )
     assert torch.equal(rest_states[0]["generator"], full_states[2]["generator"])
 
 
@@ -386,8 +410,21 @@ def test_resume_refuses_other_settings_and_leaves_the_model_alone() -> None:
     g = torch.Generator().manual_seed(0)
     g_state = g.get_state()
     with pytest.raises(CheckpointMismatch, match=r"lr: 0.001 in the checkpoint, 0.002 now") as err:
-        train_diffusion(model, images, cond, steps=6, batch_size=4, lr=2e-3, warmup_steps=2, weight_decay=1e-2,
-                        grad_clip=1.0, label_dropout=0.2, checkpoint_every=2, generator=g, resume=states[0])
+        train_diffusion(
+            model,
+            images,
+            cond,
+            steps=6,
+            batch_size=4,
+            lr=2e-3,
+            warmup_steps=2,
+            weight_decay=1e-2,
+            grad_clip=1.0,
+            label_dropout=0.2,
+            checkpoint_every=2,
+            generator=g,
+            resume=states[0],
+        )
     assert isinstance(err.value, ValueError)
     assert _same(before, _snapshot(model)) and torch.equal(g.get_state(), g_state)
     with pytest.raises(CheckpointMismatch, match="buckets"):
@@ -402,7 +439,9 @@ def test_resolve_precision_auto_on_cuda(bf16: bool, monkeypatch) -> None:
 
     asked: list = []
     monkeypatch.setattr(torch.cuda, "device", lambda d: (asked.append(d), contextlib.nullcontext())[1])
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16 and not including_emulation)
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16 and not including_emulation
+    )
     cuda = torch.device("cuda:1")
     assert resolve_precision("auto", cuda) == ("bf16" if bf16 else "fp16") and asked == [cuda]
     assert resolve_precision("fp16", cuda) == "fp16" and resolve_precision("bf16", cuda) == "bf16"

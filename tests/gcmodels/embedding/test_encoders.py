@@ -10,9 +10,9 @@ import torch
 from scipy.linalg import subspace_angles
 from sklearn.exceptions import NotFittedError
 
-from gcmodels.embedding.autoencoders import ConvAutoencoder, MLPAutoencoder, build_seeded, train_autoencoder
 from gcmodels.config import ConfigError, EmbedConfig, Settings
 from gcmodels.diffusion import PixelDiffusion
+from gcmodels.embedding.autoencoders import ConvAutoencoder, MLPAutoencoder, build_seeded, train_autoencoder
 from gcmodels.embedding.encoders import (
     CLIPImageEncoder,
     ConvAutoencoderEncoder,
@@ -100,7 +100,11 @@ def test_linear_autoencoder_spans_the_principal_subspace():
     X -= X.mean(axis=0)
     model = build_seeded(lambda: MLPAutoencoder(d, m, hidden=(), activation="none"), seed=0)
     history = train_autoencoder(
-        model, torch.tensor(X, dtype=torch.float32), epochs=600, batch_size=n, lr=2e-2,
+        model,
+        torch.tensor(X, dtype=torch.float32),
+        epochs=600,
+        batch_size=n,
+        lr=2e-2,
         generator=torch.Generator().manual_seed(0),
     )
     assert history[-1]["loss"] < 0.1 * history[0]["loss"]
@@ -133,8 +137,12 @@ def test_clip_encoder_from_a_local_directory(tiny_clip_dir):
     np.testing.assert_allclose(CLIPImageEncoder(str(tiny_clip_dir), batch_size=5).fit().transform(images), z, atol=1e-5)
     meta = enc.describe()
     assert meta == {
-        "encoder": "clip", "source": str(tiny_clip_dir), "dim": 8, "model_type": "clip_vision_model",
-        "image_size": 16, "normalized": True,
+        "encoder": "clip",
+        "source": str(tiny_clip_dir),
+        "dim": 8,
+        "model_type": "clip_vision_model",
+        "image_size": 16,
+        "normalized": True,
     }
     made = make_encoder(EmbedConfig(method="clip", clip_path=str(tiny_clip_dir), batch_size=3))
     assert isinstance(made, CLIPImageEncoder) and made.batch_size == 3
@@ -151,8 +159,13 @@ def test_clip_encoder_missing_directory(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_diffusion():
     return PixelDiffusion.create(
-        ["a", "b"], resolution=8, block_out_channels=(8, 16), layers_per_block=1, num_train_timesteps=20,
-        beta_schedule="linear", generator=torch.Generator().manual_seed(0),
+        ["a", "b"],
+        resolution=8,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        num_train_timesteps=20,
+        beta_schedule="linear",
+        generator=torch.Generator().manual_seed(0),
     )
 
 
@@ -210,8 +223,14 @@ def test_fits_on_collection_and_shardwise_transform(tiny_diffusion, tiny_clip_di
     """Encoders that learn nothing from the images embed a collection shard by shard exactly as in
     one go (what lets the flow map the embed stage over shards); the fitted ones say they need the
     whole collection."""
-    assert [fits_on_collection(m) for m in ("pca", "autoencoder", "vae", "clip", "diffusion")] == [True, True, True, False, False]
-    with pytest.raises(ValueError, match="unknown embed.method 'vit'"):
+    assert [fits_on_collection(m) for m in ("pca", "autoencoder", "vae", "clip", "diffusion")] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+    with pytest.raises(ValueError, match=r"unknown embed.method 'vit'"):
         fits_on_collection("vit")
     images = _images(7, h=8, w=8)
     for enc in (

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from stub_schedule import StubSchedule
 
 from gcmodels.mining.adaptive import AdaptiveRule, adaptive_maps, draw_order, half_width, round_sizes, standard_error
 from gcmodels.mining.patches import top_patches
 from gcmodels.mining.typicality import TypicalityEstimator
-from stub_schedule import StubSchedule
 
 H = W = 14
 SCALE = 1e5  # channel 1 carries the quality q of each pixel, far above the noise, on a 0.01 grid
@@ -104,7 +104,7 @@ def test_draw_terms_summed_in_draw_order_give_the_plain_map_bit_for_bit() -> Non
 
 
 def test_settled_images_get_fewer_draws_boundary_ones_all(setting) -> None:
-    model, est, x0, cond, rule, res = setting
+    _model, est, _x0, _cond, rule, res = setting
     n = len(VALUES)
     top = np.arange(K)  # the K images of smallest value: the exact top-K
     far = np.arange(5, 19)  # quality <= 0.25: far below the top
@@ -129,7 +129,7 @@ def test_selected_top_k_equals_the_exact_and_the_plain_one(setting) -> None:
 
 
 def test_images_scored_to_n_get_the_plain_map_exactly(setting) -> None:
-    model, est, x0, cond, rule, res = setting
+    model, est, x0, cond, _rule, res = setting
     plain = est.maps(model, x0, cond).numpy()
     full = np.flatnonzero(res.draws == est.draws)
     assert len(full) >= K
@@ -175,7 +175,13 @@ def test_threshold_is_per_label() -> None:
 def test_top_k_larger_than_the_candidates_settles_nothing() -> None:
     model, est = QualityStub(), TypicalityEstimator(draws=8, batch_size=16, seed=0)
     values = [1.0, 0.2, 0.2, 0.2]
-    res = _run(model, _collection(values), torch.ones(4, dtype=torch.long), est, AdaptiveRule(first=2, top_k=10, per_image=1, patch=PATCH))
+    res = _run(
+        model,
+        _collection(values),
+        torch.ones(4, dtype=torch.long),
+        est,
+        AdaptiveRule(first=2, top_k=10, per_image=1, patch=PATCH),
+    )
     assert (res.draws == 8).all()
 
 

@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from stub_schedule import StubSchedule
 
+from gcmodels.diffusion import PixelDiffusion
 from gcmodels.mining.cotypicality import (
     classification_accuracy,
     confused_labels,
@@ -16,9 +18,7 @@ from gcmodels.mining.cotypicality import (
     predict_labels,
     stratified_split,
 )
-from gcmodels.diffusion import PixelDiffusion
 from gcmodels.mining.typicality import TypicalityEstimator
-from stub_schedule import StubSchedule
 
 C, H, W = 3, 6, 7
 
@@ -102,8 +102,13 @@ def test_shared_draws_equal_scoring_label_by_label_exactly(batch_size: int) -> N
 
 def test_shared_draws_equal_label_by_label_on_a_real_tiny_model() -> None:
     model = PixelDiffusion.create(
-        ["a", "b", "c"], resolution=8, block_out_channels=(8, 16), layers_per_block=1,
-        num_train_timesteps=100, beta_schedule="linear", generator=torch.Generator().manual_seed(0),
+        ["a", "b", "c"],
+        resolution=8,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        num_train_timesteps=100,
+        beta_schedule="linear",
+        generator=torch.Generator().manual_seed(0),
     ).eval()
     images = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     x0 = model.encode(images)

@@ -45,7 +45,7 @@ def test_three_groups_ranked_by_median_typicality() -> None:
 
 def test_scale_of_features_does_not_matter() -> None:
     # L2 normalisation: scaling a patch's feature vector does not move it to another element
-    feats, typ, group = _groups(seed=1)
+    feats, typ, _group = _groups(seed=1)
     scale = np.random.default_rng(2).uniform(0.1, 10.0, size=(len(feats), 1))
     a = mine_elements(feats, typ, 3, seed=0)
     b = mine_elements(feats * scale, typ, 3, seed=0)

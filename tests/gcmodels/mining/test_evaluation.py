@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 from gcmodels.mining.evaluation import (
-    PAPER_THRESHOLDS, average_precision, boxes_mask, localisation_scores, paper_aucpr, pointing_hit,
+    PAPER_THRESHOLDS,
+    average_precision,
+    boxes_mask,
+    localisation_scores,
+    paper_aucpr,
+    pointing_hit,
 )
 
 

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from gcmodels.mining.frechet import ALL, frechet_distance, frechet_distance_between, gaussian_stats, nearest_neighbours, sample_quality
+from gcmodels.mining.frechet import (
+    ALL,
+    frechet_distance,
+    frechet_distance_between,
+    gaussian_stats,
+    nearest_neighbours,
+    sample_quality,
+)
 
 
 def _scipy_fd(mu1, s1, mu2, s2) -> float:
@@ -37,7 +44,9 @@ def test_closed_forms() -> None:
     assert frechet_distance(mu, s, mu + [3.0, 0.0, 4.0], s) == pytest.approx(25.0)
     # commuting (diagonal) covariances: sum of (sqrt(a) - sqrt(b))^2
     a, b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 0.0])
-    assert frechet_distance(np.zeros(3), np.diag(a), np.zeros(3), np.diag(b)) == pytest.approx(((np.sqrt(a) - np.sqrt(b)) ** 2).sum())
+    assert frechet_distance(np.zeros(3), np.diag(a), np.zeros(3), np.diag(b)) == pytest.approx(
+        ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    )
     # one dimension: (m1 - m2)^2 + (s1 - s2)^2 for standard deviations s
     assert frechet_distance([0.0], [[4.0]], [1.0], [[1.0]]) == pytest.approx(1.0 + 1.0)
 
@@ -102,5 +111,7 @@ def test_quality_table_by_hand() -> None:
 
 
 def test_quality_table_with_a_single_sample_has_no_distance() -> None:
-    q, _, _ = sample_quality(np.array(["a"], dtype=object), np.zeros((1, 2)), np.array(["a", "a"], dtype=object), np.eye(2))
+    q, _, _ = sample_quality(
+        np.array(["a"], dtype=object), np.zeros((1, 2)), np.array(["a", "a"], dtype=object), np.eye(2)
+    )
     assert np.isnan(q.loc[0, "frechet"]) and q.loc[0, "nearest_label_share"] == 1.0

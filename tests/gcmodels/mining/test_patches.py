@@ -111,7 +111,7 @@ def test_top_patches_diagonal_touch_is_suppressed() -> None:
     m = torch.zeros(1, 10, 10)
     m[0, 1:4, 1:4] = 2.0
     m[0, 4:7, 4:7] = 1.0  # shares only the corner pixel boundary with the first box
-    boxes, scores = top_patches(m, 3, 2)
+    boxes, _scores = top_patches(m, 3, 2)
     assert boxes[0, 0].tolist() == [1, 1, 4, 4]
     assert boxes[0, 1].tolist() != [4, 4, 7, 7]
     x0, y0 = boxes[0, 1, :2].tolist()
@@ -164,7 +164,7 @@ def _gap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
 
 def _reference(pooled: np.ndarray, size: int, k: int) -> tuple[list, list]:
     hp, wp = pooled.shape
-    order = sorted(((-float(pooled[y, x]), y, x) for y in range(hp) for x in range(wp)))
+    order = sorted((-float(pooled[y, x]), y, x) for y in range(hp) for x in range(wp))
     kept: list[tuple[int, int, int, int]] = []
     scores: list[float] = []
     for neg, y, x in order:
@@ -319,8 +319,13 @@ def _running_sum_pool(maps: torch.Tensor, size: int) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     ("b", "h", "w", "size", "dtype"),
-    [(300, 32, 32, 6, torch.float32), (40, 70, 90, 13, torch.float32), (5, 130, 100, 50, torch.float32),
-     (20, 17, 23, 5, torch.float64), (20, 17, 23, 5, torch.float16)],
+    [
+        (300, 32, 32, 6, torch.float32),
+        (40, 70, 90, 13, torch.float32),
+        (5, 130, 100, 50, torch.float32),
+        (20, 17, 23, 5, torch.float64),
+        (20, 17, 23, 5, torch.float16),
+    ],
 )
 def test_pool_map_bit_identical_to_plain_running_sums(b: int, h: int, w: int, size: int, dtype: torch.dtype) -> None:
     # several chunks (64 maps of 32x32 per chunk), both ways of transposing (height <= 64 or not),

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from stub_schedule import StubSchedule
 
 from gcmodels.mining.translation import (
     Translator,
@@ -14,7 +15,6 @@ from gcmodels.mining.translation import (
     patch_crops,
     to_uint8,
 )
-from stub_schedule import StubSchedule
 
 C, H, W = 3, 8, 8
 
@@ -111,8 +111,14 @@ def test_plain_conditional_uses_one_input_per_image_and_the_expected_steps() -> 
 
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
-    [({"strength": 1.5}, "1.5"), ({"strength": -0.1}, "-0.1"), ({"steps": 0}, "got 0"),
-     ({"guidance": -1.0}, "-1.0"), ({"clip": 0.0}, "0.0"), ({"batch_size": 1}, "got 1")],
+    [
+        ({"strength": 1.5}, "1.5"),
+        ({"strength": -0.1}, "-0.1"),
+        ({"steps": 0}, "got 0"),
+        ({"guidance": -1.0}, "-1.0"),
+        ({"clip": 0.0}, "0.0"),
+        ({"batch_size": 1}, "got 1"),
+    ],
 )
 def test_bad_settings_name_the_value(kwargs: dict, needle: str) -> None:
     with pytest.raises(ValueError) as err:
@@ -224,7 +230,9 @@ class LocalPatchPrior(StubSchedule):
 
     def _patches(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, HW, C P^2)
         r = self.P // 2
-        return torch.nn.functional.unfold(torch.nn.functional.pad(x, (r, r, r, r), mode="replicate"), self.P).transpose(1, 2)
+        return torch.nn.functional.unfold(torch.nn.functional.pad(x, (r, r, r, r), mode="replicate"), self.P).transpose(
+            1, 2
+        )
 
     def predict_noise(self, x_t, t, cond):
         abar = self._abar(t)
@@ -245,7 +253,9 @@ def test_translation_on_the_demo_set_replaces_the_motif_more_than_the_background
 
     labels = ("circle", "cross", "triangle")
     data = motif_dataset(n_per_label=8, size=32, labels=labels, motif_frac=0.25, seed=0)
-    x0 = torch.from_numpy(np.stack([np.asarray(d.image) for d in data]).transpose(0, 3, 1, 2).copy()).float() / 127.5 - 1
+    x0 = (
+        torch.from_numpy(np.stack([np.asarray(d.image) for d in data]).transpose(0, 3, 1, 2).copy()).float() / 127.5 - 1
+    )
     own = torch.tensor([labels.index(d.label) + 1 for d in data])
     model = LocalPatchPrior(x0, own, len(labels), bank=1024, seed=0)
     inside = torch.zeros(len(data), 32, 32, dtype=torch.bool)
@@ -263,7 +273,7 @@ def test_translation_on_the_demo_set_replaces_the_motif_more_than_the_background
     inn, out = change_in_out(translated)
     # the motif box changes more than the background, in (nearly) every image, by a wide margin
     assert (inn > out).float().mean() >= 0.9, (inn, out)
-    assert float((inn / out).median()) >= 1.5, (inn / out)
+    assert float((inn / out).median()) >= 1.5, inn / out
     # ... and more than when the same image is "translated" to its own label (the control)
     same_in, _ = change_in_out(tr.translate(model, x0, own))
     assert (inn > same_in).float().mean() >= 0.8, (inn, same_in)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from stub_schedule import StubSchedule
 
 from gcmodels.diffusion import PixelDiffusion
 from gcmodels.mining.typicality import TypicalityEstimator, typicality_from_losses
-from stub_schedule import StubSchedule
 
 C, H, W = 3, 8, 10
 ROWS, COLS = slice(2, 6), slice(3, 8)  # the region where the conditional branch is right
@@ -130,7 +130,13 @@ def test_same_seed_is_deterministic_and_other_seed_differs() -> None:
 # ------------------------------------------------------------------ stratified t
 @pytest.mark.parametrize(
     ("draws", "t_min", "t_max", "T", "seed"),
-    [(16, 0.1, 0.7, 1000, 0), (16, 0.1, 0.7, 1000, 5), (7, 0.0, 1.0, 100, 1), (4, 0.25, 0.5, 1000, 2), (10, 0.3, 0.9, 50, 3)],
+    [
+        (16, 0.1, 0.7, 1000, 0),
+        (16, 0.1, 0.7, 1000, 5),
+        (7, 0.0, 1.0, 100, 1),
+        (4, 0.25, 0.5, 1000, 2),
+        (10, 0.3, 0.9, 50, 3),
+    ],
 )
 def test_timesteps_are_stratified(draws: int, t_min: float, t_max: float, T: int, seed: int) -> None:
     est = TypicalityEstimator(draws=draws, t_min=t_min, t_max=t_max, seed=seed)
@@ -229,8 +235,13 @@ def test_bad_estimator_settings_name_the_value(kwargs: dict, needle: str) -> Non
 @pytest.fixture(scope="module")
 def tiny_model() -> PixelDiffusion:
     return PixelDiffusion.create(
-        ["a", "b"], resolution=8, block_out_channels=(8, 16), layers_per_block=1,
-        num_train_timesteps=100, beta_schedule="linear", generator=torch.Generator().manual_seed(0),
+        ["a", "b"],
+        resolution=8,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        num_train_timesteps=100,
+        beta_schedule="linear",
+        generator=torch.Generator().manual_seed(0),
     ).eval()
 
 
@@ -258,8 +269,14 @@ def test_exact_model_map_is_positive_exactly_in_its_region_for_every_parametrisa
     from stub_schedule import exact_region_denoiser, null_branch_error
 
     model = PixelDiffusion.create(
-        ["a", "b"], resolution=8, block_out_channels=(8, 16), layers_per_block=1, num_train_timesteps=1000,
-        beta_schedule="linear", prediction=prediction, generator=torch.Generator().manual_seed(0),
+        ["a", "b"],
+        resolution=8,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        prediction=prediction,
+        generator=torch.Generator().manual_seed(0),
     ).eval()
     assert model.prediction == prediction
     x0 = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1

@@ -10,8 +10,8 @@ import signal
 import pytest
 import torch
 
-from gcmine.tasks.infra.errors import StorageError
 from gcmine.tasks.finetune import CHECKPOINT, read_checkpoint, write_checkpoint
+from gcmine.tasks.infra.errors import StorageError
 from gcmine.tasks.infra.storage import RunStore
 
 
@@ -40,7 +40,9 @@ def test_a_failed_checkpoint_write_names_the_file_and_keeps_the_previous_one(tmp
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     msg = str(err.value)
-    assert msg.startswith(f"writing the training checkpoint {store.uri(CHECKPOINT)} failed: the write failed, is the disk full?")
+    assert msg.startswith(
+        f"writing the training checkpoint {store.uri(CHECKPOINT)} failed: the write failed, is the disk full?"
+    )
     assert "run the same command again to resume" in msg and "\n" not in msg
     assert read_checkpoint(store)["state"]["step"] == 1  # the previous checkpoint is intact
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["finetune.pt"]

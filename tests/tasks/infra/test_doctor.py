@@ -3,25 +3,30 @@ the server checks; tests/flows/test_deploy_server.py runs the command on a real 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from uuid import uuid4
 
-import pytest
 from fsspec.implementations.local import LocalFileSystem
-from prefect.exceptions import ObjectNotFound
 from PIL import Image
+from prefect.exceptions import ObjectNotFound
 
 from gcmine.flows.doctor import model_loadable
-from gcmodels.config import RuntimeConfig, Settings
 from gcmine.tasks.infra.doctor import (
-    check_api, check_deployments, check_gpu_limit, check_images, check_model_base, check_run_root, check_work_pools,
+    check_api,
+    check_deployments,
+    check_gpu_limit,
+    check_images,
+    check_model_base,
+    check_run_root,
+    check_work_pools,
     gpu_configured,
 )
+from gcmodels.config import RuntimeConfig, Settings
 
 ROOT = Path(__file__).resolve().parents[3]
-NOW = datetime(2026, 1, 5, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
 
 def _missing(*args, **kwargs):
@@ -35,8 +40,13 @@ class FakeClient:
     def __init__(self) -> None:
         schedule = [SimpleNamespace(active=True)]
         self.deployments = {
-            name: SimpleNamespace(id=uuid4(), paused=False, schedules=[] if name.endswith("reprocess") else schedule,
-                                  work_pool_name="gcmine-process", parameters={})
+            name: SimpleNamespace(
+                id=uuid4(),
+                paused=False,
+                schedules=[] if name.endswith("reprocess") else schedule,
+                work_pool_name="gcmine-process",
+                parameters={},
+            )
             for name in ("gcmine-production/production", "gcmine-production/reprocess", "gcmine-watch/watch")
         }
         self.upcoming = [SimpleNamespace(expected_start_time=NOW + timedelta(hours=1))]
@@ -86,7 +96,9 @@ def test_api() -> None:
 
     def refused():
         request = httpx.Request("GET", "http://h:4200/api/admin/version")
-        raise PrefectHTTPStatusError.from_httpx_error(httpx.HTTPStatusError("401", request=request, response=httpx.Response(401, request=request)))
+        raise PrefectHTTPStatusError.from_httpx_error(
+            httpx.HTTPStatusError("401", request=request, response=httpx.Response(401, request=request))
+        )
 
     locked = SimpleNamespace(api_healthcheck=lambda: None, api_version=refused)
     check = check_api("http://h:4200/api", locked)
@@ -97,7 +109,9 @@ def test_deployments_schedules_and_trigger() -> None:
     client = FakeClient()
     checks, found = check_deployments(client, NOW)
     assert _statuses(checks) == ["ok", "ok", "ok"] and len(found) == 3
-    assert "next at 2026-01-05 13:00 UTC" in checks[0].detail and "gcmine-reprocess-on-dataset-updated" in checks[1].detail
+    assert (
+        "next at 2026-01-05 13:00 UTC" in checks[0].detail and "gcmine-reprocess-on-dataset-updated" in checks[1].detail
+    )
     client.upcoming = []  # active schedule, no run: the scheduler is broken
     line = check_deployments(client, NOW)[0][0].line()
     assert line.startswith("FAIL  schedule") and "no upcoming run" in line and "sqlalchemy<2.1" in line
@@ -111,17 +125,24 @@ def test_deployments_schedules_and_trigger() -> None:
     del client.deployments["gcmine-production/reprocess"]
     checks = check_deployments(client, NOW)[0]
     assert [c.detail for c in checks] == [
-        "gcmine-production/production is paused", "gcmine-production/reprocess is not deployed", "gcmine-watch/watch has no active schedule",
+        "gcmine-production/production is paused",
+        "gcmine-production/reprocess is not deployed",
+        "gcmine-watch/watch has no active schedule",
     ]
     assert "prefect deploy --all" in checks[1].fix
 
 
 def test_work_pool_and_live_worker() -> None:
     client = FakeClient()
-    assert check_work_pools(client, ["gcmine-process"])[0].line() == "ok    worker       gcmine-process: 1 live worker(s) (w1)"
+    assert (
+        check_work_pools(client, ["gcmine-process"])[0].line()
+        == "ok    worker       gcmine-process: 1 live worker(s) (w1)"
+    )
     client.workers = [SimpleNamespace(name="w1", status="OFFLINE", last_heartbeat_time=NOW)]
     (check,) = check_work_pools(client, ["gcmine-process"])
-    assert check.status == "FAIL" and "no live worker (1 offline, last heartbeat 2026-01-05 12:00:00 UTC)" in check.detail
+    assert (
+        check.status == "FAIL" and "no live worker (1 offline, last heartbeat 2026-01-05 12:00:00 UTC)" in check.detail
+    )
     assert check.fix == "from the checkout: GCMINE_REPO=$PWD prefect worker start --pool gcmine-process"
     client.workers = []
     assert "no worker has ever polled it" in check_work_pools(client, ["gcmine-process"])[0].detail
@@ -132,7 +153,9 @@ def test_work_pool_and_live_worker() -> None:
 def test_gpu_limit_where_a_gpu_is_configured() -> None:
     client = FakeClient()
     assert gpu_configured(RuntimeConfig(device="cuda:1"), lambda: False)
-    assert gpu_configured(RuntimeConfig(device="auto"), lambda: True) and not gpu_configured(RuntimeConfig(device="auto"), lambda: False)
+    assert gpu_configured(RuntimeConfig(device="auto"), lambda: True) and not gpu_configured(
+        RuntimeConfig(device="auto"), lambda: False
+    )
     assert check_gpu_limit(client, RuntimeConfig(device="cpu"), False).status == "skip"
     assert check_gpu_limit(client, RuntimeConfig(device="cuda"), True).detail == "concurrency limit 'gpu': 2 slot(s)"
     missing = check_gpu_limit(client, RuntimeConfig(device="cuda", gpu_limit="gpus-a100"), True)
@@ -149,7 +172,10 @@ def _images(folder: Path) -> Path:
 def test_images_readable(tmp_path, monkeypatch) -> None:
     settings = Settings()
     images = _images(tmp_path / "images")
-    assert check_images(str(images), "GCMINE_IMAGES", settings).line() == f"ok    images       {images} readable (e.g. {images}/a/0.png)"
+    assert (
+        check_images(str(images), "GCMINE_IMAGES", settings).line()
+        == f"ok    images       {images} readable (e.g. {images}/a/0.png)"
+    )
     assert "does not exist" in check_images(str(tmp_path / "nope"), "GCMINE_IMAGES", settings).detail
     (tmp_path / "empty").mkdir()
     assert "holds no image file" in check_images(str(tmp_path / "empty"), "GCMINE_IMAGES", settings).detail
@@ -167,7 +193,10 @@ def test_images_readable(tmp_path, monkeypatch) -> None:
 
 def test_run_root_writable(tmp_path, monkeypatch) -> None:
     settings = Settings()
-    assert check_run_root(str(tmp_path / "out"), "GCMINE_OUT", settings).detail == f"{tmp_path / 'out'} writable (no run yet)"
+    assert (
+        check_run_root(str(tmp_path / "out"), "GCMINE_OUT", settings).detail
+        == f"{tmp_path / 'out'} writable (no run yet)"
+    )
     assert not list((tmp_path / "out").iterdir())  # the probe is removed
     (tmp_path / "out" / "run.json").write_text("{}")
     assert check_run_root(str(tmp_path / "out"), "GCMINE_OUT", settings).detail.endswith("(holds a run)")
@@ -185,5 +214,7 @@ def test_model_base(tiny_sd_dir, tmp_path) -> None:
     assert check_model_base(Settings.from_dict({"model": {"base": str(tiny_sd_dir)}}), model_loadable).status == "ok"
     broken = check_model_base(Settings.from_dict({"model": {"base": str(tmp_path)}}), model_loadable)
     assert broken.status == "FAIL" and "model_index.json" in broken.detail
-    bad_block = check_model_base(Settings.from_dict({"model": {"base": str(tiny_sd_dir)}, "rank": {"feature_block": 9}}), model_loadable)
+    bad_block = check_model_base(
+        Settings.from_dict({"model": {"base": str(tiny_sd_dir)}, "rank": {"feature_block": 9}}), model_loadable
+    )
     assert bad_block.status == "FAIL" and "rank.feature_block (9)" in bad_block.detail

@@ -11,8 +11,8 @@ import uuid
 import pytest
 import torch
 
-from gcmodels.config import ConfigError, RuntimeConfig, Settings
 from gcmine.tasks.infra.gpu import GPULimitMissing, gpu_slot
+from gcmodels.config import ConfigError, RuntimeConfig, Settings
 
 CUDA = torch.device("cuda:0")
 
@@ -71,7 +71,7 @@ def test_two_stages_never_share_the_card(gpu_limit) -> None:
         t.start()
     for t in threads:
         t.join(timeout=60)
-    (a0, a1), (b0, b1) = sorted(spans)
+    (_a0, a1), (b0, _b1) = sorted(spans)
     assert a1 <= b0
 
 
@@ -89,9 +89,9 @@ def test_missing_limit_warns_or_fails(prefect_harness) -> None:
 
 
 def test_runner_settings_are_checked() -> None:
-    with pytest.raises(ConfigError, match="runtime.dask_address"):
+    with pytest.raises(ConfigError, match=r"runtime.dask_address"):
         Settings.from_dict({"runtime": {"dask_address": "tcp://127.0.0.1:8786"}})
-    with pytest.raises(ConfigError, match="runtime.runner"):
+    with pytest.raises(ConfigError, match=r"runtime.runner"):
         Settings.from_dict({"runtime": {"runner": "ray"}})
     with pytest.raises(ConfigError, match="gpu_limit"):
         Settings.from_dict({"runtime": {"gpu_limit": " "}})

@@ -38,7 +38,13 @@ def test_a_truncated_table_is_damaged(store, keep) -> None:
     store.write_parquet("t.parquet", _table())
     path = store.path("t.parquet")
     data = open(path, "rb").read()
-    cut = keep if isinstance(keep, int) and keep > 0 else int(len(data) * keep) if isinstance(keep, float) else len(data) + keep
+    cut = (
+        keep
+        if isinstance(keep, int) and keep > 0
+        else int(len(data) * keep)
+        if isinstance(keep, float)
+        else len(data) + keep
+    )
     open(path, "wb").write(data[:cut])
     assert "truncated" in parquet_damage(store, "t.parquet")
     with pytest.raises(DamagedArtifact, match=r"t\.parquet is damaged .*delete it and run the same command again"):

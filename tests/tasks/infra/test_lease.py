@@ -95,8 +95,15 @@ def test_waiting_gives_up_after_the_wait(root) -> None:
 
 
 def test_the_lease_of_a_crashed_run_expires_and_is_taken_over(root, caplog) -> None:
-    dead = {"host": "gone", "pid": 1, "flow_run_id": "crashed", "started": "2020-01-01T00:00:00+00:00", "token": "x",
-            "renewed": time.time() - 100, "expiry": 30}
+    dead = {
+        "host": "gone",
+        "pid": 1,
+        "flow_run_id": "crashed",
+        "started": "2020-01-01T00:00:00+00:00",
+        "token": "x",
+        "renewed": time.time() - 100,
+        "expiry": 30,
+    }
     root.write_json(LEASE, dead)
     lease = RunLease(root, flow_run_id="run-B", expiry=30)
     with caplog.at_level("WARNING", logger="gcmine.lease"):
@@ -109,8 +116,18 @@ def test_the_lease_of_a_crashed_run_expires_and_is_taken_over(root, caplog) -> N
 def test_the_lease_of_a_dead_process_of_this_host_is_taken_over_at_once(root) -> None:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    root.write_json(LEASE, {"host": socket.gethostname(), "pid": gone.pid, "flow_run_id": "killed", "started": "x",
-                            "token": "x", "renewed": time.time(), "expiry": 600})
+    root.write_json(
+        LEASE,
+        {
+            "host": socket.gethostname(),
+            "pid": gone.pid,
+            "flow_run_id": "killed",
+            "started": "x",
+            "token": "x",
+            "renewed": time.time(),
+            "expiry": 600,
+        },
+    )
     lease = RunLease(root, flow_run_id="run-B", expiry=30)  # refuses a live holder...
     lease.acquire()  # ...but this one's process is gone: no waiting for its expiry
     assert json.loads(root.read_bytes(LEASE))["token"] == lease.owner["token"]
@@ -158,10 +175,17 @@ def test_runs_starting_together_get_the_lease_one_at_a_time(root) -> None:
 def test_a_lease_taken_over_from_a_live_holder_fails_its_run(root) -> None:
     """A holder cut off for longer than the expiry (here: its lease overwritten) notices at its
     next renewal and its run fails at the end instead of reporting success."""
-    with pytest.raises(RunRootBusy, match="lost the lease .* to flow run intruder"):
+    with pytest.raises(RunRootBusy, match=r"lost the lease .* to flow run intruder"):
         with run_lease(root, flow_run_id="run-A", mode="refuse", expiry=0.8):
-            intruder = {"host": "h2", "pid": 2, "flow_run_id": "intruder", "started": "now", "token": "t2",
-                        "renewed": time.time() + 60, "expiry": 30}
+            intruder = {
+                "host": "h2",
+                "pid": 2,
+                "flow_run_id": "intruder",
+                "started": "now",
+                "token": "t2",
+                "renewed": time.time() + 60,
+                "expiry": 30,
+            }
             root.write_json(LEASE, intruder)
             time.sleep(1.0)  # past a renewal (every 0.2 s)
     assert json.loads(root.read_bytes(LEASE))["token"] == "t2"  # the intruder's lease is left alone

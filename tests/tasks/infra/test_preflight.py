@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gcmodels.config import ConfigError
 from gcmine.tasks.infra.errors import InputError
 from gcmine.tasks.infra.preflight import check_config_path, check_location, code_checkout, require_exists
+from gcmodels.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -20,14 +20,18 @@ def test_the_checkout_is_the_repository_root() -> None:
 
 @pytest.mark.parametrize("value", ["", "  ", ".", "./", "file://"])
 def test_empty_or_dot_is_refused_naming_the_variable(value: str) -> None:
-    with pytest.raises(ConfigError, match=r"out=.* names no location: GCMINE_OUT was probably unset when `prefect deploy` ran"):
+    with pytest.raises(
+        ConfigError, match=r"out=.* names no location: GCMINE_OUT was probably unset when `prefect deploy` ran"
+    ):
         check_location("out", value, "GCMINE_OUT")
     with pytest.raises(ConfigError, match="GCMINE_OUT"):  # a CLI run too: '' or '.' is never meant
         check_location("out", value, "GCMINE_OUT", deployment=False)
 
 
 def test_unfilled_template_is_refused() -> None:
-    with pytest.raises(ConfigError, match=r"parameter images='\{\{ \$GCMINE_IMAGES \}\}' was never filled in: GCMINE_IMAGES"):
+    with pytest.raises(
+        ConfigError, match=r"parameter images='\{\{ \$GCMINE_IMAGES \}\}' was never filled in: GCMINE_IMAGES"
+    ):
         check_location("images", "{{ $GCMINE_IMAGES }}", "GCMINE_IMAGES")
 
 
@@ -54,7 +58,9 @@ def test_config_path(tmp_path, monkeypatch) -> None:
         with pytest.raises(ConfigError, match="GCMINE_CONFIG was probably unset"):
             check_config_path(value, "GCMINE_CONFIG")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match=rf"config file nope.yaml does not exist \(relative to the working directory {tmp_path}"):
+    with pytest.raises(
+        ConfigError, match=rf"config file nope.yaml does not exist \(relative to the working directory {tmp_path}"
+    ):
         check_config_path("nope.yaml", "GCMINE_CONFIG")
     with pytest.raises(ConfigError, match="is a directory"):
         check_config_path(str(tmp_path), "GCMINE_CONFIG")

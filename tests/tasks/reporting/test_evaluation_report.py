@@ -25,7 +25,10 @@ def _summary() -> pd.DataFrame:
 
 def _cells(html: str) -> list[list[str]]:
     body = html.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
-    return [[re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row)] for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body)]
+    return [
+        [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+        for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body)
+    ]
 
 
 def test_section_shows_every_label_and_the_pooled_row_first() -> None:
@@ -39,13 +42,17 @@ def test_section_shows_every_label_and_the_pooled_row_first() -> None:
 
 
 def test_skipped_pairs_are_counted_once_per_pair_and_the_stale_note() -> None:
-    table = pd.DataFrame({
-        "filename": ["a.png", "a.png", "b.png", "b.png", "c.png"], "label": ["x", "x", "x", "x", "y"],
-        "model": ["finetuned", "base", "finetuned", "base", "finetuned"],
-        "status": ["skipped", "skipped", "ok", "ok", "skipped"],
-        "reason": ["row 2: unknown image: no image of the run has this file name"] * 2 + [None, None]
-        + ["unknown label: the run has no map under 'y'"],
-    })
+    table = pd.DataFrame(
+        {
+            "filename": ["a.png", "a.png", "b.png", "b.png", "c.png"],
+            "label": ["x", "x", "x", "x", "y"],
+            "model": ["finetuned", "base", "finetuned", "base", "finetuned"],
+            "status": ["skipped", "skipped", "ok", "ok", "skipped"],
+            "reason": ["row 2: unknown image: no image of the run has this file name"] * 2
+            + [None, None]
+            + ["unknown label: the run has no map under 'y'"],
+        }
+    )
     html = evaluation_section(_summary(), table, stale=True)
     skipped = html.split("Box pairs not evaluated", 1)[1]
     assert re.findall(r"<td>(.*?)</td><td>(.*?)</td>", skipped) == [("unknown image", "1"), ("unknown label", "1")]

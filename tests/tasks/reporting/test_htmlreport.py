@@ -26,7 +26,7 @@ def _make_data(labels=("cat", EVIL, WEIRD), n_images=6, size=32, seed=0, n_steps
     rng = np.random.default_rng(seed)
     imgs, maps = {}, {}
     t_rows, p_rows, e_rows, c_rows = [], [], [], []
-    for li, lab in enumerate(labels):
+    for _li, lab in enumerate(labels):
         for j in range(n_images):
             iid = f"{lab}/{j}.png"
             imgs[iid] = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
@@ -120,12 +120,21 @@ def test_all_sections_present():
     for sid in ("summary", "collection", "training", "rejected"):
         assert f'id="{sid}"' in out
     assert out.count('<section class="label"') == len(data.labels)
-    for text in ("Run summary", "Timings", "Rejections by reason", "Cluster metrics", "Cluster sizes",
-                 "Labels × clusters", "Visual elements", "Most typical images", "Rejected inputs"):
+    for text in (
+        "Run summary",
+        "Timings",
+        "Rejections by reason",
+        "Cluster metrics",
+        "Cluster sizes",
+        "Labels × clusters",
+        "Visual elements",
+        "Most typical images",
+        "Rejected inputs",
+    ):
         assert text in out
     assert "missing files" in out and "unlabeled" in out
     # labels in display order
-    positions = [out.index(f'<h2>{lab}</h2>') for lab in ("cat", "&lt;script&gt;alert(1)&lt;/script&gt;")]
+    positions = [out.index(f"<h2>{lab}</h2>") for lab in ("cat", "&lt;script&gt;alert(1)&lt;/script&gt;")]
     assert positions == sorted(positions)
 
 
@@ -217,7 +226,7 @@ def test_embedded_crop_has_box():
 
 def test_svg_curve_points():
     out = render_report(_make_data(n_steps=37))
-    svg = out[out.index("<svg"): out.index("</svg>")]
+    svg = out[out.index("<svg") : out.index("</svg>")]
     raw = re.search(r'<polyline class="raw"[^>]*points="([^"]*)"', svg).group(1)
     assert len(raw.split()) == 37
     smooth = re.search(r'<polyline class="smooth"[^>]*points="([^"]*)"', svg).group(1)
@@ -249,7 +258,7 @@ def test_colorize_and_overlay():
     img = Image.new("RGB", (40, 30), (128, 128, 128))
     over = overlay_typicality(img, np.ones((8, 8), np.float32))
     assert over.size == (40, 30)
-    r, g, b = np.asarray(over)[15, 20]
+    r, _g, b = np.asarray(over)[15, 20]
     assert r > 128 and b < 128
     same = overlay_typicality(img, np.zeros((8, 8), np.float32))
     assert (np.asarray(same) == 128).all()

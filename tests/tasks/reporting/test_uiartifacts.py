@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from gcmodels.config import ReportConfig
 from gcmine.tasks.infra.artifacts import artifact_key, dataset_name
 from gcmine.tasks.infra.storage import RunStore
 from gcmine.tasks.reporting.uiartifacts import THUMB, element_strips, report_link, served_path, summary_markdown
+from gcmodels.config import ReportConfig
 
 
 def test_keys_and_names_carry_the_dataset() -> None:
@@ -26,12 +26,28 @@ def test_keys_and_names_carry_the_dataset() -> None:
 
 
 def _tables() -> tuple[pd.DataFrame, pd.DataFrame]:
-    elements = pd.DataFrame({"label": ["a", "a", "b|<i>"], "element": [0, 1, 0], "rank": [1, 0, 0], "score": [0.5, 0.7, 0.2], "size": [3, 2, 1]})
-    patches = pd.DataFrame({
-        "image_id": ["i0", "i1", "i0", "i1", "i0", "i1"], "label": ["a", "a", "a", "a", "a", "b|<i>"],
-        "rank": 0, "x0": [0, 4, 8, 0, 2, 10], "y0": [0, 4, 8, 10, 2, 0], "x1": [6, 10, 14, 6, 8, 16], "y1": [6, 10, 14, 16, 8, 6],
-        "typicality": [0.9, 0.8, 0.1, 0.7, 0.6, 0.5], "element": [0, 0, 0, 1, 1, 0],
-    })
+    elements = pd.DataFrame(
+        {
+            "label": ["a", "a", "b|<i>"],
+            "element": [0, 1, 0],
+            "rank": [1, 0, 0],
+            "score": [0.5, 0.7, 0.2],
+            "size": [3, 2, 1],
+        }
+    )
+    patches = pd.DataFrame(
+        {
+            "image_id": ["i0", "i1", "i0", "i1", "i0", "i1"],
+            "label": ["a", "a", "a", "a", "a", "b|<i>"],
+            "rank": 0,
+            "x0": [0, 4, 8, 0, 2, 10],
+            "y0": [0, 4, 8, 10, 2, 0],
+            "x1": [6, 10, 14, 6, 8, 16],
+            "y1": [6, 10, 14, 16, 8, 6],
+            "typicality": [0.9, 0.8, 0.1, 0.7, 0.6, 0.5],
+            "element": [0, 0, 0, 1, 1, 0],
+        }
+    )
     return elements, patches
 
 
@@ -51,7 +67,9 @@ def test_strips_picture_each_top_element_within_the_budget() -> None:
     # an unreadable image is left out; past the budget, the labels that follow get no picture
     assert set(element_strips(elements, patches, {"i0": _image(0)}.get, ["a", "b|<i>"])) == {("a", 0), ("a", 1)}
     first = len(strips[("a", 1)])
-    assert set(element_strips(elements, patches, images.get, ["a", "b|<i>"], per_element=2, budget=first + 10)) == {("a", 1)}
+    assert set(element_strips(elements, patches, images.get, ["a", "b|<i>"], per_element=2, budget=first + 10)) == {
+        ("a", 1)
+    }
 
 
 def test_summary_markdown_escapes_and_links() -> None:
@@ -59,7 +77,9 @@ def test_summary_markdown_escapes_and_links() -> None:
     link = {"url": "http://127.0.0.1:8765/cars/", "note": "start `gcmine serve /data/runs/cars`"}
     md = summary_markdown("/data/runs/cars", elements, {("a", 1): "data:image/png;base64,AAAA"}, link, ["a", "b|<i>"])
     assert md.startswith("# gcmine: what is typical of each label in cars\n")
-    assert "**[Open the full report of cars](http://127.0.0.1:8765/cars/)** (start `gcmine serve /data/runs/cars`)" in md
+    assert (
+        "**[Open the full report of cars](http://127.0.0.1:8765/cars/)** (start `gcmine serve /data/runs/cars`)" in md
+    )
     rows = [line for line in md.splitlines() if line.startswith("| [")]
     assert rows == [
         "| [a](http://127.0.0.1:8765/cars/#label-0-a) | 0 | 0.7 | 2 | ![a, element 0](data:image/png;base64,AAAA) |",
