@@ -69,7 +69,6 @@ class ReportData:
     rejected: pd.DataFrame
     load_image: Callable[[str], Image.Image]
     load_map: Callable[[str], np.ndarray]
-    element_members: dict[tuple[str, int], list[int]] | None = None
     # the collection at a glance (glance.py): map points (image_id, x, y, cluster, label),
     # the conditioning decision, and the projection that made the map
     collection_map: pd.DataFrame | None = None

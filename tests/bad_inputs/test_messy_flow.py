@@ -12,29 +12,13 @@ import re
 import pandas as pd
 import pytest
 from bad_zoo import L_HTML, L_LOST, L_PATH, L_UNI, expected_kinds, write_zoo
+from tiny import tiny_settings
 
 from gcmine.flows.cli import main
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "data.resolution=16",
-    "data.shard_size=8",
-    "embed.size=8",
-    "embed.dim=4",
-    "cluster.k=50",
-    "model.block_out_channels=[8, 16]",
-    "train.steps=3",
-    "train.batch_size=4",
-    "train.warmup_steps=1",
-    "score.draws=2",
-    "score.batch_size=8",
-    "rank.per_image=2",
-    "rank.elements=3",
-    "rank.feature_draws=1",
-    "report.heatmaps_per_label=1",
-    "runtime.progress=false",
-]
+TINY = tiny_settings("data.shard_size=8", "cluster.k=50", "rank.elements=3")
 
 
 def _argv(images, out, labels=None, extra=()) -> list[str]:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from tiny import tiny_settings
 
 from gcmine.flows.cli import main
 from gcmine.tasks.infra.artifacts import TYPICALITY_COLUMNS, unpack_maps
@@ -20,23 +21,8 @@ pytestmark = pytest.mark.slow
 
 LABELS = ("circle", "cross", "square")
 PER_LABEL = 8
-TINY = [
-    "data.resolution=16",
+TINY = tiny_settings(
     "data.shard_size=10",
-    "embed.size=8",
-    "embed.dim=4",
-    "cluster.k=2",
-    "model.block_out_channels=[8, 16]",
-    "train.steps=3",
-    "train.batch_size=4",
-    "train.warmup_steps=1",
-    "score.draws=2",
-    "score.batch_size=8",
-    "rank.per_image=2",
-    "rank.elements=2",
-    "rank.feature_draws=1",
-    "report.heatmaps_per_label=1",
-    "runtime.progress=false",
     "score.cotypicality=true",
     "score.holdout=0.25",
     "translate.enabled=true",
@@ -48,7 +34,7 @@ TINY = [
     "baseline.detectors=2",
     "baseline.keep=1",
     "baseline.rounds=1",
-]
+)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tiny import tiny_settings
 
 from gcmine.flows.cli import main
 from gcmine.tasks.evaluate import EVALUATION_COLUMNS, recorded_maps
@@ -21,24 +22,7 @@ from gcmodels.mining.evaluation import boxes_mask, localisation_scores
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "data.resolution=16",
-    "data.shard_size=4",
-    "embed.size=8",
-    "embed.dim=4",
-    "cluster.k=2",
-    "model.block_out_channels=[8, 16]",
-    "train.steps=3",
-    "train.batch_size=4",
-    "train.warmup_steps=1",
-    "score.draws=2",
-    "score.batch_size=8",
-    "rank.per_image=2",
-    "rank.elements=2",
-    "rank.feature_draws=1",
-    "report.heatmaps_per_label=1",
-    "runtime.progress=false",
-]
+TINY = tiny_settings()
 
 
 @pytest.fixture(scope="module")

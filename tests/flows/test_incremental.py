@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from tiny import tiny_settings
 
 from gcmine.flows.config import load_settings
 from gcmine.flows.pipeline import run_pipeline
@@ -15,25 +16,7 @@ from gcmodels.data.synthetic import motif_dataset
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "data.resolution=16",
-    "data.shard_size=4",
-    "embed.size=8",
-    "embed.dim=4",
-    "cluster.k=2",
-    "model.block_out_channels=[8, 16]",
-    "train.steps=3",
-    "train.batch_size=4",
-    "train.warmup_steps=1",
-    "train.retrain_fraction=0.5",
-    "score.draws=2",
-    "score.batch_size=8",
-    "rank.per_image=2",
-    "rank.elements=2",
-    "rank.feature_draws=1",
-    "report.heatmaps_per_label=1",
-    "runtime.progress=false",
-]
+TINY = tiny_settings("train.retrain_fraction=0.5")
 
 
 def _write(folder: Path, items) -> None:

@@ -12,30 +12,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from tiny import tiny_settings
 
 from gcmodels.data.synthetic import motif_dataset
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = [
-    "data.resolution=16",
+SETTINGS = tiny_settings(
     "data.shard_size=2",
-    "embed.size=8",
-    "embed.dim=4",
-    "cluster.k=2",
     "model.block_out_channels=[16, 32]",
-    "train.steps=3",
-    "train.batch_size=4",
-    "train.warmup_steps=1",
     "score.draws=384",
     "score.batch_size=128",
-    "rank.per_image=2",
-    "rank.elements=2",
-    "rank.feature_draws=1",
-    "report.heatmaps_per_label=1",
-    "runtime.progress=false",
     "runtime.threads=1",
-]
+)
 
 
 def _command(images: Path, out: Path) -> list[str]:

@@ -8,6 +8,7 @@ import tempfile
 
 import pandas as pd
 import pytest
+from tiny import tiny_settings
 
 from gcmine.flows.config import load_settings
 from gcmine.flows.pipeline import run_pipeline
@@ -16,24 +17,7 @@ from gcmodels.data.synthetic import motif_dataset
 pytestmark = pytest.mark.slow
 
 KEY, SECRET = "AKIAGCMINETEST000001", "gcmine-test-secret-Zq8f3LxWv92N"
-TINY = [
-    "data.resolution=16",
-    "data.shard_size=4",
-    "embed.size=8",
-    "embed.dim=4",
-    "cluster.k=2",
-    "model.block_out_channels=[8, 16]",
-    "train.steps=3",
-    "train.batch_size=4",
-    "train.warmup_steps=1",
-    "score.draws=2",
-    "score.batch_size=8",
-    "rank.per_image=2",
-    "rank.elements=2",
-    "rank.feature_draws=1",
-    "report.heatmaps_per_label=1",
-    "runtime.progress=false",
-]
+TINY = tiny_settings()
 
 
 def _free_port() -> int:

@@ -11,33 +11,21 @@ import re
 import numpy as np
 import pytest
 from PIL import Image
+from tiny import tiny_settings
 
 from gcmine.flows.cli import main
 from gcmine.tasks.infra.storage import RunStore
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "data.resolution=16",
+TINY = tiny_settings(
     "data.shard_size=5",
-    "embed.size=8",
-    "embed.dim=4",
     "cluster.method=hdbscan",
     "cluster.min_cluster_size=3",
     "cluster.min_samples=2",
-    "model.block_out_channels=[8, 16]",
-    "train.steps=3",
-    "train.batch_size=4",
-    "train.warmup_steps=1",
-    "score.draws=2",
-    "score.batch_size=8",
-    "rank.per_image=2",
-    "rank.elements=2",
-    "rank.feature_draws=1",
-    "report.heatmaps_per_label=1",
     "report.map_method=tsne",
-    "runtime.progress=false",
-]
+    drop=("cluster.k",),
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 import base64
 import io
 import re
-import time
 
 import numpy as np
 import pandas as pd
@@ -264,7 +263,9 @@ def test_colorize_and_overlay():
     assert (np.asarray(same) == 128).all()
 
 
-def test_render_speed_and_image_cache():
+def test_render_decodes_each_image_once():
+    """A large report (10 labels x 6 elements x 8 crops) decodes each image once (its speed is a
+    benchmark matter, not a test's)."""
     labels = [f"label{i}" for i in range(10)]
     data = _make_data(labels=labels, n_images=12, size=48)
     rng = np.random.default_rng(1)
@@ -287,13 +288,10 @@ def test_render_speed_and_image_cache():
         return load(i)
 
     data.load_image = counting
-    t0 = time.perf_counter()
     out = render_report(data)
-    elapsed = time.perf_counter() - t0
     assert out.count('class="crop"') == 10 * 6 * 8
     assert out.count('class="over"') == 40
     assert max(calls.values()) == 1
-    assert elapsed < 15, elapsed
 
 
 @pytest.mark.parametrize("missing", ["timings", "rejected_by_reason", "config", "device", "images"])
