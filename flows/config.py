@@ -10,7 +10,7 @@ from pydantic import BaseModel, SecretStr
 
 from gcmodels.config import MASK, ConfigError, Settings, may_hold_secret, secret_fields
 
-__all__ = ["base_checkpoint", "describe_settings", "load_settings", "parse_override"]
+__all__ = ["base_checkpoint", "describe_settings", "load_settings", "parse_override", "require_extras"]
 
 
 def _shown(text: str) -> str:
@@ -81,10 +81,38 @@ def load_settings(config_file: str | Path | None = None, overrides: list[str] | 
         info = base_checkpoint(base)
         defaults = checkpoint_defaults(info.defaults, info.parameters)
     try:
-        return Settings.from_dict(values, defaults)
+        settings = Settings.from_dict(values, defaults)
     except ConfigError as err:
         where = f" (from {config_file})" if config_file else ""
         raise ConfigError(f"{err}{where}") from None
+    require_extras(settings)
+    return settings
+
+
+# setting -> (the package it needs, the extra of pyproject.toml that installs it)
+def _needs(settings: Settings) -> list[tuple[str, str, str]]:
+    needs = []
+    if settings.runtime.runner == "dask":
+        needs.append(("runtime.runner=dask", "prefect_dask", "dask"))
+    if settings.embed.method == "clip":
+        needs.append(("embed.method=clip", "transformers", "clip"))
+    if settings.model.base is not None and settings.train.lora_rank > 0:
+        needs.append((f"train.lora_rank={settings.train.lora_rank}", "peft", "checkpoints"))
+    if settings.cluster.reduce == "umap":
+        needs.append(("cluster.reduce=umap", "umap", "umap"))
+    if settings.report.map_method == "umap":
+        needs.append(("report.map_method=umap", "umap", "umap"))
+    return needs
+
+
+def require_extras(settings: Settings) -> None:
+    """ConfigError naming the setting and the extra to install when a setting needs an optional
+    package that is not installed (checked before any work; the default settings need none)."""
+    import importlib.util
+
+    for setting, package, extra in _needs(settings):
+        if importlib.util.find_spec(package) is None:
+            raise ConfigError(f"{setting} needs {package}, which is not installed: pip install 'gcmine[{extra}]'")
 
 
 def base_checkpoint(base: str):

@@ -345,7 +345,7 @@ def task_runner(runtime: RuntimeConfig):
         from prefect_dask import DaskTaskRunner
     except ImportError:
         raise ConfigError(
-            "runtime.runner='dask' needs the prefect-dask package: pip install prefect-dask==0.3.7"
+            "runtime.runner='dask' needs prefect-dask, which is not installed: pip install 'gcmine[dask]'"
         ) from None
     if runtime.dask_address:
         return DaskTaskRunner(address=runtime.dask_address)

@@ -27,7 +27,15 @@ from gcmodels.diffusion.latent import (
     read_meta,
 )
 
-__all__ = ["UnsupportedModel", "families", "inspect_base", "load_any_model", "load_base", "supported_families"]
+__all__ = [
+    "UnsupportedModel",
+    "families",
+    "inspect_base",
+    "load_any_model",
+    "load_base",
+    "supported_families",
+    "unavailable_families",
+]
 
 _NOT_FAMILIES = {"base", "families", "latent", "parametrisation", "pixel"}
 
@@ -46,6 +54,10 @@ class UnsupportedModel(ModelLayoutError):
 
 
 _FAMILIES: dict[str, type[LatentDiffusion]] | None = None
+# family modules that could not be imported: module name -> the missing package
+_UNAVAILABLE: dict[str, str] = {}
+#: the optional packages of family modules, and the extra that installs them
+OPTIONAL_PACKAGES = {"transformers": "checkpoints", "peft": "checkpoints"}
 
 
 def families() -> dict[str, type[LatentDiffusion]]:
@@ -59,7 +71,14 @@ def families() -> dict[str, type[LatentDiffusion]]:
         for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
             if info.name in _NOT_FAMILIES or info.name.startswith("_"):
                 continue
-            module = importlib.import_module(f"{package.__name__}.{info.name}")
+            try:
+                module = importlib.import_module(f"{package.__name__}.{info.name}")
+            except ModuleNotFoundError as err:
+                missing = (err.name or "").split(".")[0]
+                if missing not in OPTIONAL_PACKAGES:
+                    raise
+                _UNAVAILABLE[info.name] = missing  # e.g. the SD families without transformers
+                continue
             for obj in vars(module).values():
                 if (
                     isinstance(obj, type)
@@ -121,7 +140,22 @@ def inspect_base(directory: str | Path) -> CheckpointInfo:
         if cls.detect(index, directory):
             return cls.inspect(directory, index)
     parts = sorted(k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None)
+    if _UNAVAILABLE:
+        raise UnsupportedModel(f"{directory} is a {name} (parts: {', '.join(parts) or 'none'}): {unavailable_families()}")
     raise _refuse(directory, f"{name} (parts: {', '.join(parts) or 'none'})", "not a family gcmine supports")
+
+
+def unavailable_families() -> str:
+    """Why some families cannot be used here (a package they import is missing), as one line, or ''."""
+    families()
+    if not _UNAVAILABLE:
+        return ""
+    packages = sorted(set(_UNAVAILABLE.values()))
+    extras = sorted({OPTIONAL_PACKAGES[p] for p in packages})
+    return (
+        f"the families {', '.join(sorted(_UNAVAILABLE))} need {' and '.join(packages)}, which is not installed: "
+        f"pip install 'gcmine[{','.join(extras)}]'"
+    )
 
 
 def load_base(directory: str | Path, labels: Sequence[str], **options) -> LatentDiffusion:

@@ -282,7 +282,10 @@ class LatentDiffusion(ConditionalDiffusion):
         B starts at zero, so the model's outputs are unchanged until it trains. The random A
         matrices are drawn from `generator` (peft draws from the global RNG: it is forked, so the
         caller's state is untouched and the same generator gives the same adapter). Returns self."""
-        from peft import LoraConfig
+        try:
+            from peft import LoraConfig
+        except ModuleNotFoundError:
+            raise ValueError("LoRA (train.lora_rank) needs peft, which is not installed: pip install 'gcmine[checkpoints]'") from None
 
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")

@@ -251,7 +251,10 @@ class CLIPImageEncoder(TransformerMixin, BaseEstimator):
         directory = Path(self.path)
         if not (directory / "config.json").is_file():
             raise ValueError(f"{name}: {str(self.path)!r} is not a local CLIP model directory (no config.json in it)")
-        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+        try:
+            from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+        except ModuleNotFoundError:
+            raise ValueError(f"{name} needs transformers, which is not installed: pip install 'gcmine[clip]'") from None
 
         try:
             self.processor_ = CLIPImageProcessor.from_pretrained(directory, local_files_only=True)
