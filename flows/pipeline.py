@@ -21,6 +21,16 @@ from gcmine.tasks.finetune import finetune
 from gcmine.tasks.infra.artifacts import run_info
 from gcmine.tasks.infra.caching import map_cached, run_cached
 from gcmine.tasks.infra.lease import run_lease
+from gcmine.tasks.infra.ledger import (
+    RunLedger,
+    computed_seconds,
+    latents_stage,
+    rank_stage,
+    reused_shards,
+    run_stages,
+    score_stage,
+    workers,
+)
 from gcmine.tasks.infra.storage import RunStore, sweep_leftovers, sweep_scratch
 from gcmine.tasks.ingest import ingest
 from gcmine.tasks.latents import base_key, check_base, check_class_labels, latents_shard
@@ -42,11 +52,6 @@ def _run_name() -> str:
     params = flow_run.parameters
     images = str(params.get("images", "")).rstrip("/").rsplit("/", 1)[-1] or "images"
     return f"mine-{images}"
-
-
-def _workers(results: list[tuple[dict, bool]]) -> list[str]:
-    """The processes (`host:pid`) that computed the shards of a stage in this run."""
-    return sorted({r["worker"] for r, hit in results if not hit and "worker" in r})
 
 
 def embed_stage(
@@ -71,7 +76,7 @@ def embed_stage(
     parts = map_cached(
         embed_shard, ("embeddings",), "shard", shards, out=out, config=config, storage_options=so, **model
     )
-    reused += [f"embed[{r['shard']}]" for r, hit in parts if hit]
+    reused += reused_shards("embed", parts)
     gathered, _ = run_cached(
         embeddings_table,
         ("embeddings",),
@@ -88,8 +93,8 @@ def embed_stage(
         "dim": first["dim"],
         "encoder": first["encoder"],
         "embeddings": gathered["embeddings"],
-        "seconds": sum(r["seconds"] for r, hit in parts if not hit) + gathered["seconds"],
-        "workers": _workers(parts),
+        "seconds": computed_seconds(parts) + gathered["seconds"],
+        "workers": workers(parts),
     }
 
 
@@ -135,132 +140,32 @@ def mine(
 def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dict, checkpoint) -> dict:
     """The stages of `mine`, run under the lease of `out` (`checkpoint`: what `check_base` found
     in model.base, or None)."""
-    reused: list[str] = []
+    ledger = RunLedger()
     ingested = ingest(images, labels, out, settings.data, so, multiple=settings.working_multiple)
     if checkpoint is not None and checkpoint.conditioning == "class":  # every label needs a class of the checkpoint
         given = [] if settings.data.labels == "clusters" else list(ingested["labels"])
         check_class_labels(checkpoint, settings.model.class_map, given, so)
     shards = ingested["shards"]
     names = [s["name"] for s in shards]
-    # model.base (Stable Diffusion): every working image encoded once by the VAE, per shard
-    latents: list[str | None] = [None] * len(shards)
-    encoded_stage: dict[str, dict] = {}
-    if settings.model.base is not None:
-        encoded = map_cached(
-            latents_shard,
-            ("latents",),
-            "shard",
-            shards,
-            out=out,
-            base=settings.model.base,
-            vae_key=base_key(settings.model.base),
-            runtime=settings.runtime,
-            storage_options=so,
-        )
-        reused += [f"latents[{r['shard']}]" for r, hit in encoded if hit]
-        latents = [r["latents"] for r, _ in encoded]
-        encoded_stage["latents"] = {
-            "seconds": sum(r["seconds"] for r, hit in encoded if not hit),
-            "images": sum(r["images"] for r, _ in encoded),
-            "base": settings.model.base,
-            "family": checkpoint.family if checkpoint else None,
-            "workers": _workers(encoded),
-        }
+    latents, encoded_stage = _encode_latents(out, shards, settings, so, checkpoint, ledger)
 
     def train(conditioning: str | None) -> dict:
-        result = finetune(
-            out,
-            names,
-            settings.data.resolution,
-            settings.model,
-            settings.train,
-            settings.runtime,
-            so,
-            conditioning=conditioning,
-            holdout=settings.score.holdout,
-            holdout_seed=settings.score.seed,
-            latents=latents if settings.model.base is not None else None,
-        )
-        reused.extend(["finetune"] * result["reused"])
-        return result
+        return _train(out, names, settings, so, conditioning, latents, ledger)
 
     # embed.method=diffusion embeds with the fine-tuned model, so fine-tuning (on the given labels:
     # the settings refuse clusters as labels then) comes first
     trained = train(None) if settings.embed.method == "diffusion" else None
-    embedded = embed_stage(out, ingested, settings, trained["fingerprint"] if trained else None, so, reused)
-    clustered, hit = run_cached(
-        cluster,
-        ("clusters", "cluster_metrics", "cluster_traces", "cluster_contingency", "cluster_linkage"),
-        out=out,
-        embeddings=embedded["embeddings"],
-        labels_key=ingested["labels_key"],
-        config=settings.cluster,
-        runtime=settings.runtime,
-        storage_options=so,
-    )
-    reused += ["cluster"] * hit
-    # the labels that condition the model: the given ones, or the clusters as pseudo-labels
-    conditioned = condition(out, clustered["clusters"], ingested["labels_key"], settings.data.labels, so)
+    embedded = embed_stage(out, ingested, settings, trained["fingerprint"] if trained else None, so, ledger.reused)
+    clustered, conditioned, mapped = _cluster(out, ingested, embedded, settings, so, ledger)
     # given labels are read from the manifest (per-shard label fingerprints keep reruns incremental)
     conditioning = conditioned["conditioning"] if conditioned["source"] == "clusters" else None
-    mapped, hit = run_cached(
-        collection_map,
-        ("collection_map",),
-        out=out,
-        embeddings=embedded["embeddings"],
-        clusters=clustered["clusters"],
-        method=settings.report.map_method,
-        seed=settings.report.map_seed,
-        storage_options=so,
-    )
-    reused += ["collection-map"] * hit
     if trained is None:
         trained = train(conditioning)
     fingerprint = trained["fingerprint"]
-
-    scored = map_cached(
-        score_shard,
-        ("maps", "scores"),
-        ("shard", "latents"),
-        list(zip(shards, latents)),
-        out=out,
-        fingerprint=fingerprint,
-        config=settings.score,
-        runtime=settings.runtime,
-        storage_options=so,
-        conditioning=conditioning,
-        # adaptive draws serve rank's top patches; plain scoring does not depend on rank's settings
-        ranking=(
-            {"top_k": settings.rank.per_label, "per_image": settings.rank.per_image, "patch_size": settings.patch_size}
-            if settings.score.adaptive
-            else None
-        ),
+    scored, gathered, ranked, mined = _score_and_rank(
+        out, shards, latents, fingerprint, conditioning, settings, so, ledger
     )
-    reused += [f"score[{r['shard']}]" for r, hit in scored if hit]
-    gathered = typicality_table(out, [r["scores"] for r, _ in scored], so)
-    ranked = map_cached(
-        rank_shard,
-        ("candidates",),
-        ("shard", "maps", "latents"),
-        [(shard, s["maps"], z) for shard, (s, _), z in zip(shards, scored, latents)],
-        out=out,
-        fingerprint=fingerprint,
-        patch_size=settings.patch_size,
-        config=settings.rank,
-        runtime=settings.runtime,
-        storage_options=so,
-    )
-    reused += [f"rank[{r['shard']}]" for r, hit in ranked if hit]
-    mined = elements(out, [r["candidates"] for r, _ in ranked], settings.rank, so)
-    applications: dict[str, dict] = {}
-    if settings.score.cotypicality:
-        applications["classify"] = classify(out, fingerprint, so)
-    if settings.translate.enabled:
-        applications["translate"] = translate(
-            out, names, fingerprint, settings.patch_size, settings.translate, settings.score, settings.runtime, so
-        )
-    if settings.baseline.enabled:
-        applications["baseline"] = baseline(out, names, settings.patch_size, settings.baseline, so, conditioning)
+    applications = _applications(out, names, fingerprint, conditioning, settings, so)
     cluster_outputs = ("clusters", "cluster_metrics", "cluster_traces", "cluster_contingency", "cluster_linkage")
     published = publish(
         out,
@@ -285,30 +190,20 @@ def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dic
             settings.runtime,
             so,
         )
-    if reused:
-        get_run_logger().info("reused from earlier runs (no model work): %s", ", ".join(reused))
-    stages = {
-        "ingest": ingested,
-        **encoded_stage,
-        "embed": embedded,
-        "cluster": clustered,
-        "condition": conditioned,
-        "map": mapped,
-        "finetune": trained,
-        "score": {
-            "seconds": sum(r["seconds"] for r, hit in scored if not hit) + gathered["seconds"],
-            "images": gathered["images"],
-            "workers": _workers(scored),
-            "maps": [r["maps"] for r, _ in scored],
-        },
-        "rank": {
-            "seconds": sum(r["seconds"] for r, hit in ranked if not hit) + mined["seconds"] + published["seconds"],
-            **mined,
-            "workers": _workers(ranked),
-        },
-        **applications,
-        **sampled,
-    }
+    ledger.log(get_run_logger())
+    stages = run_stages(
+        ingested,
+        encoded_stage,
+        embedded,
+        clustered,
+        conditioned,
+        mapped,
+        trained,
+        score_stage(scored, gathered),
+        rank_stage(ranked, mined, published),
+        applications,
+        sampled,
+    )
     info = run_info(
         settings,
         images=images,
@@ -316,7 +211,7 @@ def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dic
         out=out,
         stages=stages,
         flow_run_id=str(flow_run.id),
-        reused=reused,
+        reused=ledger.reused,
         checkpoint=checkpoint,
     )
     reported = report(out, [r["maps"] for r, _ in scored], settings.report, info, so, applications)
@@ -329,9 +224,164 @@ def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dic
         "stages": stages,
         "summary": info["summary"],
         "flow_run_id": info["flow_run_id"],
-        "reused": reused,
+        "reused": ledger.reused,
         "classifier": applications.get("classify"),
     }
+
+
+def _encode_latents(
+    out: str, shards: list[dict], settings: Settings, so: dict, checkpoint, ledger: RunLedger
+) -> tuple[list[str | None], dict[str, dict]]:
+    """model.base (Stable Diffusion): every working image encoded once by the VAE, per shard. The
+    latents artifact of each shard (None each without model.base) and the latents stage's summary
+    by name (empty without model.base)."""
+    latents: list[str | None] = [None] * len(shards)
+    encoded_stage: dict[str, dict] = {}
+    if settings.model.base is not None:
+        encoded = map_cached(
+            latents_shard,
+            ("latents",),
+            "shard",
+            shards,
+            out=out,
+            base=settings.model.base,
+            vae_key=base_key(settings.model.base),
+            runtime=settings.runtime,
+            storage_options=so,
+        )
+        ledger.mapped("latents", encoded)
+        latents = [r["latents"] for r, _ in encoded]
+        encoded_stage["latents"] = latents_stage(
+            encoded, settings.model.base, checkpoint.family if checkpoint else None
+        )
+    return latents, encoded_stage
+
+
+def _train(
+    out: str,
+    names: list[str],
+    settings: Settings,
+    so: dict,
+    conditioning: str | None,
+    latents: list[str | None],
+    ledger: RunLedger,
+) -> dict:
+    """The finetune task on the shards `names`, conditioned on the manifest's labels (None) or the
+    table `conditioning`; counted as reused when it reused the run root's model."""
+    result = finetune(
+        out,
+        names,
+        settings.data.resolution,
+        settings.model,
+        settings.train,
+        settings.runtime,
+        so,
+        conditioning=conditioning,
+        holdout=settings.score.holdout,
+        holdout_seed=settings.score.seed,
+        latents=latents if settings.model.base is not None else None,
+    )
+    ledger.cached("finetune", result["reused"])
+    return result
+
+
+def _cluster(
+    out: str, ingested: dict, embedded: dict, settings: Settings, so: dict, ledger: RunLedger
+) -> tuple[dict, dict, dict]:
+    """Cluster the embeddings, pick the labels that condition the model (the given ones, or the
+    clusters as pseudo-labels) and lay out the collection map: the three tasks' results."""
+    clustered, hit = run_cached(
+        cluster,
+        ("clusters", "cluster_metrics", "cluster_traces", "cluster_contingency", "cluster_linkage"),
+        out=out,
+        embeddings=embedded["embeddings"],
+        labels_key=ingested["labels_key"],
+        config=settings.cluster,
+        runtime=settings.runtime,
+        storage_options=so,
+    )
+    ledger.cached("cluster", hit)
+    # the labels that condition the model: the given ones, or the clusters as pseudo-labels
+    conditioned = condition(out, clustered["clusters"], ingested["labels_key"], settings.data.labels, so)
+    mapped, hit = run_cached(
+        collection_map,
+        ("collection_map",),
+        out=out,
+        embeddings=embedded["embeddings"],
+        clusters=clustered["clusters"],
+        method=settings.report.map_method,
+        seed=settings.report.map_seed,
+        storage_options=so,
+    )
+    ledger.cached("collection-map", hit)
+    return clustered, conditioned, mapped
+
+
+def _score_and_rank(
+    out: str,
+    shards: list[dict],
+    latents: list[str | None],
+    fingerprint: str,
+    conditioning: str | None,
+    settings: Settings,
+    so: dict,
+    ledger: RunLedger,
+) -> tuple[list[tuple[dict, bool]], dict, list[tuple[dict, bool]], dict]:
+    """Score every shard with the model `fingerprint` and gather the typicality table; rank each
+    shard's patches and mine the elements. The per-shard results of score and rank (with their
+    cache hits), the gathered table and the elements."""
+    scored = map_cached(
+        score_shard,
+        ("maps", "scores"),
+        ("shard", "latents"),
+        list(zip(shards, latents)),
+        out=out,
+        fingerprint=fingerprint,
+        config=settings.score,
+        runtime=settings.runtime,
+        storage_options=so,
+        conditioning=conditioning,
+        # adaptive draws serve rank's top patches; plain scoring does not depend on rank's settings
+        ranking=(
+            {"top_k": settings.rank.per_label, "per_image": settings.rank.per_image, "patch_size": settings.patch_size}
+            if settings.score.adaptive
+            else None
+        ),
+    )
+    ledger.mapped("score", scored)
+    gathered = typicality_table(out, [r["scores"] for r, _ in scored], so)
+    ranked = map_cached(
+        rank_shard,
+        ("candidates",),
+        ("shard", "maps", "latents"),
+        [(shard, s["maps"], z) for shard, (s, _), z in zip(shards, scored, latents)],
+        out=out,
+        fingerprint=fingerprint,
+        patch_size=settings.patch_size,
+        config=settings.rank,
+        runtime=settings.runtime,
+        storage_options=so,
+    )
+    ledger.mapped("rank", ranked)
+    mined = elements(out, [r["candidates"] for r, _ in ranked], settings.rank, so)
+    return scored, gathered, ranked, mined
+
+
+def _applications(
+    out: str, names: list[str], fingerprint: str, conditioning: str | None, settings: Settings, so: dict
+) -> dict[str, dict]:
+    """The optional applications the settings enable, by name: classify (score.cotypicality),
+    translate, baseline."""
+    applications: dict[str, dict] = {}
+    if settings.score.cotypicality:
+        applications["classify"] = classify(out, fingerprint, so)
+    if settings.translate.enabled:
+        applications["translate"] = translate(
+            out, names, fingerprint, settings.patch_size, settings.translate, settings.score, settings.runtime, so
+        )
+    if settings.baseline.enabled:
+        applications["baseline"] = baseline(out, names, settings.patch_size, settings.baseline, so, conditioning)
+    return applications
 
 
 def task_runner(runtime: RuntimeConfig):

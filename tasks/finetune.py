@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -15,21 +13,20 @@ from prefect import task
 
 from gcmine.tasks.infra.artifacts import MODEL, TRAINING, artifact_key, model_description, read_images, stopwatch
 from gcmine.tasks.infra.caching import content_key
-from gcmine.tasks.infra.errors import DamagedArtifact, InputError, StorageError, out_of_memory_hint
+from gcmine.tasks.infra.checkpoints import CHECKPOINT, drop_checkpoint, read_checkpoint, write_checkpoint
+from gcmine.tasks.infra.errors import DamagedArtifact, InputError, out_of_memory_hint
 from gcmine.tasks.infra.gpu import gpu_slot
 from gcmine.tasks.infra.integrity import file_records, model_damage
 from gcmine.tasks.infra.logs import stage_logger
 from gcmine.tasks.infra.models import COMPLETE, TRAINING_SET, model_fingerprint
 from gcmine.tasks.infra.progress import StageProgress
-from gcmine.tasks.infra.storage import RunStore, is_local, scratch_dir
+from gcmine.tasks.infra.storage import RunStore, scratch_dir
 from gcmine.tasks.latents import base_key, read_latent_inputs, shape_groups
 from gcmodels.config import ConfigError, ModelConfig, RuntimeConfig, TrainConfig
 from gcmodels.diffusion import ConditionalDiffusion, PixelDiffusion, inspect_base, load_base
 from gcmodels.diffusion.training import CheckpointMismatch, TrainingDiverged, train_diffusion
 from gcmodels.mining.cotypicality import stratified_split
 from gcmodels.runtime import configure_torch, resolve_device, resolve_precision
-
-CHECKPOINT = "checkpoints/finetune.pt"  # the resumable state of an unfinished training
 
 
 def _publish(
@@ -51,92 +48,6 @@ def _publish(
         store.put_dir(tmp, MODEL)
     store.write_parquet(TRAINING, pd.DataFrame(history, columns=["step", "loss", "lr", "seconds"]))
     return fingerprint
-
-
-def write_checkpoint(store: RunStore, payload: dict) -> None:
-    """Save `payload` as `CHECKPOINT` atomically: locally torch.save to a temporary sibling renamed
-    into place, on an object store a local temporary file uploaded whole (one PUT). A failed write
-    (a full disk) is a `StorageError` naming the checkpoint; the previous one stays in place."""
-    path = store.path(CHECKPOINT)
-    if is_local(store.fs):
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            _save(payload, tmp)
-            os.replace(tmp, path)
-        except OSError as err:
-            raise _checkpoint_error(store, err) from err
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return
-    with scratch_dir("checkpoint") as tmp:
-        local = Path(tmp) / "finetune.pt"
-        try:
-            _save(payload, local)
-        except OSError as err:
-            raise _checkpoint_error(store, err, staged=local) from err
-        store.retrying(
-            f"uploading {store.uri(CHECKPOINT)}", store.fs.put_file, str(local), path, transfer=local.stat().st_size
-        )
-
-
-def _checkpoint_error(store: RunStore, err: OSError, staged: Path | None = None) -> StorageError:
-    where = f" (staged in {staged})" if staged is not None else ""
-    return StorageError(
-        err.errno or 0,
-        f"writing the training checkpoint {store.uri(CHECKPOINT)}{where} failed: {err.strerror or err}; the previous "
-        "checkpoint (if any) is kept: free space (or fix the cause) and run the same command again to resume from it",
-    )
-
-
-def _save(payload: dict, target: str | Path) -> None:
-    """torch.save; a failed write is an OSError. A full disk surfaces inside torch's writer as a
-    RuntimeError that names no file and is no OSError ("[enforce fail at inline_container.cc:672]
-    . unexpected pos 704 vs 598", "PytorchStreamWriter failed writing file data/0", "basic_ios::
-    clear: iostream error"); a payload that cannot be pickled raises other errors."""
-    try:
-        torch.save(payload, target)
-    except RuntimeError as err:
-        text = str(err).strip()
-        detail = text.splitlines()[0] if text else "write failed"
-        raise OSError(0, f"the write failed, is the disk full? (torch: {detail})") from err
-
-
-def read_checkpoint(store: RunStore) -> dict | None:
-    """The payload of `CHECKPOINT` (tensors on the CPU), or None when there is none or it cannot
-    be read (a checkpoint is never worth failing a run for: the training starts afresh)."""
-    if not store.exists(CHECKPOINT):
-        return None
-    try:
-        if is_local(store.fs):
-            return torch.load(store.path(CHECKPOINT), map_location="cpu", weights_only=True)
-        with scratch_dir("checkpoint") as tmp:
-            local = Path(tmp) / "finetune.pt"
-            store.retrying(
-                f"downloading {store.uri(CHECKPOINT)}",
-                store.fs.get_file,
-                store.path(CHECKPOINT),
-                str(local),
-                transfer=None,
-            )
-            return torch.load(local, map_location="cpu", weights_only=True)
-    except StorageError:
-        raise  # the store failed (not the file): the run cannot go on
-    except Exception as err:
-        stage_logger().warning("ignoring the unreadable checkpoint %s: %s", store.uri(CHECKPOINT), err)
-        return None
-
-
-def drop_checkpoint(store: RunStore) -> None:
-    """Remove `CHECKPOINT` (once the model it would resume is published)."""
-    if store.exists(CHECKPOINT):
-        store.retrying(f"removing {store.uri(CHECKPOINT)}", store.fs.rm, store.path(CHECKPOINT))
-        if is_local(store.fs):
-            try:
-                os.rmdir(os.path.dirname(store.path(CHECKPOINT)))  # leave no empty folder behind
-            except OSError:
-                pass  # not empty (something else lives there)
 
 
 def checkpoint_of(model_config: ModelConfig, storage_options: dict | None = None):
@@ -190,6 +101,22 @@ def _new_model(
         raise ConfigError(f"model.base: {err}") from None
     if train_config.lora_rank:
         model.enable_lora(train_config.lora_rank, train_config.lora_alpha, generator=generator)
+    return model
+
+
+def _model_on(
+    device: torch.device,
+    vocab: list[str],
+    resolution: int,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    generator,
+    class_map: dict[str, int] | None,
+):
+    """`_new_model` moved to `device`, with gradient checkpointing when `train.gradient_checkpointing`."""
+    model = _new_model(vocab, resolution, model_config, train_config, generator, class_map).to(device)
+    if train_config.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
     return model
 
 
@@ -296,77 +223,25 @@ def finetune(
     precision = resolve_precision(runtime.precision, device)
     with stopwatch() as clock:
         store = RunStore(out, storage_options)
-        if latents is None:  # working images, each at its own size (data.resize=short_side keeps the aspect ratio)
-            meta, pixels = read_images(store, shards, conditioning, ragged=True)
-        else:  # model.base: the cached latents of every live image (unlabelled ones train the null prompt)
-            meta, pixels = read_latent_inputs(store, latents, conditioning)
-        vocab = sorted({lab for lab in meta["label"] if isinstance(lab, str)})
-        if not vocab:
-            raise InputError(
-                "no labelled image to train a conditional model on: give --labels (a CSV/Parquet with "
-                "filename,label) or a folder per label, or set data.labels=clusters to condition on the "
-                "discovered clusters"
-            )
-        held = holdout_split(meta, holdout, holdout_seed)
-        if held:
-            keep = ~meta["image_id"].isin(held).to_numpy()
-            pixels = [z for z, k in zip(pixels, keep) if k]
-            meta = meta[keep].reset_index(drop=True)
-            log.info("%d labelled image(s) held out of fine-tuning (score.holdout = %g)", len(held), holdout)
+        meta, pixels, vocab, held = _training_images(store, shards, conditioning, latents, holdout, holdout_seed, log)
         training_set = meta[meta["label"].map(lambda v: isinstance(v, str))][["image_id", "label"]].reset_index(
             drop=True
         )
         checkpoint, class_map = checkpoint_of(model_config, storage_options)
-        # working images that keep an oblong original's aspect ratio (data.resize=short_side) key
-        # the model too: a change of resize policy retrains it (squares are the same under both)
-        oblong = ["aspect kept"] if latents is None and any(p.shape[0] != p.shape[1] for p in pixels) else []
-        config_key = content_key(
-            resolution,
-            model_config,
-            train_config.model_dump(exclude={"retrain_fraction"}),
-            *oblong,
-            *([{"holdout": holdout, "seed": holdout_seed}] if holdout > 0 else []),
-            *([base_key(model_config.base)] if model_config.base is not None else []),
-            *([sorted(class_map.items())] if class_map else []),
+        config_key = _config_key(
+            resolution, model_config, train_config, pixels, latents is None, holdout, holdout_seed, class_map
         )
         reused, why = reuse_decision(store, training_set, config_key, train_config.retrain_fraction)
         if reused is not None:
             log.info("finetune reused the existing model %s: %s", reused, why)
-            return {
-                "fingerprint": reused,
-                "labels": vocab,
-                "reused": True,
-                "reason": why,
-                "device": str(device),
-                "held_out": len(held),
-                "seconds": 0.0,
-            }
+            return _reused_summary(reused, vocab, why, device, held)
         log.info("training a new model: %s", why)
         labels = [lab if isinstance(lab, str) else None for lab in meta["label"]]
         data_key = content_key(meta["image_id"].tolist(), labels)  # the images and labels, in training order
         with gpu_slot(device, runtime):  # one training per card (nothing taken on CPU)
             generator = torch.Generator().manual_seed(train_config.seed)
-            model = _new_model(vocab, resolution, model_config, train_config, generator, class_map).to(device)
-            if train_config.gradient_checkpointing:
-                model.enable_gradient_checkpointing()
-            groups = list(shape_groups(pixels).values())
-            if latents is None and len(groups) == 1:  # working images of one shape (squares): (N, 3, H, W) uint8
-                cond = model.label_index(labels)
-                images = torch.from_numpy(_channels_first(np.stack(pixels), True))
-            else:  # batched by shape (aspect ratio): lists of (n_i, C, h, w) and (n_i,)
-                all_cond = model.label_index(labels)
-                images = [
-                    torch.from_numpy(_channels_first(np.stack([pixels[i] for i in idx]), latents is None))
-                    for idx in groups
-                ]
-                cond = [all_cond[idx] for idx in groups]
-                log.info(
-                    "%d working shapes batched apart (the largest %d images, %d shape(s) smaller than a batch of %d)",
-                    len(groups),
-                    max(map(len, groups)),
-                    sum(len(g) < train_config.batch_size for g in groups),
-                    train_config.batch_size,
-                )
+            model = _model_on(device, vocab, resolution, model_config, train_config, generator, class_map)
+            images, cond = _training_tensors(model, pixels, labels, latents is None, train_config.batch_size, log)
             steps = train_config.budget(len(meta))
             trainable = getattr(model, "trainable_parameters", model.parameters)()
             n_params = sum(p.numel() for p in trainable)
@@ -381,79 +256,19 @@ def finetune(
                 device,
                 precision,
             )
-            resume = None
-            saved = read_checkpoint(store)
-            if saved is not None:
-                if saved.get("config_key") == config_key and saved.get("data_key") == data_key:
-                    resume = saved["state"]
-                    log.info("resuming from step %d (%s)", resume["step"], store.uri(CHECKPOINT))
-                else:
-                    log.info("ignoring the checkpoint of another training (settings or training set changed)")
-                del saved
-
-            def on_checkpoint(state: dict) -> None:
-                began = time.perf_counter()
-                write_checkpoint(store, {"config_key": config_key, "data_key": data_key, "state": state})
-                log.info(
-                    "checkpoint at step %d: %.1f s to copy the state to the host, %.1f s to write %s",
-                    state["step"],
-                    state.get("host_seconds", 0.0),
-                    time.perf_counter() - began,
-                    store.uri(CHECKPOINT),
-                )
-
+            resume = _resume_state(store, config_key, data_key, log)
+            on_checkpoint = _checkpoint_writer(store, config_key, data_key, log)
             progress = StageProgress(
                 steps, "finetune", bar=runtime.progress, key=artifact_key(out, "finetune-progress")
             )
-
-            def on_step(row: dict) -> None:
-                progress.update(row["step"] + 1, loss=row["loss"])
-
             history: list[dict] = []
-
-            def train(resume: dict | None):
-                history[:] = [] if resume is None else [dict(r) for r in resume["history"]]
-                return train_diffusion(
-                    model,
-                    images,
-                    cond,
-                    steps=steps,
-                    batch_size=train_config.batch_size,
-                    lr=train_config.lr,
-                    warmup_steps=train_config.warmup_steps,
-                    weight_decay=train_config.weight_decay,
-                    grad_clip=train_config.grad_clip,
-                    label_dropout=train_config.label_dropout,
-                    checkpoint_every=train_config.checkpoint_every,
-                    generator=generator,
-                    checkpoint_seconds=None
-                    if train_config.checkpoint_minutes is None
-                    else 60.0 * train_config.checkpoint_minutes,
-                    max_seconds=None if train_config.minutes is None else 60.0 * train_config.minutes,
-                    callback=lambda row: (history.append(row), on_step(row)),
-                    lr_schedule=train_config.lr_schedule,
-                    ema_decay=train_config.ema_decay,
-                    precision=precision,
-                    on_checkpoint=on_checkpoint,
-                    resume=resume,
-                )
-
-            try:
-                with out_of_memory_hint("finetune", _memory_settings(model_config, train_config, resolution), device):
-                    try:
-                        result = train(resume)
-                    except CheckpointMismatch as err:  # raised before anything changed (e.g. another precision)
-                        log.warning("not resuming: %s; training from the start", err)
-                        result = train(None)
-            except TrainingDiverged:
-                progress.close()
-                _publish(store, model.cpu(), history, training_set, config_key)
-                drop_checkpoint(store)
-                log.error("training diverged; the last good checkpoint was saved to %s", store.uri(MODEL))
-                raise
-            progress.close()
-            fingerprint = _publish(store, model.cpu(), result.history, training_set, config_key)
-            drop_checkpoint(store)
+            train = _trainer(
+                model, images, cond, steps, train_config, generator, precision, on_checkpoint, progress, history
+            )
+            memory = _memory_settings(model_config, train_config, resolution)
+            result, fingerprint = _train_and_publish(
+                train, resume, memory, device, progress, history, store, model, training_set, config_key, log
+            )
         tail = np.mean([r["loss"] for r in result.history[-50:]])
         if result.stopped == "time":
             log.warning("train.minutes reached: stopped after %d of %d steps", result.steps, steps)
@@ -470,3 +285,227 @@ def finetune(
         "held_out": len(held),
         "seconds": clock["seconds"],
     }
+
+
+def _reused_summary(fingerprint: str, vocab: list[str], why: str, device: torch.device, held: set[str]) -> dict:
+    """finetune's result when it reuses the run root's model `fingerprint` (no training: 0 seconds)."""
+    return {
+        "fingerprint": fingerprint,
+        "labels": vocab,
+        "reused": True,
+        "reason": why,
+        "device": str(device),
+        "held_out": len(held),
+        "seconds": 0.0,
+    }
+
+
+def _training_images(
+    store: RunStore,
+    shards: list[str],
+    conditioning: str | None,
+    latents: list[str] | None,
+    holdout: float,
+    holdout_seed: int,
+    log,
+) -> tuple[pd.DataFrame, list[np.ndarray], list[str], set[str]]:
+    """What the model trains on: the live images' rows (image_id, label) and their working images
+    (H, W, 3) uint8, each at its own size, or with `latents` their cached VAE latents (C, h, w);
+    the label vocabulary; and the held-out image ids (`holdout_split`), already removed. No
+    labelled image is an `InputError` saying how to give labels."""
+    if latents is None:  # working images, each at its own size (data.resize=short_side keeps the aspect ratio)
+        meta, pixels = read_images(store, shards, conditioning, ragged=True)
+    else:  # model.base: the cached latents of every live image (unlabelled ones train the null prompt)
+        meta, pixels = read_latent_inputs(store, latents, conditioning)
+    vocab = sorted({lab for lab in meta["label"] if isinstance(lab, str)})
+    if not vocab:
+        raise InputError(
+            "no labelled image to train a conditional model on: give --labels (a CSV/Parquet with "
+            "filename,label) or a folder per label, or set data.labels=clusters to condition on the "
+            "discovered clusters"
+        )
+    held = holdout_split(meta, holdout, holdout_seed)
+    if held:
+        keep = ~meta["image_id"].isin(held).to_numpy()
+        pixels = [z for z, k in zip(pixels, keep) if k]
+        meta = meta[keep].reset_index(drop=True)
+        log.info("%d labelled image(s) held out of fine-tuning (score.holdout = %g)", len(held), holdout)
+    return meta, pixels, vocab, held
+
+
+def _config_key(
+    resolution: int,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    pixels: list[np.ndarray],
+    working_images: bool,
+    holdout: float,
+    holdout_seed: int,
+    class_map: dict[str, int] | None,
+) -> str:
+    """The key of the settings a model is trained with (those that would make another model): a
+    model of the run root is reused, and a checkpoint resumed, only under the same key."""
+    # working images that keep an oblong original's aspect ratio (data.resize=short_side) key
+    # the model too: a change of resize policy retrains it (squares are the same under both)
+    oblong = ["aspect kept"] if working_images and any(p.shape[0] != p.shape[1] for p in pixels) else []
+    return content_key(
+        resolution,
+        model_config,
+        train_config.model_dump(exclude={"retrain_fraction"}),
+        *oblong,
+        *([{"holdout": holdout, "seed": holdout_seed}] if holdout > 0 else []),
+        *([base_key(model_config.base)] if model_config.base is not None else []),
+        *([sorted(class_map.items())] if class_map else []),
+    )
+
+
+def _training_tensors(
+    model: ConditionalDiffusion,
+    pixels: list[np.ndarray],
+    labels: list[str | None],
+    working_images: bool,
+    batch_size: int,
+    log,
+):
+    """The trainer's inputs: working images of one shape (squares) as one (N, 3, H, W) uint8
+    tensor with the label indices (N,); else one tensor per shape (aspect ratio) and a matching
+    list of (n_i,) label indices (the batching is logged)."""
+    groups = list(shape_groups(pixels).values())
+    if working_images and len(groups) == 1:  # working images of one shape (squares): (N, 3, H, W) uint8
+        cond = model.label_index(labels)
+        images = torch.from_numpy(_channels_first(np.stack(pixels), True))
+        return images, cond
+    # batched by shape (aspect ratio): lists of (n_i, C, h, w) and (n_i,)
+    all_cond = model.label_index(labels)
+    images = [torch.from_numpy(_channels_first(np.stack([pixels[i] for i in idx]), working_images)) for idx in groups]
+    cond = [all_cond[idx] for idx in groups]
+    log.info(
+        "%d working shapes batched apart (the largest %d images, %d shape(s) smaller than a batch of %d)",
+        len(groups),
+        max(map(len, groups)),
+        sum(len(g) < batch_size for g in groups),
+        batch_size,
+    )
+    return images, cond
+
+
+def _resume_state(store: RunStore, config_key: str, data_key: str, log) -> dict | None:
+    """The trainer state to resume from: that of the run root's checkpoint when it was written by a
+    training of the same settings (`config_key`) and training set (`data_key`), else None."""
+    saved = read_checkpoint(store)
+    if saved is None:
+        return None
+    if saved.get("config_key") == config_key and saved.get("data_key") == data_key:
+        resume = saved["state"]
+        log.info("resuming from step %d (%s)", resume["step"], store.uri(CHECKPOINT))
+        return resume
+    log.info("ignoring the checkpoint of another training (settings or training set changed)")
+    return None
+
+
+def _checkpoint_writer(store: RunStore, config_key: str, data_key: str, log):
+    """The trainer's `on_checkpoint`: write its state with the keys it resumes under, and log the
+    time taken to copy it to the host and to write it."""
+
+    def on_checkpoint(state: dict) -> None:
+        began = time.perf_counter()
+        write_checkpoint(store, {"config_key": config_key, "data_key": data_key, "state": state})
+        log.info(
+            "checkpoint at step %d: %.1f s to copy the state to the host, %.1f s to write %s",
+            state["step"],
+            state.get("host_seconds", 0.0),
+            time.perf_counter() - began,
+            store.uri(CHECKPOINT),
+        )
+
+    return on_checkpoint
+
+
+def _trainer(
+    model: ConditionalDiffusion,
+    images,
+    cond,
+    steps: int,
+    train_config: TrainConfig,
+    generator: torch.Generator,
+    precision: str,
+    on_checkpoint,
+    progress: StageProgress,
+    history: list[dict],
+):
+    """`train(resume)`: `train_diffusion` with the training settings, from the state `resume` (or
+    from the start with None); every new history row is appended to `history` (which starts as
+    the resumed rows) and moves `progress`."""
+
+    def on_step(row: dict) -> None:
+        progress.update(row["step"] + 1, loss=row["loss"])
+
+    def train(resume: dict | None):
+        history[:] = [] if resume is None else [dict(r) for r in resume["history"]]
+        return train_diffusion(
+            model,
+            images,
+            cond,
+            steps=steps,
+            batch_size=train_config.batch_size,
+            lr=train_config.lr,
+            warmup_steps=train_config.warmup_steps,
+            weight_decay=train_config.weight_decay,
+            grad_clip=train_config.grad_clip,
+            label_dropout=train_config.label_dropout,
+            checkpoint_every=train_config.checkpoint_every,
+            generator=generator,
+            checkpoint_seconds=None
+            if train_config.checkpoint_minutes is None
+            else 60.0 * train_config.checkpoint_minutes,
+            max_seconds=None if train_config.minutes is None else 60.0 * train_config.minutes,
+            callback=lambda row: (history.append(row), on_step(row)),
+            lr_schedule=train_config.lr_schedule,
+            ema_decay=train_config.ema_decay,
+            precision=precision,
+            on_checkpoint=on_checkpoint,
+            resume=resume,
+        )
+
+    return train
+
+
+def _train_or_restart(train, resume: dict | None, log):
+    """`train(resume)`; when the trainer refuses the checkpoint's state (`CheckpointMismatch`,
+    raised before anything changed, e.g. another precision) a warning and `train(None)`."""
+    try:
+        return train(resume)
+    except CheckpointMismatch as err:
+        log.warning("not resuming: %s; training from the start", err)
+        return train(None)
+
+
+def _train_and_publish(
+    train,
+    resume: dict | None,
+    memory: dict[str, object],
+    device: torch.device,
+    progress: StageProgress,
+    history: list[dict],
+    store: RunStore,
+    model: ConditionalDiffusion,
+    training_set: pd.DataFrame,
+    config_key: str,
+    log,
+):
+    """Train (an out-of-memory error names the `memory` settings), publish the model and drop the
+    checkpoint; return the training result and the model's fingerprint. A training that diverged
+    publishes the model restored to its last good checkpoint, then re-raises `TrainingDiverged`."""
+    try:
+        with out_of_memory_hint("finetune", memory, device):
+            result = _train_or_restart(train, resume, log)
+    except TrainingDiverged:
+        progress.close()
+        _publish(store, model.cpu(), history, training_set, config_key)
+        drop_checkpoint(store)
+        log.error("training diverged; the last good checkpoint was saved to %s", store.uri(MODEL))
+        raise
+    progress.close()
+    fingerprint = _publish(store, model.cpu(), result.history, training_set, config_key)
+    drop_checkpoint(store)
+    return result, fingerprint

@@ -371,33 +371,88 @@ def ingest_images(
     sources = list_sources(images, data.extensions, storage_options)
     if not sources.uris:
         raise InputError(f"IMAGES {images} holds no image files with extensions {list(data.extensions)}")
-    missing: list[str] = []
     notes: list[str] = []  # recoverable problems and what was decided, for the log, summary and report
-    if labels is not None:
-        table = read_labels(labels, storage_options, notes)
-        assigned, missing = match_labels(sources.names, table)
-        if all(lab is None for lab in assigned) and len(missing) < len(table):
-            raise InputError(
-                f"labels file {labels}, column 'label': every row that names one of the images in {images} "
-                "has an empty label, so no image is labelled"
-            )
-        if all(lab is None for lab in assigned):
-            raise InputError(
-                f"labels file {labels} matches none of the {len(sources.names)} images in {images} "
-                f"(first image: {sources.names[0]!r}; first label row: {table['filename'].iloc[0]!r})"
-            )
-    else:
-        assigned = sources.labels if sources.labels is not None else [None] * len(sources.uris)
+    assigned, missing = _assign_labels(images, labels, sources, storage_options, notes)
     old_shards, previous = _previous_run(store, data.resolution, data.resize, log, multiple)
     shard_of = {iid: sh["name"] for sh in old_shards for iid in sh["ids"]}
-    known = frozenset(shard_of)
+    decoded = _decode_sources(images, sources, data, frozenset(shard_of), storage_options, multiple)
+    manifest, new_rows = _manifest(sources, assigned, decoded, previous, shard_of)
+    all_shards = _write_new_shards(store, manifest, old_shards, new_rows, data.shard_size)
+    policy, oblong = _fingerprint_shards(all_shards, manifest, data, multiple)
+    store.write_json(
+        SHARDS_META, {"resolution": data.resolution, "resize": data.resize, "multiple": multiple, "shards": all_shards}
+    )
+    store.write_parquet(MANIFEST, manifest)
+    ok = manifest["status"] == "ok"
+    label_counts = manifest[ok & manifest["label"].notna()]["label"].value_counts().sort_index()
+    notes += _label_notes(manifest, label_counts, missing)
+    summary = _summary(
+        manifest, all_shards, label_counts, missing, notes, data.resolution, policy, oblong, new_rows, old_shards
+    )
+    _log_outcome(log, store, manifest, notes, len(new_rows), len(old_shards))
+    _check_usable(images, labels, store, manifest, summary, label_counts, data.max_labels)
+    log.info(
+        "ingested %d images (%d ok, %d rejected) with %d labels into %d shard(s)",
+        len(manifest),
+        summary["ok"],
+        summary["rejected"],
+        len(label_counts),
+        len(summary["shards"]),
+    )
+    return summary
+
+
+def _assign_labels(
+    images: str, labels: str | None, sources: Sources, storage_options: dict | None, notes: list[str]
+) -> tuple[list[str | None], list[str]]:
+    """The label of each source (from the LABELS table when given, else from the listing) and the
+    table's file names that match no image. A table that labels none of the images is an
+    `InputError`; its recoverable problems are added to `notes`."""
+    if labels is None:
+        assigned = sources.labels if sources.labels is not None else [None] * len(sources.uris)
+        return assigned, []
+    table = read_labels(labels, storage_options, notes)
+    assigned, missing = match_labels(sources.names, table)
+    if all(lab is None for lab in assigned) and len(missing) < len(table):
+        raise InputError(
+            f"labels file {labels}, column 'label': every row that names one of the images in {images} "
+            "has an empty label, so no image is labelled"
+        )
+    if all(lab is None for lab in assigned):
+        raise InputError(
+            f"labels file {labels} matches none of the {len(sources.names)} images in {images} "
+            f"(first image: {sources.names[0]!r}; first label row: {table['filename'].iloc[0]!r})"
+        )
+    return assigned, missing
+
+
+def _decode_sources(
+    images: str,
+    sources: Sources,
+    data: DataConfig,
+    known: frozenset[str],
+    storage_options: dict | None,
+    multiple: int,
+) -> list[dict]:
+    """`_decode_one` over every source, in listing order (8 threads); the images whose content is
+    in `known` (a reusable shard) are read and identified, not decoded."""
     fs, _ = open_fs(images, storage_options)
     with ThreadPoolExecutor(max_workers=8) as pool:
         sizes = sources.sizes or [None] * len(sources.uris)
-        decoded = list(
-            pool.map(lambda us: _decode_one(fs, us[0], data, known, us[1], multiple), zip(sources.uris, sizes))
-        )
+        return list(pool.map(lambda us: _decode_one(fs, us[0], data, known, us[1], multiple), zip(sources.uris, sizes)))
 
+
+def _manifest(
+    sources: Sources,
+    assigned: list[str | None],
+    decoded: list[dict],
+    previous: pd.DataFrame,
+    shard_of: dict[str, str],
+) -> tuple[pd.DataFrame, list[dict]]:
+    """The manifest (one row per source, its status and reason; `first_seen` kept from the earlier
+    run; `shard` set for images of a reused shard) and the rows (image_id, png) of the newly
+    decoded images. The first copy of an image (in listing order) is kept; later copies are
+    rejected as duplicates (a label conflict when their label differs)."""
     prev = previous.set_index("image_id")
     now = pd.Timestamp.now(tz="UTC").isoformat()
     rows, new_rows, seen = [], [], {}  # seen: image_id -> (uri, label) of its first (kept) copy
@@ -437,15 +492,32 @@ def ingest_images(
         rows.append(row)
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS + ["first_seen", "shard"])
     manifest = manifest.astype({"width": "Int64", "height": "Int64", "shard": object, "first_seen": object})
+    return manifest, new_rows
+
+
+def _write_new_shards(
+    store: RunStore, manifest: pd.DataFrame, old_shards: list[dict], new_rows: list[dict], shard_size: int
+) -> list[dict]:
+    """Write the newly decoded images as new shards of `shard_size` images, numbered after the
+    reused ones, and set their ok rows' `shard` in `manifest`; return every shard (reused first)
+    as {name, ids}."""
     all_shards = list(old_shards)
     next_index = 1 + max((int(sh["name"].split("-")[1].split(".")[0]) for sh in old_shards), default=-1)
-    for i in range(0, len(new_rows), data.shard_size):
-        chunk = new_rows[i : i + data.shard_size]
+    for i in range(0, len(new_rows), shard_size):
+        chunk = new_rows[i : i + shard_size]
         name = part_name(next_index + len(all_shards) - len(old_shards))
         store.write_parquet(images_part(name), pd.DataFrame(chunk))
         ids = [r["image_id"] for r in chunk]
         all_shards.append({"name": name, "ids": ids})
         manifest.loc[manifest["image_id"].isin(ids) & (manifest["status"] == "ok"), "shard"] = name
+    return all_shards
+
+
+def _fingerprint_shards(
+    all_shards: list[dict], manifest: pd.DataFrame, data: DataConfig, multiple: int
+) -> tuple[list, set[str]]:
+    """Set each shard's `fingerprint` (its image ids, the resolution, and the working size policy
+    when it holds an oblong image); return that policy and the ids of the oblong ok images."""
     # the working size policy keys the shards that hold an image it changes (one that is not a
     # square: a square gives resolution x resolution under every policy): resize (when not square),
     # and the long side's rounding when it is not the VAE's 8 (the pixel UNet's downsampling factor)
@@ -456,12 +528,12 @@ def ingest_images(
     for sh in all_shards:
         keyed = policy if oblong.intersection(sh["ids"]) else []
         sh["fingerprint"] = content_key(sorted(sh["ids"]), data.resolution, *keyed)
-    store.write_json(
-        SHARDS_META, {"resolution": data.resolution, "resize": data.resize, "multiple": multiple, "shards": all_shards}
-    )
-    store.write_parquet(MANIFEST, manifest)
-    ok = manifest["status"] == "ok"
-    live = manifest[ok]
+    return policy, oblong
+
+
+def _live_shards(all_shards: list[dict], live: pd.DataFrame) -> list[dict]:
+    """The shards that hold at least one live (ok) image: name, fingerprint, and `labels`, the key
+    of their (image_id, label) pairs."""
     shards = []
     for sh in all_shards:
         members = live[live["shard"] == sh["name"]]
@@ -470,12 +542,16 @@ def ingest_images(
                 zip(members["image_id"], members["label"].map(lambda v: v if isinstance(v, str) else None)), key=str
             )
             shards.append({"name": sh["name"], "fingerprint": sh["fingerprint"], "labels": content_key(pairs)})
-    labelled = live.loc[live["label"].map(lambda v: isinstance(v, str)).astype(bool)]
+    return shards
 
+
+def _label_notes(manifest: pd.DataFrame, label_counts: pd.Series, missing: list[str]) -> list[str]:
+    """The sentences on what the labelling left out or decided: labels left without an image or
+    with one, duplicates with another label, labelled files not found, unlabelled images."""
+    notes = []
+    ok = manifest["status"] == "ok"
     rejected = manifest[~ok]
-    by_reason = Counter(reason_kind(r) for r in rejected["reason"])
     unlabeled = int((ok & manifest["label"].isna()).sum())
-    label_counts = manifest[ok & manifest["label"].notna()]["label"].value_counts().sort_index()
     named = manifest[manifest["label"].notna()]["label"].unique()
     lost = sorted(str(lab) for lab in named if lab not in label_counts.index)
     if lost:
@@ -500,51 +576,88 @@ def ingest_images(
         notes.append(f"{len(missing)} labelled file(s) not found among the images (ignored), e.g. {missing[:3]}")
     if unlabeled:
         notes.append(f"{unlabeled} usable image(s) have no label (used for the unconditional model only)")
-    summary = {
+    return notes
+
+
+def _summary(
+    manifest: pd.DataFrame,
+    all_shards: list[dict],
+    label_counts: pd.Series,
+    missing: list[str],
+    notes: list[str],
+    resolution: int,
+    policy: list,
+    oblong: set[str],
+    new_rows: list[dict],
+    old_shards: list[dict],
+) -> dict:
+    """The ingest summary: counts, rejections by reason, labels, live shards, and the content keys
+    of the live images (`images_key`) and of the labelled ones (`labels_key`)."""
+    ok = manifest["status"] == "ok"
+    live = manifest[ok]
+    labelled = live.loc[live["label"].map(lambda v: isinstance(v, str)).astype(bool)]
+    return {
         "images": len(manifest),
         "ok": int(ok.sum()),
         "rejected": int((~ok).sum()),
-        "rejected_by_reason": dict(by_reason),
-        "unlabeled": unlabeled,
+        "rejected_by_reason": dict(Counter(reason_kind(r) for r in manifest[~ok]["reason"])),
+        "unlabeled": int((ok & manifest["label"].isna()).sum()),
         "missing_files": len(missing),
         "missing_examples": missing[:5],
         "labels": {str(k): int(v) for k, v in label_counts.items()},
-        "shards": shards,
+        "shards": _live_shards(all_shards, live),
         "new_images": len(new_rows),
         "reused_shards": len(old_shards),
         "images_key": content_key(
-            sorted(live["image_id"]), data.resolution, *(policy if oblong.intersection(live["image_id"]) else [])
+            sorted(live["image_id"]), resolution, *(policy if oblong.intersection(live["image_id"]) else [])
         ),
         "labels_key": content_key(sorted(zip(labelled["image_id"], labelled["label"]))),
         "notes": notes,
     }
+
+
+def _log_outcome(
+    log: logging.Logger | logging.LoggerAdapter,
+    store: RunStore,
+    manifest: pd.DataFrame,
+    notes: list[str],
+    new_images: int,
+    reused_shards: int,
+) -> None:
+    """Log the first rejections, every note, and how many images were decoded and shards reused."""
+    rejected = manifest[~(manifest["status"] == "ok")]
     for _, r in rejected.head(10).iterrows():
         log.warning("rejected %s: %s", r["source"], r["reason"])
     if len(rejected) > 10:
         log.warning("... and %d more rejected images (see %s)", len(rejected) - 10, store.uri(MANIFEST))
     for note in notes:
         log.warning("%s", note)
-    if new_rows or old_shards:
-        log.info("%d new image(s) decoded; %d shard(s) of an earlier run reused", len(new_rows), len(old_shards))
-    if not shards:
+    if new_images or reused_shards:
+        log.info("%d new image(s) decoded; %d shard(s) of an earlier run reused", new_images, reused_shards)
+
+
+def _check_usable(
+    images: str,
+    labels: str | None,
+    store: RunStore,
+    manifest: pd.DataFrame,
+    summary: dict,
+    label_counts: pd.Series,
+    max_labels: int,
+) -> None:
+    """`InputError` when no image is usable, or when the usable ones carry more than `max_labels`
+    distinct labels (the manifest is written first, so the rejections can be read)."""
+    if not summary["shards"]:
         raise InputError(
-            f"no usable image in {images}: all {len(manifest)} were rejected ({dict(by_reason)}); see {store.uri(MANIFEST)}"
+            f"no usable image in {images}: all {len(manifest)} were rejected ({summary['rejected_by_reason']}); "
+            f"see {store.uri(MANIFEST)}"
         )
-    if len(label_counts) > data.max_labels:
+    if len(label_counts) > max_labels:
         raise InputError(
             f"{labels or images} gives {len(label_counts)} distinct labels to usable images, more than "
-            f"data.max_labels = {data.max_labels} (e.g. {[str(x) for x in label_counts.index[:3]]}); "
+            f"data.max_labels = {max_labels} (e.g. {[str(x) for x in label_counts.index[:3]]}); "
             "check the label column, or raise data.max_labels"
         )
-    log.info(
-        "ingested %d images (%d ok, %d rejected) with %d labels into %d shard(s)",
-        len(manifest),
-        summary["ok"],
-        summary["rejected"],
-        len(label_counts),
-        len(shards),
-    )
-    return summary
 
 
 def _transient(task, task_run, state) -> bool:

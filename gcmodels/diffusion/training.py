@@ -284,18 +284,7 @@ def train_diffusion(
     weights (the raw ones, not the EMA) and raises `TrainingDiverged`. The model is left in eval mode.
     """
     data = _buckets(images, cond, batch_size)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-    if checkpoint_seconds is not None and checkpoint_seconds < 0:
-        raise ValueError(f"checkpoint_seconds must be >= 0 or None, got {checkpoint_seconds}")
-    if lr_schedule not in ("cosine", "constant"):
-        raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
-    if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
-        raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    _check_settings(steps, checkpoint_every, checkpoint_seconds, lr_schedule, ema_decay, precision)
     device = model.device
     named = _trainable(model)
     params = [p for _, p in named]
@@ -317,56 +306,25 @@ def train_diffusion(
     if resume is not None:
         _check_signature(resume.get("signature", {}), signature)
 
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, warmup_steps, steps, lr_schedule))
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    ema: list[Tensor] | None = None
+    opt, sched, scaler = _optimizer(params, lr, weight_decay, warmup_steps, steps, lr_schedule, device, precision)
     result = TrainResult(steps=0, stopped="budget")
-    if resume is None:
-        start_step, offset = 0, 0.0
-        good_weights = _weights(named)
-        data.start(generator)
-        if ema_decay is not None:
-            ema = [p.detach().float().clone() for p in params]
-    else:
-        start_step = int(resume["step"])
-        _load_weights(named, resume["weights"])
-        good_weights = resume["weights"]  # only ever read (copied into the model by the NaN guard)
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        scaler.load_state_dict(resume["scaler"])
-        if ema_decay is not None:
-            ema = [resume["ema"][n].to(device=p.device, dtype=torch.float32, copy=True) for n, p in named]
-        generator.set_state(resume["generator"])
-        data.load(resume["data"])
-        result.history = [dict(r) for r in resume["history"]]
-        result.steps = result.resumed_from = start_step
-        offset = result.history[-1]["seconds"] if result.history else 0.0
+    start_step, offset, good_weights, ema = _start(
+        resume, named, opt, sched, scaler, ema_decay, generator, data, result
+    )
     good_step = start_step
 
     model.train()
     start = last_saved = time.perf_counter()
     for step in range(start_step, steps):
-        x, c = data.next(generator)
-        x0 = model.encode(x) if x.dtype == torch.uint8 else x.to(device=device, dtype=torch.float32)
-        c = c.clone()
-        drop = torch.rand(c.shape, generator=generator) < label_dropout
-        c[drop] = NULL_LABEL
-        with _autocast(device, precision):
-            loss = model.training_loss(x0, c.to(device), generator=generator).float().mean()
+        loss = _batch_loss(model, data, generator, label_dropout, device, precision)
         value = float(loss.detach())
         if not math.isfinite(value):
             _load_weights(named, good_weights)
             model.eval()
             raise TrainingDiverged(step, value, good_step)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        scaler.step(opt)
-        scaler.update()
+        _optimizer_step(loss, opt, scaler, params, grad_clip)
         if ema is not None:
-            _ema_update(ema, params, min(ema_decay, (2 + step) / (11 + step)))
+            ema.update(params, step)
         row = {
             "step": step,
             "loss": value,
@@ -387,35 +345,202 @@ def train_diffusion(
         if (step + 1) % checkpoint_every == 0:  # the NaN guard's restore point
             weights = _weights(named)
             good_weights, good_step = weights, step + 1
-        due = (
-            (step + 1) % checkpoint_every == 0
-            if checkpoint_seconds is None
-            else time.perf_counter() - last_saved >= checkpoint_seconds
-        )
-        if on_checkpoint is not None and due:
-            copy_start = time.perf_counter()
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "step": step + 1,
-                "weights": weights if weights is not None else _weights(named),
-                "optimizer": _cpu(opt.state_dict()),
-                "scheduler": _cpu(sched.state_dict()),
-                "scaler": _cpu(scaler.state_dict()),
-                "ema": None if ema is None else {n: e.to("cpu", copy=True) for (n, _), e in zip(named, ema)},
-                "generator": generator.get_state(),
-                "data": data.state(),
-                "history": [dict(r) for r in result.history],
-                "signature": signature,
-            }
-            state["host_seconds"] = time.perf_counter() - copy_start
-            on_checkpoint(state)
+        if on_checkpoint is not None and _checkpoint_due(step, checkpoint_every, checkpoint_seconds, last_saved):
+            on_checkpoint(
+                _checkpoint_state(
+                    step + 1, weights, named, opt, sched, scaler, ema, generator, data, result.history, signature
+                )
+            )
             last_saved = time.perf_counter()
     if ema is not None:
-        with torch.no_grad():
-            for p, e in zip(params, ema):
-                p.copy_(e)
+        ema.copy_to(params)
     model.eval()
     return result
+
+
+def _check_settings(
+    steps: int,
+    checkpoint_every: int,
+    checkpoint_seconds: float | None,
+    lr_schedule: str,
+    ema_decay: float | None,
+    precision: str,
+) -> None:
+    """`ValueError` naming the first training setting out of its range."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    if checkpoint_seconds is not None and checkpoint_seconds < 0:
+        raise ValueError(f"checkpoint_seconds must be >= 0 or None, got {checkpoint_seconds}")
+    if lr_schedule not in ("cosine", "constant"):
+        raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+    if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def _optimizer(
+    params: list[nn.Parameter],
+    lr: float,
+    weight_decay: float,
+    warmup_steps: int,
+    steps: int,
+    lr_schedule: str,
+    device: torch.device,
+    precision: str,
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler]:
+    """AdamW over `params`, its learning-rate schedule (`_lr_factor`) and the loss scaler (enabled
+    for fp16 only)."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, warmup_steps, steps, lr_schedule))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    return opt, sched, scaler
+
+
+def _start(
+    resume: dict | None,
+    named: list[tuple[str, nn.Parameter]],
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    ema_decay: float | None,
+    generator: torch.Generator,
+    data: _Buckets,
+    result: TrainResult,
+) -> tuple[int, float, dict[str, Tensor], _Ema | None]:
+    """The training's starting point: the step to run first, the seconds already trained, the NaN
+    guard's restore point and the EMA (or None). A fresh start draws the batch order; a `resume`
+    state is loaded into the trainable weights, the optimizer, schedule, scaler, generator, batch
+    order and `result` (its history and steps)."""
+    if resume is None:
+        good_weights = _weights(named)
+        data.start(generator)
+        ema = None if ema_decay is None else _Ema.fresh([p for _, p in named], ema_decay)
+        return 0, 0.0, good_weights, ema
+    start_step = int(resume["step"])
+    _load_weights(named, resume["weights"])
+    good_weights = resume["weights"]  # only ever read (copied into the model by the NaN guard)
+    opt.load_state_dict(resume["optimizer"])
+    sched.load_state_dict(resume["scheduler"])
+    scaler.load_state_dict(resume["scaler"])
+    ema = None if ema_decay is None else _Ema.restored(resume["ema"], named, ema_decay)
+    generator.set_state(resume["generator"])
+    data.load(resume["data"])
+    result.history = [dict(r) for r in resume["history"]]
+    result.steps = result.resumed_from = start_step
+    offset = result.history[-1]["seconds"] if result.history else 0.0
+    return start_step, offset, good_weights, ema
+
+
+def _batch_loss(
+    model: nn.Module,
+    data: _Buckets,
+    generator: torch.Generator,
+    label_dropout: float,
+    device: torch.device,
+    precision: str,
+) -> Tensor:
+    """The mean training loss (fp32 scalar) of the next batch, its labels dropped to the null label
+    with probability `label_dropout`, the forward pass under `precision`'s autocast."""
+    x, c = data.next(generator)
+    x0 = model.encode(x) if x.dtype == torch.uint8 else x.to(device=device, dtype=torch.float32)
+    c = c.clone()
+    drop = torch.rand(c.shape, generator=generator) < label_dropout
+    c[drop] = NULL_LABEL
+    with _autocast(device, precision):
+        return model.training_loss(x0, c.to(device), generator=generator).float().mean()
+
+
+def _optimizer_step(
+    loss: Tensor,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    params: list[nn.Parameter],
+    grad_clip: float,
+) -> None:
+    """Backward pass of `loss` (scaled under fp16), grad-norm clipping at `grad_clip`, one step."""
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    scaler.step(opt)
+    scaler.update()
+
+
+def _checkpoint_due(step: int, checkpoint_every: int, checkpoint_seconds: float | None, last_saved: float) -> bool:
+    """Whether `on_checkpoint` is called after `step`: every `checkpoint_every` steps, or with
+    `checkpoint_seconds` once that many seconds passed since `last_saved` (a `time.perf_counter()`)."""
+    if checkpoint_seconds is None:
+        return (step + 1) % checkpoint_every == 0
+    return time.perf_counter() - last_saved >= checkpoint_seconds
+
+
+def _checkpoint_state(
+    step: int,
+    weights: dict[str, Tensor] | None,
+    named: list[tuple[str, nn.Parameter]],
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    ema: _Ema | None,
+    generator: torch.Generator,
+    data: _Buckets,
+    history: list[dict],
+    signature: dict,
+) -> dict:
+    """What `on_checkpoint` gets after `step` steps: CPU copies of everything needed to continue
+    bit-for-bit (`weights`: the trainable weights when already copied, else they are copied now),
+    and ``host_seconds``, the time the copy took."""
+    copy_start = time.perf_counter()
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "step": step,
+        "weights": weights if weights is not None else _weights(named),
+        "optimizer": _cpu(opt.state_dict()),
+        "scheduler": _cpu(sched.state_dict()),
+        "scaler": _cpu(scaler.state_dict()),
+        "ema": None if ema is None else ema.state(named),
+        "generator": generator.get_state(),
+        "data": data.state(),
+        "history": [dict(r) for r in history],
+        "signature": signature,
+    }
+    state["host_seconds"] = time.perf_counter() - copy_start
+    return state
+
+
+class _Ema:
+    """An fp32 shadow of the trainable weights, updated after each optimizer step k = step + 1 with
+    decay min(decay, (1 + k) / (10 + k)), loaded into the model at the end of the training."""
+
+    def __init__(self, shadow: list[Tensor], decay: float) -> None:
+        self.shadow, self.decay = shadow, decay
+
+    @classmethod
+    def fresh(cls, params: list[nn.Parameter], decay: float) -> _Ema:
+        """A shadow of the current weights."""
+        return cls([p.detach().float().clone() for p in params], decay)
+
+    @classmethod
+    def restored(cls, saved: dict[str, Tensor], named: list[tuple[str, nn.Parameter]], decay: float) -> _Ema:
+        """The shadow of a checkpoint (`state`'s output), on each parameter's device."""
+        return cls([saved[n].to(device=p.device, dtype=torch.float32, copy=True) for n, p in named], decay)
+
+    def update(self, params: list[nn.Parameter], step: int) -> None:
+        """Move the shadow towards the weights after the optimizer step `step` (0-based)."""
+        _ema_update(self.shadow, params, min(self.decay, (2 + step) / (11 + step)))
+
+    def state(self, named: list[tuple[str, nn.Parameter]]) -> dict[str, Tensor]:
+        """CPU copies of the shadow, by parameter name."""
+        return {n: e.to("cpu", copy=True) for (n, _), e in zip(named, self.shadow)}
+
+    @torch.no_grad()
+    def copy_to(self, params: list[nn.Parameter]) -> None:
+        """Load the shadow into the weights."""
+        for p, e in zip(params, self.shadow):
+            p.copy_(e)
 
 
 @torch.no_grad()

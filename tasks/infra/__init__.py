@@ -7,6 +7,9 @@
 - `integrity`: an artifact is verified before it is reused;
 - `lease`: one writer at a time per run root;
 - `models`: the fine-tuned model loaded once per worker process;
+- `checkpoints`: the resumable state of an unfinished fine-tuning (written atomically, read back,
+  dropped once the model is published);
+- `ledger`: the run's bookkeeping: which stages were reused, each stage's summary for run.json;
 - `gpu`: one GPU stage per card at a time (a lock and a Prefect concurrency slot);
 - `progress`, `logs`: progress bars and Prefect progress artifacts; logging inside and outside runs;
 - `errors`: the errors gcmine explains to the user in one line;

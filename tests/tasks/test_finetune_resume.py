@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 import gcmine.tasks.finetune as finetune_module
-from gcmine.tasks.finetune import CHECKPOINT, finetune, read_checkpoint, write_checkpoint
+from gcmine.tasks.finetune import finetune
+from gcmine.tasks.infra.checkpoints import CHECKPOINT, read_checkpoint, write_checkpoint
 from gcmine.tasks.infra.storage import RunStore
 from gcmine.tasks.ingest import ingest_images
 from gcmodels.config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig

@@ -10,7 +10,7 @@ import signal
 import pytest
 import torch
 
-from gcmine.tasks.finetune import CHECKPOINT, read_checkpoint, write_checkpoint
+from gcmine.tasks.infra.checkpoints import CHECKPOINT, read_checkpoint, write_checkpoint
 from gcmine.tasks.infra.errors import StorageError
 from gcmine.tasks.infra.storage import RunStore
 
