@@ -141,7 +141,9 @@ def inspect_base(directory: str | Path) -> CheckpointInfo:
             return cls.inspect(directory, index)
     parts = sorted(k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None)
     if _UNAVAILABLE:
-        raise UnsupportedModel(f"{directory} is a {name} (parts: {', '.join(parts) or 'none'}): {unavailable_families()}")
+        raise UnsupportedModel(
+            f"{directory} is a {name} (parts: {', '.join(parts) or 'none'}): {unavailable_families()}"
+        )
     raise _refuse(directory, f"{name} (parts: {', '.join(parts) or 'none'})", "not a family gcmine supports")
 
 

@@ -285,7 +285,9 @@ class LatentDiffusion(ConditionalDiffusion):
         try:
             from peft import LoraConfig
         except ModuleNotFoundError:
-            raise ValueError("LoRA (train.lora_rank) needs peft, which is not installed: pip install 'gcmine[checkpoints]'") from None
+            raise ValueError(
+                "LoRA (train.lora_rank) needs peft, which is not installed: pip install 'gcmine[checkpoints]'"
+            ) from None
 
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
