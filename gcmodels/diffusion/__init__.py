@@ -13,7 +13,15 @@ The estimator, the trainer, the features and the tasks see only the base class.
 """
 
 from gcmodels.diffusion.base import NULL_LABEL, ConditionalDiffusion, validate_label_vocabulary
-from gcmodels.diffusion.families import UnsupportedModel, families, inspect_base, load_any_model, load_base
+from gcmodels.diffusion.families import (
+    UnsupportedModel,
+    families,
+    inspect_base,
+    load_any_model,
+    load_base,
+    supported_families,
+    unavailable_families,
+)
 from gcmodels.diffusion.latent import CheckpointInfo, LatentDiffusion, LatentEncoder, ModelLayoutError
 from gcmodels.diffusion.pixel import PixelDiffusion
 from gcmodels.diffusion.sampling import Sampler, check_ddim_settings, ddim_denoise
@@ -47,6 +55,8 @@ __all__ = [
     "inspect_base",
     "load_any_model",
     "load_base",
+    "supported_families",
+    "unavailable_families",
     "train_diffusion",
     "validate_label_vocabulary",
 ]
