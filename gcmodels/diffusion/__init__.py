@@ -56,7 +56,7 @@ __all__ = [
     "load_any_model",
     "load_base",
     "supported_families",
-    "unavailable_families",
     "train_diffusion",
+    "unavailable_families",
     "validate_label_vocabulary",
 ]
