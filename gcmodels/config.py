@@ -253,6 +253,12 @@ class TrainConfig(_Section):
     weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay")
     grad_clip: float = Field(1.0, gt=0, description="gradient-norm clip")
     label_dropout: float = Field(0.15, ge=0, lt=1, description="probability of training on the null label")
+    loss_weighting: Literal["auto", "native", "eps"] = Field(
+        "auto",
+        description="per-sample weight of the training loss: native (plain MSE on the model's own target), eps "
+        "(weighted so that the loss is the eps-space MSE the typicality maps measure: abar for v, (1-s)^2 for flow), "
+        "auto = eps for v-prediction models, native otherwise",
+    )
     checkpoint_every: int = Field(
         100,
         ge=1,

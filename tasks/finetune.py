@@ -465,6 +465,7 @@ def _trainer(
             precision=precision,
             on_checkpoint=on_checkpoint,
             resume=resume,
+            loss_weighting=model.resolved_loss_weighting(train_config.loss_weighting),
         )
 
     return train

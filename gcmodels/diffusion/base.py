@@ -162,21 +162,41 @@ class ConditionalDiffusion(nn.Module):
         u = self._denoise(x_s, s.view(-1) * self.flow_timesteps, cond).float()
         return eps_from_flow(u, x_s, s)
 
-    def training_loss(self, x0: Tensor, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def training_loss(
+        self, x0: Tensor, cond: Tensor, generator: torch.Generator | None = None, weighting: str = "native"
+    ) -> Tensor:
         """Per-sample MSE of the network's own objective, (B,) float32: eps or v with t uniform
-        over the schedule; flow matching (target eps - x0) with `flow_training_sigmas`' density."""
+        over the schedule; flow matching (target eps - x0) with `flow_training_sigmas`' density.
+
+        `weighting`: "native" (the plain MSE on the target), or "eps": each sample weighted so that
+        its loss is the eps-space squared error the typicality maps measure (parametrisation.py:
+        eps_hat - eps = sqrt(abar) (v_hat - v) = (1 - s) (u_hat - u)), i.e. the eps objective for
+        any parametrisation. The plain v objective is the eps one weighted by 1 / abar = 1 + 1/SNR,
+        which spends the network on the noisiest levels."""
+        if weighting not in ("native", "eps"):
+            raise ValueError(f"loss weighting must be 'native' or 'eps', got {weighting!r}")
         b = x0.shape[0]
         if self.prediction == "flow_matching":
             s = flow_training_sigmas(b, generator, shift=self.flow_shift).to(x0.device)
             eps = torch.randn(x0.shape, generator=generator, device="cpu").to(x0.device)
             sc = s.view(-1, *([1] * (x0.dim() - 1)))
             pred = self._denoise((1.0 - sc) * x0 + sc * eps, s * self.flow_timesteps, cond)
-            return (pred.float() - (eps - x0)).pow(2).flatten(1).mean(1)
+            loss = (pred.float() - (eps - x0)).pow(2).flatten(1).mean(1)
+            return loss * (1.0 - s.float()).pow(2) if weighting == "eps" else loss
         t = torch.randint(0, self.num_train_timesteps, (b,), generator=generator, device="cpu").to(x0.device)
         eps = torch.randn(x0.shape, generator=generator, device="cpu").to(x0.device)
         pred = self._denoise(self.add_noise(x0, eps, t), t, cond)
-        target = eps if self.prediction == "epsilon" else v_target(x0, eps, self._abar(t, x0).view(-1))
-        return (pred.float() - target).pow(2).flatten(1).mean(1)
+        if self.prediction == "epsilon":
+            return (pred.float() - eps).pow(2).flatten(1).mean(1)
+        abar = self._abar(t, x0).view(-1)
+        loss = (pred.float() - v_target(x0, eps, abar)).pow(2).flatten(1).mean(1)
+        return loss * abar.float() if weighting == "eps" else loss
+
+    def resolved_loss_weighting(self, setting: str) -> str:
+        """The weighting `train.loss_weighting` means for this model: auto = eps for v-prediction."""
+        if setting == "auto":
+            return "eps" if self.prediction == "v_prediction" else "native"
+        return setting
 
     # ------------------------------------------------------------------ features
     def decoder_features(

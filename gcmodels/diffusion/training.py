@@ -241,6 +241,7 @@ def train_diffusion(
     on_checkpoint: Callable[[dict], None] | None = None,
     resume: dict | None = None,
     checkpoint_seconds: float | None = None,
+    loss_weighting: str = "native",
 ) -> TrainResult:
     """Train `model` in place; return the loss history.
 
@@ -254,6 +255,10 @@ def train_diffusion(
     probability `label_dropout`, AdamW over the trainable parameters (`model.trainable_parameters()`
     if the model has it, else those requiring grad), linear warm-up over `warmup_steps` then
     `lr_schedule` "cosine" (to lr/10 at `steps`) or "constant", grad-norm clipping at `grad_clip`.
+
+    `loss_weighting` "eps" asks the model for its loss weighted into eps space
+    (``training_loss(..., weighting="eps")``, see `ConditionalDiffusion.training_loss`); "native"
+    (the default) for the plain MSE on its own target.
 
     `precision` "bf16" / "fp16" runs the forward pass under autocast on the model's device (fp16
     with a GradScaler; weights and optimizer stay fp32). Meant for CUDA: the pipeline never asks
@@ -316,7 +321,7 @@ def train_diffusion(
     model.train()
     start = last_saved = time.perf_counter()
     for step in range(start_step, steps):
-        loss = _batch_loss(model, data, generator, label_dropout, device, precision)
+        loss = _batch_loss(model, data, generator, label_dropout, device, precision, loss_weighting)
         value = float(loss.detach())
         if not math.isfinite(value):
             _load_weights(named, good_weights)
@@ -441,16 +446,19 @@ def _batch_loss(
     label_dropout: float,
     device: torch.device,
     precision: str,
+    loss_weighting: str = "native",
 ) -> Tensor:
     """The mean training loss (fp32 scalar) of the next batch, its labels dropped to the null label
-    with probability `label_dropout`, the forward pass under `precision`'s autocast."""
+    with probability `label_dropout`, the forward pass under `precision`'s autocast (the weighting
+    is passed only when it is not the native one: models without weightings need not know it)."""
     x, c = data.next(generator)
     x0 = model.encode(x) if x.dtype == torch.uint8 else x.to(device=device, dtype=torch.float32)
     c = c.clone()
     drop = torch.rand(c.shape, generator=generator) < label_dropout
     c[drop] = NULL_LABEL
     with _autocast(device, precision):
-        return model.training_loss(x0, c.to(device), generator=generator).float().mean()
+        weighting = {} if loss_weighting == "native" else {"weighting": loss_weighting}
+        return model.training_loss(x0, c.to(device), generator=generator, **weighting).float().mean()
 
 
 def _optimizer_step(

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from gcmodels.diffusion import NULL_LABEL, PixelDiffusion, validate_label_vocabulary
+from gcmodels.diffusion.parametrisation import eps_from_flow, eps_from_v, flow_training_sigmas
 
 
 def _tiny(labels=("a", "b"), seed: int = 0, **kw) -> PixelDiffusion:
@@ -226,3 +227,38 @@ def test_training_targets_are_the_parametrisations_own() -> None:
 def test_unknown_prediction_is_refused() -> None:
     with pytest.raises(ValueError, match="prediction must be one of"):
         _tiny(prediction="x0")
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "flow_matching"])
+def test_eps_weighted_training_loss_is_the_eps_space_error(prediction) -> None:
+    """train.loss_weighting=eps: whatever the parametrisation, each sample's loss is the squared
+    error of the prediction read in eps space (the quantity the typicality maps measure)."""
+    model = _tiny(prediction=prediction)
+    x0 = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    cond = torch.tensor([0, 1, 2, 1, 2, 0])
+    with torch.no_grad():
+        native = model.training_loss(x0, cond, torch.Generator().manual_seed(5))
+        weighted = model.training_loss(x0, cond, torch.Generator().manual_seed(5), weighting="eps")
+        # the same draws, by hand: the prediction converted to eps, against the drawn eps
+        g = torch.Generator().manual_seed(5)
+        if prediction == "flow_matching":
+            s = flow_training_sigmas(6, g, shift=model.flow_shift)
+            eps = torch.randn(x0.shape, generator=g)
+            sc = s.view(-1, 1, 1, 1)
+            x_s = (1 - sc) * x0 + sc * eps
+            eps_hat = eps_from_flow(model._denoise(x_s, s * model.flow_timesteps, cond), x_s, s)
+        else:
+            t = torch.randint(0, model.num_train_timesteps, (6,), generator=g)
+            eps = torch.randn(x0.shape, generator=g)
+            x_t = model.add_noise(x0, eps, t)
+            pred = model._denoise(x_t, t, cond)
+            eps_hat = pred if prediction == "epsilon" else eps_from_v(pred, x_t, model._abar(t, x0).view(-1))
+    expected = (eps_hat - eps).pow(2).flatten(1).mean(1)
+    assert torch.allclose(weighted, expected, rtol=1e-4, atol=1e-6)
+    if prediction == "epsilon":
+        assert torch.equal(weighted, native)
+    else:
+        assert not torch.allclose(weighted, native)
+    assert model.resolved_loss_weighting("auto") == ("eps" if prediction == "v_prediction" else "native")
+    with pytest.raises(ValueError, match="loss weighting must be"):
+        model.training_loss(x0, cond, weighting="snr")
