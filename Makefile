@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test benchmark benchmark-perf clean
+.PHONY: install demo lint test benchmark benchmark-perf clean
 
 install: $(STAMP)
 
@@ -20,7 +20,12 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/gcmine demo motifs
 
+# mypy on gcmodels/ ([tool.mypy] in pyproject.toml): a type error fails `make test` (and CI) before the tests run
+lint: $(STAMP)
+	$(BIN)/mypy
+
 test: $(STAMP)
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 benchmark: $(STAMP)

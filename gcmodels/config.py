@@ -722,7 +722,9 @@ def secret_fields() -> set[tuple[str, str]]:
     """(section, field) of every secret setting (typed SecretStr): never echoed, printed or logged."""
     found = set()
     for section, info in Settings.model_fields.items():
-        for name, field in info.annotation.model_fields.items():
+        model = info.annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)  # every section is a pydantic model
+        for name, field in model.model_fields.items():
             if "SecretStr" in str(field.annotation):
                 found.add((section, name))
     return found

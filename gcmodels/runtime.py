@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from gcmodels.config import ConfigError
+from gcmodels.config import ConfigError, RuntimeConfig
 
 __all__ = ["PRECISION_DTYPES", "check_device", "configure_torch", "resolve_device", "resolve_precision"]
 
@@ -34,7 +34,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def check_device(runtime) -> torch.device:
+def check_device(runtime: RuntimeConfig) -> torch.device:
     """`runtime.device` and `runtime.precision` (a RuntimeConfig) resolved and checked to exist on
     this machine, before any work: a ConfigError naming the setting otherwise."""
     device = resolve_device(runtime.device)

@@ -255,11 +255,11 @@ class DiscriminativeMiner:
         """Mine discriminative patches of every label of uint8 images (N, H, W, 3) labelled
         labels (N,) (every label against all the others)."""
         t_start = time.perf_counter()
-        labels = np.asarray(labels, dtype=object)
+        label_array = np.asarray(labels, dtype=object)
         images = np.asarray(images)
-        if labels.shape != (images.shape[0],):
-            raise ValueError(f"labels must be ({images.shape[0]},), got {labels.shape}")
-        vocab = sorted(set(labels.tolist()), key=str)
+        if label_array.shape != (images.shape[0],):
+            raise ValueError(f"labels must be ({images.shape[0]},), got {label_array.shape}")
+        vocab = sorted(set(label_array.tolist()), key=str)
         if len(vocab) < 2:
             raise ValueError(f"discriminative mining needs at least two labels, got {vocab!r}")
         desc, boxes, energy = patch_descriptors(
@@ -275,8 +275,8 @@ class DiscriminativeMiner:
         overlap = _box_overlap(boxes)  # (P, P) bool
         det_rows, hit_rows = [], []
         for label in vocab:
-            pos = np.flatnonzero(labels == label)
-            neg = np.flatnonzero(labels != label)
+            pos = np.flatnonzero(label_array == label)
+            neg = np.flatnonzero(label_array != label)
             if pos.size < self.folds:
                 raise ValueError(f"label {label!r} has {pos.size} images, fewer than folds={self.folds}")
             pos_f = np.array_split(rng.permutation(pos), self.folds)
@@ -306,7 +306,7 @@ class DiscriminativeMiner:
                             "label": label,
                             "detector": rank,
                             "image": np.arange(len(s)),
-                            "image_label": labels,
+                            "image_label": label_array,
                             "x0": bb[:, 0],
                             "y0": bb[:, 1],
                             "x1": bb[:, 2],
@@ -324,7 +324,15 @@ class DiscriminativeMiner:
         )
 
     # ------------------------------------------------------------------ private steps
-    def _seed(self, desc, energy, overlap, pos0, neg0, rng) -> list[np.ndarray]:
+    def _seed(
+        self,
+        desc: np.ndarray,
+        energy: np.ndarray,
+        overlap: np.ndarray,
+        pos0: np.ndarray,
+        neg0: np.ndarray,
+        rng: np.random.Generator,
+    ) -> list[np.ndarray]:
         """Seed detectors from fold 0: returns, per kept seed, its initial positive descriptors (k+1, D)."""
         e = energy[pos0]  # (n_pos0, P)
         strong = np.argwhere(e >= np.median(e))  # (m, 2) rows (image in pos0, patch)
@@ -355,7 +363,14 @@ class DiscriminativeMiner:
                 break
         return kept
 
-    def _train(self, desc, pos_f, neg_f, positives, rng) -> tuple[tuple[np.ndarray, float], float, float]:
+    def _train(
+        self,
+        desc: np.ndarray,
+        pos_f: list[np.ndarray],
+        neg_f: list[np.ndarray],
+        positives: np.ndarray,
+        rng: np.random.Generator,
+    ) -> tuple[tuple[np.ndarray, float], float, float]:
         """Rounds of SVM training with cross-validation folds; returns ((w, b), purity, top score)."""
         n_fold = self.folds
         neg_imgs = neg_f[0]
@@ -390,6 +405,7 @@ class DiscriminativeMiner:
         s = (desc[imgs] @ w + b).max(1)
         n_top = max(1, min(self.top, pos_f[f].size))
         top = np.argsort(-s, kind="stable")[:n_top]
+        assert w is not None and b is not None  # rounds >= 1 (__post_init__): the loop ran
         return (w, b), float(is_pos[top].mean()), float(s[top].mean())
 
 
@@ -399,7 +415,9 @@ def _box_overlap(boxes: np.ndarray) -> np.ndarray:
     return (x0[:, None] < x1[None]) & (x0[None] < x1[:, None]) & (y0[:, None] < y1[None]) & (y0[None] < y1[:, None])
 
 
-def _shared(imgs_a, patches_a, imgs_b, patches_b, overlap) -> float:
+def _shared(
+    imgs_a: np.ndarray, patches_a: np.ndarray, imgs_b: np.ndarray, patches_b: np.ndarray, overlap: np.ndarray
+) -> float:
     """Share of detections (image, patch) of a that overlap a detection of b in the same image."""
     same = imgs_a[:, None] == imgs_b[None]  # (ka, kb)
     ov = overlap[patches_a[:, None], patches_b[None]]

@@ -134,7 +134,7 @@ class DEC(ClusterMixin, BaseEstimator):
             raise ValueError(f"{name}: hidden must be positive layer widths, got {self.hidden!r}")
         for param in ("lr", "alpha"):
             value = getattr(self, param)
-            if not isinstance(value, numbers.Real) or not value > 0:
+            if not isinstance(value, numbers.Real) or not value > 0:  # type: ignore[operator]  # typeshed's numbers.Real has no __gt__
                 raise ValueError(f"{name}: {param} must be a positive number, got {value!r}")
         if not isinstance(self.tol, numbers.Real) or not self.tol >= 0:
             raise ValueError(f"{name}: tol must be a non-negative number, got {self.tol!r}")

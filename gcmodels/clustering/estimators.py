@@ -163,6 +163,7 @@ class TracedKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             if best is None or km.inertia_ < best[0].inertia_:
                 best = (km, init)
         assert best is not None  # n_init >= 1
+        self.kmeans_: KMeans
         self.kmeans_, init = best
         self.cluster_centers_ = self.kmeans_.cluster_centers_
         self.labels_ = self.kmeans_.labels_.astype(np.int64)
@@ -316,9 +317,9 @@ def choose_k(
     n = X.shape[0]
     if criterion not in ("silhouette", "bic"):
         raise ValueError(f"choose_k: criterion must be 'silhouette' or 'bic', got {criterion!r}")
-    for name, value in (("k_min", k_min), ("k_max", k_max)):
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-            raise ValueError(f"choose_k: {name} must be an integer, got {value!r}")
+    for name, given in (("k_min", k_min), ("k_max", k_max)):
+        if not isinstance(given, numbers.Integral) or isinstance(given, bool):
+            raise ValueError(f"choose_k: {name} must be an integer, got {given!r}")
     if fit_size is not None:
         _check_positive_int(fit_size, "fit_size", "choose_k")
     rng = check_random_state(random_state)

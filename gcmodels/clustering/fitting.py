@@ -116,6 +116,7 @@ def make_clusterer(
                 max_iter=config.max_iter,
                 random_state=seed,
             )
+        assert k is not None  # set above for every method in _NEEDS_K
         return TracedKMeans(k, n_init=config.n_init, max_iter=config.max_iter, random_state=seed, trace=trace)
     if method == "gmm":
         return GaussianMixture(
@@ -139,10 +140,12 @@ def make_clusterer(
                 f"cluster.method='agglomerative' needs memory quadratic in the rows: at most "
                 f"{AGGLOMERATIVE_MAX_SAMPLES} rows, got {n_samples}; use kmeans or gmm"
             )
+        assert k is not None  # set above for every method in _NEEDS_K
         return Agglomerative(k, linkage=config.linkage)
     if method == "dec":
         from gcmodels.clustering.dec import DEC  # torch-heavy: imported only when used
 
+        assert k is not None  # set above for every method in _NEEDS_K
         return DEC(
             k,
             hidden=tuple(config.dec_hidden),

@@ -18,7 +18,7 @@ conditioning), `feature_blocks` (the modules ``rank.feature_block`` indexes) and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -63,10 +63,11 @@ class ConditionalDiffusion(nn.Module):
     `alphas_cumprod` is the reference DDPM schedule (the model's own for DDPM models), kept fp32."""
 
     family: ClassVar[str] = ""  # the registry key, written as "kind" in gcmine_model.json
-    flow_timesteps: ClassVar[float] = 1000.0  # a flow network's timestep input is s * flow_timesteps
+    flow_timesteps: float = 1000.0  # a flow network's timestep input is s * flow_timesteps
     flow_shift: float = 1.0  # time shift of the flow-matching training density
     block_kind: ClassVar[str] = "UNet"  # what `feature_blocks` are blocks of, for messages
     block_name: ClassVar[str] = "decoder block"
+    alphas_cumprod: Tensor  # a buffer (register_buffer in __init__), declared for the type checker
 
     def __init__(self, labels: Sequence[str], alphas_cumprod: Tensor, prediction: str = "epsilon") -> None:
         super().__init__()
@@ -136,7 +137,7 @@ class ConditionalDiffusion(nn.Module):
 
     def enable_gradient_checkpointing(self) -> ConditionalDiffusion:
         """Recompute network activations in the backward pass (less memory, same gradients); returns self."""
-        self.network.enable_gradient_checkpointing()
+        self.network.enable_gradient_checkpointing()  # type: ignore[operator]  # a diffusers model method: nn.Module.__getattr__ types it Tensor | Module
         return self
 
     # ------------------------------------------------------------------ diffusion math, eps space
@@ -234,7 +235,8 @@ class ConditionalDiffusion(nn.Module):
             raise _StopForward
 
         pre = self.network.register_forward_pre_hook(
-            lambda _m, args, kwargs: inputs.append(_first_tensor(args, kwargs)), with_kwargs=True
+            lambda _m, args, kwargs: inputs.append(cast(Tensor, _first_tensor(args, kwargs))),  # networks take a sample
+            with_kwargs=True,
         )
         handle = blocks[block].register_forward_hook(hook)
         parts = []

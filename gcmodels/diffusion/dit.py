@@ -113,6 +113,9 @@ class DiT(LatentDiffusion):
     title = "DiT"
     pipeline_class = "DiTPipeline"
     denoiser_part = "transformer"
+    # the parts LatentDiffusion.__init__ sets by name (setattr), declared for the type checker
+    transformer: DiTTransformer2DModel
+    class_ids: Tensor  # a buffer (register_buffer in __init__)
     conditioning_kind = "class"
     block_kind = "transformer"
     block_name = "transformer block"
@@ -198,6 +201,7 @@ class DiT(LatentDiffusion):
         for name, value in (("num_layers", layers), ("num_embeds_ada_norm", classes), ("sample_size", size)):
             if not isinstance(value, int) or value < 1:
                 raise ModelLayoutError(f"{cfg_path}: {name} must be a positive integer, got {value!r}")
+        assert isinstance(layers, int) and isinstance(size, int)  # checked just above
         native = int(size) * vae_factor(read_json(directory / "vae" / "config.json"))
         sched = read_json(directory / "scheduler" / "scheduler_config.json")
         names = index.get("id2label") or {}

@@ -28,7 +28,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from diffusers import AutoencoderKL
@@ -212,6 +212,7 @@ class LatentDiffusion(ConditionalDiffusion):
     pipeline_class: ClassVar[str] = ""  # the diffusers pipeline that loads a saved directory
     denoiser_part: ClassVar[str] = "unet"  # folder of the trained network
     conditioning_kind: ClassVar[str] = "prompt"  # "prompt" (text) or "class" (class ids)
+    PARTS: ClassVar[dict[str, Part]]  # set by every family: the parts of its diffusers directory
 
     def __init__(
         self,
@@ -237,11 +238,22 @@ class LatentDiffusion(ConditionalDiffusion):
             module.eval()
         self._scheduler_config = dict(scheduler_config)
         if self.denoiser_part == "unet":  # transformers keep their own processors (SD3's joint attention)
-            denoiser.set_attn_processor(AttnProcessor2_0())
+            denoiser.set_attn_processor(AttnProcessor2_0())  # type: ignore[operator]  # a diffusers model method: nn.Module.__getattr__ types it Tensor | Module
         vae.set_attn_processor(AttnProcessor2_0())
         self._cond_cache: tuple[tuple, dict[str, Tensor]] | None = None
         self.text_encoder_calls = 0  # forwards of the frozen conditioning parts so far (the cache's cost)
         self._lora: dict | None = None
+
+    # ------------------------------------------------------------------ what a family provides
+    @classmethod
+    def detect(cls, index: dict, directory: Path) -> bool:
+        """Whether the diffusers directory with model_index.json `index` holds this family."""
+        raise NotImplementedError
+
+    @classmethod
+    def inspect(cls, directory: Path, index: dict) -> CheckpointInfo:
+        """What the directory holds (a `CheckpointInfo`), its layout checked."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ properties
     @property
@@ -298,14 +310,17 @@ class LatentDiffusion(ConditionalDiffusion):
         alpha = float(rank if alpha is None else alpha)
         self.network.requires_grad_(False)
         config = LoraConfig(
-            r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(LORA_TARGET_MODULES)
+            r=rank,
+            lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates int; a float is used as is (scale alpha / r)
+            init_lora_weights="gaussian",
+            target_modules=list(LORA_TARGET_MODULES),
         )
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else None
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
             if hasattr(self.network, "add_adapter"):  # diffusers' PeftAdapterMixin (UNets, SD3)
-                self.network.add_adapter(config)
+                self.network.add_adapter(config)  # type: ignore[operator]  # a diffusers model method: nn.Module.__getattr__ types it Tensor | Module
             else:  # e.g. DiTTransformer2DModel: peft injects into any module
                 from peft import inject_adapter_in_model
 
@@ -378,18 +393,18 @@ class LatentDiffusion(ConditionalDiffusion):
         for name, module in self.network.named_modules():
             if isinstance(module, BaseTunerLayer):
                 base = module.get_base_layer()
-                weight = base.weight.detach()
+                weight = cast(Tensor, base.weight).detach()  # the LoRA targets are Linear layers
                 for adapter in module.active_adapters:
-                    weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
+                    weight = weight + module.get_delta_weight(adapter).to(weight.dtype)  # type: ignore[attr-defined]  # on peft's LoRA layers
                 state[f"{name}.weight"] = weight
                 if base.bias is not None:
-                    state[f"{name}.bias"] = base.bias.detach()
+                    state[f"{name}.bias"] = cast(Tensor, base.bias).detach()
         for key, value in self.network.state_dict().items():
             if "lora_" in key:
                 continue
             state.setdefault(key.replace(".base_layer.", "."), value)
         with torch.device("meta"):
-            plain = type(self.network).from_config(self.network.config)
+            plain = type(self.network).from_config(self.network.config)  # type: ignore[attr-defined]  # diffusers' ConfigMixin
         plain.load_state_dict(state, strict=True, assign=True)
         return plain
 
@@ -413,7 +428,7 @@ class LatentDiffusion(ConditionalDiffusion):
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self._plain_network().save_pretrained(directory / self.denoiser_part)
+        self._plain_network().save_pretrained(directory / self.denoiser_part)  # type: ignore[operator]  # a diffusers model method: nn.Module.__getattr__ types it Tensor | Module
         self.vae.save_pretrained(directory / "vae")
         index: dict[str, Any] = {"_class_name": self.pipeline_class, "_diffusers_version": diffusers.__version__}
         index[self.denoiser_part] = ["diffusers", type(self.network).__name__]

@@ -48,6 +48,7 @@ not an identity of difficulty.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -66,7 +67,7 @@ __all__ = [
 
 PREDICTIONS = ("epsilon", "v_prediction", "flow_matching")
 # SD 1.x / 2.x's DDPM schedule: the reference of families that have none of their own (SD3's flow).
-SD_REFERENCE_SCHEDULE = {
+SD_REFERENCE_SCHEDULE: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
     "beta_end": 0.012,

@@ -55,6 +55,10 @@ class StableDiffusion(LatentDiffusion):
     title = "Stable Diffusion 1.x/2.x"
     pipeline_class = "StableDiffusionPipeline"
     denoiser_part = "unet"
+    # the parts LatentDiffusion.__init__ sets by name (setattr), declared for the type checker
+    unet: UNet2DConditionModel
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
     PARTS: ClassVar[dict[str, Part]] = {
         "unet": Part(),
         "vae": Part(),

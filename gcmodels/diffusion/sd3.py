@@ -67,6 +67,14 @@ class StableDiffusion3(LatentDiffusion):
     title = "SD3/SD3.5"
     pipeline_class = "StableDiffusion3Pipeline"
     denoiser_part = "transformer"
+    # the parts LatentDiffusion.__init__ sets by name (setattr), declared for the type checker
+    transformer: SD3Transformer2DModel
+    text_encoder: CLIPTextModelWithProjection
+    text_encoder_2: CLIPTextModelWithProjection
+    text_encoder_3: T5EncoderModel | None
+    tokenizer: CLIPTokenizer
+    tokenizer_2: CLIPTokenizer
+    tokenizer_3: T5Tokenizer | None
     block_kind = "transformer"
     block_name = "transformer block"
     PARTS: ClassVar[dict[str, Part]] = {
@@ -223,6 +231,7 @@ class StableDiffusion3(LatentDiffusion):
         if self.text_encoder_3 is None:
             t5 = torch.zeros(len(prompts), T5_MAX_LENGTH, width, device=device)
         else:
+            assert self.tokenizer_3 is not None  # loaded with text_encoder_3 (from_pretrained)
             ids = self.tokenizer_3(
                 prompts,
                 padding="max_length",

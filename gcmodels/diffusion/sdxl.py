@@ -60,6 +60,12 @@ class StableDiffusionXL(LatentDiffusion):
     title = "SDXL"
     pipeline_class = "StableDiffusionXLPipeline"
     denoiser_part = "unet"
+    # the parts LatentDiffusion.__init__ sets by name (setattr), declared for the type checker
+    unet: UNet2DConditionModel
+    text_encoder: CLIPTextModel
+    text_encoder_2: CLIPTextModelWithProjection
+    tokenizer: CLIPTokenizer
+    tokenizer_2: CLIPTokenizer
     PARTS: ClassVar[dict[str, Part]] = {
         "unet": Part(),
         "vae": Part(),
@@ -202,6 +208,7 @@ class StableDiffusionXL(LatentDiffusion):
             states.append(out.hidden_states[-2])
             self.text_encoder_calls += 1
         hidden = torch.cat([s.to(states[0].device) for s in states], dim=-1)
+        assert pooled is not None  # text_encoder_2 has a projection: its first output is the pooled embeds
         pooled = pooled.to(hidden.device)
         if self.force_zeros_for_empty_prompt and self.null_prompt == "":
             hidden[0], pooled[0] = 0.0, 0.0  # the pipeline's unconditional branch: zeros, not the encoded ""

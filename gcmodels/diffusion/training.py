@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gcmodels.diffusion.base import NULL_LABEL
+from gcmodels.diffusion.base import NULL_LABEL, ConditionalDiffusion
 from gcmodels.runtime import PRECISION_DTYPES
 
 __all__ = [
@@ -128,6 +128,7 @@ class _Buckets:
 
 def _buckets(images: Tensor | Sequence[Tensor], cond: Tensor | Sequence[Tensor], batch_size: int) -> _Buckets:
     """Check and normalise the inputs to a list of (images, cond) buckets."""
+    cond_list: list[Tensor] | None
     if isinstance(images, Tensor):
         if not isinstance(cond, Tensor):
             raise ValueError(f"cond must be a tensor when images is one, got {type(cond).__name__}")
@@ -179,7 +180,7 @@ def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     has it (e.g. LoRA adapters only), else every parameter that requires grad."""
     names = {id(p): n for n, p in model.named_parameters()}
     if hasattr(model, "trainable_parameters"):
-        params = list(model.trainable_parameters())
+        params = list(model.trainable_parameters())  # type: ignore[operator]  # hasattr above; nn.Module.__getattr__ types it Tensor | Module
     else:
         params = [p for p in model.parameters() if p.requires_grad]
     unnamed = [i for i, p in enumerate(params) if id(p) not in names]
@@ -220,7 +221,7 @@ def _check_signature(saved: dict, now: dict) -> None:
 
 # ---------------------------------------------------------------------- training
 def train_diffusion(
-    model: nn.Module,
+    model: ConditionalDiffusion,
     images: Tensor | Sequence[Tensor],
     cond: Tensor | Sequence[Tensor],
     *,
@@ -440,7 +441,7 @@ def _start(
 
 
 def _batch_loss(
-    model: nn.Module,
+    model: ConditionalDiffusion,
     data: _Buckets,
     generator: torch.Generator,
     label_dropout: float,
@@ -552,7 +553,7 @@ class _Ema:
 
 
 @torch.no_grad()
-def _ema_update(shadow: list[Tensor], params: list[Tensor], decay: float) -> None:
+def _ema_update(shadow: list[Tensor], params: Sequence[Tensor], decay: float) -> None:
     """shadow <- decay * shadow + (1 - decay) * param, in fp32."""
     for s, p in zip(shadow, params):
         s.lerp_(p.detach().float(), 1.0 - decay)

@@ -153,7 +153,7 @@ class ConvAutoencoder(nn.Module):
 
 
 def train_autoencoder(
-    model: nn.Module,
+    model: MLPAutoencoder | ConvAutoencoder,
     data: Tensor,
     *,
     epochs: int,
@@ -171,9 +171,9 @@ def train_autoencoder(
     n = data.shape[0]
     if n == 0:
         raise ValueError("train_autoencoder: no data to train on")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if int(value) < 1:
-            raise ValueError(f"train_autoencoder: {name} must be positive, got {value!r}")
+    for name, count in (("epochs", epochs), ("batch_size", batch_size)):
+        if int(count) < 1:
+            raise ValueError(f"train_autoencoder: {name} must be positive, got {count!r}")
     device = next(model.parameters()).device
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     model.train()

@@ -59,7 +59,7 @@ __all__ = [
 
 def _check_positive(owner: str, **values: Any) -> None:
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:  # type: ignore[operator]  # typeshed's numbers.Real has no __gt__
             raise ValueError(f"{owner}: {name} must be positive, got {value!r}")
         if name not in ("lr", "beta") and not isinstance(value, numbers.Integral):
             raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
@@ -261,7 +261,7 @@ class CLIPImageEncoder(TransformerMixin, BaseEstimator):
         except OSError as err:
             raise ValueError(f"{name}: no CLIP image processor config in {str(self.path)!r} ({err})") from None
         model = CLIPVisionModelWithProjection.from_pretrained(directory, local_files_only=True)
-        self.model_ = model.to(torch.device(self.device)).eval()
+        self.model_ = model.to(torch.device(self.device)).eval()  # type: ignore[arg-type]  # transformers types PreTrainedModel.to's wrapper as taking the model
         self.n_components_ = int(model.config.projection_dim)
         return self
 
@@ -418,7 +418,7 @@ class DiffusionFeatureEncoder(TransformerMixin, BaseEstimator):
 # --------------------------------------------------------------------------------------------
 
 ENCODERS = ("pca", "autoencoder", "vae", "clip", "diffusion")
-_CLASSES = {
+_CLASSES: dict[str, type[Any]] = {
     "pca": PixelPCAEncoder,
     "autoencoder": ConvAutoencoderEncoder,
     "vae": ConvVAEEncoder,
@@ -448,7 +448,7 @@ def make_encoder(config: EmbedConfig, *, diffusion: PixelDiffusion | None = None
     if method == "pca":
         return PixelPCAEncoder(n_components=config.dim, size=config.size)
     if method in ("autoencoder", "vae"):
-        common = dict(
+        common: dict[str, Any] = dict(
             epochs=config.epochs,
             batch_size=config.batch_size,
             lr=config.lr,

@@ -150,18 +150,18 @@ def stratified_split(labels: Sequence[str], test_fraction: float, seed: int) -> 
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    labels = np.asarray(labels, dtype=object)
-    if labels.ndim != 1:
-        raise ValueError(f"labels must be (B,), got shape {labels.shape}")
+    label_array = np.asarray(labels, dtype=object)
+    if label_array.ndim != 1:
+        raise ValueError(f"labels must be (B,), got shape {label_array.shape}")
     rng = np.random.default_rng(seed)
     test: list[np.ndarray] = []
-    for lab in sorted(set(labels.tolist()), key=str):
-        idx = np.flatnonzero(labels == lab)
+    for lab in sorted(set(label_array.tolist()), key=str):
+        idx = np.flatnonzero(label_array == lab)
         n = idx.size
         k = int(round(test_fraction * n))
         k = 0 if n < 2 else min(max(k, 1), n - 1)
         test.append(rng.permutation(idx)[:k])
     test_idx = np.sort(np.concatenate(test)) if test else np.zeros(0, dtype=np.int64)
-    train_mask = np.ones(labels.size, dtype=bool)
+    train_mask = np.ones(label_array.size, dtype=bool)
     train_mask[test_idx] = False
     return np.flatnonzero(train_mask), test_idx.astype(np.int64)

@@ -11,6 +11,13 @@ from tqdm import tqdm
 _log = logging.getLogger("gcmine.progress")
 
 
+def _in_a_run() -> bool:
+    """Whether the caller runs inside a Prefect flow or task run (artifacts belong to one)."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
 class StageProgress:
     """`update(done)` with the absolute count done; the Prefect artifact is refreshed at most
     every `every` seconds (and at the end), so the API is not flooded."""
@@ -21,6 +28,8 @@ class StageProgress:
         self._bar = tqdm(total=total, desc=desc, file=sys.stderr, dynamic_ncols=True, leave=True) if bar else None
         self._last = 0.0
         self._artifact = None
+        if not _in_a_run():  # a stage function called directly (tests, scripts): no run page to show it on
+            return
         try:
             from prefect.artifacts import create_progress_artifact
 
