@@ -155,11 +155,42 @@ def write_fixed_dataset(folder: Path) -> Path:
     return images
 
 
+def _code_env(code: Path) -> tuple[dict[str, str], str]:
+    """The environment that imports the code in `code` (not this checkout's installed packages),
+    and the CLI module of that code.
+
+    Since the layout of issue 17, `tasks/` and `flows/` are imported as `gcmine.tasks` and
+    `gcmine.flows`, a mapping only the installed package knows: an exported tree gets a folder
+    `_gcmine/gcmine/` linking to its `tasks/` and `flows/`, put first on the path. Older code
+    imports `tasks` and `flows` from its top level. Which files are imported is checked."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if '"gcmine.flows"' in (code / "pyproject.toml").read_text():
+        shim = code / "_gcmine"
+        if code != REPO and not shim.exists():
+            (shim / "gcmine").mkdir(parents=True)
+            for name in ("tasks", "flows"):
+                (shim / "gcmine" / name).symlink_to(code / name, target_is_directory=True)
+        env["PYTHONPATH"] = os.pathsep.join([str(shim), str(code)]) if code != REPO else str(code)
+        module = "gcmine.flows.cli"
+    else:
+        env["PYTHONPATH"] = str(code)
+        module = "flows.cli"
+    probe = f"import {module} as m, gcmodels, {module.rsplit('.', 2)[0]}.tasks as t; print(m.__file__); print(gcmodels.__file__); print(t.__file__)"
+    if module == "flows.cli":
+        probe = "import flows.cli as m, gcmodels, tasks as t; print(m.__file__); print(gcmodels.__file__); print(t.__file__)"
+    files = subprocess.run([sys.executable, "-c", probe], cwd=code, env=env, capture_output=True, text=True, check=True)
+    for line in files.stdout.split():
+        if not Path(line).resolve().is_relative_to(code.resolve()):
+            raise SystemExit(f"the run of {code} would import {line}: not the code to compare")
+    return env, module
+
+
 def run_flow(code: Path, images: Path, out: Path, settings: list[str]) -> None:
     """`gcmine run` with the code in `code` (its own Prefect home, one BLAS thread)."""
     home = out.parent / f"{out.name}-prefect"
-    env = {**os.environ, "PYTHONPATH": str(code), "PREFECT_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", "gcmine.flows.cli", "run", str(images), "--out", str(out)]
+    env, module = _code_env(code)
+    env["PREFECT_HOME"] = str(home)
+    argv = [sys.executable, "-m", module, "run", str(images), "--out", str(out)]
     for item in settings:
         argv += ["--set", item]
     print(f"running {code} -> {out}", flush=True)
