@@ -164,22 +164,19 @@ def _code_env(code: Path) -> tuple[dict[str, str], str]:
     `_gcmine/gcmine/` linking to its `tasks/` and `flows/`, put first on the path. Older code
     imports `tasks` and `flows` from its top level. Which files are imported is checked."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if '"gcmine.flows"' in (code / "pyproject.toml").read_text():
+    prefix = "gcmine." if '"gcmine.flows"' in (code / "pyproject.toml").read_text() else ""
+    env["PYTHONPATH"] = str(code)
+    if prefix and code != REPO:
         shim = code / "_gcmine"
-        if code != REPO and not shim.exists():
+        if not shim.exists():
             (shim / "gcmine").mkdir(parents=True)
             for name in ("tasks", "flows"):
                 (shim / "gcmine" / name).symlink_to(code / name, target_is_directory=True)
-        env["PYTHONPATH"] = os.pathsep.join([str(shim), str(code)]) if code != REPO else str(code)
-        module = "gcmine.flows.cli"
-    else:
-        env["PYTHONPATH"] = str(code)
-        module = "flows.cli"
-    probe = f"import {module} as m, gcmodels, {module.rsplit('.', 2)[0]}.tasks as t; print(m.__file__); print(gcmodels.__file__); print(t.__file__)"
-    if module == "flows.cli":
-        probe = "import flows.cli as m, gcmodels, tasks as t; print(m.__file__); print(gcmodels.__file__); print(t.__file__)"
+        env["PYTHONPATH"] = os.pathsep.join([str(shim), str(code)])
+    module = f"{prefix}flows.cli"
+    probe = f"import {module} as m, gcmodels, {prefix}tasks as t\nfor x in (m, gcmodels, t): print(x.__file__)"
     files = subprocess.run([sys.executable, "-c", probe], cwd=code, env=env, capture_output=True, text=True, check=True)
-    for line in files.stdout.split():
+    for line in files.stdout.splitlines():
         if not Path(line).resolve().is_relative_to(code.resolve()):
             raise SystemExit(f"the run of {code} would import {line}: not the code to compare")
     return env, module

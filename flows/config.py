@@ -89,8 +89,9 @@ def load_settings(config_file: str | Path | None = None, overrides: list[str] | 
     return settings
 
 
-# setting -> (the package it needs, the extra of pyproject.toml that installs it)
 def _needs(settings: Settings) -> list[tuple[str, str, str]]:
+    """(setting, the package it needs, the extra of pyproject.toml that installs it) per setting
+    that needs an optional package."""
     needs = []
     if settings.runtime.runner == "dask":
         needs.append(("runtime.runner=dask", "prefect_dask", "dask"))
