@@ -220,6 +220,21 @@ def score_gcmine(model, latents, cond, draws, batch, device) -> tuple[float, Ten
 
 
 @torch.inference_mode()
+def bench_features(model, latents, cond, feature_batch: int, device, draws: int = 8) -> float:
+    """Seconds for the patch features of every image, chunked as `tasks.rank` chunks them
+    (`feature_batch // draws` images, each under `draws` noise draws, per forward)."""
+    noise = torch.randn((draws, *latents.shape[1:]), generator=torch.Generator().manual_seed(0)).to(device)
+    chunk = max(1, feature_batch // draws)
+    model.decoder_features(latents[:chunk], cond[:chunk], 161, noise, 1)  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    for i in range(0, latents.shape[0], chunk):
+        model.decoder_features(latents[i : i + chunk], cond[i : i + chunk], 161, noise, 1)
+    sync(device)
+    return time.perf_counter() - start
+
+
+@torch.inference_mode()
 def score_reference(model, latents, cond, draws, device) -> tuple[float, float, Tensor]:
     """The paper's code path: per image, forwards of 10 draws x 2 prompts (20 inputs) in fp16; the
     (10, 2, C, h, w) squared errors of each forward copied to the host as float16 and kept; the
@@ -266,6 +281,13 @@ def main() -> None:
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--no-train", action="store_true")
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument(
+        "--feature-batch",
+        type=int,
+        nargs="*",
+        default=[64],
+        help="rank.feature_batch values tried for patch features (8 draws, block 1, as `rank` runs them)",
+    )
     ap.add_argument("--peak-tflops", type=float)
     ap.add_argument("--tiny", action="store_true", help="a tiny UNet (smoke test on a CPU)")
     args = ap.parse_args()
@@ -322,6 +344,14 @@ def main() -> None:
             print(f"| {n} | {b} | {ips:.2f} | {fwd:.0f} | {tflops:.1f} | {share} | {peak_memory(device):.1f} |")
             if n not in best or ips > args.images / best[n][0]:
                 best[n] = (seconds, maps)
+
+    if args.feature_batch:
+        print(f"\n## patch features (rank: 8 feature draws, decoder block 1, t = 161, UNet in {precision})")
+        print("| rank.feature_batch | images per forward | images/s | peak GPU memory GiB |\n|---|---|---|---|")
+        for fb in args.feature_batch:
+            reset_peak(device)
+            seconds = bench_features(model, latents, cond, fb, device)
+            print(f"| {fb} | {max(1, fb // 8)} | {args.images / seconds:.2f} | {peak_memory(device):.1f} |")
 
     if not args.no_reference:
         ref_model = model

@@ -38,7 +38,13 @@ def test_sd_gpu_benchmark_runs_on_a_tiny_unet() -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
-    for heading in ("## fine-tuning", "## scoring", "## the reference approach", "GFLOP per input"):
+    for heading in (
+        "## fine-tuning",
+        "## scoring",
+        "## patch features",
+        "## the reference approach",
+        "GFLOP per input",
+    ):
         assert heading in out
     ref_row = [line for line in out.splitlines() if line.startswith("| 2 |")][-1].split("|")
     assert float(ref_row[5]) == 2 * 2 * 4 * 4 * 4 * 2  # N x 2 prompts x (4, 4, 4) latent x float16 bytes
