@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gcmodels.diffusion.base import ConditionalDiffusion
 from gcmodels.diffusion.parametrisation import SD_REFERENCE_SCHEDULE, ddpm_alphas_cumprod
-from gcmodels.diffusion.training import train_diffusion
+from gcmodels.diffusion.training import checkpointing_needed, probe_step_memory, train_diffusion
 from gcmodels.mining.typicality import TypicalityEstimator
 from gcmodels.runtime import PRECISION_DTYPES, configure_torch, resolve_device, resolve_precision
 
@@ -280,6 +280,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--no-train", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="also score through torch.compile (runtime.compile)")
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument(
         "--feature-batch",
@@ -318,6 +319,15 @@ def main() -> None:
             f"\n## fine-tuning (batch {args.train_batch}, AdamW, grad clip"
             f"{', gradient checkpointing' if args.gradient_checkpointing else ''}; fp32 = the paper's setting)"
         )
+        step = probe_step_memory(model, latents[:1], cond[:1], precision)
+        if step is not None:
+            free, total = torch.cuda.mem_get_info(device)
+            on, need = checkpointing_needed(free, step, args.train_batch)
+            print(
+                f"train.gradient_checkpointing=auto would turn it {'on' if on else 'off'}: probe {step['per_sample'] / 2**30:.2f}"
+                f" GiB a sample, {step['fixed'] / 2**30:.2f} GiB fixed, {step['grads'] / 2**30:.2f} GiB of gradients; need"
+                f" ~{need / 2**30:.1f} GiB at batch {args.train_batch}, {free / 2**30:.1f} of {total / 2**30:.1f} GiB free\n"
+            )
         print("| precision | samples/s | steps/s | peak GPU memory GiB |\n|---|---|---|---|")
         for p in runs:
             tr = bench_training(model, latents.cpu(), cond.cpu(), args, device, p)
@@ -344,6 +354,37 @@ def main() -> None:
             print(f"| {n} | {b} | {ips:.2f} | {fwd:.0f} | {tflops:.1f} | {share} | {peak_memory(device):.1f} |")
             if n not in best or ips > args.images / best[n][0]:
                 best[n] = (seconds, maps)
+
+    if args.compile:
+        print("\n## scoring through torch.compile (runtime.compile: inductor, channels_last, cudnn.benchmark)")
+        print(
+            "| N | batch | eager images/s | compiled images/s | speed-up | first (compiling) run s | max |maps diff| / max |map| |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        view = model.compiled()
+        for n in args.draws:
+            b = args.batch[-1]
+            est = TypicalityEstimator(draws=n, batch_size=b)
+            sync(device)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                est.maps(view, latents, cond)  # compiles for every batch shape of the run
+            sync(device)
+            first = time.perf_counter() - start
+            with torch.inference_mode():
+                sync(device)
+                start = time.perf_counter()
+                maps = est.maps(view, latents, cond)
+                sync(device)
+            seconds = time.perf_counter() - start
+            eager_s, eager_maps = score_gcmine(model, latents, cond, n, b, device)
+            diff = float((maps - eager_maps).abs().max() / eager_maps.abs().max())
+            print(
+                f"| {n} | {b} | {args.images / eager_s:.2f} | {args.images / seconds:.2f} | {eager_s / seconds:.2f}x |"
+                f" {first:.1f} | {diff:.2e} |"
+            )
 
     if args.feature_batch:
         print(f"\n## patch features (rank: 8 feature draws, decoder block 1, t = 161, UNet in {precision})")

@@ -285,9 +285,11 @@ class TrainConfig(_Section):
         0, ge=0, description="model.base: LoRA adapters of this rank on the UNet attention (peft); 0 = full fine-tuning"
     )
     lora_alpha: float | None = Field(None, gt=0, description="model.base: LoRA scaling alpha; null = lora_rank")
-    gradient_checkpointing: bool = Field(
+    gradient_checkpointing: bool | Literal["auto"] = Field(
         False,
-        description="recompute activations in the backward pass (less memory, ~30% slower); with model.base the default is true",
+        description="recompute activations in the backward pass (less memory, ~30% slower); 'auto' = on only when "
+        "a probe step on the CUDA device shows the fine-tuning would not fit in 85% of its free memory without it "
+        "(off on a CPU); with model.base the default is 'auto'",
     )
     retrain_fraction: float = Field(
         0.25, ge=0, description="rerun on changed data: retrain when more than this share of the training set changed"
@@ -474,6 +476,11 @@ class RuntimeConfig(_Section):
     dask_workers: int = Field(
         2, ge=1, description="worker processes of the local Dask cluster (runner=dask, no address)"
     )
+    compile: bool = Field(
+        False,
+        description="torch.compile the denoiser for scoring (compiled once per worker process; on CUDA also the "
+        "channels-last layout and cuDNN's autotuner, so maps may differ in the last bits between runs)",
+    )
     gpu_limit: str | None = Field(
         "gpu", description="Prefect concurrency limit a GPU stage takes one slot of (one slot per GPU); null = none"
     )
@@ -575,7 +582,7 @@ BASE_MODEL_DEFAULTS: dict[str, dict] = {
         "warmup_steps": 0,
         "label_dropout": 0.1,
         "batch_size": 8,
-        "gradient_checkpointing": True,
+        "gradient_checkpointing": "auto",
         "checkpoint_minutes": 15,
     },
     "rank": {"feature_block": 1, "feature_t": 0.161, "feature_draws": 8},

@@ -24,7 +24,13 @@ from gcmine.tasks.infra.storage import RunStore, scratch_dir
 from gcmine.tasks.latents import base_key, read_latent_inputs, shape_groups
 from gcmodels.config import ConfigError, ModelConfig, RuntimeConfig, TrainConfig
 from gcmodels.diffusion import ConditionalDiffusion, PixelDiffusion, inspect_base, load_base
-from gcmodels.diffusion.training import CheckpointMismatch, TrainingDiverged, train_diffusion
+from gcmodels.diffusion.training import (
+    CheckpointMismatch,
+    TrainingDiverged,
+    checkpointing_needed,
+    probe_step_memory,
+    train_diffusion,
+)
 from gcmodels.mining.cotypicality import stratified_split
 from gcmodels.runtime import configure_torch, resolve_device, resolve_precision
 
@@ -113,11 +119,43 @@ def _model_on(
     generator,
     class_map: dict[str, int] | None,
 ):
-    """`_new_model` moved to `device`, with gradient checkpointing when `train.gradient_checkpointing`."""
+    """`_new_model` moved to `device`, with gradient checkpointing when `train.gradient_checkpointing`
+    is true ('auto' is decided once the training data is at hand: `_auto_checkpointing`)."""
     model = _new_model(vocab, resolution, model_config, train_config, generator, class_map).to(device)
-    if train_config.gradient_checkpointing:
+    if train_config.gradient_checkpointing is True:
         model.enable_gradient_checkpointing()
     return model
+
+
+def _auto_checkpointing(
+    model: ConditionalDiffusion, images, cond, train_config: TrainConfig, precision: str, log
+) -> bool:
+    """`train.gradient_checkpointing=auto`: on when one probe step of the largest training shape on
+    the CUDA device says the fine-tuning would not fit in its free memory without it
+    (`probe_step_memory`, `checkpointing_needed`); off on a CPU. The decision and its numbers
+    are logged; returns whether checkpointing is on."""
+    if model.device.type != "cuda":
+        log.info("gradient checkpointing off (train.gradient_checkpointing=auto: off on %s)", model.device)
+        return False
+    x, c = (images, cond) if isinstance(images, torch.Tensor) else max(zip(images, cond), key=lambda b: b[0][0].numel())
+    step = probe_step_memory(model, x[:1], c[:1], precision, model.resolved_loss_weighting(train_config.loss_weighting))
+    assert step is not None  # CUDA
+    free, total = torch.cuda.mem_get_info(model.device)
+    on, need = checkpointing_needed(free, step, train_config.batch_size, ema=train_config.ema_decay is not None)
+    log.info(
+        "gradient checkpointing %s (train.gradient_checkpointing=auto): the fine-tuning needs ~%.1f GiB without it "
+        "(batch %d x %.2f GiB + %.1f GiB), %.1f of %.1f GiB are free",
+        "on" if on else "off",
+        need / 2**30,
+        train_config.batch_size,
+        step["per_sample"] / 2**30,
+        (need - train_config.batch_size * step["per_sample"]) / 2**30,
+        free / 2**30,
+        total / 2**30,
+    )
+    if on:
+        model.enable_gradient_checkpointing()
+    return on
 
 
 def _channels_first(stacked: np.ndarray, pixels: bool) -> np.ndarray:
@@ -125,12 +163,15 @@ def _channels_first(stacked: np.ndarray, pixels: bool) -> np.ndarray:
     return np.ascontiguousarray(stacked.transpose(0, 3, 1, 2)) if pixels else stacked
 
 
-def _memory_settings(model_config: ModelConfig, train_config: TrainConfig, resolution: int) -> dict[str, object]:
-    """The settings an out-of-memory error in fine-tuning names, first the one to lower first."""
+def _memory_settings(
+    model_config: ModelConfig, train_config: TrainConfig, resolution: int, checkpointing: bool
+) -> dict[str, object]:
+    """The settings an out-of-memory error in fine-tuning names, first the one to lower first
+    (`checkpointing`: whether gradient checkpointing is on, as set or as 'auto' chose)."""
     out: dict[str, object] = {"train.batch_size": train_config.batch_size, "data.resolution": resolution}
     if model_config.base is not None:
-        if not train_config.gradient_checkpointing:
-            out["train.gradient_checkpointing (set true)"] = False
+        if not checkpointing:
+            out["train.gradient_checkpointing (set true)"] = train_config.gradient_checkpointing
         if not train_config.lora_rank:
             out["train.lora_rank (set e.g. 16)"] = 0
     return out
@@ -242,6 +283,9 @@ def finetune(
             generator = torch.Generator().manual_seed(train_config.seed)
             model = _model_on(device, vocab, resolution, model_config, train_config, generator, class_map)
             images, cond = _training_tensors(model, pixels, labels, latents is None, train_config.batch_size, log)
+            checkpointing = train_config.gradient_checkpointing is True
+            if train_config.gradient_checkpointing == "auto":
+                checkpointing = _auto_checkpointing(model, images, cond, train_config, precision, log)
             steps = train_config.budget(len(meta))
             trainable = getattr(model, "trainable_parameters", model.parameters)()
             n_params = sum(p.numel() for p in trainable)
@@ -265,7 +309,7 @@ def finetune(
             train = _trainer(
                 model, images, cond, steps, train_config, generator, precision, on_checkpoint, progress, history
             )
-            memory = _memory_settings(model_config, train_config, resolution)
+            memory = _memory_settings(model_config, train_config, resolution, checkpointing)
             result, fingerprint = _train_and_publish(
                 train, resume, memory, device, progress, history, store, model, training_set, config_key, log
             )

@@ -24,7 +24,7 @@ from gcmine.tasks.infra.artifacts import (
 from gcmine.tasks.infra.caching import content_key
 from gcmine.tasks.infra.errors import out_of_memory_hint
 from gcmine.tasks.infra.logs import stage_logger
-from gcmine.tasks.infra.models import model_stage
+from gcmine.tasks.infra.models import model_stage, scoring_model
 from gcmine.tasks.infra.progress import StageProgress
 from gcmine.tasks.infra.storage import RunStore
 from gcmine.tasks.latents import read_latent_inputs, shape_groups
@@ -126,6 +126,7 @@ def score_shard(
     name = shard["name"]
     with stopwatch() as clock, model_stage(out, fingerprint, runtime, storage_options) as (store, model, device):
         meta, groups = _shard_inputs(store, model, name, conditioning, latents)
+        model = scoring_model(model, runtime)
         estimator = TypicalityEstimator(
             draws=config.draws, t_min=config.t_min, t_max=config.t_max, batch_size=config.batch_size, seed=config.seed
         )

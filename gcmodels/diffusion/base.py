@@ -17,6 +17,7 @@ conditioning), `feature_blocks` (the modules ``rank.feature_block`` indexes) and
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import ClassVar, cast
 
@@ -139,6 +140,25 @@ class ConditionalDiffusion(nn.Module):
         """Recompute network activations in the backward pass (less memory, same gradients); returns self."""
         self.network.enable_gradient_checkpointing()  # type: ignore[operator]  # a diffusers model method: nn.Module.__getattr__ types it Tensor | Module
         return self
+
+    def compiled(self, *, backend: str = "inductor", channels_last: bool | None = None) -> ConditionalDiffusion:
+        """A view of this model for inference whose denoiser runs through ``torch.compile``
+        (`backend`; shapes dynamic after the first recompilation, so a shard's smaller last batch
+        does not compile again for every size). The view shares every parameter and buffer with
+        this model (nothing is copied) and this model is left eager: forward hooks on its blocks
+        (`decoder_features`) and training are unaffected. `channels_last` (default: on CUDA)
+        switches the denoiser's 4-D weights to the channels-last layout, in place (this model's
+        too: the same tensors, the same values), which cuDNN's convolutions prefer."""
+        net = self.network
+        name = next((k for k, m in self._modules.items() if m is net), None)
+        if name is None:
+            raise TypeError(f"{type(self).__name__}.network is not one of its direct submodules: cannot compile it")
+        if channels_last if channels_last is not None else self.device.type == "cuda":
+            net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # nn.Module.to takes memory_format; its stubs omit it
+        view = copy.copy(self)
+        view._modules = dict(self._modules)  # copy.copy shares the dict: the view's entry must not replace ours
+        view._modules[name] = cast(nn.Module, torch.compile(net, backend=backend))
+        return view
 
     # ------------------------------------------------------------------ diffusion math, eps space
     def _abar(self, t: Tensor, like: Tensor) -> Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ TRAINING_SET = "training_set.parquet"  # (image_id, label) the model was trained
 
 _cache: dict[tuple[str, str, str, str], ConditionalDiffusion] = {}
 _lock = threading.Lock()
+_compiled: weakref.WeakKeyDictionary[ConditionalDiffusion, ConditionalDiffusion] = weakref.WeakKeyDictionary()
 
 
 def model_fingerprint(directory: Path) -> str:
@@ -82,3 +84,17 @@ def load_model(
             _cache.clear()  # one model per process at a time: a new run replaces the old one
             _cache[key] = model
         return _cache[key]
+
+
+def scoring_model(model: ConditionalDiffusion, runtime) -> ConditionalDiffusion:
+    """The model scoring runs: with `runtime.compile`, a view whose denoiser is compiled
+    (`ConditionalDiffusion.compiled`, made once per loaded model and worker process, with cuDNN's
+    autotuner on CUDA); else the model itself. The loaded model stays eager for the other stages."""
+    if not runtime.compile:
+        return model
+    with _lock:
+        if model not in _compiled:
+            if model.device.type == "cuda":
+                torch.backends.cudnn.benchmark = True
+            _compiled[model] = model.compiled()
+        return _compiled[model]
