@@ -68,6 +68,14 @@ class DataConfig(_Section):
         "downsampling factor: 8 with model.base, 2^(levels - 1) for the pixel model; images of one shape are batched "
         "together); with model.base the default is short_side",
     )
+    bucket: int | None = Field(
+        None,
+        ge=1,
+        description="resize=short_side: the long side is rounded to a multiple of this many working pixels, so that "
+        "few shapes exist and batches stay full (SDXL-style buckets; the aspect ratio is kept to within half a "
+        "bucket); a multiple of the model's downsampling factor, used up to an eighth of data.resolution; null = "
+        "that factor; with model.base the default is 64",
+    )
     max_pixels: int = Field(64_000_000, ge=1, description="images with more pixels are rejected (decompression bombs)")
     max_file_bytes: int = Field(
         256 * 2**20,
@@ -575,7 +583,7 @@ class StorageConfig(_Section):
 # working resolution, feature block, LoRA above LORA_ABOVE_PARAMETERS); a value the user gives
 # always wins. Defined here only.
 BASE_MODEL_DEFAULTS: dict[str, dict] = {
-    "data": {"resolution": 256, "resize": "short_side"},
+    "data": {"resolution": 256, "resize": "short_side", "bucket": 64},
     "train": {
         "lr": 1e-4,
         "lr_schedule": "constant",
@@ -661,6 +669,11 @@ class Settings(_Section):
             raise ValueError(
                 f"model.class_map ({self.model.class_map!r}) needs model.base: it maps labels to a checkpoint's classes"
             )
+        if self.data.bucket is not None and self.data.bucket % self.downsampling_factor:
+            raise ValueError(
+                f"data.bucket ({self.data.bucket}) must be a multiple of {self.downsampling_factor}, the model's "
+                "downsampling factor (every working side must be one)"
+            )
         if self.model.base is not None:
             if self.model.prediction != "epsilon":
                 raise ValueError(
@@ -697,13 +710,24 @@ class Settings(_Section):
         return self
 
     @property
-    def working_multiple(self) -> int:
-        """What the long side of a working image is rounded to under data.resize=short_side: the
-        model's downsampling factor, 8 (VAE latents) with model.base, 2^(levels - 1) for the small
-        pixel UNet (model.block_out_channels), whose every level halves the image."""
+    def downsampling_factor(self) -> int:
+        """What every working side must be a multiple of: 8 (VAE latents) with model.base,
+        2^(levels - 1) for the small pixel UNet (model.block_out_channels), whose every level halves
+        the image."""
         if self.model.base is not None:
             return 8
         return 2 ** (len(self.model.block_out_channels) - 1)
+
+    @property
+    def working_multiple(self) -> int:
+        """What the long side of a working image is rounded to under data.resize=short_side:
+        `data.bucket` when set (64 with model.base), but at most an eighth of data.resolution (in
+        whole downsampling factors), so that no aspect ratio changes by more than ~6 %
+        (benchmarks/shape_buckets.py); else the model's `downsampling_factor`."""
+        factor = self.downsampling_factor
+        if not self.data.bucket:
+            return factor
+        return max(factor, min(self.data.bucket, self.data.resolution // 8 // factor * factor))
 
     @property
     def patch_size(self) -> int:

@@ -175,3 +175,15 @@ def test_samples_frechet_benchmark_runs(tmp_path: Path) -> None:
     from PIL import Image
 
     assert Image.open(grid).size == (3 * 8 * 4, 10 * 8 * 4)
+
+
+def test_shape_buckets_benchmark_counts_fewer_shapes_with_larger_buckets() -> None:
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "shape_buckets.py"), "--images", "500", "--resolution", "512"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| 512 |")]
+    assert len(rows) == 6  # two collections x multiples 8, 32, 64
+    for first in (0, 3):
+        shapes = [int(r[3]) for r in rows[first : first + 3]]
+        score_fill = [float(r[6]) for r in rows[first : first + 3]]
+        assert shapes[0] > shapes[1] > shapes[2] and score_fill[0] < score_fill[2] <= 1.0

@@ -252,4 +252,19 @@ def test_pixel_model_short_side_rounds_to_its_downsampling_factor() -> None:
     assert (s.data.resize, s.working_multiple) == ("short_side", 4)  # (32, 64, 64): three levels
     assert Settings.from_dict({"model": {"block_out_channels": [16, 32]}}).working_multiple == 2
     assert Settings.from_dict({"model": {"block_out_channels": [8, 16, 32, 32]}}).working_multiple == 8
-    assert Settings.from_dict({"model": {"base": "/sd"}}).working_multiple == 8
+    assert Settings.from_dict({"model": {"base": "/sd"}, "data": {"bucket": None}}).working_multiple == 8
+
+
+def test_shape_buckets_with_model_base() -> None:
+    """With model.base the long side snaps to 64 px buckets (data.bucket), at most an eighth of
+    the resolution (whole VAE factors) so that no aspect ratio moves by more than ~6 %; a bucket
+    that is not a multiple of the downsampling factor is refused."""
+    base = {"model": {"base": "/sd"}}
+    assert Settings.from_dict(base).working_multiple == 32  # 256 px
+    assert Settings.from_dict({**base, "data": {"resolution": 512}}).working_multiple == 64
+    assert Settings.from_dict({**base, "data": {"resolution": 1024}}).working_multiple == 64
+    assert Settings.from_dict({**base, "data": {"resolution": 16}}).working_multiple == 8
+    pixel = {"resolution": 64, "resize": "short_side"}  # the pixel model's factor: 4
+    assert Settings.from_dict({"data": {**pixel, "bucket": 8}}).working_multiple == 8
+    with pytest.raises(ConfigError, match=r"data.bucket \(12\) must be a multiple of 8"):
+        Settings.from_dict({**base, "data": {"bucket": 12}})
