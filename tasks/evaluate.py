@@ -303,10 +303,32 @@ def evaluate(out: str, boxes: str, storage_options: dict | None = None) -> dict:
     }
 
 
+def check_evaluable(out: str, storage_options: dict | None = None) -> None:
+    """What `evaluate` refuses, checked before the evaluation takes the run root's lease: not a
+    finished run (no recorded maps), a run writing into it now, or one a run left mid-update."""
+    store = RunStore(out, storage_options)
+    recorded_maps(store)
+    _require_idle(store)
+
+
+def _own_flow_run() -> str | None:
+    try:
+        from prefect.runtime import flow_run
+
+        return str(flow_run.id) if flow_run.id else None
+    except Exception:
+        return None
+
+
 def _require_idle(store: RunStore) -> None:
     """Refuse a run root a run is writing into now, or one a run left mid-update: its maps and
-    manifest may belong to two runs."""
+    manifest may belong to two runs. The lease and marker of this flow run itself (the
+    evaluation flow holds the lease while it writes) are not another run's."""
     state = root_state(store)
+    own = _own_flow_run()
+    holder = (state.get("lease") or state.get("marker") or {}).get("flow_run_id")
+    if own is not None and holder == own:
+        return
     if state["state"] == "updating":
         raise RunRootBusy(f"{store.location} is being updated by {state['by']}: evaluate it once that run has finished")
     if state["state"] == "interrupted":

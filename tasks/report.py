@@ -264,7 +264,8 @@ def report(
 def report_again(out: str, storage_options: dict | None = None) -> dict:
     """Render the report of a finished run again from its run root, as the run's `run.json`
     records it (maps, report settings, applications), so that what was measured since (the
-    evaluation against boxes) appears in it. `run.json` is left as the run wrote it."""
+    evaluation against boxes) appears in it. `run.json` is left as the run wrote it. Returns the
+    report's URI and the report settings used (`config`)."""
     log = stage_logger()
     with stopwatch() as clock:
         store = RunStore(out, storage_options)
@@ -281,4 +282,4 @@ def report_again(out: str, storage_options: dict | None = None) -> dict:
             store, maps, config, {k: v for k, v in info.items() if k != "report_seconds"}, storage_options, applications
         )
     log.info("report rendered again: %s", store.uri(REPORT))
-    return {"report": store.uri(REPORT), "seconds": clock["seconds"]}
+    return {"report": store.uri(REPORT), "seconds": clock["seconds"], "config": config}

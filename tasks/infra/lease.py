@@ -312,18 +312,22 @@ def run_lease(
     wait: float = 3600.0,
     expiry: float = 120.0,
     logger: logging.Logger | logging.LoggerAdapter | None = None,
+    marker: bool = True,
 ) -> Iterator[RunLease]:
     """Hold the lease of `store`'s root for the block, with the in-progress marker written while
     it runs and removed when it ends without error. `mode`: "wait" (up to `wait` seconds) or
-    "refuse" (storage.lease, storage.lease_wait, storage.lease_expiry)."""
+    "refuse" (storage.lease, storage.lease_wait, storage.lease_expiry). `marker=False`: the lease
+    alone, for a writer whose failure cannot leave the run's tables mixed (the evaluation: each
+    table it writes is written whole), so that a failed attempt does not mark the root
+    interrupted."""
     lease = RunLease(
         store, flow_run_id=flow_run_id, expiry=expiry, wait=wait if mode == "wait" else None, logger=logger
     )
     lease.acquire()
     storage_failed = False
     try:
-        marker = {k: v for k, v in lease.owner.items() if k != "token"}
-        store.write_json(IN_PROGRESS, marker)
+        if marker:
+            store.write_json(IN_PROGRESS, {k: v for k, v in lease.owner.items() if k != "token"})
         yield lease
         if lease.lost is not None:
             raise RunRootBusy(
@@ -331,7 +335,8 @@ def run_lease(
                 f"storage.lease_expiry = {expiry:g} s): the run root may mix both runs' results; run the same command "
                 "again once that run has finished"
             )
-        store.remove(IN_PROGRESS)
+        if marker:
+            store.remove(IN_PROGRESS)
     except StorageError:
         storage_failed = True
         raise

@@ -238,6 +238,41 @@ def test_a_run_root_mid_update_is_refused(run, tmp_path, capsys) -> None:
         store.remove(IN_PROGRESS)
 
 
+def test_evaluation_holds_the_lease_and_publishes_the_ui_artifacts_again(run, tmp_path, monkeypatch) -> None:
+    """The evaluation flow writes under the run root's lease (a `gcmine run` started meanwhile
+    would wait), drops it at the end, and publishes the run's summary, elements and report link
+    on its own flow run again."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    import gcmine.tasks.evaluate as evaluate_task
+    from gcmine.flows.evaluate import evaluate_run
+    from gcmine.tasks.infra.artifacts import artifact_key
+    from gcmine.tasks.infra.lease import root_state
+
+    store = RunStore(str(run["out"]))
+    seen: list[dict] = []
+    summarise = evaluate_task.summarise
+
+    def spying(table):
+        seen.append(root_state(store))
+        return summarise(table)
+
+    monkeypatch.setattr(evaluate_task, "summarise", spying)
+    path = tmp_path / "boxes.csv"
+    run["boxes"].to_csv(path, index=False)
+    state = evaluate_run(str(run["out"]), str(path), return_state=True)
+    assert state.is_completed()
+    flow_run_id = state.state_details.flow_run_id
+    assert seen and seen[0]["state"] == "updating" and seen[0]["lease"]["flow_run_id"] == str(flow_run_id)
+    assert root_state(store) == {"state": "idle"}
+    with get_client(sync_client=True) as client:
+        flt = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        keys = {a.key for a in client.read_artifacts(flow_run_filter=flt) if a.key}
+    out = str(run["out"])
+    assert {artifact_key(out, "summary"), artifact_key(out, "elements"), artifact_key(out, "report")} <= keys
+
+
 @pytest.fixture
 def s3_endpoint(monkeypatch):
     import logging
