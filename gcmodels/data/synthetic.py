@@ -179,24 +179,10 @@ def _photos() -> tuple[Image.Image, ...]:
     return tuple(Image.fromarray(np.asarray(by_name[name], dtype=np.uint8)).convert("RGB") for name in _PHOTO_NAMES)
 
 
-def _background(rng: np.random.Generator, size: int) -> tuple[Image.Image, str]:
-    """A random square crop (scale 0.5-1.0 of the short side, random flip) of a random photo."""
-    which = int(rng.integers(len(_PHOTO_NAMES)))
-    photo = _photos()[which]
-    w, h = photo.size
-    side = int(round(rng.uniform(0.5, 1.0) * min(w, h)))
-    x0 = int(rng.integers(0, w - side + 1))
-    y0 = int(rng.integers(0, h - side + 1))
-    flip = bool(rng.integers(2))
-    crop = photo.resize((size, size), Image.Resampling.LANCZOS, box=(x0, y0, x0 + side, y0 + side), reducing_gap=3.0)
-    if flip:
-        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return crop, _PHOTO_NAMES[which]
-
-
 def _background_rect(rng: np.random.Generator, width: int, height: int) -> tuple[Image.Image, str]:
     """A random crop of aspect `width` : `height` (0.5-1.0 of the largest such crop, random
-    position and flip) of a random photo, resized to `width` x `height`."""
+    position and flip) of a random photo, resized to `width` x `height` (a square: 0.5-1.0 of the
+    photo's short side)."""
     which = int(rng.integers(len(_PHOTO_NAMES)))
     photo = _photos()[which]
     w, h = photo.size
@@ -318,7 +304,7 @@ def motif_dataset(
     out: list[SyntheticImage] = []
     for label, style in styles.items():
         for _ in range(n_per_label):
-            background, source = _background(rng, size)
+            background, source = _background_rect(rng, size, size)
             canvas = background.convert("RGBA")
 
             side = _sample_side(rng, nominal)

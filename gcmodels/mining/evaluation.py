@@ -33,10 +33,11 @@ def localisation_report(patches: pd.DataFrame, truth: pd.DataFrame) -> dict:
 
     patches: contract columns of `patches.parquet` (image_id, label, rank, x0, y0, x1, y1, element).
     truth: image_id, x0, y0, x1, y1 (the motif box, original pixels).
-    Returns rank0_centre (share of images whose rank-0 patch contains the motif centre),
-    rank0_overlap (share whose rank-0 patch overlaps the motif), random_centre (the chance a
-    uniformly placed patch of the same size contains the centre, for reference), and per label
-    the share of the top element's patches that contain the motif centre (`top_element_purity`).
+    Returns images (with a rank-0 patch and a box), rank0_centre (share of images whose rank-0
+    patch contains the motif centre), rank0_overlap (share whose rank-0 patch overlaps the motif),
+    and per label the share of the top element's patches that contain the motif centre
+    (`top_element_purity`, its minimum `min_top_element_purity`) and their number
+    (`top_element_size`).
     """
     gt = truth.rename(columns={c: "g" + c for c in ("x0", "y0", "x1", "y1")})[["image_id", "gx0", "gy0", "gx1", "gy1"]]
     p = patches.merge(gt, on="image_id", how="inner")
