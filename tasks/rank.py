@@ -23,6 +23,7 @@ from gcmine.tasks.infra.artifacts import (
 )
 from gcmine.tasks.infra.caching import content_key
 from gcmine.tasks.infra.errors import out_of_memory_hint
+from gcmine.tasks.infra.gpu import gpu_slot
 from gcmine.tasks.infra.logs import stage_logger
 from gcmine.tasks.infra.models import model_stage
 from gcmine.tasks.infra.storage import RunStore
@@ -69,7 +70,7 @@ def rank_shard(
     chunk = max(1, config.feature_batch // config.feature_draws)  # images per feature forward
     with (
         stopwatch() as clock,
-        model_stage(out, fingerprint, runtime, storage_options) as (store, model, device),
+        model_stage(out, fingerprint, runtime, storage_options, hold_gpu=False) as (store, model, device),
         out_of_memory_hint(f"rank {name}", {"rank.feature_batch": config.feature_batch}, device),
     ):
         maps_df = store.read_parquet(maps)
@@ -84,28 +85,29 @@ def rank_shard(
         work = np.zeros((n, 2), np.int64)  # working (width, height) of each image
         scores = np.full((n, k), np.nan, np.float32)
         features: np.ndarray | None = None
-        for group in shape_groups(map_list).values():
-            idx = np.asarray(group)
-            m = torch.from_numpy(np.stack([map_list[i] for i in idx]))  # (g, h, w)
-            x0 = torch.from_numpy(np.stack([inputs[i] for i in idx]))  # (g, C, h', w')
-            size = (x0.shape[-2] * factor, x0.shape[-1] * factor)  # working (H, W)
-            if tuple(m.shape[-2:]) != size:  # latent-resolution maps -> the working image (bilinear)
-                m = F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-            b, sc = top_patches(m, patch_size, k)
-            boxes[idx], scores[idx], work[idx] = b.numpy(), sc.numpy(), (size[1], size[0])
-            g = torch.Generator().manual_seed(config.seed)  # the same noise for every image of a shape
-            noise = torch.randn((config.feature_draws, *x0.shape[1:]), generator=g).to(device)
-            with torch.inference_mode():
-                for start in range(0, len(idx), chunk):
-                    sl = slice(start, start + chunk)
-                    x = x0[sl].to(device)
-                    x = model.encode(x) if x.dtype == torch.uint8 else x
-                    fmap = model.decoder_features(x, cond[idx[sl]].to(device), t, noise, config.feature_block)
-                    fb = scale_boxes(b[sl].numpy(), (size[1], size[0]), (fmap.shape[-1], fmap.shape[-2]))
-                    part = box_mean(fmap, torch.from_numpy(fb).to(device)).float().cpu().numpy()
-                    if features is None:
-                        features = np.zeros((n, k, part.shape[-1]), np.float32)
-                    features[idx[sl]] = part
+        with gpu_slot(device, runtime):  # the card is held for the features only, not the reading or writing
+            for group in shape_groups(map_list).values():
+                idx = np.asarray(group)
+                m = torch.from_numpy(np.stack([map_list[i] for i in idx]))  # (g, h, w)
+                x0 = torch.from_numpy(np.stack([inputs[i] for i in idx]))  # (g, C, h', w')
+                size = (x0.shape[-2] * factor, x0.shape[-1] * factor)  # working (H, W)
+                if tuple(m.shape[-2:]) != size:  # latent-resolution maps -> the working image (bilinear)
+                    m = F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+                b, sc = top_patches(m, patch_size, k)
+                boxes[idx], scores[idx], work[idx] = b.numpy(), sc.numpy(), (size[1], size[0])
+                g = torch.Generator().manual_seed(config.seed)  # the same noise for every image of a shape
+                noise = torch.randn((config.feature_draws, *x0.shape[1:]), generator=g).to(device)
+                with torch.inference_mode():
+                    for start in range(0, len(idx), chunk):
+                        sl = slice(start, start + chunk)
+                        x = x0[sl].to(device)
+                        x = model.encode(x) if x.dtype == torch.uint8 else x
+                        fmap = model.decoder_features(x, cond[idx[sl]].to(device), t, noise, config.feature_block)
+                        fb = scale_boxes(b[sl].numpy(), (size[1], size[0]), (fmap.shape[-1], fmap.shape[-2]))
+                        part = box_mean(fmap, torch.from_numpy(fb).to(device)).float().cpu().numpy()
+                        if features is None:
+                            features = np.zeros((n, k, part.shape[-1]), np.float32)
+                        features[idx[sl]] = part
         if features is None:
             features = np.zeros((0, k, 1), np.float32)
         sizes = live_rows(store.read_parquet(MANIFEST, ["image_id", "width", "height", "status"])).reindex(

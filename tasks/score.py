@@ -23,6 +23,7 @@ from gcmine.tasks.infra.artifacts import (
 )
 from gcmine.tasks.infra.caching import content_key
 from gcmine.tasks.infra.errors import out_of_memory_hint
+from gcmine.tasks.infra.gpu import gpu_slot
 from gcmine.tasks.infra.logs import stage_logger
 from gcmine.tasks.infra.models import model_stage, scoring_model
 from gcmine.tasks.infra.progress import StageProgress
@@ -124,67 +125,85 @@ def score_shard(
     patch_size: working pixels}: images that cannot enter their label's top patches in this shard
     stop early; the others get the N draws (and the map) of plain scoring."""
     name = shard["name"]
-    with stopwatch() as clock, model_stage(out, fingerprint, runtime, storage_options) as (store, model, device):
+    with (
+        stopwatch() as clock,
+        model_stage(out, fingerprint, runtime, storage_options, hold_gpu=False) as (
+            store,
+            model,
+            device,
+        ),
+    ):
         meta, groups = _shard_inputs(store, model, name, conditioning, latents)
-        model = scoring_model(model, runtime)
-        estimator = TypicalityEstimator(
-            draws=config.draws, t_min=config.t_min, t_max=config.t_max, batch_size=config.batch_size, seed=config.seed
-        )
-        cond = model.label_index(list(meta["label"]))
-        vocab = list(model.labels)
-        every = model.label_index(vocab)  # (L,) the conditioning labels of cotypicality
-        maps: list[np.ndarray | None] = [None] * len(meta)  # (h, w) float32 per image
-        co = np.zeros((len(meta), len(vocab)), np.float64)  # image-level T(x | label) per label
-        key = artifact_key(out, "score-" + name.removesuffix(".parquet"))
-        done = 0
-        draws = np.full((len(meta), len(vocab)) if config.cotypicality else len(meta), config.draws, np.int64)
-        per_draw = torch.zeros((len(meta), len(vocab) if config.cotypicality else 1, config.draws), dtype=torch.float64)
-        precision: dict[str, np.ndarray] = {"draws": draws}
-        if config.adaptive:
-            rule = _adaptive_rule(config, ranking, model)
-            total = len(meta) * config.draws  # the progress of adaptive scoring counts draws (fewer are spent)
-            with (
-                StageProgress(total, f"score {name} (draws)", bar=runtime.progress, key=key) as progress,
-                out_of_memory_hint(f"score {name}", {"score.batch_size": config.batch_size}, device),
-            ):
-                found = adaptive_maps(
-                    estimator,
-                    model,
-                    [(rows, lambda pos, f=inputs: f(torch.from_numpy(pos))) for rows, inputs in groups],
-                    cond,
-                    rule,
-                    chunk=CHUNK,
-                    progress=progress.update,
-                )
-                progress.update(total)
-                progress.close()
-            maps = list(found.maps)
-            precision = {"draws": found.draws, "typicality_se": found.typicality_se, "top_patch_se": found.top_patch_se}
-        else:
-            with StageProgress(len(meta), f"score {name}", bar=runtime.progress, key=key) as progress:
-                with out_of_memory_hint(f"score {name}", {"score.batch_size": config.batch_size}, device):
-                    for rows, inputs in groups:
-                        for start in range(0, len(rows), CHUNK):
-                            sl = slice(start, min(start + CHUNK, len(rows)))
-                            idx = rows[sl]
-                            x0 = inputs(sl)
-                            tick = lambda k, base=done: progress.update(base + k)  # noqa: E731
-                            c = cond[idx].to(device)
-                            record = torch.zeros((len(idx), per_draw.shape[1], config.draws), dtype=torch.float64)
-                            if config.cotypicality:
-                                m = estimator.cotypicality_maps(
-                                    model, x0, every.to(device), progress=tick, draw_means=record
-                                )  # (b, L, h, w)
-                                co[idx] = m.mean((2, 3)).double().cpu().numpy()
-                                own = (c - 1).view(-1, 1, 1, 1).expand(-1, 1, *m.shape[2:])
-                                m = m.gather(1, own)[:, 0]  # each image's map under its own label (what rank reads)
-                            else:
-                                m = estimator.maps(model, x0, c, progress=tick, draw_means=record[:, 0])
-                            per_draw[torch.from_numpy(np.asarray(idx))] = record
-                            for i, mi in zip(idx, m.cpu().numpy()):
-                                maps[i] = mi
-                            done += len(idx)
-                progress.close()
+        with gpu_slot(device, runtime):  # the card is held for the compute only, not the reading or writing
+            model = scoring_model(model, runtime)
+            estimator = TypicalityEstimator(
+                draws=config.draws,
+                t_min=config.t_min,
+                t_max=config.t_max,
+                batch_size=config.batch_size,
+                seed=config.seed,
+            )
+            cond = model.label_index(list(meta["label"]))
+            vocab = list(model.labels)
+            every = model.label_index(vocab)  # (L,) the conditioning labels of cotypicality
+            maps: list[np.ndarray | None] = [None] * len(meta)  # (h, w) float32 per image
+            co = np.zeros((len(meta), len(vocab)), np.float64)  # image-level T(x | label) per label
+            key = artifact_key(out, "score-" + name.removesuffix(".parquet"))
+            done = 0
+            draws = np.full((len(meta), len(vocab)) if config.cotypicality else len(meta), config.draws, np.int64)
+            per_draw = torch.zeros(
+                (len(meta), len(vocab) if config.cotypicality else 1, config.draws), dtype=torch.float64
+            )
+            precision: dict[str, np.ndarray] = {"draws": draws}
+            if config.adaptive:
+                rule = _adaptive_rule(config, ranking, model)
+                total = len(meta) * config.draws  # the progress of adaptive scoring counts draws (fewer are spent)
+                with (
+                    StageProgress(total, f"score {name} (draws)", bar=runtime.progress, key=key) as progress,
+                    out_of_memory_hint(f"score {name}", {"score.batch_size": config.batch_size}, device),
+                ):
+                    found = adaptive_maps(
+                        estimator,
+                        model,
+                        [(rows, lambda pos, f=inputs: f(torch.from_numpy(pos))) for rows, inputs in groups],
+                        cond,
+                        rule,
+                        chunk=CHUNK,
+                        progress=progress.update,
+                    )
+                    progress.update(total)
+                    progress.close()
+                maps = list(found.maps)
+                precision = {
+                    "draws": found.draws,
+                    "typicality_se": found.typicality_se,
+                    "top_patch_se": found.top_patch_se,
+                }
+            else:
+                with StageProgress(len(meta), f"score {name}", bar=runtime.progress, key=key) as progress:
+                    with out_of_memory_hint(f"score {name}", {"score.batch_size": config.batch_size}, device):
+                        for rows, inputs in groups:
+                            for start in range(0, len(rows), CHUNK):
+                                sl = slice(start, min(start + CHUNK, len(rows)))
+                                idx = rows[sl]
+                                x0 = inputs(sl)
+                                tick = lambda k, base=done: progress.update(base + k)  # noqa: E731
+                                c = cond[idx].to(device)
+                                record = torch.zeros((len(idx), per_draw.shape[1], config.draws), dtype=torch.float64)
+                                if config.cotypicality:
+                                    m = estimator.cotypicality_maps(
+                                        model, x0, every.to(device), progress=tick, draw_means=record
+                                    )  # (b, L, h, w)
+                                    co[idx] = m.mean((2, 3)).double().cpu().numpy()
+                                    own = (c - 1).view(-1, 1, 1, 1).expand(-1, 1, *m.shape[2:])
+                                    m = m.gather(1, own)[:, 0]  # each image's map under its own label (what rank reads)
+                                else:
+                                    m = estimator.maps(model, x0, c, progress=tick, draw_means=record[:, 0])
+                                per_draw[torch.from_numpy(np.asarray(idx))] = record
+                                for i, mi in zip(idx, m.cpu().numpy()):
+                                    maps[i] = mi
+                                done += len(idx)
+                    progress.close()
         ids, labels = list(meta["image_id"]), list(meta["label"])
         okey = content_key(shard, fingerprint, config, conditioning, latents, *([ranking] if config.adaptive else []))
         outputs = {"maps": keyed_part("maps", name, okey), "scores": keyed_part("scores", name, okey)}

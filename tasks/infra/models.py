@@ -6,7 +6,7 @@ import hashlib
 import threading
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -41,14 +41,16 @@ def model_fingerprint(directory: Path) -> str:
 
 @contextmanager
 def model_stage(
-    out: str, fingerprint: str, runtime, storage_options: dict | None
+    out: str, fingerprint: str, runtime, storage_options: dict | None, *, hold_gpu: bool = True
 ) -> Iterator[tuple[RunStore, ConditionalDiffusion, torch.device]]:
     """What every model stage runs in: torch configured per `runtime`, the GPU slot of the chosen
     device held (see tasks/infra/gpu.py; nothing on CPU), the run's store, and the model of
-    `fingerprint` on the device (loaded from storage once per worker process, never passed in)."""
+    `fingerprint` on the device (loaded from storage once per worker process, never passed in).
+    `hold_gpu=False`: the stage takes `gpu_slot` itself around its compute only, so that its
+    reading and writing overlap another shard's compute (runtime.workers > 1)."""
     configure_torch(runtime.threads)
     device = resolve_device(runtime.device)
-    with gpu_slot(device, runtime):
+    with gpu_slot(device, runtime) if hold_gpu else nullcontext():
         store = RunStore(out, storage_options)
         yield store, load_model(store, fingerprint, device, resolve_precision(runtime.precision, device)), device
 
