@@ -64,9 +64,9 @@ class DataConfig(_Section):
     resize: Literal["square", "short_side"] = Field(
         "square",
         description="working images: square (resolution x resolution, aspect not kept) or short_side (the short "
-        "side scaled to resolution, the long one to keep the aspect ratio, rounded to a multiple of the model's "
-        "downsampling factor: 8 with model.base, 2^(levels - 1) for the pixel model; images of one shape are batched "
-        "together); with model.base the default is short_side",
+        "side scaled to resolution, the long one to keep the aspect ratio, rounded to a multiple of data.bucket or of "
+        "the model's downsampling factor: 8 with model.base, 2^(levels - 1) for the pixel model; images of one shape "
+        "are batched together); with model.base the default is short_side",
     )
     bucket: int | None = Field(
         None,
