@@ -165,6 +165,7 @@ def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dic
     scored, gathered, ranked, mined = _score_and_rank(
         out, shards, latents, fingerprint, conditioning, settings, so, ledger
     )
+    scored_base = _score_base(out, shards, latents, fingerprint, conditioning, settings, so, ledger)
     applications = _applications(out, names, fingerprint, conditioning, settings, so)
     cluster_outputs = ("clusters", "cluster_metrics", "cluster_traces", "cluster_contingency", "cluster_linkage")
     published = publish(
@@ -199,7 +200,7 @@ def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dic
         conditioned,
         mapped,
         trained,
-        score_stage(scored, gathered),
+        score_stage(scored, gathered, scored_base),
         rank_stage(ranked, mined, published),
         applications,
         sampled,
@@ -365,6 +366,37 @@ def _score_and_rank(
     ledger.mapped("rank", ranked)
     mined = elements(out, [r["candidates"] for r, _ in ranked], settings.rank, so)
     return scored, gathered, ranked, mined
+
+
+def _score_base(
+    out: str,
+    shards: list[dict],
+    latents: list[str | None],
+    fingerprint: str,
+    conditioning: str | None,
+    settings: Settings,
+    so: dict,
+    ledger: RunLedger,
+) -> list[tuple[dict, bool]]:
+    """score.compare_base: every shard scored again with the checkpoint before fine-tuning
+    (plain scoring, the same draws), written apart; none otherwise."""
+    if not settings.score.compare_base:
+        return []
+    scored = map_cached(
+        score_shard,
+        ("maps", "scores"),
+        ("shard", "latents"),
+        list(zip(shards, latents)),
+        out=out,
+        fingerprint=fingerprint,
+        config=settings.score.model_copy(update={"adaptive": False}),
+        runtime=settings.runtime,
+        storage_options=so,
+        conditioning=conditioning,
+        base=settings.model,
+    )
+    ledger.mapped("score-base", scored)
+    return scored
 
 
 def _applications(

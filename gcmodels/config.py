@@ -320,6 +320,12 @@ class TrainConfig(_Section):
 
 class ScoreConfig(_Section):
     draws: int = Field(16, ge=1, description="(t, eps) draws N per image (stratified t, shared across images)")
+    compare_base: bool = Field(
+        False,
+        description="with model.base: score the same images with the checkpoint before fine-tuning too (the same "
+        "draws, plain scoring), stored apart (maps_base/, scores_base/); gcmine evaluate and the report show both "
+        "models side by side",
+    )
     t_min: float = Field(
         0.1,
         ge=0,
@@ -664,6 +670,11 @@ class Settings(_Section):
                 "embed.method='diffusion' with data.labels='clusters' is circular: the diffusion features need the "
                 "model fine-tuned on the labels, and the labels would come from clustering those features; choose "
                 "embed.method pca, autoencoder, vae or clip"
+            )
+        if self.model.base is None and self.score.compare_base:
+            raise ValueError(
+                "score.compare_base needs model.base: it scores with the checkpoint before fine-tuning (the pixel "
+                "model has none)"
             )
         if self.model.base is None and self.model.class_map is not None:
             raise ValueError(

@@ -25,14 +25,15 @@ from gcmine.tasks.infra.caching import content_key
 from gcmine.tasks.infra.errors import out_of_memory_hint
 from gcmine.tasks.infra.gpu import gpu_slot
 from gcmine.tasks.infra.logs import stage_logger
-from gcmine.tasks.infra.models import model_stage, scoring_model
+from gcmine.tasks.infra.models import load_base_model, model_stage, scoring_model
 from gcmine.tasks.infra.progress import StageProgress
 from gcmine.tasks.infra.storage import RunStore
 from gcmine.tasks.latents import read_latent_inputs, shape_groups
-from gcmodels.config import RuntimeConfig, ScoreConfig
+from gcmodels.config import ModelConfig, RuntimeConfig, ScoreConfig
 from gcmodels.mining.adaptive import AdaptiveRule, adaptive_maps, standard_error
 from gcmodels.mining.cotypicality import cotypicality_frame
 from gcmodels.mining.typicality import TypicalityEstimator
+from gcmodels.runtime import resolve_precision
 
 CHUNK = 64  # images handed to the estimator at a time (bounds memory, paces the progress bar)
 
@@ -112,6 +113,7 @@ def score_shard(
     conditioning: str | None = None,
     latents: str | None = None,
     ranking: dict | None = None,
+    base: ModelConfig | None = None,
 ) -> dict:
     """Typicality maps of the shard's live labelled images under their labels (from the
     conditioning table `conditioning` when given, else the manifest), with the model of
@@ -123,7 +125,11 @@ def score_shard(
     With `config.adaptive`, draws go by successive elimination (`gcmodels.mining.adaptive`) against the
     ranking rank will make, `ranking` = {top_k: rank.per_label, per_image: rank.per_image,
     patch_size: working pixels}: images that cannot enter their label's top patches in this shard
-    stop early; the others get the N draws (and the map) of plain scoring."""
+    stop early; the others get the N draws (and the map) of plain scoring.
+
+    `base` (score.compare_base: the model settings): score with the checkpoint `base.base` before
+    fine-tuning instead, conditioned on the fine-tuned model's labels, with the same draws;
+    written apart, `maps_base/` and `scores_base/`."""
     name = shard["name"]
     with (
         stopwatch() as clock,
@@ -133,6 +139,12 @@ def score_shard(
             device,
         ),
     ):
+        if base is not None:
+            from gcmine.tasks.finetune import checkpoint_of
+
+            _, class_map = checkpoint_of(base, storage_options)
+            precision_of = resolve_precision(runtime.precision, device)
+            model = load_base_model(base, list(model.labels), class_map, device, precision_of)
         meta, groups = _shard_inputs(store, model, name, conditioning, latents)
         with gpu_slot(device, runtime):  # the card is held for the compute only, not the reading or writing
             model = scoring_model(model, runtime)
@@ -205,8 +217,20 @@ def score_shard(
                                 done += len(idx)
                     progress.close()
         ids, labels = list(meta["image_id"]), list(meta["label"])
-        okey = content_key(shard, fingerprint, config, conditioning, latents, *([ranking] if config.adaptive else []))
-        outputs = {"maps": keyed_part("maps", name, okey), "scores": keyed_part("scores", name, okey)}
+        okey = content_key(
+            shard,
+            fingerprint,
+            config,
+            conditioning,
+            latents,
+            *([ranking] if config.adaptive else []),
+            *([{"base": str(base.base)}] if base is not None else []),
+        )
+        suffix = "_base" if base is not None else ""
+        outputs = {
+            "maps": keyed_part("maps" + suffix, name, okey),
+            "scores": keyed_part("scores" + suffix, name, okey),
+        }
         own = {  # the precision of each image's own-label map (with cotypicality: column of its label)
             "draws": precision["draws"][np.arange(len(ids)), (cond - 1).cpu().numpy()]
             if config.cotypicality

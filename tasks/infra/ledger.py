@@ -66,13 +66,15 @@ def latents_stage(encoded: Results, base: str, family: str | None) -> dict:
     }
 
 
-def score_stage(scored: Results, gathered: dict) -> dict:
-    """The score stage's summary: seconds (shards and gather), images, workers and map artifacts."""
+def score_stage(scored: Results, gathered: dict, scored_base: Results | None = None) -> dict:
+    """The score stage's summary: seconds (shards and gather, and the base model's shards with
+    score.compare_base), images, workers and map artifacts (`maps_base`: the base model's)."""
     return {
-        "seconds": computed_seconds(scored) + gathered["seconds"],
+        "seconds": computed_seconds(scored) + gathered["seconds"] + computed_seconds(scored_base or []),
         "images": gathered["images"],
         "workers": workers(scored),
         "maps": [r["maps"] for r, _ in scored],
+        **({"maps_base": [r["maps"] for r, _ in scored_base]} if scored_base else {}),
     }
 
 

@@ -100,3 +100,39 @@ def scoring_model(model: ConditionalDiffusion, runtime) -> ConditionalDiffusion:
                 torch.backends.cudnn.benchmark = True
             _compiled[model] = model.compiled()
         return _compiled[model]
+
+
+_base_cache: dict[tuple, ConditionalDiffusion] = {}
+
+
+def load_base_model(
+    model_config, labels: list[str], class_map: dict[str, int] | None, device: torch.device, precision: str = "fp32"
+) -> ConditionalDiffusion:
+    """The checkpoint `model_config.base` before fine-tuning, conditioned on `labels` as the
+    fine-tuned model is (the same prompts or class ids), in eval mode on `device` (its denoiser in
+    `precision`); loaded once per process (score.compare_base)."""
+    key = (
+        str(model_config.base),
+        tuple(labels),
+        model_config.prompt_template,
+        model_config.null_prompt,
+        tuple(sorted((class_map or {}).items())),
+        str(device),
+        precision,
+    )
+    with _lock:
+        if key not in _base_cache:
+            from gcmodels.diffusion import load_base
+
+            model = load_base(
+                model_config.base,
+                labels,
+                prompt_template=model_config.prompt_template,
+                null_prompt=model_config.null_prompt,
+                class_map=class_map,
+            )
+            model = model.to(device).eval()
+            if precision != "fp32" and isinstance(model, LatentDiffusion):
+                model.half_precision(PRECISION_DTYPES[precision])
+            _base_cache[key] = model
+        return _base_cache[key]

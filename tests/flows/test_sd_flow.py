@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -253,3 +254,51 @@ def test_unlabelled_images_added_to_an_sd_run_flow_through_every_stage(sd_run, t
     assert len(new) == 2 and new["label"].isna().all() and new["shard"].nunique() == 1
     assert not set(store.read_parquet("typicality.parquet")["image_id"]) & set(new["image_id"])
     assert len(list((out / "latents").glob(f"{new['shard'].iloc[0].removesuffix('.parquet')}-*.parquet"))) == 1
+
+
+def test_compare_base_scores_with_the_checkpoint_before_fine_tuning(sd_run, tmp_path) -> None:
+    """score.compare_base: the same images scored with the base checkpoint too (same draws),
+    stored apart and recorded in run.json; `gcmine evaluate` then evaluates both models."""
+    import shutil
+
+    from gcmine.tasks.infra.artifacts import EVALUATION_SUMMARY, RUN_JSON
+
+    images, out = tmp_path / "images", tmp_path / "out"
+    shutil.copytree(sd_run["out"].parent / "images", images)
+    shutil.copytree(sd_run["out"], out)  # a rerun: only the scoring is new
+    argv = ["run", str(images), "--out", str(out), "--set", f"model.base={sd_run['base']}"]
+    for item in [*SD, "score.compare_base=true"]:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    store = RunStore(str(out))
+    score = store.read_json(RUN_JSON)["stages"]["score"]
+    assert score["maps_base"] and all(p.startswith("maps_base/part-") for p in score["maps_base"])
+    tuned = pd.concat([store.read_parquet(p) for p in score["maps"]]).sort_values("image_id")
+    base = pd.concat([store.read_parquet(p) for p in score["maps_base"]]).sort_values("image_id")
+    assert tuned["image_id"].tolist() == base["image_id"].tolist() and len(base) == 10
+    tuned_maps, base_maps = unpack_map_rows(tuned), unpack_map_rows(base)
+    assert all(a.shape == b.shape for a, b in zip(tuned_maps, base_maps))
+    assert any(not np.allclose(a, b) for a, b in zip(tuned_maps, base_maps))  # two models, two sets of maps
+    manifest = store.read_parquet("manifest.parquet")
+    boxes = manifest.assign(
+        filename=manifest["label"] + "/" + manifest["filename"],  # folder/name: the names repeat across folders
+        x0=0,
+        y0=0,
+        x1=manifest["width"] // 2,
+        y1=manifest["height"] // 2,
+    )
+    boxes[["filename", "label", "x0", "y0", "x1", "y1"]].to_csv(tmp_path / "boxes.csv", index=False)
+    assert main(["evaluate", str(out), "--boxes", str(tmp_path / "boxes.csv")]) == 0
+    summary = store.read_parquet(EVALUATION_SUMMARY)
+    assert set(summary["model"]) == {"base", "finetuned"}
+    pooled = summary[summary["label"] == "(all)"].set_index("model")["pairs"]
+    assert pooled["base"] == pooled["finetuned"] == 10
+    html = (out / "report" / "index.html").read_text()
+    assert re.search(r"<td[^>]*>base</td>", html) and re.search(r"<td[^>]*>finetuned</td>", html)  # side by side
+
+
+def test_compare_base_needs_model_base() -> None:
+    from gcmodels.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match=r"score\.compare_base needs model\.base"):
+        Settings.from_dict({"score": {"compare_base": True}})
