@@ -195,12 +195,24 @@ def _upsample(m: np.ndarray, height: int, width: int) -> np.ndarray:
     return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
+DIFFERENCE = "finetuned - base"  # the summary's model of the per-image differences (score.compare_base)
+
+
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """Per model and label, and pooled over every pair (label `(all)`, the micro-average): the
-    number of evaluated pairs and the mean of every measure."""
+    number of evaluated pairs and the mean of every measure. With both the fine-tuned and the
+    base model (score.compare_base), also the model `finetuned - base`: the mean over the (image,
+    label) pairs evaluated under both of the per-image difference of every measure."""
     ok = table[table["status"] == "ok"]
+    groups = list(ok.groupby("model", sort=True))
+    if {"finetuned", "base"} <= set(ok["model"]):
+        keys = ["image_id", "label"]
+        tuned = ok[ok["model"] == "finetuned"].drop_duplicates(keys).set_index(keys)[METRICS]
+        base = ok[ok["model"] == "base"].drop_duplicates(keys).set_index(keys)[METRICS]
+        diff = (tuned - base).dropna(how="all").reset_index()
+        groups.append((DIFFERENCE, diff))
     rows = []
-    for model, group in ok.groupby("model", sort=True):
+    for model, group in groups:
         for label, g in [*group.groupby("label", sort=True), (ALL, group)]:
             rows.append({"model": model, "label": label, "pairs": len(g), **{m: float(g[m].mean()) for m in METRICS}})
     return pd.DataFrame(rows, columns=["model", "label", "pairs", *METRICS])

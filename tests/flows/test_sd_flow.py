@@ -290,9 +290,14 @@ def test_compare_base_scores_with_the_checkpoint_before_fine_tuning(sd_run, tmp_
     boxes[["filename", "label", "x0", "y0", "x1", "y1"]].to_csv(tmp_path / "boxes.csv", index=False)
     assert main(["evaluate", str(out), "--boxes", str(tmp_path / "boxes.csv")]) == 0
     summary = store.read_parquet(EVALUATION_SUMMARY)
-    assert set(summary["model"]) == {"base", "finetuned"}
-    pooled = summary[summary["label"] == "(all)"].set_index("model")["pairs"]
-    assert pooled["base"] == pooled["finetuned"] == 10
+    assert set(summary["model"]) == {"base", "finetuned", "finetuned - base"}
+    pooled = summary[summary["label"] == "(all)"].set_index("model")
+    assert (
+        pooled.loc["base", "pairs"] == pooled.loc["finetuned", "pairs"] == pooled.loc["finetuned - base", "pairs"] == 10
+    )
+    table = store.read_parquet("evaluation.parquet")  # the difference: the mean of the per-image differences
+    per_image = table.pivot_table(index=["image_id", "label"], columns="model", values="ap")
+    assert pooled.loc["finetuned - base", "ap"] == pytest.approx((per_image["finetuned"] - per_image["base"]).mean())
     html = (out / "report" / "index.html").read_text()
     assert re.search(r"<td[^>]*>base</td>", html) and re.search(r"<td[^>]*>finetuned</td>", html)  # side by side
 
