@@ -149,6 +149,22 @@ def rank_shard(
     }
 
 
+def _with_draws(table: pd.DataFrame, patches: pd.DataFrame) -> pd.DataFrame:
+    """The elements with the Monte Carlo precision of their patches: `draws`, the mean draws a
+    member patch's image was scored with (N, or fewer with adaptive scoring), and `patch_se`, the
+    median over the member patches' images of the standard error of their top patch's score
+    (adaptive scoring measures it; NaN otherwise)."""
+    members = patches[patches["element"] >= 0]
+    stats = members.groupby(["label", "element"]).agg(
+        draws=("draws", "mean"),
+        patch_se=("top_patch_se", lambda v: float(np.nanmedian(v)) if v.notna().any() else np.nan),
+    )
+    if table.empty:
+        return pd.DataFrame(columns=ELEMENT_COLUMNS)
+    table = table.join(stats, on=["label", "element"])
+    return table[ELEMENT_COLUMNS].astype({"draws": np.float64, "patch_se": np.float64})
+
+
 _NO_FEATURE = np.zeros(0, np.float32)  # the feature of a candidate that cannot reach its label's top
 
 
@@ -209,6 +225,8 @@ def elements(out: str, candidates: list[str], config: RankConfig, storage_option
                         "rank": e,
                         "score": float(found.score[e]),
                         "size": int(found.size[e]),
+                        "score_lo": float(found.score_lo[e]),
+                        "score_hi": float(found.score_hi[e]),
                     }
                 )
             log.info(
@@ -225,7 +243,7 @@ def elements(out: str, candidates: list[str], config: RankConfig, storage_option
         cand["distance"] = distance.reindex(cand.index).to_numpy(np.float64)
         patches = cand[PATCH_COLUMNS + ["distance"]].sort_values(["label", "image_id", "rank"], kind="stable")
         store.write_parquet(PATCHES, patches.reset_index(drop=True))
-        store.write_parquet(ELEMENTS, pd.DataFrame(rows, columns=ELEMENT_COLUMNS))
+        store.write_parquet(ELEMENTS, _with_draws(pd.DataFrame(rows), patches))
     return {
         "labels": int(cand["label"].nunique()),
         "patches": len(cand),

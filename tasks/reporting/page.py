@@ -157,6 +157,22 @@ def _summary(data: ReportData) -> dict:
     }
 
 
+def _certainty(e: Any) -> str | None:
+    """How certain an element's score is, in words: the 95 % interval of its median over its
+    patches, the draws its patches' images were scored with, and (adaptive scoring) the median
+    Monte Carlo standard error of their top patch; None for an elements table without them."""
+    parts = []
+    lo, hi = e.get("score_lo"), e.get("score_hi")
+    if is_number(lo) and is_number(hi) and not (math.isnan(lo) or math.isnan(hi)):
+        parts.append(f"95 % interval {fmt_num(lo)} to {fmt_num(hi)}")
+    draws, se = e.get("draws"), e.get("patch_se")
+    if is_number(draws) and not math.isnan(draws):
+        parts.append(f"{fmt_num(round(float(draws), 1))} draws a patch")
+    if is_number(se) and not math.isnan(se):
+        parts.append(f"Monte Carlo SE {fmt_num(se)}")
+    return " · ".join(parts) or None
+
+
 def _label(
     data: ReportData,
     cache: ImageCache,
@@ -205,6 +221,7 @@ def _label(
                     "rank": fmt_num(int_or(e.get("rank", i), i) + 1),
                     "score": fmt_num(e["score"]) if "score" in e else None,
                     "size": fmt_num(e["size"]) if "size" in e else None,
+                    "certainty": _certainty(e),
                     "element": fmt_num(e["element"]),
                     "crops": crops,
                 }

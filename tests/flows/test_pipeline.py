@@ -149,7 +149,19 @@ def test_tables_contract(run) -> None:
         assert g.sort_values("rank")["typicality"].is_monotonic_decreasing
 
     elements = s.read_parquet("elements.parquet")
-    assert list(elements.columns) == ["label", "element", "rank", "score", "size"]
+    assert list(elements.columns) == [
+        "label",
+        "element",
+        "rank",
+        "score",
+        "size",
+        "score_lo",
+        "score_hi",
+        "draws",
+        "patch_se",
+    ]
+    assert (elements["score_lo"] <= elements["score"]).all() and (elements["score"] <= elements["score_hi"]).all()
+    assert (elements["draws"] == 2).all() and elements["patch_se"].isna().all()  # plain scoring, N = 2
     for label, g in elements.groupby("label"):
         assert list(g.sort_values("rank")["rank"]) == list(range(len(g)))
         assert g.sort_values("rank")["score"].is_monotonic_decreasing

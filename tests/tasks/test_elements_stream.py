@@ -13,7 +13,7 @@ from gcmine.tasks.infra.artifacts import ELEMENTS, PATCH_COLUMNS, PATCHES
 from gcmine.tasks.infra.storage import RunStore
 from gcmine.tasks.rank import _NO_FEATURE, _top_per_label, elements
 from gcmodels.config import RankConfig
-from gcmodels.mining.elements import mine_elements
+from gcmodels.mining.elements import median_interval, mine_elements
 
 
 def _shards(rng: np.random.Generator, n_shards: int, per_shard: int, dim: int) -> list[pd.DataFrame]:
@@ -59,8 +59,20 @@ def _reference(shards: list[pd.DataFrame], config: RankConfig) -> tuple[pd.DataF
         cand.loc[top.index, "element"] = found.assignment
         cand.loc[top.index, "distance"] = found.distance
         for e in range(len(found.score)):
+            members = cand.loc[top.index][found.assignment == e]
+            lo, hi, _ = median_interval(members["typicality"].to_numpy())
             rows.append(
-                {"label": label, "element": e, "rank": e, "score": float(found.score[e]), "size": int(found.size[e])}
+                {
+                    "label": label,
+                    "element": e,
+                    "rank": e,
+                    "score": float(found.score[e]),
+                    "size": int(found.size[e]),
+                    "score_lo": lo,
+                    "score_hi": hi,
+                    "draws": float(members["draws"].mean()),
+                    "patch_se": float(members["top_patch_se"].median()),
+                }
             )
     patches = (
         cand[PATCH_COLUMNS + ["distance"]]

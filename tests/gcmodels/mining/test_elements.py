@@ -88,3 +88,27 @@ def test_shape_errors() -> None:
         mine_elements(np.ones((5, 4)), np.zeros(4), 3, seed=0)
     with pytest.raises(ValueError, match=r"typicality must be \(5,\)"):
         mine_elements(np.ones((5, 4)), np.zeros((5, 1)), 3, seed=0)
+
+
+def test_median_interval_is_the_binomial_order_statistic_interval() -> None:
+    """n = 20: P(B <= 5) = 0.0207 for B ~ Bin(20, 1/2), so the 95 % interval is [x_(6), x_(15)]
+    (1-based) with coverage 1 - 2 x 0.0207; too few values give the whole range, with its
+    coverage; the interval does not depend on the order of the values."""
+    from gcmodels.mining.elements import median_interval
+
+    lo, hi, coverage = median_interval(np.arange(20.0)[::-1])
+    assert (lo, hi) == (5.0, 14.0) and coverage == pytest.approx(1 - 2 * 0.020694732666015625)
+    assert median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0, pytest.approx(0.75))
+    lo, hi, coverage = median_interval(np.random.default_rng(0).normal(size=400))
+    assert lo < 0 < hi and hi - lo < 0.3 and coverage >= 0.95
+    with pytest.raises(ValueError):
+        median_interval([])
+
+
+def test_element_scores_come_with_their_interval() -> None:
+    rng = np.random.default_rng(0)
+    features = np.concatenate([rng.normal(0, 0.1, (30, 4)) + 5, rng.normal(0, 0.1, (12, 4)) - 5])
+    typicality = np.concatenate([rng.normal(1.0, 0.2, 30), rng.normal(0.2, 0.2, 12)])
+    found = mine_elements(features, typicality, 2, seed=0)
+    assert (found.score_lo <= found.score).all() and (found.score <= found.score_hi).all()
+    assert found.score_lo[0] > found.score_hi[1]  # the two elements' typicality told apart

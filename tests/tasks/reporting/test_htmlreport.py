@@ -300,3 +300,18 @@ def test_missing_summary_keys(missing):
     del data.summary[missing]
     out = render_report(data)
     assert 'id="summary"' in out
+
+
+def test_elements_say_how_certain_they_are():
+    """Issue 19: each element's score with its 95 % interval and the draws (and, adaptive, the
+    Monte Carlo SE) of its patches; an elements table without them (older runs) shows none."""
+    import dataclasses
+
+    data = _make_data(labels=("cat",))
+    certain = data.elements.assign(
+        score_lo=0.5, score_hi=1.25, draws=[16.0, 9.5, 16.0], patch_se=[np.nan, 0.03, np.nan]
+    )
+    out = render_report(dataclasses.replace(data, elements=certain))
+    assert out.count("95 % interval 0.5 to 1.25") == 3
+    assert "16 draws a patch" in out and "9.5 draws a patch · Monte Carlo SE 0.03" in out
+    assert "95 % interval" not in render_report(data)
