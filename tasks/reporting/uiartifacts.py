@@ -244,6 +244,7 @@ def ui_summary(out: str, config: ReportConfig, storage_options: dict | None = No
     strips = element_strips(elements, patches, _image_loader(store, storage_options), labels)
     name = dataset_name(out)
     table = elements.sort_values(["label", "rank"]).astype({"score": float}).round({"score": 6})
+    table = table.astype(object).where(table.notna(), None)  # NaN (patch_se of plain scoring) is not JSON
     return {
         "summary": {
             "key": artifact_key(out, "summary"),

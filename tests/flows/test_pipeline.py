@@ -307,6 +307,7 @@ def test_prefect_ui_story(run) -> None:
         and float(by_key["gcmine-cars-finetune-progress"].data) == 100.0
     )
     assert by_key["gcmine-cars-elements"].type == "table"
+    assert "NaN" not in str(by_key["gcmine-cars-elements"].data)  # patch_se of plain scoring: empty, not NaN
     # the summary, table and link hang off the flow run itself, not a task run; titles name the dataset
     for what in ("summary", "elements", "report"):
         artifact = by_key[f"gcmine-cars-{what}"]
