@@ -331,17 +331,14 @@ def _score_and_rank(
     """Score every shard with the model `fingerprint` and gather the typicality table; rank each
     shard's patches and mine the elements. The per-shard results of score and rank (with their
     cache hits), the gathered table and the elements."""
-    scored = map_cached(
-        score_shard,
-        ("maps", "scores"),
-        ("shard", "latents"),
+    scored = _map_score(
+        out,
         list(zip(shards, latents)),
-        out=out,
-        fingerprint=fingerprint,
-        config=settings.score,
-        runtime=settings.runtime,
-        storage_options=so,
-        conditioning=conditioning,
+        fingerprint,
+        conditioning,
+        settings,
+        so,
+        settings.score,
         # adaptive draws serve rank's top patches; plain scoring does not depend on rank's settings
         ranking=(
             {"top_k": settings.rank.per_label, "per_image": settings.rank.per_image, "patch_size": settings.patch_size}
@@ -368,6 +365,32 @@ def _score_and_rank(
     return scored, gathered, ranked, mined
 
 
+def _map_score(
+    out: str,
+    items: list[tuple[dict, str | None]],
+    fingerprint: str,
+    conditioning: str | None,
+    settings: Settings,
+    so: dict,
+    config,
+    **extra,
+) -> list[tuple[dict, bool]]:
+    """`score_shard` mapped over the (shard, latents) `items` with `config`, cached per shard."""
+    return map_cached(
+        score_shard,
+        ("maps", "scores"),
+        ("shard", "latents"),
+        items,
+        out=out,
+        fingerprint=fingerprint,
+        config=config,
+        runtime=settings.runtime,
+        storage_options=so,
+        conditioning=conditioning,
+        **extra,
+    )
+
+
 def _score_base(
     out: str,
     shards: list[dict],
@@ -382,18 +405,9 @@ def _score_base(
     (plain scoring, the same draws), written apart; none otherwise."""
     if not settings.score.compare_base:
         return []
-    scored = map_cached(
-        score_shard,
-        ("maps", "scores"),
-        ("shard", "latents"),
-        list(zip(shards, latents)),
-        out=out,
-        fingerprint=fingerprint,
-        config=settings.score.model_copy(update={"adaptive": False}),
-        runtime=settings.runtime,
-        storage_options=so,
-        conditioning=conditioning,
-        base=settings.model,
+    plain = settings.score.model_copy(update={"adaptive": False})
+    scored = _map_score(
+        out, list(zip(shards, latents)), fingerprint, conditioning, settings, so, plain, base=settings.model
     )
     ledger.mapped("score-base", scored)
     return scored

@@ -94,12 +94,10 @@ def test_out_of_memory_names_the_setting(scored, monkeypatch) -> None:
         _rank(scored, RankConfig(feature_draws=1))
 
 
-def test_score_holds_the_gpu_for_its_compute_only(scored, monkeypatch) -> None:
-    """score reads its shard and writes its tables outside the GPU slot (issue 20): another
-    worker's shard can be read or written while this one computes."""
+def _io_under_slot(monkeypatch, module, names=("read_parquet", "write_parquet")) -> tuple[dict, list]:
+    """Replace `module.gpu_slot` by a recording one and spy on the store's `names`: returns the
+    slot's record ({"now": held, "slots": entries}) and the (method, slot held) of every call."""
     from contextlib import contextmanager
-
-    import gcmine.tasks.score as score
 
     inside = {"now": False, "slots": 0}
     io: list[tuple[str, bool]] = []
@@ -121,10 +119,18 @@ def test_score_holds_the_gpu_for_its_compute_only(scored, monkeypatch) -> None:
 
         return call
 
-    monkeypatch.setattr(score, "gpu_slot", slot)
-    for name in ("read_parquet", "write_parquet", "read_bytes"):
-        if hasattr(RunStore, name):
-            monkeypatch.setattr(RunStore, name, spy(name))
+    monkeypatch.setattr(module, "gpu_slot", slot)
+    for name in names:
+        monkeypatch.setattr(RunStore, name, spy(name))
+    return inside, io
+
+
+def test_score_holds_the_gpu_for_its_compute_only(scored, monkeypatch) -> None:
+    """score reads its shard and writes its tables outside the GPU slot (issue 20): another
+    worker's shard can be read or written while this one computes."""
+    import gcmine.tasks.score as score
+
+    inside, io = _io_under_slot(monkeypatch, score, ("read_parquet", "write_parquet", "read_bytes"))
     score.score_shard.fn(
         scored["out"], scored["shard"], scored["fingerprint"], ScoreConfig(draws=2, batch_size=8), RUNTIME
     )
@@ -135,33 +141,9 @@ def test_score_holds_the_gpu_for_its_compute_only(scored, monkeypatch) -> None:
 
 def test_rank_holds_the_gpu_for_its_features_only(scored, monkeypatch) -> None:
     """rank reads the maps, manifest and images and writes its candidates outside the GPU slot."""
-    from contextlib import contextmanager
-
     import gcmine.tasks.rank as rank
 
-    inside = {"now": False, "slots": 0}
-    io: list[tuple[str, bool]] = []
-
-    @contextmanager
-    def slot(device, runtime):
-        inside["now"], inside["slots"] = True, inside["slots"] + 1
-        try:
-            yield
-        finally:
-            inside["now"] = False
-
-    def spy(name):
-        original = getattr(RunStore, name)
-
-        def call(self, *args, **kwargs):
-            io.append((name, inside["now"]))
-            return original(self, *args, **kwargs)
-
-        return call
-
-    monkeypatch.setattr(rank, "gpu_slot", slot)
-    for name in ("read_parquet", "write_parquet"):
-        monkeypatch.setattr(RunStore, name, spy(name))
+    inside, io = _io_under_slot(monkeypatch, rank)
     _rank(scored, RankConfig(per_image=2, feature_draws=2))
     assert inside["slots"] == 1 and sum(n == "write_parquet" for n, _ in io) == 1
     assert not [n for n, held in io if held], io
