@@ -1,4 +1,5 @@
-"""The Stable Diffusion path on a GPU: fine-tuning samples/s, typicality images/s at N draws,
+"""The Stable Diffusion path on a GPU: fine-tuning samples/s (gcmine's trainer, and the training
+step of diffusers' own text-to-image script on the same UNet), typicality images/s at N draws,
 GPU memory peak, the share of the GPU's dense matmul peak that scoring reaches, and the paper's
 way of scoring (10 draws x 2 prompts per forward in fp16, the full loss tensor copied to the
 host and reduced afterwards) on the same UNet and latents, in the same run.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +210,58 @@ def bench_training(model, latents, cond, args, device, precision) -> dict:
     }
 
 
+def bench_diffusers_style(model, latents, cond, args, device, precision) -> dict:
+    """The training step of diffusers' own text-to-image script (examples/text_to_image/
+    train_text_to_image.py) on the same UNet, batch and precision, for comparison with
+    `train_diffusion`: noise and timesteps drawn on the device, `DDPMScheduler.add_noise`, the
+    UNet under autocast, ``F.mse_loss(pred.float(), target.float())``, backward, grad-norm
+    clipping, torch's default AdamW (the script's without --use_8bit_adam), zero_grad. The
+    prompt embeddings are precomputed (the script runs its frozen text encoder each step)."""
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    unet = model.unet
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    opt = torch.optim.AdamW(unet.parameters(), lr=1e-5, weight_decay=1e-2)
+    x_all, c_all = latents.to(device), cond.to(device)
+    g = torch.Generator(device=device).manual_seed(0)
+    autocast = torch.autocast(device.type, dtype=PRECISION_DTYPES[precision]) if precision != "fp32" else nullcontext()
+
+    def step() -> None:
+        idx = torch.randint(0, x_all.shape[0], (args.train_batch,), device=device, generator=g)
+        x0 = x_all[idx]
+        noise = torch.randn(x0.shape, device=device, generator=g)
+        t = torch.randint(0, 1000, (args.train_batch,), device=device, generator=g)
+        noisy = sched.add_noise(x0, noise, t)
+        with autocast:
+            pred = unet(noisy, t, encoder_hidden_states=model.prompts[c_all[idx]]).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), noise.float(), reduction="mean")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+
+    reset_peak(device)
+    for _ in range(args.warmup):
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(args.train_steps):
+        step()
+    sync(device)
+    seconds = time.perf_counter() - start
+    unet.eval()
+    if args.gradient_checkpointing:
+        unet.disable_gradient_checkpointing()
+    return {
+        "samples/s": args.train_steps * args.train_batch / seconds,
+        "peak GiB": peak_memory(device),
+        "seconds": seconds,
+    }
+
+
 @torch.inference_mode()
 def score_gcmine(model, latents, cond, draws, batch, device) -> tuple[float, Tensor]:
     est = TypicalityEstimator(draws=draws, batch_size=batch)
@@ -328,10 +382,14 @@ def main() -> None:
                 f" GiB a sample, {step['fixed'] / 2**30:.2f} GiB fixed, {step['grads'] / 2**30:.2f} GiB of gradients; need"
                 f" ~{need / 2**30:.1f} GiB at batch {args.train_batch}, {free / 2**30:.1f} of {total / 2**30:.1f} GiB free\n"
             )
-        print("| precision | samples/s | steps/s | peak GPU memory GiB |\n|---|---|---|---|")
+        print("| trainer | precision | samples/s | steps/s | peak GPU memory GiB |\n|---|---|---|---|---|")
         for p in runs:
-            tr = bench_training(model, latents.cpu(), cond.cpu(), args, device, p)
-            print(f"| {p} | {tr['samples/s']:.1f} | {tr['samples/s'] / args.train_batch:.2f} | {tr['peak GiB']:.1f} |")
+            for name, bench in (("gcmine", bench_training), ("diffusers' script", bench_diffusers_style)):
+                tr = bench(model, latents.cpu(), cond.cpu(), args, device, p)
+                print(
+                    f"| {name} | {p} | {tr['samples/s']:.1f} | {tr['samples/s'] / args.train_batch:.2f} |"
+                    f" {tr['peak GiB']:.1f} |"
+                )
 
     if half is not None:
         model.half_precision(half)

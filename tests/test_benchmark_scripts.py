@@ -40,6 +40,8 @@ def test_sd_gpu_benchmark_runs_on_a_tiny_unet() -> None:
     out = done.stdout
     for heading in (
         "## fine-tuning",
+        "| gcmine | fp32 |",
+        "| diffusers' script | fp32 |",
         "## scoring",
         "## patch features",
         "## the reference approach",
