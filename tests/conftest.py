@@ -1,7 +1,8 @@
 """Test settings: an isolated Prefect home, generous server start-up time, no analytics.
 
 The environment is set before anything imports Prefect. Flow tests share one
-`prefect_test_harness` per session (starting it costs 10-15 s on a 2-core machine)."""
+`prefect_test_harness` per session (starting it costs 10-15 s on a 2-core machine). Each xdist
+worker process runs its own session: it imports this file, so it has its own PREFECT_HOME and harness."""
 
 from __future__ import annotations
 
@@ -17,9 +18,28 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import pytest  # noqa: E402
 
+# The files that take longest (minutes each on 2 busy cores), longest first. The suite runs on two
+# xdist workers, a whole file at a time each, files in collection order (addopts in pyproject.toml):
+# started first, these overlap each other and the many short files; one left to the end would run
+# alone while the other worker idles. Every other file keeps its place, after these.
+# Measured 2026-11-30 (two workers, load 2-5): 2-4 minutes each, then 1.5-2.5.
+LONGEST_FIRST = (
+    "tests/flows/test_resume.py",
+    "tests/flows/test_deploy_server.py",  # mostly waits on its server: overlaps the CPU-bound ones
+    "tests/test_types.py",  # mypy, cold cache
+    "tests/flows/test_pipeline.py",
+    "tests/flows/test_extras.py",
+    "tests/test_benchmark_scripts.py",
+    "tests/flows/test_run_root_safety.py",
+)
+
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Tests marked `gpu` need a CUDA device: skipped without one (`pytest -m gpu` on a GPU machine)."""
+    """The files of LONGEST_FIRST first (a stable sort: the same order in every worker, tests keep their
+    order within a file); tests marked `gpu` need a CUDA device: skipped without one (`pytest -m gpu` on
+    a GPU machine)."""
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
     if not any(item.get_closest_marker("gpu") for item in items):
         return
     import torch
