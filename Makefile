@@ -9,14 +9,12 @@ STAMP  := $(VENV)/.installed
 install: $(STAMP)
 
 # torch is installed first, pinned: on a CPU-only machine `torch==2.13.0` resolves to the local
-# CPU wheel; a bare `torch` requirement would pull a multi-GB CUDA build. --no-compile: Python
-# compiles the modules it imports on first use instead of pip compiling every file of every
-# package up front (42 s -> 12 s for torch alone on the 2-core CI machine).
+# CPU wheel; a bare `torch` requirement would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "gcmine needs Python 3.11, got " + sys.version'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --no-compile torch==2.13.0
-	$(BIN)/pip install --quiet --no-compile -c constraints.txt -e ".[test]"
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 demo: $(STAMP)
