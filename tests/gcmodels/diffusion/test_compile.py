@@ -7,21 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_pixel import tiny_pixel
 
 from gcmodels.diffusion import PixelDiffusion
 from gcmodels.mining.typicality import TypicalityEstimator
-
-
-def _model() -> PixelDiffusion:
-    return PixelDiffusion.create(
-        ["a", "b"],
-        resolution=16,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        num_train_timesteps=100,
-        beta_schedule="linear",
-        generator=torch.Generator().manual_seed(0),
-    ).eval()
 
 
 def _inputs(model: PixelDiffusion, n: int = 5):
@@ -31,7 +20,7 @@ def _inputs(model: PixelDiffusion, n: int = 5):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_compiled_view_gives_the_eager_maps_and_shares_the_weights(channels_last: bool) -> None:
-    model = _model()
+    model = tiny_pixel()
     x0, cond = _inputs(model)  # 5 images x 4 draws x 2 branches = 40 inputs: batches of 16, 16 and 8
     est = TypicalityEstimator(draws=4, batch_size=16, seed=0)
     eager = est.maps(model, x0, cond)
@@ -52,7 +41,7 @@ def test_a_network_that_is_not_a_direct_submodule_is_refused() -> None:
         def network(self):
             return torch.nn.Linear(1, 1)
 
-    model = _model()
+    model = tiny_pixel()
     model.__class__ = Odd
     with pytest.raises(TypeError, match="not one of its direct submodules"):
         model.compiled(backend="aot_eager")

@@ -8,8 +8,8 @@ import copy
 
 import pytest
 import torch
+from tiny_pixel import tiny_pixel
 
-from gcmodels.diffusion import PixelDiffusion
 from gcmodels.mining.typicality import TypicalityEstimator
 
 pytestmark = pytest.mark.gpu
@@ -17,16 +17,7 @@ pytestmark = pytest.mark.gpu
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "flow_matching"])
 def test_pixel_maps_on_cuda_equal_the_cpu_maps(prediction: str) -> None:
-    model = PixelDiffusion.create(
-        ["a", "b"],
-        resolution=16,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        num_train_timesteps=100,
-        beta_schedule="linear",
-        prediction=prediction,
-        generator=torch.Generator().manual_seed(0),
-    ).eval()
+    model = tiny_pixel(prediction=prediction)
     images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     x0, cond = model.encode(images), model.label_index(["a", "b", "a", "b"])
     est = TypicalityEstimator(draws=4, batch_size=8, seed=0)
@@ -43,18 +34,7 @@ def test_memory_probe_on_cuda_leaves_the_model_as_it_was() -> None:
     gradients (none) and the mode are as before; a tiny free memory asks for checkpointing."""
     from gcmodels.diffusion.training import checkpointing_needed, probe_step_memory
 
-    model = (
-        PixelDiffusion.create(
-            ["a", "b"],
-            resolution=32,
-            block_out_channels=(16, 32),
-            layers_per_block=1,
-            num_train_timesteps=100,
-            beta_schedule="linear",
-        )
-        .to("cuda")
-        .eval()
-    )
+    model = tiny_pixel(resolution=32, channels=(16, 32)).to("cuda")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
     step = probe_step_memory(model, x, torch.tensor([1]), "bf16")
@@ -73,15 +53,7 @@ def test_training_on_cuda_with_the_fused_adamw_follows_the_cpu() -> None:
     from gcmodels.diffusion.training import train_diffusion
 
     def run(device: str) -> list[float]:
-        model = PixelDiffusion.create(
-            ["a", "b"],
-            resolution=16,
-            block_out_channels=(8, 16),
-            layers_per_block=1,
-            num_train_timesteps=100,
-            beta_schedule="linear",
-            generator=torch.Generator().manual_seed(0),
-        ).to(device)
+        model = tiny_pixel().to(device)
         images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
         cond = torch.tensor([1, 2] * 4)
         result = train_diffusion(

@@ -3,23 +3,11 @@ worker process; without it, the model itself. The loaded model stays eager for t
 
 from __future__ import annotations
 
-import torch
+from tiny_pixel import tiny_pixel
 
 from gcmine.tasks.infra import models
 from gcmodels.config import RuntimeConfig
-from gcmodels.diffusion import ConditionalDiffusion, PixelDiffusion
-
-
-def _model() -> PixelDiffusion:
-    return PixelDiffusion.create(
-        ["a", "b"],
-        resolution=8,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        num_train_timesteps=10,
-        beta_schedule="linear",
-        generator=torch.Generator().manual_seed(0),
-    ).eval()
+from gcmodels.diffusion import ConditionalDiffusion
 
 
 def test_scoring_model_compiles_once_per_model_and_only_when_asked(monkeypatch) -> None:
@@ -31,7 +19,7 @@ def test_scoring_model_compiles_once_per_model_and_only_when_asked(monkeypatch) 
         return original(self, backend="aot_eager")  # inductor's C++ build takes minutes on this CPU
 
     monkeypatch.setattr(ConditionalDiffusion, "compiled", compiled)
-    model, other = _model(), _model()
+    model, other = (tiny_pixel(resolution=8, num_train_timesteps=10) for _ in range(2))
     assert models.scoring_model(model, RuntimeConfig()) is model and not calls  # off by default
     on = RuntimeConfig(compile=True)
     view = models.scoring_model(model, on)
