@@ -95,6 +95,8 @@ def _needs(settings: Settings) -> list[tuple[str, str, str]]:
     needs = []
     if settings.runtime.runner == "dask":
         needs.append(("runtime.runner=dask", "prefect_dask", "dask"))
+    if settings.runtime.gpus is not None:
+        needs.append((f"runtime.gpus={settings.runtime.gpus!r}", "prefect_dask", "dask"))
     if settings.embed.method == "clip":
         needs.append(("embed.method=clip", "transformers", "clip"))
     if settings.model.base is not None and settings.train.lora_rank > 0:
@@ -146,6 +148,15 @@ def describe_settings(settings: Settings) -> str:
         }
         lines.append("# its defaults (unless set): " + ", ".join(f"{k}={_plain(v)!r}" for k, v in changed.items()))
         lines.append(f"# fine-tuning: {fine_tuning_mode(settings.train.lora_rank, info.parameters)}")
+    else:
+        from gcmodels.config import PREDICTION_DEFAULTS
+
+        own = PREDICTION_DEFAULTS.get(settings.model.prediction, {})
+        if own:
+            lines.append(
+                f"# model.prediction={settings.model.prediction}: its defaults (unless set): "
+                + ", ".join(f"{s}.{k}={_plain(v)!r}" for s, d in own.items() for k, v in d.items())
+            )
     defaults = Settings()
     for section, _ in Settings.model_fields.items():
         model: BaseModel = getattr(settings, section)

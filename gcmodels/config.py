@@ -18,6 +18,7 @@ __all__ = [
     "BASE_MODEL_DEFAULTS",
     "LORA_ABOVE_PARAMETERS",
     "LORA_DEFAULT_RANK",
+    "PREDICTION_DEFAULTS",
     "STORAGE_POLICY_KEY",
     "BaselineConfig",
     "ClusterConfig",
@@ -490,6 +491,13 @@ class RuntimeConfig(_Section):
     dask_workers: int = Field(
         2, ge=1, description="worker processes of the local Dask cluster (runner=dask, no address)"
     )
+    gpus: Literal["all"] | int | list[int] | None = Field(
+        None,
+        description="spread the per-shard stages (latents, embed, score, rank) over GPUs of this node: 'all', a "
+        "count (the first N) or a list of CUDA indices; one Dask worker process per GPU, each seeing only its own "
+        "card (CUDA_VISIBLE_DEVICES), fine-tuning on the first; needs gcmine[dask]; null = one device "
+        "(runtime.device)",
+    )
     compile: bool = Field(
         False,
         description="torch.compile the denoiser for scoring (compiled once per worker process; on CUDA also the "
@@ -507,6 +515,22 @@ class RuntimeConfig(_Section):
         if self.dask_address is not None and self.runner != "dask":
             raise ValueError(
                 f"runtime.dask_address ({self.dask_address!r}) is set but runtime.runner is {self.runner!r}, not 'dask'"
+            )
+        gpus = self.gpus
+        if isinstance(gpus, int) and not isinstance(gpus, bool) and gpus < 1:
+            raise ValueError(f"runtime.gpus must be 'all', a count >= 1 or a list of CUDA indices, got {gpus}")
+        if isinstance(gpus, list) and (not gpus or len(set(gpus)) != len(gpus) or min(gpus) < 0):
+            raise ValueError(f"runtime.gpus must list distinct CUDA indices (>= 0), got {gpus}")
+        if gpus is not None and self.dask_address is not None:
+            raise ValueError(
+                "runtime.gpus starts a local cluster of one worker per GPU of this node, but runtime.dask_address "
+                f"({self.dask_address!r}) names a cluster: pin that cluster's workers to their GPUs where they start "
+                "(CUDA_VISIBLE_DEVICES or dask-cuda), and leave runtime.gpus null"
+            )
+        if gpus is not None and self.device not in ("auto", "cuda"):
+            raise ValueError(
+                f"runtime.gpus pins each worker to one card, which it sees as cuda: leave runtime.device at auto "
+                f"(got {self.device!r})"
             )
         if self.gpu_limit is not None and not self.gpu_limit.strip():
             raise ValueError("runtime.gpu_limit must name a concurrency limit (or be null for none)")
@@ -604,6 +628,14 @@ BASE_MODEL_DEFAULTS: dict[str, dict] = {
 }
 
 
+# The pixel model's defaults per parametrisation (model.prediction), unless set. A v-prediction
+# pixel UNet learns the ground-truth demo's motifs in twice the optimizer steps of an eps one
+# (rank-0 patch on the motif 84.8 % at 500 steps, 98.0 % at 1000; eps 95.5 % at 500:
+# benchmarks/RESULTS.md 10c): its automatic budget is twice the eps one.
+PREDICTION_DEFAULTS: dict[str, dict[str, dict]] = {
+    "v_prediction": {"train": {"epochs": 80.0, "min_steps": 1000}},
+}
+
 LORA_ABOVE_PARAMETERS = 2_000_000_000  # denoisers larger than this fine-tune LoRA adapters by default
 LORA_DEFAULT_RANK = 16  # train.lora_rank then
 
@@ -616,6 +648,29 @@ def checkpoint_defaults(family_defaults: dict, parameters: int | None) -> dict:
     out = {section: dict(values) for section, values in family_defaults.items()}
     if parameters is not None and parameters > LORA_ABOVE_PARAMETERS:
         out.setdefault("train", {}).setdefault("lora_rank", LORA_DEFAULT_RANK)
+    return out
+
+
+def _given(values: dict, section: str) -> dict:
+    """The fields of `section` the user set, as a dict (a section may arrive as a model)."""
+    given = values.get(section, {})
+    return given.model_dump(include=given.model_fields_set) if isinstance(given, BaseModel) else dict(given)
+
+
+def _prediction_defaults(values: dict, model: object) -> dict:
+    """The pixel model's PREDICTION_DEFAULTS for its model.prediction, under the settings the user
+    set (a default min_steps never exceeds a max_steps the user set: that is their cap)."""
+    prediction = model.get("prediction") if isinstance(model, dict) else getattr(model, "prediction", None)
+    defaults = PREDICTION_DEFAULTS.get(str(prediction), {})
+    if not defaults:
+        return values
+    out = dict(values)
+    for section, fields in defaults.items():
+        given = _given(values, section)
+        filled = {**fields, **given}
+        if section == "train" and "min_steps" not in given and "max_steps" in given:
+            filled["min_steps"] = min(filled["min_steps"], given["max_steps"])
+        out[section] = filled
     return out
 
 
@@ -638,20 +693,18 @@ class Settings(_Section):
     def _base_model_defaults(cls, values: object, info: ValidationInfo) -> object:
         """With model.base set, fill the settings the user left unset from BASE_MODEL_DEFAULTS and,
         when the validation context carries them (``{"checkpoint_defaults": ...}``, see
-        `checkpoint_defaults`), from the checkpoint's family."""
+        `checkpoint_defaults`), from the checkpoint's family; without it, from the pixel model's
+        PREDICTION_DEFAULTS."""
         if not isinstance(values, dict):
             return values
         model = values.get("model")
         base = model.get("base") if isinstance(model, dict) else getattr(model, "base", None)
         if base is None:
-            return values
+            return _prediction_defaults(values, model)
         family = (info.context or {}).get("checkpoint_defaults") or {}
         out = dict(values)
         for section in sorted(set(BASE_MODEL_DEFAULTS) | set(family)):
-            given = out.get(section, {})
-            if isinstance(given, BaseModel):
-                given = given.model_dump(include=given.model_fields_set)
-            out[section] = {**BASE_MODEL_DEFAULTS.get(section, {}), **family.get(section, {}), **given}
+            out[section] = {**BASE_MODEL_DEFAULTS.get(section, {}), **family.get(section, {}), **_given(out, section)}
         return out
 
     @model_validator(mode="after")

@@ -153,6 +153,25 @@ def test_train_budget() -> None:
         TrainConfig(min_steps=10, max_steps=5)
 
 
+def test_v_prediction_pixel_model_gets_twice_the_automatic_budget() -> None:
+    """RESULTS.md 10c: the v model needs twice the eps model's steps on the demo; its defaults say so."""
+    v = load_settings(overrides=["model.prediction=v_prediction"])
+    assert (v.train.epochs, v.train.min_steps) == (80.0, 1000)
+    assert v.train.budget(400) == 1000 and Settings().train.budget(400) == 500  # the demo's 400 images
+    assert v.train.budget(1000) == 2 * Settings().train.budget(1000) == 2500
+    assert v.train.budget(2000) == 4000  # 2 x 2500, capped at max_steps
+    # what the user sets wins; a default min_steps never exceeds the user's own cap
+    assert load_settings(overrides=["model.prediction=v_prediction", "train.steps=300"]).train.budget(400) == 300
+    capped = load_settings(overrides=["model.prediction=v_prediction", "train.max_steps=800"]).train
+    assert (capped.min_steps, capped.budget(400)) == (800, 800)
+    assert load_settings(overrides=["model.prediction=v_prediction", "train.min_steps=600"]).train.min_steps == 600
+    for other in ("epsilon", "flow_matching"):
+        assert load_settings(overrides=[f"model.prediction={other}"]).train == Settings().train
+    text = describe_settings(v)
+    assert "# model.prediction=v_prediction: its defaults (unless set): train.epochs=80.0, train.min_steps=1000" in text
+    assert "model.prediction" not in describe_settings(Settings()).splitlines()[1]
+
+
 def test_sections_are_frozen_and_strict() -> None:
     s = Settings()
     with pytest.raises(ValidationError, match="frozen"):
