@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
 
+from gcmine.flows.runners import in_process_runtime, task_runner
 from gcmine.tasks.baseline import baseline
 from gcmine.tasks.classify import classify
 from gcmine.tasks.cluster import cluster, collection_map, condition
@@ -41,7 +41,7 @@ from gcmine.tasks.reporting.uiartifacts import publish_ui_artifacts, ui_summary
 from gcmine.tasks.samples import samples
 from gcmine.tasks.score import score_shard, typicality_table
 from gcmine.tasks.translate import translate
-from gcmodels.config import ConfigError, RuntimeConfig, Settings
+from gcmodels.config import Settings
 from gcmodels.embedding.encoders import fits_on_collection
 from gcmodels.runtime import check_device
 
@@ -188,7 +188,7 @@ def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dic
             settings.report,
             settings.embed,
             settings.data.resolution,
-            settings.runtime,
+            in_process_runtime(settings.runtime),
             so,
         )
     ledger.log(get_run_logger())
@@ -275,7 +275,7 @@ def _train(
         settings.data.resolution,
         settings.model,
         settings.train,
-        settings.runtime,
+        in_process_runtime(settings.runtime),
         so,
         conditioning=conditioning,
         holdout=settings.score.holdout,
@@ -423,36 +423,18 @@ def _applications(
         applications["classify"] = classify(out, fingerprint, so)
     if settings.translate.enabled:
         applications["translate"] = translate(
-            out, names, fingerprint, settings.patch_size, settings.translate, settings.score, settings.runtime, so
+            out,
+            names,
+            fingerprint,
+            settings.patch_size,
+            settings.translate,
+            settings.score,
+            in_process_runtime(settings.runtime),
+            so,
         )
     if settings.baseline.enabled:
         applications["baseline"] = baseline(out, names, settings.patch_size, settings.baseline, so, conditioning)
     return applications
-
-
-def task_runner(runtime: RuntimeConfig):
-    """The task runner `runtime` asks for: threads on this machine (`runtime.workers`), or Dask -
-    the cluster at `runtime.dask_address`, or a local cluster of `runtime.dask_workers` worker
-    processes with one thread each. Tasks receive URIs and fingerprints only; each worker loads
-    the model from the run root itself (tasks/infra/models.py), once per process."""
-    if runtime.runner == "threads":
-        return ThreadPoolTaskRunner(max_workers=runtime.workers)
-    try:
-        from prefect_dask import DaskTaskRunner
-    except ImportError:
-        raise ConfigError(
-            "runtime.runner='dask' needs prefect-dask, which is not installed: pip install 'gcmine[dask]'"
-        ) from None
-    if runtime.dask_address:
-        return DaskTaskRunner(address=runtime.dask_address)
-    return DaskTaskRunner(
-        cluster_kwargs={
-            "n_workers": runtime.dask_workers,
-            "threads_per_worker": 1,
-            "processes": True,
-            "dashboard_address": None,
-        }
-    )
 
 
 def run_pipeline(

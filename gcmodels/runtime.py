@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from gcmodels.config import ConfigError, RuntimeConfig
 
-__all__ = ["PRECISION_DTYPES", "check_device", "configure_torch", "resolve_device", "resolve_precision"]
+__all__ = [
+    "PRECISION_DTYPES",
+    "check_device",
+    "configure_torch",
+    "gpu_indices",
+    "resolve_device",
+    "resolve_precision",
+]
 
 # What a resolved precision means as a torch dtype (autocast in training, the UNet's weights in scoring).
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -40,6 +49,25 @@ def check_device(runtime: RuntimeConfig) -> torch.device:
     device = resolve_device(runtime.device)
     resolve_precision(runtime.precision, device)
     return device
+
+
+def gpu_indices(gpus: Literal["all"] | int | list[int], count: int) -> list[int]:
+    """The CUDA indices `runtime.gpus` names on a node with `count` visible CUDA devices: 'all'
+    -> every one, a count n -> the first n, a list -> itself; a ConfigError naming the setting when
+    the node has fewer."""
+    have = f"this machine has {count} CUDA device(s)" + (f" (0 to {count - 1})" if count else "")
+    if isinstance(gpus, str):  # 'all'
+        if not count:
+            raise ConfigError(f"runtime.gpus is 'all' but {have}")
+        return list(range(count))
+    if isinstance(gpus, int):
+        if gpus > count:
+            raise ConfigError(f"runtime.gpus is {gpus} but {have}")
+        return list(range(gpus))
+    missing = [i for i in gpus if i >= count]
+    if missing:
+        raise ConfigError(f"runtime.gpus lists {missing} but {have}")
+    return list(gpus)
 
 
 def configure_torch(threads: int | None) -> None:

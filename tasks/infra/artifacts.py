@@ -288,8 +288,10 @@ def code_version() -> str:
 
 
 def worker_name() -> str:
-    """`host:pid` of the process running a task (shards may run on Dask workers elsewhere)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """`host:pid` of the process running a task (shards may run on Dask workers elsewhere), with
+    ` gpu N` when it is a worker runtime.gpus pinned to card N of its node."""
+    gpu = os.environ.get("GCMINE_GPU")  # flows/runners.GPU_ENV (tasks do not import flows)
+    return f"{socket.gethostname()}:{os.getpid()}" + (f" gpu {gpu}" if gpu else "")
 
 
 @contextmanager

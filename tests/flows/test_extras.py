@@ -76,6 +76,7 @@ print(json.dumps({"failed": failed, "families": sorted(families()), "why": unava
 def test_a_setting_that_needs_a_missing_extra_names_it_before_any_work(tmp_path, tiny_sd_dir) -> None:
     cases = [
         (["runtime.runner=dask"], "dask"),
+        (["runtime.gpus=all"], "dask"),
         (["embed.method=clip", f"embed.clip_path={tmp_path}"], "clip"),
         (["cluster.reduce=umap"], "umap"),
         ([f"model.base={tiny_sd_dir}"], "checkpoints"),

@@ -396,14 +396,19 @@ def test_cli_reports_bad_input(prefect_harness, tmp_path, capsys) -> None:
 TIMING_COLUMNS = {"manifest.parquet": ["first_seen"], "training.parquet": ["seconds"]}
 
 
-def test_dask_runner_gives_the_same_artifacts(run, dataset, tmp_path) -> None:
-    """The flow on a local Dask cluster of 2 worker processes writes the same Parquet files, with
-    the same contents, as the thread runner (score and rank shards ran on the workers)."""
+def test_one_dask_worker_per_gpu_gives_the_same_artifacts(run, dataset, tmp_path, monkeypatch) -> None:
+    """runtime.gpus=2 on a node with two "GPUs" (the count this process sees, patched; the workers
+    compute on the CPU, where runtime.device=auto resolves): a local Dask cluster of 2 worker
+    processes, each pinned to its own card (CUDA_VISIBLE_DEVICES), writes the same Parquet files,
+    with the same contents, as the thread runner; score and rank shards ran on both workers."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    from gcmine.flows import runners
+
+    monkeypatch.setattr(runners, "cuda_device_count", lambda: 2)
     out = tmp_path / "dask"
-    _run_cli(dataset, out, "runtime.runner=dask", "runtime.dask_workers=2")
+    _run_cli(dataset, out, "runtime.gpus=2")
     files = sorted(
         p.relative_to(run["out"]).as_posix() for p in run["out"].rglob("*.parquet") if ".cache" not in p.parts
     )
@@ -429,6 +434,9 @@ def test_dask_runner_gives_the_same_artifacts(run, dataset, tmp_path) -> None:
         threads = json.loads((run["out"] / "run.json").read_text())["stages"][stage]["workers"]
         dask = json.loads((out / "run.json").read_text())["stages"][stage]["workers"]
         assert threads == [here] and dask and here not in dask, (stage, threads, dask)
+        # each worker process saw its own card: two processes, "gpu 0" and "gpu 1" (3 shards over 2 workers)
+        assert sorted(w.split(" gpu ")[1] for w in dask) == ["0", "1"], (stage, dask)
+        assert len({w.split(" ")[0] for w in dask}) == 2, dask
 
 
 def test_prefect_ui_in_a_real_browser(run, tmp_path) -> None:

@@ -112,3 +112,88 @@ def test_task_runner_choice() -> None:
     assert local.cluster_kwargs["n_workers"] == 4 and local.cluster_kwargs["threads_per_worker"] == 1
     remote = task_runner(RuntimeConfig(runner="dask", dask_address="tcp://10.0.0.5:8786"))
     assert remote.address == "tcp://10.0.0.5:8786"
+
+
+def test_gpu_indices_of_the_node() -> None:
+    from gcmodels.runtime import gpu_indices
+
+    assert gpu_indices("all", 4) == [0, 1, 2, 3] and gpu_indices(2, 4) == [0, 1] and gpu_indices([3, 1], 4) == [3, 1]
+    with pytest.raises(ConfigError, match=r"runtime.gpus is 'all' but this machine has 0 CUDA device\(s\)$"):
+        gpu_indices("all", 0)
+    with pytest.raises(ConfigError, match=r"runtime.gpus is 3 but this machine has 2 CUDA device\(s\) \(0 to 1\)"):
+        gpu_indices(3, 2)
+    with pytest.raises(ConfigError, match=r"runtime.gpus lists \[2\] but this machine has 2"):
+        gpu_indices([0, 2], 2)
+
+
+def test_runtime_gpus_settings_are_checked() -> None:
+    assert Settings.from_dict({"runtime": {"gpus": [0, 2]}}).runtime.gpus == [0, 2]
+    for bad, what in [
+        (0, "a count >= 1"),
+        ([1, 1], "distinct CUDA indices"),
+        ([], "distinct CUDA indices"),
+        ([-1], "distinct CUDA indices"),
+    ]:
+        with pytest.raises(ConfigError, match=what):
+            Settings.from_dict({"runtime": {"gpus": bad}})
+    with pytest.raises(ConfigError, match=r"leave runtime\.device at auto"):
+        Settings.from_dict({"runtime": {"gpus": 2, "device": "cuda:1"}})
+    with pytest.raises(ConfigError, match=r"runtime\.dask_address"):
+        Settings.from_dict({"runtime": {"gpus": 2, "runner": "dask", "dask_address": "tcp://10.0.0.5:8786"}})
+
+
+def test_task_runner_of_runtime_gpus(monkeypatch) -> None:
+    """runtime.gpus: a Dask runner whose cluster is one worker per listed card, checked against
+    the cards this machine has when the runner is made (before the run)."""
+    from prefect_dask import DaskTaskRunner
+
+    from gcmine.flows import runners
+
+    monkeypatch.setattr(runners, "cuda_device_count", lambda: 4)
+    for gpus, indices in [("all", [0, 1, 2, 3]), (2, [0, 1]), ([3, 1], [3, 1])]:
+        runner = runners.task_runner(RuntimeConfig(gpus=gpus))
+        assert isinstance(runner, DaskTaskRunner) and runner.cluster_class is runners.gpu_cluster
+        assert runner.cluster_kwargs == {"gpus": indices}
+    monkeypatch.setattr(runners, "cuda_device_count", lambda: 0)
+    with pytest.raises(ConfigError, match=r"runtime\.gpus is 'all' but this machine has 0 CUDA"):
+        runners.task_runner(RuntimeConfig(gpus="all"))
+
+
+def test_gpu_cluster_pins_each_worker_to_its_own_card() -> None:
+    """Each worker process of the GPU cluster starts with CUDA_VISIBLE_DEVICES (and GCMINE_GPU)
+    set to its own index, one thread each, and a task there names its card (worker_name)."""
+    from distributed import Client
+
+    from gcmine.flows.runners import gpu_cluster
+    from gcmine.tasks.infra.artifacts import worker_name
+
+    def seen() -> tuple[str | None, str | None, int, str]:
+        import os
+
+        return os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("GCMINE_GPU"), os.getpid(), worker_name()
+
+    with gpu_cluster([1, 3]) as cluster, Client(cluster) as client:
+        assert client.nthreads() and set(client.nthreads().values()) == {1}
+        got = client.run(seen)
+    by_card = sorted(got.values())
+    assert [(v[0], v[1]) for v in by_card] == [("1", "1"), ("3", "3")]
+    assert len({v[2] for v in by_card}) == 2
+    assert [v[3].split(" gpu ")[1] for v in by_card] == ["1", "3"]
+
+
+def test_stages_in_the_flows_process_use_the_first_listed_card(monkeypatch) -> None:
+    """Fine-tuning, samples and translation run in the flow's process, which sees every card:
+    with runtime.gpus they take the first card listed (not cuda:0); without CUDA, or without
+    runtime.gpus, the runtime is unchanged."""
+    from gcmine.flows import runners
+
+    monkeypatch.setattr(runners, "cuda_device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    local = runners.in_process_runtime(RuntimeConfig(gpus=[2, 3], gpu_limit="cards"))
+    assert (local.device, local.gpus, local.gpu_limit) == ("cuda:2", None, "cards")
+    assert runners.in_process_runtime(RuntimeConfig(gpus="all")).device == "cuda:0"
+    plain = RuntimeConfig(workers=2)
+    assert runners.in_process_runtime(plain) is plain
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu = RuntimeConfig(gpus=2)
+    assert runners.in_process_runtime(cpu) is cpu
