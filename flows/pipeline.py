@@ -121,6 +121,7 @@ def mine(
             class_map=settings.model.class_map,
             resolution=settings.data.resolution,
             resize=settings.data.resize,
+            embed_block=settings.embed.diffusion_block if settings.embed.method == "diffusion" else None,
         )
     store, storage = RunStore(out, so), settings.storage
     with run_lease(

@@ -133,7 +133,9 @@ class EmbedConfig(_Section):
         0.05, ge=0, le=1, description="diffusion: timestep of the features, fraction of the schedule"
     )
     diffusion_block: int = Field(
-        0, description="diffusion: UNet decoder block whose output is pooled (0 = the coarsest, -1 = the last)"
+        0,
+        description="diffusion: feature block of the fine-tuned model whose output is pooled (UNet decoder blocks: "
+        "0 = the coarsest, -1 = the last; transformer blocks with model.base DiT / SD3)",
     )
     diffusion_grid: int = Field(
         4, ge=1, le=16, description="diffusion: activations averaged over a grid x grid partition (1 = global pooling)"
@@ -748,13 +750,8 @@ class Settings(_Section):
                 raise ValueError(
                     f"data.resolution ({self.data.resolution}) must be a multiple of 8 with model.base (VAE latents)"
                 )
-            if self.embed.method == "diffusion":
-                raise ValueError(
-                    "embed.method='diffusion' is not available with model.base (the diffusion embedding reads the "
-                    "small pixel model); choose embed.method pca, autoencoder, vae or clip"
-                )
-            # the checkpoint's decoder blocks are unknown here: the flow checks rank.feature_block
-            # against model.base's unet/config.json before any work (gcmine.tasks.latents.check_base)
+            # the checkpoint's feature blocks are unknown here: the flow checks rank.feature_block (and
+            # embed.diffusion_block) against model.base's configs before any work (tasks.latents.check_base)
             return self
         if self.train.lora_rank:
             raise ValueError(

@@ -52,23 +52,26 @@ def check_base(
     class_map: str | None = None,
     resolution: int | None = None,
     resize: str | None = None,
+    embed_block: int | None = None,
 ) -> CheckpointInfo:
     """Before any image is ingested or encoded: `base` must be a complete directory of a supported
     family (read from its model_index.json and component configs), `feature_block`
     (rank.feature_block) one of its feature blocks (UNet decoder blocks, transformer blocks),
     `class_map` (model.class_map) given only to a class-conditional model and valid for it, and the
-    working images (`resolution`, `resize`) of the size a fixed-size model (DiT) needs.
-    ConfigError naming the setting and the problem otherwise; returns what the checkpoint is."""
+    working images (`resolution`, `resize`) of the size a fixed-size model (DiT) needs, and
+    `embed_block` (embed.diffusion_block, when the collection is embedded with the model's
+    features) one of its feature blocks too. ConfigError naming the setting and the problem otherwise; returns what the checkpoint is."""
     try:
         info = inspect_base(base)
     except ValueError as err:
         raise ConfigError(f"model.base: {err}") from None
     n = info.feature_blocks
-    if not -n <= feature_block < n:
-        raise ConfigError(
-            f"rank.feature_block ({feature_block}) must index one of the {n} {info.block_name}s of the {info.title} "
-            f"model.base {base} (from {-n} to {n - 1})"
-        )
+    for setting, block in (("rank.feature_block", feature_block), ("embed.diffusion_block", embed_block)):
+        if block is not None and not -n <= block < n:
+            raise ConfigError(
+                f"{setting} ({block}) must index one of the {n} {info.block_name}s of the {info.title} "
+                f"model.base {base} (from {-n} to {n - 1})"
+            )
     if class_map is not None:
         if info.conditioning != "class":
             raise ConfigError(

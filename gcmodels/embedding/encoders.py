@@ -22,7 +22,7 @@ pca            `PixelPCAEncoder`               PCA of standardised pixel thumbna
 autoencoder    `ConvAutoencoderEncoder`        code of a conv autoencoder trained on the collection
 vae            `ConvVAEEncoder`                posterior mean of a conv VAE trained on the collection
 clip           `CLIPImageEncoder`              projected CLIP image embedding (local directory)
-diffusion      `DiffusionFeatureEncoder`       decoder activations of a `PixelDiffusion`, grid-pooled
+diffusion      `DiffusionFeatureEncoder`       feature-block activations of the fine-tuned model, grid-pooled
 =============  ==============================  =====================================================
 
 `make_encoder(config)` builds the one an `EmbedConfig` names.
@@ -41,7 +41,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from gcmodels.config import EmbedConfig
-from gcmodels.diffusion import NULL_LABEL, PixelDiffusion
+from gcmodels.diffusion import NULL_LABEL, ConditionalDiffusion, PixelDiffusion
 from gcmodels.embedding.autoencoders import ConvAutoencoder, build_seeded, train_autoencoder
 from gcmodels.embedding.pca import PixelPCAEncoder, _check_images, _thumbnails
 
@@ -302,27 +302,34 @@ class CLIPImageEncoder(TransformerMixin, BaseEstimator):
 
 
 class DiffusionFeatureEncoder(TransformerMixin, BaseEstimator):
-    """Pooled activations of a UNet decoder block (DIFT-style diffusion features).
+    """Pooled activations of one feature block of a conditional diffusion model (DIFT-style
+    diffusion features): a UNet decoder block, or a transformer block's image tokens on the
+    latent grid (``ConditionalDiffusion.feature_blocks``; any family: the pixel model, SD 1.x/2.x,
+    SDXL, SD3, DiT).
 
-    Images are resized to the model's resolution, noised to timestep t = round(t_fraction *
-    (T - 1)) with `draws` noise images shared by every image (drawn from `seed`), and passed
-    through the UNet under the null label (the embedding does not see the labels);
-    ``PixelDiffusion.decoder_features`` averages ``up_blocks[block]``'s output (B, F, h, w) over
-    the draws, and this encoder averages it over each cell of a grid x grid partition of (h, w)
-    -> (B, F * grid^2), channel-major. grid = 1 is global average pooling (B, F); a coarse grid
-    keeps where things are, which matters for shapes (on scikit-learn's digits the k-means NMI of
-    a small model's features goes from 0.24 with grid 1 to 0.73 with grid 4).
+    Images are brought to the model's resolution where it has one (the pixel model: resized to
+    `model.resolution`; a latent model takes the images at their size), encoded into model space
+    (`model.encode`: a VAE's latents for a latent model), noised to timestep t = round(t_fraction
+    * (T - 1)) of the reference schedule with `draws` noise images shared by every image (drawn
+    from `seed` in model space), and passed through the network under the null label (the
+    embedding does not see the labels); ``decoder_features`` averages the block's output
+    (B, F, h, w) over the draws, and this encoder averages it over each cell of a grid x grid
+    partition of (h, w) -> (B, F * grid^2), channel-major. grid = 1 is global average pooling
+    (B, F); a coarse grid keeps where things are, which matters for shapes (on scikit-learn's
+    digits the k-means NMI of a small model's features goes from 0.24 with grid 1 to 0.73 with
+    grid 4).
 
     Attributes
     ----------
-    n_components_ : int, F * grid^2 (F: the channels of that block).
+    n_components_ : int, F * grid^2 (F: the channels of that block); known after `fit` for the
+        pixel model, after the first `transform` otherwise (None until then).
     """
 
     fits_on_collection = False  # the model is fitted already (fine-tuned); fit only checks
 
     def __init__(
         self,
-        model: PixelDiffusion,
+        model: ConditionalDiffusion,
         *,
         t_fraction: float = 0.16,
         block: int = 0,
@@ -344,22 +351,28 @@ class DiffusionFeatureEncoder(TransformerMixin, BaseEstimator):
         _check_positive(name, grid=self.grid, draws=self.draws, batch_size=self.batch_size)
         if not isinstance(self.t_fraction, numbers.Real) or not 0 <= self.t_fraction <= 1:
             raise ValueError(f"{name}: t_fraction must be in [0, 1], got {self.t_fraction!r}")
-        n_blocks = len(self.model.unet.up_blocks)
+        n_blocks = len(self.model.feature_blocks())
         if not isinstance(self.block, numbers.Integral) or not -n_blocks <= self.block < n_blocks:
-            raise ValueError(f"{name}: block {self.block!r} out of range: the UNet has {n_blocks} decoder blocks")
+            raise ValueError(
+                f"{name}: block {self.block!r} out of range: the {self.model.block_kind} has {n_blocks} "
+                f"{self.model.block_name}s"
+            )
 
     @property
     def timestep(self) -> int:
         return int(round(float(self.t_fraction) * (self.model.num_train_timesteps - 1)))
 
     def fit(self, images: Any = None, y: Any = None) -> DiffusionFeatureEncoder:
-        """Check the parameters and find the feature dimension (images, if given, are only checked)."""
+        """Check the parameters and, for the pixel model, find the feature dimension (images, if
+        given, are only checked)."""
         self._check_params()
         if images is not None:
             _check_images(images, type(self).__name__, min_images=1)
-        ch = self.model.unet.config.block_out_channels
-        # up_blocks[i] outputs reversed(channels)[i] channels
-        self.n_components_ = int(tuple(reversed(ch))[self.block]) * int(self.grid) ** 2
+        self.n_components_: int | None = None
+        unet_config = getattr(getattr(self.model, "unet", None), "config", None)
+        if isinstance(self.model, PixelDiffusion) and unet_config is not None:
+            # up_blocks[i] outputs reversed(channels)[i] channels
+            self.n_components_ = int(tuple(reversed(unet_config.block_out_channels))[self.block]) * int(self.grid) ** 2
         return self
 
     def transform(self, images: Any) -> np.ndarray:
@@ -367,10 +380,10 @@ class DiffusionFeatureEncoder(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         images = _check_images(images, type(self).__name__, min_images=1)
         model = self.model
-        res, device = model.resolution, model.device
+        res = getattr(model, "resolution", None)  # the pixel model's working size; latent models take any
         generator = torch.Generator().manual_seed(int(self.seed))
-        noise = torch.randn((int(self.draws), 3, res, res), generator=generator).to(device)  # (D, 3, res, res)
-        out = np.empty((images.shape[0], self.n_components_), dtype=np.float32)
+        noise: torch.Tensor | None = None  # (D, C, h, w) in model space, drawn at the first batch
+        parts = []
         bs = int(self.batch_size)
         was_training = model.training
         model.eval()
@@ -380,35 +393,45 @@ class DiffusionFeatureEncoder(TransformerMixin, BaseEstimator):
                     x = torch.from_numpy(np.ascontiguousarray(images[start : start + bs])).permute(
                         0, 3, 1, 2
                     )  # (B, 3, H, W)
-                    if x.shape[-2:] != (res, res):
+                    if res is not None and x.shape[-2:] != (res, res):
                         x = (
                             F.interpolate(x.float(), size=(res, res), mode="area")
                             .round_()
                             .clamp_(0, 255)
                             .to(torch.uint8)
                         )
-                    cond = torch.full((x.shape[0],), NULL_LABEL, dtype=torch.long, device=device)
-                    feat = model.decoder_features(model.encode(x), cond, self.timestep, noise, int(self.block))
+                    x0 = model.encode(x)
+                    if noise is None:
+                        noise = torch.randn((int(self.draws), *x0.shape[1:]), generator=generator).to(model.device)
+                    cond = torch.full((x.shape[0],), NULL_LABEL, dtype=torch.long, device=model.device)
+                    feat = model.decoder_features(x0, cond, self.timestep, noise, int(self.block))
                     pooled = F.adaptive_avg_pool2d(feat, int(self.grid))  # (B, F, grid, grid)
-                    out[start : start + x.shape[0]] = pooled.flatten(1).cpu().numpy()
+                    parts.append(pooled.flatten(1).float().cpu().numpy())
         finally:
             model.train(was_training)
+        out = np.concatenate(parts).astype(np.float32, copy=False)
+        if self.n_components_ is not None and out.shape[1] != self.n_components_:
+            raise RuntimeError(f"features of {out.shape[1]} dimensions, expected {self.n_components_}")
+        self.n_components_ = int(out.shape[1])
         return out
 
     def describe(self) -> dict[str, Any]:
         """{"encoder": "diffusion-features", "dim", "timestep", "t_fraction", "block", "grid", "draws", "seed",
-        "resolution", "labels"}."""
+        "resolution", "family", "labels"} (dim None before the first transform of a latent model;
+        resolution None for a latent model, which takes the images at their size)."""
         check_is_fitted(self)
+        res = getattr(self.model, "resolution", None)
         return {
             "encoder": "diffusion-features",
-            "dim": int(self.n_components_),
+            "dim": None if self.n_components_ is None else int(self.n_components_),
             "timestep": self.timestep,
             "t_fraction": float(self.t_fraction),
             "block": int(self.block),
             "grid": int(self.grid),
             "draws": int(self.draws),
             "seed": int(self.seed),
-            "resolution": int(self.model.resolution),
+            "resolution": None if res is None else int(res),
+            "family": self.model.family,
             "labels": list(self.model.labels),
         }
 
@@ -435,10 +458,10 @@ def fits_on_collection(method: str) -> bool:
     return bool(_CLASSES[method].fits_on_collection)
 
 
-def make_encoder(config: EmbedConfig, *, diffusion: PixelDiffusion | None = None, device: str = "cpu") -> Any:
+def make_encoder(config: EmbedConfig, *, diffusion: ConditionalDiffusion | None = None, device: str = "cpu") -> Any:
     """The (unfitted) encoder an `EmbedConfig` names.
 
-    `diffusion` is the fine-tuned `PixelDiffusion`, required by ``method="diffusion"`` (and
+    `diffusion` is the fine-tuned model (any family), required by ``method="diffusion"`` (and
     rejected otherwise, so that a wiring mistake is loud); `device` is where the torch encoders
     run (the diffusion encoder runs where its model is).
     """
@@ -466,7 +489,7 @@ def make_encoder(config: EmbedConfig, *, diffusion: PixelDiffusion | None = None
     if method == "diffusion":
         if diffusion is None:
             raise ValueError(
-                "make_encoder: embed.method='diffusion' needs the fine-tuned model (diffusion=PixelDiffusion)"
+                "make_encoder: embed.method='diffusion' needs the fine-tuned model (diffusion=ConditionalDiffusion)"
             )
         return DiffusionFeatureEncoder(
             diffusion,

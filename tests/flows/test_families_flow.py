@@ -20,8 +20,9 @@ pytestmark = pytest.mark.slow
 
 COMMON = [
     "data.shard_size=8",
-    "embed.size=8",
-    "embed.dim=4",
+    "embed.method=diffusion",  # the collection embedded with the fine-tuned checkpoint's own features
+    "embed.diffusion_grid=1",
+    "embed.diffusion_draws=1",
     "cluster.k=2",
     "train.steps=2",
     "train.batch_size=2",
@@ -105,6 +106,11 @@ def test_the_flow_mines_with_each_family_and_the_model_reloads_in_its_pipeline(f
     assert len(store.read_parquet("translation_changes.parquet")) == 2
     history = store.read_parquet("training.parquet")
     assert history["step"].tolist() == [0, 1] and np.isfinite(history["loss"]).all()
+    embedded = info["stages"]["embed"]
+    assert embedded["encoder"]["encoder"] == "diffusion-features" and embedded["encoder"]["family"] == family
+    vectors = np.stack(store.read_parquet(embedded["embeddings"])["embedding"])
+    assert vectors.shape[0] == 6 and vectors.shape[1] == embedded["dim"] > 0 and np.isfinite(vectors).all()
+    assert vectors.std(axis=0).max() > 0  # the images differ, so do their features
     pipe = getattr(diffusers, PIPELINES[family]).from_pretrained(out / "model")
     assert type(pipe).__name__ == PIPELINES[family]
     if family == "dit":
@@ -204,6 +210,8 @@ def test_a_class_map_for_a_prompt_model_and_a_transformer_feature_block_are_chec
     assert "applies to class-conditional checkpoints (DiT)" in capsys.readouterr().err
     assert main(base + ["--set", "rank.feature_block=2"]) == 2
     assert "must index one of the 2 transformer blocks of the SD3/SD3.5 model.base" in capsys.readouterr().err
+    assert main(base + ["--set", "embed.method=diffusion", "--set", "embed.diffusion_block=-3"]) == 2
+    assert "embed.diffusion_block (-3) must index one of the 2 transformer blocks" in capsys.readouterr().err
     assert not (out / "manifest.parquet").exists()
 
 

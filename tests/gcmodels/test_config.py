@@ -252,7 +252,6 @@ def test_checkpoint_defaults_layer_over_the_base_defaults_and_lora_above_2b() ->
         ({"data": {"resize": "short_side", "resolution": 30}}, "divisible by 4"),
         ({"train": {"lora_rank": 4}}, "needs model.base"),
         ({"model": {"base": "/sd"}, "data": {"resolution": 100}}, "multiple of 8"),
-        ({"model": {"base": "/sd"}, "embed": {"method": "diffusion"}}, "not available with model.base"),
         ({"runtime": {"precision": "fp8"}}, "precision"),
         ({"model": {"base": "/sd", "prediction": "v_prediction"}}, "applies to the pixel model"),
         ({"model": {"class_map": "map.csv"}}, "model.class_map .* needs model.base"),
