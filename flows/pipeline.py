@@ -43,7 +43,7 @@ from gcmine.tasks.score import score_shard, typicality_table
 from gcmine.tasks.translate import translate
 from gcmodels.config import ConfigError, RuntimeConfig, Settings
 from gcmodels.embedding.encoders import fits_on_collection
-from gcmodels.runtime import check_device
+from gcmodels.runtime import check_device, task_threads
 
 __all__ = ["embed_stage", "mine", "run_pipeline", "task_runner"]
 
@@ -431,12 +431,13 @@ def _applications(
 
 
 def task_runner(runtime: RuntimeConfig):
-    """The task runner `runtime` asks for: threads on this machine (`runtime.workers`), or Dask -
+    """The task runner `runtime` asks for: threads on this machine (`runtime.workers`; auto: 2 on CUDA
+    so that shards' I/O overlaps the compute, else 1), or Dask -
     the cluster at `runtime.dask_address`, or a local cluster of `runtime.dask_workers` worker
     processes with one thread each. Tasks receive URIs and fingerprints only; each worker loads
     the model from the run root itself (tasks/infra/models.py), once per process."""
     if runtime.runner == "threads":
-        return ThreadPoolTaskRunner(max_workers=runtime.workers)
+        return ThreadPoolTaskRunner(max_workers=task_threads(runtime))
     try:
         from prefect_dask import DaskTaskRunner
     except ImportError:
