@@ -1,4 +1,5 @@
-"""The task runner a run's settings ask for: threads on this machine (`runtime.workers`), a Dask
+"""The task runner a run's settings ask for: threads on this machine (`runtime.workers`: auto = 2
+on CUDA, so that a shard's I/O overlaps another's compute, 1 on a CPU), a Dask
 cluster (`runtime.runner=dask`), or one Dask worker process per GPU of this node (`runtime.gpus`).
 
 Tasks receive URIs and fingerprints only; each worker loads the model from the run root itself
@@ -15,7 +16,7 @@ from typing import Any
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from gcmodels.config import ConfigError, RuntimeConfig
-from gcmodels.runtime import gpu_indices
+from gcmodels.runtime import OVERLAP_THREADS, gpu_indices, task_threads
 
 __all__ = ["GPU_ENV", "gpu_cluster", "gpu_workers", "in_process_runtime", "task_runner"]
 
@@ -26,9 +27,12 @@ def task_runner(runtime: RuntimeConfig):
     """The runner of `runtime`; with `runtime.gpus`, a local cluster of one worker per GPU (its
     indices checked against this machine now: a ConfigError before the run starts)."""
     if runtime.gpus is not None:
-        return _dask_runner(cluster_class=gpu_cluster, cluster_kwargs={"gpus": gpu_workers(runtime)})
+        threads = OVERLAP_THREADS if runtime.workers == "auto" else int(runtime.workers)
+        return _dask_runner(
+            cluster_class=gpu_cluster, cluster_kwargs={"gpus": gpu_workers(runtime), "threads": threads}
+        )
     if runtime.runner == "threads":
-        return ThreadPoolTaskRunner(max_workers=runtime.workers)
+        return ThreadPoolTaskRunner(max_workers=task_threads(runtime))
     if runtime.dask_address:
         return _dask_runner(address=runtime.dask_address)
     return _dask_runner(
@@ -65,17 +69,18 @@ def cuda_device_count() -> int:
     return torch.cuda.device_count()
 
 
-def gpu_cluster(gpus: list[int], **kwargs: Any):
-    """A local Dask cluster with one single-threaded worker process per CUDA index in `gpus`,
-    each started with CUDA_VISIBLE_DEVICES set to its own index (the way dask-cuda pins its
-    workers; the variable is read when CUDA starts in the worker, after the process began) and
-    GCMINE_GPU naming it for the run's ledger."""
+def gpu_cluster(gpus: list[int], threads: int = 1, **kwargs: Any):
+    """A local Dask cluster with one worker process per CUDA index in `gpus`, each started with
+    CUDA_VISIBLE_DEVICES set to its own index (the way dask-cuda pins its workers; the variable is
+    read when CUDA starts in the worker, after the process began) and GCMINE_GPU naming it for the
+    run's ledger, with `threads` task threads (`runtime.workers`; auto = 2, so that one shard's
+    reading and writing overlap another's compute on the card, which computes one at a time)."""
     from distributed import Nanny, Scheduler, SpecCluster
 
     workers = {
         f"gpu-{index}": {
             "cls": Nanny,
-            "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": str(index), GPU_ENV: str(index)}},
+            "options": {"nthreads": threads, "env": {"CUDA_VISIBLE_DEVICES": str(index), GPU_ENV: str(index)}},
         }
         for index in gpus
     }

@@ -480,7 +480,12 @@ class RuntimeConfig(_Section):
         "fp32): auto = bf16 where the GPU supports it, else fp16; always fp32 on CPU",
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; null = all cores")
-    workers: int = Field(1, ge=1, description="task runner threads (shards run concurrently; runner=threads)")
+    workers: int | Literal["auto"] = Field(
+        "auto",
+        description="task runner threads (shards run concurrently; runner=threads); auto = 2 when the device is "
+        "CUDA (one shard's reading and writing overlap another's compute, the card computing one at a time), "
+        "else 1 (on the CPU the compute takes the cores)",
+    )
     progress: bool = Field(True, description="progress bars on the terminal")
     runner: Literal["threads", "dask"] = Field(
         "threads",
@@ -518,6 +523,8 @@ class RuntimeConfig(_Section):
             raise ValueError(
                 f"runtime.dask_address ({self.dask_address!r}) is set but runtime.runner is {self.runner!r}, not 'dask'"
             )
+        if isinstance(self.workers, int) and self.workers < 1:
+            raise ValueError(f"runtime.workers must be 'auto' or at least 1, got {self.workers}")
         gpus = self.gpus
         if isinstance(gpus, int) and not isinstance(gpus, bool) and gpus < 1:
             raise ValueError(f"runtime.gpus must be 'all', a count >= 1 or a list of CUDA indices, got {gpus}")

@@ -15,10 +15,24 @@ __all__ = [
     "gpu_indices",
     "resolve_device",
     "resolve_precision",
+    "task_threads",
 ]
 
 # What a resolved precision means as a torch dtype (autocast in training, the UNet's weights in scoring).
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+OVERLAP_THREADS = 2  # runtime.workers=auto on CUDA: one shard computes, the other is read or written
+
+
+def task_threads(runtime: RuntimeConfig) -> int:
+    """Threads of the thread task runner: `runtime.workers`, or for 'auto' 2 when the device is
+    CUDA (score and rank hold the card only while they compute, so a second shard's reading and the
+    previous one's writing run beside the compute, and the card still computes one shard at a
+    time: at most one shard read ahead), else 1 (on the CPU the compute itself takes the cores)."""
+    if runtime.workers != "auto":
+        return int(runtime.workers)
+    return OVERLAP_THREADS if resolve_device(runtime.device).type == "cuda" else 1
 
 
 def resolve_device(name: str) -> torch.device:

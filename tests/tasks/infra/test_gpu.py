@@ -153,7 +153,7 @@ def test_task_runner_of_runtime_gpus(monkeypatch) -> None:
     for gpus, indices in [("all", [0, 1, 2, 3]), (2, [0, 1]), ([3, 1], [3, 1])]:
         runner = runners.task_runner(RuntimeConfig(gpus=gpus))
         assert isinstance(runner, DaskTaskRunner) and runner.cluster_class is runners.gpu_cluster
-        assert runner.cluster_kwargs == {"gpus": indices}
+        assert runner.cluster_kwargs == {"gpus": indices, "threads": 2}  # auto: I/O overlaps compute on each card
     monkeypatch.setattr(runners, "cuda_device_count", lambda: 0)
     with pytest.raises(ConfigError, match=r"runtime\.gpus is 'all' but this machine has 0 CUDA"):
         runners.task_runner(RuntimeConfig(gpus="all"))
