@@ -43,7 +43,7 @@ from gcmine.tasks.score import score_shard, typicality_table
 from gcmine.tasks.translate import translate
 from gcmodels.config import ConfigError, RuntimeConfig, Settings
 from gcmodels.embedding.encoders import fits_on_collection
-from gcmodels.runtime import check_device
+from gcmodels.runtime import check_device, data_parallel_devices
 
 __all__ = ["embed_stage", "mine", "run_pipeline", "task_runner"]
 
@@ -112,7 +112,8 @@ def mine(
     The run holds the lease of `out` throughout (one writer per run root: a second run waits or
     refuses, see tasks/infra/lease.py) and first sweeps what interrupted writes left there."""
     so = storage_options if storage_options is not None else settings.storage.store_options()
-    check_device(settings.runtime)  # a device that is not there fails now, before any work
+    device = check_device(settings.runtime)  # a device that is not there fails now, before any work
+    data_parallel_devices(settings.train.processes, device)  # nor do too few GPUs for train.processes
     checkpoint = None
     if settings.model.base is not None:  # an unsupported checkpoint, bad feature block or class map fails now
         checkpoint = check_base(
