@@ -564,7 +564,7 @@ def _batch_loss(
     c = c.clone()
     drop = torch.rand(c.shape, generator=generator) < label_dropout
     c[drop] = NULL_LABEL
-    weighting = {} if loss_weighting == "native" else {"weighting": loss_weighting}
+    weighting: dict[str, Any] = {} if loss_weighting == "native" else {"weighting": loss_weighting}
     if group is None:
         x0 = _model_space(model, x, device)
         with _autocast(device, precision):
