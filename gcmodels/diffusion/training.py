@@ -467,7 +467,7 @@ def probe_step_memory(
         xb, cb = x[:1].repeat(b, *([1] * (x.dim() - 1))).to(device), cond[:1].repeat(b).to(device)
         x0 = model.encode(xb) if xb.dtype == torch.uint8 else xb.to(torch.float32)
         with _autocast(device, precision):
-            weighting = {} if loss_weighting == "native" else {"weighting": loss_weighting}
+            weighting: dict[str, Any] = {} if loss_weighting == "native" else {"weighting": loss_weighting}
             loss = model.training_loss(x0, cb, generator=torch.Generator().manual_seed(0), **weighting)
         torch.cuda.synchronize(device)
         held.append(torch.cuda.memory_allocated(device) - before)
