@@ -12,7 +12,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from gcmine.flows.runners import in_process_runtime, task_runner
+from gcmine.flows.runners import in_process_runtime, task_runner, training_cards
 from gcmine.tasks.baseline import baseline
 from gcmine.tasks.classify import classify
 from gcmine.tasks.cluster import cluster, collection_map, condition
@@ -113,6 +113,7 @@ def mine(
     refuses, see tasks/infra/lease.py) and first sweeps what interrupted writes left there."""
     so = storage_options if storage_options is not None else settings.storage.store_options()
     check_device(settings.runtime)  # a device that is not there fails now, before any work
+    training_cards(settings.runtime, settings.train.processes)  # nor do too few GPUs for train.processes
     checkpoint = None
     if settings.model.base is not None:  # an unsupported checkpoint, bad feature block or class map fails now
         checkpoint = check_base(

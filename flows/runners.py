@@ -16,9 +16,9 @@ from typing import Any
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from gcmodels.config import ConfigError, RuntimeConfig
-from gcmodels.runtime import OVERLAP_THREADS, gpu_indices, task_threads
+from gcmodels.runtime import OVERLAP_THREADS, check_device, data_parallel_devices, gpu_indices, task_threads
 
-__all__ = ["GPU_ENV", "gpu_cluster", "gpu_workers", "in_process_runtime", "task_runner"]
+__all__ = ["GPU_ENV", "gpu_cluster", "gpu_workers", "in_process_runtime", "task_runner", "training_cards"]
 
 GPU_ENV = "GCMINE_GPU"  # set in a GPU worker's environment: the node's index of its card (run.json names it)
 
@@ -60,6 +60,23 @@ def in_process_runtime(runtime: RuntimeConfig) -> RuntimeConfig:
     if runtime.gpus is None or not torch.cuda.is_available():
         return runtime
     return runtime.model_copy(update={"device": f"cuda:{gpu_workers(runtime)[0]}", "gpus": None})
+
+
+def training_cards(runtime: RuntimeConfig, processes: int) -> list:
+    """The devices of fine-tuning's `processes` data-parallel processes (`train.processes`),
+    checked before any work: consecutive cards from the in-process device (`runtime.device`, or the
+    first card of `runtime.gpus`), which must exist and, with `runtime.gpus`, be cards it lists."""
+    local = in_process_runtime(runtime)
+    devices = data_parallel_devices(processes, check_device(local))
+    if runtime.gpus is not None and devices[0].type == "cuda":
+        listed = gpu_workers(runtime)
+        outside = [d.index for d in devices if d.index not in listed]
+        if outside:
+            raise ConfigError(
+                f"train.processes={processes} fine-tunes on consecutive cards from cuda:{devices[0].index}, but "
+                f"runtime.gpus lists {listed} (not {outside}): list consecutive cards first, or lower train.processes"
+            )
+    return devices
 
 
 def cuda_device_count() -> int:

@@ -306,11 +306,24 @@ class TrainConfig(_Section):
         0.25, ge=0, description="rerun on changed data: retrain when more than this share of the training set changed"
     )
     seed: int = Field(0, description="seed of initialisation, batches, noise")
+    processes: int = Field(
+        1,
+        ge=1,
+        description="data-parallel fine-tuning processes: on CUDA one per GPU (from runtime.device's card on; at "
+        "most the visible GPUs), each taking batch_size / processes images of every batch (the same steps and model "
+        "as one process, up to float summation order); on a CPU gloo processes sharing its cores (for testing, not "
+        "faster); batch_size must be divisible by it",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> TrainConfig:
         if self.min_steps > self.max_steps:
             raise ValueError(f"min_steps ({self.min_steps}) must not exceed max_steps ({self.max_steps})")
+        if self.batch_size % self.processes:
+            raise ValueError(
+                f"train.batch_size ({self.batch_size}) must be divisible by train.processes ({self.processes}): each "
+                "process takes the same share of every batch"
+            )
         return self
 
     def budget(self, n_images: int) -> int:

@@ -12,6 +12,7 @@ __all__ = [
     "PRECISION_DTYPES",
     "check_device",
     "configure_torch",
+    "data_parallel_devices",
     "gpu_indices",
     "resolve_device",
     "resolve_precision",
@@ -82,6 +83,33 @@ def gpu_indices(gpus: Literal["all"] | int | list[int], count: int) -> list[int]
     if missing:
         raise ConfigError(f"runtime.gpus lists {missing} but {have}")
     return list(gpus)
+
+
+def data_parallel_devices(processes: int, device: torch.device) -> list[torch.device]:
+    """The devices of `processes` data-parallel training processes (`train.processes`) from
+    `runtime.device` resolved to `device`: on CUDA one card each, cuda:i to cuda:i + processes - 1
+    from the device's index i (0 for 'cuda'), which must all exist; on the CPU the CPU for each
+    (gloo; for testing and CPU-only machines: the processes share its cores). A ConfigError naming
+    both settings otherwise."""
+    if processes < 1:
+        raise ConfigError(f"train.processes must be >= 1, got {processes}")
+    if processes == 1:
+        return [device]
+    if device.type == "cuda":
+        first, count = device.index or 0, torch.cuda.device_count()
+        if first + processes > count:
+            raise ConfigError(
+                f"train.processes={processes} needs {processes} CUDA devices from runtime.device (cuda:{first} to "
+                f"cuda:{first + processes - 1}), but this machine has {count} (cuda:0 to cuda:{count - 1}); "
+                "lower train.processes"
+            )
+        return [torch.device("cuda", first + r) for r in range(processes)]
+    if device.type == "cpu":
+        return [device] * processes
+    raise ConfigError(
+        f"train.processes={processes} runs one process per CUDA device (or on the CPU), not on {device} "
+        "(runtime.device); set train.processes=1"
+    )
 
 
 def configure_torch(threads: int | None) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ from prefect import task
 from gcmine.tasks.infra.artifacts import MODEL, TRAINING, artifact_key, model_description, read_images, stopwatch
 from gcmine.tasks.infra.caching import content_key
 from gcmine.tasks.infra.checkpoints import CHECKPOINT, drop_checkpoint, read_checkpoint, write_checkpoint
+from gcmine.tasks.infra.distributed import process_group
 from gcmine.tasks.infra.errors import DamagedArtifact, InputError, out_of_memory_hint
 from gcmine.tasks.infra.gpu import gpu_slot
 from gcmine.tasks.infra.integrity import file_records, model_damage
@@ -32,7 +36,7 @@ from gcmodels.diffusion.training import (
     train_diffusion,
 )
 from gcmodels.mining.cotypicality import stratified_split
-from gcmodels.runtime import configure_torch, resolve_device, resolve_precision
+from gcmodels.runtime import configure_torch, data_parallel_devices, resolve_device, resolve_precision
 
 
 def _publish(
@@ -132,8 +136,9 @@ def _auto_checkpointing(
 ) -> bool:
     """`train.gradient_checkpointing=auto`: on when one probe step of the largest training shape on
     the CUDA device says the fine-tuning would not fit in its free memory without it
-    (`probe_step_memory`, `checkpointing_needed`); off on a CPU. The decision and its numbers
-    are logged; returns whether checkpointing is on."""
+    (`probe_step_memory`, `checkpointing_needed`, with each process's share of the batch under
+    `train.processes`); off on a CPU. The decision and its numbers are logged; returns whether
+    checkpointing is on (the data-parallel processes follow rank 0's decision)."""
     if model.device.type != "cuda":
         log.info("gradient checkpointing off (train.gradient_checkpointing=auto: off on %s)", model.device)
         return False
@@ -141,15 +146,16 @@ def _auto_checkpointing(
     step = probe_step_memory(model, x[:1], c[:1], precision, model.resolved_loss_weighting(train_config.loss_weighting))
     assert step is not None  # CUDA
     free, total = torch.cuda.mem_get_info(model.device)
-    on, need = checkpointing_needed(free, step, train_config.batch_size, ema=train_config.ema_decay is not None)
+    batch = train_config.batch_size // train_config.processes
+    on, need = checkpointing_needed(free, step, batch, ema=train_config.ema_decay is not None)
     log.info(
         "gradient checkpointing %s (train.gradient_checkpointing=auto): the fine-tuning needs ~%.1f GiB without it "
         "(batch %d x %.2f GiB + %.1f GiB), %.1f of %.1f GiB are free",
         "on" if on else "off",
         need / 2**30,
-        train_config.batch_size,
+        batch,
         step["per_sample"] / 2**30,
-        (need - train_config.batch_size * step["per_sample"]) / 2**30,
+        (need - batch * step["per_sample"]) / 2**30,
         free / 2**30,
         total / 2**30,
     )
@@ -262,6 +268,7 @@ def finetune(
     configure_torch(runtime.threads)
     device = resolve_device(runtime.device)
     precision = resolve_precision(runtime.precision, device)
+    devices = data_parallel_devices(train_config.processes, device)  # too few GPUs fails now, before any work
     with stopwatch() as clock:
         store = RunStore(out, storage_options)
         meta, pixels, vocab, held = _training_images(store, shards, conditioning, latents, holdout, holdout_seed, log)
@@ -279,7 +286,9 @@ def finetune(
         log.info("training a new model: %s", why)
         labels = [lab if isinstance(lab, str) else None for lab in meta["label"]]
         data_key = content_key(meta["image_id"].tolist(), labels)  # the images and labels, in training order
-        with gpu_slot(device, runtime):  # one training per card (nothing taken on CPU)
+        with ExitStack() as cards:
+            for card in dict.fromkeys(devices):  # one training per card (nothing taken on CPU)
+                cards.enter_context(gpu_slot(card, runtime))
             generator = torch.Generator().manual_seed(train_config.seed)
             model = _model_on(device, vocab, resolution, model_config, train_config, generator, class_map)
             images, cond = _training_tensors(model, pixels, labels, latents is None, train_config.batch_size, log)
@@ -297,7 +306,9 @@ def finetune(
                 len(vocab),
                 steps,
                 train_config.batch_size,
-                device,
+                device
+                if len(devices) == 1
+                else f"{len(devices)} data-parallel processes ({', '.join(map(str, devices))})",
                 precision,
             )
             resume = _resume_state(store, config_key, data_key, log)
@@ -306,9 +317,14 @@ def finetune(
                 steps, "finetune", bar=runtime.progress, key=artifact_key(out, "finetune-progress")
             )
             history: list[dict] = []
+            replica = _Replica(
+                out, shards, resolution, model_config, train_config, runtime, storage_options, conditioning,
+                holdout, holdout_seed, latents, class_map, checkpointing, data_key,
+            )  # fmt: skip
             train = _trainer(
-                model, images, cond, steps, train_config, generator, precision, on_checkpoint, progress, history
-            )
+                model, images, cond, steps, train_config, generator, precision, on_checkpoint, progress, history,
+                devices, replica,
+            )  # fmt: skip
             memory = _memory_settings(model_config, train_config, resolution, checkpointing)
             result, fingerprint = _train_and_publish(
                 train, resume, memory, device, progress, history, store, model, training_set, config_key, log
@@ -324,6 +340,7 @@ def finetune(
         "fingerprint": fingerprint,
         "parameters": n_params,
         "device": str(device),
+        "processes": len(devices),
         "reused": False,
         "reason": why,
         "held_out": len(held),
@@ -388,14 +405,16 @@ def _config_key(
     class_map: dict[str, int] | None,
 ) -> str:
     """The key of the settings a model is trained with (those that would make another model): a
-    model of the run root is reused, and a checkpoint resumed, only under the same key."""
+    model of the run root is reused, and a checkpoint resumed, only under the same key.
+    `train.processes` is not part of it: any number of processes trains the same model (up to
+    float summation order), and a checkpoint of one resumes in any other number."""
     # working images that keep an oblong original's aspect ratio (data.resize=short_side) key
     # the model too: a change of resize policy retrains it (squares are the same under both)
     oblong = ["aspect kept"] if working_images and any(p.shape[0] != p.shape[1] for p in pixels) else []
     return content_key(
         resolution,
         model_config,
-        train_config.model_dump(exclude={"retrain_fraction"}),
+        train_config.model_dump(exclude={"retrain_fraction", "processes"}),  # P processes train the same model
         *oblong,
         *([{"holdout": holdout, "seed": holdout_seed}] if holdout > 0 else []),
         *([base_key(model_config.base)] if model_config.base is not None else []),
@@ -474,17 +493,33 @@ def _trainer(
     generator: torch.Generator,
     precision: str,
     on_checkpoint,
-    progress: StageProgress,
+    progress: StageProgress | None,
     history: list[dict],
+    devices: list[torch.device] | None = None,
+    replica: _Replica | None = None,
+    group=None,
 ):
     """`train(resume)`: `train_diffusion` with the training settings, from the state `resume` (or
     from the start with None); every new history row is appended to `history` (which starts as
-    the resumed rows) and moves `progress`."""
+    the resumed rows) and moves `progress` (if any).
+
+    With several `devices` (`train.processes`) this process trains as rank 0 of a process group
+    whose other ranks are spawned for the call and run `_replica_trains(replica)` (the same
+    training from the same inputs, resumed from the same checkpoint); a spawned rank trains in
+    the `group` it is given."""
 
     def on_step(row: dict) -> None:
-        progress.update(row["step"] + 1, loss=row["loss"])
+        if progress is not None:
+            progress.update(row["step"] + 1, loss=row["loss"])
 
     def train(resume: dict | None):
+        if devices is None or len(devices) == 1:
+            return train_on(resume, group)
+        job = replica.resuming(None if resume is None else int(resume["step"]))  # type: ignore[union-attr]
+        with process_group(devices, _replica_trains, (job,)) as world:
+            return train_on(resume, world)
+
+    def train_on(resume: dict | None, group):
         history[:] = [] if resume is None else [dict(r) for r in resume["history"]]
         return train_diffusion(
             model,
@@ -510,9 +545,69 @@ def _trainer(
             on_checkpoint=on_checkpoint,
             resume=resume,
             loss_weighting=model.resolved_loss_weighting(train_config.loss_weighting),
+            group=group,
         )
 
     return train
+
+
+@dataclass(frozen=True)
+class _Replica:
+    """What a spawned data-parallel rank needs to build rank 0's training itself (picklable: the
+    inputs are read again from the run root, not sent): the task's arguments, the class map,
+    whether gradient checkpointing is on (rank 0's decision), the training set's key (checked) and
+    the step of the checkpoint to resume (None = from the start)."""
+
+    out: str
+    shards: list[str]
+    resolution: int
+    model_config: ModelConfig
+    train_config: TrainConfig
+    runtime: RuntimeConfig
+    storage_options: dict | None
+    conditioning: str | None
+    holdout: float
+    holdout_seed: int
+    latents: list[str] | None
+    class_map: dict[str, int] | None
+    checkpointing: bool
+    data_key: str
+    resume_step: int | None = None
+
+    def resuming(self, step: int | None) -> _Replica:
+        return _Replica(**{**self.__dict__, "resume_step": step})
+
+
+def _replica_trains(group, device: torch.device, job: _Replica) -> None:
+    """A spawned data-parallel rank of a finetune: the training of rank 0 (same images, labels,
+    model, generator and checkpoint, read here from the run root) on `device`, in `group`; rank 0
+    alone logs progress, writes checkpoints and publishes."""
+    log = logging.getLogger("gcmine.finetune")
+    configure_torch(job.runtime.threads)
+    store = RunStore(job.out, job.storage_options)
+    meta, pixels, vocab, _ = _training_images(
+        store, job.shards, job.conditioning, job.latents, job.holdout, job.holdout_seed, log
+    )
+    labels = [lab if isinstance(lab, str) else None for lab in meta["label"]]
+    if content_key(meta["image_id"].tolist(), labels) != job.data_key:
+        raise RuntimeError(f"the training set in {store.uri('')} changed while the data-parallel processes started")
+    generator = torch.Generator().manual_seed(job.train_config.seed)
+    model = _model_on(device, vocab, job.resolution, job.model_config, job.train_config, generator, job.class_map)
+    if job.checkpointing and job.train_config.gradient_checkpointing is not True:
+        model.enable_gradient_checkpointing()
+    images, cond = _training_tensors(model, pixels, labels, job.latents is None, job.train_config.batch_size, log)
+    resume = None
+    if job.resume_step is not None:
+        saved = read_checkpoint(store)
+        resume = None if saved is None else saved["state"]
+        if resume is None or int(resume["step"]) != job.resume_step:
+            raise RuntimeError(
+                f"{store.uri(CHECKPOINT)} is not the checkpoint of step {job.resume_step} rank 0 resumes"
+            )
+    precision = resolve_precision(job.runtime.precision, device)
+    steps = job.train_config.budget(len(meta))
+    train = _trainer(model, images, cond, steps, job.train_config, generator, precision, None, None, [], group=group)
+    train(resume)
 
 
 def _train_or_restart(train, resume: dict | None, log):

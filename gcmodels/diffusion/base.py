@@ -184,7 +184,12 @@ class ConditionalDiffusion(nn.Module):
         return eps_from_flow(u, x_s, s)
 
     def training_loss(
-        self, x0: Tensor, cond: Tensor, generator: torch.Generator | None = None, weighting: str = "native"
+        self,
+        x0: Tensor,
+        cond: Tensor,
+        generator: torch.Generator | None = None,
+        weighting: str = "native",
+        part: tuple[int, int] | None = None,
     ) -> Tensor:
         """Per-sample MSE of the network's own objective, (B,) float32: eps or v with t uniform
         over the schedule; flow matching (target eps - x0) with `flow_training_sigmas`' density.
@@ -193,19 +198,34 @@ class ConditionalDiffusion(nn.Module):
         its loss is the eps-space squared error the typicality maps measure (parametrisation.py:
         eps_hat - eps = sqrt(abar) (v_hat - v) = (1 - s) (u_hat - u)), i.e. the eps objective for
         any parametrisation. The plain v objective is the eps one weighted by 1 / abar = 1 + 1/SNR,
-        which spends the network on the noisiest levels."""
+        which spends the network on the noisiest levels.
+
+        `part` = (start, total): x0 (B, ...) and cond (B,) are the rows start .. start + B of a batch
+        of `total` rows (data-parallel training: each process denoises its slice of the global
+        batch). The t (or sigma) and eps of all `total` rows are drawn, in the order a call with the
+        whole batch draws them (the generator ends in the same state, and the slice's draws are
+        those rows of the whole batch's), and the loss of the B rows is returned; B may be 0 (the
+        draws are made, nothing is denoised: an empty (0,) loss)."""
         if weighting not in ("native", "eps"):
             raise ValueError(f"loss weighting must be 'native' or 'eps', got {weighting!r}")
         b = x0.shape[0]
+        start, total = (0, b) if part is None else part
+        if not 0 <= start <= start + b <= total:
+            raise ValueError(f"part (start, total) = {part} does not hold {b} rows of x0")
+        rows, shape = slice(start, start + b), (total, *x0.shape[1:])
         if self.prediction == "flow_matching":
-            s = flow_training_sigmas(b, generator, shift=self.flow_shift).to(x0.device)
-            eps = torch.randn(x0.shape, generator=generator, device="cpu").to(x0.device)
+            s = flow_training_sigmas(total, generator, shift=self.flow_shift)[rows].to(x0.device)
+            eps = torch.randn(shape, generator=generator, device="cpu")[rows].to(x0.device)
+            if b == 0:
+                return torch.zeros(0, device=x0.device)
             sc = s.view(-1, *([1] * (x0.dim() - 1)))
             pred = self._denoise((1.0 - sc) * x0 + sc * eps, s * self.flow_timesteps, cond)
             loss = (pred.float() - (eps - x0)).pow(2).flatten(1).mean(1)
             return loss * (1.0 - s.float()).pow(2) if weighting == "eps" else loss
-        t = torch.randint(0, self.num_train_timesteps, (b,), generator=generator, device="cpu").to(x0.device)
-        eps = torch.randn(x0.shape, generator=generator, device="cpu").to(x0.device)
+        t = torch.randint(0, self.num_train_timesteps, (total,), generator=generator, device="cpu")[rows].to(x0.device)
+        eps = torch.randn(shape, generator=generator, device="cpu")[rows].to(x0.device)
+        if b == 0:
+            return torch.zeros(0, device=x0.device)
         pred = self._denoise(self.add_noise(x0, eps, t), t, cond)
         if self.prediction == "epsilon":
             return (pred.float() - eps).pow(2).flatten(1).mean(1)

@@ -4,7 +4,8 @@
 ``training_loss(x0, cond, generator)``, ``device``; optionally ``trainable_parameters()``):
 AdamW with warm-up and a cosine or constant schedule, grad-norm clipping, an optional EMA of the
 trainable weights, autocast (bf16 / fp16 with loss scaling) on CUDA, and checkpoints that resume
-bit-for-bit.
+bit-for-bit; data parallel over the processes of a torch.distributed group (`group`), with the
+same steps, states and checkpoints as one process.
 """
 
 from __future__ import annotations
@@ -245,6 +246,7 @@ def train_diffusion(
     resume: dict | None = None,
     checkpoint_seconds: float | None = None,
     loss_weighting: str = "native",
+    group: Any = None,
 ) -> TrainResult:
     """Train `model` in place; return the loss history.
 
@@ -290,6 +292,21 @@ def train_diffusion(
 
     `callback` receives each new history row. A non-finite loss restores the last good trainable
     weights (the raw ones, not the EMA) and raises `TrainingDiverged`. The model is left in eval mode.
+
+    `group`: a torch.distributed process group (already initialised by the caller; gloo on CPUs,
+    nccl with one CUDA device per process) of processes that each call `train_diffusion` with the
+    same model, data, settings, generator state and `resume`: data-parallel training. Every process
+    draws the same global batch of `batch_size` (bucket, images, label dropout, t, eps: the draws of
+    one process) and forwards and backwards only its contiguous slice of it (`training_loss`'s
+    `part`); the gradients (of the slice's summed losses / batch size) are summed over the group, so
+    each process holds the gradient of the whole batch's mean loss and clips, steps and updates the
+    EMA as one process would: the weights and the generator stay in step without being sent, the
+    history's loss is the whole batch's, and the checkpoint states are one process's (a state saved
+    by P processes resumes in any number, one included). Same results as one process up to float
+    summation order. Give `on_checkpoint` and `callback` to one process (e.g. rank 0) only: every
+    process holds the same state. The `max_seconds` stop is agreed over the group (one process's
+    clock suffices to stop all); `checkpoint_seconds` is decided by each process that has an
+    `on_checkpoint`.
     """
     data = _buckets(images, cond, batch_size)
     _check_settings(steps, checkpoint_every, checkpoint_seconds, lr_schedule, ema_decay, precision)
@@ -319,20 +336,27 @@ def train_diffusion(
     start_step, offset, good_weights, ema = _start(
         resume, named, opt, sched, scaler, ema_decay, generator, data, result
     )
-    for group in opt.param_groups:  # a resumed state carries the kernel choice of the device it was saved on
-        group["fused"], group["foreach"] = _fused(device), None
+    for param_group in opt.param_groups:  # a resumed state carries the kernel choice of the device it was saved on
+        param_group["fused"], param_group["foreach"] = _fused(device), None
     good_step = start_step
 
     model.train()
     start = last_saved = time.perf_counter()
     for step in range(start_step, steps):
-        loss = _batch_loss(model, data, generator, label_dropout, device, precision, loss_weighting)
-        value = float(loss.detach())
+        if group is None:
+            loss = _batch_loss(model, data, generator, label_dropout, device, precision, loss_weighting)
+            value = float(loss.detach())
+        else:  # this process's slice of the batch; the whole batch's gradient and loss summed over the group
+            loss = _batch_loss(model, data, generator, label_dropout, device, precision, loss_weighting, group)
+            _backward(loss, opt, scaler)
+            value = _sum_gradients(params, loss, group)
         if not math.isfinite(value):
             _load_weights(named, good_weights)
             model.eval()
             raise TrainingDiverged(step, value, good_step)
-        _optimizer_step(loss, opt, scaler, params, grad_clip)
+        if group is None:
+            _backward(loss, opt, scaler)
+        _clip_and_step(opt, scaler, params, grad_clip)
         if ema is not None:
             ema.update(params, step)
         row = {
@@ -346,7 +370,7 @@ def train_diffusion(
         result.steps = step + 1
         if callback is not None:
             callback(row)
-        if max_seconds is not None and row["seconds"] >= max_seconds:
+        if max_seconds is not None and _any_of(row["seconds"] >= max_seconds, group, device):
             result.stopped = "time"
             break
         if step + 1 >= steps:
@@ -443,7 +467,7 @@ def probe_step_memory(
         xb, cb = x[:1].repeat(b, *([1] * (x.dim() - 1))).to(device), cond[:1].repeat(b).to(device)
         x0 = model.encode(xb) if xb.dtype == torch.uint8 else xb.to(torch.float32)
         with _autocast(device, precision):
-            weighting = {} if loss_weighting == "native" else {"weighting": loss_weighting}
+            weighting: dict[str, Any] = {} if loss_weighting == "native" else {"weighting": loss_weighting}
             loss = model.training_loss(x0, cb, generator=torch.Generator().manual_seed(0), **weighting)
         torch.cuda.synchronize(device)
         held.append(torch.cuda.memory_allocated(device) - before)
@@ -527,34 +551,124 @@ def _batch_loss(
     device: torch.device,
     precision: str,
     loss_weighting: str = "native",
+    group: Any = None,
 ) -> Tensor:
     """The mean training loss (fp32 scalar) of the next batch, its labels dropped to the null label
     with probability `label_dropout`, the forward pass under `precision`'s autocast (the weighting
-    is passed only when it is not the native one: models without weightings need not know it)."""
+    is passed only when it is not the native one: models without weightings need not know it).
+
+    With a process `group`: the whole batch and its randoms are drawn, but only this process's
+    contiguous slice (`_rows`) is encoded and denoised, and the slice's summed loss divided by the
+    batch size is returned (its sum over the group is the batch's mean loss)."""
     x, c = data.next(generator)
-    x0 = model.encode(x) if x.dtype == torch.uint8 else x.to(device=device, dtype=torch.float32)
     c = c.clone()
     drop = torch.rand(c.shape, generator=generator) < label_dropout
     c[drop] = NULL_LABEL
+    weighting: dict[str, Any] = {} if loss_weighting == "native" else {"weighting": loss_weighting}
+    if group is None:
+        x0 = _model_space(model, x, device)
+        with _autocast(device, precision):
+            return model.training_loss(x0, c.to(device), generator=generator, **weighting).float().mean()
+    total = len(c)
+    start, stop = _rows(total, group)
+    x0 = _model_space(model, x[start:stop], device)
     with _autocast(device, precision):
-        weighting = {} if loss_weighting == "native" else {"weighting": loss_weighting}
-        return model.training_loss(x0, c.to(device), generator=generator, **weighting).float().mean()
+        part = model.training_loss(x0, c[start:stop].to(device), generator=generator, part=(start, total), **weighting)
+        return part.float().sum() / total
 
 
-def _optimizer_step(
-    loss: Tensor,
-    opt: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    params: list[nn.Parameter],
-    grad_clip: float,
-) -> None:
-    """Backward pass of `loss` (scaled under fp16), grad-norm clipping at `grad_clip`, one step."""
+def _model_space(model: ConditionalDiffusion, x: Tensor, device: torch.device) -> Tensor:
+    """x0 of a batch: uint8 images encoded by the model, floating inputs as they are (fp32)."""
+    return model.encode(x) if x.dtype == torch.uint8 else x.to(device=device, dtype=torch.float32)
+
+
+def _rows(total: int, group: Any) -> tuple[int, int]:
+    """[start, stop) of this process's rows of a batch of `total`: contiguous slices in rank order,
+    their sizes differing by at most one (a batch smaller than the group leaves some empty)."""
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    base, extra = divmod(total, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
+def _backward(loss: Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """Fresh gradients of `loss` (scaled under fp16). A loss without a graph (an empty slice of a
+    data-parallel batch) leaves them unset."""
     opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    if loss.requires_grad:
+        scaler.scale(loss).backward()
+
+
+def _clip_and_step(
+    opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params: list[nn.Parameter], grad_clip: float
+) -> None:
+    """Grad-norm clipping at `grad_clip` (of the unscaled gradients) and one optimizer step."""
     scaler.unscale_(opt)
     torch.nn.utils.clip_grad_norm_(params, grad_clip)
     scaler.step(opt)
     scaler.update()
+
+
+_BUCKET_BYTES = 256 * 2**20  # gradients summed over a process group this many bytes per collective
+
+
+@torch.no_grad()
+def _sum_gradients(params: list[nn.Parameter], loss: Tensor, group: Any) -> float:
+    """Sum the gradients of `params` and the `loss` values over the process `group` in place; return
+    the summed loss. The gradients go flattened, a few hundred MB per collective (one for a small
+    model; the flat copy stays that size at any model size); a parameter keeps no gradient only when
+    no process gave it one (AdamW skips it, as it does in one process). Under fp16 the gradients are
+    still scaled (every process has the same scale): `unscale_` then sees the same sums everywhere,
+    so every process skips or takes the same steps."""
+    import torch.distributed as dist
+
+    device = params[0].device
+    extras = torch.cat(
+        [
+            loss.detach().float().reshape(1).to(device),
+            torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device),
+        ]
+    )
+    buckets: list[list[nn.Parameter]] = [[]]
+    size = 0
+    for p in params:
+        if buckets[-1] and size + p.numel() * 4 > _BUCKET_BYTES:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(p)
+        size += p.numel() * 4
+    for i, bucket in enumerate(buckets):
+        parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in bucket]
+        last = i == len(buckets) - 1
+        flat = torch.cat(parts + [extras] if last else parts)
+        dist.all_reduce(flat, group=group)
+        offset = 0
+        for p in bucket:
+            summed = flat[offset : offset + p.numel()].view_as(p)
+            if p.grad is None:
+                p.grad = summed.to(p.dtype, copy=True)
+            else:
+                p.grad.copy_(summed)
+            offset += p.numel()
+        if last:
+            extras = flat[offset:]
+    for p, given in zip(params, extras[1:].tolist()):
+        if not given:
+            p.grad = None
+    return float(extras[0])
+
+
+def _any_of(flag: bool, group: Any, device: torch.device) -> bool:
+    """Whether `flag` holds in any process of `group` (the flag itself without a group)."""
+    if group is None:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return bool(t.item())
 
 
 def _checkpoint_due(step: int, checkpoint_every: int, checkpoint_seconds: float | None, last_saved: float) -> bool:

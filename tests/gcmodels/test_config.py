@@ -286,3 +286,24 @@ def test_shape_buckets_with_model_base() -> None:
     assert Settings.from_dict({"data": {**pixel, "bucket": 8}}).working_multiple == 8
     with pytest.raises(ConfigError, match=r"data.bucket \(12\) must be a multiple of 8"):
         Settings.from_dict({**base, "data": {"bucket": 12}})
+
+
+def test_train_processes_must_divide_the_batch_and_fit_the_gpus(monkeypatch) -> None:
+    """train.processes: the global batch is split evenly (a ConfigError naming both settings), and
+    on CUDA each process needs a card of its own from runtime.device's on (checked before any work)."""
+    import torch
+
+    from gcmodels.runtime import data_parallel_devices
+
+    assert Settings.from_dict({"train": {"batch_size": 8, "processes": 2}}).train.processes == 2
+    with pytest.raises(ConfigError, match=r"train.batch_size \(6\) must be divisible by train.processes \(4\)"):
+        Settings.from_dict({"train": {"batch_size": 6, "processes": 4}})
+    cpu = torch.device("cpu")
+    assert data_parallel_devices(1, cpu) == [cpu] and data_parallel_devices(2, cpu) == [cpu, cpu]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert data_parallel_devices(2, torch.device("cuda", 1)) == [torch.device("cuda", 1), torch.device("cuda", 2)]
+    assert data_parallel_devices(4, torch.device("cuda")) == [torch.device("cuda", i) for i in range(4)]
+    with pytest.raises(ConfigError, match=r"train.processes=3 needs 3 CUDA devices .*cuda:2 to cuda:4.* has 4"):
+        data_parallel_devices(3, torch.device("cuda", 2))
+    with pytest.raises(ConfigError, match=r"train\.processes=2 runs one process per CUDA device"):
+        data_parallel_devices(2, torch.device("mps"))

@@ -197,3 +197,25 @@ def test_stages_in_the_flows_process_use_the_first_listed_card(monkeypatch) -> N
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cpu = RuntimeConfig(gpus=2)
     assert runners.in_process_runtime(cpu) is cpu
+
+
+def test_training_processes_take_consecutive_cards_listed_by_runtime_gpus(monkeypatch) -> None:
+    """train.processes with runtime.gpus: the fine-tuning processes take consecutive cards from
+    the first card listed; a list whose first cards are not consecutive is refused before the run
+    (on a CPU the processes all use the CPU)."""
+    from gcmine.flows import runners
+
+    monkeypatch.setattr(runners, "cuda_device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(runners, "check_device", lambda r: torch.device("cuda" if r.device == "auto" else r.device))
+    cards = runners.training_cards(RuntimeConfig(gpus=[2, 3]), 2)
+    assert cards == [torch.device("cuda", 2), torch.device("cuda", 3)]
+    assert runners.training_cards(RuntimeConfig(), 2) == [torch.device("cuda", 0), torch.device("cuda", 1)]
+    with pytest.raises(ConfigError, match=r"runtime\.gpus lists \[0, 2\] \(not \[1\]\)"):
+        runners.training_cards(RuntimeConfig(gpus=[0, 2]), 2)
+    with pytest.raises(ConfigError, match=r"train\.processes=3 needs 3 CUDA devices"):
+        runners.training_cards(RuntimeConfig(gpus=[2, 3]), 3)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runners, "check_device", lambda r: torch.device("cpu"))
+    assert runners.training_cards(RuntimeConfig(gpus=2), 2) == [torch.device("cpu")] * 2
