@@ -5,21 +5,14 @@ spawned processes need)."""
 from __future__ import annotations
 
 import torch
+from tiny_pixel import tiny_pixel
 
 from gcmodels.diffusion import PixelDiffusion
 from gcmodels.diffusion.training import train_diffusion
 
 
 def tiny_model() -> PixelDiffusion:
-    return PixelDiffusion.create(
-        ["a", "b"],
-        resolution=8,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        num_train_timesteps=100,
-        beta_schedule="linear",
-        generator=torch.Generator().manual_seed(0),
-    )
+    return tiny_pixel(resolution=8)
 
 
 def case(kind: str):
