@@ -15,21 +15,19 @@ from typing import Any
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from gcmine.tasks.infra.artifacts import GPU_ENV
 from gcmodels.config import ConfigError, RuntimeConfig
-from gcmodels.runtime import OVERLAP_THREADS, check_device, data_parallel_devices, gpu_indices, task_threads
+from gcmodels.runtime import check_device, data_parallel_devices, gpu_indices, task_threads
 
-__all__ = ["GPU_ENV", "gpu_cluster", "gpu_workers", "in_process_runtime", "task_runner", "training_cards"]
-
-GPU_ENV = "GCMINE_GPU"  # set in a GPU worker's environment: the node's index of its card (run.json names it)
+__all__ = ["gpu_cluster", "gpu_workers", "in_process_runtime", "task_runner", "training_cards"]
 
 
 def task_runner(runtime: RuntimeConfig):
     """The runner of `runtime`; with `runtime.gpus`, a local cluster of one worker per GPU (its
     indices checked against this machine now: a ConfigError before the run starts)."""
     if runtime.gpus is not None:
-        threads = OVERLAP_THREADS if runtime.workers == "auto" else int(runtime.workers)
         return _dask_runner(
-            cluster_class=gpu_cluster, cluster_kwargs={"gpus": gpu_workers(runtime), "threads": threads}
+            cluster_class=gpu_cluster, cluster_kwargs={"gpus": gpu_workers(runtime), "threads": task_threads(runtime)}
         )
     if runtime.runner == "threads":
         return ThreadPoolTaskRunner(max_workers=task_threads(runtime))
@@ -90,8 +88,8 @@ def gpu_cluster(gpus: list[int], threads: int = 1, **kwargs: Any):
     """A local Dask cluster with one worker process per CUDA index in `gpus`, each started with
     CUDA_VISIBLE_DEVICES set to its own index (the way dask-cuda pins its workers; the variable is
     read when CUDA starts in the worker, after the process began) and GCMINE_GPU naming it for the
-    run's ledger, with `threads` task threads (`runtime.workers`; auto = 2, so that one shard's
-    reading and writing overlap another's compute on the card, which computes one at a time)."""
+    run's ledger, with `threads` task threads (`task_threads`: auto = 2 on CUDA, so that one
+    shard's reading and writing overlap another's compute on the card, which computes one at a time)."""
     from distributed import Nanny, Scheduler, SpecCluster
 
     workers = {

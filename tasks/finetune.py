@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -575,7 +576,7 @@ class _Replica:
     resume_step: int | None = None
 
     def resuming(self, step: int | None) -> _Replica:
-        return _Replica(**{**self.__dict__, "resume_step": step})
+        return dataclasses.replace(self, resume_step=step)
 
 
 def _replica_trains(group, device: torch.device, job: _Replica) -> None:

@@ -369,10 +369,9 @@ class DiffusionFeatureEncoder(TransformerMixin, BaseEstimator):
         if images is not None:
             _check_images(images, type(self).__name__, min_images=1)
         self.n_components_: int | None = None
-        unet_config = getattr(getattr(self.model, "unet", None), "config", None)
-        if isinstance(self.model, PixelDiffusion) and unet_config is not None:
-            # up_blocks[i] outputs reversed(channels)[i] channels
-            self.n_components_ = int(tuple(reversed(unet_config.block_out_channels))[self.block]) * int(self.grid) ** 2
+        if isinstance(self.model, PixelDiffusion):  # up_blocks[i] outputs reversed(channels)[i] channels
+            channels = self.model.unet.config.block_out_channels
+            self.n_components_ = int(tuple(reversed(channels))[self.block]) * int(self.grid) ** 2
         return self
 
     def transform(self, images: Any) -> np.ndarray:

@@ -287,10 +287,13 @@ def code_version() -> str:
         return "unknown"
 
 
+GPU_ENV = "GCMINE_GPU"  # set by runtime.gpus in a GPU worker's environment: the node's index of its card
+
+
 def worker_name() -> str:
     """`host:pid` of the process running a task (shards may run on Dask workers elsewhere), with
     ` gpu N` when it is a worker runtime.gpus pinned to card N of its node."""
-    gpu = os.environ.get("GCMINE_GPU")  # flows/runners.GPU_ENV (tasks do not import flows)
+    gpu = os.environ.get(GPU_ENV)
     return f"{socket.gethostname()}:{os.getpid()}" + (f" gpu {gpu}" if gpu else "")
 
 

@@ -150,10 +150,14 @@ def test_task_runner_of_runtime_gpus(monkeypatch) -> None:
     from gcmine.flows import runners
 
     monkeypatch.setattr(runners, "cuda_device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for gpus, indices in [("all", [0, 1, 2, 3]), (2, [0, 1]), ([3, 1], [3, 1])]:
         runner = runners.task_runner(RuntimeConfig(gpus=gpus))
         assert isinstance(runner, DaskTaskRunner) and runner.cluster_class is runners.gpu_cluster
         assert runner.cluster_kwargs == {"gpus": indices, "threads": 2}  # auto: I/O overlaps compute on each card
+    assert runners.task_runner(RuntimeConfig(gpus=2, workers=3)).cluster_kwargs == {"gpus": [0, 1], "threads": 3}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # workers computing on a CPU: one thread each
+    assert runners.task_runner(RuntimeConfig(gpus=2)).cluster_kwargs == {"gpus": [0, 1], "threads": 1}
     monkeypatch.setattr(runners, "cuda_device_count", lambda: 0)
     with pytest.raises(ConfigError, match=r"runtime\.gpus is 'all' but this machine has 0 CUDA"):
         runners.task_runner(RuntimeConfig(gpus="all"))
