@@ -146,7 +146,7 @@ def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dic
     ingested = ingest(images, labels, out, settings.data, so, multiple=settings.working_multiple)
     if checkpoint is not None and checkpoint.conditioning == "class":  # every label needs a class of the checkpoint
         given = [] if settings.data.labels == "clusters" else list(ingested["labels"])
-        check_class_labels(checkpoint, settings.model.class_map, given, so)
+        check_class_labels(checkpoint, settings.model.class_map, given, so, multi_label=ingested.get("multi_label", 0))
     shards = ingested["shards"]
     names = [s["name"] for s in shards]
     latents, encoded_stage = _encode_latents(out, shards, settings, so, checkpoint, ledger)

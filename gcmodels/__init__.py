@@ -14,7 +14,8 @@ Subpackages, by role:
 - `baselines`: the discriminative patch-mining baseline (Doersch et al. 2012).
 
 Beside them: `config` (the settings, one pydantic model per component), `runtime` (torch device
-and threads) and `prompts` (the prompt template; importable without torch).
+and threads), `prompts` (the prompt template) and `labels` (label sets of multi-label images); the
+last two importable without torch.
 
 Every public name of a subpackage is importable from it (``from gcmodels.mining import
 TypicalityEstimator``) and, loaded on first use, from here (``from gcmodels import Settings``):
@@ -60,6 +61,7 @@ _EXPORTS = {
     "GaussianMixture": "gcmodels.clustering",
     "ImageRejected": "gcmodels.data",
     "KMeans": "gcmodels.clustering",
+    "LABEL_JOIN": "gcmodels.labels",
     "LABEL_MODES": "gcmodels.clustering",
     "LORA_ABOVE_PARAMETERS": "gcmodels.config",
     "LORA_DEFAULT_RANK": "gcmodels.config",
@@ -115,6 +117,7 @@ _EXPORTS = {
     "cluster_names": "gcmodels.clustering",
     "clustering_metrics": "gcmodels.clustering",
     "conditioning_labels": "gcmodels.clustering",
+    "count_labels": "gcmodels.labels",
     "configure_torch": "gcmodels.runtime",
     "confused_labels": "gcmodels.mining",
     "confusion_matrix": "gcmodels.mining",
@@ -139,6 +142,7 @@ _EXPORTS = {
     "hog_cells": "gcmodels.baselines",
     "image_id": "gcmodels.data",
     "inspect_base": "gcmodels.diffusion",
+    "join_labels": "gcmodels.labels",
     "label_matrix": "gcmodels.mining",
     "lloyd_trace": "gcmodels.clustering",
     "load_any_model": "gcmodels.diffusion",
@@ -169,6 +173,7 @@ _EXPORTS = {
     "scale_boxes": "gcmodels.mining",
     "secret_fields": "gcmodels.config",
     "soft_assignments": "gcmodels.clustering",
+    "split_labels": "gcmodels.labels",
     "standard_error": "gcmodels.mining",
     "stratified_split": "gcmodels.mining",
     "supported_families": "gcmodels.diffusion",
@@ -182,6 +187,7 @@ _EXPORTS = {
     "unavailable_families": "gcmodels.diffusion",
     "validate_label_vocabulary": "gcmodels.diffusion",
     "validate_prompt_template": "gcmodels.prompts",
+    "vocabulary": "gcmodels.labels",
     "working_size": "gcmodels.data",
 }
 

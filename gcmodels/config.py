@@ -97,6 +97,12 @@ class DataConfig(_Section):
         ge=1,
         description="most distinct labels a run accepts (one class embedding, elements and report section each)",
     )
+    label_separator: str = Field(
+        "|",
+        description="separator of several labels of one image in a label value (LABELS, a manifest's label column, a "
+        "label folder's name), e.g. 'effusion|nodule'; repeated rows of one filename add labels too. Each image is "
+        "trained on its set of labels and scored and mined under each of them; '' = a value is one label",
+    )
     shard_size: int = Field(256, ge=1, description="images per shard of the sharded stages (score, rank)")
     extensions: tuple[str, ...] = Field(
         (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"),

@@ -8,6 +8,8 @@ import re
 import string
 import unicodedata
 
+from gcmodels.labels import LABEL_JOIN, split_labels
+
 __all__ = ["render_prompt", "validate_prompt_template"]
 
 
@@ -51,11 +53,15 @@ def render_prompt(template: str, label: str) -> str:
     The label is made readable: underscores and runs of two or more hyphens become spaces,
     whitespace (tabs, newlines, runs) collapses to one space, control and invisible format
     characters are dropped; letters of any script, digits and punctuation are kept ("1950s",
-    "São Paulo", "Côte d'Ivoire", "X-ray"). ValueError if nothing readable is left."""
+    "São Paulo", "Côte d'Ivoire", "X-ray"). ValueError if nothing readable is left.
+
+    A label set (``"effusion|nodule"``, `gcmodels.labels`) renders its labels, each made readable,
+    joined by ", ": ``render_prompt("Chest X-Ray with {label}.", "effusion|nodule")`` ->
+    ``"Chest X-Ray with effusion, nodule."``."""
     validate_prompt_template(template)
     if not isinstance(label, str):
         raise ValueError(f"a label must be a string, got {label!r}")
-    text = _readable_label(label)
-    if not text:
+    parts = [_readable_label(lab) for lab in split_labels(label)] if LABEL_JOIN in label else [_readable_label(label)]
+    if not all(parts):
         raise ValueError(f"label {label!r} has no readable text for a prompt")
-    return template.format(label=text)
+    return template.format(label=", ".join(parts))

@@ -16,6 +16,7 @@ from gcmodels.clustering.collection import conditioning_labels, project_2d
 from gcmodels.clustering.estimators import clustering_metrics, contingency
 from gcmodels.clustering.fitting import fit_clustering
 from gcmodels.config import ClusterConfig, ConfigError, RuntimeConfig
+from gcmodels.labels import count_labels
 from gcmodels.runtime import resolve_device
 
 #: t-SNE / UMAP above this many images would take hours on a CPU: the map falls back to PCA
@@ -163,10 +164,10 @@ def condition(out: str, clusters: str, labels_key: str, mode: str, storage_optio
         )
         d = chosen.decision
         stage_logger().info(
-            "conditioning on %s (%s): %d label(s), %d image(s) unlabelled%s",
+            "conditioning on %s (%s): %s, %d image(s) unlabelled%s",
             d["source"],
             d["reason"],
-            len(d["labels"]),
+            count_labels(d["labels"]),
             d["unlabelled"],
             f" ({d['noise']} noise)" if d["noise"] else "",
         )

@@ -36,6 +36,7 @@ from gcmodels.diffusion.training import (
     probe_step_memory,
     train_diffusion,
 )
+from gcmodels.labels import count_labels, vocabulary
 from gcmodels.mining.cotypicality import stratified_split
 from gcmodels.runtime import configure_torch, data_parallel_devices, resolve_device, resolve_precision
 
@@ -300,11 +301,11 @@ def finetune(
             trainable = getattr(model, "trainable_parameters", model.parameters)()
             n_params = sum(p.numel() for p in trainable)
             log.info(
-                "training %.2fM parameters (%s) on %d images, %d labels, %d steps of batch %d on %s (%s)",
+                "training %.2fM parameters (%s) on %d images, %s, %d steps of batch %d on %s (%s)",
                 n_params / 1e6,
                 model_description(model_config, train_config, checkpoint),
                 len(meta),
-                len(vocab),
+                count_labels(vocab),
                 steps,
                 train_config.batch_size,
                 device
@@ -379,7 +380,7 @@ def _training_images(
         meta, pixels = read_images(store, shards, conditioning, ragged=True)
     else:  # model.base: the cached latents of every live image (unlabelled ones train the null prompt)
         meta, pixels = read_latent_inputs(store, latents, conditioning)
-    vocab = sorted({lab for lab in meta["label"] if isinstance(lab, str)})
+    vocab = vocabulary(meta["label"])  # the single labels, then the label sets of multi-label images
     if not vocab:
         raise InputError(
             "no labelled image to train a conditional model on: give --labels (a CSV/Parquet with "

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 import pandas as pd
 from prefect import task
 
-from gcmine.tasks.infra.artifacts import MANIFEST, MANIFEST_COLUMNS, SHARDS_META, images_part, part_name, stopwatch
+from gcmine.tasks.infra.artifacts import (
+    MANIFEST,
+    MANIFEST_COLUMNS,
+    SHARDS_META,
+    images_part,
+    label_frequencies,
+    part_name,
+    stopwatch,
+)
 from gcmine.tasks.infra.caching import content_key
 from gcmine.tasks.infra.errors import DamagedArtifact, InputError, StorageError
 from gcmine.tasks.infra.integrity import parquet_damage
@@ -22,6 +30,7 @@ from gcmine.tasks.infra.logs import stage_logger
 from gcmine.tasks.infra.storage import RunStore, is_local, join_uri, open_fs, with_retries
 from gcmodels.config import DataConfig
 from gcmodels.data.images import ImageRejected, decode_image, encode_png, image_id, reason_kind, to_working
+from gcmodels.labels import LABEL_JOIN, join_labels, split_labels
 
 __all__ = [
     "InputError",
@@ -29,6 +38,7 @@ __all__ = [
     "clean_label",
     "ingest",
     "ingest_images",
+    "label_value",
     "list_sources",
     "match_labels",
     "read_labels",
@@ -75,8 +85,11 @@ def read_table(uri: str, what: str, storage_options: dict | None) -> pd.DataFram
     return df
 
 
-def list_sources(images: str, extensions: tuple[str, ...], storage_options: dict | None = None) -> Sources:
-    """The images named by IMAGES: a folder (recursive, by extension) or a CSV/Parquet manifest."""
+def list_sources(
+    images: str, extensions: tuple[str, ...], storage_options: dict | None = None, separator: str = LABEL_JOIN
+) -> Sources:
+    """The images named by IMAGES: a folder (recursive, by extension) or a CSV/Parquet manifest;
+    the labels a folder per label or a manifest's label column give (split on `separator`)."""
     fs, path = open_fs(images, storage_options)
     base = images.rstrip("/")
     if with_retries(fs, f"checking {images}", fs.isdir, path):
@@ -86,7 +99,11 @@ def list_sources(images: str, extensions: tuple[str, ...], storage_options: dict
         found = sorted(p for p in listing if p.lower().endswith(exts))
         names = [posixpath.relpath(p, path) if not is_local(fs) else _local_rel(p, path) for p in found]
         uris = found if is_local(fs) else [join_uri(base, n) for n in names]
-        folder_labels = [n.split("/", 1)[0] if "/" in n else None for n in names]
+        folders = [n.split("/", 1)[0] if "/" in n else None for n in names]
+        try:
+            folder_labels = [label_value(f, separator) for f in folders]
+        except ValueError as err:
+            raise InputError(f"IMAGES {images}, a label folder's name: {err}") from None
         labels = folder_labels if any(lab is not None for lab in folder_labels) else None
         sizes = None if is_local(fs) else [listing[p].get("size") for p in found]  # local files are checked with stat
         return Sources(uris=uris, names=names, labels=labels, sizes=sizes)
@@ -109,7 +126,12 @@ def list_sources(images: str, extensions: tuple[str, ...], storage_options: dict
         names.append(value if not absolute else value.rsplit("/", 1)[-1])
     labels = None
     if "label" in df.columns:
-        labels = [clean_label(v) for v in df["label"]]
+        labels = []
+        for row, v in enumerate(df["label"]):
+            try:
+                labels.append(label_value(v, separator))
+            except ValueError as err:
+                raise InputError(f"manifest {images}, row {row + 2}, column 'label': {err}") from None
     return Sources(uris=uris, names=names, labels=labels)
 
 
@@ -129,18 +151,43 @@ def clean_label(value: object) -> str | None:
     return text or None
 
 
+def label_value(value: object, separator: str = LABEL_JOIN) -> str | None:
+    """The labels of one label value as a canonical label string (`gcmodels.labels`: sorted,
+    joined by ``|``): split on `separator` ('' = the value is one label), each part cleaned as
+    `clean_label`, blanks dropped; None when no label is left. ValueError when a label contains
+    ``|`` (gcmine joins an image's labels with it) while `separator` is another one."""
+    text = clean_label(value)
+    if text is None:
+        return None
+    parts = [clean_label(p) for p in text.split(separator)] if separator else [text]
+    found = [p for p in parts if p is not None]
+    if not found:
+        return None
+    bad = [p for p in found if LABEL_JOIN in p]
+    if bad:
+        raise ValueError(
+            f"label {bad[0]!r} contains {LABEL_JOIN!r}, which joins an image's labels: set data.label_separator "
+            f"to {LABEL_JOIN!r} if it separates several labels, or rename the label"
+        )
+    return join_labels(found)
+
+
 def _rows(mask: pd.Series) -> str:
     """CSV row numbers (the header is row 1) of the true entries of `mask`, a few of them."""
     rows = [int(i) + 2 for i in mask.index[mask.to_numpy()]]
     return ", ".join(map(str, rows[:5])) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
 
 
-def read_labels(labels: str, storage_options: dict | None = None, notes: list[str] | None = None) -> pd.DataFrame:
-    """The LABELS table (filename, label), validated; labels are stripped NFC strings.
+def read_labels(
+    labels: str, storage_options: dict | None = None, notes: list[str] | None = None, separator: str = LABEL_JOIN
+) -> pd.DataFrame:
+    """The LABELS table (filename, label), one row per file name, validated; labels are stripped
+    NFC strings. An image may carry several labels: in one value separated by `separator`, or on
+    repeated rows of its file name; its `label` is then the canonical set (``"a|b"``, sorted).
 
-    Unusable rows (an empty file name) raise `InputError` naming the file, the rows and the
-    column; recoverable ones (an empty label: the image is kept unlabelled) add a sentence to
-    `notes`."""
+    Unusable rows (an empty file name, a label containing ``|`` under another separator) raise
+    `InputError` naming the file, the rows and the column; recoverable ones (an empty label: the
+    image is kept unlabelled) add a sentence to `notes`."""
     df = read_table(labels, "labels", storage_options)
     missing = [c for c in ("filename", "label") if c not in df.columns]
     if missing:
@@ -153,21 +200,31 @@ def read_labels(labels: str, storage_options: dict | None = None, notes: list[st
     names = df["filename"].map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else str(v).strip())
     if (names == "").any():
         raise InputError(f"labels file {labels}, row(s) {_rows(names == '')}, column 'filename': empty file name")
-    out = pd.DataFrame({"filename": names, "label": [clean_label(v) for v in df["label"]]})
+    values = []
+    for row, v in enumerate(df["label"]):
+        try:
+            values.append(label_value(v, separator))
+        except ValueError as err:
+            raise InputError(f"labels file {labels}, row {row + 2}, column 'label': {err}") from None
+    out = pd.DataFrame({"filename": names, "label": values})
     blank = out["label"].isna()
     if blank.any() and notes is not None:
         notes.append(
             f"labels file {labels}, row(s) {_rows(blank)}, column 'label': empty label; "
             f"{int(blank.sum())} image(s) kept without a label (unconditional training only)"
         )
-    dup = out[out.duplicated("filename", keep=False)]
-    conflicting = dup.groupby("filename")["label"].nunique()
-    conflicting = conflicting[conflicting > 1]
-    if len(conflicting):
-        name = conflicting.index[0]
-        rows = [int(i) + 2 for i in out.index[out["filename"] == name]]
-        raise InputError(f"labels file {labels}: {name!r} has different labels on rows {rows}")
-    return out.drop_duplicates("filename")
+    repeated = out.duplicated("filename", keep=False)
+    if repeated.any():  # repeated rows of a file name: the union of their labels
+        union = (
+            out[repeated & out["label"].notna()]
+            .groupby("filename")["label"]
+            .agg(lambda v: join_labels(lab for value in v for lab in split_labels(value)))
+        )
+        out = out.drop_duplicates("filename").reset_index(drop=True)
+        known = out["filename"].isin(union.index)
+        out.loc[known, "label"] = out.loc[known, "filename"].map(union)
+        return out
+    return out
 
 
 def match_labels(names: list[str], table: pd.DataFrame) -> tuple[list[str | None], list[str]]:
@@ -368,11 +425,11 @@ def ingest_images(
     fingerprint of its images and of its live labelled images, which keys the cached stages.
     """
     log = logger or logging.getLogger("gcmine.ingest")
-    sources = list_sources(images, data.extensions, storage_options)
+    sources = list_sources(images, data.extensions, storage_options, data.label_separator)
     if not sources.uris:
         raise InputError(f"IMAGES {images} holds no image files with extensions {list(data.extensions)}")
     notes: list[str] = []  # recoverable problems and what was decided, for the log, summary and report
-    assigned, missing = _assign_labels(images, labels, sources, storage_options, notes)
+    assigned, missing = _assign_labels(images, labels, sources, storage_options, notes, data.label_separator)
     old_shards, previous = _previous_run(store, data.resolution, data.resize, log, multiple)
     shard_of = {iid: sh["name"] for sh in old_shards for iid in sh["ids"]}
     decoded = _decode_sources(images, sources, data, frozenset(shard_of), storage_options, multiple)
@@ -384,7 +441,7 @@ def ingest_images(
     )
     store.write_parquet(MANIFEST, manifest)
     ok = manifest["status"] == "ok"
-    label_counts = manifest[ok & manifest["label"].notna()]["label"].value_counts().sort_index()
+    label_counts = label_frequencies(manifest[ok]["label"])
     notes += _label_notes(manifest, label_counts, missing)
     summary = _summary(
         manifest, all_shards, label_counts, missing, notes, data.resolution, policy, oblong, new_rows, old_shards
@@ -403,7 +460,12 @@ def ingest_images(
 
 
 def _assign_labels(
-    images: str, labels: str | None, sources: Sources, storage_options: dict | None, notes: list[str]
+    images: str,
+    labels: str | None,
+    sources: Sources,
+    storage_options: dict | None,
+    notes: list[str],
+    separator: str = LABEL_JOIN,
 ) -> tuple[list[str | None], list[str]]:
     """The label of each source (from the LABELS table when given, else from the listing) and the
     table's file names that match no image. A table that labels none of the images is an
@@ -411,7 +473,7 @@ def _assign_labels(
     if labels is None:
         assigned = sources.labels if sources.labels is not None else [None] * len(sources.uris)
         return assigned, []
-    table = read_labels(labels, storage_options, notes)
+    table = read_labels(labels, storage_options, notes, separator)
     assigned, missing = match_labels(sources.names, table)
     if all(lab is None for lab in assigned) and len(missing) < len(table):
         raise InputError(
@@ -552,7 +614,7 @@ def _label_notes(manifest: pd.DataFrame, label_counts: pd.Series, missing: list[
     ok = manifest["status"] == "ok"
     rejected = manifest[~ok]
     unlabeled = int((ok & manifest["label"].isna()).sum())
-    named = manifest[manifest["label"].notna()]["label"].unique()
+    named = label_frequencies(manifest["label"]).index
     lost = sorted(str(lab) for lab in named if lab not in label_counts.index)
     if lost:
         notes.append(
@@ -605,6 +667,7 @@ def _summary(
         "missing_files": len(missing),
         "missing_examples": missing[:5],
         "labels": {str(k): int(v) for k, v in label_counts.items()},
+        "multi_label": int(labelled["label"].str.contains(LABEL_JOIN, regex=False).sum()),
         "shards": _live_shards(all_shards, live),
         "new_images": len(new_rows),
         "reused_shards": len(old_shards),

@@ -90,13 +90,24 @@ def check_base(
 
 
 def check_class_labels(
-    info: CheckpointInfo, class_map: str | None, labels: list[str], storage_options: dict | None = None
+    info: CheckpointInfo,
+    class_map: str | None,
+    labels: list[str],
+    storage_options: dict | None = None,
+    multi_label: int = 0,
 ) -> None:
     """Right after ingest, before any latent is encoded: a class-conditional checkpoint (DiT) needs a
     class for every given label (`labels`; none = the run would condition on cluster pseudo-labels,
-    which have no class): ConfigError naming the labels otherwise."""
+    which have no class), and one label per image (`multi_label`: images with several):
+    ConfigError naming the labels otherwise."""
     from gcmodels.diffusion.dit import class_ids_of
 
+    if multi_label:
+        raise ConfigError(
+            f"model.base {info.directory} is a {info.title}, conditioned on one class per image, but {multi_label} "
+            "image(s) carry several labels: give one label per image (or data.label_separator='' if the separator "
+            "is part of your labels), or use a text-conditioned model.base (Stable Diffusion, SDXL, SD3) or none"
+        )
     if not labels:
         raise ConfigError(
             f"model.base {info.directory} is a {info.title}, conditioned on its own classes: give labels (LABELS, a folder "

@@ -50,6 +50,7 @@ from gcmine.tasks.reporting import (
 )
 from gcmodels.config import ReportConfig
 from gcmodels.data.images import decode_image
+from gcmodels.labels import split_labels
 
 APPLICATIONS = ("classify", "translate", "baseline")  # the optional stages whose results the report shows
 
@@ -77,11 +78,16 @@ def _map_loader(store: RunStore, parts: list[str], wanted: set[str]):
 
 
 def own_label_rows(typicality: pd.DataFrame) -> pd.DataFrame:
-    """The rows of `typicality.parquet` that score each image under its own label (all rows of
-    a run without cotypicality; tables written before `image_label` existed are taken as they are)."""
+    """The rows of `typicality.parquet` that score each image under its own label, or under each
+    of its labels (``image_label`` "a|b"): all rows of a run without cotypicality; tables written
+    before `image_label` existed are taken as they are."""
     if "image_label" not in typicality.columns:
         return typicality
-    return typicality[typicality["label"] == typicality["image_label"]].reset_index(drop=True)
+    own = [
+        isinstance(mine, str) and (label == mine or label in split_labels(mine))
+        for label, mine in zip(typicality["label"], typicality["image_label"])
+    ]
+    return typicality[np.asarray(own, bool)].reset_index(drop=True)
 
 
 def application_sections(store: RunStore, applications: dict, load_image, run_info: dict) -> list[tuple[str, str, str]]:
@@ -130,7 +136,8 @@ def _real_shown(store: RunStore, labels: list[str], per_label: int, seed: int) -
     rng = np.random.default_rng(seed)
     shown = {}
     for label in labels:
-        ids = np.sort(trained.loc[trained["label"] == label, "image_id"].astype(str).unique())
+        carries = [isinstance(v, str) and label in split_labels(v) for v in trained["label"]]
+        ids = np.sort(trained.loc[np.asarray(carries, bool), "image_id"].astype(str).unique())
         shown[label] = [str(i) for i in (rng.choice(ids, per_label, replace=False) if len(ids) > per_label else ids)]
     return shown
 

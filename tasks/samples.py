@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from prefect import task
 
-from gcmine.tasks.infra.artifacts import MODEL, SAMPLE_QUALITY, SAMPLES, read_images, stopwatch
+from gcmine.tasks.infra.artifacts import MODEL, SAMPLE_QUALITY, SAMPLES, label_frequencies, read_images, stopwatch
 from gcmine.tasks.infra.logs import stage_logger
 from gcmine.tasks.infra.models import TRAINING_SET, model_stage
 from gcmodels.config import EmbedConfig, ReportConfig, RuntimeConfig
@@ -104,7 +104,7 @@ def samples(
     with stopwatch() as clock, model_stage(out, fingerprint, runtime, storage_options) as (store, model, device):
         trained = store.read_parquet(f"{MODEL}/{TRAINING_SET}")
         trained = trained[trained["label"].map(lambda v: isinstance(v, str))]
-        labels = [lab for lab in model.labels if lab in set(trained["label"])]
+        labels = [lab for lab in model.labels if lab in label_frequencies(trained["label"]).index]
         by_id = trained.drop_duplicates("image_id").set_index("image_id")["label"]
         encoder, real_ids, real_f = _real_features(store, shards, embeddings, by_id, embed, model, device)
         real_labels = by_id.reindex(real_ids).to_numpy().astype(object)

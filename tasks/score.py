@@ -17,6 +17,7 @@ from gcmine.tasks.infra.artifacts import (
     artifact_key,
     keyed_part,
     maps_frame,
+    per_label_rows,
     read_images,
     stopwatch,
     worker_name,
@@ -45,21 +46,27 @@ def score_rows(
     vocab: list[str],
     cotypicality: np.ndarray | None,
     precision: dict[str, np.ndarray] | None = None,
+    image_labels: list[str] | None = None,
 ) -> pd.DataFrame:
     """Image-level rows of `typicality.parquet`: `image_id`, `label` (the conditioning label),
-    `image_label` (the image's own label), `typicality`, and its precision `draws`,
-    `typicality_se`, `top_patch_se` (arrays of `precision`, (B,) or with cotypicality (B, L);
-    NaN / 0 draws where not given). One row per image (under its own label, `typicality` (B,): the
-    means of the maps) or, with `cotypicality` (B, L) in `vocab` order, one row per (image, label)."""
+    `image_label` (the image's own label, or labels ``"a|b"``: `image_labels`, default `labels`),
+    `typicality`, and its precision `draws`, `typicality_se`, `top_patch_se` (arrays of
+    `precision`, (B,) or with cotypicality (B, L); NaN / 0 draws where not given). One row per
+    scored (image, label) (an image of several labels is scored under each: B rows, `typicality`
+    (B,) the means of the maps) or, with `cotypicality` (B, L) in `vocab` order, one row per
+    (image, label) of the vocabulary (an image's first row kept when it was scored twice)."""
+    own = labels if image_labels is None else image_labels
     if cotypicality is None:
-        frame = pd.DataFrame({"image_id": ids, "label": labels, "image_label": labels, "typicality": typicality})
+        frame = pd.DataFrame({"image_id": ids, "label": labels, "image_label": own, "typicality": typicality})
     else:
         frame = cotypicality_frame(ids, vocab, cotypicality)
-        frame.insert(2, "image_label", np.repeat(np.asarray(labels, dtype=object), len(vocab)))
+        frame.insert(2, "image_label", np.repeat(np.asarray(own, dtype=object), len(vocab)))
     precision = precision or {}
     frame["draws"] = np.asarray(precision.get("draws", np.zeros(len(frame))), np.int64).reshape(-1)
     for column in ("typicality_se", "top_patch_se"):
         frame[column] = np.asarray(precision.get(column, np.full(len(frame), np.nan)), np.float64).reshape(-1)
+    if cotypicality is not None and len(set(ids)) < len(ids):
+        frame = frame.drop_duplicates(["image_id", "label"]).reset_index(drop=True)
     return frame
 
 
@@ -81,20 +88,25 @@ def _adaptive_rule(config: ScoreConfig, ranking: dict | None, model) -> Adaptive
 def _shard_inputs(
     store: RunStore, model, name: str, conditioning: str | None, latents: str | None
 ) -> tuple[pd.DataFrame, list[tuple[np.ndarray, Callable[[slice], torch.Tensor]]]]:
-    """The shard's live labelled images (image_id, label) and their model-space inputs, in groups
-    of one shape: (row indices, x0 of a slice of them). Pixel model: the working images, batched
-    by size (data.resize=short_side keeps the aspect ratio), encoded per chunk; model.base: the
-    cached VAE latents `latents`, batched by aspect ratio."""
+    """The shard's live labelled images, one row per (image, label) to score (image_id, label,
+    image_label: an image of several labels ``"a|b"`` is scored under each), and their
+    model-space inputs, in groups of one shape: (row indices, x0 of a slice of them). Pixel model:
+    the working images, batched by size (data.resize=short_side keeps the aspect ratio), encoded
+    per chunk; model.base: the cached VAE latents `latents`, batched by aspect ratio."""
     if latents is None:
         meta, pixels = read_images(store, [name], conditioning, ragged=True)
         keep = meta["label"].map(lambda v: isinstance(v, str)).to_numpy()
         meta, pixels = meta[keep].reset_index(drop=True), [p for p, k in zip(pixels, keep) if k]
+        meta, where = per_label_rows(meta)
+        pixels = [pixels[i] for i in where]
         groups = []
         for idx in shape_groups(pixels).values():
             images = torch.from_numpy(np.ascontiguousarray(np.stack([pixels[i] for i in idx]).transpose(0, 3, 1, 2)))
             groups.append((np.asarray(idx), lambda sl, x=images: model.encode(x[sl])))
         return meta, groups
     meta, arrays = read_latent_inputs(store, [latents], conditioning, labelled_only=True)
+    meta, where = per_label_rows(meta)
+    arrays = [arrays[i] for i in where]
     groups = []
     for idx in shape_groups(arrays).values():
         stacked = torch.from_numpy(np.stack([arrays[i] for i in idx]))
@@ -243,7 +255,10 @@ def score_shard(
             se = standard_error(per_draw.numpy())  # (B, 1 or L)
             precision["typicality_se"] = se if config.cotypicality else se[:, 0]
         store.write_parquet(
-            outputs["scores"], score_rows(ids, labels, means, vocab, co if config.cotypicality else None, precision)
+            outputs["scores"],
+            score_rows(
+                ids, labels, means, vocab, co if config.cotypicality else None, precision, list(meta["image_label"])
+            ),
         )
     seconds = clock["seconds"]
     spent = int(np.sum(precision["draws"])) if not config.cotypicality else len(ids) * config.draws

@@ -2,7 +2,8 @@
 
 `ConditionalDiffusion` is the one base of every model gcmine mines with (the small pixel model and
 each checkpoint family, one module each). Callers see a label vocabulary (index 0 = the null
-label, label ``i`` of the vocabulary = index ``i + 1``) and an eps-predictor on a DDPM reference
+label, label ``i`` of the vocabulary = index ``i + 1``; a model trained on multi-label images also
+has the label sets it was trained on after the single labels, see `conditions`) and an eps-predictor on a DDPM reference
 schedule, whatever the network really predicts (see `gcmodels.diffusion.parametrisation`):
 
 - ``add_noise(x0, eps, t)``: the reference forward process sqrt(abar_t) x0 + sqrt(1 - abar_t) eps;
@@ -33,8 +34,9 @@ from gcmodels.diffusion.parametrisation import (
     flow_training_sigmas,
     v_target,
 )
+from gcmodels.labels import LABEL_JOIN, join_labels, split_labels
 
-__all__ = ["NULL_LABEL", "ConditionalDiffusion", "validate_label_vocabulary"]
+__all__ = ["NULL_LABEL", "ConditionalDiffusion", "split_vocabulary", "validate_label_vocabulary"]
 
 NULL_LABEL = 0
 
@@ -51,6 +53,31 @@ def validate_label_vocabulary(labels: Sequence[str]) -> tuple[str, ...]:
     if dup:
         raise ValueError(f"labels must be distinct, repeated: {dup[:5]!r}")
     return labels
+
+
+def split_vocabulary(conditions: Sequence[str]) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
+    """A conditioning vocabulary -> (its single labels, its label sets as tuples of labels).
+
+    The vocabulary lists the single labels first, then the label sets (``"a|b"``,
+    `gcmodels.labels`) a model trained on multi-label images conditions on; every label of a set
+    must be one of the single labels, a set has at least two, and is written canonically (sorted)."""
+    conditions = validate_label_vocabulary(conditions)
+    singles = tuple(c for c in conditions if LABEL_JOIN not in c)
+    sets = [c for c in conditions if LABEL_JOIN in c]
+    if conditions != singles + tuple(sets):
+        raise ValueError(f"a vocabulary lists its single labels before its label sets, got {list(conditions)[:10]!r}")
+    known = set(singles)
+    found = []
+    for entry in sets:
+        members = split_labels(entry)
+        unknown = [m for m in members if m not in known]
+        if unknown or len(set(members)) < 2 or join_labels(members) != entry:
+            raise ValueError(
+                f"label set {entry!r} must join two or more of the vocabulary's labels, sorted, with {LABEL_JOIN!r}"
+                + (f" (unknown: {unknown[:5]!r})" if unknown else "")
+            )
+        found.append(members)
+    return singles, tuple(found)
 
 
 class _StopForward(Exception):
@@ -72,7 +99,7 @@ class ConditionalDiffusion(nn.Module):
 
     def __init__(self, labels: Sequence[str], alphas_cumprod: Tensor, prediction: str = "epsilon") -> None:
         super().__init__()
-        self.labels = validate_label_vocabulary(labels)
+        self.labels, self.label_sets = split_vocabulary(labels)
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.prediction = prediction
@@ -100,15 +127,43 @@ class ConditionalDiffusion(nn.Module):
     def encode(self, images: Tensor) -> Tensor:
         raise NotImplementedError
 
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        """What the model conditions on, index i + 1 for entry i: the single labels (`labels`),
+        then the label sets of multi-label images (`label_sets`, joined ``"a|b"``). Equal to
+        `labels` for a model trained on single labels; `save` writes it as the vocabulary."""
+        return self.labels + tuple(LABEL_JOIN.join(s) for s in self.label_sets)
+
     def label_index(self, labels: Sequence[str | None]) -> Tensor:
-        """Label strings -> indices (B,) long; None -> the null label 0."""
-        lookup = {lab: i + 1 for i, lab in enumerate(self.labels)}
-        unknown = sorted({lab for lab in labels if lab is not None and lab not in lookup})
+        """Label strings -> indices (B,) long; None -> the null label 0; a label set ``"b|a"`` (any
+        order) -> the index of that set, when the model was trained on it."""
+        lookup = {lab: i + 1 for i, lab in enumerate(self.conditions)}
+
+        def key(lab: str | None) -> str | None:
+            return join_labels(split_labels(lab)) if isinstance(lab, str) and LABEL_JOIN in lab else lab
+
+        keys = [key(lab) for lab in labels]
+        unknown = sorted({k for k in keys if k is not None and k not in lookup})
         if unknown:
+            sets = [k for k in unknown if LABEL_JOIN in k]
             raise ValueError(
                 f"labels unknown to the model: {unknown[:5]!r}; the model knows {list(self.labels)[:10]!r}"
+                + (
+                    f" and the label sets {[LABEL_JOIN.join(s) for s in self.label_sets][:10]!r}"
+                    if sets or self.label_sets
+                    else ""
+                )
             )
-        return torch.tensor([NULL_LABEL if lab is None else lookup[lab] for lab in labels], dtype=torch.long)
+        return torch.tensor([NULL_LABEL if k is None else lookup[k] for k in keys], dtype=torch.long)
+
+    def set_members(self) -> Tensor:
+        """(S, L + 1) float32 multi-hot rows of the label sets over the label indices (column 0,
+        the null label, is never set): row j holds the labels of ``label_sets[j]``, index L + 1 + j."""
+        rows = torch.zeros((len(self.label_sets), len(self.labels) + 1), dtype=torch.float32)
+        lookup = {lab: i + 1 for i, lab in enumerate(self.labels)}
+        for j, members in enumerate(self.label_sets):
+            rows[j, [lookup[m] for m in members]] = 1.0
+        return rows
 
     # ------------------------------------------------------------------ properties
     @property

@@ -42,6 +42,7 @@ from gcmodels.diffusion.latent import (
     safetensors_parameters,
     vae_factor,
 )
+from gcmodels.labels import LABEL_JOIN
 
 __all__ = ["DiT", "class_ids_of", "validate_class_map"]
 
@@ -81,7 +82,15 @@ def validate_class_map(rows: Iterable[tuple[object, object]], num_classes: int) 
 
 def class_ids_of(labels: Sequence[str], num_classes: int, class_map: Mapping[str, int] | None) -> list[int]:
     """The class id of each label: from `class_map`, or the label read as an integer id. ValueError
-    naming the labels that have none, or two labels sharing one class."""
+    naming the labels that have none, or two labels sharing one class; a label set (multi-label
+    images) is refused: a DiT conditions on one class at a time."""
+    sets = [lab for lab in labels if LABEL_JOIN in lab]
+    if sets:
+        raise ValueError(
+            f"a class-conditional DiT checkpoint conditions on one class per image, but images carry several labels "
+            f"(e.g. {sets[0]!r}): give one label per image, or mine them with a text-conditioned model.base "
+            "(Stable Diffusion, SDXL, SD3) or the embedded pixel model"
+        )
     ids: list[int] = []
     missing: list[str] = []
     for lab in labels:

@@ -445,7 +445,7 @@ class LatentDiffusion(ConditionalDiffusion):
         index["scheduler"] = ["diffusers", self._scheduler_config["_class_name"]]
         index.update(self._index_extras())
         (directory / "model_index.json").write_text(json.dumps(dict(sorted(index.items())), indent=2))
-        meta = {"kind": self.family, "labels": list(self.labels), **self._meta()}
+        meta = {"kind": self.family, "labels": list(self.conditions), **self._meta()}
         (directory / META).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
 
     @classmethod

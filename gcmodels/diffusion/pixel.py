@@ -1,7 +1,8 @@
 """The embedded default: a small class-conditional pixel-space diffusion model.
 
 `PixelDiffusion` is a diffusers `UNet2DModel` whose class embedding carries the label (index 0 is
-the null label, label ``i`` of the vocabulary is index ``i + 1``), trained from scratch with label
+the null label, label ``i`` of the vocabulary is index ``i + 1``; a label set of a multi-label
+image is the multi-hot sum of its labels' embeddings, `SetEmbedding`), trained from scratch with label
 dropout so that one network is both the conditional and the unconditional model. It is one
 implementation of `ConditionalDiffusion`, in any of the three parametrisations
 (``model.prediction``): epsilon (DDPM, the default), v_prediction, or flow_matching (rectified
@@ -16,15 +17,34 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import Tensor, nn
 
-from gcmodels.diffusion.base import NULL_LABEL, ConditionalDiffusion, validate_label_vocabulary
+from gcmodels.diffusion.base import NULL_LABEL, ConditionalDiffusion, split_vocabulary, validate_label_vocabulary
 from gcmodels.diffusion.parametrisation import PREDICTIONS
 
-__all__ = ["NULL_LABEL", "PixelDiffusion", "validate_label_vocabulary"]
+__all__ = ["NULL_LABEL", "PixelDiffusion", "SetEmbedding", "validate_label_vocabulary"]
 
 _META = "gcmine_model.json"
+
+
+class SetEmbedding(nn.Embedding):
+    """The UNet's class embedding extended to label sets: indices 0 .. L are the table's rows (the
+    null label and the single labels); index L + 1 + j is ``members[j] @ weight[: L + 1]``, the sum of the
+    embeddings of set j's labels (a multi-hot label embedding). Its parameter is the plain
+    embedding's `weight` (same name, same state dict): a saved UNet is a plain diffusers one."""
+
+    members: Tensor
+
+    def __init__(self, plain: nn.Embedding, members: Tensor) -> None:
+        super().__init__(plain.num_embeddings, plain.embedding_dim, _weight=plain.weight)
+        self.weight = plain.weight  # the same Parameter (not a copy): optimisers and EMA see one tensor
+        self.register_buffer("members", members.to(plain.weight.device), persistent=False)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        table = self.weight[: self.members.shape[1]]  # (L + 1, dim)
+        return F.embedding(idx, torch.cat([table, self.members.to(table.dtype) @ table]))
 
 
 class PixelDiffusion(ConditionalDiffusion):
@@ -48,6 +68,8 @@ class PixelDiffusion(ConditionalDiffusion):
                 f"the UNet has {n_embeds} class embeddings but {len(self.labels)} labels + the null label need "
                 f"{len(self.labels) + 1}"
             )
+        if self.label_sets and not isinstance(unet.class_embedding, SetEmbedding):
+            unet.class_embedding = SetEmbedding(unet.class_embedding, self.set_members())
         self.unet = unet
         self.scheduler = scheduler
 
@@ -65,8 +87,10 @@ class PixelDiffusion(ConditionalDiffusion):
         prediction: str = "epsilon",
         generator: torch.Generator | None = None,
     ) -> PixelDiffusion:
-        """A freshly initialised model for `labels` at `resolution` x `resolution` RGB."""
+        """A freshly initialised model for `labels` (the single labels, then any label sets, see
+        `ConditionalDiffusion.conditions`) at `resolution` x `resolution` RGB."""
         labels = validate_label_vocabulary(labels)
+        singles, _ = split_vocabulary(labels)
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         levels = len(block_out_channels)
@@ -77,9 +101,9 @@ class PixelDiffusion(ConditionalDiffusion):
             # diffusers initialises from the global RNG; fork it so the caller's state is untouched.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-                unet = cls._build_unet(labels, resolution, block_out_channels, layers_per_block, groups)
+                unet = cls._build_unet(singles, resolution, block_out_channels, layers_per_block, groups)
         else:
-            unet = cls._build_unet(labels, resolution, block_out_channels, layers_per_block, groups)
+            unet = cls._build_unet(singles, resolution, block_out_channels, layers_per_block, groups)
         scheduler = DDPMScheduler(
             num_train_timesteps=num_train_timesteps,
             beta_schedule=beta_schedule,
@@ -110,7 +134,7 @@ class PixelDiffusion(ConditionalDiffusion):
         self.scheduler.save_pretrained(directory / "scheduler")
         meta = {
             "kind": "pixel",
-            "labels": list(self.labels),
+            "labels": list(self.conditions),
             "resolution": self.resolution,
             "prediction": self.prediction,
         }

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from gcmodels.labels import LABEL_JOIN, split_labels
+
 __all__ = [
     "classification_accuracy",
     "confused_labels",
@@ -64,16 +66,18 @@ def label_matrix(scores: np.ndarray, image_labels: Sequence[str], labels: Sequen
     """Mean typicality of the images of label a (row) under label b (column): (L, L) DataFrame.
 
     scores (B, L) with columns in the order of `labels`; image_labels (B,) the images' own labels
-    (images whose label is not in `labels` are ignored). Rows are named after `labels` too; a
-    label without images gets a row of NaN. Index name ``image_label``, columns name ``label``.
+    (images whose label is not in `labels` are ignored; an image of several labels, ``"a|b"``, is
+    an image of each). Rows are named after `labels` too; a label without images gets a row of
+    NaN. Index name ``image_label``, columns name ``label``.
     """
     scores = _check_scores(scores, labels)
     own = np.asarray(image_labels, dtype=object)
     if own.shape != (scores.shape[0],):
         raise ValueError(f"image_labels must be ({scores.shape[0]},), got {own.shape}")
+    carried = _carried(own)
     rows = []
     for a in labels:
-        sel = own == a
+        sel = np.array([a in c for c in carried], bool)
         rows.append(scores[sel].mean(0) if sel.any() else np.full(len(labels), np.nan))
     out = pd.DataFrame(np.vstack(rows), index=pd.Index(list(labels), name="image_label"), columns=list(labels))
     out.columns.name = "label"
@@ -87,24 +91,35 @@ def predict_labels(scores: np.ndarray, labels: Sequence[str]) -> np.ndarray:
     return np.asarray(labels, dtype=object)[scores.argmax(1)]
 
 
+def _carried(own: np.ndarray) -> list[frozenset]:
+    """The labels each image carries: one, or those of a label set ``"a|b"`` (`gcmodels.labels`)."""
+    return [frozenset(split_labels(v)) if isinstance(v, str) else frozenset([v]) for v in own]
+
+
 def classification_accuracy(true_labels: Sequence[str], predicted: Sequence[str]) -> float:
-    """Share of images whose predicted label is their own label (NaN for no images)."""
+    """Share of images whose predicted label is their own label, or one of their labels for an
+    image of several (``"a|b"``: a top-1 hit) (NaN for no images)."""
     true = np.asarray(true_labels, dtype=object)
     pred = np.asarray(predicted, dtype=object)
     if true.shape != pred.shape or true.ndim != 1:
         raise ValueError(f"true and predicted labels must be (B,) of equal length, got {true.shape} and {pred.shape}")
-    return float((true == pred).mean()) if true.size else float("nan")
+    hits = [p in c for p, c in zip(pred, _carried(true))]
+    return float(np.mean(hits)) if true.size else float("nan")
 
 
 def confusion_matrix(true_labels: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> pd.DataFrame:
     """Counts of images of true label a (row) predicted as label b (column): (L, L) int DataFrame.
 
-    Index name ``true``, columns name ``predicted``. Labels outside `labels` are an error.
+    Index name ``true``, columns name ``predicted``. An image of several labels (``"a|b"``) is
+    counted in the row of each of its labels. Labels outside `labels` are an error.
     """
     true = np.asarray(true_labels, dtype=object)
     pred = np.asarray(predicted, dtype=object)
     if true.shape != pred.shape or true.ndim != 1:
         raise ValueError(f"true and predicted labels must be (B,) of equal length, got {true.shape} and {pred.shape}")
+    if any(isinstance(v, str) and LABEL_JOIN in v for v in true):
+        pairs = [(t, p) for v, p in zip(true, pred) for t in split_labels(v)]
+        true, pred = np.asarray([t for t, _ in pairs], dtype=object), np.asarray([p for _, p in pairs], dtype=object)
     pos = {lab: i for i, lab in enumerate(labels)}
     if len(pos) != len(labels):
         raise ValueError(f"labels must be distinct, got {list(labels)!r}")

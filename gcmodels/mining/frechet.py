@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from gcmodels.labels import split_labels
+
 __all__ = [
     "ALL",
     "frechet_distance",
@@ -110,14 +112,16 @@ def sample_quality(
     samples) and over all (`(all)`), the
     number of samples and real images, the Frechet distance between their features (NaN when
     either side has fewer than 2), and the share of samples whose nearest real image (Euclidean,
-    over every real image) has the sample's label. Also returns, per sample, the index of its
-    nearest real image and the distance to it."""
+    over every real image) has the sample's label. A real image of several labels (``"a|b"``,
+    `gcmodels.labels`) counts as a real image of each, and carries each. Also returns, per sample,
+    the index of its nearest real image and the distance to it."""
     nearest, distance = nearest_neighbours(sample_features, real_features)
-    hit = real_labels[nearest] == sample_labels
+    carried = [frozenset(split_labels(v)) if isinstance(v, str) else frozenset() for v in real_labels]
+    hit = np.array([lab in carried[j] for lab, j in zip(sample_labels.tolist(), nearest)], bool)
     rows = []
     for label in [*dict.fromkeys(sample_labels.tolist()), ALL]:
         s = np.ones(len(sample_labels), bool) if label == ALL else sample_labels == label
-        r = np.ones(len(real_labels), bool) if label == ALL else real_labels == label
+        r = np.ones(len(real_labels), bool) if label == ALL else np.array([label in c for c in carried], bool)
         fd = (
             frechet_distance_between(real_features[r], sample_features[s])
             if s.sum() >= 2 and r.sum() >= 2

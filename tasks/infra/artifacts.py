@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from gcmine.tasks.infra.storage import RunStore
+from gcmodels.labels import split_labels
 
 MANIFEST = "manifest.parquet"
 EMBEDDINGS = "embeddings.parquet"
@@ -138,6 +139,27 @@ def live_labels(store: RunStore, conditioning: str | None = None) -> pd.Series:
         )
         live = cond.reindex(live.index)
     return live.map(lambda v: v if isinstance(v, str) else None)
+
+
+def label_frequencies(labels: pd.Series) -> pd.Series:
+    """Images per single label (sorted by label) of a column of label strings (None: unlabelled):
+    an image of several labels (``"a|b"``, `gcmodels.labels`) counts once for each."""
+    found = [lab for value in labels if isinstance(value, str) for lab in split_labels(value)]
+    return pd.Series(found, dtype=object).value_counts().sort_index()
+
+
+def per_label_rows(meta: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """`meta` (image_id, label, ...) with one row per (image, label): an image of several labels
+    (``"a|b"``) becomes one row per label, its label set kept in `image_label`; and, for each new
+    row, the position of its image in `meta`. Single-label rows are unchanged, in order (and
+    `image_label` = `label`)."""
+    labels = meta["label"].tolist()
+    split = [split_labels(v) if isinstance(v, str) else (v,) for v in labels]
+    where = np.repeat(np.arange(len(meta)), [len(s) for s in split])
+    out = meta.iloc[where].reset_index(drop=True)
+    out["image_label"] = [labels[i] for i in where]
+    out["label"] = [lab for s in split for lab in s]
+    return out, where
 
 
 def read_images(

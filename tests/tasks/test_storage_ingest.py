@@ -292,15 +292,59 @@ def test_missing_labels_file(tmp_path) -> None:
         _ingest(imgs, tmp_path / "nope.csv", tmp_path=tmp_path)
 
 
-def test_read_labels_conflicting_rows(tmp_path) -> None:
+def test_read_labels_repeated_rows_add_labels(tmp_path) -> None:
+    """Repeated rows of one file name give the image the union of their labels (multi-label
+    images); the same label twice is one label."""
     labels = tmp_path / "labels.csv"
-    labels.write_text("filename,label\na.png,cat\nb.png,dog\na.png,dog\na.png,cat\n")
-    with pytest.raises(InputError, match=r"'a.png' has different labels on rows \[2, 4, 5\]"):
-        read_labels(str(labels))
+    labels.write_text("filename,label\na.png,cat\nb.png,dog\na.png,dog\na.png,cat\nc.png,\nc.png,bird\n")
+    table = read_labels(str(labels))
+    assert table["filename"].tolist() == ["a.png", "b.png", "c.png"]
+    assert table["label"].tolist() == ["cat|dog", "dog", "bird"]
     labels.write_text("filename,label\na.png,cat\na.png,cat\nb.png,\n")
     table = read_labels(str(labels))
     assert table["filename"].tolist() == ["a.png", "b.png"]
     assert table["label"].tolist()[0] == "cat" and pd.isna(table["label"].tolist()[1])
+
+
+def test_read_labels_separator(tmp_path) -> None:
+    """Several labels in one value: split on data.label_separator (default |), cleaned, sorted,
+    blanks dropped; another separator; '' keeps the value whole; a label holding | under another
+    separator is an error naming the file, the row and the setting."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text('filename,label\na.png,nodule | effusion\nb.png,"effusion|"\nc.png,|\nd.png,x;y\n')
+    table = read_labels(str(labels))
+    assert table["label"].tolist()[:2] == ["effusion|nodule", "effusion"]
+    assert pd.isna(table["label"].tolist()[2]) and table["label"].tolist()[3] == "x;y"
+    labels.write_text("filename,label\na.png,x;y\nb.png,x\n")
+    assert read_labels(str(labels), separator=";")["label"].tolist() == ["x|y", "x"]
+    labels.write_text("filename,label\na.png,x\nb.png,10|20\n")
+    with pytest.raises(
+        InputError, match=r"labels.csv, row 3, column 'label': label '10\|20' contains '\|'.*data.label_separator"
+    ):
+        read_labels(str(labels), separator=";")
+    with pytest.raises(InputError, match="row 3"):
+        read_labels(str(labels), separator="")
+
+
+def test_multi_label_images_in_the_manifest(tmp_path) -> None:
+    """The manifest keeps each image's labels as one canonical string; the summary counts images
+    per single label (an image of two labels counts for both) and the multi-label images."""
+    imgs = tmp_path / "imgs"
+    for i in range(4):
+        _write(imgs / f"{i}.png", _png(seed=i))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("filename,label\n0.png,cat|dog\n1.png,dog\n2.png,cat\n2.png,bird\n3.png,cat\n")
+    summary, store = _ingest(imgs, labels, tmp_path=tmp_path)
+    manifest = store.read_parquet(MANIFEST).set_index("filename")
+    assert manifest["label"].to_dict() == {"0.png": "cat|dog", "1.png": "dog", "2.png": "bird|cat", "3.png": "cat"}
+    assert summary["labels"] == {"bird": 1, "cat": 3, "dog": 2} and summary["multi_label"] == 2
+    # a folder name and a manifest column split the same way
+    other = tmp_path / "folders"
+    _write(other / "cat|dog" / "a.png", _png(seed=7))
+    _write(other / "cat" / "b.png", _png(seed=8))
+    summary, store = _ingest(other, tmp_path=tmp_path / "f")
+    assert sorted(store.read_parquet(MANIFEST)["label"]) == ["cat", "cat|dog"]
+    assert summary["labels"] == {"cat": 2, "dog": 1}
 
 
 def test_match_labels_helper() -> None:

@@ -241,3 +241,20 @@ def test_stratified_split_is_deterministic_stratified_and_disjoint() -> None:
     assert not np.array_equal(other, test)
     with pytest.raises(ValueError, match="test_fraction"):
         stratified_split(labels, 1.0, seed=0)
+
+
+def test_multi_label_images_count_under_each_of_their_labels() -> None:
+    """An image of several labels ("a|b") is an image of each: in the label matrix's rows, in the
+    confusion matrix's rows, and a prediction of any of its labels is a hit."""
+    from gcmodels.mining.cotypicality import classification_accuracy, confusion_matrix, label_matrix
+
+    labels = ["a", "b", "c"]
+    scores = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [1.0, 0.0, 4.0]])
+    own = ["a", "a|b", "c"]
+    matrix = label_matrix(scores, own, labels)
+    np.testing.assert_allclose(matrix.loc["a"].to_numpy(), [1.5, 1.5, 0.5])
+    np.testing.assert_allclose(matrix.loc["b"].to_numpy(), [0.0, 2.0, 1.0])
+    assert classification_accuracy(own, ["b", "b", "a"]) == pytest.approx(1 / 3)
+    assert classification_accuracy(own, ["a", "b", "c"]) == 1.0
+    counts = confusion_matrix(own, ["a", "b", "c"], labels)
+    assert counts.to_numpy().tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
