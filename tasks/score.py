@@ -263,8 +263,9 @@ def score_shard(
     seconds = clock["seconds"]
     spent = int(np.sum(precision["draws"])) if not config.cotypicality else len(ids) * config.draws
     stage_logger().info(
-        "scored %d images with N=%d draws in %.1f s (%.2f images/s, %d draws spent%s)",
-        len(ids),
+        "scored %d images%s with N=%d draws in %.1f s (%.2f maps/s, %d draws spent%s)",
+        len(set(ids)),
+        f" ({len(ids)} maps: one per label of an image)" if len(set(ids)) < len(ids) else "",
         config.draws,
         seconds,
         len(ids) / max(seconds, 1e-9),

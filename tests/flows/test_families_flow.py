@@ -189,6 +189,20 @@ def test_dit_labels_without_a_class_exit_2_before_any_latent(prefect_harness, ti
     assert (out / "manifest.parquet").exists() and not (out / "latents").exists()
 
 
+def test_dit_with_multi_label_images_exits_2_before_any_latent(prefect_harness, tiny_dit_dir, tmp_path, capsys) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(images / "x.png")
+    Image.new("RGB", (32, 32), (0, 255, 0)).save(images / "y.png")
+    (tmp_path / "labels.csv").write_text("filename,label\nx.png,1|2\ny.png,2\n")  # labels that are class ids
+    out = tmp_path / "out"
+    argv = ["run", str(images), "--labels", str(tmp_path / "labels.csv"), "--out", str(out)]
+    argv += ["--set", f"model.base={tiny_dit_dir}", "--set", "runtime.progress=false"]
+    assert main(argv) == 2
+    assert "conditioned on one class per image, but 1 image(s) carry several labels" in capsys.readouterr().err
+    assert (out / "manifest.parquet").exists() and not (out / "latents").exists()
+
+
 def test_a_class_map_for_a_prompt_model_and_a_transformer_feature_block_are_checked(
     prefect_harness, tiny_sd3_dir, tmp_path, capsys
 ) -> None:
