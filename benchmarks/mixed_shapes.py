@@ -5,13 +5,15 @@ widths 0.75-2x and heights 0.75-1.5x of 80 px, a label motif and the shared whit
 +-10 % each) or in squares of 80 px (`motif_dataset`, the demo's set at 80 px), runs the whole
 flow once per working-image policy (`data.resize=square`: the image squashed to resolution x
 resolution; `data.resize=short_side`: the short side to the resolution, the long side keeping the
-aspect ratio, images of one shape batched together), each time on a fresh run folder with the
+aspect ratio, images of one shape batched together; `crops`: aspect kept, trained on overlapping
+square tiles of the working images, `train.square_crops`, scored whole), each time on a fresh run folder with the
 defaults plus any --set, and prints, per policy: rank-0 pointing (the rank-0 patch, in original
 pixels, contains the motif centre), rank-0 overlap, each label's top-element purity (share of its
 patches that contain the motif centre), the working shapes and the stage timings.
 
     .venv/bin/python benchmarks/mixed_shapes.py                          # mixed, both policies
     .venv/bin/python benchmarks/mixed_shapes.py --dataset squares        # squares, both policies
+    .venv/bin/python benchmarks/mixed_shapes.py --resize square short_side crops   # the three side by side
     .venv/bin/python benchmarks/mixed_shapes.py --per-label 40 --resize short_side --seed 1
 
 Targets (issue 21): mixed shapes at the defaults rank-0 pointing >= 0.9 and purity >= 0.9;
@@ -70,12 +72,19 @@ def write_dataset(root: Path, kind: str, per_label: int, seed: int) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+POLICIES = {  # name -> settings
+    "square": ["data.resize=square"],
+    "short_side": ["data.resize=short_side"],
+    "crops": ["data.resize=short_side", "train.square_crops=true"],  # trained on square tiles, scored whole
+}
+
+
 def run_policy(dataset: Path, out: Path, resize: str, overrides: list[str], truth: pd.DataFrame) -> dict:
     from gcmine.flows.pipeline import run_pipeline
     from gcmine.tasks.infra.artifacts import PATCHES, read_images
     from gcmine.tasks.infra.storage import RunStore
 
-    settings = load_settings(None, [f"data.resize={resize}", *overrides])
+    settings = load_settings(None, [*POLICIES[resize], *overrides])
     start = time.perf_counter()
     result = run_pipeline(str(dataset), str(out), None, settings)
     wall = time.perf_counter() - start
@@ -104,7 +113,14 @@ def main() -> int:
     ap.add_argument("--dataset", choices=("mixed", "squares"), default="mixed")
     ap.add_argument("--per-label", type=int, default=50, help="images per label (4 labels)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the dataset")
-    ap.add_argument("--resize", nargs="+", choices=("square", "short_side"), default=["square", "short_side"])
+    ap.add_argument(
+        "--resize",
+        nargs="+",
+        choices=tuple(POLICIES),
+        default=["square", "short_side"],
+        help="working-image policies: square (squashed), short_side (aspect kept, batched by shape), crops "
+        "(aspect kept, trained on square tiles: train.square_crops)",
+    )
     ap.add_argument("--out", help="work folder (default: a temporary folder)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument(
@@ -138,7 +154,7 @@ def main() -> int:
         purity = " ".join(f"{k}={v:.2f}" for k, v in rep["top_element_purity"].items())
         timing = ", ".join(f"{k} {s['seconds']:.0f}" for k, s in stages.items() if s.get("seconds", 0) >= 1)
         print(
-            f"\n## data.resize={resize}: {len(got['shapes'])} working shape(s), most common "
+            f"\n## {resize} ({', '.join(POLICIES[resize])}): {len(got['shapes'])} working shape(s), most common "
             f"{', '.join(f'{w}x{h} ({n})' for (w, h), n in got['shapes'].most_common(4))}"
         )
         print(

@@ -289,6 +289,12 @@ class TrainConfig(_Section):
         "last one (instead of every checkpoint_every steps, which then only sets the NaN guard's in-memory restore "
         "point); null = by steps; with model.base the default is 15 (a multi-GB state is not written every 100 steps)",
     )
+    square_crops: bool = Field(
+        False,
+        description="pixel model with data.resize=short_side: train on overlapping square crops of the working images "
+        "(side = the short side, stride half of it, covering the long side) instead of whole images batched by shape: "
+        "one shape, full batches; the budget still counts images; scoring and ranking see whole images",
+    )
     lr_schedule: Literal["cosine", "constant"] = Field(
         "cosine", description="after warm-up: cosine decay to lr/10, or constant (the paper's SD fine-tuning)"
     )
@@ -756,6 +762,11 @@ class Settings(_Section):
             raise ValueError(
                 "score.compare_base needs model.base: it scores with the checkpoint before fine-tuning (the pixel "
                 "model has none)"
+            )
+        if self.train.square_crops and (self.model.base is not None or self.data.resize != "short_side"):
+            raise ValueError(
+                "train.square_crops applies to the pixel model's aspect-kept working images: set data.resize=short_side "
+                "and leave model.base unset (square working images are their own crop)"
             )
         if self.model.base is None and self.model.class_map is not None:
             raise ValueError(

@@ -28,6 +28,7 @@ from gcmine.tasks.infra.progress import StageProgress
 from gcmine.tasks.infra.storage import RunStore, scratch_dir
 from gcmine.tasks.latents import base_key, read_latent_inputs, shape_groups
 from gcmodels.config import ConfigError, ModelConfig, RuntimeConfig, TrainConfig
+from gcmodels.data.images import square_tiles
 from gcmodels.diffusion import ConditionalDiffusion, PixelDiffusion, inspect_base, load_base
 from gcmodels.diffusion.training import (
     CheckpointMismatch,
@@ -293,7 +294,9 @@ def finetune(
                 cards.enter_context(gpu_slot(card, runtime))
             generator = torch.Generator().manual_seed(train_config.seed)
             model = _model_on(device, vocab, resolution, model_config, train_config, generator, class_map)
-            images, cond = _training_tensors(model, pixels, labels, latents is None, train_config.batch_size, log)
+            images, cond = _training_tensors(
+                model, pixels, labels, latents is None, train_config.batch_size, log, train_config.square_crops
+            )
             checkpointing = train_config.gradient_checkpointing is True
             if train_config.gradient_checkpointing == "auto":
                 checkpointing = _auto_checkpointing(model, images, cond, train_config, precision, log)
@@ -343,6 +346,8 @@ def finetune(
         "parameters": n_params,
         "device": str(device),
         "processes": len(devices),
+        "training_inputs": len(images) if isinstance(images, torch.Tensor) else sum(map(len, images)),
+        "training_shapes": 1 if isinstance(images, torch.Tensor) else len(images),
         "reused": False,
         "reason": why,
         "held_out": len(held),
@@ -416,7 +421,10 @@ def _config_key(
     return content_key(
         resolution,
         model_config,
-        train_config.model_dump(exclude={"retrain_fraction", "processes"}),  # P processes train the same model
+        # P processes train the same model; square_crops off keys as before the setting existed
+        train_config.model_dump(
+            exclude={"retrain_fraction", "processes"} | (set() if train_config.square_crops else {"square_crops"})
+        ),
         *oblong,
         *([{"holdout": holdout, "seed": holdout_seed}] if holdout > 0 else []),
         *([base_key(model_config.base)] if model_config.base is not None else []),
@@ -431,10 +439,23 @@ def _training_tensors(
     working_images: bool,
     batch_size: int,
     log,
+    square_crops: bool = False,
 ):
     """The trainer's inputs: working images of one shape (squares) as one (N, 3, H, W) uint8
     tensor with the label indices (N,); else one tensor per shape (aspect ratio) and a matching
-    list of (n_i,) label indices (the batching is logged)."""
+    list of (n_i,) label indices (the batching is logged). With `square_crops` (working images of
+    several shapes), each image's overlapping square tiles (`square_tiles`) with its label: one
+    tensor of squares."""
+    if square_crops and working_images and len({p.shape[:2] for p in pixels}) > 1:
+        tiles = [square_tiles(p) for p in pixels]
+        log.info(
+            "training on %d square crops of %d aspect-kept working images (%.1f a image)",
+            sum(map(len, tiles)),
+            len(pixels),
+            sum(map(len, tiles)) / max(1, len(pixels)),
+        )
+        labels = [lab for lab, t in zip(labels, tiles) for _ in t]
+        pixels = [np.ascontiguousarray(c) for t in tiles for c in t]
     groups = list(shape_groups(pixels).values())
     if working_images and len(groups) == 1:  # working images of one shape (squares): (N, 3, H, W) uint8
         cond = model.label_index(labels)
@@ -597,7 +618,9 @@ def _replica_trains(group, device: torch.device, job: _Replica) -> None:
     model = _model_on(device, vocab, job.resolution, job.model_config, job.train_config, generator, job.class_map)
     if job.checkpointing and job.train_config.gradient_checkpointing is not True:
         model.enable_gradient_checkpointing()
-    images, cond = _training_tensors(model, pixels, labels, job.latents is None, job.train_config.batch_size, log)
+    images, cond = _training_tensors(
+        model, pixels, labels, job.latents is None, job.train_config.batch_size, log, job.train_config.square_crops
+    )
     resume = None
     if job.resume_step is not None:
         saved = read_checkpoint(store)

@@ -9,7 +9,16 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageRejected", "decode_image", "encode_png", "image_id", "reason_kind", "to_working", "working_size"]
+__all__ = [
+    "ImageRejected",
+    "decode_image",
+    "encode_png",
+    "image_id",
+    "reason_kind",
+    "square_tiles",
+    "to_working",
+    "working_size",
+]
 
 
 class ImageRejected(ValueError):
@@ -154,6 +163,21 @@ def to_working(img: Image.Image, resolution: int, resize: str = "square", multip
         return img
     shrink = img.width >= size[0] and img.height >= size[1]
     return img.resize(size, Image.Resampling.BOX if shrink else Image.Resampling.BICUBIC)
+
+
+def square_tiles(image: np.ndarray, overlap: float = 0.5) -> list[np.ndarray]:
+    """Square crops of `image` (H, W, ...) covering it: side min(H, W), along the long side from
+    one end to the other at a stride of (1 - overlap) x side (the last crop touches the far end).
+    A square image is its own single tile. Views, not copies."""
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    h, w = image.shape[:2]
+    side, long = min(h, w), max(h, w)
+    stride = max(1, int(round(side * (1 - overlap))))
+    starts = list(range(0, long - side + 1, stride))
+    if starts[-1] != long - side:
+        starts.append(long - side)
+    return [image[:, s : s + side] if w > h else image[s : s + side] for s in starts]
 
 
 def encode_png(img: Image.Image) -> bytes:

@@ -95,6 +95,7 @@ def test_finetune_batched_the_shapes_together(mixed) -> None:
     assert history["step"].tolist() == [0, 1, 2, 3] and np.isfinite(history["loss"]).all()
     info = json.loads((mixed["out"] / "run.json").read_text())
     assert info["config"]["data"]["resize"] == "short_side"
+    assert info["stages"]["finetune"]["training_inputs"] == 18 and info["stages"]["finetune"]["training_shapes"] > 2
 
 
 def test_squares_give_what_resize_square_gives(prefect_harness, tmp_path) -> None:
@@ -132,3 +133,30 @@ def test_a_change_of_resize_policy_retrains_on_oblong_images(mixed, tmp_path) ->
     assert result["stages"]["ingest"]["reused_shards"] == 0  # every shard holds an oblong image
     maps = pd.concat([pd.read_parquet(out / m) for m in result["stages"]["score"]["maps"]])
     assert len(maps) == 18 and set(zip(maps["height"], maps["width"])) == {(16, 16)}
+
+
+def test_square_crops_train_on_tiles_and_score_whole_images(mixed, tmp_path) -> None:
+    """train.square_crops in the same run root: a new model (another training), trained on the
+    square tiles of the aspect-kept working images (one shape, a log line says how many), and
+    maps still at each image's own working size."""
+    import shutil
+
+    from gcmine.flows.config import load_settings
+    from gcmine.flows.pipeline import run_pipeline
+    from gcmodels.data.images import square_tiles
+
+    out = tmp_path / "run"
+    shutil.copytree(mixed["out"], out)
+    settings = load_settings(None, [*TINY, "data.resize=short_side", "train.square_crops=true"])
+    result = run_pipeline(str(mixed["out"].parent / "images"), str(out), None, settings)
+    assert "finetune" not in result["reused"]
+    store = RunStore(str(out))
+    shards = [s["name"] for s in result["stages"]["ingest"]["shards"]]
+    _, pixels = read_images(store, shards, ragged=True)
+    tiles = sum(len(square_tiles(p)) for p in pixels)
+    trained = result["stages"]["finetune"]
+    assert trained["training_inputs"] == tiles > len(pixels) and trained["training_shapes"] == 1
+    maps = pd.concat([pd.read_parquet(out / m) for m in result["stages"]["score"]["maps"]])
+    assert {(h, w) for h, w in zip(maps["height"], maps["width"])} == {p.shape[:2] for p in pixels}
+    history = store.read_parquet("training.parquet")
+    assert history["step"].tolist() == [0, 1, 2, 3] and np.isfinite(history["loss"]).all()

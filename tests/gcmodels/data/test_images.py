@@ -301,3 +301,20 @@ def test_working_size_rejects_a_bad_multiple() -> None:
 
     with pytest.raises(ValueError, match="multiple must be positive"):
         working_size(10, 20, 8, "short_side", 0)
+
+
+def test_square_tiles_cover_the_long_side() -> None:
+    from gcmodels.data.images import square_tiles
+
+    wide = np.arange(16 * 40).reshape(16, 40)
+    tiles = square_tiles(wide)
+    assert [t.shape for t in tiles] == [(16, 16)] * 4  # starts 0, 8, 16, 24 (stride 8, the last touches the end)
+    assert [int(t[0, 0]) for t in tiles] == [0, 8, 16, 24]
+    tall = np.arange(36 * 16 * 3).reshape(36, 16, 3)
+    starts = [int(t[0, 0, 0]) // (16 * 3) for t in square_tiles(tall)]
+    assert starts == [0, 8, 16, 20]  # the last one moved back to end at row 36
+    square = np.zeros((16, 16, 3))
+    assert len(square_tiles(square)) == 1 and square_tiles(square)[0].shape == (16, 16, 3)
+    assert len(square_tiles(wide, overlap=0.0)) == 3  # 0, 16, 24
+    with pytest.raises(ValueError):
+        square_tiles(wide, overlap=1.0)
