@@ -38,7 +38,7 @@ from gcmine.tasks.publish import publish
 from gcmine.tasks.rank import elements, rank_shard
 from gcmine.tasks.report import report
 from gcmine.tasks.reporting.uiartifacts import publish_ui_artifacts, ui_summary
-from gcmine.tasks.samples import samples
+from gcmine.tasks.samples import check_inception, samples
 from gcmine.tasks.score import score_shard, typicality_table
 from gcmine.tasks.translate import translate
 from gcmodels.config import Settings
@@ -113,6 +113,8 @@ def mine(
     refuses, see tasks/infra/lease.py) and first sweeps what interrupted writes left there."""
     so = storage_options if storage_options is not None else settings.storage.store_options()
     check_device(settings.runtime)  # a device that is not there fails now, before any work
+    if settings.report.samples > 0:  # nor does a report.inception that is not the FID network
+        check_inception(settings.report.inception)
     training_cards(settings.runtime, settings.train.processes)  # nor do too few GPUs for train.processes
     checkpoint = None
     if settings.model.base is not None:  # an unsupported checkpoint, bad feature block or class map fails now

@@ -482,6 +482,13 @@ class ReportConfig(_Section):
         25, ge=1, le=1000, description="DDIM steps of each sample (the cost is samples x labels x steps network passes)"
     )
     sample_seed: int = Field(0, description="seed of the samples' noise (each label gets the same noises)")
+    inception: str | None = Field(
+        None,
+        description="local path of the FID Inception-v3 network as TorchScript (NVIDIA's inception-2015-12-05.pt of "
+        "StyleGAN2-ADA / EDM / clean-fid): the samples are then compared with the real images on its 2048 pool "
+        "features, and the Frechet distance is the FID; nothing is downloaded. null = the embed encoder's features "
+        "(a Frechet distance, never called FID)",
+    )
     serve_port: int = Field(
         8765,
         ge=1024,

@@ -3,7 +3,8 @@ from noise, gcmodels/diffusion/sampling.py) compared with the real images of tha
 stage's encoder's features (gcmodels/mining/frechet.py): the Frechet distance between the two feature
 sets (per label and over every label; named after the encoder, never called FID: it is not on
 Inception features), and the share of samples whose nearest real image carries the label they
-were generated for.
+were generated for. With `report.inception` (a local TorchScript FID Inception-v3), both are on
+its pool features instead, and the distance is the FID.
 
 Writes `samples.parquet` (one row per sample: its PNG and nearest real image) and
 `sample_quality.parquet` (per label and `(all)`), both tagged with the model's fingerprint so the
@@ -23,14 +24,14 @@ from prefect import task
 from gcmine.tasks.infra.artifacts import MODEL, SAMPLE_QUALITY, SAMPLES, label_frequencies, read_images, stopwatch
 from gcmine.tasks.infra.logs import stage_logger
 from gcmine.tasks.infra.models import TRAINING_SET, model_stage
-from gcmodels.config import EmbedConfig, ReportConfig, RuntimeConfig
+from gcmodels.config import ConfigError, EmbedConfig, ReportConfig, RuntimeConfig
 from gcmodels.diffusion import LatentDiffusion
 from gcmodels.diffusion.sampling import Sampler
 from gcmodels.embedding.encoders import fits_on_collection, make_encoder
-from gcmodels.mining.frechet import ALL, sample_quality
+from gcmodels.mining.frechet import ALL, FID_FEATURES, inception_features, sample_quality
 from gcmodels.mining.translation import to_uint8
 
-__all__ = ["ALL", "QUALITY_COLUMNS", "SAMPLE_COLUMNS", "samples"]
+__all__ = ["ALL", "FID_FEATURES", "QUALITY_COLUMNS", "SAMPLE_COLUMNS", "check_inception", "load_inception", "samples"]
 SAMPLE_COLUMNS = [
     "label",
     "sample",
@@ -58,6 +59,35 @@ def _png(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def load_inception(path: str, device: torch.device | str = "cpu"):
+    """The FID Inception-v3 TorchScript network at the local `path`, checked: it loads, and a
+    32 x 32 uint8 image gives its 2048 pool features. ConfigError naming the file and the problem."""
+    from pathlib import Path
+
+    if "://" in path and not path.startswith("file://"):
+        raise ConfigError(f"report.inception must be a local file (nothing is downloaded), got {path}")
+    file = Path(path.removeprefix("file://")).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"report.inception {file} is not a file: give the local TorchScript Inception-v3 (.pt)")
+    try:
+        network = torch.jit.load(str(file), map_location=str(device)).eval()
+        inception_features(network, np.zeros((1, 32, 32, 3), np.uint8), device=str(device))
+    except ValueError as err:
+        raise ConfigError(f"report.inception {file}: {err}") from None
+    except Exception as err:  # any load or forward failure: the file is not the network
+        raise ConfigError(
+            f"report.inception {file} is not a usable TorchScript Inception-v3 called as network(images, "
+            f"return_features=True): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from None
+    return network
+
+
+def check_inception(path: str | None) -> None:
+    """Before any work: `report.inception`, when set, loads and gives the FID's features."""
+    if path is not None:
+        load_inception(path)
 
 
 def _real_features(store, shards: list[str], embeddings: str, trained: pd.Series, config: EmbedConfig, model, device):
@@ -106,7 +136,18 @@ def samples(
         trained = trained[trained["label"].map(lambda v: isinstance(v, str))]
         labels = [lab for lab in model.labels if lab in label_frequencies(trained["label"]).index]
         by_id = trained.drop_duplicates("image_id").set_index("image_id")["label"]
-        encoder, real_ids, real_f = _real_features(store, shards, embeddings, by_id, embed, model, device)
+        if config.inception is None:
+            encoder, real_ids, real_f = _real_features(store, shards, embeddings, by_id, embed, model, device)
+            name = str(encoder.describe().get("encoder", embed.method))
+            features_of = encoder.transform
+        else:  # the FID: real and generated images on the Inception network's pool features
+            network = load_inception(config.inception, device)
+            meta, pixels = read_images(store, shards)
+            keep = meta["image_id"].isin(by_id.index).to_numpy()
+            real_ids = meta["image_id"][keep].to_numpy()
+            real_f = inception_features(network, pixels[keep], device=str(device))
+            name = FID_FEATURES
+            features_of = lambda images: inception_features(network, images, device=str(device))  # noqa: E731
         real_labels = by_id.reindex(real_ids).to_numpy().astype(object)
         if not labels or len(real_ids) == 0:
             log.warning("no trained label has an image among the live images: no samples")
@@ -132,9 +173,8 @@ def samples(
                 [np.asarray(Image.fromarray(g).resize((resolution, resolution), Image.BICUBIC)) for g in generated]
             )
         sample_labels = np.repeat(np.array(labels, dtype=object), config.samples)
-        gen_f = np.asarray(encoder.transform(generated), np.float64)
+        gen_f = np.asarray(features_of(generated), np.float64)
         quality, nearest, distance = sample_quality(sample_labels, gen_f, real_labels, real_f)
-        name = str(encoder.describe().get("encoder", embed.method))
         quality = quality.assign(features=name, dim=int(gen_f.shape[1]), fingerprint=fingerprint)[QUALITY_COLUMNS]
         table = pd.DataFrame(
             {

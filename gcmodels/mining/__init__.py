@@ -40,9 +40,12 @@ from gcmodels.mining.evaluation import (
 )
 from gcmodels.mining.frechet import (
     ALL,
+    FID_FEATURES,
+    INCEPTION_DIM,
     frechet_distance,
     frechet_distance_between,
     gaussian_stats,
+    inception_features,
     nearest_neighbours,
     sample_quality,
 )
@@ -59,6 +62,8 @@ from gcmodels.mining.typicality import NoisePredictor, TypicalityEstimator, typi
 
 __all__ = [
     "ALL",
+    "FID_FEATURES",
+    "INCEPTION_DIM",
     "PAPER_THRESHOLDS",
     "AdaptiveResult",
     "AdaptiveRule",
@@ -82,6 +87,7 @@ __all__ = [
     "frechet_distance_between",
     "gaussian_stats",
     "half_width",
+    "inception_features",
     "label_matrix",
     "localisation_report",
     "localisation_scores",

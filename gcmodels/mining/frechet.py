@@ -19,6 +19,9 @@ of samples and real images.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -26,14 +29,44 @@ from gcmodels.labels import split_labels
 
 __all__ = [
     "ALL",
+    "FID_FEATURES",
+    "INCEPTION_DIM",
     "frechet_distance",
     "frechet_distance_between",
     "gaussian_stats",
+    "inception_features",
     "nearest_neighbours",
     "sample_quality",
 ]
 
 ALL = "(all)"  # the row of `sample_quality` over every label
+INCEPTION_DIM = 2048  # pool features of the FID Inception-v3
+FID_FEATURES = "Inception-v3 pool (FID)"  # the name of its features, where a Frechet distance is the FID
+
+
+def inception_features(
+    network: Callable[..., Any], images: np.ndarray, batch_size: int = 64, device: str | None = None
+) -> np.ndarray:
+    """The FID's features of uint8 RGB images (N, H, W, 3): (N, 2048) float64 pool features of the
+    Inception-v3 `network`, the FID reference network as the StyleGAN2-ADA / EDM metrics call it:
+    ``network(x, return_features=True)`` on a uint8 (B, 3, H, W) batch, which it resizes to 299 x 299
+    and normalises itself (NVIDIA's ``inception-2015-12-05.pt`` TorchScript). `device`: where the
+    batches go (the network's own)."""
+    import torch
+
+    x = np.asarray(images)
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"inception features need uint8 RGB images (N, H, W, 3), got {x.dtype} {x.shape}")
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size].transpose(0, 3, 1, 2)))
+            out = network(batch.to(device) if device else batch, return_features=True)
+            parts.append(out.detach().float().cpu().numpy().reshape(len(batch), -1))
+    feats = np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, INCEPTION_DIM))
+    if feats.shape[1] != INCEPTION_DIM:
+        raise ValueError(f"the Inception network gave {feats.shape[1]} features per image, not {INCEPTION_DIM}")
+    return feats
 
 
 def _features(x: np.ndarray, name: str) -> np.ndarray:

@@ -17,6 +17,7 @@ from PIL import Image
 from gcmine.tasks.reporting.format import fmt_num
 from gcmine.tasks.reporting.images import CROP_HEIGHT, png_uri, scaled_to_height
 from gcmine.tasks.reporting.templating import render
+from gcmodels.mining.frechet import FID_FEATURES
 
 __all__ = ["EVALUATION_MEASURES", "evaluation_section", "samples_section"]
 
@@ -141,6 +142,7 @@ def samples_section(
         "samples.html",
         rows=rows,
         features=features,
+        fid=features == FID_FEATURES,
         dim=fmt_num(int(first["dim"])),
         steps=steps,
         seed=seed,

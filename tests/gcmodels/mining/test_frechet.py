@@ -115,3 +115,23 @@ def test_quality_table_with_a_single_sample_has_no_distance() -> None:
         np.array(["a"], dtype=object), np.zeros((1, 2)), np.array(["a", "a"], dtype=object), np.eye(2)
     )
     assert np.isnan(q.loc[0, "frechet"]) and q.loc[0, "nearest_label_share"] == 1.0
+
+
+def test_inception_features_call_the_network_as_the_fid_metrics_do(tmp_path) -> None:
+    """uint8 NCHW batches, return_features=True, (N, 2048) float64; batches do not change them."""
+    import torch
+    from tiny_inception import build_tiny_inception
+
+    from gcmodels.mining.frechet import INCEPTION_DIM, inception_features
+
+    network = torch.jit.load(str(build_tiny_inception(tmp_path / "inception.pt")))
+    images = np.random.default_rng(0).integers(0, 256, (5, 24, 20, 3), dtype=np.uint8)
+    feats = inception_features(network, images, batch_size=2)
+    assert feats.shape == (5, INCEPTION_DIM) and feats.dtype == np.float64
+    direct = network(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()), return_features=True)
+    np.testing.assert_allclose(feats, direct.detach().numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="uint8 RGB images"):
+        inception_features(network, images.astype(np.float32))
+    wrong = torch.jit.load(str(build_tiny_inception(tmp_path / "wrong.pt", features=10)))
+    with pytest.raises(ValueError, match="gave 10 features per image, not 2048"):
+        inception_features(wrong, images)
