@@ -124,14 +124,7 @@ def list_sources(
         absolute = "://" in value or value.startswith("/")
         uris.append(value if absolute else join_uri(parent, value))
         names.append(value if not absolute else value.rsplit("/", 1)[-1])
-    labels = None
-    if "label" in df.columns:
-        labels = []
-        for row, v in enumerate(df["label"]):
-            try:
-                labels.append(label_value(v, separator))
-            except ValueError as err:
-                raise InputError(f"manifest {images}, row {row + 2}, column 'label': {err}") from None
+    labels = _label_column(df["label"], separator, f"manifest {images}") if "label" in df.columns else None
     return Sources(uris=uris, names=names, labels=labels)
 
 
@@ -172,6 +165,18 @@ def label_value(value: object, separator: str = LABEL_JOIN) -> str | None:
     return join_labels(found)
 
 
+def _label_column(values: pd.Series, separator: str, where: str) -> list[str | None]:
+    """`label_value` of each value of a table's `label` column; InputError naming `where` (the
+    file), the CSV row and the problem."""
+    out = []
+    for row, value in enumerate(values):
+        try:
+            out.append(label_value(value, separator))
+        except ValueError as err:
+            raise InputError(f"{where}, row {row + 2}, column 'label': {err}") from None
+    return out
+
+
 def _rows(mask: pd.Series) -> str:
     """CSV row numbers (the header is row 1) of the true entries of `mask`, a few of them."""
     rows = [int(i) + 2 for i in mask.index[mask.to_numpy()]]
@@ -200,13 +205,7 @@ def read_labels(
     names = df["filename"].map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else str(v).strip())
     if (names == "").any():
         raise InputError(f"labels file {labels}, row(s) {_rows(names == '')}, column 'filename': empty file name")
-    values = []
-    for row, v in enumerate(df["label"]):
-        try:
-            values.append(label_value(v, separator))
-        except ValueError as err:
-            raise InputError(f"labels file {labels}, row {row + 2}, column 'label': {err}") from None
-    out = pd.DataFrame({"filename": names, "label": values})
+    out = pd.DataFrame({"filename": names, "label": _label_column(df["label"], separator, f"labels file {labels}")})
     blank = out["label"].isna()
     if blank.any() and notes is not None:
         notes.append(
