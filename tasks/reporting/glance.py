@@ -21,6 +21,7 @@ from gcmine.tasks.reporting.charts import scatter_svg
 from gcmine.tasks.reporting.images import jpeg_thumbnail
 from gcmine.tasks.reporting.templating import Markup, render, static_text
 from gcmodels.clustering.collection import cluster_name
+from gcmodels.labels import count_labels
 
 __all__ = ["GREY", "MAX_MAP_POINTS", "PALETTE", "map_section"]
 
@@ -77,7 +78,7 @@ def _decision(conditioning: dict | None) -> str | None:
         if noise:
             text += f"; {noise:,} noise image(s) (cluster -1) are left unlabelled: they train the unconditional branch only and are not scored"
     else:
-        text = f"The given labels condition the model ({reason}); {len(labels)} label(s)"
+        text = f"The given labels condition the model ({reason}); {count_labels(labels)}"
         if unl:
             text += f", {unl:,} unlabelled image(s) train the unconditional branch only"
     return text + "."

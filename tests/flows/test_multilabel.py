@@ -147,3 +147,9 @@ def test_cotypicality_and_the_classifier_with_multi_label_images(run, tmp_path) 
     assert int(confusion["count"].sum()) == sum(len(labs) for labs in own)
     info = store.read_json(RUN_JSON)["stages"]["classify"]
     assert info["accuracy"] == pytest.approx(np.mean(hits))
+
+
+def test_the_report_counts_labels_and_label_sets(run) -> None:
+    html = (run["out"] / "report" / "index.html").read_text()
+    sets = len({v for v in run["expected"].values() if "|" in v})
+    assert f"3 label(s) (+ {sets} label set(s) of multi-label images)" in html
