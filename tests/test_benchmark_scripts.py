@@ -189,3 +189,152 @@ def test_shape_buckets_benchmark_counts_fewer_shapes_with_larger_buckets() -> No
         shapes = [int(r[3]) for r in rows[first : first + 3]]
         score_fill = [float(r[6]) for r in rows[first : first + 3]]
         assert shapes[0] > shapes[1] > shapes[2] and score_fill[0] < score_fill[2] <= 1.0
+
+
+def _multilabel_module():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import multilabel
+
+    return multilabel
+
+
+def test_multilabel_benchmark_scores_patches_as_computed_by_hand() -> None:
+    """benchmarks/multilabel.py's patch measures on hand-made patches: rank-0 pointing (split by
+    one- and two-motif images), the rank-0 patch on the OTHER motif or on the ring, top-element
+    purity; a patch mined under a label the image does not show is an error."""
+    import numpy as np
+    import pandas as pd
+
+    ml = _multilabel_module()
+    motifs = pd.DataFrame(
+        [
+            ("a.png", "circle", 0, 0, 10, 10),
+            ("a.png", "cross", 20, 20, 30, 30),
+            ("b.png", "circle", 30, 0, 40, 10),
+        ],
+        columns=["filename", "label", "x0", "y0", "x1", "y1"],
+    )
+    images = pd.DataFrame(
+        [("a.png", "circle|cross", "circle|cross", 40, 40, 50, 50), ("b.png", "circle", "circle", 0, 40, 10, 50)],
+        columns=["filename", "motifs", "given", "dx0", "dy0", "dx1", "dy1"],
+    )
+    patches = pd.DataFrame(
+        [
+            ("a.png", "circle", 0, 0, 2, 2, 12, 12),  # on its own motif (centre 5, 5)
+            ("a.png", "cross", 0, 0, 0, 0, 10, 10),  # on the other motif: circle's centre, not cross's (25, 25)
+            ("a.png", "cross", 1, 0, 20, 20, 25, 25),  # cross's centre (25, 25) is on x1, y1: not contained
+            ("b.png", "circle", 0, -1, 0, 40, 10, 50),  # on the ring
+            ("b.png", "circle", 1, 0, 30, 0, 40, 10),  # own motif, top element
+        ],
+        columns=["filename", "label", "rank", "element", "x0", "y0", "x1", "y1"],
+    )
+    table = ml.score_patches(patches, motifs, images).set_index("label")
+    expected = {
+        #         pairs pointing single two  n  other ring  top_n purity top_other
+        "circle": (2, 0.5, 0.0, 1.0, 1, 0.0, 0.5, 2, 1.0, 0.0),
+        "cross": (1, 0.0, float("nan"), 0.0, 1, 1.0, 0.0, 2, 0.0, 0.5),
+        "(all)": (3, 1 / 3, 0.0, 0.5, 2, 0.5, 1 / 3, 4, 0.5, 0.25),
+    }
+    columns = [
+        "pairs",
+        "pointing",
+        "pointing_single",
+        "pointing_two",
+        "two",
+        "on_other",
+        "on_ring",
+        "top_size",
+        "top_purity",
+        "top_on_other",
+    ]
+    assert list(table.index) == list(expected)
+    for label, values in expected.items():
+        got = table.loc[label, columns].to_numpy(dtype=float)
+        np.testing.assert_allclose(got, values, err_msg=label, equal_nan=True)
+
+    other = ml.other_motif_boxes(motifs, images)
+    assert other.to_dict("records") == [
+        {"filename": "a.png", "label": "circle", "x0": 20, "y0": 20, "x1": 30, "y1": 30},
+        {"filename": "a.png", "label": "cross", "x0": 0, "y0": 0, "x1": 10, "y1": 10},
+    ]
+    wrong = pd.concat([patches, patches.iloc[[0]].assign(label="square")], ignore_index=True)
+    with pytest.raises(ValueError, match="does not show"):
+        ml.score_patches(wrong, motifs, images)
+
+
+@pytest.mark.parametrize("per_pair", range(1, 6))
+def test_multilabel_single_control_keeps_every_label_equally_often(per_pair: int) -> None:
+    """--single: a two-motif image keeps one of its labels; over the 6 pairs of 4 labels, each
+    label keeps as many images, to one, whatever the number of images per pair."""
+    ml = _multilabel_module()
+    import itertools
+    from collections import Counter
+
+    kept = Counter(
+        ml._kept_label(pair, j, per_pair) for pair in itertools.combinations(ml.LABELS, 2) for j in range(per_pair)
+    )
+    assert set(kept) <= set(ml.LABELS) and sum(kept.values()) == 6 * per_pair
+    assert max(kept.values()) - min(kept.get(label, 0) for label in ml.LABELS) <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["single", "multi"])
+def test_multilabel_benchmark_runs(prefect_harness, tmp_path: Path, mode: str) -> None:
+    """benchmarks/multilabel.py end to end on 10 images and a model trained 3 steps: the dataset
+    files, the patch table (its rank-0 pointing recomputed here from patches.parquet and
+    boxes.csv), both evaluations, and the run root left with the evaluation against the true
+    boxes. `multi` needs multi-label images (data.label_separator); without them the script must
+    stop before writing anything."""
+    import pandas as pd
+    from prefect.settings import PREFECT_API_URL
+    from tiny import tiny_settings
+
+    ml = _multilabel_module()
+    out = tmp_path / "work"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "multilabel.py"), "--per-label", "4", "--size", "32"]
+    cmd += ["--out", str(out), *(["--single"] if mode == "single" else [])]
+    for item in tiny_settings():
+        cmd += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFECT_API_URL": PREFECT_API_URL.value()}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    if mode == "multi" and not ml.multilabel_supported():
+        assert done.returncode == 2 and "data.label_separator" in done.stderr and "--single" in done.stderr
+        assert not out.exists()
+        return
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    data, run = out / "dataset", out / "run"
+    labels = pd.read_csv(data / "labels.csv")
+    boxes = pd.read_csv(data / "boxes.csv")
+    assert len(labels) == 10 and len(list((data / "images").glob("*.png"))) == 10  # 6 pairs + 4 singles
+    given = labels.assign(label=labels["label"].str.split("|")).explode("label")
+    if mode == "single":
+        assert not labels["label"].str.contains("|", regex=False).any()
+        assert sorted(given["label"].value_counts().tolist()) == [2, 2, 3, 3]
+    else:
+        assert labels["label"].str.contains("|", regex=False).sum() == 6
+        assert given["label"].value_counts().to_dict() == dict.fromkeys(ml.LABELS, 4)
+    assert sorted(zip(boxes["filename"], boxes["label"])) == sorted(zip(given["filename"], given["label"]))
+
+    lines = done.stdout.splitlines()
+    start = lines.index("## mined patches") + 2
+    rows = {line.split()[0]: line.split() for line in lines[start : start + 5]}
+    assert list(rows) == [*sorted(ml.LABELS), "(all)"]
+    manifest = pd.read_parquet(run / "manifest.parquet")
+    patches = pd.read_parquet(run / "patches.parquet").merge(manifest[["image_id", "filename"]], on="image_id")
+    r0 = patches[patches["rank"] == 0].merge(boxes, on=["filename", "label"], suffixes=("", "_m"))
+    cx, cy = (r0["x0_m"] + r0["x1_m"]) / 2, (r0["y0_m"] + r0["y1_m"]) / 2
+    r0["hit"] = (r0["x0"] <= cx) & (cx < r0["x1"]) & (r0["y0"] <= cy) & (cy < r0["y1"])
+    assert len(r0) == len(boxes)  # a rank-0 patch for every labelled motif
+    for label, group in r0.groupby("label"):
+        assert int(rows[label][1]) == len(group) == (given["label"] == label).sum()
+        assert float(rows[label][2]) == pytest.approx(group["hit"].mean(), abs=5e-4)
+
+    head = "## typicality maps against each label's motif box"
+    table = lines[next(i for i, line in enumerate(lines) if line.startswith(head)) + 2 :][:5]
+    assert [line.split()[0] for line in table] == [*sorted(ml.LABELS), "(all)"]
+    assert int(table[-1].split()[2]) == len(boxes)
+    assert any(line.startswith("## the same maps against the OTHER motif's box") for line in lines)
+    evaluation = pd.read_parquet(run / "evaluation.parquet")  # the last evaluation: the true boxes
+    assert (evaluation["status"] == "ok").sum() == len(boxes)
+    assert "RESULT: targets" in done.stdout

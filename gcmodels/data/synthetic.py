@@ -8,6 +8,8 @@ Two collections are provided:
   its own colour, e.g. a red circle) and one *distractor* (a white ring) that appears in every
   label. What is typical of a label is therefore exactly its motif, and its location is recorded
   in :attr:`SyntheticImage.box`.
+* :func:`multilabel_motif_dataset` -- the same set with one or two label motifs per image (two
+  from different labels), each with its box, for mining images under each of their labels.
 * :func:`digits_dataset` -- scikit-learn's 8x8 handwritten digits, upsampled, as a real (if tiny)
   labelled collection without ground-truth boxes.
 
@@ -18,6 +20,7 @@ once per process and cached); this module itself opens no files and writes nothi
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -29,11 +32,13 @@ __all__ = [
     "DISTRACTOR_COLOR",
     "MOTIF_STYLES",
     "MotifStyle",
+    "MultiLabelImage",
     "SyntheticImage",
     "assign_motif_styles",
     "digits_dataset",
     "mixed_motif_dataset",
     "motif_dataset",
+    "multilabel_motif_dataset",
 ]
 
 Box = tuple[int, int, int, int]
@@ -70,6 +75,27 @@ class SyntheticImage:
     box: Box | None
     distractor_box: Box | None = None
     source: str | None = None
+
+
+@dataclass(frozen=True)
+class MultiLabelImage:
+    """One image of :func:`multilabel_motif_dataset`: one or two label motifs and the distractor.
+
+    Attributes:
+        image: the RGB image.
+        labels: the labels whose motif the image shows, sorted (one or two distinct labels).
+        boxes: ``label -> (x0, y0, x1, y1)`` of that label's motif in pixels of ``image`` (x =
+            column, y = row, ``x1``/``y1`` exclusive), tight around the motif; one entry per
+            label of ``labels``, in the same order.
+        distractor_box: the same for the label-independent white ring.
+        source: the photograph the background was cropped from (``"china.jpg"`` / ``"flower.jpg"``).
+    """
+
+    image: Image.Image
+    labels: tuple[str, ...]
+    boxes: Mapping[str, Box]
+    distractor_box: Box
+    source: str
 
 
 @dataclass(frozen=True)
@@ -239,18 +265,20 @@ def _sample_side(rng: np.random.Generator, nominal: float) -> int:
 
 
 def _free_position(
-    rng: np.random.Generator, size: int, side: int, avoid: Box, height: int | None = None
+    rng: np.random.Generator, size: int, side: int, avoid: Sequence[Box], height: int | None = None
 ) -> tuple[int, int]:
     """A uniformly random top-left corner of a ``side`` box inside the image (``size`` wide,
-    ``height`` tall, square when None), >= 2 px from ``avoid``."""
-    ax0, ay0, ax1, ay1 = avoid
+    ``height`` tall, square when None), >= 2 px from every box of ``avoid``."""
     pos = np.arange(size - side + 1)
     rows = pos if height is None else np.arange(height - side + 1)
-    clear_x = (pos + side + _MIN_GAP <= ax0) | (pos >= ax1 + _MIN_GAP)
-    clear_y = (rows + side + _MIN_GAP <= ay0) | (rows >= ay1 + _MIN_GAP)
-    ok_rows, ok_cols = np.nonzero(clear_y[:, None] | clear_x[None, :])
-    if ok_rows.size == 0:  # cannot happen for the sizes motif_dataset accepts
-        raise ValueError(f"no room for a {side}px distractor next to the motif in a {size}px image")
+    ok = np.ones((rows.size, pos.size), dtype=bool)
+    for ax0, ay0, ax1, ay1 in avoid:
+        clear_x = (pos + side + _MIN_GAP <= ax0) | (pos >= ax1 + _MIN_GAP)
+        clear_y = (rows + side + _MIN_GAP <= ay0) | (rows >= ay1 + _MIN_GAP)
+        ok &= clear_y[:, None] | clear_x[None, :]
+    ok_rows, ok_cols = np.nonzero(ok)
+    if ok_rows.size == 0:  # cannot happen for the sizes the generators accept
+        raise ValueError(f"no room for a {side}px shape next to {len(avoid)} other(s) in a {size}px image")
     k = int(rng.integers(ok_rows.size))
     return int(ok_cols[k]), int(ok_rows[k])
 
@@ -313,7 +341,7 @@ def motif_dataset(
             box = (x, y, x + side, y + side)
 
             d_side = _sample_side(rng, nominal)
-            dx, dy = _free_position(rng, size, d_side, box)
+            dx, dy = _free_position(rng, size, d_side, [box])
             grey = int(rng.integers(225, 256))
             canvas.alpha_composite(_render("ring", d_side, (grey, grey, grey)), dest=(dx, dy))
             d_box = (dx, dy, dx + d_side, dy + d_side)
@@ -378,12 +406,111 @@ def mixed_motif_dataset(
             box = (x, y, x + side, y + side)
 
             d_side = _sample_side(rng, nominal)
-            dx, dy = _free_position(rng, width, d_side, box, height)
+            dx, dy = _free_position(rng, width, d_side, [box], height)
             grey = int(rng.integers(225, 256))
             canvas.alpha_composite(_render("ring", d_side, (grey, grey, grey)), dest=(dx, dy))
             d_box = (dx, dy, dx + d_side, dy + d_side)
 
             out.append(SyntheticImage(canvas.convert("RGB"), label, box, d_box, source))
+    return out
+
+
+def multilabel_motif_dataset(
+    n_per_label: int = 100,
+    size: int = 64,
+    labels: Sequence[str] = ("circle", "cross", "triangle", "square"),
+    motif_frac: float = 0.2,
+    pair_share: float = 0.5,
+    seed: int = 0,
+) -> list[MultiLabelImage]:
+    """The ground-truth set of :func:`motif_dataset` with one or two label motifs per image.
+
+    Images are built as in :func:`motif_dataset` (random photo crop of ``size`` x ``size``, motifs
+    of side ``motif_frac * size`` +-10 % with their label's shape and jittered colour, the shared
+    white ring, anti-aliased), but an image shows the motifs of one label or of two different
+    labels. Every pair of labels occurs in the same number ``k`` of images, and each label's motif
+    in exactly ``n_per_label`` images: ``(len(labels) - 1) * k`` two-motif ones and the rest alone.
+    ``k`` is the whole number that makes the share of two-motif images closest to ``pair_share``
+    (``k = round(2 p n / ((1 + p)(L - 1)))``, at most ``n // (L - 1)``), so the share is met up
+    to that rounding (0.5 with 100 images per label and 4 labels: 132 of 268 images, 0.49). The
+    motifs of an image are placed in random order: the first uniformly inside the image, the
+    second, then the ring, uniformly among the positions whose box is at least 2 px from every box
+    already placed.
+
+    Args:
+        n_per_label: images showing each label's motif.
+        size: image side in pixels.
+        labels: distinct label names (see :func:`assign_motif_styles`).
+        motif_frac: nominal motif side as a fraction of ``size``.
+        pair_share: wanted share of images with two motifs, in [0, 1].
+        seed: seed of the numpy ``Generator``; the result is a deterministic function of the
+            arguments.
+
+    Returns:
+        The images grouped by label set: ``k`` images of each pair (pairs in the order of
+        ``itertools.combinations(labels, 2)``), then the single-motif images of each label in the
+        order of ``labels``.
+
+    Raises:
+        ValueError: bad labels (see :func:`assign_motif_styles`), a negative count, a share outside
+            [0, 1], two-motif images asked of one label, or sizes that leave no room for the
+            motifs and the distractor.
+    """
+    styles = assign_motif_styles(labels)
+    names = list(styles)
+    if n_per_label < 0:
+        raise ValueError(f"n_per_label must be >= 0, got {n_per_label}")
+    if not 0.0 <= pair_share <= 1.0:
+        raise ValueError(f"pair_share must be in [0, 1], got {pair_share}")
+    if pair_share > 0 and len(names) < 2:
+        raise ValueError(f"two-motif images need two different labels, got only {names}; set pair_share=0")
+    if size < 16:
+        raise ValueError(f"size must be at least 16 pixels, got {size}")
+    if not 0.0 < motif_frac <= 0.4:
+        raise ValueError(f"motif_frac must be in (0, 0.4], got {motif_frac}")
+    others = len(names) - 1
+    k = 0
+    if pair_share > 0:
+        k = min(int(round(2 * pair_share * n_per_label / ((1 + pair_share) * others))), n_per_label // others)
+    nominal = motif_frac * size
+    shapes = 3 if k > 0 else 2  # boxes per image: the motifs and the ring
+    if shapes * int(round(nominal * (1 + _SIZE_JITTER))) + (shapes - 1) * _MIN_GAP > size:
+        raise ValueError(
+            f"motif_frac {motif_frac} leaves no room for {shapes - 1} motif(s) and a distractor at size {size}"
+        )
+    # With size >= 3 sides + 2 gaps a placed box cannot come within a side + gap of two image corners
+    # (not on one axis, so not on both): two boxes leave two corners free for the third; placement
+    # never fails.
+    groups: list[tuple[str, ...]] = [pair for pair in itertools.combinations(names, 2) for _ in range(k)]
+    groups += [(label,) for label in names for _ in range(n_per_label - others * k)]
+
+    rng = np.random.default_rng(seed)
+    out: list[MultiLabelImage] = []
+    for group in groups:
+        background, source = _background_rect(rng, size, size)
+        canvas = background.convert("RGBA")
+        placed: dict[str, Box] = {}
+        for i in rng.permutation(len(group)):
+            label = group[int(i)]
+            side = _sample_side(rng, nominal)
+            if placed:
+                x, y = _free_position(rng, size, side, list(placed.values()))
+            else:
+                x, y = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+            style = styles[label]
+            canvas.alpha_composite(_render(style.shape, side, _jitter_color(rng, style.color)), dest=(x, y))
+            placed[label] = (x, y, x + side, y + side)
+
+        d_side = _sample_side(rng, nominal)
+        dx, dy = _free_position(rng, size, d_side, list(placed.values()))
+        grey = int(rng.integers(225, 256))
+        canvas.alpha_composite(_render("ring", d_side, (grey, grey, grey)), dest=(dx, dy))
+        d_box = (dx, dy, dx + d_side, dy + d_side)
+
+        ordered = tuple(sorted(group))
+        out.append(
+            MultiLabelImage(canvas.convert("RGB"), ordered, {lab: placed[lab] for lab in ordered}, d_box, source)
+        )
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 
 import numpy as np
@@ -9,11 +10,13 @@ import pytest
 
 from gcmodels.data.synthetic import (
     MOTIF_STYLES,
+    MultiLabelImage,
     SyntheticImage,
     _render,
     assign_motif_styles,
     digits_dataset,
     motif_dataset,
+    multilabel_motif_dataset,
 )
 
 LABELS = ("circle", "cross", "triangle", "square")
@@ -24,11 +27,11 @@ def motifs() -> list[SyntheticImage]:
     return motif_dataset(n_per_label=100, size=64, labels=LABELS, seed=0)
 
 
-def _pixels(item: SyntheticImage) -> np.ndarray:
+def _pixels(item: SyntheticImage | MultiLabelImage) -> np.ndarray:
     return np.asarray(item.image, dtype=np.int16)
 
 
-def _colour_mask(item: SyntheticImage, colour: tuple[int, int, int], tol: float = 70.0) -> np.ndarray:
+def _colour_mask(item: SyntheticImage | MultiLabelImage, colour: tuple[int, int, int], tol: float = 70.0) -> np.ndarray:
     diff = _pixels(item).astype(float) - np.asarray(colour, dtype=float)
     return np.linalg.norm(diff, axis=2) < tol
 
@@ -236,3 +239,133 @@ def test_mixed_shapes_sizes_boxes_and_determinism() -> None:
         mixed_motif_dataset(n_per_label=1, width_range=(2.0, 1.0))
     with pytest.raises(ValueError, match="no room"):
         mixed_motif_dataset(n_per_label=1, base=20)
+
+
+# ------------------------------------------------------------------ multi-label images
+
+
+@pytest.fixture(scope="module")
+def multi() -> list[MultiLabelImage]:
+    return multilabel_motif_dataset(n_per_label=100, size=64, labels=LABELS, seed=0)
+
+
+def test_multilabel_counts_and_pair_balance(multi: list[MultiLabelImage]) -> None:
+    """Every label's motif is in exactly n_per_label images, every pair of labels in the same
+    number of images, and about half of the images carry two motifs."""
+    assert Counter(label for m in multi for label in m.labels) == dict.fromkeys(LABELS, 100)
+    pairs = Counter(m.labels for m in multi if len(m.labels) == 2)
+    assert set(pairs) == {tuple(sorted(p)) for p in itertools.combinations(LABELS, 2)}  # every pair, sorted
+    assert set(pairs.values()) == {22}  # k = round(2 * 0.5 * 100 / (1.5 * 3))
+    singles = Counter(m.labels[0] for m in multi if len(m.labels) == 1)
+    assert singles == dict.fromkeys(LABELS, 100 - 3 * 22)
+    assert len(multi) == 6 * 22 + 4 * 34
+    assert abs(len(pairs) * 22 / len(multi) - 0.5) < 0.02
+    for m in multi:
+        assert m.labels == tuple(sorted(set(m.labels))) and 1 <= len(m.labels) <= 2
+        assert tuple(m.boxes) == m.labels
+        assert m.image.mode == "RGB" and m.image.size == (64, 64)
+    # grouped: the pairs in combination order, then the singles in label order
+    assert [m.labels for m in multi[:22]] == [("circle", "cross")] * 22
+    assert multi[-1].labels == ("square",)
+
+
+@pytest.mark.parametrize(
+    ("share", "per_label", "pairs_each", "singles_each"),
+    [(0.0, 10, 0, 10), (0.25, 60, 8, 36), (1.0, 99, 33, 0), (1.0, 100, 33, 1)],
+)
+def test_multilabel_pair_share(share: float, per_label: int, pairs_each: int, singles_each: int) -> None:
+    items = multilabel_motif_dataset(n_per_label=per_label, size=32, labels=LABELS, pair_share=share, seed=1)
+    pairs = Counter(m.labels for m in items if len(m.labels) == 2)
+    assert set(pairs.values()) <= {pairs_each} and len(pairs) == (6 if pairs_each else 0)
+    assert Counter(m.labels[0] for m in items if len(m.labels) == 1) == (
+        dict.fromkeys(LABELS, singles_each) if singles_each else {}
+    )
+    assert Counter(label for m in items for label in m.labels) == dict.fromkeys(LABELS, per_label)
+
+
+def test_multilabel_deterministic_for_a_seed() -> None:
+    a = multilabel_motif_dataset(n_per_label=6, seed=7)
+    b = multilabel_motif_dataset(n_per_label=6, seed=7)
+    assert [(m.labels, dict(m.boxes), m.distractor_box, m.source) for m in a] == [
+        (m.labels, dict(m.boxes), m.distractor_box, m.source) for m in b
+    ]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(_pixels(x), _pixels(y))
+    c = multilabel_motif_dataset(n_per_label=6, seed=8)
+    assert [m.labels for m in c] == [m.labels for m in a]  # the design does not depend on the seed
+    assert [dict(m.boxes) for m in c] != [dict(m.boxes) for m in a]
+    assert sum(not np.array_equal(_pixels(x), _pixels(y)) for x, y in zip(a, c)) == len(a)
+
+
+def test_multilabel_boxes_inside_disjoint_and_spread(multi: list[MultiLabelImage]) -> None:
+    nominal = 0.2 * 64
+    for m in multi:
+        boxes = [*m.boxes.values(), m.distractor_box]
+        for x0, y0, x1, y1 in boxes:
+            assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
+            assert x1 - x0 == y1 - y0
+            assert round(0.9 * nominal) <= x1 - x0 <= round(1.1 * nominal)
+        for a, b in itertools.combinations(boxes, 2):
+            assert _gap(a, b) >= 2, (m.labels, a, b)
+    # each label's motif lands all over the image in two-motif images too
+    for label in LABELS:
+        xs = np.array([m.boxes[label][0] for m in multi if len(m.labels) == 2 and label in m.labels])
+        ys = np.array([m.boxes[label][1] for m in multi if len(m.labels) == 2 and label in m.labels])
+        assert xs.min() <= 8 and xs.max() >= 42 and ys.min() <= 8 and ys.max() >= 42, label
+
+
+def test_multilabel_each_box_shows_its_labels_motif(multi: list[MultiLabelImage]) -> None:
+    """The pixels in each label's box have that label's colour (and not the other label's), and
+    that colour is rare outside the image's motif boxes."""
+    styles = assign_motif_styles(LABELS)
+    for m in multi:
+        motifs = np.zeros((64, 64), dtype=bool)
+        for x0, y0, x1, y1 in m.boxes.values():
+            motifs[y0:y1, x0:x1] = True
+        for label, (x0, y0, x1, y1) in m.boxes.items():
+            own = _colour_mask(m, styles[label].color)
+            frac_in = own[y0:y1, x0:x1].mean()
+            assert frac_in >= 0.15, (m.labels, label, frac_in)
+            assert frac_in > 5 * own[~motifs].mean(), (m.labels, label)
+            for other in m.labels:
+                if other != label:
+                    assert _colour_mask(m, styles[other].color)[y0:y1, x0:x1].mean() < frac_in / 3, (m.labels, label)
+
+
+def test_multilabel_distractor_and_backgrounds(multi: list[MultiLabelImage]) -> None:
+    light = []
+    for m in multi:
+        x0, y0, x1, y1 = m.distractor_box
+        light.append((_pixels(m)[y0:y1, x0:x1].min(axis=2) >= 200).mean())
+    assert np.mean(light) > 0.2
+    assert Counter(m.source for m in multi).keys() == {"china.jpg", "flower.jpg"}
+
+
+def test_multilabel_bad_arguments_raise() -> None:
+    with pytest.raises(ValueError, match="pair_share"):
+        multilabel_motif_dataset(n_per_label=1, pair_share=1.5)
+    with pytest.raises(ValueError, match="two different labels"):
+        multilabel_motif_dataset(n_per_label=4, labels=("circle",))
+    assert len(multilabel_motif_dataset(n_per_label=4, labels=("circle",), pair_share=0.0)) == 4
+    with pytest.raises(ValueError, match="n_per_label"):
+        multilabel_motif_dataset(n_per_label=-1)
+    with pytest.raises(ValueError, match="distinct"):
+        multilabel_motif_dataset(n_per_label=1, labels=("a", "a"))
+    # 0.3 x 64 px: three boxes of up to 21 px and two gaps do not fit in 64 px, two boxes do
+    with pytest.raises(ValueError, match="no room for 2 motif"):
+        multilabel_motif_dataset(n_per_label=10, size=64, motif_frac=0.3)
+    assert len(multilabel_motif_dataset(n_per_label=2, size=64, motif_frac=0.3, pair_share=0.0)) == 8
+    with pytest.raises(ValueError, match="size"):
+        multilabel_motif_dataset(n_per_label=1, size=12)
+
+
+def test_multilabel_tightest_sizes_always_place_every_shape() -> None:
+    """At the largest motif the size check lets through, the three boxes still always fit."""
+    for size, frac in ((16, 0.25), (32, 0.26), (64, 0.29)):
+        items = multilabel_motif_dataset(n_per_label=60, size=size, motif_frac=frac, pair_share=1.0, seed=3)
+        assert len(items) == 6 * 20  # every image carries a pair
+        for m in items:
+            for a, b in itertools.combinations([*m.boxes.values(), m.distractor_box], 2):
+                assert _gap(a, b) >= 2
+        with pytest.raises(ValueError, match="no room"):  # the tightest size the check accepts
+            multilabel_motif_dataset(n_per_label=3, size=size, motif_frac=frac + 0.02, pair_share=1.0)
