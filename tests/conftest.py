@@ -53,6 +53,16 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 @pytest.fixture(scope="session")
+def fresh_imports(tmp_path_factory, worker_id) -> dict:
+    """What a fresh Python holds after importing the modules of the import-isolation tests
+    (tests/support/fresh_imports.py): one subprocess for the whole session, its report shared by
+    the xdist workers through their common temporary root."""
+    from fresh_imports import shared_report
+
+    return shared_report(None if worker_id == "master" else tmp_path_factory.getbasetemp().parent)
+
+
+@pytest.fixture(scope="session")
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness
 
