@@ -21,16 +21,23 @@ import pytest  # noqa: E402
 # The files that take longest (minutes each on 2 busy cores), longest first. The suite runs on two
 # xdist workers, a whole file at a time each, files in collection order (addopts in pyproject.toml):
 # started first, these overlap each other and the many short files; one left to the end would run
-# alone while the other worker idles. Every other file keeps its place, after these.
-# Measured 2026-11-30 (two workers, load 2-5): 2-4 minutes each, then 1.5-2.5.
+# alone while the other worker idles. Each worker also holds one file queued behind the one it runs, so
+# the files handed out last must all be short: test_finetune_data_parallel.py (45-90 s) had only ~20 s of
+# files after it in collection order, enough to end the suite on one worker. Every other file keeps its
+# place, after these.
+# Measured 2026-11-30 (load 2-5): the first four 2-4 minutes each, the others 30-90 s.
 LONGEST_FIRST = (
     "tests/flows/test_resume.py",
     "tests/flows/test_deploy_server.py",  # mostly waits on its server: overlaps the CPU-bound ones
     "tests/test_types.py",  # mypy, cold cache
     "tests/flows/test_pipeline.py",
+    "tests/tasks/test_finetune_data_parallel.py",
     "tests/flows/test_extras.py",
     "tests/test_benchmark_scripts.py",
     "tests/flows/test_run_root_safety.py",
+    "tests/gcmodels/diffusion/test_compile.py",
+    "tests/bad_inputs/test_stalled_storage.py",
+    "tests/gcmodels/diffusion/test_data_parallel.py",
 )
 
 
