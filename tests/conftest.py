@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 _HOME = tempfile.mkdtemp(prefix="gcmine-prefect-home-")
 os.environ["PREFECT_HOME"] = _HOME
@@ -28,8 +29,10 @@ import pytest  # noqa: E402
 # Measured 2026-11-30 (load 2-5): the first four 2-4 minutes each, the others 30-90 s.
 LONGEST_FIRST = (
     "tests/flows/test_resume.py",
-    "tests/flows/test_deploy_server.py",  # mostly waits on its server: overlaps the CPU-bound ones
     "tests/test_types.py",  # mypy, cold cache
+    # mostly waits on its server: overlaps the CPU-bound ones; queued behind test_resume, whose harness has
+    # published the migrated Prefect database by the time its server starts
+    "tests/flows/test_deploy_server.py",
     "tests/flows/test_pipeline.py",
     "tests/tasks/test_finetune_data_parallel.py",
     "tests/flows/test_extras.py",
@@ -66,15 +69,43 @@ def fresh_imports(tmp_path_factory, worker_id) -> dict:
     the xdist workers through their common temporary root."""
     from fresh_imports import shared_report
 
-    return shared_report(None if worker_id == "master" else tmp_path_factory.getbasetemp().parent)
+    return shared_report(None if worker_id == "master" else _session_root(tmp_path_factory, worker_id))
+
+
+def _session_root(tmp_path_factory, worker_id):
+    """The temporary folder of the whole test session: shared by the xdist workers, this process's own
+    with -n 0."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
 
 
 @pytest.fixture(scope="session")
-def prefect_harness():
+def prefect_database(tmp_path_factory, worker_id):
+    """The migrated Prefect database servers start from (tests/support/prefect_db.py)."""
+    from prefect_db import MigratedDatabase
+
+    return MigratedDatabase(_session_root(tmp_path_factory, worker_id) / "prefect-migrated.db")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(prefect_database):
+    """Prefect's test harness (a server on a temporary database), its database a copy of the migrated
+    one when one is published (then its server does not migrate), else published once it is up."""
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+    from prefect.testing import utilities
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    def seeded_mkdtemp(*args, **kwargs) -> str:  # the harness's database is prefect-test.db in its mkdtemp()
+        folder = tempfile.mkdtemp(*args, **kwargs)
+        prefect_database.copy_to(Path(folder) / "prefect-test.db")
+        return folder
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(utilities, "mkdtemp", seeded_mkdtemp)
+        with prefect_test_harness(server_startup_timeout=120):
+            patch.undo()
+            prefect_database.publish(PREFECT_SERVER_DATABASE_CONNECTION_URL.value())
+            yield
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -106,10 +106,14 @@ MISSING = [  # settings that need an extra, and the extra named
 
 
 @pytest.fixture(scope="module")
-def without_extras(tmp_path_factory, tiny_sd_dir) -> dict:
+def without_extras(tmp_path_factory, tiny_sd_dir, prefect_database) -> dict:
     """The checks of _CHECKS in one Python where the optional packages are not found: part -> its
-    result ({"result": ...} or {"error": traceback}); `paths`: the folders the parts used."""
+    result ({"result": ...} or {"error": traceback}); `paths`: the folders the parts used. Its Prefect
+    home holds the migrated database when one is published (tests/support/prefect_db.py): the
+    pipeline's temporary server then starts without migrating."""
     tmp = tmp_path_factory.mktemp("extras")
+    env = _without_extras(tmp)
+    prefect_database.copy_to(Path(env["PREFECT_HOME"]) / "prefect.db")
     images = tmp / "images"
     images.mkdir()
     rows = []
@@ -134,7 +138,7 @@ def without_extras(tmp_path_factory, tiny_sd_dir) -> dict:
     proc = subprocess.run(
         [sys.executable, "-c", _CHECKS, args],
         cwd=REPO,
-        env=_without_extras(tmp),
+        env=env,
         capture_output=True,
         text=True,
         timeout=900,
