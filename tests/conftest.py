@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 _HOME = tempfile.mkdtemp(prefix="gcmine-prefect-home-")
 os.environ["PREFECT_HOME"] = _HOME
@@ -21,16 +22,25 @@ import pytest  # noqa: E402
 # The files that take longest (minutes each on 2 busy cores), longest first. The suite runs on two
 # xdist workers, a whole file at a time each, files in collection order (addopts in pyproject.toml):
 # started first, these overlap each other and the many short files; one left to the end would run
-# alone while the other worker idles. Every other file keeps its place, after these.
-# Measured 2026-11-30 (two workers, load 2-5): 2-4 minutes each, then 1.5-2.5.
+# alone while the other worker idles. Each worker also holds one file queued behind the one it runs, so
+# the files handed out last must all be short: test_finetune_data_parallel.py (45-90 s) had only ~20 s of
+# files after it in collection order, enough to end the suite on one worker. Every other file keeps its
+# place, after these.
+# Measured 2026-11-30 (load 2-5): the first four 2-4 minutes each, the others 30-90 s.
 LONGEST_FIRST = (
     "tests/flows/test_resume.py",
-    "tests/flows/test_deploy_server.py",  # mostly waits on its server: overlaps the CPU-bound ones
     "tests/test_types.py",  # mypy, cold cache
+    # mostly waits on its server: overlaps the CPU-bound ones; queued behind test_resume, whose harness has
+    # published the migrated Prefect database by the time its server starts
+    "tests/flows/test_deploy_server.py",
     "tests/flows/test_pipeline.py",
+    "tests/tasks/test_finetune_data_parallel.py",
     "tests/flows/test_extras.py",
     "tests/test_benchmark_scripts.py",
     "tests/flows/test_run_root_safety.py",
+    "tests/gcmodels/diffusion/test_compile.py",
+    "tests/bad_inputs/test_stalled_storage.py",
+    "tests/gcmodels/diffusion/test_data_parallel.py",
 )
 
 
@@ -53,11 +63,49 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 @pytest.fixture(scope="session")
-def prefect_harness():
+def fresh_imports(tmp_path_factory, worker_id) -> dict:
+    """What a fresh Python holds after importing the modules of the import-isolation tests
+    (tests/support/fresh_imports.py): one subprocess for the whole session, its report shared by
+    the xdist workers through their common temporary root."""
+    from fresh_imports import shared_report
+
+    return shared_report(None if worker_id == "master" else _session_root(tmp_path_factory, worker_id))
+
+
+def _session_root(tmp_path_factory, worker_id):
+    """The temporary folder of the whole test session: shared by the xdist workers, this process's own
+    with -n 0."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
+
+
+@pytest.fixture(scope="session")
+def prefect_database(tmp_path_factory, worker_id):
+    """The migrated Prefect database servers start from (tests/support/prefect_db.py)."""
+    from prefect_db import MigratedDatabase
+
+    return MigratedDatabase(_session_root(tmp_path_factory, worker_id) / "prefect-migrated.db")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(prefect_database):
+    """Prefect's test harness (a server on a temporary database), its database a copy of the migrated
+    one when one is published (then its server does not migrate), else published once it is up."""
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+    from prefect.testing import utilities
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    def seeded_mkdtemp(*args, **kwargs) -> str:  # the harness's database is prefect-test.db in its mkdtemp()
+        folder = tempfile.mkdtemp(*args, **kwargs)
+        prefect_database.copy_to(Path(folder) / "prefect-test.db")
+        return folder
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(utilities, "mkdtemp", seeded_mkdtemp)
+        with prefect_test_harness(server_startup_timeout=120):
+            patch.undo()
+            prefect_database.publish(PREFECT_SERVER_DATABASE_CONNECTION_URL.value())
+            yield
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,5 +1,8 @@
 """The GPU benchmark of the Stable Diffusion path runs (tiny UNet, CPU, seconds): it must not rot
-between the sessions that have a GPU. Speed is not tested here (benchmarks print numbers)."""
+between the sessions that have a GPU. Speed is not tested here (benchmarks print numbers).
+
+The four scripts that import torch and diffusers run as `python SCRIPT ARGS` would, one after another in
+one interpreter (tests/support/scripts.py): their imports are paid once, not four times."""
 
 from __future__ import annotations
 
@@ -9,33 +12,44 @@ import sys
 from pathlib import Path
 
 import pytest
+from scripts import run_scripts
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    """The runs of the tiny-config benchmarks (name -> ScriptRun); `tmp`: their output folder."""
+    tmp = tmp_path_factory.mktemp("benchmarks")
+    jobs = {
+        "sd_gpu": (
+            BENCHMARKS / "sd_gpu.py",
+            "--tiny --device cpu --resolution 32 --images 4 --draws 2 --batch 8 --train-steps 1 --warmup 1".split(),
+        ),
+        "estimator_variance": (
+            BENCHMARKS / "estimator_variance.py",
+            ["--model-dir", str(tmp / "m")]
+            + "--steps 2 --images 6 --draws 2 --repeats 1 --strata 4 --per-stratum 2 --resamples 3".split(),
+        ),
+        "families": (
+            BENCHMARKS / "families.py",
+            ["--tiny", "--time", "--time-only", "tiny DiT"] + "--score --draws 2 --images 2 --batch 8 --px 64".split(),
+        ),
+        "samples_frechet": (
+            BENCHMARKS / "samples_frechet.py",
+            "--steps 4 --checkpoints 0 4 --per-label 3 --sample-steps 2 --resolution 8 --channels 8 16".split()
+            + ["--grid", str(tmp / "grid.png")],
+        ),
+    }
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    found = run_scripts(jobs, tmp / "results.json", cwd=ROOT, env=env, timeout=1500)
+    return {**found, "tmp": tmp}
 
 
 @pytest.mark.slow
-def test_sd_gpu_benchmark_runs_on_a_tiny_unet() -> None:
-    cmd = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "sd_gpu.py"),
-        "--tiny",
-        "--device",
-        "cpu",
-        "--resolution",
-        "32",
-        "--images",
-        "4",
-        "--draws",
-        "2",
-        "--batch",
-        "8",
-        "--train-steps",
-        "1",
-        "--warmup",
-        "1",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+def test_sd_gpu_benchmark_runs_on_a_tiny_unet(runs) -> None:
+    done = runs["sd_gpu"]
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
     for heading in (
@@ -53,30 +67,9 @@ def test_sd_gpu_benchmark_runs_on_a_tiny_unet() -> None:
 
 
 @pytest.mark.slow
-def test_estimator_strata_study_runs_and_reports_every_stratum(tmp_path: Path) -> None:
+def test_estimator_strata_study_runs_and_reports_every_stratum(runs) -> None:
     """The t-strata study of the estimator benchmark (RESULTS 3b/3c) on a model trained 2 steps."""
-    cmd = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "estimator_variance.py"),
-        "--model-dir",
-        str(tmp_path / "m"),
-        "--steps",
-        "2",
-        "--images",
-        "6",
-        "--draws",
-        "2",
-        "--repeats",
-        "1",
-        "--strata",
-        "4",
-        "--per-stratum",
-        "2",
-        "--resamples",
-        "3",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    done = runs["estimator_variance"]
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
     assert "4 strata of t in [0.1, 0.7] x 1000, 2 shared draws each" in out
@@ -111,28 +104,10 @@ def test_flop_count_includes_cpu_attention() -> None:
 
 
 @pytest.mark.slow
-def test_families_benchmark_runs_on_tiny_configs() -> None:
+def test_families_benchmark_runs_on_tiny_configs(runs) -> None:
     """benchmarks/families.py (params, GFLOP at 256/512/1024 with attention, a timed forward in a
     fresh process, scoring) on tiny configs of each kind of denoiser: it must not rot."""
-    cmd = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "families.py"),
-        "--tiny",
-        "--time",
-        "--time-only",
-        "tiny DiT",
-        "--score",
-        "--draws",
-        "2",
-        "--images",
-        "2",
-        "--batch",
-        "8",
-        "--px",
-        "64",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    done = runs["families"]
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {line.split("|")[1].strip(): line for line in done.stdout.splitlines() if line.startswith("| tiny")}
     assert (
@@ -144,32 +119,11 @@ def test_families_benchmark_runs_on_tiny_configs() -> None:
 
 
 @pytest.mark.slow
-def test_samples_frechet_benchmark_runs(tmp_path: Path) -> None:
+def test_samples_frechet_benchmark_runs(runs) -> None:
     """The samples / Frechet distance benchmark (RESULTS 13) on a model trained 4 steps: a row per
     checkpoint, the real-digits floor, and the grid of the last samples."""
-    grid = tmp_path / "grid.png"
-    cmd = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "samples_frechet.py"),
-        "--steps",
-        "4",
-        "--checkpoints",
-        "0",
-        "4",
-        "--per-label",
-        "3",
-        "--sample-steps",
-        "2",
-        "--resolution",
-        "8",
-        "--channels",
-        "8",
-        "16",
-        "--grid",
-        str(grid),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    grid = runs["tmp"] / "grid.png"
+    done = runs["samples_frechet"]
     assert done.returncode in (0, 1), done.stderr[-2000:]  # 1: the distance did not fall (4 steps prove nothing)
     rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     assert [r[1].strip() for r in rows[1:]] == ["0", "4", "real digits (3 per digit, the floor)"]

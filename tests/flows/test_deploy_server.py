@@ -249,9 +249,11 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, prefect_database):
     s = Stack(tmp_path_factory.mktemp("deploy"))
     _write_images(s.images, n_per_label=4, seed=5)
+    # the server's database: a copy of the migrated one when a harness published it (tests/support/prefect_db.py)
+    prefect_database.copy_to(Path(s.env["PREFECT_HOME"]) / "prefect.db")
     try:
         server = s.start("server", "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(s.port))
         deadline = time.monotonic() + 150

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from tiny import tiny_settings
 
 from gcmodels.data.synthetic import motif_dataset
@@ -44,80 +45,130 @@ def _without_extras(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+# What the tests below check, in one Python without the extras (each Python costs 10-20 s of imports on 2
+# busy cores): first the default pipeline as `gcmine run` does it (nothing else imported before), then every
+# module of the default path, then each setting that needs a missing extra. Each part's outcome (or its
+# traceback) is reported on its own.
+_CHECKS = """
+import contextlib, importlib, io, json, pkgutil, sys, traceback
+args = json.loads(sys.argv[1])
+found = {}
 
+def part(name, check):
+    try:
+        found[name] = {"result": check()}
+    except BaseException:
+        found[name] = {"error": traceback.format_exc()}
+    with open(args["results"], "w") as fh:
+        json.dump(found, fh)
 
-def test_every_module_of_the_default_path_imports_without_the_extras(tmp_path) -> None:
-    code = """
-import importlib, json, pkgutil
-import gcmodels, gcmine.tasks, gcmine.flows
-from gcmodels.diffusion.families import families, unavailable_families
-optional_families = {"gcmodels.diffusion.sd", "gcmodels.diffusion.sdxl", "gcmodels.diffusion.sd3"}
-failed = {}
-for package in (gcmodels, gcmine.tasks, gcmine.flows):
-    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
-        if info.name in optional_families:
-            continue
-        try:
-            importlib.import_module(info.name)
-        except Exception as err:
-            failed[info.name] = repr(err)
-print(json.dumps({"failed": failed, "families": sorted(families()), "why": unavailable_families()}))
+def pipeline():
+    from gcmine.flows.cli import main
+    return main(args["pipeline"])
+
+def imports():
+    import gcmodels, gcmine.tasks, gcmine.flows
+    from gcmodels.diffusion.families import families, unavailable_families
+    optional_families = {"gcmodels.diffusion.sd", "gcmodels.diffusion.sdxl", "gcmodels.diffusion.sd3"}
+    failed = {}
+    for package in (gcmodels, gcmine.tasks, gcmine.flows):
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            if info.name in optional_families:
+                continue
+            try:
+                importlib.import_module(info.name)
+            except Exception as err:
+                failed[info.name] = repr(err)
+    return {"failed": failed, "families": sorted(families()), "why": unavailable_families()}
+
+def missing_extras():
+    from gcmine.flows.cli import main
+    results = []
+    for argv in args["missing"]:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = main(argv)
+        results.append([code, err.getvalue()])
+    return results
+
+part("pipeline", pipeline)
+part("imports", imports)
+part("missing", missing_extras)
 """
-    proc = _python(code, _without_extras(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    found = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert found["failed"] == {}
-    assert found["families"] == ["dit"]  # DiT needs diffusers only
-    assert "sd, sd3, sdxl need transformers" in found["why"] and "pip install 'gcmine[checkpoints]'" in found["why"]
+
+MISSING = [  # settings that need an extra, and the extra named
+    (["runtime.runner=dask"], "dask"),
+    (["runtime.gpus=all"], "dask"),
+    (["embed.method=clip", "embed.clip_path={tmp}"], "clip"),
+    (["cluster.reduce=umap"], "umap"),
+    (["model.base={sd}"], "checkpoints"),
+]
 
 
-def test_a_setting_that_needs_a_missing_extra_names_it_before_any_work(tmp_path, tiny_sd_dir) -> None:
-    cases = [
-        (["runtime.runner=dask"], "dask"),
-        (["runtime.gpus=all"], "dask"),
-        (["embed.method=clip", f"embed.clip_path={tmp_path}"], "clip"),
-        (["cluster.reduce=umap"], "umap"),
-        ([f"model.base={tiny_sd_dir}"], "checkpoints"),
-    ]
-    out = tmp_path / "run"
-    code = f"""
-import contextlib, io, json
-from gcmine.flows.cli import main
-found = []
-for settings, _ in {cases!r}:
-    err = io.StringIO()
-    argv = ["run", {str(tmp_path)!r}, "--out", {str(out)!r}]
-    for s in settings:
-        argv += ["--set", s]
-    with contextlib.redirect_stderr(err):
-        code = main(argv)
-    found.append([code, err.getvalue()])
-print(json.dumps(found))
-"""
-    proc = _python(code, _without_extras(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    found = json.loads(proc.stdout.strip().splitlines()[-1])
-    for (settings, extra), (code, stderr) in zip(cases, found):
-        assert code == 2, (settings, stderr)
-        assert f"pip install 'gcmine[{extra}]'" in stderr and "Traceback" not in stderr, (settings, stderr)
-    assert not out.exists()  # nothing was done
-
-
-def test_the_default_pipeline_runs_without_the_extras(tmp_path) -> None:
-    images = tmp_path / "images"
+@pytest.fixture(scope="module")
+def without_extras(tmp_path_factory, tiny_sd_dir, prefect_database) -> dict:
+    """The checks of _CHECKS in one Python where the optional packages are not found: part -> its
+    result ({"result": ...} or {"error": traceback}); `paths`: the folders the parts used. Its Prefect
+    home holds the migrated database when one is published (tests/support/prefect_db.py): the
+    pipeline's temporary server then starts without migrating."""
+    tmp = tmp_path_factory.mktemp("extras")
+    env = _without_extras(tmp)
+    prefect_database.copy_to(Path(env["PREFECT_HOME"]) / "prefect.db")
+    images = tmp / "images"
     images.mkdir()
     rows = []
     for i, item in enumerate(motif_dataset(n_per_label=4, size=16, labels=("circle", "cross"), seed=1)):
         item.image.save(images / f"img{i:02d}.png")
         rows.append({"filename": f"img{i:02d}.png", "label": item.label})
-    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
-    out = tmp_path / "run"
-    argv = [sys.executable, "-m", "gcmine.flows.cli", "run", str(images), "--labels", str(tmp_path / "labels.csv")]
-    argv += ["--out", str(out)]
+    pd.DataFrame(rows).to_csv(tmp / "labels.csv", index=False)
+    out = tmp / "run"
+    pipeline = ["run", str(images), "--labels", str(tmp / "labels.csv"), "--out", str(out)]
     for item in tiny_settings():
-        argv += ["--set", item]
-    proc = subprocess.run(argv, cwd=REPO, env=_without_extras(tmp_path), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        pipeline += ["--set", item]
+    refused, elsewhere = tmp / "refused", tmp / "elsewhere"
+    elsewhere.mkdir()
+    missing = []
+    for settings, _ in MISSING:
+        argv = ["run", str(elsewhere), "--out", str(refused)]
+        for item in settings:
+            argv += ["--set", item.format(tmp=elsewhere, sd=tiny_sd_dir)]
+        missing.append(argv)
+    results = tmp / "results.json"
+    args = json.dumps({"pipeline": pipeline, "missing": missing, "results": str(results)})
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHECKS, args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    found = json.loads(results.read_text()) if results.is_file() else {}
+    assert proc.returncode == 0 and len(found) == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {**found, "paths": {"out": out, "refused": refused}, "output": proc.stdout[-3000:] + proc.stderr[-3000:]}
+
+
+def _result(found: dict, part: str):
+    assert "error" not in found[part], found[part]["error"] + found["output"]
+    return found[part]["result"]
+
+
+def test_every_module_of_the_default_path_imports_without_the_extras(without_extras) -> None:
+    found = _result(without_extras, "imports")
+    assert found["failed"] == {}
+    assert found["families"] == ["dit"]  # DiT needs diffusers only
+    assert "sd, sd3, sdxl need transformers" in found["why"] and "pip install 'gcmine[checkpoints]'" in found["why"]
+
+
+def test_a_setting_that_needs_a_missing_extra_names_it_before_any_work(without_extras) -> None:
+    found = _result(without_extras, "missing")
+    for (settings, extra), (code, stderr) in zip(MISSING, found, strict=True):
+        assert code == 2, (settings, stderr)
+        assert f"pip install 'gcmine[{extra}]'" in stderr and "Traceback" not in stderr, (settings, stderr)
+    assert not without_extras["paths"]["refused"].exists()  # nothing was done
+
+
+def test_the_default_pipeline_runs_without_the_extras(without_extras) -> None:
+    assert _result(without_extras, "pipeline") == 0, without_extras["output"]
+    out = without_extras["paths"]["out"]
     assert (out / "report" / "index.html").is_file() and (out / "elements.parquet").is_file()

@@ -1,5 +1,10 @@
 """A run killed during scoring, restarted with the same command, scores only the missing shards
-and ends with the same results as a run that was never interrupted."""
+and ends with the same results as a run that was never interrupted.
+
+Only the runs that get killed are processes of their own (`python -m gcmine.flows.cli`, SIGKILL); the
+uninterrupted reference and the restarts run `main` in this process on the same session harness: the
+restart finds nothing in memory, only what the killed process left on disk and on the server (each
+separate process costs 15-20 s of imports on 2 busy cores)."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import pandas as pd
 import pytest
 from tiny import tiny_settings
 
+from gcmine.flows.cli import main
 from gcmodels.data.synthetic import motif_dataset
 
 pytestmark = pytest.mark.slow
@@ -27,11 +33,24 @@ SETTINGS = tiny_settings(
 )
 
 
-def _command(images: Path, out: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "gcmine.flows.cli", "run", str(images), "--out", str(out)]
-    for item in SETTINGS:
-        cmd += ["--set", item]
-    return cmd
+def _argv(images: Path, out: Path, *extra: str) -> list[str]:
+    argv = ["run", str(images), "--out", str(out)]
+    for item in [*SETTINGS, *extra]:
+        argv += ["--set", item]
+    return argv
+
+
+def _command(images: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "gcmine.flows.cli", *_argv(images, out, *extra)]
+
+
+def _run_here(argv: list[str], capsys) -> str:
+    """`gcmine ARGV` in this process; what it wrote to stderr (it must exit 0)."""
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 0, err[-3000:]
+    return err
 
 
 def _env() -> dict:
@@ -57,11 +76,10 @@ def _scores(out: Path) -> pd.DataFrame:
     return pd.read_parquet(out / "typicality.parquet").sort_values("image_id").reset_index(drop=True)
 
 
-def test_killed_during_scoring_resumes_missing_shards_only(prefect_harness, images, tmp_path) -> None:
+def test_killed_during_scoring_resumes_missing_shards_only(prefect_harness, images, tmp_path, capsys) -> None:
     env = _env()
     reference = tmp_path / "reference"
-    done = subprocess.run(_command(images, reference), env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _run_here(_argv(images, reference), capsys)
 
     out = tmp_path / "killed"
     proc = subprocess.Popen(
@@ -85,9 +103,8 @@ def test_killed_during_scoring_resumes_missing_shards_only(prefect_harness, imag
     assert 1 <= len(scored_before) < 4, scored_before
     assert not (out / "typicality.parquet").exists()
 
-    resumed = subprocess.run(_command(images, out), env=env, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    reused_line = next(line for line in resumed.stderr.splitlines() if "reused from earlier runs" in line)
+    resumed = _run_here(_argv(images, out), capsys)
+    reused_line = next(line for line in resumed.splitlines() if "reused from earlier runs" in line)
     assert "finetune" in reused_line and "embed" in reused_line
     reused_shards = {s for s in ("00000", "00001", "00002", "00003") if f"score[part-{s}.parquet]" in reused_line}
     assert reused_shards and reused_shards <= scored_before and len(reused_shards) < 4
@@ -98,11 +115,13 @@ def test_killed_during_scoring_resumes_missing_shards_only(prefect_harness, imag
         )
 
 
-def test_killed_during_finetune_resumes_after_the_collection_stages(prefect_harness, images, tmp_path) -> None:
+def test_killed_during_finetune_resumes_after_the_collection_stages(prefect_harness, images, tmp_path, capsys) -> None:
     env = _env()
     out = tmp_path / "killed-finetune"
-    command = _command(images, out) + ["--set", "train.steps=200", "--set", "score.draws=2"]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    extra = ("train.steps=200", "score.draws=2")
+    proc = subprocess.Popen(
+        _command(images, out, *extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 300
         # Kill once the collection stages are done and training has had a moment to start.
@@ -121,9 +140,8 @@ def test_killed_during_finetune_resumes_after_the_collection_stages(prefect_harn
     assert not (out / "model").exists() and not (out / "training.parquet").exists()  # nothing half-published
     assert not (out / "typicality.parquet").exists()
 
-    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    reused_line = next(line for line in resumed.stderr.splitlines() if "reused from earlier runs" in line)
+    resumed = _run_here(_argv(images, out, *extra), capsys)
+    reused_line = next(line for line in resumed.splitlines() if "reused from earlier runs" in line)
     assert "embed" in reused_line and "cluster" in reused_line and "finetune" not in reused_line
     assert (out / "model" / "_COMPLETE.json").exists()
     assert len(pd.read_parquet(out / "training.parquet")) == 200

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from fresh_imports import MODULES, loaded
 from pydantic import ValidationError
 
 from gcmine.flows.config import describe_settings, load_settings, parse_override
 from gcmodels.config import ConfigError, DataConfig, ScoreConfig, Settings, TrainConfig
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_validate() -> None:
@@ -180,7 +175,7 @@ def test_sections_are_frozen_and_strict() -> None:
         ScoreConfig(t_min=0.5, t_max=0.5)
 
 
-def test_gcmodels_does_not_import_prefect() -> None:
+def test_gcmodels_does_not_import_prefect(fresh_imports) -> None:
     modules = [
         "gcmodels",
         "gcmodels.config",
@@ -196,17 +191,9 @@ def test_gcmodels_does_not_import_prefect() -> None:
         "gcmodels.mining.evaluation",
         "gcmodels.runtime",
     ]
-    code = (
-        "import importlib, sys\n"
-        f"for m in {modules!r}:\n"
-        "    importlib.import_module(m)\n"
-        "bad = sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.'))\n"
-        "assert not bad, bad[:5]\n"
-        "print('ok')\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "ok"
+    # fresh_imports: a fresh Python that imported these among all the import-isolation tests' modules
+    assert set(modules) <= set(MODULES), "name them in MODULES of tests/support/fresh_imports.py"
+    assert not loaded(fresh_imports, "prefect"), fresh_imports["first_imported_by"]
 
 
 def test_model_base_fills_the_papers_defaults_unless_given() -> None:

@@ -70,8 +70,3 @@ def rank_trains(group, device, jobs: list[tuple[str, int, str | None, str | None
         model, result = train(kind, steps, group=group, resume=resume)
         if out_path is not None:
             torch.save({"weights": model.state_dict(), "history": result.history}, out_path)
-
-
-def rank_fails(group, device) -> None:
-    """A spawned rank that fails before its first step."""
-    raise ValueError("rank 1 could not build its model")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fresh_imports import MODULES, loaded
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -96,19 +97,17 @@ def test_dec_through_the_factory():
     assert set(res.traces) == {"pretrain_loss", "kl", "delta_label"}
 
 
-def test_new_model_modules_import_neither_prefect_nor_umap():
+def test_new_model_modules_import_neither_prefect_nor_umap(fresh_imports):
     """The clustering / encoder modules stay Prefect-free; the optional umap-learn (slow to
     import) loads only when a UMAP reduction is asked for."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    code = (
-        "import sys\n"
-        "import gcmodels.embedding.autoencoders, gcmodels.clustering.fitting, gcmodels.clustering.collection, gcmodels.clustering.dec, gcmodels.embedding.encoders\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'umap'))\n"
-        "assert not bad, bad[:5]\n"
-    )
-    repo = Path(__file__).resolve().parents[3]
-    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    modules = [
+        "gcmodels.embedding.autoencoders",
+        "gcmodels.clustering.fitting",
+        "gcmodels.clustering.collection",
+        "gcmodels.clustering.dec",
+        "gcmodels.embedding.encoders",
+    ]
+    # fresh_imports: a fresh Python that imported these among all the import-isolation tests' modules
+    assert set(modules) <= set(MODULES), "name them in MODULES of tests/support/fresh_imports.py"
+    for package in ("prefect", "umap"):
+        assert not loaded(fresh_imports, package), fresh_imports["first_imported_by"]

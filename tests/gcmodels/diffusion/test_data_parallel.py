@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ddp_cases import case, rank_fails, rank_trains, tiny_model, train
+from ddp_cases import case, rank_trains, tiny_model, train
+from ddp_failing import rank_fails
 
 from gcmine.tasks.infra.distributed import RankFailed, process_group
 from gcmodels.diffusion.training import _rows

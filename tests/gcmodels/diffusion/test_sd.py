@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from fresh_imports import loaded
 from sd_tiny import build_tiny_sd
 
 from gcmodels.diffusion import LatentEncoder, ModelLayoutError, PixelDiffusion, inspect_base, load_any_model
@@ -45,20 +44,9 @@ def _noisy(b: int = 3, seed: int = 1):
 
 
 # ---------------------------------------------------------------------- import, layout, compatibility
-def test_import_does_not_import_prefect() -> None:
-    code = (
-        "import sys\nfrom gcmodels.diffusion import families\nassert len(families()) == 4  # every family module imported\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'prefect')\n"
-        "assert not bad, bad\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=Path(__file__).resolve().parents[3],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def test_import_does_not_import_prefect(fresh_imports) -> None:
+    assert len(fresh_imports["families"]) == 4  # every family module imported (in a fresh Python)
+    assert not loaded(fresh_imports, "prefect"), fresh_imports["first_imported_by"]
 
 
 @pytest.mark.parametrize(
