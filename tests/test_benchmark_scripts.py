@@ -292,3 +292,77 @@ def test_multilabel_benchmark_runs(prefect_harness, tmp_path: Path, mode: str) -
     evaluation = pd.read_parquet(run / "evaluation.parquet")  # the last evaluation: the true boxes
     assert (evaluation["status"] == "ok").sum() == len(boxes)
     assert "RESULT: targets" in done.stdout
+
+
+def test_parts_benchmark_classifies_elements_by_hand() -> None:
+    """benchmarks/parts.py's measures on hand-made patches and elements: a patch's category (the
+    smallest part whose centre it contains, else the ring, else the body, else background), an
+    element is a part kind when over half its patches are on it, the pairs found, the thin part,
+    rank-0 on an own-style part, and the ring counted as a first element."""
+    import numpy as np
+    import pandas as pd
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import parts
+
+    def thing(iid, label, kind, owner, box):
+        return {
+            "image_id": iid,
+            "label": label,
+            "kind": kind,
+            "owner": owner,
+            **dict(zip(("gx0", "gy0", "gx1", "gy1"), box)),
+        }
+
+    truth = pd.DataFrame(
+        [
+            thing("i1", "A", "lamp", "A", (10, 10, 20, 20)),
+            thing("i1", "A", "pole", "", (40, 0, 44, 12)),
+            thing("i1", "A", "ring", "", (70, 70, 80, 80)),
+            thing("i1", "A", "body", "", (0, 0, 60, 60)),
+            thing("i2", "A", "lamp", "", (10, 10, 20, 20)),
+            thing("i2", "A", "pole", "A", (40, 0, 44, 12)),
+            thing("i2", "A", "ring", "", (70, 70, 80, 80)),
+            thing("i2", "A", "body", "", (0, 0, 60, 60)),
+            thing("i3", "B", "lamp", "A", (10, 10, 20, 20)),  # crossed: A's style in B's image
+            thing("i3", "B", "pole", "B", (40, 0, 44, 12)),
+            thing("i3", "B", "ring", "", (70, 70, 80, 80)),
+            thing("i3", "B", "body", "", (0, 0, 60, 60)),
+        ]
+    )
+    rows = [
+        # image, label, rank, element, box
+        ("i1", "A", 0, 0, (8, 8, 22, 22)),  # lamp, own style
+        ("i2", "A", 0, 1, (36, 0, 48, 12)),  # pole, own style
+        ("i2", "A", 1, 0, (8, 8, 22, 22)),  # lamp, plain style
+        ("i1", "A", 1, 1, (68, 68, 82, 82)),  # ring
+        ("i1", "A", 2, 2, (25, 30, 35, 40)),  # body
+        ("i3", "B", 0, 0, (66, 66, 84, 84)),  # ring
+        ("i3", "B", 1, 0, (70, 70, 82, 82)),  # ring
+        ("i3", "B", 2, 1, (30, 0, 50, 25)),  # pole, own style (B)
+        ("i3", "B", 3, 2, (85, 0, 95, 10)),  # background
+    ]
+    patches = pd.DataFrame(
+        [
+            {"image_id": i, "label": lab, "rank": r, "element": e, **dict(zip(("x0", "y0", "x1", "y1"), b))}
+            for i, lab, r, e, b in rows
+        ]
+    )
+    cats = parts.classify_patches(patches, truth, ["lamp", "pole"])
+    assert cats["category"].tolist() == ["lamp", "pole", "lamp", "ring", "body", "ring", "ring", "pole", "background"]
+    assert cats["own"].tolist() == [True, True, False, False, False, False, False, True, False]
+
+    elements = pd.DataFrame(
+        {"label": ["A", "A", "A", "B", "B", "B"], "element": [0, 1, 2, 0, 1, 2], "rank": [0, 1, 2, 0, 1, 2]}
+    )
+    rep = parts.evaluate(patches, elements, truth, ["lamp", "pole"], first=2)
+    a, b = rep["per_label"]["A"], rep["per_label"]["B"]
+    assert a["owned"] == ["lamp", "pole"] and b["owned"] == ["pole"]
+    # A's element 0: two lamp patches (one own style); element 1: pole and ring -> mixed (half is not over half)
+    assert [f["kind"] for f in a["firsts"]] == ["lamp", "mixed"] and a["firsts"][0]["own_style"] == 0.5
+    assert a["found"] == {"lamp": True, "pole": False}
+    assert [f["kind"] for f in b["firsts"]] == ["ring", "pole"] and b["found"] == {"pole": True}
+    assert a["pointing"] == 1.0 and b["pointing"] == 0.0  # i1 lamp own, i2 pole own; i3's rank 0 on the ring
+    assert rep["pairs_found"] == 2 / 3 and rep["pairs"] == 3
+    assert rep["ring_first"] == 1 and rep["ring_rank0"] == 1
+    assert np.isclose(rep["pointing"], 2 / 3)

@@ -1,7 +1,8 @@
 """Images in, and the datasets that ship with gcmine.
 
 - `images`: decoding untrusted image bytes into RGB (precise reasons for rejection), working sizes;
-- `synthetic`: the demo datasets with planted motifs and their ground-truth boxes.
+- `synthetic`: the demo datasets with planted motifs and their ground-truth boxes;
+- `parts`: the parts ground-truth set (label-typical part styles on an object every label shares).
 """
 
 from gcmodels.data.images import (
