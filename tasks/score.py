@@ -82,6 +82,8 @@ def _adaptive_rule(config: ScoreConfig, ranking: dict | None, model) -> Adaptive
         top_k=ranking["top_k"],
         per_image=ranking["per_image"],
         patch=patch,
+        kind=config.adaptive_rule,
+        decide=min(config.adaptive_decide, ranking["per_image"]),
     )
 
 

@@ -63,10 +63,13 @@ from gcmodels.mining.typicality import NoisePredictor, TypicalityEstimator
 __all__ = [
     "AdaptiveResult",
     "AdaptiveRule",
+    "RULES",
     "adaptive_maps",
     "draw_order",
     "half_width",
+    "membership",
     "round_sizes",
+    "selection_decided",
     "standard_error",
 ]
 
@@ -108,17 +111,28 @@ def standard_error(values: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.sqrt((d * d / 2).mean(-1) / n)
 
 
+RULES = ("elimination", "decision")
+
+
 @dataclass(frozen=True)
 class AdaptiveRule:
     """first: draws of the first pass (n0, >= 2); z: confidence level of the bounds as a normal
     quantile (see `half_width`); top_k: patches per label the ranking keeps; per_image: patches per image;
-    patch: patch side in map cells."""
+    patch: patch side in map cells. kind: "elimination" (an image stops once it surely cannot
+    enter its label's top-K) or "decision" (an image stops once its top-K membership and its own
+    patch selection are decided, by paired differences; see the module docstring); decide: with
+    "decision", how many of an image's `per_image` selected patches (best first) must be decided;
+    shift: with "decision", a selected patch counts as decided against positions at most `shift`
+    cells away on both axes without beating them (-1: patch // 2)."""
 
     first: int = 4
     z: float = 2.0
     top_k: int = 1000
     per_image: int = 5
     patch: int = 3
+    kind: str = "elimination"
+    decide: int = 1
+    shift: int = -1
 
     def __post_init__(self) -> None:
         if self.first < 2:
@@ -129,6 +143,17 @@ class AdaptiveRule:
             raise ValueError(
                 f"top_k, per_image and patch must be >= 1, got {self.top_k}, {self.per_image}, {self.patch}"
             )
+        if self.kind not in RULES:
+            raise ValueError(f"kind must be one of {RULES}, got {self.kind!r}")
+        if not 0 <= self.decide <= self.per_image:
+            raise ValueError(f"decide must be in [0, per_image = {self.per_image}], got {self.decide}")
+        if self.shift < -1:
+            raise ValueError(f"shift must be >= 0 (or -1: patch // 2), got {self.shift}")
+
+    @property
+    def tolerance(self) -> int:
+        """Cells a decided patch may be off the full-N one (`shift`, or patch // 2)."""
+        return self.patch // 2 if self.shift < 0 else self.shift
 
 
 @dataclass
@@ -162,14 +187,19 @@ class _Image:
         return acc / np.float32(len(self.terms))
 
 
-def _patch_stats(images: list[_Image], patch: int, k: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+def _patch_stats(
+    images: list[_Image], patch: int, k: int
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]:
     """mean (n, k) and standard error (n, k) of each image's k best patches on its current map
-    (NaN where fewer fit), and the maps."""
+    (NaN where fewer fit), the maps, and the boxes (n, k, 4) of those patches (rank's greedy
+    selection on the current map; -1 rows where fewer fit)."""
     maps = [im.mean_map() for im in images]
     mu = np.full((len(images), k), np.nan)
     se = np.full((len(images), k), np.nan)
+    every = np.full((len(images), k, 4), -1, np.int64)
     for i, (im, m) in enumerate(zip(images, maps)):
         boxes, _ = top_patches(torch.from_numpy(m)[None], min(patch, *m.shape), k)
+        every[i] = boxes[0].numpy()
         terms = np.stack([im.terms[d] for d in sorted(im.terms)])  # (n_i, h, w)
         for j, (x0, y0, x1, y1) in enumerate(boxes[0].tolist()):
             if x0 < 0:
@@ -177,7 +207,115 @@ def _patch_stats(images: list[_Image], patch: int, k: int) -> tuple[np.ndarray, 
             per_draw = terms[:, y0:y1, x0:x1].mean((1, 2), dtype=np.float64)
             mu[i, j] = per_draw.mean()
             se[i, j] = standard_error(per_draw)
-    return mu, se, maps
+    return mu, se, maps, every
+
+
+def _pooled_draws(image: _Image, patch: int) -> np.ndarray:
+    """The image's per-draw patch scores (n_i, Hp, Wp) float64, draws in draw (t) order: entry
+    (d, y, x) is the mean of draw d's term over the patch with top-left corner (x, y)."""
+    terms = torch.from_numpy(np.stack([image.terms[d] for d in sorted(image.terms)])).double()
+    size = min(patch, *terms.shape[1:])
+    return torch.nn.functional.avg_pool2d(terms[:, None], size, stride=1)[:, 0].numpy()
+
+
+def selection_decided(pooled: np.ndarray, boxes: np.ndarray, rule: AdaptiveRule) -> bool:
+    """Whether an image's greedy selection of its first `rule.decide` patches is decided.
+
+    pooled (n, Hp, Wp): its per-draw patch scores in draw order; boxes (k, 4): the selection on
+    its current map (best first). Selected patch r is decided when it beats, with paired
+    confidence, every position greedy suppression leaves it as a rival (positions that neither
+    overlap nor touch patches 0..r-1) except those within `rule.tolerance` cells of it: per draw,
+    the difference of its score and the rival's (the same t and eps for both: the trend over t
+    largely cancels), mean over the draws minus `half_width` standard errors of that difference
+    (`standard_error`'s pairs) must be > 0 for every rival."""
+    n, hp, wp = pooled.shape
+    h = half_width(rule.z, n)
+    if not np.isfinite(h):
+        return False
+    size = rule.patch
+    ys, xs = np.mgrid[0:hp, 0:wp]
+    free = np.ones((hp, wp), bool)
+    for r in range(min(rule.decide, len(boxes))):
+        x0, y0 = int(boxes[r][0]), int(boxes[r][1])
+        if x0 < 0:
+            break
+        rivals = free & ~((np.abs(ys - y0) <= rule.tolerance) & (np.abs(xs - x0) <= rule.tolerance))
+        if rivals.any():
+            d = pooled[:, y0, x0][:, None] - pooled[:, rivals]  # (n, rivals)
+            if not ((d.mean(0) - h * standard_error(d, axis=0)) > 0).all():
+                return False
+        free &= ~((np.abs(ys - y0) <= size) & (np.abs(xs - x0) <= size))
+    return True
+
+
+def membership(
+    values: np.ndarray, draws: np.ndarray, order: np.ndarray, k: int, z: float, block: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which of a label's candidate patches are surely inside, and which surely outside, its top k.
+
+    values (P, N): each patch's per-draw score by draw index (NaN where its image has not had
+    that draw); draws (P,): the draws of its image, a prefix of `order` (the visiting order of
+    the draws). Patch p surely beats q when the paired difference p - q over the draws both have
+    (the first min(draws) of `order`, in draw order: the same t and eps for both images) has a
+    lower bound (mean - `half_width` standard errors) above 0. p is surely in when fewer than k
+    other patches are not surely beaten by it, surely out when at least k surely beat it. With
+    at most k patches every one is in. Returns (inside, outside) (P,) bool."""
+    p = len(values)
+    if p <= k:
+        return np.ones(p, bool), np.zeros(p, bool)
+    beats = np.zeros((p, p), bool)  # beats[a, b]: a surely above b
+    for m in np.unique(draws).tolist():
+        if m < 2:
+            continue
+        cols = np.sort(order[:m])
+        x = values[:, cols]
+        h = half_width(z, m)
+        for s in range(0, p, block):
+            rows = np.arange(s, min(s + block, p))
+            pair = np.minimum(draws[rows, None], draws[None, :]) == m
+            if not pair.any():
+                continue
+            d = x[rows, None, :] - x[None, :, :]  # (b, P, m); NaN only in pairs not of this m
+            with np.errstate(invalid="ignore"):
+                lower = d.mean(-1) - h * standard_error(d)
+            beats[rows] |= pair & (lower > 0)
+    np.fill_diagonal(beats, False)
+    inside = (p - 1 - beats.sum(1)) < k
+    outside = beats.sum(0) >= k
+    return inside, outside
+
+
+def _settle_decision(
+    state: list[_Image], labels: np.ndarray, boxes: np.ndarray, rule: AdaptiveRule, order: np.ndarray
+) -> None:
+    """Mark settled the images whose top-K membership and selection are decided (`membership`,
+    `selection_decided`)."""
+    n_draws = len(order)
+    pooled = [_pooled_draws(im, rule.patch) for im in state]
+    for lab in np.unique(labels):
+        of = np.flatnonzero(labels == lab)
+        owner, values, draws = [], [], []
+        for i in of.tolist():
+            pp = pooled[i]
+            cols = np.array(sorted(state[i].terms))
+            for x0, y0, _x1, _y1 in boxes[i].tolist():
+                if x0 < 0:
+                    break
+                row = np.full(n_draws, np.nan)
+                row[cols] = pp[:, y0, x0]
+                owner.append(i)
+                values.append(row)
+                draws.append(len(cols))
+        if not owner:
+            continue
+        inside, outside = membership(np.stack(values), np.array(draws), order, rule.top_k, rule.z)
+        owner_arr = np.array(owner)
+        for i in of.tolist():
+            if state[i].settled:
+                continue
+            mine = owner_arr == i
+            if (inside[mine] | outside[mine]).all() and selection_decided(pooled[i], boxes[i], rule):
+                state[i].settled = True
 
 
 def half_width(z: float, n: int) -> float:
@@ -248,9 +386,12 @@ def adaptive_maps(
                 if progress is not None:
                     progress(done)
         prev = size
-        mu, se, maps = _patch_stats(state, rule.patch, rule.per_image)
+        mu, se, maps, boxes = _patch_stats(state, rule.patch, rule.per_image)
         if size == sizes[-1]:
             break
+        if rule.kind == "decision":
+            _settle_decision(state, labels, boxes, rule, order)
+            continue
         h = np.array([half_width(rule.z, len(im.terms)) for im in state])[:, None]  # (n, 1)
         upper_top = mu[:, 0] + h[:, 0] * se[:, 0]
         for lab in np.unique(labels):
