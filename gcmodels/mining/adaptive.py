@@ -1,8 +1,9 @@
 """Adaptive draws: spend the (t, eps) draws of scoring where a label's top patches are decided.
 
 The user reads a ranking (each label's `top_k` most typical patches, `per_image` non-overlapping
-patches per image at most): most images can never reach it, and their maps need not be known to
-N draws. Scoring by successive elimination, per shard:
+patches per image at most) and, image by image, the patches rank selects (the rank-0 patch is
+where the image "points"): most images can never reach the top, and many maps point clearly
+long before N draws. Scoring by rounds, per shard, with one of two rules (`AdaptiveRule.kind`):
 
 1. **First pass**: every image gets `first` draws (n0).
 2. **Bounds**: for every image, its current map (the mean of its draws) gives its `per_image`
@@ -13,14 +14,26 @@ N draws. Scoring by successive elimination, per shard:
    as pairs of draws, of the normal level z (z = 2: h = 4.5 on 4 draws, 2.9 on 8, 2.4 on 16): a
    standard error from a few draws is itself uncertain, and a z-rule on it would settle images
    whose error merely looks small.
-3. **Threshold** of a label: tau = the `top_k`-th largest lower bound mu - h se over the patches
-   of the label's images in the shard (-inf when they have fewer than `top_k` patches). With high
-   probability at least `top_k` patches truly score above tau, so the label's top-K lies above it.
-4. **Elimination**: an image whose best patch's upper bound mu + h se is below tau of its label
-   cannot enter the top-K: it is settled and gets no more draws. The others are refined: the
-   next round doubles their draws (n0, 2 n0, 4 n0, ..., N), then 2-4 repeat until every image is
-   settled or has all N draws. Images that stay in contention therefore end with exactly the N
-   draws (and the map) of plain scoring: the top-K is read from full-N maps.
+3. **Stopping**, rule "elimination" (successive elimination): tau of a label = the `top_k`-th
+   largest lower bound mu - h se over the patches of the label's images in the shard (-inf when
+   they have fewer than `top_k` patches). An image whose best patch's upper bound mu + h se is
+   below tau cannot enter the top-K: it is settled and gets no more draws.
+   Rule "decision": an image is settled once both
+   (a) its **top-K membership is decided**: each of its selected patches is surely inside the
+       label's top-K of the shard (fewer than `top_k` other patches are not surely below it) or
+       surely outside (at least `top_k` patches are surely above it), where "p surely above q"
+       is a paired test: the per-draw difference of p's and q's scores over the draws both
+       images have (the same (t, eps) by index: `TypicalityEstimator.sample_draws` gives every
+       image the same draws, so the level every draw shares, which moves several-fold with t,
+       cancels), lower bound mean - h se of the difference > 0 (`membership`); with at most
+       `top_k` candidate patches in the label (the default rank.per_label = 1000 on a small
+       collection) every patch is in and (a) holds at once; and
+   (b) its **own selection is decided** for its `decide` best patches: each beats, by the same
+       paired test within the image, every position greedy suppression leaves as its rival,
+       except positions at most `tolerance` cells from it (`selection_decided`).
+4. The others are refined: the next round doubles their draws (n0, 2 n0, 4 n0, ..., N), then 2-3
+   repeat until every image is settled or has all N draws. Images still undecided therefore end
+   with exactly the N draws (and the map) of plain scoring.
 
 Draws: the same N (t, eps) draws as plain scoring (`TypicalityEstimator.sample_draws`, t
 stratified in N strata), visited in van der Corput (bit-reversed) order of their stratum, so that
@@ -29,21 +42,31 @@ and a partial mean is not a low-t mean. Each image's map is the sum of its draws
 draw order** divided by their number, so an image that reaches N draws gets plain scoring's map
 bit for bit (for a model whose per-input output does not depend on the rest of its batch).
 
-Limitations of this first version, stated rather than hidden:
-- the threshold is computed per shard: a shard's K-th best is at most the collection's, so an
-  image is only eliminated if it cannot enter its shard's top-K, hence neither the collection's
-  (safe, but it refines more than a gathered threshold would); images that are surely inside the
-  top-K are not stopped early, since a per-shard threshold cannot say they are inside the
-  collection's top;
+What the rules guarantee, and their limitations, stated rather than hidden:
+- each test is a per-comparison t rule at level z, not a simultaneous guarantee over every image,
+  rival position and round (the decision rule makes hundreds of comparisons per image: at a low z
+  some are decided wrongly); an image that is never settled gets plain scoring's map bit for bit;
+  a settled one keeps the map of its fewer draws, whose lower-ranked patches (beyond `decide`)
+  and image typicality are less precise than plain N's;
+- (b) decides the selection up to `tolerance` cells (patch // 2 by default): a settled image's
+  rank-0 patch may sit that far from the one its full-N map would give;
+- the tests are per shard: "surely out" of the shard's top-K implies out of the collection's
+  (a shard's K-th best is at most the collection's), but "surely in" the shard's top-K does not
+  imply in the collection's: with several shards, an image that the decision rule stops as
+  surely inside its shard's top-K may sit at the collection's boundary, its score from fewer
+  draws (a gather of the thresholds between rounds would fix it; not built);
+- a patch compared over the draws both images have uses the first min(n_p, n_q) draws: its
+  estimate of the difference is not the difference of the two images' own means;
 - the standard error is that of collapsed strata (conservative where the trend over t shows
-  within a pair of draws), of each image on its own: the draws are shared by all images, so
-  differences between images are more precise than two independent errors say (conservative
-  again); it bounds the patch the current map ranks first, not the maximum over every position;
+  within a pair of draws); "elimination" bounds each image on its own (conservative: the draws
+  are shared by all images) and only the patch the current map ranks first, and never stops an
+  image surely inside the top-K;
 - memory: the per-draw maps of every image of the shard are held until the shard is done (to
   sum them in draw order): images x draws used x h x w float32, e.g. 256 images x 16 draws of
-  32 x 32 = 16 MB, but 256 x 100 draws of SD's 64 x 64 latents = 420 MB;
-- no resume between rounds: a killed shard is scored again from its first pass;
-- the bound is a per-patch t rule, not a simultaneous guarantee over every image and round.
+  32 x 32 = 16 MB, but 256 x 100 draws of SD's 64 x 64 latents = 420 MB; the decision rule's
+  membership test compares every pair of a label's candidate patches in the shard
+  ((images x per_image)^2 x draws per round, in blocks);
+- no resume between rounds: a killed shard is scored again from its first pass.
 """
 
 from __future__ import annotations
