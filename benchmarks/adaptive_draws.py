@@ -85,11 +85,11 @@ def main() -> int:
     ap.add_argument("--extra", action="store_true", help="also plain at N/4 and N/2 and adaptive at 4N (the curve)")
     ap.add_argument("--out", help="work folder (default: a temporary one)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--variants", nargs="*", help="plain:N[:K] or adaptive:N:RULE:Z[:K] (default: the three of the issue)")
-    ap.add_argument("--report", action="store_true", help="only print the table of the variants kept in OUT/results")
     ap.add_argument(
-        "--compare-k", type=int, nargs="*", help="top-K sizes of the overlap column(s) (default: --top-k)"
+        "--variants", nargs="*", help="plain:N[:K] or adaptive:N:RULE:Z[:K] (default: the three of the issue)"
     )
+    ap.add_argument("--report", action="store_true", help="only print the table of the variants kept in OUT/results")
+    ap.add_argument("--compare-k", type=int, nargs="*", help="top-K sizes of the overlap column(s) (default: --top-k)")
     args = ap.parse_args()
     if args.variants is not None or args.report:
         return stored_main(args)
@@ -178,7 +178,13 @@ def stored_main(args) -> int:
     else:
         truth = write_dataset(work / "dataset", args.per_label, args.size, args.seed)
         truth.to_parquet(work / "truth.parquet")
-    base = [f"train.steps={args.steps}", "rank.elements=4", "runtime.progress=false", "runtime.threads=1", *args.overrides]
+    base = [
+        f"train.steps={args.steps}",
+        "rank.elements=4",
+        "runtime.progress=false",
+        "runtime.threads=1",
+        *args.overrides,
+    ]
     for spec in args.variants or []:
         name, extra = parse_variant(spec, args.top_k)
         t0 = time.perf_counter()
@@ -229,7 +235,7 @@ def stored_main(args) -> int:
             f"{purity:>12.3f}{overlaps}{r['score_s']:>9.1f}"
         )
         counts = dict(zip(*np.unique(r["typicality"]["draws"], return_counts=True)))
-        print(f"{'':<34}draws per image: {({int(a): int(b) for a, b in counts.items()})}")
+        print(f"{'':<34}draws per image: { ({int(a): int(b) for a, b in counts.items()}) }")
     return 0
 
 

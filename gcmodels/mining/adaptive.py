@@ -84,9 +84,9 @@ from gcmodels.mining.patches import top_patches
 from gcmodels.mining.typicality import NoisePredictor, TypicalityEstimator
 
 __all__ = [
+    "RULES",
     "AdaptiveResult",
     "AdaptiveRule",
-    "RULES",
     "adaptive_maps",
     "draw_order",
     "half_width",
