@@ -9,6 +9,9 @@ motif centre (truth boxes from the run's dataset, scaled to the working images).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/adaptive_curve.py --work /tmp/gcmine-adaptive-XXXX \\
         --ref maps/part-00000-<4N key>.parquet --plain 4 8 16 --z 2 1 0.5
+    # the rules of gcmodels.mining.adaptive, each as RULE:Z[:DECIDE[:K]] (K: the rule's top_k, default
+    # --top-k; the overlap columns compare the top --compare-k patches per label)
+    ... adaptive_curve.py --work W --ref R --plain 16 --adaptive elimination:2 decision:2:1:1000 --compare-k 10 1000
 """
 
 from __future__ import annotations
@@ -35,7 +38,11 @@ from gcmodels.runtime import configure_torch
 
 
 def selection(maps: np.ndarray, labels: np.ndarray, patch: int, per_image: int, k: int):
-    """rank-0 boxes (n, 4) and each label's top-k patches as a set of (image, x0, y0)."""
+    """rank-0 boxes (n, 4) and each label's top-k patches as a set of (image, x0, y0)
+    (k a list: one such dict per k)."""
+    if isinstance(k, list):
+        r0, _ = selection(maps, labels, patch, per_image, 1)
+        return r0, [selection(maps, labels, patch, per_image, kk)[1] for kk in k]
     boxes, scores = top_patches(torch.from_numpy(maps), patch, per_image)
     b, s = boxes.numpy(), scores.numpy()
     rows = pd.DataFrame(
@@ -66,6 +73,8 @@ def main() -> int:
     ap.add_argument("--patch", type=int, default=6)
     ap.add_argument("--per-label", type=int, default=40)
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--adaptive", nargs="*", help="RULE:Z[:DECIDE[:K]] (replaces --z, which runs elimination:Z)")
+    ap.add_argument("--compare-k", type=int, nargs="*", help="top-K sizes of the overlap columns (default --top-k)")
     args = ap.parse_args()
     configure_torch(1)
     work = Path(args.work)
@@ -84,31 +93,54 @@ def main() -> int:
     cy = ((truth["y0"] + truth["y1"]) / 2 * scale).to_numpy()
     x0 = model.encode(torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))))
     cond = model.label_index(list(labels))
-    _, ref_top = selection(ref_maps, labels, args.patch, args.per_image, args.top_k)
+    ks = args.compare_k or [args.top_k]
+    _, ref_tops = selection(ref_maps, labels, args.patch, args.per_image, ks)
+    ref_r0, _ = selection(ref_maps, labels, args.patch, args.per_image, 1)
 
     def report(name: str, maps: np.ndarray, passes: int, seconds: float) -> None:
-        r0, top = selection(maps, labels, args.patch, args.per_image, args.top_k)
+        r0, tops = selection(maps, labels, args.patch, args.per_image, ks)
         point = np.mean((r0[:, 0] <= cx) & (cx < r0[:, 2]) & (r0[:, 1] <= cy) & (cy < r0[:, 3]))
-        overlap = np.mean([len(top.get(lab, set()) & ref_top[lab]) / len(ref_top[lab]) for lab in ref_top])
+        same_r0 = np.mean(np.abs(r0[:, :2] - ref_r0[:, :2]).max(1) <= args.patch // 2)
+        overlaps = "".join(
+            f"{np.mean([len(top.get(lab, set()) & ref[lab]) / len(ref[lab]) for lab in ref]):>11.3f}"
+            for top, ref in zip(tops, ref_tops)
+        )
         print(
-            f"{name:<22}{passes:>9}{passes / len(maps):>8.1f}{point:>9.3f}{overlap:>11.3f}{seconds:>9.1f}", flush=True
+            f"{name:<34}{passes:>9}{passes / len(maps):>8.1f}{passes / (2 * args.draws * len(maps)):>6.2f}"
+            f"{point:>9.3f}{same_r0:>8.3f}{overlaps}{seconds:>9.1f}",
+            flush=True,
         )
 
-    print(f"{len(meta)} images, K={args.top_k} patches per label, {args.per_image} per image, patch {args.patch} px")
-    print(f"{'variant':<22}{'passes':>9}{'/image':>8}{'point':>9}{'overlap 4N':>11}{'seconds':>9}")
-    report("reference (plain 4N)", ref_maps, 0, 0.0)
+    print(f"{len(meta)} images, {args.per_image} patches per image, patch {args.patch} px")
+    head = "".join(f"{'overlap@' + str(k):>11}" for k in ks)
+    print(f"{'variant':<34}{'passes':>9}{'/image':>8}{'vs N':>6}{'point':>9}{'r0 ~4N':>8}{head}{'seconds':>9}")
+    report("reference (--ref, passes not known)", ref_maps, 0, 0.0)
     for n in args.plain:
         est = TypicalityEstimator(draws=n, batch_size=32, seed=0)
         t0 = time.perf_counter()
         maps = torch.cat([est.maps(model, x0[s : s + 64], cond[s : s + 64]) for s in range(0, len(x0), 64)]).numpy()
         report(f"plain N={n}", maps, 2 * n * len(maps), time.perf_counter() - t0)
     est = TypicalityEstimator(draws=args.draws, batch_size=32, seed=0)
-    for z in args.z:
-        rule = AdaptiveRule(first=args.first, z=z, top_k=args.top_k, per_image=args.per_image, patch=args.patch)
+    specs = args.adaptive if args.adaptive is not None else [f"elimination:{z}" for z in args.z]
+    for spec in specs:
+        kind, z, *more = spec.split(":")
+        decide = int(more[0]) if more else 1
+        k = int(more[1]) if len(more) > 1 else args.top_k
+        rule = AdaptiveRule(
+            first=args.first,
+            z=float(z),
+            top_k=k,
+            per_image=args.per_image,
+            patch=args.patch,
+            kind=kind,
+            decide=decide,
+        )
         t0 = time.perf_counter()
         res = adaptive_maps(est, model, [(np.arange(len(x0)), lambda pos: x0[torch.from_numpy(pos)])], cond, rule)
-        report(f"adaptive N={args.draws} z={z}", np.stack(res.maps), 2 * int(res.draws.sum()), time.perf_counter() - t0)
-        print(f"{'':<22}draws per image: {dict(zip(*np.unique(res.draws, return_counts=True)))}", flush=True)
+        name = f"{kind} z={z} K={k}" + (f" dec={decide}" if kind == "decision" else "")
+        report(name, np.stack(res.maps), 2 * int(res.draws.sum()), time.perf_counter() - t0)
+        counts = {int(a): int(b) for a, b in zip(*np.unique(res.draws, return_counts=True))}
+        print(f"{'':<34}draws per image: {counts}", flush=True)
     return 0
 
 

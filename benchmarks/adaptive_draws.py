@@ -15,6 +15,12 @@ score / rank / elements run again) for every other variant, and prints per varia
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/adaptive_draws.py                 # 4 x 40 images
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/adaptive_draws.py --draws 16 --top-k 40 --extra
+    # one trained model for many variants: --out keeps the work folder, --variants picks the runs
+    # (plain:N[:K], adaptive:N:RULE:Z[:K]; RULE elimination or decision, K = rank.per_label of that run),
+    # each variant's outputs are kept in OUT/results/, and --report prints the table of all kept ones
+    ... adaptive_draws.py --out W --variants plain:16 plain:64 --top-k 1000
+    ... adaptive_draws.py --out W --variants adaptive:16:decision:2 adaptive:16:elimination:2:10
+    ... adaptive_draws.py --out W --report --compare-k 10 1000
 Target (issue 19): adaptive at N spends <= 1/3 of plain at N's passes, pointing and purity no
 lower, top-K overlap with plain at 4N at least that of plain at N.
 """
@@ -79,7 +85,14 @@ def main() -> int:
     ap.add_argument("--extra", action="store_true", help="also plain at N/4 and N/2 and adaptive at 4N (the curve)")
     ap.add_argument("--out", help="work folder (default: a temporary one)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument(
+        "--variants", nargs="*", help="plain:N[:K] or adaptive:N:RULE:Z[:K] (default: the three of the issue)"
+    )
+    ap.add_argument("--report", action="store_true", help="only print the table of the variants kept in OUT/results")
+    ap.add_argument("--compare-k", type=int, nargs="*", help="top-K sizes of the overlap column(s) (default: --top-k)")
     args = ap.parse_args()
+    if args.variants is not None or args.report:
+        return stored_main(args)
 
     work = Path(args.out or tempfile.mkdtemp(prefix="gcmine-adaptive-"))
     truth = write_dataset(work / "dataset", args.per_label, args.size, args.seed)
@@ -130,6 +143,99 @@ def main() -> int:
             f"{overlap:>11.3f}{r['score_s']:>9.1f}"
         )
     print(f"work folder: {work}")
+    return 0
+
+
+def parse_variant(spec: str, top_k: int) -> tuple[str, list[str]]:
+    """A variant's name and its settings from plain:N or adaptive:N:RULE:Z[:K]."""
+    kind, *rest = spec.split(":")
+    if kind == "plain":
+        n, *k = rest
+        if k:
+            return f"plain N={n} K={k[0]}", [f"score.draws={n}", f"rank.per_label={k[0]}"]
+        return f"plain N={n}", [f"score.draws={n}", f"rank.per_label={top_k}"]
+    n, rule, z, *k = rest
+    k_run = int(k[0]) if k else top_k
+    return f"adaptive N={n} {rule} z={z} K={k_run}", [
+        f"score.draws={n}",
+        "score.adaptive=true",
+        f"score.adaptive_rule={rule}",
+        f"score.adaptive_z={z}",
+        f"rank.per_label={k_run}",
+    ]
+
+
+def stored_main(args) -> int:
+    """--variants / --report: run the given variants on one work folder, keep each one's patches and
+    typicality in OUT/results/, and print the table of every kept variant."""
+    if not args.out:
+        raise SystemExit("--variants and --report need --out (the work folder the variants share)")
+    work = Path(args.out)
+    kept = work / "results"
+    kept.mkdir(parents=True, exist_ok=True)
+    if (work / "dataset").exists():
+        truth = pd.read_parquet(work / "truth.parquet")
+    else:
+        truth = write_dataset(work / "dataset", args.per_label, args.size, args.seed)
+        truth.to_parquet(work / "truth.parquet")
+    base = [
+        f"train.steps={args.steps}",
+        "rank.elements=4",
+        "runtime.progress=false",
+        "runtime.threads=1",
+        *args.overrides,
+    ]
+    for spec in args.variants or []:
+        name, extra = parse_variant(spec, args.top_k)
+        t0 = time.perf_counter()
+        r = run_variant(work / "dataset", work / "run", base, extra)
+        slug = name.replace(" ", "_").replace("=", "")
+        r["patches"].to_parquet(kept / f"{slug}.patches.parquet")
+        r["typicality"].to_parquet(kept / f"{slug}.typicality.parquet")
+        meta = {"name": name, "score_s": r["score_s"], "wall_s": r["wall_s"], "k": r["k"], "spec": spec}
+        pd.DataFrame([meta]).to_json(kept / f"{slug}.json", orient="records")
+        print(f"{name}: done in {time.perf_counter() - t0:.0f} s (score {r['score_s']:.1f} s)", flush=True)
+    results = {}
+    for path in sorted(kept.glob("*.json")):
+        meta = pd.read_json(path, orient="records").iloc[0].to_dict()
+        slug = path.name.removesuffix(".json")
+        results[meta["name"]] = {
+            **meta,
+            "patches": pd.read_parquet(kept / f"{slug}.patches.parquet"),
+            "typicality": pd.read_parquet(kept / f"{slug}.typicality.parquet"),
+        }
+    n = args.draws
+    if f"plain N={n}" not in results or f"plain N={4 * n}" not in results:
+        print(f"kept: {sorted(results)}; the table needs plain N={n} and plain N={4 * n}")
+        return 0
+    ks = args.compare_k or [args.top_k]
+    plain_passes = 2 * results[f"plain N={n}"]["typicality"]["draws"].sum()
+    refs = {k: top_k(results[f"plain N={4 * n}"]["patches"], k) for k in ks}
+    head = "".join(f"{'overlap@' + str(k):>12}" for k in ks)
+    print(
+        f"{'variant':<34}{'passes':>8}{'/image':>8}{'vs N':>6}{'point all':>10}{'point topK':>11}"
+        f"{'purity min':>11}{'purity mean':>12}{head}{'score s':>9}"
+    )
+    order = sorted(results, key=lambda v: (not v.startswith("plain"), -results[v]["typicality"]["draws"].sum(), v))
+    for name in order:
+        r = results[name]
+        passes = 2 * int(r["typicality"]["draws"].sum())
+        rep = localisation_report(r["patches"], truth)
+        mine = top_k(r["patches"], int(r["k"]))
+        in_top = {i for s in mine.values() for (i, *_) in s}
+        rep_top = localisation_report(r["patches"][r["patches"]["image_id"].isin(in_top)], truth)
+        overlaps = ""
+        for k in ks:
+            sel = top_k(r["patches"], k)
+            overlaps += f"{np.mean([len(sel.get(lab, set()) & refs[k][lab]) / max(1, len(refs[k][lab])) for lab in refs[k]]):>12.3f}"
+        purity = float(np.mean(list(rep["top_element_purity"].values()))) if rep["top_element_purity"] else np.nan
+        print(
+            f"{name:<34}{passes:>8}{passes / len(r['typicality']):>8.1f}{passes / plain_passes:>6.2f}"
+            f"{rep['rank0_centre']:>10.3f}{rep_top['rank0_centre']:>11.3f}{rep['min_top_element_purity']:>11.3f}"
+            f"{purity:>12.3f}{overlaps}{r['score_s']:>9.1f}"
+        )
+        counts = dict(zip(*np.unique(r["typicality"]["draws"], return_counts=True)))
+        print(f"{'':<34}draws per image: { ({int(a): int(b) for a, b in counts.items()}) }")
     return 0
 
 

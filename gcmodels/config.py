@@ -394,6 +394,18 @@ class ScoreConfig(_Section):
         description="confidence of the adaptive rule: an image is settled when its best patch's mean + adaptive_z standard "
         "errors is below the label's top-K threshold (computed from the patches' mean - adaptive_z standard errors)",
     )
+    adaptive_rule: Literal["elimination", "decision"] = Field(
+        "elimination",
+        description="when an image stops: 'elimination' (its best patch surely cannot enter its label's top-K of the "
+        "shard) or 'decision' (its top-K membership and its own selection of patches are decided, by paired "
+        "differences over the shared draws; see gcmodels/mining/adaptive.py)",
+    )
+    adaptive_decide: int = Field(
+        1,
+        ge=0,
+        description="with adaptive_rule 'decision': how many of an image's rank.per_image patches (best first) must "
+        "be decided before it stops (1: the rank-0 patch)",
+    )
 
     @model_validator(mode="after")
     def _t_range(self) -> ScoreConfig:

@@ -82,6 +82,8 @@ def _adaptive_rule(config: ScoreConfig, ranking: dict | None, model) -> Adaptive
         top_k=ranking["top_k"],
         per_image=ranking["per_image"],
         patch=patch,
+        kind=config.adaptive_rule,
+        decide=min(config.adaptive_decide, ranking["per_image"]),
     )
 
 
@@ -136,8 +138,10 @@ def score_shard(
 
     With `config.adaptive`, draws go by successive elimination (`gcmodels.mining.adaptive`) against the
     ranking rank will make, `ranking` = {top_k: rank.per_label, per_image: rank.per_image,
-    patch_size: working pixels}: images that cannot enter their label's top patches in this shard
-    stop early; the others get the N draws (and the map) of plain scoring.
+    patch_size: working pixels}: with `score.adaptive_rule` "elimination", images that cannot
+    enter their label's top patches in this shard stop early; with "decision", images whose top-K
+    membership and own best `score.adaptive_decide` patches are decided; the others get the N
+    draws (and the map) of plain scoring.
 
     `base` (score.compare_base: the model settings): score with the checkpoint `base.base` before
     fine-tuning instead, conditioned on the fine-tuned model's labels, with the same draws;

@@ -1,8 +1,9 @@
 """Adaptive draws: spend the (t, eps) draws of scoring where a label's top patches are decided.
 
 The user reads a ranking (each label's `top_k` most typical patches, `per_image` non-overlapping
-patches per image at most): most images can never reach it, and their maps need not be known to
-N draws. Scoring by successive elimination, per shard:
+patches per image at most) and, image by image, the patches rank selects (the rank-0 patch is
+where the image "points"): most images can never reach the top, and many maps point clearly
+long before N draws. Scoring by rounds, per shard, with one of two rules (`AdaptiveRule.kind`):
 
 1. **First pass**: every image gets `first` draws (n0).
 2. **Bounds**: for every image, its current map (the mean of its draws) gives its `per_image`
@@ -13,14 +14,26 @@ N draws. Scoring by successive elimination, per shard:
    as pairs of draws, of the normal level z (z = 2: h = 4.5 on 4 draws, 2.9 on 8, 2.4 on 16): a
    standard error from a few draws is itself uncertain, and a z-rule on it would settle images
    whose error merely looks small.
-3. **Threshold** of a label: tau = the `top_k`-th largest lower bound mu - h se over the patches
-   of the label's images in the shard (-inf when they have fewer than `top_k` patches). With high
-   probability at least `top_k` patches truly score above tau, so the label's top-K lies above it.
-4. **Elimination**: an image whose best patch's upper bound mu + h se is below tau of its label
-   cannot enter the top-K: it is settled and gets no more draws. The others are refined: the
-   next round doubles their draws (n0, 2 n0, 4 n0, ..., N), then 2-4 repeat until every image is
-   settled or has all N draws. Images that stay in contention therefore end with exactly the N
-   draws (and the map) of plain scoring: the top-K is read from full-N maps.
+3. **Stopping**, rule "elimination" (successive elimination): tau of a label = the `top_k`-th
+   largest lower bound mu - h se over the patches of the label's images in the shard (-inf when
+   they have fewer than `top_k` patches). An image whose best patch's upper bound mu + h se is
+   below tau cannot enter the top-K: it is settled and gets no more draws.
+   Rule "decision": an image is settled once both
+   (a) its **top-K membership is decided**: each of its selected patches is surely inside the
+       label's top-K of the shard (fewer than `top_k` other patches are not surely below it) or
+       surely outside (at least `top_k` patches are surely above it), where "p surely above q"
+       is a paired test: the per-draw difference of p's and q's scores over the draws both
+       images have (the same (t, eps) by index: `TypicalityEstimator.sample_draws` gives every
+       image the same draws, so the level every draw shares, which moves several-fold with t,
+       cancels), lower bound mean - h se of the difference > 0 (`membership`); with at most
+       `top_k` candidate patches in the label (the default rank.per_label = 1000 on a small
+       collection) every patch is in and (a) holds at once; and
+   (b) its **own selection is decided** for its `decide` best patches: each beats, by the same
+       paired test within the image, every position greedy suppression leaves as its rival,
+       except positions at most `tolerance` cells from it (`selection_decided`).
+4. The others are refined: the next round doubles their draws (n0, 2 n0, 4 n0, ..., N), then 2-3
+   repeat until every image is settled or has all N draws. Images still undecided therefore end
+   with exactly the N draws (and the map) of plain scoring.
 
 Draws: the same N (t, eps) draws as plain scoring (`TypicalityEstimator.sample_draws`, t
 stratified in N strata), visited in van der Corput (bit-reversed) order of their stratum, so that
@@ -29,21 +42,31 @@ and a partial mean is not a low-t mean. Each image's map is the sum of its draws
 draw order** divided by their number, so an image that reaches N draws gets plain scoring's map
 bit for bit (for a model whose per-input output does not depend on the rest of its batch).
 
-Limitations of this first version, stated rather than hidden:
-- the threshold is computed per shard: a shard's K-th best is at most the collection's, so an
-  image is only eliminated if it cannot enter its shard's top-K, hence neither the collection's
-  (safe, but it refines more than a gathered threshold would); images that are surely inside the
-  top-K are not stopped early, since a per-shard threshold cannot say they are inside the
-  collection's top;
+What the rules guarantee, and their limitations, stated rather than hidden:
+- each test is a per-comparison t rule at level z, not a simultaneous guarantee over every image,
+  rival position and round (the decision rule makes hundreds of comparisons per image: at a low z
+  some are decided wrongly); an image that is never settled gets plain scoring's map bit for bit;
+  a settled one keeps the map of its fewer draws, whose lower-ranked patches (beyond `decide`)
+  and image typicality are less precise than plain N's;
+- (b) decides the selection up to `tolerance` cells (patch // 2 by default): a settled image's
+  rank-0 patch may sit that far from the one its full-N map would give;
+- the tests are per shard: "surely out" of the shard's top-K implies out of the collection's
+  (a shard's K-th best is at most the collection's), but "surely in" the shard's top-K does not
+  imply in the collection's: with several shards, an image that the decision rule stops as
+  surely inside its shard's top-K may sit at the collection's boundary, its score from fewer
+  draws (a gather of the thresholds between rounds would fix it; not built);
+- a patch compared over the draws both images have uses the first min(n_p, n_q) draws: its
+  estimate of the difference is not the difference of the two images' own means;
 - the standard error is that of collapsed strata (conservative where the trend over t shows
-  within a pair of draws), of each image on its own: the draws are shared by all images, so
-  differences between images are more precise than two independent errors say (conservative
-  again); it bounds the patch the current map ranks first, not the maximum over every position;
+  within a pair of draws); "elimination" bounds each image on its own (conservative: the draws
+  are shared by all images) and only the patch the current map ranks first, and never stops an
+  image surely inside the top-K;
 - memory: the per-draw maps of every image of the shard are held until the shard is done (to
   sum them in draw order): images x draws used x h x w float32, e.g. 256 images x 16 draws of
-  32 x 32 = 16 MB, but 256 x 100 draws of SD's 64 x 64 latents = 420 MB;
-- no resume between rounds: a killed shard is scored again from its first pass;
-- the bound is a per-patch t rule, not a simultaneous guarantee over every image and round.
+  32 x 32 = 16 MB, but 256 x 100 draws of SD's 64 x 64 latents = 420 MB; the decision rule's
+  membership test compares every pair of a label's candidate patches in the shard
+  ((images x per_image)^2 x draws per round, in blocks);
+- no resume between rounds: a killed shard is scored again from its first pass.
 """
 
 from __future__ import annotations
@@ -61,12 +84,15 @@ from gcmodels.mining.patches import top_patches
 from gcmodels.mining.typicality import NoisePredictor, TypicalityEstimator
 
 __all__ = [
+    "RULES",
     "AdaptiveResult",
     "AdaptiveRule",
     "adaptive_maps",
     "draw_order",
     "half_width",
+    "membership",
     "round_sizes",
+    "selection_decided",
     "standard_error",
 ]
 
@@ -108,17 +134,28 @@ def standard_error(values: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.sqrt((d * d / 2).mean(-1) / n)
 
 
+RULES = ("elimination", "decision")
+
+
 @dataclass(frozen=True)
 class AdaptiveRule:
     """first: draws of the first pass (n0, >= 2); z: confidence level of the bounds as a normal
     quantile (see `half_width`); top_k: patches per label the ranking keeps; per_image: patches per image;
-    patch: patch side in map cells."""
+    patch: patch side in map cells. kind: "elimination" (an image stops once it surely cannot
+    enter its label's top-K) or "decision" (an image stops once its top-K membership and its own
+    patch selection are decided, by paired differences; see the module docstring); decide: with
+    "decision", how many of an image's `per_image` selected patches (best first) must be decided;
+    shift: with "decision", a selected patch counts as decided against positions at most `shift`
+    cells away on both axes without beating them (-1: patch // 2)."""
 
     first: int = 4
     z: float = 2.0
     top_k: int = 1000
     per_image: int = 5
     patch: int = 3
+    kind: str = "elimination"
+    decide: int = 1
+    shift: int = -1
 
     def __post_init__(self) -> None:
         if self.first < 2:
@@ -129,6 +166,17 @@ class AdaptiveRule:
             raise ValueError(
                 f"top_k, per_image and patch must be >= 1, got {self.top_k}, {self.per_image}, {self.patch}"
             )
+        if self.kind not in RULES:
+            raise ValueError(f"kind must be one of {RULES}, got {self.kind!r}")
+        if not 0 <= self.decide <= self.per_image:
+            raise ValueError(f"decide must be in [0, per_image = {self.per_image}], got {self.decide}")
+        if self.shift < -1:
+            raise ValueError(f"shift must be >= 0 (or -1: patch // 2), got {self.shift}")
+
+    @property
+    def tolerance(self) -> int:
+        """Cells a decided patch may be off the full-N one (`shift`, or patch // 2)."""
+        return self.patch // 2 if self.shift < 0 else self.shift
 
 
 @dataclass
@@ -162,14 +210,19 @@ class _Image:
         return acc / np.float32(len(self.terms))
 
 
-def _patch_stats(images: list[_Image], patch: int, k: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+def _patch_stats(
+    images: list[_Image], patch: int, k: int
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]:
     """mean (n, k) and standard error (n, k) of each image's k best patches on its current map
-    (NaN where fewer fit), and the maps."""
+    (NaN where fewer fit), the maps, and the boxes (n, k, 4) of those patches (rank's greedy
+    selection on the current map; -1 rows where fewer fit)."""
     maps = [im.mean_map() for im in images]
     mu = np.full((len(images), k), np.nan)
     se = np.full((len(images), k), np.nan)
+    every = np.full((len(images), k, 4), -1, np.int64)
     for i, (im, m) in enumerate(zip(images, maps)):
         boxes, _ = top_patches(torch.from_numpy(m)[None], min(patch, *m.shape), k)
+        every[i] = boxes[0].numpy()
         terms = np.stack([im.terms[d] for d in sorted(im.terms)])  # (n_i, h, w)
         for j, (x0, y0, x1, y1) in enumerate(boxes[0].tolist()):
             if x0 < 0:
@@ -177,7 +230,115 @@ def _patch_stats(images: list[_Image], patch: int, k: int) -> tuple[np.ndarray, 
             per_draw = terms[:, y0:y1, x0:x1].mean((1, 2), dtype=np.float64)
             mu[i, j] = per_draw.mean()
             se[i, j] = standard_error(per_draw)
-    return mu, se, maps
+    return mu, se, maps, every
+
+
+def _pooled_draws(image: _Image, patch: int) -> np.ndarray:
+    """The image's per-draw patch scores (n_i, Hp, Wp) float64, draws in draw (t) order: entry
+    (d, y, x) is the mean of draw d's term over the patch with top-left corner (x, y)."""
+    terms = torch.from_numpy(np.stack([image.terms[d] for d in sorted(image.terms)])).double()
+    size = min(patch, *terms.shape[1:])
+    return torch.nn.functional.avg_pool2d(terms[:, None], size, stride=1)[:, 0].numpy()
+
+
+def selection_decided(pooled: np.ndarray, boxes: np.ndarray, rule: AdaptiveRule) -> bool:
+    """Whether an image's greedy selection of its first `rule.decide` patches is decided.
+
+    pooled (n, Hp, Wp): its per-draw patch scores in draw order; boxes (k, 4): the selection on
+    its current map (best first). Selected patch r is decided when it beats, with paired
+    confidence, every position greedy suppression leaves it as a rival (positions that neither
+    overlap nor touch patches 0..r-1) except those within `rule.tolerance` cells of it: per draw,
+    the difference of its score and the rival's (the same t and eps for both: the trend over t
+    largely cancels), mean over the draws minus `half_width` standard errors of that difference
+    (`standard_error`'s pairs) must be > 0 for every rival."""
+    n, hp, wp = pooled.shape
+    h = half_width(rule.z, n)
+    if not np.isfinite(h):
+        return False
+    size = rule.patch
+    ys, xs = np.mgrid[0:hp, 0:wp]
+    free = np.ones((hp, wp), bool)
+    for r in range(min(rule.decide, len(boxes))):
+        x0, y0 = int(boxes[r][0]), int(boxes[r][1])
+        if x0 < 0:
+            break
+        rivals = free & ~((np.abs(ys - y0) <= rule.tolerance) & (np.abs(xs - x0) <= rule.tolerance))
+        if rivals.any():
+            d = pooled[:, y0, x0][:, None] - pooled[:, rivals]  # (n, rivals)
+            if not ((d.mean(0) - h * standard_error(d, axis=0)) > 0).all():
+                return False
+        free &= ~((np.abs(ys - y0) <= size) & (np.abs(xs - x0) <= size))
+    return True
+
+
+def membership(
+    values: np.ndarray, draws: np.ndarray, order: np.ndarray, k: int, z: float, block: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which of a label's candidate patches are surely inside, and which surely outside, its top k.
+
+    values (P, N): each patch's per-draw score by draw index (NaN where its image has not had
+    that draw); draws (P,): the draws of its image, a prefix of `order` (the visiting order of
+    the draws). Patch p surely beats q when the paired difference p - q over the draws both have
+    (the first min(draws) of `order`, in draw order: the same t and eps for both images) has a
+    lower bound (mean - `half_width` standard errors) above 0. p is surely in when fewer than k
+    other patches are not surely beaten by it, surely out when at least k surely beat it. With
+    at most k patches every one is in. Returns (inside, outside) (P,) bool."""
+    p = len(values)
+    if p <= k:
+        return np.ones(p, bool), np.zeros(p, bool)
+    beats = np.zeros((p, p), bool)  # beats[a, b]: a surely above b
+    for m in np.unique(draws).tolist():
+        if m < 2:
+            continue
+        cols = np.sort(order[:m])
+        x = values[:, cols]
+        h = half_width(z, m)
+        for s in range(0, p, block):
+            rows = np.arange(s, min(s + block, p))
+            pair = np.minimum(draws[rows, None], draws[None, :]) == m
+            if not pair.any():
+                continue
+            d = x[rows, None, :] - x[None, :, :]  # (b, P, m); NaN only in pairs not of this m
+            with np.errstate(invalid="ignore"):
+                lower = d.mean(-1) - h * standard_error(d)
+            beats[rows] |= pair & (lower > 0)
+    np.fill_diagonal(beats, False)
+    inside = (p - 1 - beats.sum(1)) < k
+    outside = beats.sum(0) >= k
+    return inside, outside
+
+
+def _settle_decision(
+    state: list[_Image], labels: np.ndarray, boxes: np.ndarray, rule: AdaptiveRule, order: np.ndarray
+) -> None:
+    """Mark settled the images whose top-K membership and selection are decided (`membership`,
+    `selection_decided`)."""
+    n_draws = len(order)
+    pooled = [_pooled_draws(im, rule.patch) for im in state]
+    for lab in np.unique(labels):
+        of = np.flatnonzero(labels == lab)
+        owner, values, draws = [], [], []
+        for i in of.tolist():
+            pp = pooled[i]
+            cols = np.array(sorted(state[i].terms))
+            for x0, y0, _x1, _y1 in boxes[i].tolist():
+                if x0 < 0:
+                    break
+                row = np.full(n_draws, np.nan)
+                row[cols] = pp[:, y0, x0]
+                owner.append(i)
+                values.append(row)
+                draws.append(len(cols))
+        if not owner:
+            continue
+        inside, outside = membership(np.stack(values), np.array(draws), order, rule.top_k, rule.z)
+        owner_arr = np.array(owner)
+        for i in of.tolist():
+            if state[i].settled:
+                continue
+            mine = owner_arr == i
+            if (inside[mine] | outside[mine]).all() and selection_decided(pooled[i], boxes[i], rule):
+                state[i].settled = True
 
 
 def half_width(z: float, n: int) -> float:
@@ -248,9 +409,12 @@ def adaptive_maps(
                 if progress is not None:
                     progress(done)
         prev = size
-        mu, se, maps = _patch_stats(state, rule.patch, rule.per_image)
+        mu, se, maps, boxes = _patch_stats(state, rule.patch, rule.per_image)
         if size == sizes[-1]:
             break
+        if rule.kind == "decision":
+            _settle_decision(state, labels, boxes, rule, order)
+            continue
         h = np.array([half_width(rule.z, len(im.terms)) for im in state])[:, None]  # (n, 1)
         upper_top = mu[:, 0] + h[:, 0] * se[:, 0]
         for lab in np.unique(labels):

@@ -553,3 +553,19 @@ def test_adaptive_scoring_runs_in_the_flow(run, dataset, tmp_path) -> None:
     np.testing.assert_array_equal(
         patches["top_patch_se"].to_numpy(), typ.loc[patches["image_id"], "top_patch_se"].to_numpy()
     )
+    # the decision rule (score.adaptive_rule=decision) through the flow: the same draws, the images
+    # it does not settle get plain scoring's maps
+    decision = tmp_path / "decision"
+    _run_cli(
+        dataset,
+        decision,
+        f"score.draws={n}",
+        "score.adaptive=true",
+        "score.adaptive_first=2",
+        "score.adaptive_rule=decision",
+        "score.adaptive_z=0.5",
+    )
+    typ = pd.read_parquet(decision / "typicality.parquet").set_index("image_id")
+    assert set(typ["draws"]) <= {2, n}
+    full = typ.index[typ["draws"] == n]
+    assert all(np.array_equal(x, y) for x, y in zip(maps(decision).loc[full, "map"], maps(plain).loc[full, "map"]))

@@ -7,7 +7,16 @@ import pytest
 import torch
 from stub_schedule import StubSchedule
 
-from gcmodels.mining.adaptive import AdaptiveRule, adaptive_maps, draw_order, half_width, round_sizes, standard_error
+from gcmodels.mining.adaptive import (
+    AdaptiveRule,
+    adaptive_maps,
+    draw_order,
+    half_width,
+    membership,
+    round_sizes,
+    selection_decided,
+    standard_error,
+)
 from gcmodels.mining.patches import top_patches
 from gcmodels.mining.typicality import TypicalityEstimator
 
@@ -201,3 +210,128 @@ def test_plain_maps_record_each_draws_image_typicality() -> None:
     np.testing.assert_allclose(rec.mean(1).numpy(), m.mean((1, 2)).double().numpy(), rtol=1e-5)
     terms = est.draw_terms(model, x0, cond, torch.arange(8))
     np.testing.assert_allclose(rec.numpy(), terms.mean((2, 3)).double().numpy(), rtol=1e-6)
+
+
+# --- the decision rule: top-K membership and each image's own selection, by paired differences
+
+
+def _decision(k: int = K, decide: int = 1, z: float = 2.0) -> AdaptiveRule:
+    return AdaptiveRule(first=4, z=z, top_k=k, per_image=1, patch=PATCH, kind="decision", decide=decide)
+
+
+def test_selection_decided_by_paired_differences() -> None:
+    """A patch that beats every rival in each draw is decided although every draw's level moves
+    with t far more than the gap (the trend cancels in the paired difference); a rival as good on
+    average is not beaten; a rival within the tolerance need not be."""
+    rng = np.random.default_rng(0)
+    n, hp, wp = 8, 10, 10
+    trend = np.linspace(1.0, 20.0, n)[:, None, None]  # draw level rising over t
+    pooled = trend * (0.5 + 0.001 * rng.standard_normal((n, hp, wp)))
+    pooled[:, 2, 2] += trend[:, 0, 0] * 0.05  # the best patch, top-left corner (x 2, y 2)
+    rule = AdaptiveRule(per_image=2, patch=3, kind="decision", decide=1, shift=1)
+    box = np.array([[2, 2, 5, 5], [-1, -1, -1, -1]])
+    assert selection_decided(pooled, box, rule)
+    unpaired = pooled[:, 2, 2].mean() - half_width(2.0, n) * standard_error(pooled[:, 2, 2])
+    assert unpaired < pooled[:, 8, 8].mean()  # each patch on its own: not separable
+    tie = pooled.copy()
+    tie[:, 8, 8] = tie[:, 2, 2] + 0.01 * rng.standard_normal(n) * trend[:, 0, 0]  # as good, far away
+    assert not selection_decided(tie, box, rule)
+    near = pooled.copy()
+    near[:, 3, 3] = near[:, 2, 2] + 0.001  # slightly better, one cell off: within shift 1
+    assert selection_decided(near, box, rule)
+    assert not selection_decided(near, box, AdaptiveRule(per_image=2, patch=3, kind="decision", shift=0))
+    assert not selection_decided(pooled[:1], box, rule)  # one draw decides nothing
+    # decide=2: the second patch must beat the rivals left once the first one's neighbourhood is out
+    second = np.array([[2, 2, 5, 5], [6, 6, 9, 9]])
+    assert not selection_decided(pooled, second, AdaptiveRule(per_image=2, patch=3, kind="decision", decide=2))
+    assert selection_decided(pooled, second, AdaptiveRule(per_image=2, patch=3, kind="decision", decide=1))
+
+
+def test_membership_by_paired_differences_over_the_common_draws() -> None:
+    """Patches whose draws share one level per draw (the same t for every image) are ordered by
+    paired differences; a patch with fewer draws is compared over the draws both have."""
+    n, p = 8, 6
+    order = draw_order(n)
+    level = np.linspace(1.0, 10.0, n)  # by draw index
+    gaps = np.array([3.0, 2.0, 1.0, 0.0, -1.0, -2.0])
+    rng = np.random.default_rng(1)
+    values = level[None, :] * (1 + 0.1 * gaps[:, None]) + 0.01 * rng.standard_normal((p, n))
+    draws = np.full(p, n)
+    inside, outside = membership(values, draws, order, 2, 2.0)
+    assert inside.tolist() == [True, True, False, False, False, False]
+    assert outside.tolist() == [False, False, True, True, True, True]
+    few = values.copy()
+    few[5, np.sort(order[4:])] = np.nan  # the last one settled at 4 draws
+    inside, outside = membership(few, np.array([n] * 5 + [4]), order, 2, 2.0)
+    assert inside[:2].all() and outside[2:].all()
+    tied = values.copy()
+    tied[2] = tied[1] + 0.02 * rng.standard_normal(n)  # 2nd and 3rd indistinguishable
+    inside, outside = membership(tied, draws, order, 2, 2.0)
+    assert inside[0] and not inside[1] and not outside[1] and not inside[2] and not outside[2]
+    inside, outside = membership(values[:2], draws[:2], order, 2, 2.0)  # at most k: all in
+    assert inside.all() and not outside.any()
+
+
+@pytest.fixture(scope="module")
+def decided(setting):
+    model, est, x0, cond, _rule, _res = setting
+    return _run(model, x0, cond, est, _decision())
+
+
+def test_decision_settles_the_far_and_the_sure_and_refines_the_boundary(setting, decided) -> None:
+    model, est, x0, cond, rule, res = setting
+    far = np.arange(5, 19)  # quality <= 0.25: far below the top, but barely above the background
+    boundary = np.array([19, 20])  # quality 0.6, 0.55 against the top 5 (>= 0.92)
+    # membership alone (decide=0): the far ones stop early, the boundary ones are refined, and
+    # paired differences settle no later than the elimination rule's separate bounds
+    membership_only = _run(model, x0, cond, est, _decision(decide=0))
+    assert (membership_only.draws[far] < est.draws).all(), membership_only.draws
+    assert (membership_only.draws[boundary] > 2 * rule.first).all(), membership_only.draws
+    assert membership_only.draws.sum() <= res.draws.sum()
+    # with the rank-0 patch to decide too: the boundary is refined to N; an image surely inside the
+    # top-K or surely outside it, whose square stands clear of the background, stops early
+    assert (decided.draws[boundary] == est.draws).all(), decided.draws
+    assert decided.draws[21] < est.draws and (decided.draws[:K] < est.draws).any(), decided.draws
+    assert decided.draws.sum() < len(VALUES) * est.draws
+
+
+def test_decision_selection_equals_the_exact_and_the_plain_one(setting, decided) -> None:
+    model, est, x0, cond, _rule, _res = setting
+    maps = torch.from_numpy(np.stack(decided.maps))
+    boxes, scores = top_patches(maps, PATCH, 1)
+    plain_boxes, plain_scores = top_patches(est.maps(model, x0, cond), PATCH, 1)
+    exact = set(np.argsort([-_expected_patch(v) for v in VALUES], kind="stable")[:K].tolist())
+    assert set(np.argsort(-scores[:, 0].numpy(), kind="stable")[:K].tolist()) == exact
+    assert set(np.argsort(-plain_scores[:, 0].numpy(), kind="stable")[:K].tolist()) == exact
+    # every image's rank-0 patch is the plain N one, up to the rule's tolerance
+    tol = _decision().tolerance
+    assert (np.abs((boxes[:, 0, :2] - plain_boxes[:, 0, :2]).numpy()).max(1) <= tol).all()
+    for i in np.flatnonzero(decided.draws == est.draws):
+        np.testing.assert_array_equal(decided.maps[i], est.maps(model, x0[i : i + 1], cond[i : i + 1])[0].numpy())
+
+
+def test_decision_settles_clear_selections_when_top_k_holds_every_candidate() -> None:
+    """rank.per_label above the candidates (the default on a small collection): elimination can
+    settle nothing, the decision rule stops the images whose best patch is clear and refines those
+    whose best patch barely stands out of the background."""
+    model, est = QualityStub(), TypicalityEstimator(draws=16, batch_size=16, seed=3)
+    values = [1.0, 0.9, 0.8, 0.7, 0.11, 0.12]
+    x0, cond = _collection(values), torch.ones(6, dtype=torch.long)
+    old = _run(model, x0, cond, est, AdaptiveRule(first=4, top_k=1000, per_image=1, patch=PATCH))
+    new = _run(model, x0, cond, est, _decision(k=1000))
+    assert (old.draws == 16).all()
+    assert (new.draws[:4] < 16).all() and (new.draws[4:] == 16).all(), new.draws
+
+
+def test_decision_is_deterministic_whatever_the_chunking(setting, decided) -> None:
+    model, est, x0, cond, _rule, _res = setting
+    again = _run(model, x0, cond, est, _decision(), chunk=5)
+    assert (again.draws == decided.draws).all()
+    for a, b in zip(again.maps, decided.maps):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs", [{"kind": "bandit"}, {"decide": 2}, {"shift": -2}])
+def test_bad_decision_settings_are_refused(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        AdaptiveRule(per_image=1, **kwargs)
