@@ -63,7 +63,7 @@ class DataConfig(_Section):
         "(resize=short_side); with model.base the default is 256",
     )
     resize: Literal["square", "short_side"] = Field(
-        "square",
+        "short_side",
         description="working images: square (resolution x resolution, aspect not kept) or short_side (the short "
         "side scaled to resolution, the long one to keep the aspect ratio, rounded to a multiple of data.bucket or of "
         "the model's downsampling factor: 8 with model.base, 2^(levels - 1) for the pixel model; images of one shape "
@@ -289,11 +289,12 @@ class TrainConfig(_Section):
         "last one (instead of every checkpoint_every steps, which then only sets the NaN guard's in-memory restore "
         "point); null = by steps; with model.base the default is 15 (a multi-GB state is not written every 100 steps)",
     )
-    square_crops: bool = Field(
-        False,
+    square_crops: bool | None = Field(
+        None,
         description="pixel model with data.resize=short_side: train on overlapping square crops of the working images "
         "(side = the short side, stride half of it, covering the long side) instead of whole images batched by shape: "
-        "one shape, full batches; the budget still counts images; scoring and ranking see whole images",
+        "one shape, full batches; the budget still counts images; scoring and ranking see whole images; null = on for "
+        "the pixel model under data.resize=short_side, off otherwise (model.base, data.resize=square)",
     )
     lr_schedule: Literal["cosine", "constant"] = Field(
         "cosine", description="after warm-up: cosine decay to lr/10, or constant (the paper's SD fine-tuning)"
@@ -727,6 +728,16 @@ def _prediction_defaults(values: dict, model: object) -> dict:
     return out
 
 
+def _square_crops_default(values: dict) -> dict:
+    """The pixel model trains on square crops of aspect-kept working images unless told otherwise
+    (train.square_crops null = on under data.resize=short_side: benchmarks/RESULTS.md 12)."""
+    train = _given(values, "train")
+    if train.get("square_crops") is not None:
+        return values
+    resize = _given(values, "data").get("resize", DataConfig.model_fields["resize"].default)
+    return {**values, "train": {**train, "square_crops": resize == "short_side"}}
+
+
 class Settings(_Section):
     data: DataConfig = DataConfig()
     embed: EmbedConfig = EmbedConfig()
@@ -753,7 +764,7 @@ class Settings(_Section):
         model = values.get("model")
         base = model.get("base") if isinstance(model, dict) else getattr(model, "base", None)
         if base is None:
-            return _prediction_defaults(values, model)
+            return _square_crops_default(_prediction_defaults(values, model))
         family = (info.context or {}).get("checkpoint_defaults") or {}
         out = dict(values)
         for section in sorted(set(BASE_MODEL_DEFAULTS) | set(family)):

@@ -418,13 +418,14 @@ def _config_key(
     # working images that keep an oblong original's aspect ratio (data.resize=short_side) key
     # the model too: a change of resize policy retrains it (squares are the same under both)
     oblong = ["aspect kept"] if working_images and any(p.shape[0] != p.shape[1] for p in pixels) else []
+    # square crops change the training only when some working image is oblong (a square is its own
+    # crop): off, or on over squares, keys as before the setting existed
+    crops = bool(train_config.square_crops and oblong)
     return content_key(
         resolution,
         model_config,
-        # P processes train the same model; square_crops off keys as before the setting existed
-        train_config.model_dump(
-            exclude={"retrain_fraction", "processes"} | (set() if train_config.square_crops else {"square_crops"})
-        ),
+        # P processes train the same model
+        train_config.model_dump(exclude={"retrain_fraction", "processes"} | (set() if crops else {"square_crops"})),
         *oblong,
         *([{"holdout": holdout, "seed": holdout_seed}] if holdout > 0 else []),
         *([base_key(model_config.base)] if model_config.base is not None else []),

@@ -35,7 +35,7 @@ def _run(images: Path, out: Path, *extra: str) -> RunStore:
 @pytest.fixture(scope="module")
 def mixed(prefect_harness, tmp_path_factory) -> dict:
     """8 images per label of every shape (plus one square each), in a folder per label, run with
-    data.resize=short_side."""
+    data.resize=short_side and whole images batched by shape (train.square_crops=false)."""
     root = tmp_path_factory.mktemp("mixed")
     images = root / "images"
     items = mixed_motif_dataset(n_per_label=8, base=40, labels=("circle", "cross"), seed=5)
@@ -43,7 +43,7 @@ def mixed(prefect_harness, tmp_path_factory) -> dict:
     for i, item in enumerate(items):
         (images / item.label).mkdir(parents=True, exist_ok=True)
         item.image.save(images / item.label / f"{i:02d}.png")
-    store = _run(images, root / "run", "data.resize=short_side")
+    store = _run(images, root / "run", "data.resize=short_side", "train.square_crops=false")
     return {"out": root / "run", "store": store, "sizes": {(it.image.width, it.image.height) for it in items}}
 
 
@@ -136,9 +136,9 @@ def test_a_change_of_resize_policy_retrains_on_oblong_images(mixed, tmp_path) ->
 
 
 def test_square_crops_train_on_tiles_and_score_whole_images(mixed, tmp_path) -> None:
-    """train.square_crops in the same run root: a new model (another training), trained on the
-    square tiles of the aspect-kept working images (one shape, a log line says how many), and
-    maps still at each image's own working size."""
+    """The defaults (data.resize=short_side, train.square_crops on) in the same run root: a new
+    model (another training), trained on the square tiles of the aspect-kept working images (one
+    shape, a log line says how many), and maps still at each image's own working size."""
     import shutil
 
     from gcmine.flows.config import load_settings
@@ -147,7 +147,8 @@ def test_square_crops_train_on_tiles_and_score_whole_images(mixed, tmp_path) -> 
 
     out = tmp_path / "run"
     shutil.copytree(mixed["out"], out)
-    settings = load_settings(None, [*TINY, "data.resize=short_side", "train.square_crops=true"])
+    settings = load_settings(None, TINY)
+    assert (settings.data.resize, settings.train.square_crops) == ("short_side", True)
     result = run_pipeline(str(mixed["out"].parent / "images"), str(out), None, settings)
     assert "finetune" not in result["reused"]
     store = RunStore(str(out))

@@ -209,7 +209,11 @@ def test_model_base_fills_the_papers_defaults_unless_given() -> None:
     assert (s.rank.feature_block, s.rank.feature_t, s.rank.feature_draws) == (1, 0.161, 8)
     assert s.patch_size == round(0.2 * 512)
     plain = Settings()
-    assert (plain.data.resolution, plain.data.resize, plain.train.lr) == (32, "square", 2e-3)
+    # the pixel model keeps the aspect ratio and trains on square crops (RESULTS.md 12); model.base never crops
+    assert (plain.data.resolution, plain.data.resize, plain.train.lr) == (32, "short_side", 2e-3)
+    assert plain.train.square_crops is True and not s.train.square_crops
+    assert Settings.from_dict({"data": {"resize": "square"}}).train.square_crops is False
+    assert Settings.from_dict({"train": {"square_crops": False}}).train.square_crops is False
 
 
 def test_checkpoint_defaults_layer_over_the_base_defaults_and_lora_above_2b() -> None:
@@ -245,7 +249,7 @@ def test_checkpoint_defaults_layer_over_the_base_defaults_and_lora_above_2b() ->
         ({"model": {"base": "/sd", "prediction": "v_prediction"}}, "applies to the pixel model"),
         ({"model": {"class_map": "map.csv"}}, "model.class_map .* needs model.base"),
         ({"model": {"prediction": "x0"}}, "model.prediction"),
-        ({"train": {"square_crops": True}}, "train.square_crops .* data.resize=short_side"),
+        ({"train": {"square_crops": True}, "data": {"resize": "square"}}, "train.square_crops .* data.resize=short_side"),
         (
             {"train": {"square_crops": True}, "data": {"resize": "short_side"}, "model": {"base": "/sd"}},
             "train.square_crops applies to the pixel model",

@@ -497,7 +497,7 @@ def test_short_side_working_images_keep_the_aspect_ratio(tmp_path) -> None:
     _, square = read_images(store, ["part-00000.parquet"])
     assert square.shape == (3, 16, 16, 3)
     fingerprint = store.read_json(SHARDS_META)["shards"][0]["fingerprint"]
-    _ingest(imgs, tmp_path=tmp_path, resolution=16)  # back to square: new shards, new fingerprints
+    _ingest(imgs, tmp_path=tmp_path, resolution=16, resize="square")  # back to square: new shards, new fingerprints
     shards = store.read_json(SHARDS_META)
     assert shards["resize"] == "square" and shards["shards"][0]["fingerprint"] != fingerprint
     _, square = read_images(store, [shards["shards"][-1]["name"]])
@@ -513,14 +513,14 @@ def test_squares_keep_their_shards_and_keys_under_either_resize_policy(tmp_path)
     imgs = tmp_path / "imgs"
     for i in range(3):
         _write(imgs / f"sq{i}.png", _png(seed=10 + i, size=(30, 30)))
-    first, store = _ingest(imgs, tmp_path=tmp_path, resolution=16)
+    first, store = _ingest(imgs, tmp_path=tmp_path, resolution=16, resize="square")
     again, _ = _ingest(imgs, tmp_path=tmp_path, resolution=16, resize="short_side")
     assert again["new_images"] == 0 and again["reused_shards"] == 1
     assert again["shards"] == first["shards"] and again["images_key"] == first["images_key"]
     _write(imgs / "wide.png", _png(seed=20, size=(60, 30)))
     wide, _ = _ingest(imgs, tmp_path=tmp_path, resolution=16, resize="short_side")
     assert wide["new_images"] == 1 and wide["reused_shards"] == 1
-    back, _ = _ingest(imgs, tmp_path=tmp_path, resolution=16)  # square again: the oblong image's shard is redone
+    back, _ = _ingest(imgs, tmp_path=tmp_path, resolution=16, resize="square")  # square again: the oblong image's shard is redone
     assert back["new_images"] == 1 and back["reused_shards"] == 1
     keys = {s["name"]: s["fingerprint"] for s in back["shards"]}
     assert keys[first["shards"][0]["name"]] == first["shards"][0]["fingerprint"]
