@@ -249,7 +249,10 @@ def test_checkpoint_defaults_layer_over_the_base_defaults_and_lora_above_2b() ->
         ({"model": {"base": "/sd", "prediction": "v_prediction"}}, "applies to the pixel model"),
         ({"model": {"class_map": "map.csv"}}, "model.class_map .* needs model.base"),
         ({"model": {"prediction": "x0"}}, "model.prediction"),
-        ({"train": {"square_crops": True}, "data": {"resize": "square"}}, "train.square_crops .* data.resize=short_side"),
+        (
+            {"train": {"square_crops": True}, "data": {"resize": "square"}},
+            "train.square_crops .* data.resize=short_side",
+        ),
         (
             {"train": {"square_crops": True}, "data": {"resize": "short_side"}, "model": {"base": "/sd"}},
             "train.square_crops applies to the pixel model",

@@ -520,7 +520,9 @@ def test_squares_keep_their_shards_and_keys_under_either_resize_policy(tmp_path)
     _write(imgs / "wide.png", _png(seed=20, size=(60, 30)))
     wide, _ = _ingest(imgs, tmp_path=tmp_path, resolution=16, resize="short_side")
     assert wide["new_images"] == 1 and wide["reused_shards"] == 1
-    back, _ = _ingest(imgs, tmp_path=tmp_path, resolution=16, resize="square")  # square again: the oblong image's shard is redone
+    back, _ = _ingest(
+        imgs, tmp_path=tmp_path, resolution=16, resize="square"
+    )  # square again: the oblong image's shard is redone
     assert back["new_images"] == 1 and back["reused_shards"] == 1
     keys = {s["name"]: s["fingerprint"] for s in back["shards"]}
     assert keys[first["shards"][0]["name"]] == first["shards"][0]["fingerprint"]
