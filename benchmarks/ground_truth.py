@@ -32,15 +32,25 @@ from gcmodels.data.synthetic import motif_dataset
 from gcmodels.mining.evaluation import localisation_report
 
 
-def write_dataset(root: Path, per_label: int, size: int, seed: int) -> pd.DataFrame:
-    rows = []
-    for i, item in enumerate(motif_dataset(n_per_label=per_label, size=size, seed=seed)):
+def write_label_folders(root: Path, items) -> list[str]:
+    """Each item's image as a PNG under root/<its label>/<index>.png (the folder-per-label layout
+    gcmine reads); returns the images' content ids, in the order of `items`."""
+    ids = []
+    for i, item in enumerate(items):
         data = encode_png(item.image)
         path = root / item.label / f"{i:05d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+        ids.append(image_id(data))
+    return ids
+
+
+def write_dataset(root: Path, per_label: int, size: int, seed: int) -> pd.DataFrame:
+    items = motif_dataset(n_per_label=per_label, size=size, seed=seed)
+    rows = []
+    for iid, item in zip(write_label_folders(root, items), items):
         x0, y0, x1, y1 = item.box
-        rows.append({"image_id": image_id(data), "label": item.label, "x0": x0, "y0": y0, "x1": x1, "y1": y1})
+        rows.append({"image_id": iid, "label": item.label, "x0": x0, "y0": y0, "x1": x1, "y1": y1})
     return pd.DataFrame(rows)
 
 

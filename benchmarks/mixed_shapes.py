@@ -37,8 +37,11 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ground_truth import write_label_folders
+
 from gcmine.flows.config import load_settings
-from gcmodels.data.images import encode_png, image_id
 from gcmodels.data.synthetic import mixed_motif_dataset, motif_dataset
 from gcmodels.mining.evaluation import localisation_report
 
@@ -51,15 +54,11 @@ def write_dataset(root: Path, kind: str, per_label: int, seed: int) -> pd.DataFr
         else motif_dataset(n_per_label=per_label, size=80, seed=seed)
     )
     rows = []
-    for i, item in enumerate(items):
-        data = encode_png(item.image)
-        path = root / item.label / f"{i:05d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+    for iid, item in zip(write_label_folders(root, items), items):
         x0, y0, x1, y1 = item.box
         rows.append(
             {
-                "image_id": image_id(data),
+                "image_id": iid,
                 "label": item.label,
                 "x0": x0,
                 "y0": y0,

@@ -40,7 +40,10 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 import numpy as np
 import pandas as pd
 
-from gcmodels.data.images import encode_png, image_id
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ground_truth import write_label_folders
+
 from gcmodels.data.parts import PARTS_LAYOUTS, parts_dataset
 
 
@@ -56,12 +59,7 @@ def write_dataset(root: Path, args: argparse.Namespace) -> pd.DataFrame:
         seed=args.seed,
     )
     rows = []
-    for i, item in enumerate(items):
-        data = encode_png(item.image)
-        path = root / item.label / f"{i:05d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        iid = image_id(data)
+    for iid, item in zip(write_label_folders(root, items), items):
         things = [(kind, owner or "", box) for kind, (box, owner) in item.parts.items()]
         things += [("ring", "", item.distractor_box), ("body", "", item.object_box)]
         for kind, owner, (x0, y0, x1, y1) in things:
