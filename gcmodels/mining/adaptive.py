@@ -31,6 +31,23 @@ long before N draws. Scoring by rounds, per shard, with one of two rules (`Adapt
    (b) its **own selection is decided** for its `decide` best patches: each beats, by the same
        paired test within the image, every position greedy suppression leaves as its rival,
        except positions at most `tolerance` cells from it (`selection_decided`).
+   **Variance of the paired tests** (`AdaptiveRule.variance`, decision rule only): "own" (the
+   default) gives each comparison the variance of its own pairs of draws, n // 2 degrees of
+   freedom (2 on the first pass: h = 4.5 at z = 2). "moderated" pools the variances over the
+   comparisons (empirical Bayes, Smyth 2004, limma's moderated t): a scaled inverse-chi-square
+   prior (s0^2, d0) of the true variances is fitted to the per-comparison estimates s^2 by the
+   method of moments on log s^2 (`fit_variance_prior`, limma's `fitFDist`), and each comparison
+   uses the posterior variance (d0 s0^2 + d s^2) / (d0 + d) with the t quantile of d0 + d degrees
+   of freedom. Pools, fitted afresh each round: (b) all rival comparisons of all unsettled images
+   of the shard with the same draw count (in a round, every unsettled image has the same count);
+   (a) apart, each label's membership pairs compared over the same draws. d0 = inf (log s^2 spread
+   no more than sampling gives: all variances equal) uses s0^2 for every comparison; d0 -> 0 (very
+   unequal variances) falls back to each comparison's own; fewer than two finite estimates or a
+   median of zero: no prior (own); zero variances are floored at 1e-5 x the median (as limma).
+   The comparisons of one image share its draws and are not independent: the posterior degrees
+   of freedom are capped at d x the images of the pool. The prior assumes the comparisons'
+   variances are exchangeable: a rival next to the best patch (whose difference varies little)
+   is shrunk toward the pool's typical variance like a far one.
 4. The others are refined: the next round doubles their draws (n0, 2 n0, 4 n0, ..., N), then 2-3
    repeat until every image is settled or has all N draws. Images still undecided therefore end
    with exactly the N draws (and the map) of plain scoring.
