@@ -9,8 +9,9 @@ motif centre (truth boxes from the run's dataset, scaled to the working images).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/adaptive_curve.py --work /tmp/gcmine-adaptive-XXXX \\
         --ref maps/part-00000-<4N key>.parquet --plain 4 8 16 --z 2 1 0.5
-    # the rules of gcmodels.mining.adaptive, each as RULE:Z[:DECIDE[:K]] (K: the rule's top_k, default
-    # --top-k; the overlap columns compare the top --compare-k patches per label)
+    # the rules of gcmodels.mining.adaptive, each as RULE:Z[:DECIDE[:K[:VARIANCE]]] (K: the rule's top_k,
+    # default --top-k; VARIANCE: own (default) or moderated; the overlap columns compare the top
+    # --compare-k patches per label)
     ... adaptive_curve.py --work W --ref R --plain 16 --adaptive elimination:2 decision:2:1:1000 --compare-k 10 1000
 """
 
@@ -73,7 +74,9 @@ def main() -> int:
     ap.add_argument("--patch", type=int, default=6)
     ap.add_argument("--per-label", type=int, default=40)
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--adaptive", nargs="*", help="RULE:Z[:DECIDE[:K]] (replaces --z, which runs elimination:Z)")
+    ap.add_argument(
+        "--adaptive", nargs="*", help="RULE:Z[:DECIDE[:K[:VARIANCE]]] (replaces --z, which runs elimination:Z)"
+    )
     ap.add_argument("--compare-k", type=int, nargs="*", help="top-K sizes of the overlap columns (default --top-k)")
     args = ap.parse_args()
     configure_torch(1)
@@ -126,6 +129,7 @@ def main() -> int:
         kind, z, *more = spec.split(":")
         decide = int(more[0]) if more else 1
         k = int(more[1]) if len(more) > 1 else args.top_k
+        variance = more[2] if len(more) > 2 else "own"
         rule = AdaptiveRule(
             first=args.first,
             z=float(z),
@@ -134,10 +138,12 @@ def main() -> int:
             patch=args.patch,
             kind=kind,
             decide=decide,
+            variance=variance,
         )
         t0 = time.perf_counter()
         res = adaptive_maps(est, model, [(np.arange(len(x0)), lambda pos: x0[torch.from_numpy(pos)])], cond, rule)
         name = f"{kind} z={z} K={k}" + (f" dec={decide}" if kind == "decision" else "")
+        name += " moderated" if variance == "moderated" else ""
         report(name, np.stack(res.maps), 2 * int(res.draws.sum()), time.perf_counter() - t0)
         counts = {int(a): int(b) for a, b in zip(*np.unique(res.draws, return_counts=True))}
         print(f"{'':<34}draws per image: {counts}", flush=True)

@@ -16,7 +16,8 @@ score / rank / elements run again) for every other variant, and prints per varia
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/adaptive_draws.py                 # 4 x 40 images
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/adaptive_draws.py --draws 16 --top-k 40 --extra
     # one trained model for many variants: --out keeps the work folder, --variants picks the runs
-    # (plain:N[:K], adaptive:N:RULE:Z[:K]; RULE elimination or decision, K = rank.per_label of that run),
+    # (plain:N[:K], adaptive:N:RULE:Z[:K[:VARIANCE]]; RULE elimination or decision, K = rank.per_label of
+    # that run, VARIANCE score.adaptive_variance: own or moderated),
     # each variant's outputs are kept in OUT/results/, and --report prints the table of all kept ones
     ... adaptive_draws.py --out W --variants plain:16 plain:64 --top-k 1000
     ... adaptive_draws.py --out W --variants adaptive:16:decision:2 adaptive:16:elimination:2:10
@@ -86,7 +87,9 @@ def main() -> int:
     ap.add_argument("--out", help="work folder (default: a temporary one)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument(
-        "--variants", nargs="*", help="plain:N[:K] or adaptive:N:RULE:Z[:K] (default: the three of the issue)"
+        "--variants",
+        nargs="*",
+        help="plain:N[:K] or adaptive:N:RULE:Z[:K[:VARIANCE]] (default: the three of the issue)",
     )
     ap.add_argument("--report", action="store_true", help="only print the table of the variants kept in OUT/results")
     ap.add_argument("--compare-k", type=int, nargs="*", help="top-K sizes of the overlap column(s) (default: --top-k)")
@@ -147,20 +150,24 @@ def main() -> int:
 
 
 def parse_variant(spec: str, top_k: int) -> tuple[str, list[str]]:
-    """A variant's name and its settings from plain:N or adaptive:N:RULE:Z[:K]."""
+    """A variant's name and its settings from plain:N[:K] or adaptive:N:RULE:Z[:K[:VARIANCE]] (VARIANCE:
+    score.adaptive_variance, own by default)."""
     kind, *rest = spec.split(":")
     if kind == "plain":
         n, *k = rest
         if k:
             return f"plain N={n} K={k[0]}", [f"score.draws={n}", f"rank.per_label={k[0]}"]
         return f"plain N={n}", [f"score.draws={n}", f"rank.per_label={top_k}"]
-    n, rule, z, *k = rest
-    k_run = int(k[0]) if k else top_k
-    return f"adaptive N={n} {rule} z={z} K={k_run}", [
+    n, rule, z, *more = rest
+    k_run = int(more[0]) if more else top_k
+    variance = more[1] if len(more) > 1 else "own"
+    name = f"adaptive N={n} {rule} z={z} K={k_run}" + (f" {variance}" if variance != "own" else "")
+    return name, [
         f"score.draws={n}",
         "score.adaptive=true",
         f"score.adaptive_rule={rule}",
         f"score.adaptive_z={z}",
+        f"score.adaptive_variance={variance}",
         f"rank.per_label={k_run}",
     ]
 

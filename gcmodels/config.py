@@ -407,6 +407,13 @@ class ScoreConfig(_Section):
         description="with adaptive_rule 'decision': how many of an image's rank.per_image patches (best first) must "
         "be decided before it stops (1: the rank-0 patch)",
     )
+    adaptive_variance: Literal["own", "moderated"] = Field(
+        "own",
+        description="with adaptive_rule 'decision': the variance of its paired tests: 'own' (each comparison's own, "
+        "from its image's pairs of draws: n/2 degrees of freedom) or 'moderated' (empirical Bayes, limma's moderated "
+        "t: each comparison's variance shrunk toward a prior fitted on all the shard's comparisons of the round, with "
+        "the prior's degrees of freedom added; see gcmodels/mining/adaptive.py)",
+    )
 
     @model_validator(mode="after")
     def _t_range(self) -> ScoreConfig:

@@ -84,6 +84,7 @@ def _adaptive_rule(config: ScoreConfig, ranking: dict | None, model) -> Adaptive
         patch=patch,
         kind=config.adaptive_rule,
         decide=min(config.adaptive_decide, ranking["per_image"]),
+        variance=config.adaptive_variance,
     )
 
 

@@ -31,6 +31,23 @@ long before N draws. Scoring by rounds, per shard, with one of two rules (`Adapt
    (b) its **own selection is decided** for its `decide` best patches: each beats, by the same
        paired test within the image, every position greedy suppression leaves as its rival,
        except positions at most `tolerance` cells from it (`selection_decided`).
+   **Variance of the paired tests** (`AdaptiveRule.variance`, decision rule only): "own" (the
+   default) gives each comparison the variance of its own pairs of draws, n // 2 degrees of
+   freedom (2 on the first pass: h = 4.5 at z = 2). "moderated" pools the variances over the
+   comparisons (empirical Bayes, Smyth 2004, limma's moderated t): a scaled inverse-chi-square
+   prior (s0^2, d0) of the true variances is fitted to the per-comparison estimates s^2 by the
+   method of moments on log s^2 (`fit_variance_prior`, limma's `fitFDist`), and each comparison
+   uses the posterior variance (d0 s0^2 + d s^2) / (d0 + d) with the t quantile of d0 + d degrees
+   of freedom. Pools, fitted afresh each round: (b) all rival comparisons of all unsettled images
+   of the shard with the same draw count (in a round, every unsettled image has the same count);
+   (a) apart, each label's membership pairs compared over the same draws. d0 = inf (log s^2 spread
+   no more than sampling gives: all variances equal) uses s0^2 for every comparison; d0 -> 0 (very
+   unequal variances) falls back to each comparison's own; fewer than two finite estimates or a
+   median of zero: no prior (own); zero variances are floored at 1e-5 x the median (as limma).
+   The comparisons of one image share its draws and are not independent: the posterior degrees
+   of freedom are capped at d x the images of the pool. The prior assumes the comparisons'
+   variances are exchangeable: a rival next to the best patch (whose difference varies little)
+   is shrunk toward the pool's typical variance like a far one.
 4. The others are refined: the next round doubles their draws (n0, 2 n0, 4 n0, ..., N), then 2-3
    repeat until every image is settled or has all N draws. Images still undecided therefore end
    with exactly the N draws (and the map) of plain scoring.
@@ -76,6 +93,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.special import digamma, polygamma
 from scipy.stats import norm as normal
 from scipy.stats import t as student_t
 from torch import Tensor
@@ -85,10 +103,13 @@ from gcmodels.mining.typicality import NoisePredictor, TypicalityEstimator
 
 __all__ = [
     "RULES",
+    "VARIANCES",
     "AdaptiveResult",
     "AdaptiveRule",
+    "VariancePrior",
     "adaptive_maps",
     "draw_order",
+    "fit_variance_prior",
     "half_width",
     "membership",
     "round_sizes",
@@ -135,6 +156,92 @@ def standard_error(values: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 RULES = ("elimination", "decision")
+VARIANCES = ("own", "moderated")
+
+
+def _trigamma_inverse(x: float) -> float:
+    """y with trigamma(y) = x, x > 0 (Newton's method as limma's `trigammaInverse`, Smyth 2004)."""
+    if x > 1e7:
+        return 1.0 / np.sqrt(x)
+    if x < 1e-6:
+        return 1.0 / x
+    y = 0.5 + 1.0 / x
+    for _ in range(50):
+        tri = float(polygamma(1, y))
+        dif = tri * (1 - tri / x) / float(polygamma(2, y))
+        y += dif
+        if -dif / y < 1e-8:
+            break
+    return y
+
+
+@dataclass(frozen=True)
+class VariancePrior:
+    """A scaled inverse-chi-square prior of the true variances of a pool of comparisons,
+    sigma^2 ~ s0sq d0 / chi^2_{d0} (Smyth 2004, limma's moderated t): d0 = inf means every
+    comparison has the variance s0sq, d0 = 0 means no pooling (each its own estimate). max_df
+    caps the degrees of freedom of a posterior (d times the independent units the prior was
+    fitted on: the comparisons of one image share its draws, so they are not independent)."""
+
+    s0sq: float
+    d0: float
+    max_df: float = np.inf
+
+    def moderate(self, s2: np.ndarray, d: float) -> tuple[np.ndarray, float]:
+        """Posterior variances (d0 s0sq + d s2) / (d0 + d) of per-comparison estimates s2 with d
+        degrees of freedom each, and their degrees of freedom min(d0 + d, max_df) (s2 itself
+        and d when there is no prior: d0 = 0 or s0sq not finite)."""
+        s2 = np.asarray(s2, np.float64)
+        if self.d0 <= 0 or not np.isfinite(self.s0sq):
+            return s2, float(d)
+        if np.isinf(self.d0):
+            return np.full_like(s2, self.s0sq), float(self.max_df)
+        return (self.d0 * self.s0sq + d * s2) / (self.d0 + d), float(min(self.d0 + d, self.max_df))
+
+
+NO_PRIOR = VariancePrior(np.nan, 0.0)
+
+
+def fit_variance_prior(s2: np.ndarray, d: float, units: int | None = None) -> VariancePrior:
+    """Fit the prior of `VariancePrior` to a pool of per-comparison variance estimates s2, each
+    with d degrees of freedom: limma's `fitFDist` without covariate (method of moments on
+    log s2: E log s2 = log s0sq + digamma(d/2) - log(d/2) + log(d0/2) - digamma(d0/2), and
+    Var log s2 = trigamma(d/2) + trigamma(d0/2)).
+
+    Non-finite s2 (comparisons without two draws) are left out; zero variances are floored at
+    1e-5 times the median (as limma does, so one zero does not make the log-variance spread
+    infinite). With fewer than two estimates, or a median of zero, there is nothing to pool:
+    d0 = 0 (each comparison keeps its own variance). When the spread of log s2 is no more than
+    sampling alone gives (all true variances equal) d0 = inf. `units`: the independent units
+    (images) behind the pool; the posterior degrees of freedom are capped at d * units."""
+    v = np.asarray(s2, np.float64).ravel()
+    v = v[np.isfinite(v)]
+    max_df = np.inf if units is None else float(d) * max(1, int(units))
+    if v.size < 2 or not d > 0:
+        return NO_PRIOR
+    med = float(np.median(v))
+    if not med > 0:
+        return NO_PRIOR
+    e = np.log(np.maximum(v, 1e-5 * med)) - digamma(d / 2) + np.log(d / 2)
+    emean = float(e.mean())
+    evar = float(e.var(ddof=1)) - float(polygamma(1, d / 2))
+    if evar > 0:
+        d0 = 2 * _trigamma_inverse(evar)
+        return VariancePrior(float(np.exp(emean + digamma(d0 / 2) - np.log(d0 / 2))), d0, max_df)
+    return VariancePrior(float(np.exp(emean)), np.inf, max_df)
+
+
+def _t_half_width(z: float, df: float) -> float:
+    """The Student t quantile of the normal level z with df (float, inf: z) degrees of freedom."""
+    if not df > 0:
+        return np.inf
+    return float(z) if np.isinf(df) else float(student_t.ppf(normal.cdf(z), df))
+
+
+def _pair_variance(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    """`standard_error`'s per-draw variance estimate s2 = n se^2 (n // 2 degrees of freedom)."""
+    n = np.shape(values)[axis]
+    return standard_error(values, axis=axis) ** 2 * n
 
 
 @dataclass(frozen=True)
@@ -146,7 +253,9 @@ class AdaptiveRule:
     patch selection are decided, by paired differences; see the module docstring); decide: with
     "decision", how many of an image's `per_image` selected patches (best first) must be decided;
     shift: with "decision", a selected patch counts as decided against positions at most `shift`
-    cells away on both axes without beating them (-1: patch // 2)."""
+    cells away on both axes without beating them (-1: patch // 2); variance: with "decision", the
+    variance of the paired tests: "own" (each comparison's own `standard_error`, n // 2 degrees
+    of freedom) or "moderated" (pooled over the round's comparisons: `fit_variance_prior`)."""
 
     first: int = 4
     z: float = 2.0
@@ -156,6 +265,7 @@ class AdaptiveRule:
     kind: str = "elimination"
     decide: int = 1
     shift: int = -1
+    variance: str = "own"
 
     def __post_init__(self) -> None:
         if self.first < 2:
@@ -172,6 +282,8 @@ class AdaptiveRule:
             raise ValueError(f"decide must be in [0, per_image = {self.per_image}], got {self.decide}")
         if self.shift < -1:
             raise ValueError(f"shift must be >= 0 (or -1: patch // 2), got {self.shift}")
+        if self.variance not in VARIANCES:
+            raise ValueError(f"variance must be one of {VARIANCES}, got {self.variance!r}")
 
     @property
     def tolerance(self) -> int:
@@ -241,20 +353,12 @@ def _pooled_draws(image: _Image, patch: int) -> np.ndarray:
     return torch.nn.functional.avg_pool2d(terms[:, None], size, stride=1)[:, 0].numpy()
 
 
-def selection_decided(pooled: np.ndarray, boxes: np.ndarray, rule: AdaptiveRule) -> bool:
-    """Whether an image's greedy selection of its first `rule.decide` patches is decided.
-
-    pooled (n, Hp, Wp): its per-draw patch scores in draw order; boxes (k, 4): the selection on
-    its current map (best first). Selected patch r is decided when it beats, with paired
-    confidence, every position greedy suppression leaves it as a rival (positions that neither
-    overlap nor touch patches 0..r-1) except those within `rule.tolerance` cells of it: per draw,
-    the difference of its score and the rival's (the same t and eps for both: the trend over t
-    largely cancels), mean over the draws minus `half_width` standard errors of that difference
-    (`standard_error`'s pairs) must be > 0 for every rival."""
-    n, hp, wp = pooled.shape
-    h = half_width(rule.z, n)
-    if not np.isfinite(h):
-        return False
+def _selection_rivals(pooled: np.ndarray, boxes: np.ndarray, rule: AdaptiveRule):
+    """For each of the first `rule.decide` selected patches (boxes (k, 4), best first), the
+    per-draw differences (n, rivals) of its score and each rival's: the positions greedy
+    suppression leaves it (neither overlapping nor touching patches 0..r-1), except those within
+    `rule.tolerance` cells of it."""
+    _n, hp, wp = pooled.shape
     size = rule.patch
     ys, xs = np.mgrid[0:hp, 0:wp]
     free = np.ones((hp, wp), bool)
@@ -264,15 +368,51 @@ def selection_decided(pooled: np.ndarray, boxes: np.ndarray, rule: AdaptiveRule)
             break
         rivals = free & ~((np.abs(ys - y0) <= rule.tolerance) & (np.abs(xs - x0) <= rule.tolerance))
         if rivals.any():
-            d = pooled[:, y0, x0][:, None] - pooled[:, rivals]  # (n, rivals)
-            if not ((d.mean(0) - h * standard_error(d, axis=0)) > 0).all():
-                return False
+            yield pooled[:, y0, x0][:, None] - pooled[:, rivals]  # (n, rivals)
         free &= ~((np.abs(ys - y0) <= size) & (np.abs(xs - x0) <= size))
+
+
+def selection_decided(
+    pooled: np.ndarray, boxes: np.ndarray, rule: AdaptiveRule, prior: VariancePrior | None = None
+) -> bool:
+    """Whether an image's greedy selection of its first `rule.decide` patches is decided.
+
+    pooled (n, Hp, Wp): its per-draw patch scores in draw order; boxes (k, 4): the selection on
+    its current map (best first). Selected patch r is decided when it beats, with paired
+    confidence, every position greedy suppression leaves it as a rival (positions that neither
+    overlap nor touch patches 0..r-1) except those within `rule.tolerance` cells of it: per draw,
+    the difference of its score and the rival's (the same t and eps for both: the trend over t
+    largely cancels), mean over the draws minus `half_width` standard errors of that difference
+    (`standard_error`'s pairs) must be > 0 for every rival. With a `prior` (the moderated
+    variance, `fit_variance_prior` on the round's comparisons) each difference's variance is the
+    posterior one and the half-width the t quantile of its d0 + n // 2 degrees of freedom."""
+    n = pooled.shape[0]
+    if prior is not None:
+        if n < 2:
+            return False
+        for d in _selection_rivals(pooled, boxes, rule):
+            s2, df = prior.moderate(_pair_variance(d, axis=0), n // 2)
+            if not ((d.mean(0) - _t_half_width(rule.z, df) * np.sqrt(s2 / n)) > 0).all():
+                return False
+        return True
+    h = half_width(rule.z, n)
+    if not np.isfinite(h):
+        return False
+    for d in _selection_rivals(pooled, boxes, rule):
+        if not ((d.mean(0) - h * standard_error(d, axis=0)) > 0).all():
+            return False
     return True
 
 
 def membership(
-    values: np.ndarray, draws: np.ndarray, order: np.ndarray, k: int, z: float, block: int = 64
+    values: np.ndarray,
+    draws: np.ndarray,
+    order: np.ndarray,
+    k: int,
+    z: float,
+    block: int = 64,
+    variance: str = "own",
+    owners: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Which of a label's candidate patches are surely inside, and which surely outside, its top k.
 
@@ -282,10 +422,16 @@ def membership(
     (the first min(draws) of `order`, in draw order: the same t and eps for both images) has a
     lower bound (mean - `half_width` standard errors) above 0. p is surely in when fewer than k
     other patches are not surely beaten by it, surely out when at least k surely beat it. With
-    at most k patches every one is in. Returns (inside, outside) (P,) bool."""
+    at most k patches every one is in. variance "moderated": the variances of the pairs compared
+    over the same m draws are pooled (`fit_variance_prior` on every such pair once, a second pass
+    then bounds them; `owners` (P,): each patch's image, the independent units of the cap; each
+    patch its own unit when not given). Returns (inside, outside) (P,) bool."""
     p = len(values)
     if p <= k:
         return np.ones(p, bool), np.zeros(p, bool)
+    if variance not in VARIANCES:
+        raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+    owners = np.arange(p) if owners is None else np.asarray(owners)
     beats = np.zeros((p, p), bool)  # beats[a, b]: a surely above b
     for m in np.unique(draws).tolist():
         if m < 2:
@@ -293,6 +439,16 @@ def membership(
         cols = np.sort(order[:m])
         x = values[:, cols]
         h = half_width(z, m)
+        prior = None
+        if variance == "moderated":
+            pool = []
+            for s in range(0, p, block):
+                rows = np.arange(s, min(s + block, p))
+                pair = (np.minimum(draws[rows, None], draws[None, :]) == m) & (rows[:, None] < np.arange(p)[None, :])
+                if pair.any():
+                    pool.append(_pair_variance(x[rows, None, :] - x[None, :, :])[pair])
+            units = len(np.unique(owners[draws >= m]))
+            prior = fit_variance_prior(np.concatenate(pool) if pool else np.zeros(0), m // 2, units)
         for s in range(0, p, block):
             rows = np.arange(s, min(s + block, p))
             pair = np.minimum(draws[rows, None], draws[None, :]) == m
@@ -300,7 +456,11 @@ def membership(
                 continue
             d = x[rows, None, :] - x[None, :, :]  # (b, P, m); NaN only in pairs not of this m
             with np.errstate(invalid="ignore"):
-                lower = d.mean(-1) - h * standard_error(d)
+                if prior is None:
+                    lower = d.mean(-1) - h * standard_error(d)
+                else:
+                    s2, df = prior.moderate(_pair_variance(d), m // 2)
+                    lower = d.mean(-1) - _t_half_width(z, df) * np.sqrt(s2 / m)
             beats[rows] |= pair & (lower > 0)
     np.fill_diagonal(beats, False)
     inside = (p - 1 - beats.sum(1)) < k
@@ -308,13 +468,33 @@ def membership(
     return inside, outside
 
 
+def _selection_priors(
+    state: list[_Image], pooled: list[np.ndarray], boxes: np.ndarray, rule: AdaptiveRule
+) -> dict[int, VariancePrior]:
+    """The moderated variance's prior of the selection tests, per draw count: fitted on every
+    rival comparison (`_selection_rivals`) of every unsettled image of the shard with that many
+    draws (in a round all unsettled images have the same count), the images as the units."""
+    pools: dict[int, list[np.ndarray]] = {}
+    images: dict[int, int] = {}
+    for i, im in enumerate(state):
+        if im.settled:
+            continue
+        n = len(im.terms)
+        images[n] = images.get(n, 0) + 1
+        pools.setdefault(n, []).extend(_pair_variance(d, axis=0) for d in _selection_rivals(pooled[i], boxes[i], rule))
+    return {n: fit_variance_prior(np.concatenate(v) if v else np.zeros(0), n // 2, images[n]) for n, v in pools.items()}
+
+
 def _settle_decision(
     state: list[_Image], labels: np.ndarray, boxes: np.ndarray, rule: AdaptiveRule, order: np.ndarray
 ) -> None:
     """Mark settled the images whose top-K membership and selection are decided (`membership`,
-    `selection_decided`)."""
+    `selection_decided`; with `rule.variance` "moderated" on variances pooled over the shard's
+    comparisons of the round: the selection tests of the unsettled images together, by draw
+    count, and apart from them each label's membership pairs, by draw count)."""
     n_draws = len(order)
     pooled = [_pooled_draws(im, rule.patch) for im in state]
+    priors = _selection_priors(state, pooled, boxes, rule) if rule.variance == "moderated" else {}
     for lab in np.unique(labels):
         of = np.flatnonzero(labels == lab)
         owner, values, draws = [], [], []
@@ -331,13 +511,17 @@ def _settle_decision(
                 draws.append(len(cols))
         if not owner:
             continue
-        inside, outside = membership(np.stack(values), np.array(draws), order, rule.top_k, rule.z)
         owner_arr = np.array(owner)
+        inside, outside = membership(
+            np.stack(values), np.array(draws), order, rule.top_k, rule.z, variance=rule.variance, owners=owner_arr
+        )
         for i in of.tolist():
             if state[i].settled:
                 continue
             mine = owner_arr == i
-            if (inside[mine] | outside[mine]).all() and selection_decided(pooled[i], boxes[i], rule):
+            if (inside[mine] | outside[mine]).all() and selection_decided(
+                pooled[i], boxes[i], rule, priors.get(len(state[i].terms))
+            ):
                 state[i].settled = True
 
 

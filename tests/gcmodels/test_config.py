@@ -52,6 +52,7 @@ def test_patch_size_explicit() -> None:
         (["score.adaptive_z=0"], ["score.adaptive_z", "0"]),
         (["score.adaptive_rule=bandit"], ["score.adaptive_rule", "bandit"]),
         (["score.adaptive_decide=-1"], ["score.adaptive_decide", "-1"]),
+        (["score.adaptive_variance=pooled"], ["score.adaptive_variance", "pooled"]),
         (["translate.strength=1.5"], ["translate.strength", "1.5"]),
         (["baseline.cell_size=1"], ["baseline.cell_size"]),
     ],
