@@ -29,3 +29,24 @@ def test_cotypicality_keeps_one_row_per_image_and_label() -> None:
         ["j", "a", "a", 3.0],
         ["j", "b", "a", 4.0],
     ]
+
+
+def test_the_adaptive_settings_reach_the_rule() -> None:
+    """Every score.adaptive_* setting is passed into the rule, patches turned into map cells."""
+    from types import SimpleNamespace
+
+    from gcmine.tasks.score import _adaptive_rule
+    from gcmodels.config import ScoreConfig
+
+    config = ScoreConfig(
+        adaptive=True,
+        adaptive_first=2,
+        adaptive_z=0.5,
+        adaptive_rule="decision",
+        adaptive_decide=3,
+        adaptive_variance="moderated",
+    )
+    rule = _adaptive_rule(config, {"top_k": 7, "per_image": 2, "patch_size": 16}, SimpleNamespace(latent_factor=8))
+    assert (rule.first, rule.z, rule.kind, rule.variance) == (2, 0.5, "decision", "moderated")
+    assert (rule.top_k, rule.per_image, rule.decide, rule.patch) == (7, 2, 2, 2)  # decide <= per_image
+    assert _adaptive_rule(ScoreConfig(), {"top_k": 7, "per_image": 5, "patch_size": 6}, object()).variance == "own"
