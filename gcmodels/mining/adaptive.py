@@ -88,7 +88,7 @@ What the rules guarantee, and their limitations, stated rather than hidden:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -353,7 +353,7 @@ def _pooled_draws(image: _Image, patch: int) -> np.ndarray:
     return torch.nn.functional.avg_pool2d(terms[:, None], size, stride=1)[:, 0].numpy()
 
 
-def _selection_rivals(pooled: np.ndarray, boxes: np.ndarray, rule: AdaptiveRule):
+def _selection_rivals(pooled: np.ndarray, boxes: np.ndarray, rule: AdaptiveRule) -> Iterator[np.ndarray]:
     """For each of the first `rule.decide` selected patches (boxes (k, 4), best first), the
     per-draw differences (n, rivals) of its score and each rival's: the positions greedy
     suppression leaves it (neither overlapping nor touching patches 0..r-1), except those within
