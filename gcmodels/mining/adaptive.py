@@ -528,9 +528,7 @@ def _settle_decision(
 def half_width(z: float, n: int) -> float:
     """Bound half-width in standard errors for n draws: the Student t quantile of the normal level
     z with n // 2 degrees of freedom (the pairs of `standard_error`); inf below two draws."""
-    if n < 2:
-        return np.inf
-    return float(student_t.ppf(normal.cdf(z), n // 2))
+    return _t_half_width(z, n // 2)
 
 
 def _threshold(lower: np.ndarray, k: int) -> float:
