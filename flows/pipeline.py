@@ -149,6 +149,12 @@ def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dic
     if checkpoint is not None and checkpoint.conditioning == "class":  # every label needs a class of the checkpoint
         given = [] if settings.data.labels == "clusters" else list(ingested["labels"])
         check_class_labels(checkpoint, settings.model.class_map, given, so, multi_label=ingested.get("multi_label", 0))
+    given_labels = list(ingested["labels"]) if settings.data.labels != "clusters" else None
+    if settings.score.contrast and given_labels is not None and len(given_labels) < 2:
+        raise ValueError(
+            f"score.contrast needs 2 labels or more; {images} has {len(given_labels)} ({given_labels}): "
+            "set score.contrast=false"
+        )
     shards = ingested["shards"]
     names = [s["name"] for s in shards]
     latents, encoded_stage = _encode_latents(out, shards, settings, so, checkpoint, ledger)

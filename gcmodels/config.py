@@ -373,6 +373,20 @@ class ScoreConfig(_Section):
     cotypicality: bool = Field(
         False, description="score every image under every label (one row per image and label in typicality.parquet)"
     )
+    contrast: bool = Field(
+        False,
+        description="label contrast: the maps (what rank, the elements and the report read) and the own-label image "
+        "scores are T(x | c) minus the mean of T(x | c') over the other labels (the null branch cancels: a region "
+        "every label denoises alike scores zero however hard it is). Scored from every label's map, L + 1 UNet inputs "
+        "per draw instead of 2 (see contrast_rivals); needs 2 labels or more (see gcmodels/mining/typicality.py)",
+    )
+    contrast_rivals: Literal["all", "cycled"] = Field(
+        "all",
+        description="with contrast: 'all' scores every draw under every label (L + 1 UNet inputs per draw, the exact "
+        "mean over the other labels on the same draws) or 'cycled' gives each draw one rival label in place of the "
+        "null one, cycled over the other labels (2 inputs per draw, the cost of plain scoring; the same expectation "
+        "when draws >= L - 1, more variance). With cotypicality every label is scored anyway and 'all' is used",
+    )
     holdout: float = Field(
         0.0,
         ge=0,
@@ -422,6 +436,10 @@ class ScoreConfig(_Section):
         if self.adaptive and self.cotypicality:
             raise ValueError(
                 "adaptive: true does not support cotypicality: true yet (it refines each image's own-label map only)"
+            )
+        if self.adaptive and self.contrast:
+            raise ValueError(
+                "adaptive: true does not support contrast: true yet (it refines each image's own-label map only)"
             )
         if self.holdout > 0 and not self.cotypicality:
             raise ValueError(

@@ -33,7 +33,7 @@ from gcmine.tasks.latents import read_latent_inputs, shape_groups
 from gcmodels.config import ModelConfig, RuntimeConfig, ScoreConfig
 from gcmodels.mining.adaptive import AdaptiveRule, adaptive_maps, standard_error
 from gcmodels.mining.cotypicality import cotypicality_frame
-from gcmodels.mining.typicality import TypicalityEstimator
+from gcmodels.mining.typicality import TypicalityEstimator, label_contrast
 from gcmodels.runtime import resolve_precision
 
 CHUNK = 64  # images handed to the estimator at a time (bounds memory, paces the progress bar)
@@ -179,6 +179,13 @@ def score_shard(
             co = np.zeros((len(meta), len(vocab)), np.float64)  # image-level T(x | label) per label
             key = artifact_key(out, "score-" + name.removesuffix(".parquet"))
             done = 0
+            cycled = config.contrast and config.contrast_rivals == "cycled" and not config.cotypicality
+            every_label = config.cotypicality or (config.contrast and not cycled)  # maps under every label are scored
+            if config.contrast and len(vocab) < 2:
+                raise ValueError(
+                    f"score.contrast needs 2 labels or more; the model of this run knows {len(vocab)} ({vocab}): "
+                    "set score.contrast=false"
+                )
             draws = np.full((len(meta), len(vocab)) if config.cotypicality else len(meta), config.draws, np.int64)
             per_draw = torch.zeros(
                 (len(meta), len(vocab) if config.cotypicality else 1, config.draws), dtype=torch.float64
@@ -218,14 +225,25 @@ def score_shard(
                                 x0 = inputs(sl)
                                 tick = lambda k, base=done: progress.update(base + k)  # noqa: E731
                                 c = cond[idx].to(device)
-                                record = torch.zeros((len(idx), per_draw.shape[1], config.draws), dtype=torch.float64)
-                                if config.cotypicality:
+                                record = torch.zeros(
+                                    (len(idx), len(vocab) if every_label else 1, config.draws), dtype=torch.float64
+                                )
+                                if every_label:
                                     m = estimator.cotypicality_maps(
                                         model, x0, every.to(device), progress=tick, draw_means=record
                                     )  # (b, L, h, w)
                                     co[idx] = m.mean((2, 3)).double().cpu().numpy()
-                                    own = (c - 1).view(-1, 1, 1, 1).expand(-1, 1, *m.shape[2:])
-                                    m = m.gather(1, own)[:, 0]  # each image's map under its own label (what rank reads)
+                                    if config.contrast:  # what rank reads: the own label's contrast
+                                        m = label_contrast(m, c - 1)
+                                    else:  # each image's map under its own label (what rank reads)
+                                        own = (c - 1).view(-1, 1, 1, 1).expand(-1, 1, *m.shape[2:])
+                                        m = m.gather(1, own)[:, 0]
+                                    if not config.cotypicality:  # the precision of the contrast itself
+                                        record = label_contrast(record, (c - 1).cpu())[:, None]
+                                elif cycled:  # one rival label per draw in place of the null one
+                                    m = estimator.contrast_maps(
+                                        model, x0, c, len(vocab), progress=tick, draw_means=record[:, 0]
+                                    )
                                 else:
                                     m = estimator.maps(model, x0, c, progress=tick, draw_means=record[:, 0])
                                 per_draw[torch.from_numpy(np.asarray(idx))] = record
@@ -268,7 +286,7 @@ def score_shard(
     seconds = clock["seconds"]
     spent = int(np.sum(precision["draws"])) if not config.cotypicality else len(ids) * config.draws
     stage_logger().info(
-        "scored %d images%s with N=%d draws in %.1f s (%.2f maps/s, %d draws spent%s)",
+        "scored %d images%s with N=%d draws in %.1f s (%.2f maps/s, %d draws spent%s)%s",
         len(set(ids)),
         f" ({len(ids)} maps: one per label of an image)" if len(set(ids)) < len(ids) else "",
         config.draws,
@@ -276,6 +294,11 @@ def score_shard(
         len(ids) / max(seconds, 1e-9),
         spent,
         " adaptively" if config.adaptive else "",
+        (
+            f"; maps: label contrast ({'one rival label per draw' if cycled else f'each draw under all {len(vocab)} labels'})"
+            if config.contrast
+            else ""
+        ),
     )
     return {
         "shard": name,

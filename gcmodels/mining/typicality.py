@@ -23,6 +23,21 @@ Cotypicality (our extension of the paper, which scores each image under its own 
 scores every image under every label of a list: each draw's x_t goes through the UNet once with
 the null label and once with each of the L labels, in one batched forward, so the L maps of an
 image share the null branch and the (t, eps) draws ((L + 1) inputs per draw instead of 2L).
+
+Label contrast (our extension, `score.contrast`): an image's typicality under its own label minus
+the mean of its typicalities under the other labels,
+
+    C(x | c) = T(x | c) - mean_{c' != c} T(x | c') = E_{t, eps} [ mean_{c' != c} L_t(x, eps, c') - L_t(x, eps, c) ],
+
+in which the null branch cancels. T is large wherever both losses are large (a hard region every
+label reconstructs alike: a distractor on every image, an object's body, the background);
+C is zero there whatever the difficulty, and large where the own label denoises better than the
+others, which is the question "what is typical of this label" asks of a collection whose labels
+share an object. It is read from the cotypicality maps of the same draws (`label_contrast`), at
+L + 1 UNet inputs per draw, or estimated at the cost of T itself (2 inputs per draw:
+`TypicalityEstimator.contrast_maps`) by giving each draw one rival label in place of the null one,
+the rivals cycled over the draws and each rival's draws weighted so that every rival counts
+1 / (L - 1) (see `rival_schedule`).
 """
 
 from __future__ import annotations
@@ -34,7 +49,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-__all__ = ["NoisePredictor", "TypicalityEstimator", "typicality_from_losses"]
+__all__ = ["NoisePredictor", "TypicalityEstimator", "label_contrast", "rival_schedule", "typicality_from_losses"]
 
 
 class NoisePredictor(Protocol):
@@ -50,6 +65,56 @@ class NoisePredictor(Protocol):
     def add_noise(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor: ...
 
     def predict_noise(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor: ...
+
+
+def label_contrast(values: Tensor, own: Tensor) -> Tensor:
+    """The label contrast of cotypicality values (B, L, ...) (maps (B, L, H, W), or per-draw image
+    typicalities (B, L, N)) for the images' own label columns own (B,) long (0-based, into L)
+    -> (B, ...): ``values[b, own[b]]`` minus the mean of ``values[b, j]`` over the other columns j.
+    Linear in `values`, so the contrast of per-draw terms averages to the contrast of the maps.
+    Needs L >= 2 (with one label there is nothing to contrast with)."""
+    if values.dim() < 2:
+        raise ValueError(f"values must be (B, L, ...), got shape {tuple(values.shape)}")
+    b, n_labels = values.shape[:2]
+    if n_labels < 2:
+        raise ValueError("label contrast needs at least 2 labels: with one there is no other label to compare with")
+    own = own.to(device=values.device, dtype=torch.long)
+    if own.shape != (b,) or bool(((own < 0) | (own >= n_labels)).any()):
+        raise ValueError(f"own must be ({b},) column indices in [0, {n_labels}), got {own.tolist()}")
+    index = own.view(b, 1, *([1] * (values.dim() - 2))).expand(b, 1, *values.shape[2:])
+    mine = values.gather(1, index)[:, 0]
+    others = (values.sum(1) - mine) / (n_labels - 1)
+    return mine - others
+
+
+def rival_schedule(own: Tensor, n_labels: int, draws: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """The rival label of each draw of images of own labels own (B,) long (1-based, the model's
+    label indices 1..n_labels) for the cycled label contrast -> (rivals (B, N) long, weights (B, N)
+    float64).
+
+    The L - 1 other labels are put in an order drawn from `seed` for each own label (the same for
+    every image of a label: images of one label are compared on the same rivals, common random
+    numbers) and cycled over the N draws: draw d of an image of label c is against its order's
+    (d mod (L - 1))-th rival. Weights make every rival that gets draws count alike: a draw against
+    rival r weighs N / (R n_r), n_r the draws of rival r and R the rivals with draws (R = L - 1
+    when N >= L - 1; otherwise the first N rivals of the order), so that the mean of weight x term
+    over the N draws is the mean over rivals of each rival's mean term. When L - 1 divides N
+    every weight is 1."""
+    if n_labels < 2:
+        raise ValueError("label contrast needs at least 2 labels: with one there is no other label to compare with")
+    own = own.to(torch.long).cpu()
+    if own.dim() != 1 or bool(((own < 1) | (own > n_labels)).any()):
+        raise ValueError(f"own must be (B,) label indices in [1, {n_labels}], got {own.tolist()}")
+    g = torch.Generator().manual_seed(seed)
+    orders = torch.empty(n_labels + 1, n_labels - 1, dtype=torch.long)
+    for c in range(1, n_labels + 1):  # every label's order, drawn in label order (independent of the batch)
+        others = torch.tensor([j for j in range(1, n_labels + 1) if j != c], dtype=torch.long)
+        orders[c] = others[torch.randperm(n_labels - 1, generator=g)]
+    slot = torch.arange(draws) % (n_labels - 1)  # (N,) which place of the order each draw takes
+    counts = torch.bincount(slot, minlength=n_labels - 1).double()  # draws per place
+    used = int((counts > 0).sum())
+    weight = draws / (used * counts[slot])  # (N,)
+    return orders[own][:, slot], weight.expand(own.shape[0], draws).clone()
 
 
 def typicality_from_losses(loss_null: Tensor, loss_cond: Tensor) -> Tensor:
@@ -161,6 +226,37 @@ class TypicalityEstimator:
             raise ValueError(f"draw_means must be (B, L, N), got {tuple(draw_means.shape)}")
         return self._maps_under(model, x0, conds, progress, draw_means)
 
+    @torch.inference_mode()
+    def contrast_maps(
+        self,
+        model: NoisePredictor,
+        x0: Tensor,
+        cond: Tensor,
+        n_labels: int,
+        *,
+        progress: Callable[[int], None] | None = None,
+        draw_means: Tensor | None = None,
+    ) -> Tensor:
+        """Label-contrast maps of images x0 (B, C, H, W) under their labels cond (B,) long, among
+        the model's labels 1..n_labels -> (B, H, W) float32, at the cost of `maps` (2 UNet inputs
+        per draw): each draw's second branch is a rival label (`rival_schedule`) instead of the
+        null label, and the map is the weighted mean over draws of L(rival) - L(c). It estimates
+        what ``label_contrast`` reads from the cotypicality maps, with one rival per draw instead
+        of all L - 1: the same expectation when N >= L - 1 (otherwise the mean over the first N
+        rivals of the label's order), more variance. `draw_means` ((B, N) float64) receives each
+        draw's weighted image-level term (their mean is the map's mean)."""
+        if x0.dim() != 4:
+            raise ValueError(f"x0 must be (B, C, H, W), got shape {tuple(x0.shape)}")
+        if cond.shape != (x0.shape[0],):
+            raise ValueError(f"cond must be (B,) = ({x0.shape[0]},), got {tuple(cond.shape)}")
+        if draw_means is not None and tuple(draw_means.shape) != (x0.shape[0], self.draws):
+            raise ValueError(
+                f"draw_means must be (B, N) = ({x0.shape[0]}, {self.draws}), got {tuple(draw_means.shape)}"
+            )
+        rivals, weights = rival_schedule(cond, n_labels, self.draws, self.seed)
+        record = None if draw_means is None else draw_means.view(x0.shape[0], 1, self.draws)
+        return self._maps_under(model, x0, cond[:, None], progress, record, rivals, weights)[:, 0]
+
     def _maps_under(
         self,
         model: NoisePredictor,
@@ -168,12 +264,16 @@ class TypicalityEstimator:
         conds: Tensor,
         progress: Callable[[int], None] | None,
         record: Tensor | None = None,
+        reference: Tensor | None = None,
+        weights: Tensor | None = None,
     ) -> Tensor:
         """Maps of x0 (B, C, H, W) under K labels per image, conds (B, K) long (no null) -> (B, K, H, W).
 
         Units of work are (image, draw) pairs, image-major; a group of P pairs is one batch of
         (K + 1) P UNet inputs laid out branch-major: label 0 of every pair, ..., label K-1 of
-        every pair, then the null label of every pair (for K = 1: [conditional, null]).
+        every pair, then the reference label of every pair (for K = 1: [conditional, null]).
+        The reference is the null label unless `reference` (B, N) long gives one per (image,
+        draw); `weights` (B, N) float64, if given, weighs each draw's term (1 = plain mean).
         """
         b, _, h, w = x0.shape
         k = conds.shape[1]
@@ -185,17 +285,24 @@ class TypicalityEstimator:
         img_of = torch.arange(b, device=device).repeat_interleave(self.draws)  # (B*N,)
         draw_of = torch.arange(self.draws, device=device).repeat(b)  # (B*N,)
         null = torch.zeros(pairs, dtype=torch.long, device=device)
+        if reference is not None:
+            reference = reference.to(device)
+        if weights is not None:
+            weights = weights.to(device, torch.float32)
         for start in range(0, b * self.draws, pairs):
             i = img_of[start : start + pairs]
             d = draw_of[start : start + pairs]
             p = i.shape[0]
             e = eps[d]  # (P, C, H, W)
             x_t = model.add_noise(x0[i], e, t[d])
-            branch_cond = torch.cat([conds[i].t().reshape(-1), null[:p]])  # ((K+1) P,)
+            ref = null[:p] if reference is None else reference[i, d]
+            branch_cond = torch.cat([conds[i].t().reshape(-1), ref])  # ((K+1) P,)
             pred = self._predict(model, x_t.repeat(k + 1, 1, 1, 1), t[d].repeat(k + 1), branch_cond)
             err = (pred.float() - e.repeat(k + 1, 1, 1, 1).float()).pow_(2).mean(1)  # ((K+1) P, H, W)
             err = err.view(k + 1, p, h, w)
             term = typicality_from_losses(err[k], err[:k]).transpose(0, 1)  # (P, K, H, W)
+            if weights is not None:
+                term = term * weights[i, d].view(p, 1, 1, 1)
             out.index_add_(0, i, term)
             if record is not None:  # (B, K, N): each draw's image typicality, for the standard error
                 record[i.cpu(), :, d.cpu()] = term.mean((2, 3)).double().cpu()

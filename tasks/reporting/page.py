@@ -341,6 +341,12 @@ def _rejected(data: ReportData) -> dict | None:
 # --------------------------------------------------------------------------- entry point
 
 
+def _contrast(summary: dict) -> str | None:
+    """How the maps were scored with score.contrast (None for typicality maps): 'all' or 'cycled'."""
+    score = (summary.get("config") or {}).get("score") or {}
+    return str(score.get("contrast_rivals", "all")) if score.get("contrast") else None
+
+
 def render_report(
     data: ReportData,
     *,
@@ -405,6 +411,7 @@ def render_report(
         title=data.title,
         css=Markup(static_text("report.css") + static_text("map.css")),
         vmax=fmt_num(vmax, 3),
+        contrast=_contrast(data.summary),
         contents=[(a, t) for a, t, _ in data.extra_sections],
         labels=list(zip(anchors, labels)),
         summary=_summary(data),

@@ -158,3 +158,39 @@ def test_baseline_and_report_sections(run) -> None:
     assert "Consistent changes" in html and "baseline" in html and "held-out purity" in html
     assert 'src="http' not in html and "<script src" not in html
     assert html.count("<script") == 1  # the fixed hover script of the collection map, nothing from the data
+
+
+def test_label_contrast_maps_in_the_same_run_root(run) -> None:
+    """score.contrast (last in this file: it re-runs the root): the maps rank reads become each
+    image's own-label typicality minus the mean of its typicalities under the other labels, read
+    from the same draws as the cotypicality rows, which stay T(x | label); the fine-tuned model is
+    reused, and the draws' standard errors still describe the T rows."""
+    s, out = run["store"], run["out"]
+    before = s.read_parquet("typicality.parquet")
+    argv = ["run", str(out.parent / "images"), "--out", str(out)]
+    for item in [*TINY, "score.contrast=true", "translate.enabled=false", "baseline.enabled=false"]:
+        argv += ["--set", item]
+    err = io.StringIO()
+    import contextlib
+
+    with contextlib.redirect_stderr(err):
+        assert main(argv) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["stages"]["finetune"]["reused"] is True  # the same model: only score and what follows re-ran
+    typ = s.read_parquet("typicality.parquet")
+    pd.testing.assert_frame_equal(typ, before)  # the rows are still T(x | label), the same draws
+    wide = typ.pivot(index="image_id", columns="label", values="typicality")[list(LABELS)]
+    own = typ.drop_duplicates("image_id").set_index("image_id")["image_label"]
+    mine = np.array([wide.loc[i, own[i]] for i in wide.index])
+    want = pd.Series(mine - (wide.sum(1).to_numpy() - mine) / (len(LABELS) - 1), index=wide.index)
+    maps = pd.concat([s.read_parquet(name) for name in info["stages"]["score"]["maps"]])  # this run's maps
+    assert len(maps) == len(own)
+    np.testing.assert_allclose(
+        unpack_maps(maps).mean((1, 2)), want.loc[maps["image_id"]].to_numpy(), rtol=1e-4, atol=1e-6
+    )
+    # the contrast is not the own-label typicality: the maps changed
+    assert not np.allclose(want.to_numpy(), mine, atol=1e-6)
+    patches = s.read_parquet("patches.parquet")
+    assert set(patches["label"]) == set(LABELS)
+    html = (out / "report" / "index.html").read_text()
+    assert "Maps are <b>label contrast</b>" in html and "number = patch contrast" in html

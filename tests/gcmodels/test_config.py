@@ -48,6 +48,7 @@ def test_patch_size_explicit() -> None:
         (["score.holdout=0.2"], ["score", "holdout (0.2)", "cotypicality"]),
         (["score.cotypicality=true", "score.holdout=1"], ["score.holdout"]),
         (["score.adaptive=true", "score.cotypicality=true"], ["score", "adaptive", "cotypicality"]),
+        (["score.adaptive=true", "score.contrast=true"], ["score", "adaptive", "contrast"]),
         (["score.adaptive_first=1"], ["score.adaptive_first", "1"]),
         (["score.adaptive_z=0"], ["score.adaptive_z", "0"]),
         (["score.adaptive_rule=bandit"], ["score.adaptive_rule", "bandit"]),

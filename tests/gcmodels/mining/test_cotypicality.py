@@ -18,7 +18,7 @@ from gcmodels.mining.cotypicality import (
     predict_labels,
     stratified_split,
 )
-from gcmodels.mining.typicality import TypicalityEstimator
+from gcmodels.mining.typicality import TypicalityEstimator, label_contrast, rival_schedule
 
 C, H, W = 3, 6, 7
 
@@ -85,6 +85,151 @@ def test_stub_knowing_one_label_gives_the_expected_matrix(known: int) -> None:
     assert list(mat.index) == names and list(mat.columns) == names
     # as a classifier, the stub predicts the label it knows, for every image
     assert list(predict_labels(scores, names)) == [names[known - 1]] * 4
+
+
+# ------------------------------------------------------------------ label contrast
+def test_label_contrast_by_hand() -> None:
+    values = torch.tensor([[1.0, 4.0, 7.0], [2.0, -2.0, 0.0]])  # (B=2, L=3)
+    got = label_contrast(values, torch.tensor([1, 0]))
+    assert torch.allclose(got, torch.tensor([4.0 - (1.0 + 7.0) / 2, 2.0 - (-2.0 + 0.0) / 2]))
+    maps = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).view(2, 3, 2, 2)
+    own = torch.tensor([2, 0])
+    for b in range(2):  # maps: per pixel, the own column minus the others' mean
+        others = [j for j in range(3) if j != own[b]]
+        assert torch.allclose(label_contrast(maps, own)[b], maps[b, own[b]] - maps[b, others].mean(0))
+    same = torch.full((2, 3, 4), 5.0)  # every label alike: zero contrast, however large
+    assert torch.equal(label_contrast(same, own), torch.zeros(2, 4))
+
+
+def test_label_contrast_needs_two_labels_and_valid_columns() -> None:
+    with pytest.raises(ValueError, match="at least 2 labels"):
+        label_contrast(torch.ones(3, 1, 2, 2), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="own must be"):
+        label_contrast(torch.ones(2, 3), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="own must be"):
+        label_contrast(torch.ones(2, 3), torch.tensor([0]))
+
+
+class NullSwapStub(SmoothStub):
+    """SmoothStub whose null-label predictions are replaced by another function of x_t and t."""
+
+    def predict_noise(self, x_t, t, cond):
+        pred = super().predict_noise(x_t, t, cond)
+        null = (cond == 0).view(-1, 1, 1, 1)
+        return torch.where(null, torch.sin(3.0 * x_t) - 0.2, pred)
+
+
+def test_the_null_branch_cancels_from_the_contrast() -> None:
+    """What the null model predicts changes every typicality map, never the contrast: the
+    contrast is mean_c' L(c') - L(c), measured on the same draws."""
+    x = _images(4, seed=5)
+    labels = torch.tensor([1, 2, 3])
+    own = torch.tensor([0, 2, 1, 0])
+    est = TypicalityEstimator(draws=6, batch_size=8, seed=3)
+    plain, swapped = est.cotypicality_maps(SmoothStub(), x, labels), est.cotypicality_maps(NullSwapStub(), x, labels)
+    assert not torch.allclose(plain, swapped, atol=1e-3)  # T depends on the null model
+    assert torch.allclose(label_contrast(plain, own), label_contrast(swapped, own), atol=1e-5)
+    # and the contrast is the mean over the other labels' losses minus the own label's
+    t, eps = est.sample_draws(1000, (C, H, W))
+    stub = SmoothStub()
+    want = torch.zeros(4, H, W)
+    for d in range(6):
+        x_t = stub.add_noise(x, eps[d].expand_as(x), t[d].expand(4))
+        loss = torch.stack(
+            [(stub.predict_noise(x_t, t[d].expand(4), lab.expand(4)) - eps[d]).pow(2).mean(1) for lab in labels], 1
+        )  # (B, L, H, W)
+        mine = loss[torch.arange(4), own]
+        want += (loss.sum(1) - mine) / 2 - mine
+    assert torch.allclose(label_contrast(plain, own), want / 6, atol=1e-5)
+
+
+@pytest.mark.parametrize(("n_labels", "draws"), [(2, 5), (4, 16), (4, 6), (5, 3), (7, 12)])
+def test_rival_schedule_cycles_the_other_labels_and_weighs_them_alike(n_labels: int, draws: int) -> None:
+    own = torch.tensor([1, n_labels, 2, 1])
+    rivals, weights = rival_schedule(own, n_labels, draws, seed=4)
+    assert rivals.shape == weights.shape == (4, draws)
+    assert not bool((rivals == own[:, None]).any()) and bool(((rivals >= 1) & (rivals <= n_labels)).all())
+    assert torch.equal(rivals[0], rivals[3]) and torch.equal(weights[0], weights[3])  # one order per label
+    for b in range(4):
+        used = rivals[b].unique()
+        assert len(used) == min(n_labels - 1, draws)  # every other label when the draws allow
+        for r in used:  # every rival that has draws counts alike: its weights sum to N / R
+            assert float(weights[b][rivals[b] == r].sum()) == pytest.approx(draws / len(used))
+    if draws % (n_labels - 1) == 0:
+        assert bool((weights == 1).all())
+    again, _ = rival_schedule(own, n_labels, draws, seed=4)
+    assert torch.equal(rivals, again)
+    with pytest.raises(ValueError, match="at least 2 labels"):
+        rival_schedule(own.clamp(max=1), 1, draws)
+    with pytest.raises(ValueError, match="own must be"):
+        rival_schedule(torch.tensor([0]), n_labels, draws)
+
+
+class NoNullStub(SmoothStub):
+    """Refuses the null label: the cycled contrast never asks for it."""
+
+    def predict_noise(self, x_t, t, cond):
+        assert not bool((cond == 0).any()), "the null label was asked for"
+        return super().predict_noise(x_t, t, cond)
+
+
+def test_cycled_contrast_by_hand_at_the_cost_of_plain_scoring() -> None:
+    x = _images(3, seed=6)
+    cond = torch.tensor([2, 1, 3])
+    est = TypicalityEstimator(draws=5, batch_size=4, seed=2)
+    calls = []
+
+    class Counting(NoNullStub):
+        def predict_noise(self, x_t, t, cond):
+            calls.append(len(cond))
+            return super().predict_noise(x_t, t, cond)
+
+    record = torch.zeros(3, 5, dtype=torch.float64)
+    got = est.contrast_maps(Counting(), x, cond, 3, draw_means=record)
+    assert got.shape == (3, H, W) and sum(calls) == 2 * 3 * 5  # 2 UNet inputs per draw, as plain scoring
+    rivals, weights = rival_schedule(cond, 3, 5, seed=2)
+    t, eps = est.sample_draws(1000, (C, H, W))
+    stub = SmoothStub()
+    want = torch.zeros(3, H, W)
+    for d in range(5):
+        x_t = stub.add_noise(x, eps[d].expand_as(x), t[d].expand(3))
+        mine = (stub.predict_noise(x_t, t[d].expand(3), cond) - eps[d]).pow(2).mean(1)
+        theirs = (stub.predict_noise(x_t, t[d].expand(3), rivals[:, d]) - eps[d]).pow(2).mean(1)
+        want += weights[:, d].float().view(3, 1, 1) * (theirs - mine)
+    assert torch.allclose(got, want / 5, atol=1e-5)
+    assert torch.allclose(record.mean(1).float(), got.mean((1, 2)), atol=1e-6)  # the draws' terms average to the map
+
+
+def test_cycled_contrast_estimates_the_contrast_of_all_labels() -> None:
+    """Over many draws the cycled estimate (one rival per draw) and the contrast of the cotypicality
+    maps (every rival on every draw) agree; at few draws the cycled one is noisier, not biased."""
+    x0 = _images(1, seed=8)[0]
+    share = torch.tensor([0.0, 0.9, 0.5, 0.2, 0.7])  # label j predicts share[j] x eps: L_j = (1 - share[j])^2 |eps|^2
+
+    class ScaledStub(StubSchedule):
+        def predict_noise(self, x_t, t, cond):
+            abar = self._abar(t)
+            return share[cond].view(-1, 1, 1, 1) * (x_t - abar.sqrt() * x0) / (1.0 - abar).sqrt()
+
+    cond = torch.tensor([1, 3])
+    est = TypicalityEstimator(draws=600, batch_size=64, seed=1)
+    full = label_contrast(est.cotypicality_maps(ScaledStub(), x0.expand(2, C, H, W), torch.arange(1, 5)), cond - 1)
+    cycled = est.contrast_maps(ScaledStub(), x0.expand(2, C, H, W), cond, 4)
+    loss = (1 - share[1:]) ** 2
+    exact = torch.stack([(loss.sum() - loss[c - 1]) / 3 - loss[c - 1] for c in cond.tolist()])  # x E|eps|^2 = 1
+    assert torch.allclose(full.mean((1, 2)), exact, rtol=0.05)
+    assert torch.allclose(cycled.mean((1, 2)), exact, rtol=0.05)
+    few = TypicalityEstimator(draws=6, batch_size=64, seed=1)  # 2 draws per rival: noisier per pixel
+    err_cycled = (few.contrast_maps(ScaledStub(), x0.expand(2, C, H, W), cond, 4) - exact.view(2, 1, 1)).pow(2).mean()
+    err_full = (
+        (
+            label_contrast(few.cotypicality_maps(ScaledStub(), x0.expand(2, C, H, W), torch.arange(1, 5)), cond - 1)
+            - exact.view(2, 1, 1)
+        )
+        .pow(2)
+        .mean()
+    )
+    assert float(err_cycled) > float(err_full)
 
 
 # ------------------------------------------------------------------ shared draws == label by label

@@ -137,6 +137,18 @@ def test_all_sections_present():
     assert positions == sorted(positions)
 
 
+@pytest.mark.parametrize("rivals", ["all", "cycled"])
+def test_label_contrast_maps_are_named_as_such(rivals):
+    """With score.contrast the caption says the maps and patch numbers are label contrast, not typicality."""
+    plain = render_report(_make_data())
+    assert "number = patch typicality" in plain and "label contrast" not in plain
+    data = _make_data()
+    data.summary["config"]["score"] = {"contrast": True, "contrast_rivals": rivals}
+    out = render_report(data)
+    assert "Maps are <b>label contrast</b>" in out and f"rivals: {rivals}" in out
+    assert "number = patch contrast" in out and "number = patch typicality" not in out
+
+
 def test_images_embedded_only():
     out = render_report(_make_data())
     srcs = re.findall(r'src="([^"]*)"', out)
