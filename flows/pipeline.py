@@ -150,7 +150,7 @@ def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dic
         given = [] if settings.data.labels == "clusters" else list(ingested["labels"])
         check_class_labels(checkpoint, settings.model.class_map, given, so, multi_label=ingested.get("multi_label", 0))
     given_labels = list(ingested["labels"]) if settings.data.labels != "clusters" else None
-    if settings.score.contrast and given_labels is not None and len(given_labels) < 2:
+    if settings.score.contrast is True and given_labels is not None and len(given_labels) < 2:
         raise ValueError(
             f"score.contrast needs 2 labels or more; {images} has {len(given_labels)} ({given_labels}): "
             "set score.contrast=false"

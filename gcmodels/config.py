@@ -373,19 +373,21 @@ class ScoreConfig(_Section):
     cotypicality: bool = Field(
         False, description="score every image under every label (one row per image and label in typicality.parquet)"
     )
-    contrast: bool = Field(
-        False,
+    contrast: bool | None = Field(
+        None,
         description="label contrast: the maps (what rank, the elements and the report read) and the own-label image "
         "scores are T(x | c) minus the mean of T(x | c') over the other labels (the null branch cancels: a region "
-        "every label denoises alike scores zero however hard it is). Scored from every label's map, L + 1 UNet inputs "
-        "per draw instead of 2 (see contrast_rivals); needs 2 labels or more (see gcmodels/mining/typicality.py)",
+        "every label denoises alike scores zero however hard it is; see gcmodels/mining/typicality.py). null (the "
+        "default): on when the model has 2 labels or more and adaptive is off, else the paper's typicality maps; "
+        "true: on (refused with one label); false: the paper's typicality maps T(x | c)",
     )
     contrast_rivals: Literal["all", "cycled"] = Field(
-        "all",
-        description="with contrast: 'all' scores every draw under every label (L + 1 UNet inputs per draw, the exact "
-        "mean over the other labels on the same draws) or 'cycled' gives each draw one rival label in place of the "
-        "null one, cycled over the other labels (2 inputs per draw, the cost of plain scoring; the same expectation "
-        "when draws >= L - 1, more variance). With cotypicality every label is scored anyway and 'all' is used",
+        "cycled",
+        description="with contrast: 'cycled' gives each draw one rival label in place of the null one, the other "
+        "labels cycled over the draws (2 UNet inputs per draw, the cost of plain scoring; the same expectation when "
+        "draws >= L - 1, more variance) or 'all' scores every draw under every label (L + 1 inputs per draw, the "
+        "exact mean over the other labels on the same draws). With cotypicality every label is scored anyway and "
+        "'all' is used",
     )
     holdout: float = Field(
         0.0,
@@ -429,6 +431,14 @@ class ScoreConfig(_Section):
         "the prior's degrees of freedom added; see gcmodels/mining/adaptive.py)",
     )
 
+    def contrast_mode(self, n_labels: int) -> Literal["all", "cycled"] | None:
+        """How the maps of a model of `n_labels` labels are scored: None (typicality maps), or label
+        contrast with every label on every draw ('all') or one rival per draw ('cycled')."""
+        on = self.contrast if self.contrast is not None else (n_labels >= 2 and not self.adaptive)
+        if not on:
+            return None
+        return "all" if self.cotypicality else self.contrast_rivals
+
     @model_validator(mode="after")
     def _t_range(self) -> ScoreConfig:
         if self.t_min >= self.t_max:
@@ -437,7 +447,7 @@ class ScoreConfig(_Section):
             raise ValueError(
                 "adaptive: true does not support cotypicality: true yet (it refines each image's own-label map only)"
             )
-        if self.adaptive and self.contrast:
+        if self.adaptive and self.contrast is True:
             raise ValueError(
                 "adaptive: true does not support contrast: true yet (it refines each image's own-label map only)"
             )

@@ -230,6 +230,7 @@ def render_run_report(
         collection_map=points,
         conditioning=run_info.get("stages", {}).get("condition"),
         map_method=run_info.get("stages", {}).get("map", {}).get("method", config.map_method),
+        maps_kind=str(run_info.get("stages", {}).get("score", {}).get("maps_kind", "typicality")),
         extra_sections=measured_sections(store, run_info, load_image)
         + application_sections(store, applications or {}, load_image, run_info),
     )

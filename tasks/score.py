@@ -179,9 +179,10 @@ def score_shard(
             co = np.zeros((len(meta), len(vocab)), np.float64)  # image-level T(x | label) per label
             key = artifact_key(out, "score-" + name.removesuffix(".parquet"))
             done = 0
-            cycled = config.contrast and config.contrast_rivals == "cycled" and not config.cotypicality
-            every_label = config.cotypicality or (config.contrast and not cycled)  # maps under every label are scored
-            if config.contrast and len(vocab) < 2:
+            contrast = config.contrast_mode(len(vocab))  # None: typicality maps; 'all' / 'cycled': label contrast
+            cycled = contrast == "cycled"
+            every_label = config.cotypicality or contrast == "all"  # the maps under every label are scored
+            if config.contrast is True and len(vocab) < 2:
                 raise ValueError(
                     f"score.contrast needs 2 labels or more; the model of this run knows {len(vocab)} ({vocab}): "
                     "set score.contrast=false"
@@ -233,7 +234,7 @@ def score_shard(
                                         model, x0, every.to(device), progress=tick, draw_means=record
                                     )  # (b, L, h, w)
                                     co[idx] = m.mean((2, 3)).double().cpu().numpy()
-                                    if config.contrast:  # what rank reads: the own label's contrast
+                                    if contrast:  # what rank reads: the own label's contrast
                                         m = label_contrast(m, c - 1)
                                     else:  # each image's map under its own label (what rank reads)
                                         own = (c - 1).view(-1, 1, 1, 1).expand(-1, 1, *m.shape[2:])
@@ -296,7 +297,7 @@ def score_shard(
         " adaptively" if config.adaptive else "",
         (
             f"; maps: label contrast ({'one rival label per draw' if cycled else f'each draw under all {len(vocab)} labels'})"
-            if config.contrast
+            if contrast
             else ""
         ),
     )
@@ -307,6 +308,7 @@ def score_shard(
         "seconds": seconds,
         "worker": worker_name(),
         "draws_spent": spent,
+        "maps_kind": f"label contrast ({contrast})" if contrast else "typicality",
     }
 
 

@@ -74,6 +74,8 @@ def score_stage(scored: Results, gathered: dict, scored_base: Results | None = N
         "images": gathered["images"],
         "workers": workers(scored),
         "maps": [r["maps"] for r, _ in scored],
+        # what the maps are (score.contrast): one kind for every shard; a result of an earlier version says nothing
+        "maps_kind": " / ".join(sorted({str(r.get("maps_kind", "typicality")) for r, _ in scored})) or "typicality",
         **({"maps_base": [r["maps"] for r, _ in scored_base]} if scored_base else {}),
     }
 

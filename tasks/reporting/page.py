@@ -74,6 +74,8 @@ class ReportData:
     collection_map: pd.DataFrame | None = None
     conditioning: dict | None = None
     map_method: str = "pca"
+    #: what the maps are (the score stage's `maps_kind`): "typicality" or "label contrast (cycled)" / "(all)"
+    maps_kind: str = "typicality"
     #: extra sections (anchor, title, already-rendered HTML), shown before the collection section
     extra_sections: list[tuple[str, str, str]] = field(default_factory=list)
 
@@ -341,12 +343,6 @@ def _rejected(data: ReportData) -> dict | None:
 # --------------------------------------------------------------------------- entry point
 
 
-def _contrast(summary: dict) -> str | None:
-    """How the maps were scored with score.contrast (None for typicality maps): 'all' or 'cycled'."""
-    score = (summary.get("config") or {}).get("score") or {}
-    return str(score.get("contrast_rivals", "all")) if score.get("contrast") else None
-
-
 def render_report(
     data: ReportData,
     *,
@@ -411,7 +407,9 @@ def render_report(
         title=data.title,
         css=Markup(static_text("report.css") + static_text("map.css")),
         vmax=fmt_num(vmax, 3),
-        contrast=_contrast(data.summary),
+        contrast=data.maps_kind.removeprefix("label contrast").strip()
+        if data.maps_kind.startswith("label contrast")
+        else None,
         contents=[(a, t) for a, t, _ in data.extra_sections],
         labels=list(zip(anchors, labels)),
         summary=_summary(data),

@@ -311,3 +311,19 @@ def test_train_processes_must_divide_the_batch_and_fit_the_gpus(monkeypatch) -> 
         data_parallel_devices(3, torch.device("cuda", 2))
     with pytest.raises(ConfigError, match=r"train\.processes=2 runs one process per CUDA device"):
         data_parallel_devices(2, torch.device("mps"))
+
+
+def test_label_contrast_is_the_default_where_there_is_something_to_contrast() -> None:
+    """score.contrast null (default): label contrast with 2 labels or more, one rival per draw ('cycled', the
+    cost of plain scoring), every label with cotypicality (scored anyway); typicality maps with one label,
+    with adaptive draws, or when switched off."""
+    from gcmodels.config import ScoreConfig
+
+    default = ScoreConfig()
+    assert default.contrast is None and default.contrast_rivals == "cycled"
+    assert [default.contrast_mode(n) for n in (1, 2, 40)] == [None, "cycled", "cycled"]
+    assert ScoreConfig(cotypicality=True).contrast_mode(3) == "all"
+    assert ScoreConfig(contrast_rivals="all").contrast_mode(3) == "all"
+    assert ScoreConfig(adaptive=True).contrast_mode(3) is None
+    assert ScoreConfig(contrast=False).contrast_mode(3) is None
+    assert ScoreConfig(contrast=True).contrast_mode(1) == "cycled"  # asked for: the score task refuses one label

@@ -143,9 +143,9 @@ def test_label_contrast_maps_are_named_as_such(rivals):
     plain = render_report(_make_data())
     assert "number = patch typicality" in plain and "label contrast" not in plain
     data = _make_data()
-    data.summary["config"]["score"] = {"contrast": True, "contrast_rivals": rivals}
+    data.maps_kind = f"label contrast ({rivals})"
     out = render_report(data)
-    assert "Maps are <b>label contrast</b>" in out and f"rivals: {rivals}" in out
+    assert "Maps are <b>label contrast</b> (" + rivals + ")" in out
     assert "number = patch contrast" in out and "number = patch typicality" not in out
 
 
