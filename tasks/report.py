@@ -183,7 +183,8 @@ def measured_sections(store: RunStore, run_info: dict, load_image=None) -> list[
         table = store.read_parquet(EVALUATION) if store.exists(EVALUATION) else None
         current = maps_of(run_info)
         stale = "maps" in summary.columns and bool(current) and bool((summary["maps"] != maps_key(current)).any())
-        sections.append(("evaluation", "Evaluation against boxes", evaluation_section(summary, table, stale)))
+        kind = str(run_info.get("stages", {}).get("score", {}).get("maps_kind", "typicality"))
+        sections.append(("evaluation", "Evaluation against boxes", evaluation_section(summary, table, stale, kind)))
     return sections
 
 

@@ -40,13 +40,16 @@ def _pct(value: float) -> str:
     return "—" if value is None or not math.isfinite(float(value)) else f"{100 * float(value):.1f}%"
 
 
-def evaluation_section(summary: pd.DataFrame, table: pd.DataFrame | None = None, stale: bool = False) -> str:
+def evaluation_section(
+    summary: pd.DataFrame, table: pd.DataFrame | None = None, stale: bool = False, maps_kind: str = "typicality"
+) -> str:
     """Per model and label, and pooled over every evaluated (image, label) pair (`(all)`, the
     micro-average, shown first): the number of pairs and the mean of every measure.
 
     summary: `evaluation_summary.parquet` (model, label, pairs, aucpr_paper, ap, pointing,
     inside, outside); table: `evaluation.parquet` (for the count of skipped box pairs by reason),
-    or None; stale: the evaluation was made on the maps of an earlier run of this root."""
+    or None; stale: the evaluation was made on the maps of an earlier run of this root; maps_kind:
+    what the maps are (the score stage's; label contrast is not the paper's map, which the page says)."""
     rows = []
     if not summary.empty:
         s = summary.assign(_pooled=summary["label"].astype(str) != POOLED)
@@ -79,6 +82,7 @@ def evaluation_section(summary: pd.DataFrame, table: pd.DataFrame | None = None,
         measures=[(h, tip) for _, h, tip in EVALUATION_MEASURES],
         skipped=skipped,
         stale=stale,
+        contrast=maps_kind if maps_kind.startswith("label contrast") else None,
     )
 
 

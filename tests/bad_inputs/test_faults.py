@@ -232,7 +232,7 @@ def test_gpu_oom_in_scoring_names_the_setting(trained, monkeypatch) -> None:
     from gcmodels.mining.typicality import TypicalityEstimator
 
     done = trained["finetune"].fn(**trained["args"])
-    monkeypatch.setattr(TypicalityEstimator, "maps", _oom)
+    monkeypatch.setattr(TypicalityEstimator, "_maps_under", _oom)  # every scoring path (contrast or not) runs it
     with pytest.raises(OutOfMemory) as err:
         score_shard.fn(
             trained["out"],

@@ -89,7 +89,8 @@ def test_each_image_is_scored_under_each_of_its_labels(run) -> None:
     pairs = sorted((i, lab) for i, v in own.items() for lab in v.split("|"))
     assert sorted(zip(typicality["image_id"], typicality["label"])) == pairs
     assert (typicality["image_label"] == own.reindex(typicality["image_id"]).to_numpy()).all()
-    # the map of a multi-label image under each label is the estimator's map under that label
+    # the map of a multi-label image under each label is the estimator's map under that label (label
+    # contrast by default: its other own label is one of the rivals)
     maps = pd.concat([store.read_parquet(p) for p in store.read_json(RUN_JSON)["stages"]["score"]["maps"]])
     multi = own[own.str.contains("|", regex=False)].index[0]
     sel = maps[maps["image_id"] == multi].reset_index(drop=True)
@@ -104,7 +105,8 @@ def test_each_image_is_scored_under_each_of_its_labels(run) -> None:
     estimator = TypicalityEstimator(draws=score.draws, t_min=score.t_min, t_max=score.t_max, batch_size=8)
     for label, stored in zip(sel["label"], unpack_map_rows(sel)):
         with torch.no_grad():
-            direct = estimator.maps(model, model.encode(x), model.label_index([label]))[0].numpy()
+            direct = estimator.contrast_maps(model, model.encode(x), model.label_index([label]), len(model.labels))
+        direct = direct[0].numpy()
         np.testing.assert_allclose(stored, direct, rtol=1e-5, atol=1e-7)
 
 

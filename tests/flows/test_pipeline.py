@@ -535,7 +535,7 @@ def test_adaptive_scoring_runs_in_the_flow(run, dataset, tmp_path) -> None:
     scored to N gets the map of plain scoring at N (the same draws, summed in the same order)."""
     n = 4
     plain, adaptive = tmp_path / "plain", tmp_path / "adaptive"
-    _run_cli(dataset, plain, f"score.draws={n}")
+    _run_cli(dataset, plain, f"score.draws={n}", "score.contrast=false")  # adaptive scores typicality maps
     _run_cli(dataset, adaptive, f"score.draws={n}", "score.adaptive=true", "score.adaptive_first=2", "rank.per_label=1")
     typ = pd.read_parquet(adaptive / "typicality.parquet").set_index("image_id")
     assert set(typ["draws"]) <= {2, n} and (typ.groupby("label")["draws"].max() == n).all()

@@ -57,6 +57,9 @@ def test_skipped_pairs_are_counted_once_per_pair_and_the_stale_note() -> None:
     skipped = html.split("Box pairs not evaluated", 1)[1]
     assert re.findall(r"<td>(.*?)</td><td>(.*?)</td>", skipped) == [("unknown image", "1"), ("unknown label", "1")]
     assert "earlier run of this root" in html
+    assert "not the paper's typicality maps" not in html
+    contrast = evaluation_section(_summary(), table, maps_kind="label contrast (cycled)")
+    assert "The maps of this run are label contrast (cycled)" in contrast and "score.contrast=false" in contrast
 
 
 def test_no_evaluated_pair() -> None:
