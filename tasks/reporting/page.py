@@ -191,7 +191,8 @@ def _label(
         facts.append(f"{fmt_num(sub['image_id'].nunique())} images")
         if "typicality" in sub and len(sub):
             facts.append(
-                f"median image typicality {fmt_num(float(pd.to_numeric(sub['typicality'], errors='coerce').median()))}"
+                f"median image {'contrast' if data.maps_kind.startswith('label contrast') else 'typicality'} "
+                f"{fmt_num(float(pd.to_numeric(sub['typicality'], errors='coerce').median()))}"
             )
     lp = pd.DataFrame()
     if _has(data.patches, ["label", "image_id", "x0", "y0", "x1", "y1"]):

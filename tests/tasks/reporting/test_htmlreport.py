@@ -147,6 +147,7 @@ def test_label_contrast_maps_are_named_as_such(rivals):
     out = render_report(data)
     assert "Maps are <b>label contrast</b> (" + rivals + ")" in out
     assert "number = patch contrast" in out and "number = patch typicality" not in out
+    assert "median image contrast" in out and "median image typicality" not in out and "<br>contrast " in out
 
 
 def test_images_embedded_only():
@@ -175,7 +176,7 @@ def test_empty_inputs_do_not_crash():
     assert "No clustering results" in out
     assert "No inputs were rejected" in out
     assert "No run summary" in out
-    assert "No image typicality" in out
+    assert "No image scores" in out
 
 
 def test_no_labels_and_missing_images():
