@@ -20,6 +20,7 @@ from gcmine.tasks.embed import embed, embed_shard, embeddings_table
 from gcmine.tasks.finetune import finetune
 from gcmine.tasks.infra.artifacts import run_info
 from gcmine.tasks.infra.caching import map_cached, run_cached
+from gcmine.tasks.infra.errors import InputError
 from gcmine.tasks.infra.lease import run_lease
 from gcmine.tasks.infra.ledger import (
     RunLedger,
@@ -149,12 +150,11 @@ def _mine(images: str, out: str, labels: str | None, settings: Settings, so: dic
     if checkpoint is not None and checkpoint.conditioning == "class":  # every label needs a class of the checkpoint
         given = [] if settings.data.labels == "clusters" else list(ingested["labels"])
         check_class_labels(checkpoint, settings.model.class_map, given, so, multi_label=ingested.get("multi_label", 0))
-    given_labels = list(ingested["labels"]) if settings.data.labels != "clusters" else None
-    if settings.score.contrast is True and given_labels is not None and len(given_labels) < 2:
-        raise ValueError(
-            f"score.contrast needs 2 labels or more; {images} has {len(given_labels)} ({given_labels}): "
-            "set score.contrast=false"
-        )
+    if settings.data.labels != "clusters":  # score.contrast=true with one label: refused before any model work
+        try:
+            settings.score.contrast_mode(len(ingested["labels"]))
+        except ValueError as err:
+            raise InputError(f"{images}: {err}") from None
     shards = ingested["shards"]
     names = [s["name"] for s in shards]
     latents, encoded_stage = _encode_latents(out, shards, settings, so, checkpoint, ledger)

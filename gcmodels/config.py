@@ -433,7 +433,13 @@ class ScoreConfig(_Section):
 
     def contrast_mode(self, n_labels: int) -> Literal["all", "cycled"] | None:
         """How the maps of a model of `n_labels` labels are scored: None (typicality maps), or label
-        contrast with every label on every draw ('all') or one rival per draw ('cycled')."""
+        contrast with every label on every draw ('all') or one rival per draw ('cycled'). Raises
+        ValueError when contrast is asked for (true) with fewer than 2 labels."""
+        if self.contrast is True and n_labels < 2:
+            raise ValueError(
+                f"score.contrast=true needs 2 labels or more, this run has {n_labels}: set score.contrast=false "
+                "(or leave it unset: typicality maps with one label)"
+            )
         on = self.contrast if self.contrast is not None else (n_labels >= 2 and not self.adaptive)
         if not on:
             return None

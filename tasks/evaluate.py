@@ -228,6 +228,12 @@ def maps_key(parts: dict[str, list[str]]) -> str:
     return hashlib.sha256(json.dumps({k: sorted(v) for k, v in sorted(parts.items())}).encode()).hexdigest()[:16]
 
 
+def maps_kind_of(run_json: dict) -> str:
+    """What a run's maps are (`stages.score.maps_kind`: "typicality", "label contrast (cycled)" or
+    "(all)"); "typicality" for a run.json written before score.contrast existed."""
+    return str(((run_json.get("stages") or {}).get("score") or {}).get("maps_kind", "typicality"))
+
+
 def maps_of(run_json: dict) -> dict[str, list[str]]:
     """The maps parts a run's `run.json` (or the run info the report receives) records, per model;
     empty when it records none."""

@@ -9,7 +9,7 @@ import pandas as pd
 from PIL import Image
 from prefect import task
 
-from gcmine.tasks.evaluate import maps_key, maps_of
+from gcmine.tasks.evaluate import maps_key, maps_kind_of, maps_of
 from gcmine.tasks.infra.artifacts import (
     BASELINE,
     BASELINE_DETECTORS,
@@ -183,8 +183,13 @@ def measured_sections(store: RunStore, run_info: dict, load_image=None) -> list[
         table = store.read_parquet(EVALUATION) if store.exists(EVALUATION) else None
         current = maps_of(run_info)
         stale = "maps" in summary.columns and bool(current) and bool((summary["maps"] != maps_key(current)).any())
-        kind = str(run_info.get("stages", {}).get("score", {}).get("maps_kind", "typicality"))
-        sections.append(("evaluation", "Evaluation against boxes", evaluation_section(summary, table, stale, kind)))
+        sections.append(
+            (
+                "evaluation",
+                "Evaluation against boxes",
+                evaluation_section(summary, table, stale, maps_kind_of(run_info)),
+            )
+        )
     return sections
 
 
@@ -231,7 +236,7 @@ def render_run_report(
         collection_map=points,
         conditioning=run_info.get("stages", {}).get("condition"),
         map_method=run_info.get("stages", {}).get("map", {}).get("method", config.map_method),
-        maps_kind=str(run_info.get("stages", {}).get("score", {}).get("maps_kind", "typicality")),
+        maps_kind=maps_kind_of(run_info),
         extra_sections=measured_sections(store, run_info, load_image)
         + application_sections(store, applications or {}, load_image, run_info),
     )

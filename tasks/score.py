@@ -182,11 +182,6 @@ def score_shard(
             contrast = config.contrast_mode(len(vocab))  # None: typicality maps; 'all' / 'cycled': label contrast
             cycled = contrast == "cycled"
             every_label = config.cotypicality or contrast == "all"  # the maps under every label are scored
-            if config.contrast is True and len(vocab) < 2:
-                raise ValueError(
-                    f"score.contrast needs 2 labels or more; the model of this run knows {len(vocab)} ({vocab}): "
-                    "set score.contrast=false"
-                )
             draws = np.full((len(meta), len(vocab)) if config.cotypicality else len(meta), config.draws, np.int64)
             per_draw = torch.zeros(
                 (len(meta), len(vocab) if config.cotypicality else 1, config.draws), dtype=torch.float64

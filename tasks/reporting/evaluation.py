@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pandas as pd
 from PIL import Image
 
-from gcmine.tasks.reporting.format import fmt_num
+from gcmine.tasks.reporting.format import contrast_rivals, fmt_num
 from gcmine.tasks.reporting.images import CROP_HEIGHT, png_uri, scaled_to_height
 from gcmine.tasks.reporting.templating import render
 from gcmodels.mining.frechet import FID_FEATURES
@@ -82,7 +82,7 @@ def evaluation_section(
         measures=[(h, tip) for _, h, tip in EVALUATION_MEASURES],
         skipped=skipped,
         stale=stale,
-        contrast=maps_kind if maps_kind.startswith("label contrast") else None,
+        contrast=maps_kind if contrast_rivals(maps_kind) else None,
     )
 
 

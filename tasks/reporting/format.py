@@ -86,3 +86,9 @@ def flatten(d: dict, prefix: str = "") -> list[tuple[str, str]]:
         else:
             rows.append((key, "null" if v is None else str(v)))
     return rows
+
+
+def contrast_rivals(maps_kind: str) -> str | None:
+    """The rivals of label-contrast maps from the score stage's `maps_kind` ("label contrast (cycled)"
+    -> "(cycled)"), or None for typicality maps."""
+    return maps_kind.removeprefix("label contrast").strip() if maps_kind.startswith("label contrast") else None

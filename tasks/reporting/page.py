@@ -25,7 +25,15 @@ import pandas as pd
 from PIL import Image
 
 from gcmine.tasks.reporting.charts import loss_curve_svg
-from gcmine.tasks.reporting.format import flatten, fmt_num, fmt_seconds, int_or, is_number, label_anchors
+from gcmine.tasks.reporting.format import (
+    contrast_rivals,
+    flatten,
+    fmt_num,
+    fmt_seconds,
+    int_or,
+    is_number,
+    label_anchors,
+)
 from gcmine.tasks.reporting.glance import map_section
 from gcmine.tasks.reporting.images import (
     ImageCache,
@@ -191,7 +199,7 @@ def _label(
         facts.append(f"{fmt_num(sub['image_id'].nunique())} images")
         if "typicality" in sub and len(sub):
             facts.append(
-                f"median image {'contrast' if data.maps_kind.startswith('label contrast') else 'typicality'} "
+                f"median image {'contrast' if contrast_rivals(data.maps_kind) else 'typicality'} "
                 f"{fmt_num(float(pd.to_numeric(sub['typicality'], errors='coerce').median()))}"
             )
     lp = pd.DataFrame()
@@ -408,9 +416,7 @@ def render_report(
         title=data.title,
         css=Markup(static_text("report.css") + static_text("map.css")),
         vmax=fmt_num(vmax, 3),
-        contrast=data.maps_kind.removeprefix("label contrast").strip()
-        if data.maps_kind.startswith("label contrast")
-        else None,
+        contrast=contrast_rivals(data.maps_kind),
         contents=[(a, t) for a, t, _ in data.extra_sections],
         labels=list(zip(anchors, labels)),
         summary=_summary(data),

@@ -195,3 +195,20 @@ def test_typicality_maps_in_the_same_run_root(run) -> None:
     assert set(s.read_parquet("patches.parquet")["label"]) == set(LABELS)
     html = (out / "report" / "index.html").read_text()
     assert "number = patch typicality" in html and "label contrast" not in html
+
+
+def test_contrast_with_one_label_is_refused_in_one_line(prefect_harness, tmp_path, capsys) -> None:
+    """score.contrast=true on a collection of one label: the run stops after ingest with one line naming the
+    images and what to set (exit code 2, no traceback)."""
+    images = tmp_path / "images" / "circle"
+    images.mkdir(parents=True)
+    for i, item in enumerate(motif_dataset(n_per_label=3, size=24, labels=("circle",), seed=2)):
+        item.image.save(images / f"img{i}.png")
+    argv = ["run", str(tmp_path / "images"), "--out", str(tmp_path / "out")]
+    for item in [*TINY, "score.contrast=true"]:
+        argv += ["--set", item]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"gcmine: {tmp_path / 'images'}: score.contrast=true needs 2 labels or more, this run has 1" in err
+    assert "set score.contrast=false" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "model").exists()  # no model work was done

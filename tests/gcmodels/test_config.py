@@ -326,4 +326,6 @@ def test_label_contrast_is_the_default_where_there_is_something_to_contrast() ->
     assert ScoreConfig(contrast_rivals="all").contrast_mode(3) == "all"
     assert ScoreConfig(adaptive=True).contrast_mode(3) is None
     assert ScoreConfig(contrast=False).contrast_mode(3) is None
-    assert ScoreConfig(contrast=True).contrast_mode(1) == "cycled"  # asked for: the score task refuses one label
+    assert ScoreConfig(contrast=True).contrast_mode(2) == "cycled"
+    with pytest.raises(ValueError, match=r"score.contrast=true needs 2 labels or more, this run has 1: set score"):
+        ScoreConfig(contrast=True).contrast_mode(1)
