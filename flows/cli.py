@@ -168,7 +168,13 @@ def _print_ground_truth(out: str, truth: Path) -> None:
 
 def _print_evaluation(result: dict, boxes: str) -> None:
     """The evaluation summary: per model and label, and pooled over every pair."""
-    print(f"\n== typicality maps against the boxes of {boxes} ==", file=sys.stderr)
+    kind = result.get("maps_kind", "typicality")
+    print(f"\n== {kind} maps against the boxes of {boxes} ==", file=sys.stderr)
+    if kind != "typicality":
+        print(
+            "(not the paper's typicality map: for AUC-PR comparable with the paper, score with --set score.contrast=false)",
+            file=sys.stderr,
+        )
     rows = result["summary"]
     width = max([5, *(len(str(r["label"])) for r in rows)]) + 2
     head = f"{'label':<{width}}{'model':<11}{'pairs':>6}{'AUC-PR':>10}{'AP':>8}{'pointing':>10}{'inside':>11}{'outside':>11}"

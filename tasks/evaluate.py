@@ -266,6 +266,7 @@ def evaluate(out: str, boxes: str, storage_options: dict | None = None) -> dict:
     with stopwatch() as clock:
         store = RunStore(out, storage_options)
         parts = recorded_maps(store)
+        kind = maps_kind_of(store.read_json(RUN_JSON))
         _require_idle(store)
         manifest = store.read_parquet(MANIFEST)
         found = match_boxes(read_boxes(boxes, storage_options), manifest)
@@ -309,8 +310,9 @@ def evaluate(out: str, boxes: str, storage_options: dict | None = None) -> dict:
     skipped = table[table["status"] != "ok"]
     log.info("evaluated %d (image, label, model) maps against %s; %d skipped", evaluated, boxes, len(skipped))
     records = summary.drop(columns="maps").astype(dict.fromkeys(METRICS, float)).round(6).to_dict(orient="records")
-    _table_artifact(records, boxes, out)
+    _table_artifact(records, boxes, out, kind)
     return {
+        "maps_kind": kind,
         "evaluated": evaluated,
         "skipped": len(skipped),
         "boxes": len(found),
@@ -356,7 +358,7 @@ def _require_idle(store: RunStore) -> None:
         )
 
 
-def _table_artifact(records: list[dict], boxes: str, out: str) -> None:
+def _table_artifact(records: list[dict], boxes: str, out: str, kind: str) -> None:
     try:
         from prefect.artifacts import create_table_artifact
 
@@ -365,7 +367,7 @@ def _table_artifact(records: list[dict], boxes: str, out: str) -> None:
         create_table_artifact(
             clean,
             key=artifact_key(out, "evaluation"),
-            description=f"{dataset_name(out)}: typicality maps against the boxes of {boxes}",
+            description=f"{dataset_name(out)}: {kind} maps against the boxes of {boxes}",
         )
     except Exception as err:
         stage_logger().debug("Prefect artifact not created: %s", err)

@@ -174,18 +174,26 @@ class TypicalityEstimator:
         integrand (the image typicality of that draw alone: their spread gives the standard
         error, see `gcmodels.mining.adaptive.standard_error`); the maps do not change.
         """
+        record = self._own_label_record(x0, cond, draw_means)
+        if bool((cond == 0).any()):
+            raise ValueError("typicality under the null label (index 0) is zero by definition; pass real labels")
+        return self._maps_under(model, x0, cond[:, None], progress, record)[:, 0]
+
+    def _own_label_record(self, x0: Tensor, cond: Tensor, draw_means: Tensor | None) -> Tensor | None:
+        """Check the inputs of a map under each image's own label (`maps`, `contrast_maps`): x0
+        (B, C, H, W), cond (B,), draw_means None or (B, N); the (B, 1, N) view of draw_means that
+        `_maps_under` fills."""
         if x0.dim() != 4:
             raise ValueError(f"x0 must be (B, C, H, W), got shape {tuple(x0.shape)}")
         if cond.shape != (x0.shape[0],):
             raise ValueError(f"cond must be (B,) = ({x0.shape[0]},), got {tuple(cond.shape)}")
-        if bool((cond == 0).any()):
-            raise ValueError("typicality under the null label (index 0) is zero by definition; pass real labels")
-        record = None if draw_means is None else draw_means.view(x0.shape[0], 1, self.draws)
-        if draw_means is not None and tuple(draw_means.shape) != (x0.shape[0], self.draws):
+        if draw_means is None:
+            return None
+        if tuple(draw_means.shape) != (x0.shape[0], self.draws):
             raise ValueError(
                 f"draw_means must be (B, N) = ({x0.shape[0]}, {self.draws}), got {tuple(draw_means.shape)}"
             )
-        return self._maps_under(model, x0, cond[:, None], progress, record)[:, 0]
+        return draw_means.view(x0.shape[0], 1, self.draws)
 
     @torch.inference_mode()
     def cotypicality_maps(
@@ -245,16 +253,8 @@ class TypicalityEstimator:
         of all L - 1: the same expectation when N >= L - 1 (otherwise the mean over the first N
         rivals of the label's order), more variance. `draw_means` ((B, N) float64) receives each
         draw's weighted image-level term (their mean is the map's mean)."""
-        if x0.dim() != 4:
-            raise ValueError(f"x0 must be (B, C, H, W), got shape {tuple(x0.shape)}")
-        if cond.shape != (x0.shape[0],):
-            raise ValueError(f"cond must be (B,) = ({x0.shape[0]},), got {tuple(cond.shape)}")
-        if draw_means is not None and tuple(draw_means.shape) != (x0.shape[0], self.draws):
-            raise ValueError(
-                f"draw_means must be (B, N) = ({x0.shape[0]}, {self.draws}), got {tuple(draw_means.shape)}"
-            )
+        record = self._own_label_record(x0, cond, draw_means)
         rivals, weights = rival_schedule(cond, n_labels, self.draws, self.seed)
-        record = None if draw_means is None else draw_means.view(x0.shape[0], 1, self.draws)
         return self._maps_under(model, x0, cond[:, None], progress, record, rivals, weights)[:, 0]
 
     def _maps_under(

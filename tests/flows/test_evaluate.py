@@ -97,7 +97,9 @@ def test_evaluate_scores_every_box_against_its_map(run, tmp_path, capsys) -> Non
     pooled = summary[summary["label"] == "(all)"].iloc[0]
     assert pooled["pairs"] == len(boxes) and pooled["ap"] == pytest.approx(table["ap"].mean())
     err = capsys.readouterr().err
-    assert "typicality maps against the boxes" in err and "(all)" in err
+    # the two-label default scores label contrast: the header says so, and how to get the paper's map
+    assert "label contrast (cycled) maps against the boxes" in err and "(all)" in err
+    assert "score.contrast=false" in err
 
 
 def test_a_run_without_evaluation_has_no_evaluation_section(run) -> None:
