@@ -261,7 +261,12 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     steps: int | None = Field(None, ge=1, description="optimizer steps; null = scale with the dataset (epochs)")
     epochs: float = Field(40.0, gt=0, description="passes over the data when steps is null")
-    min_steps: int = Field(500, ge=1, description="lower bound of the automatic budget")
+    min_steps: int = Field(
+        1000,
+        ge=1,
+        description="lower bound of the automatic budget (small collections: 500 steps learn the large motifs but "
+        "not small parts or mixed shapes, benchmarks/RESULTS.md 12g)",
+    )
     max_steps: int = Field(4000, ge=1, description="upper bound of the automatic budget")
     minutes: float | None = Field(None, gt=0, description="wall-clock cap on training (stops early, keeps the model)")
     batch_size: int = Field(32, ge=1, description="images per optimizer step")
@@ -717,6 +722,7 @@ BASE_MODEL_DEFAULTS: dict[str, dict] = {
         "batch_size": 8,
         "gradient_checkpointing": "auto",
         "checkpoint_minutes": 15,
+        "min_steps": 500,  # the pixel model's 1000 was measured on the pixel model only (RESULTS.md 12g)
     },
     "rank": {"feature_block": 1, "feature_t": 0.161, "feature_draws": 8},
     "score": {"batch_size": 128},  # a GPU's batch: 4 images x 16 draws x 2 prompts per forward
@@ -728,7 +734,7 @@ BASE_MODEL_DEFAULTS: dict[str, dict] = {
 # (rank-0 patch on the motif 84.8 % at 500 steps, 98.0 % at 1000; eps 95.5 % at 500:
 # benchmarks/RESULTS.md 10c): its automatic budget is twice the eps one.
 PREDICTION_DEFAULTS: dict[str, dict[str, dict]] = {
-    "v_prediction": {"train": {"epochs": 80.0, "min_steps": 1000}},
+    "v_prediction": {"train": {"epochs": 80.0, "min_steps": 2000}},
 }
 
 LORA_ABOVE_PARAMETERS = 2_000_000_000  # denoisers larger than this fine-tune LoRA adapters by default
