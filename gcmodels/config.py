@@ -759,20 +759,26 @@ def _given(values: dict, section: str) -> dict:
 
 
 def _prediction_defaults(values: dict, model: object) -> dict:
-    """The pixel model's PREDICTION_DEFAULTS for its model.prediction, under the settings the user
-    set (a default min_steps never exceeds a max_steps the user set: that is their cap)."""
+    """The pixel model's PREDICTION_DEFAULTS for its model.prediction, under the settings the user set."""
     prediction = model.get("prediction") if isinstance(model, dict) else getattr(model, "prediction", None)
     defaults = PREDICTION_DEFAULTS.get(str(prediction), {})
     if not defaults:
         return values
     out = dict(values)
     for section, fields in defaults.items():
-        given = _given(values, section)
-        filled = {**fields, **given}
-        if section == "train" and "min_steps" not in given and "max_steps" in given:
-            filled["min_steps"] = min(filled["min_steps"], given["max_steps"])
-        out[section] = filled
+        out[section] = {**fields, **_given(values, section)}
     return out
+
+
+def _min_steps_under_cap(values: dict, given_train: dict) -> dict:
+    """A default train.min_steps (the field's, a checkpoint's or a parametrisation's) never exceeds a
+    train.max_steps the user set (`given_train`): that is their cap. A min_steps the user set is kept
+    (and checked against max_steps)."""
+    if "min_steps" in given_train or "max_steps" not in given_train:
+        return values
+    train = _given(values, "train")
+    default = train.get("min_steps", TrainConfig.model_fields["min_steps"].default)
+    return {**values, "train": {**train, "min_steps": min(default, given_train["max_steps"])}}
 
 
 def _square_crops_default(values: dict) -> dict:
@@ -810,13 +816,14 @@ class Settings(_Section):
             return values
         model = values.get("model")
         base = model.get("base") if isinstance(model, dict) else getattr(model, "base", None)
+        given_train = _given(values, "train")
         if base is None:
-            return _square_crops_default(_prediction_defaults(values, model))
+            return _min_steps_under_cap(_square_crops_default(_prediction_defaults(values, model)), given_train)
         family = (info.context or {}).get("checkpoint_defaults") or {}
         out = dict(values)
         for section in sorted(set(BASE_MODEL_DEFAULTS) | set(family)):
             out[section] = {**BASE_MODEL_DEFAULTS.get(section, {}), **family.get(section, {}), **_given(out, section)}
-        return out
+        return _min_steps_under_cap(out, given_train)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

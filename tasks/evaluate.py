@@ -243,12 +243,17 @@ def maps_of(run_json: dict) -> dict[str, list[str]]:
     return {"finetuned": list(score["maps"]), **({"base": list(score["maps_base"])} if score.get("maps_base") else {})}
 
 
-def recorded_maps(store: RunStore) -> dict[str, list[str]]:
-    """The maps parts of the run's latest scoring, per model (`finetuned`; `base` with
-    score.compare_base), as `run.json` records them."""
+def finished_run_json(store: RunStore) -> dict:
+    """The run's `run.json`; an InputError when there is none (not a finished gcmine run)."""
     if not store.exists(RUN_JSON):
         raise InputError(f"{store.uri(RUN_JSON)} does not exist: {store.root_uri} is not a finished gcmine run")
-    maps = maps_of(store.read_json(RUN_JSON))
+    return store.read_json(RUN_JSON)
+
+
+def recorded_maps(store: RunStore, run_json: dict | None = None) -> dict[str, list[str]]:
+    """The maps parts of the run's latest scoring, per model (`finetuned`; `base` with
+    score.compare_base), as `run.json` (read from `store` unless given) records them."""
+    maps = maps_of(finished_run_json(store) if run_json is None else run_json)
     if not maps:
         raise InputError(
             f"{store.uri(RUN_JSON)} records no typicality maps (a run made before gcmine evaluate existed, or one "
@@ -265,8 +270,9 @@ def evaluate(out: str, boxes: str, storage_options: dict | None = None) -> dict:
     log = stage_logger()
     with stopwatch() as clock:
         store = RunStore(out, storage_options)
-        parts = recorded_maps(store)
-        kind = maps_kind_of(store.read_json(RUN_JSON))
+        run_json = finished_run_json(store)
+        parts = recorded_maps(store, run_json)
+        kind = maps_kind_of(run_json)
         _require_idle(store)
         manifest = store.read_parquet(MANIFEST)
         found = match_boxes(read_boxes(boxes, storage_options), manifest)

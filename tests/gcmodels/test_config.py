@@ -149,6 +149,11 @@ def test_train_budget() -> None:
     assert t.budget(10_000) == 4000  # 12500 clipped down
     # measured on the pixel model only (RESULTS.md 12g): a checkpoint keeps 500
     assert Settings.from_dict({"model": {"base": "/sd"}}).train.min_steps == 500
+    # a default min_steps never exceeds the user's own max_steps (their cap); their own min_steps is checked
+    assert Settings.from_dict({"train": {"max_steps": 800}}).train.budget(100) == 800
+    assert Settings.from_dict({"train": {"max_steps": 300}, "model": {"base": "/sd"}}).train.min_steps == 300
+    with pytest.raises(ConfigError, match=r"min_steps \(900\) must not exceed max_steps \(800\)"):
+        Settings.from_dict({"train": {"min_steps": 900, "max_steps": 800}})
     assert TrainConfig(epochs=1.5, batch_size=10, min_steps=1, max_steps=100).budget(21) == 4  # ceil(3.15)
     with pytest.raises(ValidationError, match="min_steps"):
         TrainConfig(min_steps=10, max_steps=5)
