@@ -48,9 +48,14 @@ from gcmodels.data.parts import PARTS_LAYOUTS, parts_dataset
 
 
 def write_dataset(root: Path, args: argparse.Namespace) -> pd.DataFrame:
-    """The images under root/<label>/, and one truth row per (image, thing): every part (kind,
-    owner: the label whose style it shows, '' for the plain style), the ring and the object."""
-    items = parts_dataset(
+    """The images under root/<label>/, and their truth rows (`truth_frame`)."""
+    items = make_items(args)
+    return truth_frame(items, write_label_folders(root, items))
+
+
+def make_items(args: argparse.Namespace) -> list:
+    """The parts images of the command line's layout, size, probabilities and seed."""
+    return parts_dataset(
         n_per_label=args.per_label,
         size=args.size,
         layout=args.layout,
@@ -58,8 +63,13 @@ def write_dataset(root: Path, args: argparse.Namespace) -> pd.DataFrame:
         p_cross=args.p_cross,
         seed=args.seed,
     )
+
+
+def truth_frame(items: list, ids: list[str]) -> pd.DataFrame:
+    """One truth row per (image, thing): every part (kind, owner: the label whose style it shows,
+    '' for the plain style), the ring and the object, with its box in original pixels."""
     rows = []
-    for iid, item in zip(write_label_folders(root, items), items):
+    for iid, item in zip(ids, items):
         things = [(kind, owner or "", box) for kind, (box, owner) in item.parts.items()]
         things += [("ring", "", item.distractor_box), ("body", "", item.object_box)]
         for kind, owner, (x0, y0, x1, y1) in things:

@@ -366,3 +366,41 @@ def test_parts_benchmark_classifies_elements_by_hand() -> None:
     assert rep["pairs_found"] == 2 / 3 and rep["pairs"] == 3
     assert rep["ring_first"] == 1 and rep["ring_rank0"] == 1
     assert np.isclose(rep["pointing"], 2 / 3)
+
+
+def test_latent_parts_benchmark_maps_latent_cells_back_to_pixels() -> None:
+    """benchmarks/latent_parts.py: the autoencoder halves the side per factor of 2 and restores it,
+    a hot region of a 32 x 32 latent map becomes the rank-0 patch at its place in the 96 px image,
+    and the box means read the map where the truth boxes are."""
+    import pandas as pd
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import latent_parts
+
+    ae = latent_parts.LatentAutoencoder(channels=4, factor=2, width=8)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    z = ae.encoder(x)
+    assert tuple(z.shape) == (2, 4, 32, 32)
+    assert tuple(ae.decoder(z).shape) == (2, 3, 64, 64)
+    with pytest.raises(ValueError, match="power of 2"):
+        latent_parts.LatentAutoencoder(channels=4, factor=3, width=8)
+
+    maps = torch.zeros(2, 32, 32)
+    maps[0, 10:16, 20:26] = 1.0  # a 6-cell patch (0.2 x 32) at x 20-26, y 10-16
+    maps[1] = 0.5
+    patches = latent_parts.patches_frame(maps, ["a", "b"], ["A", "B"], original=96, k=2)
+    best = patches[(patches["image_id"] == "a") & (patches["rank"] == 0)].iloc[0]
+    assert (best["x0"], best["y0"], best["x1"], best["y1"]) == (60, 30, 78, 48)
+    assert best["typicality"] == pytest.approx(1.0)
+
+    truth = pd.DataFrame(
+        [
+            {"image_id": "a", "label": "A", "kind": "lamp", "owner": "A", "gx0": 63, "gy0": 33, "gx1": 75, "gy1": 45},
+            {"image_id": "b", "label": "B", "kind": "lamp", "owner": "", "gx0": 0, "gy0": 0, "gx1": 30, "gy1": 30},
+            {"image_id": "a", "label": "A", "kind": "ring", "owner": "", "gx0": 0, "gy0": 60, "gx1": 20, "gy1": 80},
+        ]
+    )
+    means = latent_parts.box_means(maps, truth, ["a", "b"], 96, ["lamp"])
+    assert means["lamp"] == pytest.approx((1.0, 0.5))  # own style inside the hot region; plain on a flat map
+    assert means["ring"][1] == pytest.approx(0.0)
