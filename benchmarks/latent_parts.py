@@ -11,9 +11,9 @@ scoring settings):
 - **pixel**: the default pixel model (`PixelDiffusion.create`, the default network) on 32 px working
   images: what `gcmine run` does at the defaults;
 - **latent**: a convolutional autoencoder (`--factor` 2: `--ae-res` 64 px -> 32 x 32 x `--channels`)
-  trained on the collection's working images by mean squared error (`--ae-steps`), its latents
-  standardised per channel; the same UNet (same levels and widths, `--channels` in and out) trained
-  on the latents.
+  trained on the collection's working images by mean squared error (`--ae-steps`, `--ae-lr`,
+  `--width`), its latents standardised per channel; the same UNet (same levels and widths,
+  `--channels` in and out) trained on the latents.
 
 Both are scored by label contrast (cycled rivals, `score.draws` 16: the flow's default maps) on
 their own grid (32 x 32 each); the rank-0 patch (0.2 x the grid's side, as `rank.patch_size`) is
@@ -78,11 +78,14 @@ def to_unit(images: Tensor) -> Tensor:
     return images.float() / 127.5 - 1.0
 
 
-def train_autoencoder(ae: LatentAutoencoder, images: Tensor, steps: int, batch: int, seed: int) -> float:
-    """Adam, lr 1e-3 with a cosine decay to 1e-4; returns the last 100 steps' mean squared error."""
+def train_autoencoder(
+    ae: LatentAutoencoder, images: Tensor, steps: int, batch: int, seed: int, lr: float = 1e-3
+) -> float:
+    """Adam at `lr` with a cosine decay to lr / 10, random horizontal flips; returns the last 100
+    steps' mean squared error (on [-1, 1] images)."""
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(ae.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=1e-4)
+    opt = torch.optim.Adam(ae.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr / 10)
     x_all = to_unit(images)
     tail = []
     for step in range(steps):
@@ -215,6 +218,7 @@ def main() -> int:
     ap.add_argument("--channels", type=int, default=4, help="latent channels")
     ap.add_argument("--width", type=int, default=32, help="autoencoder convolution width")
     ap.add_argument("--ae-steps", type=int, default=1500)
+    ap.add_argument("--ae-lr", type=float, default=1e-3, help="autoencoder peak learning rate (cosine to a tenth)")
     ap.add_argument("--skip-pixel", action="store_true", help="only the latent model")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -272,7 +276,7 @@ def main() -> int:
     torch.manual_seed(settings.train.seed)
     ae = LatentAutoencoder(args.channels, args.factor, args.width)
     t0 = time.perf_counter()
-    ae_loss = train_autoencoder(ae, imgs, args.ae_steps, settings.train.batch_size, settings.train.seed)
+    ae_loss = train_autoencoder(ae, imgs, args.ae_steps, settings.train.batch_size, settings.train.seed, args.ae_lr)
     with torch.inference_mode():
         z = torch.cat([ae.encoder(to_unit(imgs[s : s + 64])) for s in range(0, len(imgs), 64)])
         mean, std = z.mean(dim=(0, 2, 3), keepdim=True), z.std(dim=(0, 2, 3), keepdim=True)
