@@ -219,6 +219,7 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=32, help="autoencoder convolution width")
     ap.add_argument("--ae-steps", type=int, default=1500)
     ap.add_argument("--ae-lr", type=float, default=1e-3, help="autoencoder peak learning rate (cosine to a tenth)")
+    ap.add_argument("--ae-seed", type=int, default=None, help="seed of the autoencoder (default: train.seed)")
     ap.add_argument("--skip-pixel", action="store_true", help="only the latent model")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -273,10 +274,11 @@ def main() -> int:
 
     side = args.ae_res // args.factor
     imgs = working(args.ae_res)
-    torch.manual_seed(settings.train.seed)
+    ae_seed = settings.train.seed if args.ae_seed is None else args.ae_seed
+    torch.manual_seed(ae_seed)
     ae = LatentAutoencoder(args.channels, args.factor, args.width)
     t0 = time.perf_counter()
-    ae_loss = train_autoencoder(ae, imgs, args.ae_steps, settings.train.batch_size, settings.train.seed, args.ae_lr)
+    ae_loss = train_autoencoder(ae, imgs, args.ae_steps, settings.train.batch_size, ae_seed, args.ae_lr)
     with torch.inference_mode():
         z = torch.cat([ae.encoder(to_unit(imgs[s : s + 64])) for s in range(0, len(imgs), 64)])
         mean, std = z.mean(dim=(0, 2, 3), keepdim=True), z.std(dim=(0, 2, 3), keepdim=True)
