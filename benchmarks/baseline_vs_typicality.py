@@ -96,13 +96,7 @@ def main() -> int:
         pixels,
         cond,
         steps=args.steps or s.train.budget(len(data)),
-        batch_size=s.train.batch_size,
-        lr=s.train.lr,
-        warmup_steps=s.train.warmup_steps,
-        weight_decay=s.train.weight_decay,
-        grad_clip=s.train.grad_clip,
-        label_dropout=s.train.label_dropout,
-        checkpoint_every=s.train.checkpoint_every,
+        **s.train.trainer_settings(),
         generator=gen,
     )
     train_s = time.perf_counter() - t0

@@ -78,13 +78,7 @@ def train_digits_diffusion(
         x.contiguous(),
         torch.as_tensor(labels + 1, dtype=torch.long),
         steps=steps,
-        batch_size=tc.batch_size,
-        lr=tc.lr,
-        warmup_steps=tc.warmup_steps,
-        weight_decay=tc.weight_decay,
-        grad_clip=tc.grad_clip,
-        label_dropout=tc.label_dropout,
-        checkpoint_every=tc.checkpoint_every,
+        **tc.trainer_settings(),
         generator=torch.Generator().manual_seed(0),
     )
     return model.eval(), time.perf_counter() - start

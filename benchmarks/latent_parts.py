@@ -3,17 +3,19 @@
 The issue's third way to keep small parts on the CPU: learn a small autoencoder on the
 collection, and run the diffusion model (and the typicality maps) in its latent space, so that
 the denoiser works on a grid as small as the default 32 px one while each latent cell carries the
-detail of `--ae-res` / 32 pixels of the image. This script measures that idea before it is built
-into the product: no flow, the model code directly, both models trained and scored the same way
-in one process, one after the other (same data, same seeds, the product's default fine-tuning and
-scoring settings):
+detail of `--ae-res` / 32 pixels of the image (in the product: `model.latent_factor`, whose
+flow `parts.py --set model.latent_factor=2 --set data.resolution=64` measures with its elements).
+This script compares the maps of both models without a flow, the model code directly, both
+trained and scored the same way in one process, one after the other (same data, same seeds, the
+product's default fine-tuning and scoring settings):
 
 - **pixel**: the default pixel model (`PixelDiffusion.create`, the default network) on 32 px working
   images: what `gcmine run` does at the defaults;
-- **latent**: a convolutional autoencoder (`--factor` 2: `--ae-res` 64 px -> 32 x 32 x `--channels`)
-  trained on the collection's working images by mean squared error (`--ae-steps`, `--ae-lr`,
-  `--width`), its latents standardised per channel; the same UNet (same levels and widths,
-  `--channels` in and out) trained on the latents.
+- **latent**: the collection autoencoder (`CollectionAutoencoder`, `--factor` 2: `--ae-res` 64 px ->
+  32 x 32 x `--channels`) trained on crops of the collection's working images by mean squared
+  error (`train_collection_autoencoder`: `--ae-steps`, `--ae-lr`, `--ae-crop`, `--width`), its latents
+  standardised per channel; the same UNet (same levels and widths, `--channels` in and out)
+  trained on the latents (`PixelDiffusion.create(latent_factor=...)`).
 
 Both are scored by label contrast (cycled rivals, `score.draws` 16: the flow's default maps) on
 their own grid (32 x 32 each); the rank-0 patch (0.2 x the grid's side, as `rank.patch_size`) is
@@ -35,89 +37,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from diffusers import DDPMScheduler, UNet2DModel
 from parts import evaluate, make_items, truth_frame
 
 from gcmodels.config import Settings
 from gcmodels.data.images import to_working
 from gcmodels.data.parts import PARTS_LAYOUTS
-from gcmodels.diffusion.pixel import PixelDiffusion, _norm_groups
-from gcmodels.diffusion.training import train_diffusion
+from gcmodels.diffusion import CollectionAutoencoder, PixelDiffusion, train_collection_autoencoder, train_diffusion
 from gcmodels.mining.patches import scale_boxes, top_patches
 from gcmodels.mining.typicality import TypicalityEstimator
-
-
-class LatentAutoencoder(nn.Module):
-    """Images (B, 3, R, R) in [-1, 1] <-> latents (B, C, R / f, R / f): 3x3 convolutions at full
-    resolution, one 4x4 stride-2 convolution per factor of 2, a 1x1 projection; the decoder mirrors it."""
-
-    def __init__(self, channels: int, factor: int, width: int) -> None:
-        super().__init__()
-        downs = int(np.log2(factor))
-        if 2**downs != factor:
-            raise ValueError(f"factor must be a power of 2, got {factor}")
-        enc: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1), nn.SiLU()]
-        dec: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.SiLU()]
-        for _ in range(downs):
-            enc += [nn.Conv2d(width, width, 4, stride=2, padding=1), nn.SiLU()]
-            dec += [nn.ConvTranspose2d(width, width, 4, stride=2, padding=1), nn.SiLU()]
-        enc += [nn.Conv2d(width, width, 3, padding=1), nn.SiLU(), nn.Conv2d(width, channels, 1)]
-        dec += [nn.Conv2d(width, width, 3, padding=1), nn.SiLU(), nn.Conv2d(width, 3, 3, padding=1)]
-        self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.decoder(self.encoder(x))
-
-
-def to_unit(images: Tensor) -> Tensor:
-    return images.float() / 127.5 - 1.0
-
-
-def train_autoencoder(
-    ae: LatentAutoencoder, images: Tensor, steps: int, batch: int, seed: int, lr: float = 1e-3
-) -> float:
-    """Adam at `lr` with a cosine decay to lr / 10, random horizontal flips; returns the last 100
-    steps' mean squared error (on [-1, 1] images)."""
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(ae.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr / 10)
-    x_all = to_unit(images)
-    tail = []
-    for step in range(steps):
-        idx = torch.randint(0, len(x_all), (batch,), generator=g)
-        x = x_all[idx]
-        flip = torch.rand(batch, generator=g) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        loss = F.mse_loss(ae(x), x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step >= steps - 100:
-            tail.append(float(loss.detach()))
-    ae.eval()
-    return float(np.mean(tail))
-
-
-def unet(labels: list[str], resolution: int, channels: int, settings: Settings) -> UNet2DModel:
-    blocks = tuple(settings.model.block_out_channels)
-    return UNet2DModel(
-        sample_size=resolution,
-        in_channels=channels,
-        out_channels=channels,
-        block_out_channels=blocks,
-        layers_per_block=settings.model.layers_per_block,
-        down_block_types=("DownBlock2D",) * len(blocks),
-        up_block_types=("UpBlock2D",) * len(blocks),
-        add_attention=False,
-        norm_num_groups=_norm_groups(blocks),
-        num_class_embeds=len(labels) + 1,
-    )
 
 
 def fine_tune(model: PixelDiffusion, x: Tensor, cond: Tensor, settings: Settings, steps: int) -> float:
@@ -127,15 +59,8 @@ def fine_tune(model: PixelDiffusion, x: Tensor, cond: Tensor, settings: Settings
         x,
         cond,
         steps=steps,
-        batch_size=tc.batch_size,
-        lr=tc.lr,
-        warmup_steps=tc.warmup_steps,
-        weight_decay=tc.weight_decay,
-        grad_clip=tc.grad_clip,
-        label_dropout=tc.label_dropout,
-        checkpoint_every=tc.checkpoint_every,
+        **tc.trainer_settings(),
         generator=torch.Generator().manual_seed(tc.seed),
-        lr_schedule=tc.lr_schedule,
     )
     return float(np.mean([r["loss"] for r in res.history[-100:]]))
 
@@ -219,6 +144,9 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=32, help="autoencoder convolution width")
     ap.add_argument("--ae-steps", type=int, default=1500)
     ap.add_argument("--ae-lr", type=float, default=1e-3, help="autoencoder peak learning rate (cosine to a tenth)")
+    ap.add_argument(
+        "--ae-crop", type=int, default=0, help="train the autoencoder on random crops of this side (0 = whole)"
+    )
     ap.add_argument("--ae-seed", type=int, default=None, help="seed of the autoencoder (default: train.seed)")
     ap.add_argument("--skip-pixel", action="store_true", help="only the latent model")
     args = ap.parse_args()
@@ -275,20 +203,36 @@ def main() -> int:
     side = args.ae_res // args.factor
     imgs = working(args.ae_res)
     ae_seed = settings.train.seed if args.ae_seed is None else args.ae_seed
-    torch.manual_seed(ae_seed)
-    ae = LatentAutoencoder(args.channels, args.factor, args.width)
-    t0 = time.perf_counter()
-    ae_loss = train_autoencoder(ae, imgs, args.ae_steps, settings.train.batch_size, ae_seed, args.ae_lr)
-    with torch.inference_mode():
-        z = torch.cat([ae.encoder(to_unit(imgs[s : s + 64])) for s in range(0, len(imgs), 64)])
-        mean, std = z.mean(dim=(0, 2, 3), keepdim=True), z.std(dim=(0, 2, 3), keepdim=True)
-        z = (z - mean) / std
-    t1 = time.perf_counter()
-    torch.manual_seed(settings.train.seed)
-    scheduler = DDPMScheduler(
-        num_train_timesteps=settings.model.num_train_timesteps, beta_schedule=settings.model.beta_schedule
+    model = PixelDiffusion.create(
+        vocab,
+        resolution=args.ae_res,
+        block_out_channels=settings.model.block_out_channels,
+        layers_per_block=settings.model.layers_per_block,
+        num_train_timesteps=settings.model.num_train_timesteps,
+        beta_schedule=settings.model.beta_schedule,
+        generator=torch.Generator().manual_seed(settings.train.seed),
+        latent_factor=args.factor,
+        latent_channels=args.channels,
+        autoencoder_width=args.width,
     )
-    model = PixelDiffusion(unet(vocab, side, args.channels, settings), scheduler, vocab, "epsilon")
+    if args.ae_seed is not None:  # another autoencoder initialisation, the same UNet
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(ae_seed)
+            fresh = CollectionAutoencoder(args.channels, args.factor, args.width)
+        model.autoencoder.load_state_dict(fresh.state_dict())
+    t0 = time.perf_counter()
+    ae = train_collection_autoencoder(
+        model.autoencoder,
+        imgs,
+        steps=args.ae_steps,
+        batch_size=settings.train.batch_size,
+        lr=args.ae_lr,
+        crop=args.ae_crop or None,
+        generator=torch.Generator().manual_seed(ae_seed),
+    )
+    with torch.inference_mode():
+        z = torch.cat([model.encode(imgs[s : s + 64]) for s in range(0, len(imgs), 64)])
+    t1 = time.perf_counter()
     cond = model.label_index(labels)
     loss = fine_tune(model, z, cond, settings, args.steps)
     t2 = time.perf_counter()
@@ -303,7 +247,7 @@ def main() -> int:
         labels,
         args,
         kinds,
-        f"autoencoder {t1 - t0:.0f} (last-100 mse {ae_loss:.4f} on [-1, 1]), fine-tune {t2 - t1:.0f} "
+        f"autoencoder {t1 - t0:.0f} ({ae.crop} px crops, last-100 mse {ae.mse:.4f} on [-1, 1]), fine-tune {t2 - t1:.0f} "
         f"(last-100 loss {loss:.4f}), score {t3 - t2:.0f}",
     )
     return 0

@@ -8,7 +8,7 @@ plain values) they need; model code receives explicit arguments. Loading from YA
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, model_validator
 
@@ -245,6 +245,18 @@ class ModelConfig(_Section):
     null_prompt: str = Field(
         "", description="model.base: the prompt of the unconditional branch (label dropout, typicality)"
     )
+    latent_factor: int = Field(
+        1,
+        ge=1,
+        description="pixel model: 1 = the UNet denoises the working images' pixels; 2, 4 or 8 = a small autoencoder is "
+        "first learnt on the collection's working images (train.autoencoder_*) and the UNet denoises its latents, "
+        "a grid this many times smaller (a shallow latent diffusion model: e.g. data.resolution=64 with 2 keeps parts "
+        "twice as sharp as 32 px pixels at about twice the fine-tuning time, benchmarks/RESULTS.md 12i)",
+    )
+    latent_channels: int = Field(4, ge=1, description="model.latent_factor > 1: channels of the autoencoder's latents")
+    autoencoder_width: int = Field(
+        32, ge=4, description="model.latent_factor > 1: channels of the autoencoder's convolutions"
+    )
     block_out_channels: tuple[int, ...] = Field((32, 64, 64), min_length=1, description="UNet channels per level")
     layers_per_block: int = Field(1, ge=1, description="resnet layers per UNet level")
     num_train_timesteps: int = Field(1000, ge=10, description="diffusion steps of the DDPM schedule")
@@ -255,7 +267,17 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _template(self) -> ModelConfig:
         validate_prompt_template(self.prompt_template)
+        if self.latent_factor & (self.latent_factor - 1):
+            raise ValueError(f"latent_factor ({self.latent_factor}) must be a power of 2 (1 = pixel space)")
+        if self.latent_factor > 1 and self.base is not None:
+            raise ValueError(
+                f"latent_factor ({self.latent_factor}) applies to the pixel model: model.base has its own VAE; leave it 1"
+            )
         return self
+
+    def latent_fields(self) -> set[str]:
+        """The settings of the collection autoencoder (they make another model only when latent_factor > 1)."""
+        return {"latent_factor", "latent_channels", "autoencoder_width"}
 
 
 class TrainConfig(_Section):
@@ -300,6 +322,23 @@ class TrainConfig(_Section):
         "(side = the short side, stride half of it, covering the long side) instead of whole images batched by shape: "
         "one shape, full batches; the budget still counts images; scoring and ranking see whole images; null = on for "
         "the pixel model under data.resize=short_side, off otherwise (model.base, data.resize=square)",
+    )
+    autoencoder_steps: int = Field(
+        1500,
+        ge=1,
+        description="model.latent_factor > 1: optimizer steps of the collection autoencoder (batch train.batch_size), "
+        "before the diffusion model's; fewer lose most of the latent model's gain (benchmarks/RESULTS.md 12h)",
+    )
+    autoencoder_lr: float = Field(
+        1e-3, gt=0, description="model.latent_factor > 1: the autoencoder's Adam learning rate"
+    )
+    autoencoder_crop: int | None = Field(
+        None,
+        ge=2,
+        description="model.latent_factor > 1: the autoencoder trains on random square crops of this side of the working "
+        "images (at most their smallest side; null = that smallest side: whole square images). Smaller crops are "
+        "cheaper but learn less: 32 px crops of 64 px images cost a quarter and lose 0.07 of rank-0 pointing on the "
+        "parts set (benchmarks/RESULTS.md 12i)",
     )
     lr_schedule: Literal["cosine", "constant"] = Field(
         "cosine", description="after warm-up: cosine decay to lr/10, or constant (the paper's SD fine-tuning)"
@@ -350,6 +389,24 @@ class TrainConfig(_Section):
             return self.steps
         auto = math.ceil(self.epochs * n_images / self.batch_size)
         return int(min(max(auto, self.min_steps), self.max_steps))
+
+    def trainer_settings(self) -> dict[str, Any]:
+        """The keywords of `gcmodels.diffusion.train_diffusion` these settings decide: everything but
+        the steps (`budget`), the generator, the precision, the loss weighting (resolved by the
+        model) and the callbacks."""
+        return {
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "warmup_steps": self.warmup_steps,
+            "weight_decay": self.weight_decay,
+            "grad_clip": self.grad_clip,
+            "label_dropout": self.label_dropout,
+            "checkpoint_every": self.checkpoint_every,
+            "checkpoint_seconds": None if self.checkpoint_minutes is None else 60.0 * self.checkpoint_minutes,
+            "max_seconds": None if self.minutes is None else 60.0 * self.minutes,
+            "lr_schedule": self.lr_schedule,
+            "ema_decay": self.ema_decay,
+        }
 
 
 class ScoreConfig(_Section):
@@ -879,10 +936,12 @@ class Settings(_Section):
                 f"train.lora_rank ({self.train.lora_rank}) needs model.base: LoRA adapts a pretrained UNet"
             )
         levels = len(self.model.block_out_channels)
-        if self.data.resolution % (2 ** (levels - 1)):
+        if self.data.resolution % self.downsampling_factor:
+            latent = self.model.latent_factor
             raise ValueError(
-                f"data.resolution ({self.data.resolution}) must be divisible by {2 ** (levels - 1)} "
+                f"data.resolution ({self.data.resolution}) must be divisible by {self.downsampling_factor} "
                 f"for a UNet with {levels} levels (model.block_out_channels)"
+                + (f" on latents {latent} times smaller (model.latent_factor)" if latent > 1 else "")
             )
         if not -levels <= self.rank.feature_block < levels:
             raise ValueError(
@@ -898,7 +957,7 @@ class Settings(_Section):
         the image."""
         if self.model.base is not None:
             return 8
-        return 2 ** (len(self.model.block_out_channels) - 1)
+        return self.model.latent_factor * 2 ** (len(self.model.block_out_channels) - 1)
 
     @property
     def working_multiple(self) -> int:

@@ -30,6 +30,7 @@ from gcmine.tasks.latents import base_key, read_latent_inputs, shape_groups
 from gcmodels.config import ConfigError, ModelConfig, RuntimeConfig, TrainConfig
 from gcmodels.data.images import square_tiles
 from gcmodels.diffusion import ConditionalDiffusion, PixelDiffusion, inspect_base, load_base
+from gcmodels.diffusion.autoencoder import train_collection_autoencoder
 from gcmodels.diffusion.training import (
     CheckpointMismatch,
     TrainingDiverged,
@@ -101,6 +102,9 @@ def _new_model(
             beta_schedule=model_config.beta_schedule,
             prediction=model_config.prediction,
             generator=generator,
+            latent_factor=model_config.latent_factor,
+            latent_channels=model_config.latent_channels,
+            autoencoder_width=model_config.autoencoder_width,
         )
     try:
         model = load_base(
@@ -294,6 +298,9 @@ def finetune(
                 cards.enter_context(gpu_slot(card, runtime))
             generator = torch.Generator().manual_seed(train_config.seed)
             model = _model_on(device, vocab, resolution, model_config, train_config, generator, class_map)
+            autoencoder = _collection_autoencoder(
+                model, pixels, train_config, runtime, out, store, config_key, data_key, log
+            )
             images, cond = _training_tensors(
                 model, pixels, labels, latents is None, train_config.batch_size, log, train_config.square_crops
             )
@@ -317,7 +324,7 @@ def finetune(
                 precision,
             )
             resume = _resume_state(store, config_key, data_key, log)
-            on_checkpoint = _checkpoint_writer(store, config_key, data_key, log)
+            on_checkpoint = _checkpoint_writer(store, config_key, data_key, log, _autoencoder_entry(model))
             progress = StageProgress(
                 steps, "finetune", bar=runtime.progress, key=artifact_key(out, "finetune-progress")
             )
@@ -351,8 +358,87 @@ def finetune(
         "reused": False,
         "reason": why,
         "held_out": len(held),
+        **({"autoencoder": autoencoder} if autoencoder is not None else {}),
         "seconds": clock["seconds"],
     }
+
+
+def _autoencoder_entry(model: ConditionalDiffusion) -> dict:
+    """What every checkpoint of a latent pixel model carries besides the trainer's state: its
+    collection autoencoder's weights (a resumed training needs the same latents). {} otherwise."""
+    ae = getattr(model, "autoencoder", None)
+    return {} if ae is None else {"autoencoder": {k: v.detach().cpu() for k, v in ae.state_dict().items()}}
+
+
+def _saved_autoencoder(store: RunStore, config_key: str, data_key: str) -> dict | None:
+    """The autoencoder weights of the run root's checkpoint when a training of the same settings
+    and training set wrote it, else None."""
+    saved = read_checkpoint(store)
+    if saved is None or saved.get("config_key") != config_key or saved.get("data_key") != data_key:
+        return None
+    return saved.get("autoencoder")
+
+
+def _collection_autoencoder(
+    model: ConditionalDiffusion,
+    pixels: list[np.ndarray],
+    train_config: TrainConfig,
+    runtime: RuntimeConfig,
+    out: str,
+    store: RunStore,
+    config_key: str,
+    data_key: str,
+    log,
+) -> dict | None:
+    """A latent pixel model's collection autoencoder (model.latent_factor > 1), trained in place
+    on the training set's working images (`train_collection_autoencoder`: train.autoencoder_steps of
+    train.batch_size crops, seeded by train.seed) before the UNet, and written to the checkpoint at
+    once; a finetune interrupted after it (same settings, same training set) reads it back instead
+    of training it again. Returns what was done (None for any other model)."""
+    ae = getattr(model, "autoencoder", None)
+    if ae is None:
+        return None
+    saved = _saved_autoencoder(store, config_key, data_key)
+    if saved is not None:
+        ae.load_state_dict(saved)
+        log.info("the collection autoencoder of the interrupted training is reused (%s)", store.uri(CHECKPOINT))
+        return {"reused": True, "seconds": 0.0}
+    images = [torch.from_numpy(np.ascontiguousarray(p.transpose(2, 0, 1))) for p in pixels]
+    steps = train_config.autoencoder_steps
+    log.info(
+        "training the collection autoencoder (%d px working images -> %d latent channels, %d times smaller): %d steps "
+        "of batch %d",
+        max(max(p.shape[:2]) for p in pixels),
+        ae.channels,
+        ae.factor,
+        steps,
+        train_config.batch_size,
+    )
+    progress = StageProgress(steps, "autoencoder", bar=runtime.progress, key=artifact_key(out, "autoencoder-progress"))
+    began = time.perf_counter()
+    result = train_collection_autoencoder(
+        ae,
+        images,
+        steps=steps,
+        batch_size=train_config.batch_size,
+        lr=train_config.autoencoder_lr,
+        crop=train_config.autoencoder_crop,
+        generator=torch.Generator().manual_seed(train_config.seed),
+        on_step=lambda step, loss: progress.update(step + 1, loss=loss),
+    )
+    progress.close()
+    seconds = time.perf_counter() - began
+    log.info(
+        "collection autoencoder trained in %.0f s on %d px crops: reconstruction MSE %.4f (last 100 steps, pixels in "
+        "[-1, 1])",
+        seconds,
+        result.crop,
+        result.mse,
+    )
+    write_checkpoint(
+        store, {"config_key": config_key, "data_key": data_key, "state": None, **_autoencoder_entry(model)}
+    )
+    return {"reused": False, "steps": result.steps, "crop": result.crop, "mse": result.mse, "seconds": seconds}
 
 
 def _reused_summary(fingerprint: str, vocab: list[str], why: str, device: torch.device, held: set[str]) -> dict:
@@ -421,11 +507,20 @@ def _config_key(
     # square crops change the training only when some working image is oblong (a square is its own
     # crop): off, or on over squares, keys as before the setting existed
     crops = bool(train_config.square_crops and oblong)
+    # the collection autoencoder's settings key a latent pixel model only: a pixel-space model keys as
+    # before they existed
+    latent = model_config.latent_factor > 1
+    autoencoder = {f for f in TrainConfig.model_fields if f.startswith("autoencoder_")}
     return content_key(
         resolution,
-        model_config,
+        model_config if latent else model_config.model_dump(mode="json", exclude=model_config.latent_fields()),
         # P processes train the same model
-        train_config.model_dump(exclude={"retrain_fraction", "processes"} | (set() if crops else {"square_crops"})),
+        train_config.model_dump(
+            mode="json",
+            exclude={"retrain_fraction", "processes"}
+            | (set() if crops else {"square_crops"})
+            | (set() if latent else autoencoder),
+        ),
         *oblong,
         *([{"holdout": holdout, "seed": holdout_seed}] if holdout > 0 else []),
         *([base_key(model_config.base)] if model_config.base is not None else []),
@@ -484,19 +579,22 @@ def _resume_state(store: RunStore, config_key: str, data_key: str, log) -> dict 
         return None
     if saved.get("config_key") == config_key and saved.get("data_key") == data_key:
         resume = saved["state"]
+        if resume is None:  # only a latent model's autoencoder was saved (see _collection_autoencoder)
+            return None
         log.info("resuming from step %d (%s)", resume["step"], store.uri(CHECKPOINT))
         return resume
     log.info("ignoring the checkpoint of another training (settings or training set changed)")
     return None
 
 
-def _checkpoint_writer(store: RunStore, config_key: str, data_key: str, log):
-    """The trainer's `on_checkpoint`: write its state with the keys it resumes under, and log the
-    time taken to copy it to the host and to write it."""
+def _checkpoint_writer(store: RunStore, config_key: str, data_key: str, log, extra: dict | None = None):
+    """The trainer's `on_checkpoint`: write its state with the keys it resumes under (and `extra`
+    entries: a latent model's autoencoder), and log the time taken to copy it to the host and to
+    write it."""
 
     def on_checkpoint(state: dict) -> None:
         began = time.perf_counter()
-        write_checkpoint(store, {"config_key": config_key, "data_key": data_key, "state": state})
+        write_checkpoint(store, {"config_key": config_key, "data_key": data_key, "state": state, **(extra or {})})
         log.info(
             "checkpoint at step %d: %.1f s to copy the state to the host, %.1f s to write %s",
             state["step"],
@@ -550,21 +648,9 @@ def _trainer(
             images,
             cond,
             steps=steps,
-            batch_size=train_config.batch_size,
-            lr=train_config.lr,
-            warmup_steps=train_config.warmup_steps,
-            weight_decay=train_config.weight_decay,
-            grad_clip=train_config.grad_clip,
-            label_dropout=train_config.label_dropout,
-            checkpoint_every=train_config.checkpoint_every,
+            **train_config.trainer_settings(),
             generator=generator,
-            checkpoint_seconds=None
-            if train_config.checkpoint_minutes is None
-            else 60.0 * train_config.checkpoint_minutes,
-            max_seconds=None if train_config.minutes is None else 60.0 * train_config.minutes,
             callback=lambda row: (history.append(row), on_step(row)),
-            lr_schedule=train_config.lr_schedule,
-            ema_decay=train_config.ema_decay,
             precision=precision,
             on_checkpoint=on_checkpoint,
             resume=resume,
@@ -617,6 +703,15 @@ def _replica_trains(group, device: torch.device, job: _Replica) -> None:
         raise RuntimeError(f"the training set in {store.uri('')} changed while the data-parallel processes started")
     generator = torch.Generator().manual_seed(job.train_config.seed)
     model = _model_on(device, vocab, job.resolution, job.model_config, job.train_config, generator, job.class_map)
+    if getattr(model, "autoencoder", None) is not None:  # rank 0 trained it and saved it in the checkpoint
+        key = _config_key(
+            job.resolution, job.model_config, job.train_config, pixels, job.latents is None, job.holdout,
+            job.holdout_seed, job.class_map,
+        )  # fmt: skip
+        saved = _saved_autoencoder(store, key, job.data_key)
+        if saved is None:
+            raise RuntimeError(f"{store.uri(CHECKPOINT)} holds no autoencoder of this training for the replica")
+        model.autoencoder.load_state_dict(saved)
     if job.checkpointing and job.train_config.gradient_checkpointing is not True:
         model.enable_gradient_checkpointing()
     images, cond = _training_tensors(

@@ -44,6 +44,12 @@ def _model_inputs(store: RunStore, model, name: str, ids: list[str], latents: st
     return [np.ascontiguousarray(pixels[i].transpose(2, 0, 1)) for i in where]
 
 
+def _latent_shape(model, image_shape) -> tuple[int, ...]:
+    """The model-space shape (C, h, w) of working images (3, H, W) of a latent pixel model."""
+    f = int(model.latent_factor)
+    return (int(model.latent_channels), image_shape[-2] // f, image_shape[-1] // f)
+
+
 @task(name="rank", task_run_name="rank[{shard[name]}]")
 def rank_shard(
     out: str,
@@ -90,13 +96,15 @@ def rank_shard(
                 idx = np.asarray(group)
                 m = torch.from_numpy(np.stack([map_list[i] for i in idx]))  # (g, h, w)
                 x0 = torch.from_numpy(np.stack([inputs[i] for i in idx]))  # (g, C, h', w')
-                size = (x0.shape[-2] * factor, x0.shape[-1] * factor)  # working (H, W)
+                f = 1 if x0.dtype == torch.uint8 else factor  # working images, or cached VAE latents
+                size = (x0.shape[-2] * f, x0.shape[-1] * f)  # working (H, W)
                 if tuple(m.shape[-2:]) != size:  # latent-resolution maps -> the working image (bilinear)
                     m = F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
                 b, sc = top_patches(m, patch_size, k)
                 boxes[idx], scores[idx], work[idx] = b.numpy(), sc.numpy(), (size[1], size[0])
                 g = torch.Generator().manual_seed(config.seed)  # the same noise for every image of a shape
-                noise = torch.randn((config.feature_draws, *x0.shape[1:]), generator=g).to(device)
+                space = x0.shape[1:] if f > 1 or factor == 1 else _latent_shape(model, x0.shape[1:])
+                noise = torch.randn((config.feature_draws, *space), generator=g).to(device)
                 with torch.inference_mode():
                     for start in range(0, len(idx), chunk):
                         sl = slice(start, start + chunk)

@@ -25,7 +25,6 @@ from gcmine.tasks.infra.artifacts import MODEL, SAMPLE_QUALITY, SAMPLES, label_f
 from gcmine.tasks.infra.logs import stage_logger
 from gcmine.tasks.infra.models import TRAINING_SET, model_stage
 from gcmodels.config import ConfigError, EmbedConfig, ReportConfig, RuntimeConfig
-from gcmodels.diffusion import LatentDiffusion
 from gcmodels.diffusion.sampling import Sampler
 from gcmodels.embedding.encoders import fits_on_collection, make_encoder
 from gcmodels.mining.frechet import ALL, FID_FEATURES, inception_features, sample_quality
@@ -152,7 +151,7 @@ def samples(
         if not labels or len(real_ids) == 0:
             log.warning("no trained label has an image among the live images: no samples")
             return {"samples": 0, "seconds": 0.0, "skipped": "no trained label has a live image"}
-        latent = isinstance(model, LatentDiffusion)
+        latent = model.latent_space  # a VAE's or the collection autoencoder's latents: decoded
         if latent:
             f = model.latent_factor
             shape = (model.latent_channels, resolution // f, resolution // f)

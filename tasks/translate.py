@@ -15,7 +15,6 @@ from gcmine.tasks.infra.logs import stage_logger
 from gcmine.tasks.infra.models import model_stage
 from gcmine.tasks.latents import shape_groups
 from gcmodels.config import RuntimeConfig, ScoreConfig, TranslateConfig
-from gcmodels.diffusion import LatentDiffusion
 from gcmodels.mining.translation import Translator, change_maps, consistent_changes, to_uint8
 from gcmodels.mining.typicality import TypicalityEstimator
 
@@ -102,7 +101,7 @@ def translate(
         vocab = list(model.labels)
         if len(vocab) < 2 or sources.empty:
             raise ValueError(f"translate: needs a model of at least two labels and mined elements (labels {vocab})")
-        latent = isinstance(model, LatentDiffusion)  # translate VAE latents, decode the translations
+        latent = model.latent_space  # translate latents (a VAE's or the autoencoder's), decode the translations
         meta, pixels = read_images(store, shards, only=set(sources["image_id"]), ragged=True)  # each at its own size
         where = meta.drop_duplicates("image_id").reset_index().set_index("image_id")["index"]
         pairs = [(i, r.image_id, r.label, t) for i, r in enumerate(sources.itertuples()) for t in vocab if t != r.label]

@@ -369,7 +369,7 @@ def test_parts_benchmark_classifies_elements_by_hand() -> None:
 
 
 def test_latent_parts_benchmark_maps_latent_cells_back_to_pixels() -> None:
-    """benchmarks/latent_parts.py: the autoencoder halves the side per factor of 2 and restores it,
+    """benchmarks/latent_parts.py (the product's autoencoder, tests/gcmodels/diffusion/test_autoencoder.py):
     a hot region of a 32 x 32 latent map becomes the rank-0 patch at its place in the 96 px image,
     and the box means read the map where the truth boxes are."""
     import pandas as pd
@@ -377,14 +377,6 @@ def test_latent_parts_benchmark_maps_latent_cells_back_to_pixels() -> None:
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import latent_parts
-
-    ae = latent_parts.LatentAutoencoder(channels=4, factor=2, width=8)
-    x = torch.rand(2, 3, 64, 64) * 2 - 1
-    z = ae.encoder(x)
-    assert tuple(z.shape) == (2, 4, 32, 32)
-    assert tuple(ae.decoder(z).shape) == (2, 3, 64, 64)
-    with pytest.raises(ValueError, match="power of 2"):
-        latent_parts.LatentAutoencoder(channels=4, factor=3, width=8)
 
     maps = torch.zeros(2, 32, 32)
     maps[0, 10:16, 20:26] = 1.0  # a 6-cell patch (0.2 x 32) at x 20-26, y 10-16

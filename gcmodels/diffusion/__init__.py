@@ -1,6 +1,7 @@
 """Conditional diffusion models behind one interface (`ConditionalDiffusion`, see base.py).
 
-- `pixel`: the embedded default, a small pixel-space UNet trained from scratch (eps, v or flow);
+- `pixel`: the embedded default, a small pixel-space UNet trained from scratch (eps, v or flow),
+  or on the latents of `autoencoder`, a small autoencoder learnt on the collection;
 - one module per checkpoint family read from a local diffusers directory (`families` finds them):
   `sd` (Stable Diffusion 1.x/2.x), `sdxl` (SDXL), `sd3` (SD3 / SD3.5), `dit` (class-conditional DiT);
 - `latent`: what the checkpoint families share (VAE latents, frozen conditioning, LoRA, save);
@@ -12,6 +13,7 @@
 The estimator, the trainer, the features and the tasks see only the base class.
 """
 
+from gcmodels.diffusion.autoencoder import AutoencoderResult, CollectionAutoencoder, train_collection_autoencoder
 from gcmodels.diffusion.base import NULL_LABEL, ConditionalDiffusion, validate_label_vocabulary
 from gcmodels.diffusion.families import (
     UnsupportedModel,
@@ -38,8 +40,10 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "NULL_LABEL",
     "PRECISIONS",
+    "AutoencoderResult",
     "CheckpointInfo",
     "CheckpointMismatch",
+    "CollectionAutoencoder",
     "ConditionalDiffusion",
     "LatentDiffusion",
     "LatentEncoder",
@@ -56,6 +60,7 @@ __all__ = [
     "load_any_model",
     "load_base",
     "supported_families",
+    "train_collection_autoencoder",
     "train_diffusion",
     "unavailable_families",
     "validate_label_vocabulary",

@@ -128,6 +128,12 @@ class ConditionalDiffusion(nn.Module):
         raise NotImplementedError
 
     @property
+    def latent_space(self) -> bool:
+        """Whether the network works on latents (an autoencoder's or a VAE's) rather than pixels:
+        its samples go through ``decode`` and are not clipped to [-1, 1]."""
+        return False
+
+    @property
     def conditions(self) -> tuple[str, ...]:
         """What the model conditions on, index i + 1 for entry i: the single labels (`labels`),
         then the label sets of multi-label images (`label_sets`, joined ``"a|b"``). Equal to

@@ -357,6 +357,10 @@ class LatentDiffusion(ConditionalDiffusion):
         return self._cond_cache[1]
 
     # ------------------------------------------------------------------ latents
+    @property
+    def latent_space(self) -> bool:
+        return True
+
     def encode(self, images: Tensor) -> Tensor:
         """uint8 images (B, 3, H, W) -> latents (B, C, H/f, W/f) float32 on the denoiser's device.
 

@@ -161,3 +161,49 @@ def test_square_crops_train_on_tiles_and_score_whole_images(mixed, tmp_path) -> 
     assert {(h, w) for h, w in zip(maps["height"], maps["width"])} == {p.shape[:2] for p in pixels}
     history = store.read_parquet("training.parquet")
     assert history["step"].tolist() == [0, 1, 2, 3] and np.isfinite(history["loss"]).all()
+
+
+def test_latent_pixel_model_on_images_of_every_shape(mixed, tmp_path) -> None:
+    """model.latent_factor=2 on the mixed shapes: a collection autoencoder trained first (on crops
+    of the aspect-kept working images: 16 px, their smallest side), saved with the model; maps on
+    its latent grid (half of each working side), patch boxes in working pixels of the rank patch
+    size inside each working image; samples decoded to images."""
+    import json
+
+    from gcmodels.diffusion import PixelDiffusion
+
+    store = _run(
+        mixed["out"].parent / "images",
+        tmp_path / "latent",
+        "data.resize=short_side",
+        "train.square_crops=false",
+        "model.latent_factor=2",
+        "model.latent_channels=3",
+        "model.autoencoder_width=8",
+        "train.autoencoder_steps=5",
+        "report.samples=1",
+        "report.sample_steps=2",
+    )
+    out = tmp_path / "latent"
+    info = json.loads((out / "run.json").read_text())
+    ae = info["stages"]["finetune"]["autoencoder"]
+    assert ae["steps"] == 5 and ae["crop"] == 16 and not ae["reused"]  # crop: at most the smallest working side
+    model = PixelDiffusion.load(out / "model")
+    assert model.latent_factor == 2 and model.resolution == 16 and model.unet.config.in_channels == 3
+    manifest = store.read_parquet("manifest.parquet").set_index("image_id")
+    maps = pd.concat([pd.read_parquet(p) for p in sorted((out / "maps").glob("part-*.parquet"))], ignore_index=True)
+    assert len(maps) == 18
+    for iid, m in zip(maps["image_id"], unpack_map_rows(maps)):
+        w, h = manifest.loc[iid, ["width", "height"]]
+        ww, wh = working_size(int(w), int(h), 16, "short_side", 4)  # a multiple of latent 2 x UNet 2
+        assert (m.shape[1], m.shape[0]) == (ww // 2, wh // 2) and np.isfinite(m).all()
+    cands = pd.concat([pd.read_parquet(p) for p in sorted((out / "patch_candidates").glob("part-*.parquet"))])
+    assert len(cands) == 36
+    for _, p in cands.iterrows():
+        w, h = (int(v) for v in manifest.loc[p["image_id"], ["width", "height"]])
+        ww, wh = working_size(w, h, 16, "short_side", 4)
+        assert 0 <= p["wx0"] < p["wx1"] <= ww and 0 <= p["wy0"] < p["wy1"] <= wh
+        assert (p["wx1"] - p["wx0"], p["wy1"] - p["wy0"]) == (PATCH, PATCH)
+    assert len(store.read_parquet("patches.parquet")) > 0 and (out / "report" / "index.html").is_file()
+    samples = info["stages"].get("samples") or {}
+    assert samples.get("samples", 0) == 2, samples

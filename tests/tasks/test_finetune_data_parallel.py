@@ -105,3 +105,25 @@ def test_killed_finetune_resumes_in_another_number_of_processes(
     loss = pd.read_parquet(out / "training.parquet")["loss"].to_numpy()
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     assert not RunStore(str(out)).exists(CHECKPOINT)
+
+
+def test_latent_pixel_model_trains_alike_in_two_processes(images, tmp_path) -> None:
+    """model.latent_factor: rank 0 trains the collection autoencoder and saves it in the checkpoint;
+    the spawned rank reads it from there, so two processes train the UNet of one process on the
+    same latents (the same autoencoder, the UNet up to float summation order)."""
+    model = ModelConfig(
+        block_out_channels=(8, 16), num_train_timesteps=50, latent_factor=2, latent_channels=3, autoencoder_width=8
+    )
+    unets, autoencoders = [], []
+    for processes in (1, 2):
+        out = tmp_path / f"p{processes}"
+        store = RunStore(str(out))
+        summary = ingest_images(str(images), None, store, DataConfig(resolution=16, shard_size=4), logger=None)
+        train = TrainConfig(**TRAIN, autoencoder_steps=3, processes=processes)
+        got = finetune.fn(str(out), [s["name"] for s in summary["shards"]], 16, model, train, RUNTIME)
+        assert got["processes"] == processes and got["autoencoder"]["steps"] == 3
+        unets.append(_unet(out))
+        autoencoders.append(load_file(str(out / "model" / "autoencoder" / "model.safetensors")))
+    assert all(torch.equal(autoencoders[0][k], autoencoders[1][k]) for k in autoencoders[0])
+    for k in unets[0]:
+        torch.testing.assert_close(unets[1][k], unets[0][k], atol=1e-5, rtol=1e-4, msg=k)

@@ -142,3 +142,67 @@ def test_checkpoint_the_trainer_refuses_is_dropped_for_a_fresh_start(images, tmp
     assert not store.exists(CHECKPOINT)
     ref_out = tmp_path / "reference"
     assert got["fingerprint"] == _finetune(ref_out, _ingest(images, ref_out))["fingerprint"]
+
+
+LATENT = MODEL.model_copy(update={"latent_factor": 2, "latent_channels": 3, "autoencoder_width": 8})
+LATENT_TRAIN = TRAIN.model_copy(update={"autoencoder_steps": 4, "autoencoder_crop": None})
+
+
+@pytest.mark.parametrize("killed", ["after the autoencoder", "after the first checkpoint"])
+def test_interrupted_latent_finetune_reuses_its_autoencoder(images, tmp_path, monkeypatch, caplog, killed) -> None:
+    """model.latent_factor: the collection autoencoder is trained first and saved in the checkpoint
+    at once; a finetune killed after it (before or after the UNet's first checkpoint) does not train
+    it again and publishes the model of an uninterrupted run (autoencoder included)."""
+    caplog.set_level(logging.INFO, logger="gcmine")
+    ref_out = tmp_path / "reference"
+    ref = finetune.fn(str(ref_out), _ingest(images, ref_out), 8, LATENT, LATENT_TRAIN, RUNTIME)
+    assert ref["autoencoder"]["steps"] == 4 and ref["autoencoder"]["crop"] == 8 and not ref["autoencoder"]["reused"]
+    assert (ref_out / "model" / "autoencoder" / "model.safetensors").is_file()
+
+    out = tmp_path / "run"
+    shards = _ingest(images, out)
+    with monkeypatch.context() as m:
+        if killed == "after the autoencoder":
+
+            def die(*args, **kwargs):
+                raise Killed
+
+            m.setattr(finetune_module, "train_diffusion", die)
+        else:
+            _kill_after_first_checkpoint(m)
+        with pytest.raises(Killed):
+            finetune.fn(str(out), shards, 8, LATENT, LATENT_TRAIN, RUNTIME)
+    payload = read_checkpoint(RunStore(str(out)))
+    assert payload is not None and "autoencoder" in payload
+    assert (payload["state"] is None) == (killed == "after the autoencoder")
+    trained: list[int] = []
+    original = finetune_module.train_collection_autoencoder
+    monkeypatch.setattr(
+        finetune_module, "train_collection_autoencoder", lambda *a, **k: trained.append(1) or original(*a, **k)
+    )
+    caplog.clear()
+    again = finetune.fn(str(out), shards, 8, LATENT, LATENT_TRAIN, RUNTIME)
+    assert trained == [] and again["autoencoder"]["reused"]
+    assert "collection autoencoder of the interrupted training is reused" in caplog.text
+    assert ("resuming from step 3" in caplog.text) == (killed == "after the first checkpoint")
+    assert again["fingerprint"] == ref["fingerprint"]
+    assert not RunStore(str(out)).exists(CHECKPOINT)
+
+
+def test_pixel_model_settings_key_as_before_the_autoencoder_settings() -> None:
+    """The collection autoencoder's settings key a latent model only: a pixel-space model of a run
+    root made before they existed is reused, not retrained (the key of the default settings below
+    is the one the code before them computed)."""
+    from gcmodels.config import Settings
+
+    s = Settings()
+    key = finetune_module._config_key(32, s.model, s.train, [np.zeros((32, 32, 3), np.uint8)], True, 0.0, 0, None)
+    assert key == "5d28ac216f206808"
+    other = s.train.model_copy(update={"autoencoder_steps": 10})
+    assert finetune_module._config_key(32, s.model, other, [np.zeros((32, 32, 3), np.uint8)], True, 0.0, 0, None) == key
+    latent = s.model.model_copy(update={"latent_factor": 2})
+    keys = {
+        finetune_module._config_key(64, latent, t, [np.zeros((64, 64, 3), np.uint8)], True, 0.0, 0, None)
+        for t in (s.train, other)
+    }
+    assert len(keys) == 2
