@@ -145,7 +145,7 @@ def main() -> int:
     ap.add_argument("--ae-steps", type=int, default=1500)
     ap.add_argument("--ae-lr", type=float, default=1e-3, help="autoencoder peak learning rate (cosine to a tenth)")
     ap.add_argument(
-        "--ae-crop", type=int, default=0, help="train the autoencoder on random crops of this side (0 = whole)"
+        "--ae-crop", type=int, default=32, help="train the autoencoder on random crops of this side (0 = whole)"
     )
     ap.add_argument("--ae-seed", type=int, default=None, help="seed of the autoencoder (default: train.seed)")
     ap.add_argument("--skip-pixel", action="store_true", help="only the latent model")

@@ -333,12 +333,11 @@ class TrainConfig(_Section):
         1e-3, gt=0, description="model.latent_factor > 1: the autoencoder's Adam learning rate"
     )
     autoencoder_crop: int | None = Field(
-        None,
+        32,
         ge=2,
         description="model.latent_factor > 1: the autoencoder trains on random square crops of this side of the working "
-        "images (at most their smallest side; null = that smallest side: whole square images). Smaller crops are "
-        "cheaper but learn less: 32 px crops of 64 px images cost a quarter and lose 0.07 of rank-0 pointing on the "
-        "parts set (benchmarks/RESULTS.md 12i)",
+        "images (at most their smallest side; null = that smallest side: whole square images). 32 px crops of 64 px "
+        "images cost a quarter of whole images and pointed as well on the parts set (benchmarks/RESULTS.md 12i)",
     )
     lr_schedule: Literal["cosine", "constant"] = Field(
         "cosine", description="after warm-up: cosine decay to lr/10, or constant (the paper's SD fine-tuning)"

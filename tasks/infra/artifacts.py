@@ -336,7 +336,13 @@ def model_description(model, train, checkpoint=None, data=None) -> str:
     `gcmodels.diffusion.CheckpointInfo`), for the log, the run summary and the report."""
     if model.base is None:
         how = "" if model.prediction == "epsilon" else f", {model.prediction}"
-        return f"small pixel UNet trained from scratch, channels {list(model.block_out_channels)}{how}"
+        where = ""
+        if getattr(model, "latent_factor", 1) > 1:
+            where = (
+                f" on the {model.latent_channels}-channel latents of an autoencoder learnt on the collection "
+                f"({model.latent_factor} times smaller than the working images)"
+            )
+        return f"small pixel UNet trained from scratch{where}, channels {list(model.block_out_channels)}{how}"
     net = "UNet" if checkpoint is None or checkpoint.block_name == "decoder block" else "transformer"
     what = f"LoRA rank {train.lora_rank}" if train.lora_rank else f"full {net}"
     if checkpoint is None:
