@@ -250,8 +250,8 @@ class ModelConfig(_Section):
         ge=1,
         description="pixel model: 1 = the UNet denoises the working images' pixels; 2, 4 or 8 = a small autoencoder is "
         "first learnt on the collection's working images (train.autoencoder_*) and the UNet denoises its latents, "
-        "a grid this many times smaller (a shallow latent diffusion model: e.g. data.resolution=64 with 2 keeps parts "
-        "twice as sharp as 32 px pixels at about twice the fine-tuning time, benchmarks/RESULTS.md 12i)",
+        "a grid this many times smaller (a shallow latent diffusion model: data.resolution=64 with 2 gives the UNet the "
+        "default 32 x 32 grid with parts twice as sharp, for 1.2-1.3x the fine-tuning time, benchmarks/RESULTS.md 12i)",
     )
     latent_channels: int = Field(4, ge=1, description="model.latent_factor > 1: channels of the autoencoder's latents")
     autoencoder_width: int = Field(
