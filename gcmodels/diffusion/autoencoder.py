@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from gcmodels.diffusion.base import to_uint8
+
 __all__ = ["AutoencoderResult", "CollectionAutoencoder", "train_collection_autoencoder"]
 
 _CONFIG = "config.json"
@@ -83,15 +85,11 @@ class CollectionAutoencoder(nn.Module):
         if h % self.factor or w % self.factor:
             raise ValueError(f"image size {h}x{w} is not a multiple of the autoencoder's factor {self.factor}")
 
-    def raw_latents(self, x: Tensor) -> Tensor:
-        """Images in [-1, 1] (float) -> unstandardised latents (the encoder's output)."""
-        return self.encoder(x)
-
     def encode(self, images: Tensor) -> Tensor:
         """uint8 images (B, 3, H, W) -> standardised latents float32 (B, C, H / f, W / f) on the
         autoencoder's device, in fp32 whatever autocast is active (no gradient)."""
         self._check_images(images)
-        x = images.to(self.device, torch.float32).div_(127.5).sub_(1.0)
+        x = _unit(images, self.device)
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             return (self.encoder(x) - self.mean) / self.std
 
@@ -103,7 +101,7 @@ class CollectionAutoencoder(nn.Module):
         z = latents.detach().to(self.device, torch.float32)
         with torch.no_grad(), torch.autocast(z.device.type, enabled=False):
             x = self.decoder(z * self.std + self.mean)
-        return ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round_().to(torch.uint8).to(latents.device)
+        return to_uint8(x).to(latents.device)
 
     @torch.no_grad()
     def fit_standardisation(self, images: Sequence[Tensor], batch_size: int = 64) -> None:
@@ -115,7 +113,7 @@ class CollectionAutoencoder(nn.Module):
         for group in images:
             self._check_images(group)
             for start in range(0, len(group), batch_size):
-                x = group[start : start + batch_size].to(self.device, torch.float32).div_(127.5).sub_(1.0)
+                x = _unit(group[start : start + batch_size], self.device)
                 z = self.encoder(x).double().cpu()
                 total += z.sum(dim=(0, 2, 3))
                 sq += (z * z).sum(dim=(0, 2, 3))
@@ -144,6 +142,11 @@ class CollectionAutoencoder(nn.Module):
         ae = cls(**json.loads((directory / _CONFIG).read_text()))
         ae.load_state_dict(load_file(directory / _WEIGHTS))
         return ae.eval().requires_grad_(False)
+
+
+def _unit(images: Tensor, device: torch.device) -> Tensor:
+    """uint8 images -> float32 in [-1, 1] on `device`."""
+    return images.to(device, torch.float32).div_(127.5).sub_(1.0)
 
 
 @dataclass
@@ -211,7 +214,7 @@ def train_collection_autoencoder(
             left = int(v * (im.shape[-1] - side + 1))
             win = im[:, top : top + side, left : left + side]
             batch.append(win.flip(-1) if flip < 0.5 else win)
-        x = torch.stack(batch).to(device, torch.float32).div_(127.5).sub_(1.0)
+        x = _unit(torch.stack(batch), device)
         loss = F.mse_loss(autoencoder.decoder(autoencoder.encoder(x)), x)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -36,9 +36,21 @@ from gcmodels.diffusion.parametrisation import (
 )
 from gcmodels.labels import LABEL_JOIN, join_labels, split_labels
 
-__all__ = ["NULL_LABEL", "ConditionalDiffusion", "split_vocabulary", "validate_label_vocabulary"]
+__all__ = [
+    "NULL_LABEL",
+    "ConditionalDiffusion",
+    "split_vocabulary",
+    "to_uint8",
+    "validate_label_vocabulary",
+]
 
 NULL_LABEL = 0
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """Images in [-1, 1] (B, C, H, W) -> uint8 images (B, C, H, W), values outside [-1, 1] clipped:
+    the inverse of the pixel model's ``encode`` (and the last step of an autoencoder's ``decode``)."""
+    return ((x.detach().float().clamp(-1.0, 1.0) + 1.0) * 127.5).round_().to(torch.uint8)
 
 
 def validate_label_vocabulary(labels: Sequence[str]) -> tuple[str, ...]:

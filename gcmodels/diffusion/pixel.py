@@ -28,7 +28,13 @@ from diffusers import DDPMScheduler, UNet2DModel
 from torch import Tensor, nn
 
 from gcmodels.diffusion.autoencoder import CollectionAutoencoder
-from gcmodels.diffusion.base import NULL_LABEL, ConditionalDiffusion, split_vocabulary, validate_label_vocabulary
+from gcmodels.diffusion.base import (
+    NULL_LABEL,
+    ConditionalDiffusion,
+    split_vocabulary,
+    to_uint8,
+    validate_label_vocabulary,
+)
 from gcmodels.diffusion.parametrisation import PREDICTIONS
 
 __all__ = ["NULL_LABEL", "PixelDiffusion", "SetEmbedding", "validate_label_vocabulary"]
@@ -239,7 +245,7 @@ class PixelDiffusion(ConditionalDiffusion):
         and quantised (the inverse of `encode` up to the autoencoder's reconstruction error)."""
         if self.autoencoder is not None:
             return self.autoencoder.decode(x)
-        return ((x.detach().float().clamp(-1.0, 1.0) + 1.0) * 127.5).round_().to(torch.uint8)
+        return to_uint8(x)
 
     def _denoise(self, x: Tensor, timestep: Tensor, cond: Tensor) -> Tensor:
         """The UNet's output (eps, v or flow velocity) under class indices `cond` (0 = null)."""

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gcmodels.diffusion.base import to_uint8
 from gcmodels.diffusion.sampling import check_ddim_settings, ddim_denoise
 from gcmodels.mining.elements import mine_elements
 from gcmodels.mining.patches import top_patches
@@ -127,12 +128,6 @@ class Translator:
             if progress is not None:
                 progress(stop)
         return out
-
-
-def to_uint8(x: Tensor) -> Tensor:
-    """Pixel-model space [-1, 1] (B, C, H, W) -> uint8 images (B, C, H, W), the inverse of
-    `PixelDiffusion.encode` (values outside [-1, 1] are clipped)."""
-    return ((x.detach().float().clamp(-1.0, 1.0) + 1.0) * 127.5).round_().to(torch.uint8)
 
 
 def change_maps(source: Tensor, translated: Tensor) -> Tensor:
