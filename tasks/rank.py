@@ -44,12 +44,6 @@ def _model_inputs(store: RunStore, model, name: str, ids: list[str], latents: st
     return [np.ascontiguousarray(pixels[i].transpose(2, 0, 1)) for i in where]
 
 
-def _latent_shape(model, image_shape) -> tuple[int, ...]:
-    """The model-space shape (C, h, w) of working images (3, H, W) of a latent pixel model."""
-    f = int(model.latent_factor)
-    return (int(model.latent_channels), image_shape[-2] // f, image_shape[-1] // f)
-
-
 @task(name="rank", task_run_name="rank[{shard[name]}]")
 def rank_shard(
     out: str,
@@ -84,7 +78,7 @@ def rank_shard(
         map_list = unpack_map_rows(maps_df)
         inputs = _model_inputs(store, model, name, ids, latents)
         cond = model.label_index(list(maps_df["label"]))
-        factor = int(getattr(model, "latent_factor", 1))
+        factor = model.latent_factor
         t = min(int(config.feature_t * model.num_train_timesteps), model.num_train_timesteps - 1)
         n, k = len(ids), config.per_image
         boxes = np.full((n, k, 4), -1, np.int64)  # working pixels
@@ -103,7 +97,7 @@ def rank_shard(
                 b, sc = top_patches(m, patch_size, k)
                 boxes[idx], scores[idx], work[idx] = b.numpy(), sc.numpy(), (size[1], size[0])
                 g = torch.Generator().manual_seed(config.seed)  # the same noise for every image of a shape
-                space = x0.shape[1:] if f > 1 or factor == 1 else _latent_shape(model, x0.shape[1:])
+                space = model.model_shape(*size) if x0.dtype == torch.uint8 else x0.shape[1:]
                 noise = torch.randn((config.feature_draws, *space), generator=g).to(device)
                 with torch.inference_mode():
                     for start in range(0, len(idx), chunk):

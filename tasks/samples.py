@@ -152,11 +152,7 @@ def samples(
             log.warning("no trained label has an image among the live images: no samples")
             return {"samples": 0, "seconds": 0.0, "skipped": "no trained label has a live image"}
         latent = model.latent_space  # a VAE's or the collection autoencoder's latents: decoded
-        if latent:
-            f = model.latent_factor
-            shape = (model.latent_channels, resolution // f, resolution // f)
-        else:
-            shape = (3, model.resolution, model.resolution)
+        shape = model.model_shape(resolution, resolution)
         sampler = Sampler(steps=config.sample_steps, clip=None if latent else 1.0, seed=config.sample_seed)
         x = sampler.sample(model, model.label_index(labels), config.samples, shape, device=device)
         if latent:

@@ -75,7 +75,7 @@ def _adaptive_rule(config: ScoreConfig, ranking: dict | None, model) -> Adaptive
     patches per label, `per_image`, `patch_size` in working pixels, turned into map cells)."""
     if ranking is None:
         raise ValueError("score.adaptive needs the ranking it serves (top_k, per_image, patch_size): pass ranking=")
-    patch = max(1, round(ranking["patch_size"] / int(getattr(model, "latent_factor", 1))))
+    patch = max(1, round(ranking["patch_size"] / model.latent_factor))
     return AdaptiveRule(
         first=config.adaptive_first,
         z=config.adaptive_z,

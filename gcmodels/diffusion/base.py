@@ -146,6 +146,22 @@ class ConditionalDiffusion(nn.Module):
         return False
 
     @property
+    def latent_factor(self) -> int:
+        """Working pixels per side of one cell of the network's grid (1 in pixel space)."""
+        return 1
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the network's input (3 in pixel space)."""
+        return 3
+
+    def model_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """The model-space shape (C, h, w) that ``encode`` gives working images of `height` x `width`
+        (multiples of `latent_factor`): the shape of the noise drawn for them."""
+        f = self.latent_factor
+        return (self.latent_channels, height // f, width // f)
+
+    @property
     def conditions(self) -> tuple[str, ...]:
         """What the model conditions on, index i + 1 for entry i: the single labels (`labels`),
         then the label sets of multi-label images (`label_sets`, joined ``"a|b"``). Equal to

@@ -337,7 +337,7 @@ def model_description(model, train, checkpoint=None, data=None) -> str:
     if model.base is None:
         how = "" if model.prediction == "epsilon" else f", {model.prediction}"
         where = ""
-        if getattr(model, "latent_factor", 1) > 1:
+        if model.latent_factor > 1:
             where = (
                 f" on the {model.latent_channels}-channel latents of an autoencoder learnt on the collection "
                 f"({model.latent_factor} times smaller than the working images)"

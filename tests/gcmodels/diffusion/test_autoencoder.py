@@ -130,7 +130,8 @@ def test_latent_pixel_model_trains_on_its_latents_and_saves_them(tmp_path) -> No
     assert all(torch.equal(v, model.autoencoder.state_dict()[k]) for k, v in ae_before.items())  # frozen
     assert any(not torch.equal(v, model.unet.state_dict()[k]) for k, v in unet_before.items())  # trained
     z = model.encode(images)
-    assert z.shape == (8, 3, 8, 8)
+    assert z.shape == (8, 3, 8, 8) == (8, *model.model_shape(16, 16))
+    assert model.model_shape(16, 24) == tuple(model.encode(_smooth_images(1, 16, 24)).shape[1:]) == (3, 8, 12)
     x = Sampler(steps=2, clip=None, seed=0).sample(model, cond[:2], 1, (3, 8, 8))
     assert model.decode(x).shape == (2, 3, 16, 16)
     model.save(tmp_path / "m")
@@ -158,6 +159,7 @@ def test_pixel_model_without_autoencoder_is_unchanged() -> None:
     assert not model.latent_space and model.latent_factor == 1 and model.autoencoder is None and model.resolution == 8
     x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     assert torch.equal(model.decode(model.encode(x)), x)
+    assert model.model_shape(8, 16) == (3, 8, 16)
     with pytest.raises(ValueError, match=r"resolution 10 is not divisible by 4 \(2 UNet levels on latents 2 times"):
         PixelDiffusion.create(
             ["cat"], resolution=10, block_out_channels=(8, 16), layers_per_block=1, num_train_timesteps=50,

@@ -235,6 +235,7 @@ def test_encode_is_the_scaled_posterior_mean(model) -> None:
     z = model.encode(images)
     assert z.shape == (2, 4, 8, 8) and z.dtype == torch.float32
     assert model.latent_factor == 4 and model.latent_channels == 4
+    assert model.model_shape(*images.shape[-2:]) == tuple(z.shape[1:])
     assert torch.equal(z, model.encode(images))  # the mean, not a sample: deterministic
     with torch.no_grad():
         dist = model.vae.encode(images.float() / 127.5 - 1.0).latent_dist
