@@ -370,11 +370,15 @@ def _autoencoder_entry(model: ConditionalDiffusion) -> dict:
     return {} if ae is None else {"autoencoder": {k: v.detach().cpu() for k, v in ae.state_dict().items()}}
 
 
-def _saved_autoencoder(store: RunStore, config_key: str, data_key: str) -> dict | None:
+def _saved_autoencoder(store: RunStore, config_key: str, data_key: str, log=None) -> dict | None:
     """The autoencoder weights of the run root's checkpoint when a training of the same settings
-    and training set wrote it, else None."""
+    and training set wrote it, else None (said on `log` when the checkpoint is another training's)."""
     saved = read_checkpoint(store)
-    if saved is None or saved.get("config_key") != config_key or saved.get("data_key") != data_key:
+    if saved is None:
+        return None
+    if saved.get("config_key") != config_key or saved.get("data_key") != data_key:
+        if log is not None:
+            log.info("ignoring the checkpoint of another training (settings or training set changed)")
         return None
     return saved.get("autoencoder")
 
@@ -398,7 +402,7 @@ def _collection_autoencoder(
     ae = getattr(model, "autoencoder", None)
     if ae is None:
         return None
-    saved = _saved_autoencoder(store, config_key, data_key)
+    saved = _saved_autoencoder(store, config_key, data_key, log)
     if saved is not None:
         ae.load_state_dict(saved)
         log.info("the collection autoencoder of the interrupted training is reused (%s)", store.uri(CHECKPOINT))

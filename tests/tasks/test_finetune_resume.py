@@ -18,8 +18,10 @@ from gcmine.tasks.infra.storage import RunStore
 from gcmine.tasks.ingest import ingest_images
 from gcmodels.config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig
 
-MODEL = ModelConfig(block_out_channels=(8, 16), layers_per_block=1, num_train_timesteps=50)
+MODEL = ModelConfig(block_out_channels=(8, 16), layers_per_block=1, num_train_timesteps=50, latent_factor=1)
 TRAIN = TrainConfig(steps=6, checkpoint_every=3, batch_size=4, warmup_steps=1, ema_decay=0.9, seed=4)
+LATENT = MODEL.model_copy(update={"latent_factor": 2, "latent_channels": 3, "autoencoder_width": 8})
+LATENT_TRAIN = TRAIN.model_copy(update={"autoencoder_steps": 4, "autoencoder_crop": None})
 RUNTIME = RuntimeConfig(device="cpu", progress=False, threads=1, gpu_limit=None)
 
 
@@ -43,8 +45,8 @@ def _ingest(images, out) -> list[str]:
     return [s["name"] for s in summary["shards"]]
 
 
-def _finetune(out, shards, train: TrainConfig = TRAIN) -> dict:
-    return finetune.fn(str(out), shards, 8, MODEL, train, RUNTIME)
+def _finetune(out, shards, train: TrainConfig = TRAIN, model: ModelConfig = MODEL) -> dict:
+    return finetune.fn(str(out), shards, 8, model, train, RUNTIME)
 
 
 def _kill_after_first_checkpoint(monkeypatch) -> list[int]:
@@ -103,21 +105,23 @@ def test_interrupted_finetune_resumes_to_the_uninterrupted_model(images, tmp_pat
     pd.testing.assert_series_equal(history["loss"], ref_history["loss"])
 
 
-def test_checkpoint_of_other_settings_is_not_resumed(images, tmp_path, monkeypatch, caplog) -> None:
+@pytest.mark.parametrize(("model", "train"), [(MODEL, TRAIN), (LATENT, LATENT_TRAIN)], ids=["pixel", "latent"])
+def test_checkpoint_of_other_settings_is_not_resumed(images, tmp_path, monkeypatch, caplog, model, train) -> None:
     caplog.set_level(logging.INFO, logger="gcmine")
     out = tmp_path / "run"
     shards = _ingest(images, out)
     with monkeypatch.context() as m:
         _kill_after_first_checkpoint(m)
         with pytest.raises(Killed):
-            _finetune(out, shards)
-    other = TRAIN.model_copy(update={"lr": 1e-3})
+            _finetune(out, shards, train, model)
+    other = train.model_copy(update={"lr": 1e-3})
     caplog.clear()
-    got = _finetune(out, shards, other)
+    got = _finetune(out, shards, other, model)
     assert "resuming" not in caplog.text and "ignoring the checkpoint of another training" in caplog.text
+    assert "autoencoder of the interrupted training is reused" not in caplog.text
     assert not RunStore(str(out)).exists(CHECKPOINT)
     fresh_out = tmp_path / "fresh"
-    assert got["fingerprint"] == _finetune(fresh_out, _ingest(images, fresh_out), other)["fingerprint"]
+    assert got["fingerprint"] == _finetune(fresh_out, _ingest(images, fresh_out), other, model)["fingerprint"]
 
 
 def test_checkpoint_the_trainer_refuses_is_dropped_for_a_fresh_start(images, tmp_path, monkeypatch, caplog) -> None:
@@ -142,10 +146,6 @@ def test_checkpoint_the_trainer_refuses_is_dropped_for_a_fresh_start(images, tmp
     assert not store.exists(CHECKPOINT)
     ref_out = tmp_path / "reference"
     assert got["fingerprint"] == _finetune(ref_out, _ingest(images, ref_out))["fingerprint"]
-
-
-LATENT = MODEL.model_copy(update={"latent_factor": 2, "latent_channels": 3, "autoencoder_width": 8})
-LATENT_TRAIN = TRAIN.model_copy(update={"autoencoder_steps": 4, "autoencoder_crop": None})
 
 
 @pytest.mark.parametrize("killed", ["after the autoencoder", "after the first checkpoint"])
@@ -192,10 +192,10 @@ def test_interrupted_latent_finetune_reuses_its_autoencoder(images, tmp_path, mo
 def test_pixel_model_settings_key_as_before_the_autoencoder_settings() -> None:
     """The collection autoencoder's settings key a latent model only: a pixel-space model of a run
     root made before they existed is reused, not retrained (the key of the default settings below
-    is the one the code before them computed)."""
+    is the one the code before them computed for the then-default pixel model)."""
     from gcmodels.config import Settings
 
-    s = Settings()
+    s = Settings(model={"latent_factor": 1}, data={"resolution": 32})  # the pixel defaults before RESULTS.md 12j
     key = finetune_module._config_key(32, s.model, s.train, [np.zeros((32, 32, 3), np.uint8)], True, 0.0, 0, None)
     assert key == "5d28ac216f206808"
     other = s.train.model_copy(update={"autoencoder_steps": 10})
