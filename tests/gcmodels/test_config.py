@@ -39,6 +39,8 @@ def test_patch_size_explicit() -> None:
         (["rank.per_image=0"], ["rank.per_image", "0"]),
         (["rank.patch_size=64"], ["rank.patch_size (64)", "data.resolution=32"]),
         (["data.resolution=30"], ["data.resolution (30)", "divisible by 4"]),
+        (["data.resolution=36", "model.latent_factor=2"], ["data.resolution (36)", "divisible by 8", "2 times smaller"]),
+        (["model.latent_factor=3"], ["latent_factor (3)", "power of 2"]),
         (["train.min_steps=5000"], ["min_steps (5000)", "max_steps (4000)"]),
         (["cluster.k_min=20"], ["k_min (20)"]),
         (["train.label_dropout=1.0"], ["train.label_dropout"]),
@@ -267,6 +269,7 @@ def test_checkpoint_defaults_layer_over_the_base_defaults_and_lora_above_2b() ->
             "train.square_crops applies to the pixel model",
         ),
         ({"data": {"label_separator": 3}}, "label_separator"),
+        ({"model": {"base": "/sd", "latent_factor": 2}}, r"latent_factor \(2\) applies to the pixel model.*leave it 1"),
     ],
 )
 def test_model_base_settings_are_checked(values, message) -> None:
