@@ -50,7 +50,11 @@ def write_dataset(root: Path, per_label: int, size: int, seed: int) -> pd.DataFr
     rows = []
     for iid, item in zip(write_label_folders(root, items), items):
         x0, y0, x1, y1 = item.box
-        rows.append({"image_id": iid, "label": item.label, "x0": x0, "y0": y0, "x1": x1, "y1": y1})
+        dx0, dy0, dx1, dy1 = item.distractor_box
+        rows.append(
+            {"image_id": iid, "label": item.label, "x0": x0, "y0": y0, "x1": x1, "y1": y1}
+            | {"dx0": dx0, "dy0": dy0, "dx1": dx1, "dy1": dy1}  # the shared ring
+        )
     return pd.DataFrame(rows)
 
 
@@ -85,6 +89,8 @@ def main() -> int:
     for label, purity in rep["top_element_purity"].items():
         name = f"top element purity [{label}] (n={rep['top_element_size'][label]})"
         print(f"{name:<44}{purity:>10.3f}{'>= 0.90':>10}")
+    print(f"{'rank-0 patch on the shared ring':<44}{rep['rank0_distractor']:>10.3f}")
+    print(f"{'first 4 elements: patches on the shared ring':<44}{rep['first_elements_distractor']:>10.3f}")
     print(f"\n{'stage':<12}{'seconds':>10}")
     stages = result["stages"]
     for name, s in stages.items():

@@ -66,6 +66,7 @@ def write_dataset(root: Path, kind: str, per_label: int, seed: int) -> pd.DataFr
                 "y1": y1,
                 "width": item.image.width,
                 "height": item.image.height,
+                **dict(zip(("dx0", "dy0", "dx1", "dy1"), item.distractor_box)),  # the shared ring
             }
         )
     return pd.DataFrame(rows)
@@ -159,6 +160,10 @@ def main() -> int:
         print(
             f"rank-0 pointing (contains the motif centre) {rep['rank0_centre']:.3f}   rank-0 overlaps the motif "
             f"{rep['rank0_overlap']:.3f}   min top-element purity {rep['min_top_element_purity']:.3f}   ({purity})"
+        )
+        print(
+            f"the shared ring: rank-0 {rep['rank0_distractor']:.3f}, patches of the first 4 elements "
+            f"{rep['first_elements_distractor']:.3f}"
         )
         print(f"seconds: flow wall {got['wall']:.0f}; stages: {timing}", flush=True)
     if len(runs) == 2:

@@ -164,6 +164,12 @@ def _print_ground_truth(out: str, truth: Path) -> None:
             f"top element of {label!r}: {100 * purity:.0f}% motif patches ({rep['top_element_size'][label]} patches)",
             file=sys.stderr,
         )
+    if "first_elements_distractor" in rep:
+        print(
+            f"the distractor every label shares: in {100 * rep['rank0_distractor']:.1f}% of the rank-0 patches and "
+            f"{100 * rep['first_elements_distractor']:.1f}% of the patches of each label's first 4 elements",
+            file=sys.stderr,
+        )
 
 
 def _print_evaluation(result: dict, boxes: str) -> None:

@@ -18,7 +18,8 @@ DEMOS = {
 
 def write_demo(name: str, folder: str | Path) -> tuple[Path, Path | None]:
     """Write demo `name` under `folder`/images/<label>/*.png; return the images folder and the
-    ground-truth table (image_id, label, filename, x0, y0, x1, y1), or None when there is none."""
+    ground-truth table (image_id, label, filename, x0, y0, x1, y1 of the motif; dx0, dy0, dx1, dy1 of
+    the distractor every label shares, where there is one), or None when there is none."""
     if name not in DEMOS:
         raise ValueError(f"unknown demo {name!r}; choose one of {sorted(DEMOS)}")
     items = motif_dataset() if name == "motifs" else digits_dataset(n_per_label=50, size=32)
@@ -42,6 +43,11 @@ def write_demo(name: str, folder: str | Path) -> tuple[Path, Path | None]:
                     "y0": item.box[1],
                     "x1": item.box[2],
                     "y1": item.box[3],
+                    **(
+                        {}
+                        if getattr(item, "distractor_box", None) is None
+                        else dict(zip(("dx0", "dy0", "dx1", "dy1"), item.distractor_box))
+                    ),
                 }
             )
     if not rows:

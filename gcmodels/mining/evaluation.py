@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "DISTRACTOR_BOX",
     "PAPER_THRESHOLDS",
     "average_precision",
     "boxes_mask",
@@ -18,9 +19,11 @@ __all__ = [
 ]
 
 
-def _contains_centre(p: pd.DataFrame) -> np.ndarray:
-    cx = (p["gx0"] + p["gx1"]) / 2.0
-    cy = (p["gy0"] + p["gy1"]) / 2.0
+def _contains_centre(p: pd.DataFrame, box: tuple[str, ...] = ("gx0", "gy0", "gx1", "gy1")) -> np.ndarray:
+    """Whether each patch (x0, y0, x1, y1) contains the centre of the box in columns `box`."""
+    bx0, by0, bx1, by1 = box
+    cx = (p[bx0] + p[bx1]) / 2.0
+    cy = (p[by0] + p[by1]) / 2.0
     return ((p["x0"] <= cx) & (cx < p["x1"]) & (p["y0"] <= cy) & (cy < p["y1"])).to_numpy()
 
 
@@ -28,19 +31,30 @@ def _overlaps(p: pd.DataFrame) -> np.ndarray:
     return ((p["x0"] < p["gx1"]) & (p["gx0"] < p["x1"]) & (p["y0"] < p["gy1"]) & (p["gy0"] < p["y1"])).to_numpy()
 
 
-def localisation_report(patches: pd.DataFrame, truth: pd.DataFrame) -> dict:
+#: Optional truth columns: the box of a distractor every label shares (the demo's white ring).
+DISTRACTOR_BOX = ("dx0", "dy0", "dx1", "dy1")
+
+
+def localisation_report(patches: pd.DataFrame, truth: pd.DataFrame, first: int = 4) -> dict:
     """How well mined patches find ground-truth motifs.
 
     patches: contract columns of `patches.parquet` (image_id, label, rank, x0, y0, x1, y1, element).
-    truth: image_id, x0, y0, x1, y1 (the motif box, original pixels).
+    truth: image_id, x0, y0, x1, y1 (the motif box, original pixels), and optionally dx0, dy0, dx1,
+    dy1 (the box of a distractor every label shares, `DISTRACTOR_BOX`).
     Returns images (with a rank-0 patch and a box), rank0_centre (share of images whose rank-0
     patch contains the motif centre), rank0_overlap (share whose rank-0 patch overlaps the motif),
     and per label the share of the top element's patches that contain the motif centre
     (`top_element_purity`, its minimum `min_top_element_purity`) and their number
-    (`top_element_size`).
+    (`top_element_size`). With distractor boxes also the share of rank-0 patches that contain the
+    distractor's centre (`rank0_distractor`) and the share of the patches of each label's `first`
+    elements that do (`first_elements_distractor`: what a reader of the first elements sees of a
+    thing every label has).
     """
-    gt = truth.rename(columns={c: "g" + c for c in ("x0", "y0", "x1", "y1")})[["image_id", "gx0", "gy0", "gx1", "gy1"]]
-    p = patches.merge(gt, on="image_id", how="inner")
+    gt = truth.rename(columns={c: "g" + c for c in ("x0", "y0", "x1", "y1")})
+    distractor = set(DISTRACTOR_BOX) <= set(truth.columns)
+    p = patches.merge(
+        gt[["image_id", "gx0", "gy0", "gx1", "gy1", *(DISTRACTOR_BOX if distractor else ())]], on="image_id"
+    )
     if p.empty:
         raise ValueError("no mined patch belongs to an image with a ground-truth box")
     p = p.assign(centre=_contains_centre(p), overlap=_overlaps(p))
@@ -48,7 +62,7 @@ def localisation_report(patches: pd.DataFrame, truth: pd.DataFrame) -> dict:
     top = p[p["element"] == 0]
     purity = top.groupby("label")["centre"].mean().to_dict()
     size = top["element"].groupby(top["label"]).size().to_dict()
-    return {
+    out = {
         "images": int(r0["image_id"].nunique()),
         "rank0_centre": float(r0["centre"].mean()),
         "rank0_overlap": float(r0["overlap"].mean()),
@@ -56,6 +70,12 @@ def localisation_report(patches: pd.DataFrame, truth: pd.DataFrame) -> dict:
         "top_element_size": {str(k): int(v) for k, v in sorted(size.items())},
         "min_top_element_purity": float(min(purity.values())) if purity else float("nan"),
     }
+    if distractor:
+        on = _contains_centre(p, DISTRACTOR_BOX)
+        out["rank0_distractor"] = float(on[(p["rank"] == 0).to_numpy()].mean())
+        firsts = ((p["element"] >= 0) & (p["element"] < first)).to_numpy()
+        out["first_elements_distractor"] = float(on[firsts].mean()) if firsts.any() else float("nan")
+    return out
 
 
 # ------------------------------------------------------------------ maps against boxes

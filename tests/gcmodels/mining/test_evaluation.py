@@ -4,12 +4,14 @@ cases), and the paper code's own brute-force counting as a cross-check."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from gcmodels.mining.evaluation import (
     PAPER_THRESHOLDS,
     average_precision,
     boxes_mask,
+    localisation_report,
     localisation_scores,
     paper_aucpr,
     pointing_hit,
@@ -96,3 +98,32 @@ def test_bad_pairs_are_refused() -> None:
     bad[0, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         localisation_scores(bad, mask)
+
+
+def test_localisation_report_counts_the_motif_and_the_shared_distractor() -> None:
+    """Two images of label a, motif at (0, 0)-(10, 10), ring at (20, 20)-(30, 30): hand-counted shares."""
+    truth = pd.DataFrame(
+        {"image_id": ["i", "j"], "x0": 0, "y0": 0, "x1": 10, "y1": 10, "dx0": 20, "dy0": 20, "dx1": 30, "dy1": 30}
+    )
+    on_motif, on_ring, elsewhere = (2, 2, 8, 8), (22, 22, 28, 28), (40, 40, 50, 50)
+    rows = [  # image, rank, box, element
+        ("i", 0, on_motif, 0),
+        ("i", 1, on_ring, 1),
+        ("i", 2, elsewhere, 5),  # outside the first 4 elements: not counted there
+        ("j", 0, on_ring, 0),
+        ("j", 1, on_motif, 0),
+        ("j", 2, elsewhere, -1),  # in no element
+    ]
+    patches = pd.DataFrame(
+        [
+            {"image_id": i, "label": "a", "rank": r, "x0": b[0], "y0": b[1], "x1": b[2], "y1": b[3], "element": e}
+            for i, r, b, e in rows
+        ]
+    )
+    rep = localisation_report(patches, truth)
+    assert rep["images"] == 2 and rep["rank0_centre"] == 0.5 and rep["rank0_distractor"] == 0.5
+    assert rep["top_element_purity"] == {"a": 2 / 3} and rep["top_element_size"] == {"a": 3}
+    assert rep["first_elements_distractor"] == 2 / 4  # elements 0 and 1: motif, ring, ring, motif
+    assert localisation_report(patches, truth, first=1)["first_elements_distractor"] == 1 / 3
+    plain = localisation_report(patches, truth.drop(columns=["dx0", "dy0", "dx1", "dy1"]))
+    assert "first_elements_distractor" not in plain and plain["rank0_centre"] == 0.5
