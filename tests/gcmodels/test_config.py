@@ -39,7 +39,10 @@ def test_patch_size_explicit() -> None:
         (["rank.per_image=0"], ["rank.per_image", "0"]),
         (["rank.patch_size=64"], ["rank.patch_size (64)", "data.resolution=32"]),
         (["data.resolution=30"], ["data.resolution (30)", "divisible by 4"]),
-        (["data.resolution=36", "model.latent_factor=2"], ["data.resolution (36)", "divisible by 8", "2 times smaller"]),
+        (
+            ["data.resolution=36", "model.latent_factor=2"],
+            ["data.resolution (36)", "divisible by 8", "2 times smaller"],
+        ),
         (["model.latent_factor=3"], ["latent_factor (3)", "power of 2"]),
         (["train.min_steps=5000"], ["min_steps (5000)", "max_steps (4000)"]),
         (["cluster.k_min=20"], ["k_min (20)"]),

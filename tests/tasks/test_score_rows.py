@@ -49,4 +49,9 @@ def test_the_adaptive_settings_reach_the_rule() -> None:
     rule = _adaptive_rule(config, {"top_k": 7, "per_image": 2, "patch_size": 16}, SimpleNamespace(latent_factor=8))
     assert (rule.first, rule.z, rule.kind, rule.variance) == (2, 0.5, "decision", "moderated")
     assert (rule.top_k, rule.per_image, rule.decide, rule.patch) == (7, 2, 2, 2)  # decide <= per_image
-    assert _adaptive_rule(ScoreConfig(), {"top_k": 7, "per_image": 5, "patch_size": 6}, SimpleNamespace(latent_factor=1)).variance == "own"
+    assert (
+        _adaptive_rule(
+            ScoreConfig(), {"top_k": 7, "per_image": 5, "patch_size": 6}, SimpleNamespace(latent_factor=1)
+        ).variance
+        == "own"
+    )
