@@ -336,7 +336,7 @@ def score_table(archs: dict, args, device: torch.device) -> None:
         px = native_px(family, config) or args.px
         flops = flops_at(model, px, device)
         g = torch.Generator().manual_seed(0)
-        c_in = model.latent_channels if hasattr(model, "latent_channels") else model.net.config.in_channels
+        c_in = model.latent_channels
         latents = torch.randn((args.images, c_in, px // 8, px // 8), generator=g).to(device)
         cond = (torch.arange(args.images) % 2 + 1).to(device)
         for n in args.draws:

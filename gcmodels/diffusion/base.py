@@ -152,8 +152,12 @@ class ConditionalDiffusion(nn.Module):
 
     @property
     def latent_channels(self) -> int:
-        """Channels of the network's input (3 in pixel space)."""
-        return 3
+        """Channels of the model space: the denoiser's input channels (3 for a pixel UNet; the
+        latent families read theirs from the VAE)."""
+        config = getattr(self.network, "config", None)  # a diffusers model's FrozenDict
+        if config is None:
+            raise NotImplementedError(f"{type(self).__name__}'s network has no config: it must say its latent_channels")
+        return int(config["in_channels"])
 
     def model_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """The model-space shape (C, h, w) that ``encode`` gives working images of `height` x `width`

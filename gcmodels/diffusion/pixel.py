@@ -223,10 +223,6 @@ class PixelDiffusion(ConditionalDiffusion):
         return 1 if self.autoencoder is None else self.autoencoder.factor
 
     @property
-    def latent_channels(self) -> int:
-        return int(self.unet.config.in_channels)
-
-    @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
