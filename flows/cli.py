@@ -167,7 +167,7 @@ def _print_ground_truth(out: str, truth: Path) -> None:
     if "first_elements_distractor" in rep:
         print(
             f"the distractor every label shares: in {100 * rep['rank0_distractor']:.1f}% of the rank-0 patches and "
-            f"{100 * rep['first_elements_distractor']:.1f}% of the patches of each label's first 4 elements",
+            f"{100 * rep['first_elements_distractor']:.1f}% of the patches of the labels' first 4 elements (none is best)",
             file=sys.stderr,
         )
 

@@ -8,6 +8,7 @@ import pandas as pd
 
 from gcmodels.data.images import encode_png, image_id
 from gcmodels.data.synthetic import digits_dataset, motif_dataset
+from gcmodels.mining.evaluation import DISTRACTOR_BOX
 
 DEMOS = {
     "motifs": "4 labels x 100 photos (64x64) with a label-specific motif at a random place, plus a distractor "
@@ -43,11 +44,7 @@ def write_demo(name: str, folder: str | Path) -> tuple[Path, Path | None]:
                     "y0": item.box[1],
                     "x1": item.box[2],
                     "y1": item.box[3],
-                    **(
-                        {}
-                        if getattr(item, "distractor_box", None) is None
-                        else dict(zip(("dx0", "dy0", "dx1", "dy1"), item.distractor_box))
-                    ),
+                    **({} if item.distractor_box is None else dict(zip(DISTRACTOR_BOX, item.distractor_box))),
                 }
             )
     if not rows:
