@@ -69,7 +69,7 @@ def main() -> int:
     settings = load_settings(None, args.overrides)
 
     from gcmine.flows.pipeline import run_pipeline
-    from gcmine.tasks.infra.artifacts import PATCHES
+    from gcmine.tasks.infra.artifacts import ELEMENTS, PATCHES
     from gcmine.tasks.infra.storage import RunStore
 
     work = Path(args.out or tempfile.mkdtemp(prefix="gcmine-gt-"))
@@ -77,7 +77,8 @@ def main() -> int:
     start = time.perf_counter()
     result = run_pipeline(str(work / "dataset"), str(work / "run"), None, settings)
     wall = time.perf_counter() - start
-    rep = localisation_report(RunStore(str(work / "run")).read_parquet(PATCHES), truth)
+    store = RunStore(str(work / "run"))
+    rep = localisation_report(store.read_parquet(PATCHES), truth, elements=store.read_parquet(ELEMENTS))
 
     print(
         f"\nground-truth benchmark: {len(truth)} images of {args.size}x{args.size}, "

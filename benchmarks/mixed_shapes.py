@@ -81,7 +81,7 @@ POLICIES = {  # name -> settings
 
 def run_policy(dataset: Path, out: Path, resize: str, overrides: list[str], truth: pd.DataFrame) -> dict:
     from gcmine.flows.pipeline import run_pipeline
-    from gcmine.tasks.infra.artifacts import PATCHES, read_images
+    from gcmine.tasks.infra.artifacts import ELEMENTS, PATCHES, read_images
     from gcmine.tasks.infra.storage import RunStore
 
     settings = load_settings(None, [*POLICIES[resize], *overrides])
@@ -89,7 +89,7 @@ def run_policy(dataset: Path, out: Path, resize: str, overrides: list[str], trut
     result = run_pipeline(str(dataset), str(out), None, settings)
     wall = time.perf_counter() - start
     store = RunStore(str(out))
-    rep = localisation_report(store.read_parquet(PATCHES), truth)
+    rep = localisation_report(store.read_parquet(PATCHES), truth, elements=store.read_parquet(ELEMENTS))
     shards = [s["name"] for s in result["stages"]["ingest"]["shards"]]
     _, pixels = read_images(store, shards, ragged=True)
     shapes = Counter((p.shape[1], p.shape[0]) for p in pixels)  # (width, height) of the working images

@@ -148,11 +148,12 @@ def _print_classifier(found: dict) -> None:
 def _print_ground_truth(out: str, truth: Path) -> None:
     import pandas as pd
 
-    from gcmine.tasks.infra.artifacts import PATCHES
+    from gcmine.tasks.infra.artifacts import ELEMENTS, PATCHES
     from gcmine.tasks.infra.storage import RunStore
     from gcmodels.mining.evaluation import localisation_report
 
-    rep = localisation_report(RunStore(out).read_parquet(PATCHES), pd.read_csv(truth))
+    store = RunStore(out)
+    rep = localisation_report(store.read_parquet(PATCHES), pd.read_csv(truth), elements=store.read_parquet(ELEMENTS))
     print("\n== ground truth check ==", file=sys.stderr)
     print(
         f"rank-0 patch contains the motif centre in {100 * rep['rank0_centre']:.1f}% of {rep['images']} images "

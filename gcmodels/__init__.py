@@ -152,6 +152,7 @@ _EXPORTS = {
     "lloyd_trace": "gcmodels.clustering",
     "load_any_model": "gcmodels.diffusion",
     "load_base": "gcmodels.diffusion",
+    "label_specificity": "gcmodels.mining",
     "localisation_report": "gcmodels.mining",
     "localisation_scores": "gcmodels.mining",
     "make_clusterer": "gcmodels.clustering",

@@ -530,6 +530,16 @@ class RankConfig(_Section):
     per_image: int = Field(5, ge=1, description="top non-overlapping patches kept per image")
     per_label: int = Field(1000, ge=1, description="most typical patches kept per label for clustering")
     elements: int = Field(16, ge=1, description="visual elements (k-means clusters) per label")
+    shared_elements: Literal["last", "keep"] = Field(
+        "last",
+        description="elements whose patches' nearest patches (rank.specificity_neighbours, over every label's kept "
+        "patches) mostly carry other labels are flagged shared (elements.parquet: specificity, shared): 'last' ranks "
+        "every label-specific element before them (a distractor every label has is not a first element: "
+        "benchmarks/RESULTS.md 12j), 'keep' ranks by median typicality alone (the paper's order)",
+    )
+    specificity_neighbours: int = Field(
+        10, ge=1, description="nearest patches that measure an element's label-specificity (rank.shared_elements)"
+    )
     feature_t: float = Field(0.16, ge=0, le=1, description="timestep of the diffusion features, fraction of schedule")
     feature_draws: int = Field(4, ge=1, description="noise draws averaged for the features")
     feature_block: int = Field(

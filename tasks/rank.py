@@ -29,7 +29,7 @@ from gcmine.tasks.infra.models import model_stage
 from gcmine.tasks.infra.storage import RunStore
 from gcmine.tasks.latents import read_latents, shape_groups
 from gcmodels.config import RankConfig, RuntimeConfig
-from gcmodels.mining.elements import mine_elements
+from gcmodels.mining.elements import label_specificity, mine_elements
 from gcmodels.mining.patches import box_mean, scale_boxes, top_patches
 
 
@@ -164,7 +164,9 @@ def _with_draws(table: pd.DataFrame, patches: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame(columns=ELEMENT_COLUMNS)
     table = table.join(stats, on=["label", "element"])
-    return table[ELEMENT_COLUMNS].astype({"draws": np.float64, "patch_se": np.float64})
+    return table[ELEMENT_COLUMNS].astype(
+        {"draws": np.float64, "patch_se": np.float64, "specificity": np.float64, "shared": bool}
+    )
 
 
 _NO_FEATURE = np.zeros(0, np.float32)  # the feature of a candidate that cannot reach its label's top
@@ -210,12 +212,25 @@ def elements(out: str, candidates: list[str], config: RankConfig, storage_option
     with stopwatch() as clock:
         store = RunStore(out, storage_options)
         best = _best_candidates(store, candidates, config.per_label)
+        specificity = (
+            label_specificity(
+                np.stack(best["feature"].to_numpy()), best["label"].to_numpy(), config.specificity_neighbours
+            )
+            if best["label"].nunique() > 1
+            else np.full(len(best), np.nan)  # one label: nothing to be shared with
+        )
         element = pd.Series(dtype=np.int64)
         distance = pd.Series(dtype=np.float64)
         rows = []
         for label, top in best.groupby("label", sort=True):
             found = mine_elements(
-                np.stack(top["feature"].to_numpy()), top["typicality"].to_numpy(), config.elements, seed=config.seed
+                np.stack(top["feature"].to_numpy()),
+                top["typicality"].to_numpy(),
+                config.elements,
+                seed=config.seed,
+                specificity=specificity[top.index.to_numpy()],
+                chance=len(top) / len(best),
+                shared_last=config.shared_elements == "last",
             )
             element = pd.concat([element, pd.Series(found.assignment, index=top["order"].to_numpy())])
             distance = pd.concat([distance, pd.Series(found.distance, index=top["order"].to_numpy())])
@@ -229,13 +244,16 @@ def elements(out: str, candidates: list[str], config: RankConfig, storage_option
                         "size": int(found.size[e]),
                         "score_lo": float(found.score_lo[e]),
                         "score_hi": float(found.score_hi[e]),
+                        "specificity": float(found.specificity[e]),
+                        "shared": bool(found.shared[e]),
                     }
                 )
             log.info(
-                "label %r: %d patches kept, %d elements (top score %.4g, %d patches)",
+                "label %r: %d patches kept, %d elements, %d of them shared with other labels (top score %.4g, %d patches)",
                 label,
                 len(top),
                 len(found.score),
+                int(found.shared.sum()),
                 found.score[0],
                 found.size[0],
             )

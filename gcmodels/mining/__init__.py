@@ -28,7 +28,7 @@ from gcmodels.mining.cotypicality import (
     predict_labels,
     stratified_split,
 )
-from gcmodels.mining.elements import Elements, mine_elements
+from gcmodels.mining.elements import Elements, label_specificity, mine_elements
 from gcmodels.mining.evaluation import (
     PAPER_THRESHOLDS,
     average_precision,
@@ -89,6 +89,7 @@ __all__ = [
     "half_width",
     "inception_features",
     "label_matrix",
+    "label_specificity",
     "localisation_report",
     "localisation_scores",
     "mine_elements",

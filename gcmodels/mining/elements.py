@@ -1,4 +1,13 @@
-"""Visual elements: clusters of a label's most typical patches, ranked by median typicality."""
+"""Visual elements: clusters of a label's most typical patches, ranked by median typicality.
+
+An element can be typical of its label and yet shared with the other labels (a watermark, a
+distractor every label carries: the contrast maps leave it a small positive typicality, and its
+patches cluster tightly). `label_specificity` measures that from the features alone: the share of
+each patch's nearest patches (over every label's kept patches) that carry its own label, about 1
+for what only its label has and about the label's share of the patches (chance) for what every
+label has. `mine_elements` flags an element `shared` when its patches' median specificity is
+below half-way from chance to 1, and can rank the label-specific elements first
+(benchmarks/RESULTS.md 12j)."""
 
 from __future__ import annotations
 
@@ -8,7 +17,7 @@ import numpy as np
 
 from gcmodels.clustering.estimators import KMeans
 
-__all__ = ["Elements", "median_interval", "mine_elements"]
+__all__ = ["Elements", "label_specificity", "median_interval", "mine_elements"]
 
 
 @dataclass(frozen=True)
@@ -19,6 +28,36 @@ class Elements:
     distance: np.ndarray  # (P,) distance of each patch to its element's centre
     score_lo: np.ndarray  # (E,) distribution-free 95 % interval of the median (`median_interval`)
     score_hi: np.ndarray  # (E,)
+    specificity: np.ndarray  # (E,) median `label_specificity` of the element's patches (NaN: not measured)
+    shared: np.ndarray  # (E,) bool: specificity below half-way from chance to 1
+
+
+def _unit(features: np.ndarray) -> np.ndarray:
+    features = np.asarray(features, dtype=np.float64)
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+
+
+def label_specificity(features: np.ndarray, labels: np.ndarray, neighbours: int = 10, block: int = 2048) -> np.ndarray:
+    """The share of each patch's `neighbours` nearest other patches (cosine similarity of the
+    features (P, F)) whose label (P,) is its own: about 1 for a patch like no other label's, about
+    its label's share of the patches for one every label has. Computed `block` rows at a time
+    (memory block x P); ties between equally near patches go to the lower index."""
+    unit = _unit(features)
+    labels = np.asarray(labels)
+    p = len(unit)
+    if labels.shape != (p,):
+        raise ValueError(f"labels must be ({p},), got {labels.shape}")
+    k = min(neighbours, p - 1)
+    if k < 1:
+        return np.ones(p)
+    out = np.empty(p)
+    for start in range(0, p, block):
+        rows = np.arange(start, min(start + block, p))
+        sim = unit[rows] @ unit.T
+        sim[np.arange(len(rows)), rows] = -np.inf  # not its own neighbour
+        nearest = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+        out[rows] = (labels[nearest] == labels[rows, None]).mean(axis=1)
+    return out
 
 
 def median_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
@@ -41,28 +80,48 @@ def median_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, flo
     return float(x[j - 1]), float(x[n - j]), float(1.0 - 2 * tails[j - 1])
 
 
-def mine_elements(features: np.ndarray, typicality: np.ndarray, n_elements: int, *, seed: int) -> Elements:
+def mine_elements(
+    features: np.ndarray,
+    typicality: np.ndarray,
+    n_elements: int,
+    *,
+    seed: int,
+    specificity: np.ndarray | None = None,
+    chance: float | None = None,
+    shared_last: bool = False,
+) -> Elements:
     """Cluster patch features (P, F) into at most `n_elements` elements with k-means on the
     L2-normalised features, then rank elements by the median typicality (P,) of their patches.
     Element ids are renumbered so that element 0 is the most typical one. Each element's score
     comes with a 95 % interval of the median over its patches (`median_interval`): how surely it
-    is as typical as it looks, given how its patches vary."""
-    features = np.asarray(features, dtype=np.float64)
+    is as typical as it looks, given how its patches vary.
+
+    With the patches' `specificity` (P,) (`label_specificity`) and the label's `chance` (its share
+    of the patches it was measured over), an element whose median specificity is below
+    (chance + 1) / 2 is `shared`; `shared_last` ranks every label-specific element before the
+    shared ones (each group by median typicality)."""
     typicality = np.asarray(typicality, dtype=np.float64)
-    p = features.shape[0]
+    p = np.asarray(features).shape[0]
     if p == 0:
         raise ValueError("no patches to cluster into elements")
     if typicality.shape != (p,):
         raise ValueError(f"typicality must be ({p},), got {typicality.shape}")
-    norm = np.linalg.norm(features, axis=1, keepdims=True)
-    unit = features / np.maximum(norm, 1e-12)
+    if specificity is not None and np.shape(specificity) != (p,):
+        raise ValueError(f"specificity must be ({p},), got {np.shape(specificity)}")
+    unit = _unit(features)
     k = min(n_elements, p, len(np.unique(unit.round(8), axis=0)))
     km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(unit)
     raw = km.labels_
     dist = km.transform(unit)[np.arange(p), raw]
     medians = np.array([np.median(typicality[raw == c]) for c in range(k)])
     sizes = np.bincount(raw, minlength=k)
-    order = np.lexsort((-sizes, -medians))  # by median desc, then larger first
+    if specificity is None:
+        spec = np.full(k, np.nan)
+    else:
+        spec = np.array([np.median(np.asarray(specificity, dtype=np.float64)[raw == c]) for c in range(k)])
+    shared = spec < (chance + 1.0) / 2.0 if chance is not None else np.zeros(k, bool)  # NaN compares False
+    last = shared if shared_last else np.zeros(k, bool)
+    order = np.lexsort((-sizes, -medians, last))  # (specific first,) by median desc, then larger first
     rank_of = np.empty(k, dtype=np.int64)
     rank_of[order] = np.arange(k)
     bounds = np.array([median_interval(typicality[raw == c])[:2] for c in order]).reshape(k, 2)
@@ -73,4 +132,6 @@ def mine_elements(features: np.ndarray, typicality: np.ndarray, n_elements: int,
         distance=dist,
         score_lo=bounds[:, 0],
         score_hi=bounds[:, 1],
+        specificity=spec[order],
+        shared=shared[order],
     )

@@ -35,7 +35,9 @@ def _overlaps(p: pd.DataFrame) -> np.ndarray:
 DISTRACTOR_BOX = ("dx0", "dy0", "dx1", "dy1")
 
 
-def localisation_report(patches: pd.DataFrame, truth: pd.DataFrame, first: int = 4) -> dict:
+def localisation_report(
+    patches: pd.DataFrame, truth: pd.DataFrame, first: int = 4, elements: pd.DataFrame | None = None
+) -> dict:
     """How well mined patches find ground-truth motifs.
 
     patches: contract columns of `patches.parquet` (image_id, label, rank, x0, y0, x1, y1, element).
@@ -48,7 +50,9 @@ def localisation_report(patches: pd.DataFrame, truth: pd.DataFrame, first: int =
     (`top_element_size`). With distractor boxes also the share of rank-0 patches that contain the
     distractor's centre (`rank0_distractor`) and the share of the patches of each label's `first`
     elements that do (`first_elements_distractor`: what a reader of the first elements sees of a
-    thing every label has).
+    thing every label has). With `elements` (elements.parquet: label, element, shared) the first
+    elements are each label's first `first` not flagged shared with other labels (the report marks
+    those), else element ids 0 to `first` - 1.
     """
     gt = truth.rename(columns={c: "g" + c for c in ("x0", "y0", "x1", "y1")})
     distractor = set(DISTRACTOR_BOX) <= set(truth.columns)
@@ -73,7 +77,12 @@ def localisation_report(patches: pd.DataFrame, truth: pd.DataFrame, first: int =
     if distractor:
         on = _contains_centre(p, DISTRACTOR_BOX)
         out["rank0_distractor"] = float(on[(p["rank"] == 0).to_numpy()].mean())
-        firsts = ((p["element"] >= 0) & (p["element"] < first)).to_numpy()
+        if elements is not None and "shared" in elements.columns:
+            own = elements[~elements["shared"].astype(bool)].sort_values(["label", "element"])
+            keep = set(own.groupby("label").head(first)[["label", "element"]].itertuples(index=False, name=None))
+            firsts = np.array([(lab, e) in keep for lab, e in zip(p["label"], p["element"])], dtype=bool)
+        else:
+            firsts = ((p["element"] >= 0) & (p["element"] < first)).to_numpy()
         out["first_elements_distractor"] = float(on[firsts].mean()) if firsts.any() else float("nan")
     return out
 

@@ -62,7 +62,19 @@ TYPICALITY_COLUMNS = ["image_id", "label", "image_label", "typicality", "draws",
 PATCH_COLUMNS = ["image_id", "label", "rank", "x0", "y0", "x1", "y1", "typicality", "element", "draws", "top_patch_se"]
 # draws, top_patch_se: the precision of the patch's image, as in typicality.parquet (repeated on
 # each of the image's patches; top_patch_se is that of its rank-0 patch, NaN without score.adaptive)
-ELEMENT_COLUMNS = ["label", "element", "rank", "score", "size", "score_lo", "score_hi", "draws", "patch_se"]
+ELEMENT_COLUMNS = [
+    "label",
+    "element",
+    "rank",
+    "score",
+    "size",
+    "score_lo",
+    "score_hi",
+    "draws",
+    "patch_se",
+    "specificity",
+    "shared",
+]
 
 
 def dataset_name(out: str) -> str:

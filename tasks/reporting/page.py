@@ -183,6 +183,16 @@ def _certainty(e: Any) -> str | None:
     return " · ".join(parts) or None
 
 
+def _shared(e: Any) -> str | None:
+    """Words for an element shared with other labels (elements.parquet `shared`, `specificity`),
+    else None."""
+    if not bool(e.get("shared", False)):
+        return None
+    spec = e.get("specificity")
+    share = f" (only {fmt_num(round(100 * float(spec)))} % of its patches' nearest patches are this label's)"
+    return "shared with other labels" + (share if is_number(spec) and not math.isnan(spec) else "")
+
+
 def _label(
     data: ReportData,
     cache: ImageCache,
@@ -233,6 +243,7 @@ def _label(
                     "score": fmt_num(e["score"]) if "score" in e else None,
                     "size": fmt_num(e["size"]) if "size" in e else None,
                     "certainty": _certainty(e),
+                    "shared": _shared(e),
                     "element": fmt_num(e["element"]),
                     "crops": crops,
                 }

@@ -7,7 +7,7 @@ import pandas as pd
 
 from gcmine.flows.cli import _print_ground_truth
 from gcmine.tasks.demo import write_demo
-from gcmine.tasks.infra.artifacts import PATCHES
+from gcmine.tasks.infra.artifacts import ELEMENTS, PATCHES
 from gcmine.tasks.infra.storage import RunStore
 
 
@@ -24,19 +24,21 @@ def test_demo_truth_has_both_boxes_and_the_check_reports_them(tmp_path, capsys) 
         | (truth["y0"] >= truth["dy1"] + 2)
     )
     assert apart.all()
-    # a run whose rank-0 patch is the motif box in 3 images of 4 and the ring in the 4th, and whose
-    # first elements hold those rank-0 patches
+    # a run whose rank-0 patch is the motif box in 3 images of 4 (element 0) and the ring in the 4th
+    # (element 1); the ring's element is flagged shared, so it is not one of the first elements
     rows = []
     for n, t in enumerate(truth.head(4).itertuples()):
         box = (t.dx0, t.dy0, t.dx1, t.dy1) if n == 3 else (t.x0, t.y0, t.x1, t.y1)
-        rows.append({"image_id": t.image_id, "label": t.label, "rank": 0, "element": 0, "typicality": 1.0})
+        rows.append({"image_id": t.image_id, "label": "a", "rank": 0, "element": int(n == 3), "typicality": 1.0})
         rows[-1].update(zip(("x0", "y0", "x1", "y1"), box))
     out = tmp_path / "run"
-    RunStore(str(out)).write_parquet(PATCHES, pd.DataFrame(rows))
+    store = RunStore(str(out))
+    store.write_parquet(PATCHES, pd.DataFrame(rows))
+    store.write_parquet(ELEMENTS, pd.DataFrame({"label": "a", "element": [0, 1], "shared": [False, True]}))
     _print_ground_truth(str(out), truth_path)
     err = capsys.readouterr().err
     assert "rank-0 patch contains the motif centre in 75.0% of 4 images" in err
-    assert (
-        "the distractor every label shares: in 25.0% of the rank-0 patches and 25.0% of the patches of the labels' first 4"
-        in err
-    )
+    assert "the distractor every label shares: in 25.0% of the rank-0 patches and 0.0% of the patches" in err
+    store.write_parquet(ELEMENTS, pd.DataFrame({"label": "a", "element": [0, 1], "shared": [False, False]}))
+    _print_ground_truth(str(out), truth_path)
+    assert "25.0% of the rank-0 patches and 25.0% of the patches of the labels' first 4" in capsys.readouterr().err

@@ -159,12 +159,18 @@ def test_tables_contract(run) -> None:
         "score_hi",
         "draws",
         "patch_se",
+        "specificity",
+        "shared",
     ]
     assert (elements["score_lo"] <= elements["score"]).all() and (elements["score"] <= elements["score_hi"]).all()
     assert (elements["draws"] == 2).all() and elements["patch_se"].isna().all()  # plain scoring, N = 2
+    assert elements["specificity"].between(0, 1).all() and elements["shared"].dtype == bool
     for label, g in elements.groupby("label"):
-        assert list(g.sort_values("rank")["rank"]) == list(range(len(g)))
-        assert g.sort_values("rank")["score"].is_monotonic_decreasing
+        ranked = g.sort_values("rank")
+        assert list(ranked["rank"]) == list(range(len(g)))
+        assert ranked["shared"].is_monotonic_increasing  # rank.shared_elements=last: label-specific first
+        for _, part in ranked.groupby("shared"):
+            assert part["score"].is_monotonic_decreasing
         members = patches[(patches["label"] == label) & (patches["element"] >= 0)]
         assert (
             g.set_index("element")["size"].sort_index().tolist()

@@ -13,7 +13,7 @@ from gcmine.tasks.infra.artifacts import ELEMENTS, PATCH_COLUMNS, PATCHES
 from gcmine.tasks.infra.storage import RunStore
 from gcmine.tasks.rank import _NO_FEATURE, _top_per_label, elements
 from gcmodels.config import RankConfig
-from gcmodels.mining.elements import median_interval, mine_elements
+from gcmodels.mining.elements import label_specificity, median_interval, mine_elements
 
 
 def _shards(rng: np.random.Generator, n_shards: int, per_shard: int, dim: int) -> list[pd.DataFrame]:
@@ -51,10 +51,23 @@ def _reference(shards: list[pd.DataFrame], config: RankConfig) -> tuple[pd.DataF
     cand["element"] = -1
     cand["distance"] = np.nan
     rows = []
-    for label, group in cand.groupby("label", sort=True):
-        top = group.nlargest(config.per_label, "typicality", keep="first")
+    tops = {label: g.nlargest(config.per_label, "typicality", keep="first") for label, g in cand.groupby("label")}
+    every = pd.concat(tops.values())  # every label's kept patches: what specificity is measured over
+    spec = pd.Series(
+        label_specificity(
+            np.stack(every["feature"].to_numpy()), every["label"].to_numpy(), config.specificity_neighbours
+        ),
+        index=every.index,
+    )
+    for label, top in sorted(tops.items()):
         found = mine_elements(
-            np.stack(top["feature"].to_numpy()), top["typicality"].to_numpy(), config.elements, seed=config.seed
+            np.stack(top["feature"].to_numpy()),
+            top["typicality"].to_numpy(),
+            config.elements,
+            seed=config.seed,
+            specificity=spec[top.index].to_numpy(),
+            chance=len(top) / len(every),
+            shared_last=config.shared_elements == "last",
         )
         cand.loc[top.index, "element"] = found.assignment
         cand.loc[top.index, "distance"] = found.distance
@@ -72,6 +85,8 @@ def _reference(shards: list[pd.DataFrame], config: RankConfig) -> tuple[pd.DataF
                     "score_hi": hi,
                     "draws": float(members["draws"].mean()),
                     "patch_se": float(members["top_patch_se"].median()),
+                    "specificity": float(found.specificity[e]),
+                    "shared": bool(found.shared[e]),
                 }
             )
     patches = (

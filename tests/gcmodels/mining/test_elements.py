@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gcmodels.mining.elements import Elements, mine_elements
+from gcmodels.mining.elements import Elements, label_specificity, mine_elements
 
 
 def _groups(sizes=(10, 20, 30), typ=(1.0, 5.0, 3.0), seed: int = 0):
@@ -112,3 +112,45 @@ def test_element_scores_come_with_their_interval() -> None:
     found = mine_elements(features, typicality, 2, seed=0)
     assert (found.score_lo <= found.score).all() and (found.score <= found.score_hi).all()
     assert found.score_lo[0] > found.score_hi[1]  # the two elements' typicality told apart
+
+
+def _shared_set(seed: int = 0):
+    """Two labels: each has its own motif (a direction only its patches take) and a ring (one
+    direction both labels' patches take); the ring is the more typical of label a."""
+    rng = np.random.default_rng(seed)
+    dirs = np.eye(3, 6) * 10.0  # 0: a's motif, 1: b's motif, 2: the ring
+    feats, labels, kind, typ = [], [], [], []
+    for lab, own in (("a", 0), ("b", 1)):
+        for d, n, t in ((own, 20, 2.0), (2, 20, 3.0 if lab == "a" else 1.0)):
+            feats.append(dirs[d] + rng.normal(scale=0.3, size=(n, 6)))
+            labels += [lab] * n
+            kind += ["ring" if d == 2 else "motif"] * n
+            typ.append(t + rng.normal(scale=0.1, size=n))
+    return np.concatenate(feats), np.array(labels), np.array(kind), np.concatenate(typ)
+
+
+def test_label_specificity_is_one_for_a_labels_own_patches_and_chance_for_shared_ones() -> None:
+    feats, labels, kind, _ = _shared_set()
+    spec = label_specificity(feats, labels, neighbours=10)
+    assert spec.shape == (80,)
+    assert np.all(spec[kind == "motif"] == 1.0)  # the 19 other motif patches of its label are nearer
+    assert 0.2 <= np.median(spec[kind == "ring"]) <= 0.8  # chance: a half
+    assert np.array_equal(spec, label_specificity(feats, labels, neighbours=10, block=7))  # blocks change nothing
+    assert label_specificity(feats[:1], labels[:1]).tolist() == [1.0]
+    with pytest.raises(ValueError, match=r"labels must be \(80,\)"):
+        label_specificity(feats, labels[:5])
+
+
+def test_shared_elements_are_flagged_and_ranked_last_on_request() -> None:
+    feats, labels, kind, typ = _shared_set()
+    spec = label_specificity(feats, labels, neighbours=10)
+    a = labels == "a"
+    paper = mine_elements(feats[a], typ[a], 2, seed=0, specificity=spec[a], chance=0.5)
+    assert set(kind[a][paper.assignment == 0]) == {"ring"}  # the paper's order: the ring is a's most typical
+    assert paper.shared.tolist() == [True, False] and paper.specificity[1] == 1.0
+    last = mine_elements(feats[a], typ[a], 2, seed=0, specificity=spec[a], chance=0.5, shared_last=True)
+    assert set(kind[a][last.assignment == 0]) == {"motif"} and last.shared.tolist() == [False, True]
+    assert last.score.tolist() == paper.score[::-1].tolist()
+    plain = mine_elements(feats[a], typ[a], 2, seed=0)  # nothing measured: nothing shared, the paper's order
+    assert np.isnan(plain.specificity).all() and not plain.shared.any()
+    assert np.array_equal(plain.assignment, paper.assignment)

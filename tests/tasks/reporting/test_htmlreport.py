@@ -328,3 +328,16 @@ def test_elements_say_how_certain_they_are():
     assert out.count("95 % interval 0.5 to 1.25") == 3
     assert "16 draws a patch" in out and "9.5 draws a patch · Monte Carlo SE 0.03" in out
     assert "95 % interval" not in render_report(data)
+
+
+def test_a_shared_element_says_so():
+    """rank.shared_elements: an element flagged shared with other labels says it, with its
+    specificity; the others, and an elements table without the columns (older runs), say nothing."""
+    import dataclasses
+
+    data = _make_data(labels=("cat",))
+    flagged = data.elements.assign(specificity=[1.0, 0.9, 0.25], shared=[False, False, True])
+    out = render_report(dataclasses.replace(data, elements=flagged))
+    assert out.count("shared with other labels") == 1
+    assert "only 25 % of its patches" in out
+    assert "shared with other labels" not in render_report(data)
