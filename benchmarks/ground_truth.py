@@ -92,6 +92,8 @@ def main() -> int:
         print(f"{name:<44}{purity:>10.3f}{'>= 0.90':>10}")
     print(f"{'rank-0 patch on the shared ring':<44}{rep['rank0_distractor']:>10.3f}")
     print(f"{'first 4 elements: patches on the shared ring':<44}{rep['first_elements_distractor']:>10.3f}")
+    specific = rep.get("first_specific_elements_distractor", float("nan"))
+    print(f"{'  the same, label-specific elements only':<44}{specific:>10.3f}")
     print(f"\n{'stage':<12}{'seconds':>10}")
     stages = result["stages"]
     for name, s in stages.items():

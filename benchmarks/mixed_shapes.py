@@ -163,7 +163,8 @@ def main() -> int:
         )
         print(
             f"the shared ring: rank-0 {rep['rank0_distractor']:.3f}, patches of the first 4 elements "
-            f"{rep['first_elements_distractor']:.3f}"
+            f"{rep['first_elements_distractor']:.3f} (label-specific ones only "
+            f"{rep.get('first_specific_elements_distractor', float('nan')):.3f})"
         )
         print(f"seconds: flow wall {got['wall']:.0f}; stages: {timing}", flush=True)
     if len(runs) == 2:

@@ -7,7 +7,7 @@ other labels' images with `--p-cross`; a white ring distractor everywhere), runs
 once at the defaults plus any --set, and prints, per label:
 
 - **found**: for each part kind the label owns, whether one of its first `--first` elements
-  (elements.parquet rank order, leaving out those flagged `shared` with other labels) is "on" that part: more than half of the element's patches
+  (elements.parquet rank order) is "on" that part: more than half of the element's patches
   contain the centre of that part's box (any style), with the share that shows the label's own
   style;
 - **rank-0 on an own part**: over the label's images that show at least one own-style part, the
@@ -120,10 +120,7 @@ def evaluate(patches: pd.DataFrame, elements: pd.DataFrame, truth: pd.DataFrame,
         with_own = set(own_parts["image_id"])
         r0 = mine[(mine["rank"] == 0) & mine["image_id"].isin(with_own)]
         pointing = float((r0["category"].isin(kinds) & r0["own"]).mean()) if len(r0) else float("nan")
-        els = elements[elements["label"] == label].sort_values("rank")
-        if "shared" in els.columns:  # the label's first elements: those not flagged shared with other labels
-            els = els[~els["shared"].astype(bool)]
-        els = els.head(first)
+        els = elements[elements["label"] == label].sort_values("rank").head(first)
         firsts = []
         for _, e in els.iterrows():
             ep = mine[mine["element"] == e["element"]]

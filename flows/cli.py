@@ -166,9 +166,12 @@ def _print_ground_truth(out: str, truth: Path) -> None:
             file=sys.stderr,
         )
     if "first_elements_distractor" in rep:
+        specific = rep.get("first_specific_elements_distractor")
         print(
             f"the distractor every label shares: in {100 * rep['rank0_distractor']:.1f}% of the rank-0 patches and "
-            f"{100 * rep['first_elements_distractor']:.1f}% of the patches of the labels' first 4 elements (none is best)",
+            f"{100 * rep['first_elements_distractor']:.1f}% of the patches of the labels' first 4 elements (none is best"
+            + ("" if specific is None else f"; {100 * specific:.1f}% of those of the first 4 not flagged shared")
+            + ")",
             file=sys.stderr,
         )
 

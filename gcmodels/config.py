@@ -530,12 +530,13 @@ class RankConfig(_Section):
     per_image: int = Field(5, ge=1, description="top non-overlapping patches kept per image")
     per_label: int = Field(1000, ge=1, description="most typical patches kept per label for clustering")
     elements: int = Field(16, ge=1, description="visual elements (k-means clusters) per label")
-    shared_elements: Literal["last", "keep"] = Field(
-        "last",
+    shared_elements: Literal["keep", "last"] = Field(
+        "keep",
         description="elements whose patches' nearest patches (rank.specificity_neighbours, over every label's kept "
-        "patches) mostly carry other labels are flagged shared (elements.parquet: specificity, shared): 'last' ranks "
-        "every label-specific element before them (a distractor every label has is not a first element: "
-        "benchmarks/RESULTS.md 12j), 'keep' ranks by median typicality alone (the paper's order)",
+        "patches) mostly carry other labels are flagged shared (elements.parquet: specificity, shared; the report "
+        "marks them): 'keep' ranks by median typicality alone (the paper's order), 'last' ranks every label-specific "
+        "element before them: on the motif sets it keeps the ring every label has out of the first elements, but on "
+        "the parts sets most part elements are flagged too (benchmarks/RESULTS.md 12j)",
     )
     specificity_neighbours: int = Field(
         10, ge=1, description="nearest patches that measure an element's label-specificity (rank.shared_elements)"

@@ -50,9 +50,9 @@ def localisation_report(
     (`top_element_size`). With distractor boxes also the share of rank-0 patches that contain the
     distractor's centre (`rank0_distractor`) and the share of the patches of each label's `first`
     elements that do (`first_elements_distractor`: what a reader of the first elements sees of a
-    thing every label has). With `elements` (elements.parquet: label, element, shared) the first
-    elements are each label's first `first` not flagged shared with other labels (the report marks
-    those), else element ids 0 to `first` - 1.
+    thing every label has; element ids 0 to `first` - 1, the order of the report). With `elements`
+    (elements.parquet: label, element, shared) also `first_specific_elements_distractor`: the same
+    over each label's first `first` elements not flagged shared with other labels.
     """
     gt = truth.rename(columns={c: "g" + c for c in ("x0", "y0", "x1", "y1")})
     distractor = set(DISTRACTOR_BOX) <= set(truth.columns)
@@ -77,13 +77,13 @@ def localisation_report(
     if distractor:
         on = _contains_centre(p, DISTRACTOR_BOX)
         out["rank0_distractor"] = float(on[(p["rank"] == 0).to_numpy()].mean())
+        firsts = ((p["element"] >= 0) & (p["element"] < first)).to_numpy()
+        out["first_elements_distractor"] = float(on[firsts].mean()) if firsts.any() else float("nan")
         if elements is not None and "shared" in elements.columns:
             own = elements[~elements["shared"].astype(bool)].sort_values(["label", "element"])
             keep = set(own.groupby("label").head(first)[["label", "element"]].itertuples(index=False, name=None))
-            firsts = np.array([(lab, e) in keep for lab, e in zip(p["label"], p["element"])], dtype=bool)
-        else:
-            firsts = ((p["element"] >= 0) & (p["element"] < first)).to_numpy()
-        out["first_elements_distractor"] = float(on[firsts].mean()) if firsts.any() else float("nan")
+            specific = np.array([(lab, e) in keep for lab, e in zip(p["label"], p["element"])], dtype=bool)
+            out["first_specific_elements_distractor"] = float(on[specific].mean()) if specific.any() else float("nan")
     return out
 
 

@@ -38,7 +38,8 @@ def test_demo_truth_has_both_boxes_and_the_check_reports_them(tmp_path, capsys) 
     _print_ground_truth(str(out), truth_path)
     err = capsys.readouterr().err
     assert "rank-0 patch contains the motif centre in 75.0% of 4 images" in err
-    assert "the distractor every label shares: in 25.0% of the rank-0 patches and 0.0% of the patches" in err
+    assert "the distractor every label shares: in 25.0% of the rank-0 patches and 25.0% of the patches" in err
+    assert "0.0% of those of the first 4 not flagged shared" in err
     store.write_parquet(ELEMENTS, pd.DataFrame({"label": "a", "element": [0, 1], "shared": [False, False]}))
     _print_ground_truth(str(out), truth_path)
-    assert "25.0% of the rank-0 patches and 25.0% of the patches of the labels' first 4" in capsys.readouterr().err
+    assert "25.0% of those of the first 4 not flagged shared" in capsys.readouterr().err

@@ -128,6 +128,8 @@ def test_localisation_report_counts_the_motif_and_the_shared_distractor() -> Non
     # the ring's element flagged shared: the first elements are the label-specific ones only
     shared = pd.DataFrame({"label": "a", "element": [0, 1, 5], "shared": [False, True, False]})
     # elements 0 and 5: motif, ring (j rank 0), motif, elsewhere; element 1 (i rank 1, the ring) left out
-    assert localisation_report(patches, truth, elements=shared)["first_elements_distractor"] == 1 / 4
+    rep = localisation_report(patches, truth, elements=shared)
+    assert rep["first_specific_elements_distractor"] == 1 / 4 and rep["first_elements_distractor"] == 2 / 4
     plain = localisation_report(patches, truth.drop(columns=["dx0", "dy0", "dx1", "dy1"]))
     assert "first_elements_distractor" not in plain and plain["rank0_centre"] == 0.5
+    assert "first_specific_elements_distractor" not in localisation_report(patches, truth)
