@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ground_truth import write_label_folders
 
 from gcmodels.data.synthetic import mixed_motif_dataset, motif_dataset
-from gcmodels.mining.elements import label_specificity
+from gcmodels.mining.elements import element_order, label_specificity, shared_elements
 from gcmodels.mining.evaluation import localisation_report
 
 
@@ -65,8 +65,9 @@ def reranked(root: str, per_label: int, neighbours: int) -> tuple[pd.DataFrame, 
         chance = len(g) / len(best)
         spec = g[g["element"] >= 0].groupby("element")["specificity"].median()
         el = elements[elements["label"] == label].set_index("element")
-        el = el.assign(specificity=spec.reindex(el.index), shared=spec.reindex(el.index) < (chance + 1) / 2)
-        order = el.sort_values(["shared", "score", "size"], ascending=[True, False, False], kind="stable")
+        el = el.assign(specificity=spec.reindex(el.index))
+        el = el.assign(shared=shared_elements(el["specificity"].to_numpy(), chance))
+        order = el.iloc[element_order(el["score"].to_numpy(), el["size"].to_numpy(), el["shared"].to_numpy())]
         rows.append(order.reset_index().assign(new=np.arange(len(order))))
     table = pd.concat(rows, ignore_index=True)
     remap = {(r.label, r.element): r.new for r in table.itertuples()}

@@ -212,10 +212,9 @@ def elements(out: str, candidates: list[str], config: RankConfig, storage_option
     with stopwatch() as clock:
         store = RunStore(out, storage_options)
         best = _best_candidates(store, candidates, config.per_label)
+        features = np.stack(best["feature"].to_numpy()) if len(best) else np.zeros((0, 1), np.float32)
         specificity = (
-            label_specificity(
-                np.stack(best["feature"].to_numpy()), best["label"].to_numpy(), config.specificity_neighbours
-            )
+            label_specificity(features, best["label"].to_numpy(), config.specificity_neighbours)
             if best["label"].nunique() > 1
             else np.full(len(best), np.nan)  # one label: nothing to be shared with
         )
@@ -224,7 +223,7 @@ def elements(out: str, candidates: list[str], config: RankConfig, storage_option
         rows = []
         for label, top in best.groupby("label", sort=True):
             found = mine_elements(
-                np.stack(top["feature"].to_numpy()),
+                features[top.index.to_numpy()],
                 top["typicality"].to_numpy(),
                 config.elements,
                 seed=config.seed,

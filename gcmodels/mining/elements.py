@@ -17,7 +17,7 @@ import numpy as np
 
 from gcmodels.clustering.estimators import KMeans
 
-__all__ = ["Elements", "label_specificity", "median_interval", "mine_elements"]
+__all__ = ["Elements", "element_order", "label_specificity", "median_interval", "mine_elements", "shared_elements"]
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,9 @@ def label_specificity(features: np.ndarray, labels: np.ndarray, neighbours: int 
     """The share of each patch's `neighbours` nearest other patches (cosine similarity of the
     features (P, F)) whose label (P,) is its own: about 1 for a patch like no other label's, about
     its label's share of the patches for one every label has. Computed `block` rows at a time
-    (memory block x P); ties between equally near patches go to the lower index."""
-    unit = _unit(features)
+    (memory block x P); only which patches are the nearest counts, not their order (a partial
+    sort: 16 labels x 1000 patches in a few seconds on 2 cores)."""
+    unit = _unit(features).astype(np.float32)  # a neighbour search: single precision is plenty
     labels = np.asarray(labels)
     p = len(unit)
     if labels.shape != (p,):
@@ -55,9 +56,25 @@ def label_specificity(features: np.ndarray, labels: np.ndarray, neighbours: int 
         rows = np.arange(start, min(start + block, p))
         sim = unit[rows] @ unit.T
         sim[np.arange(len(rows)), rows] = -np.inf  # not its own neighbour
-        nearest = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+        nearest = np.argpartition(-sim, k - 1, axis=1)[:, :k]
         out[rows] = (labels[nearest] == labels[rows, None]).mean(axis=1)
     return out
+
+
+def shared_elements(specificity: np.ndarray, chance: float | None) -> np.ndarray:
+    """Which elements (their median `label_specificity`, (E,)) are shared with other labels:
+    below half-way from the label's `chance` to 1. None or NaN: not measured, not shared."""
+    spec = np.asarray(specificity, dtype=np.float64)
+    if chance is None:
+        return np.zeros(spec.shape, bool)
+    return spec < (chance + 1.0) / 2.0  # NaN compares False
+
+
+def element_order(medians: np.ndarray, sizes: np.ndarray, last: np.ndarray | None = None) -> np.ndarray:
+    """The elements in rank order: by median typicality descending, then the larger first; with
+    `last` (bool (E,)) those flagged come after all the others."""
+    keys = [-np.asarray(sizes), -np.asarray(medians, dtype=np.float64)]
+    return np.lexsort((*keys, np.asarray(last, bool)) if last is not None else keys)
 
 
 def median_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
@@ -119,9 +136,8 @@ def mine_elements(
         spec = np.full(k, np.nan)
     else:
         spec = np.array([np.median(np.asarray(specificity, dtype=np.float64)[raw == c]) for c in range(k)])
-    shared = spec < (chance + 1.0) / 2.0 if chance is not None else np.zeros(k, bool)  # NaN compares False
-    last = shared if shared_last else np.zeros(k, bool)
-    order = np.lexsort((-sizes, -medians, last))  # (specific first,) by median desc, then larger first
+    shared = shared_elements(spec, chance)
+    order = element_order(medians, sizes, shared if shared_last else None)
     rank_of = np.empty(k, dtype=np.int64)
     rank_of[order] = np.arange(k)
     bounds = np.array([median_interval(typicality[raw == c])[:2] for c in order]).reshape(k, 2)

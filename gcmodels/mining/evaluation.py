@@ -81,8 +81,8 @@ def localisation_report(
         out["first_elements_distractor"] = float(on[firsts].mean()) if firsts.any() else float("nan")
         if elements is not None and "shared" in elements.columns:
             own = elements[~elements["shared"].astype(bool)].sort_values(["label", "element"])
-            keep = set(own.groupby("label").head(first)[["label", "element"]].itertuples(index=False, name=None))
-            specific = np.array([(lab, e) in keep for lab, e in zip(p["label"], p["element"])], dtype=bool)
+            keep = pd.MultiIndex.from_frame(own.groupby("label").head(first)[["label", "element"]])
+            specific = pd.MultiIndex.from_frame(p[["label", "element"]]).isin(keep)
             out["first_specific_elements_distractor"] = float(on[specific].mean()) if specific.any() else float("nan")
     return out
 

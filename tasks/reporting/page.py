@@ -189,8 +189,9 @@ def _shared(e: Any) -> str | None:
     if not bool(e.get("shared", False)):
         return None
     spec = e.get("specificity")
-    share = f" (only {fmt_num(round(100 * float(spec)))} % of its patches' nearest patches are this label's)"
-    return "shared with other labels" + (share if is_number(spec) and not math.isnan(spec) else "")
+    if not is_number(spec) or math.isnan(spec):
+        return "shared with other labels"
+    return f"shared with other labels (only {fmt_num(round(100 * float(spec)))} % of its patches' nearest patches are this label's)"
 
 
 def _label(
