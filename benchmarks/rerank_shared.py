@@ -44,6 +44,18 @@ def motif_truth(items: list, ids: list[str]) -> pd.DataFrame:
     )
 
 
+def current_candidates(root: str) -> list[Path]:
+    """The candidate tables of the run's last rank stage: per shard the newest
+    `patch_candidates/part-<shard>-<key>.parquet` (a run root re-ranked with other settings keeps
+    the older tables beside it, whose rows would otherwise be counted twice)."""
+    newest: dict[str, Path] = {}
+    for f in Path(root, "patch_candidates").glob("part-*.parquet"):
+        shard = f.name.rsplit("-", 1)[0]
+        if shard not in newest or f.stat().st_mtime > newest[shard].stat().st_mtime:
+            newest[shard] = f
+    return sorted(newest.values())
+
+
 def reranked(root: str, per_label: int, neighbours: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(patches, elements) of run root `root` with its elements re-ranked label-specific first."""
     from gcmine.tasks.infra.artifacts import ELEMENTS, PATCHES
@@ -52,7 +64,7 @@ def reranked(root: str, per_label: int, neighbours: int) -> tuple[pd.DataFrame, 
 
     store = RunStore(root)
     patches, elements = store.read_parquet(PATCHES), store.read_parquet(ELEMENTS)
-    parts = sorted(Path(root, "patch_candidates").glob("part-*.parquet"))
+    parts = current_candidates(root)
     cand = pd.concat(
         [pd.read_parquet(p, columns=["image_id", "rank", "label", "typicality", "feature"]) for p in parts]
     )

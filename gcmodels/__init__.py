@@ -187,6 +187,7 @@ _EXPORTS = {
     "to_uint8": "gcmodels.mining",
     "to_working": "gcmodels.data",
     "top_patches": "gcmodels.mining",
+    "typical_weights": "gcmodels.mining",
     "train_autoencoder": "gcmodels.embedding",
     "train_collection_autoencoder": "gcmodels.diffusion",
     "train_diffusion": "gcmodels.diffusion",

@@ -541,6 +541,12 @@ class RankConfig(_Section):
     specificity_neighbours: int = Field(
         10, ge=1, description="nearest patches that measure an element's label-specificity (rank.shared_elements)"
     )
+    feature_pool: Literal["mean", "typical"] = Field(
+        "mean",
+        description="how a patch's feature is pooled from the feature map: 'mean' over the whole patch (the paper), "
+        "'typical' weighted by how far the typicality map exceeds the image's median there, so that the feature "
+        "describes what made the patch typical rather than its surroundings (benchmarks/RESULTS.md 12k)",
+    )
     feature_t: float = Field(0.16, ge=0, le=1, description="timestep of the diffusion features, fraction of schedule")
     feature_draws: int = Field(4, ge=1, description="noise draws averaged for the features")
     feature_block: int = Field(

@@ -30,7 +30,7 @@ from gcmine.tasks.infra.storage import RunStore
 from gcmine.tasks.latents import read_latents, shape_groups
 from gcmodels.config import RankConfig, RuntimeConfig
 from gcmodels.mining.elements import label_specificity, mine_elements
-from gcmodels.mining.patches import box_mean, scale_boxes, top_patches
+from gcmodels.mining.patches import box_mean, scale_boxes, top_patches, typical_weights
 
 
 def _model_inputs(store: RunStore, model, name: str, ids: list[str], latents: str | None) -> list[np.ndarray]:
@@ -61,8 +61,9 @@ def rank_shard(
 
     Maps at latent resolution (model.base) are upsampled bilinearly to the working image first,
     so patches are chosen, and measured, in working pixels; features come from the UNet decoder
-    with the label prompt, computed once per image for all its patches, at most
-    `config.feature_batch` UNet inputs (images x feature draws) per forward. Only the patches
+    with the label prompt, computed once per image for all its patches (averaged over each patch,
+    or with `config.feature_pool` "typical" weighted by the map's excess over the image's median),
+    at most `config.feature_batch` UNet inputs (images x feature draws) per forward. Only the patches
     that can still be among their label's `per_label` best (those of the shard's own best) keep
     their feature: the others are stored with an empty one, so the elements stage never holds
     more than `per_label` features per label."""
@@ -106,7 +107,12 @@ def rank_shard(
                         x = model.encode(x) if x.dtype == torch.uint8 else x
                         fmap = model.decoder_features(x, cond[idx[sl]].to(device), t, noise, config.feature_block)
                         fb = scale_boxes(b[sl].numpy(), (size[1], size[0]), (fmap.shape[-1], fmap.shape[-2]))
-                        part = box_mean(fmap, torch.from_numpy(fb).to(device)).float().cpu().numpy()
+                        weights = (
+                            typical_weights(m[sl], tuple(fmap.shape[-2:])).to(device)
+                            if config.feature_pool == "typical"
+                            else None
+                        )
+                        part = box_mean(fmap, torch.from_numpy(fb).to(device), weights).float().cpu().numpy()
                         if features is None:
                             features = np.zeros((n, k, part.shape[-1]), np.float32)
                         features[idx[sl]] = part

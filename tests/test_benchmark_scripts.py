@@ -396,3 +396,18 @@ def test_latent_parts_benchmark_maps_latent_cells_back_to_pixels() -> None:
     means = latent_parts.box_means(maps, truth, ["a", "b"], 96, ["lamp"])
     assert means["lamp"] == pytest.approx((1.0, 0.5))  # own style inside the hot region; plain on a flat map
     assert means["ring"][1] == pytest.approx(0.0)
+
+
+def test_rerank_reads_only_the_last_candidates_of_each_shard(tmp_path: Path) -> None:
+    """A run root re-ranked with other settings keeps its older candidate tables: the re-ranking
+    benchmark reads per shard only the newest (counting both doubled every patch, RESULTS.md 12k)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from rerank_shared import current_candidates
+
+    folder = tmp_path / "patch_candidates"
+    folder.mkdir()
+    for i, name in enumerate(["part-00000-aaaa", "part-00001-cccc", "part-00000-bbbb", "part-00001-dddd"]):
+        path = folder / f"{name}.parquet"
+        path.write_bytes(b"")
+        os.utime(path, (1000 + i, 1000 + (i if name != "part-00001-dddd" else -5)))
+    assert [p.name for p in current_candidates(str(tmp_path))] == ["part-00000-bbbb.parquet", "part-00001-cccc.parquet"]

@@ -49,7 +49,7 @@ from gcmodels.mining.frechet import (
     nearest_neighbours,
     sample_quality,
 )
-from gcmodels.mining.patches import box_mean, pool_map, scale_boxes, top_patches
+from gcmodels.mining.patches import box_mean, pool_map, scale_boxes, top_patches, typical_weights
 from gcmodels.mining.translation import (
     ConsistentChanges,
     Translator,
@@ -106,5 +106,6 @@ __all__ = [
     "stratified_split",
     "to_uint8",
     "top_patches",
+    "typical_weights",
     "typicality_from_losses",
 ]

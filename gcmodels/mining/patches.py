@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["box_mean", "pool_map", "scale_boxes", "top_patches"]
+__all__ = ["box_mean", "pool_map", "scale_boxes", "top_patches", "typical_weights"]
 
 
 # Maps are pooled in chunks of about this many map pixels: the float64 running sums of a chunk
@@ -186,25 +186,48 @@ def scale_boxes(boxes: np.ndarray, from_size: tuple, to_size: tuple) -> np.ndarr
     return out
 
 
-def box_mean(features: Tensor, boxes: Tensor) -> Tensor:
+def box_mean(features: Tensor, boxes: Tensor, weights: Tensor | None = None) -> Tensor:
     """Mean feature over each box: features (B, F, h, w), boxes (B, k, 4) in feature-map pixels
     (x0, y0, x1, y1), exclusive ends, -1 rows allowed -> (B, k, F) (zeros for -1 rows).
 
-    Uses an integral image, so the cost does not depend on the box size.
+    With `weights` (B, 1, h, w) >= 0, the weighted mean over each box instead (sum of w x feature
+    over sum of w); a box whose weights are all zero gets its plain mean.
+
+    Uses integral images, so the cost does not depend on the box size.
     """
-    b, f, h, w = features.shape
-    ii = F.pad(features.float().cumsum(2).cumsum(3), (1, 0, 1, 0))  # (B, F, h+1, w+1)
-    flat = ii.reshape(b, f, -1)
+    b, _, h, w = features.shape
     bx = boxes.clamp(min=0)
     x0, y0, x1, y1 = bx.unbind(-1)  # (B, k) each
     x1 = torch.maximum(x1.clamp(max=w), x0 + 1)
     y1 = torch.maximum(y1.clamp(max=h), y0 + 1)
 
-    def corner(y: Tensor, x: Tensor) -> Tensor:
-        idx = (y * (w + 1) + x)[:, None, :].expand(b, f, -1)  # (B, F, k)
-        return flat.gather(2, idx)
+    def box_sum(values: Tensor) -> Tensor:  # (B, C, h, w) -> (B, C, k)
+        c = values.shape[1]
+        flat = F.pad(values.float().cumsum(2).cumsum(3), (1, 0, 1, 0)).reshape(b, c, -1)  # (B, C, (h+1)(w+1))
 
-    total = corner(y1, x1) - corner(y0, x1) - corner(y1, x0) + corner(y0, x0)  # (B, F, k)
+        def corner(y: Tensor, x: Tensor) -> Tensor:
+            return flat.gather(2, (y * (w + 1) + x)[:, None, :].expand(b, c, -1))
+
+        return corner(y1, x1) - corner(y0, x1) - corner(y1, x0) + corner(y0, x0)
+
     area = ((x1 - x0) * (y1 - y0)).float()[:, None, :]
-    mean = (total / area).transpose(1, 2)  # (B, k, F)
+    mean = box_sum(features) / area  # (B, F, k)
+    if weights is not None:
+        if weights.shape != (b, 1, h, w):
+            raise ValueError(f"weights must be ({b}, 1, {h}, {w}), got {tuple(weights.shape)}")
+        wf = weights.float().clamp(min=0)
+        mass = box_sum(wf)  # (B, 1, k)
+        mean = torch.where(
+            mass > 0, box_sum(features.float() * wf) / mass.clamp(min=torch.finfo(torch.float32).tiny), mean
+        )
+    mean = mean.transpose(1, 2)  # (B, k, F)
     return torch.where((boxes < 0).any(-1, keepdim=True), torch.zeros_like(mean), mean)
+
+
+def typical_weights(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Pooling weights that follow what is typical: maps (B, H, W) resampled to `size` (h, w) by
+    area averaging, minus each map's median, negative parts zeroed -> (B, 1, h, w). With them
+    `box_mean` averages a patch's features over the part of the patch that scores above the
+    image's typical level (the patch's reason to be chosen) instead of over the whole patch."""
+    m = F.interpolate(maps[:, None].float(), size=size, mode="area")
+    return (m - m.flatten(1).median(dim=1).values[:, None, None, None]).clamp(min=0)

@@ -76,6 +76,49 @@ def test_feature_forwards_are_capped_and_equal(scored, monkeypatch) -> None:
     np.testing.assert_allclose(np.stack(wide["feature"]), np.stack(narrow["feature"]), rtol=1e-5, atol=1e-6)
 
 
+def test_typical_pooling_weights_each_patch_by_its_map(scored, monkeypatch) -> None:
+    """rank.feature_pool=typical: the same patches, each feature the average of the feature map
+    over the patch weighted by how far the image's map exceeds its median there."""
+    import torch
+
+    from gcmine.tasks.infra.artifacts import unpack_map_rows
+    from gcmodels.mining.patches import typical_weights
+
+    captured = []
+    original = PixelDiffusion.decoder_features
+
+    def spy(self, x0, cond, t, noise, block):
+        out = original(self, x0, cond, t, noise, block)
+        captured.append(out.clone())
+        return out
+
+    monkeypatch.setattr(PixelDiffusion, "decoder_features", spy)
+    plain = _rank(scored, RankConfig(per_image=2, feature_draws=1))
+    captured.clear()
+    typical = _rank(scored, RankConfig(per_image=2, feature_draws=1, feature_pool="typical"))
+    assert len(captured) == 1  # 10 images in one forward, the shard's map order
+    fmap = captured[0]
+    for col in ("image_id", "label", "rank", "x0", "y0", "x1", "y1", "typicality"):
+        assert plain[col].tolist() == typical[col].tolist()
+    maps_df = RunStore(scored["out"]).read_parquet(scored["maps"])
+    maps = unpack_map_rows(maps_df)
+    row_of = {iid: i for i, iid in enumerate(maps_df["image_id"])}
+    checked = 0
+    for r in typical[typical["feature"].map(len) > 0].itertuples():
+        i = row_of[r.image_id]
+        w = typical_weights(torch.from_numpy(maps[i])[None], tuple(fmap.shape[-2:]))[0, 0]
+        box = (slice(r.wy0, r.wy1), slice(r.wx0, r.wx1))
+        wb = w[box]
+        if wb.sum() > 0:
+            expected = (fmap[i][:, box[0], box[1]] * wb).sum(dim=(1, 2)) / wb.sum()
+            checked += 1
+        else:
+            expected = fmap[i][:, box[0], box[1]].mean(dim=(1, 2))
+        np.testing.assert_allclose(r.feature, expected.numpy(), rtol=1e-4, atol=1e-5)
+    assert checked >= 10
+    assert not np.allclose(np.stack(plain["feature"]), np.stack(typical["feature"]))
+
+
 def test_losers_of_the_shard_carry_no_feature(scored) -> None:
     cand = _rank(scored, RankConfig(per_image=2, per_label=3, feature_draws=1))
     has = cand["feature"].map(len) > 0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gcmodels.mining.patches import box_mean, pool_map, scale_boxes, top_patches
+from gcmodels.mining.patches import box_mean, pool_map, scale_boxes, top_patches, typical_weights
 
 
 # ------------------------------------------------------------------ pool_map
@@ -289,6 +289,41 @@ def test_box_mean_missing_rows_are_zero() -> None:
     assert torch.equal(out[1, 0], torch.zeros(4))
     assert torch.allclose(out[0, 0], feats[0].mean(dim=(1, 2)), atol=1e-5)
     assert torch.allclose(out[1, 1], feats[1, :, 3:5, 2:4].mean(dim=(1, 2)), atol=1e-5)
+
+
+def test_box_mean_weighted_matches_explicit_weighted_average() -> None:
+    rng = np.random.default_rng(5)
+    b, f, h, w = 2, 3, 8, 10
+    feats = torch.from_numpy(rng.normal(size=(b, f, h, w)).astype(np.float32))
+    weights = torch.from_numpy(rng.uniform(0, 2, size=(b, 1, h, w)).astype(np.float32))
+    weights[0, 0, 0:4, 0:5] = 0.0  # box (0, 0, 5, 4) of image 0 weighs nothing: its plain mean
+    boxes = torch.tensor([[[0, 0, 5, 4], [2, 1, 9, 7], [-1, -1, -1, -1]], [[3, 3, 10, 8], [0, 0, 1, 1], [4, 0, 6, 8]]])
+    out = box_mean(feats, boxes, weights)
+    assert out.shape == (b, 3, f)
+    assert torch.allclose(out[0, 0], feats[0, :, 0:4, 0:5].mean(dim=(1, 2)), atol=1e-5)
+    assert torch.equal(out[0, 2], torch.zeros(f))
+    for i, j in [(0, 1), (1, 0), (1, 1), (1, 2)]:
+        x0, y0, x1, y1 = boxes[i, j].tolist()
+        wb = weights[i, :, y0:y1, x0:x1]
+        expected = (feats[i, :, y0:y1, x0:x1] * wb).sum(dim=(1, 2)) / wb.sum()
+        assert torch.allclose(out[i, j], expected, atol=1e-5), (i, j)
+    with pytest.raises(ValueError, match="weights must be"):
+        box_mean(feats, boxes, weights[:, :, :4])
+
+
+def test_typical_weights_follow_the_part_of_the_map_above_its_median() -> None:
+    maps = torch.zeros(2, 8, 8)
+    maps[0, 2:4, 4:6] = 3.0  # a typical spot on a flat map
+    maps[1] = torch.arange(64, dtype=torch.float32).reshape(8, 8)  # a ramp: the upper half counts
+    w = typical_weights(maps, (4, 4))
+    assert w.shape == (2, 1, 4, 4) and (w >= 0).all()
+    assert w[0, 0, 1, 2] == 3.0 and w[0].sum() == 3.0  # area-averaged: the 2x2 spot is one cell
+    assert (w[1, 0, :2] == 0).all() and (w[1, 0, 2:] > 0).all()
+    # pooling with them: the feature of a patch around the spot is the spot's feature
+    feats = torch.zeros(2, 1, 4, 4)
+    feats[0, 0, 1, 2] = 7.0
+    pooled = box_mean(feats, torch.tensor([[[0, 0, 4, 4]], [[0, 0, 4, 4]]]), w)
+    assert pooled[0, 0, 0] == 7.0 and pooled[1, 0, 0] == 0.0
 
 
 def test_top_patches_batched_random_maps_match_sequential_reference() -> None:
