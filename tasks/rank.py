@@ -236,6 +236,7 @@ def elements(out: str, candidates: list[str], config: RankConfig, storage_option
                 specificity=specificity[top.index.to_numpy()],
                 chance=len(top) / len(best),
                 shared_last=config.shared_elements == "last",
+                method=config.clustering,
             )
             element = pd.concat([element, pd.Series(found.assignment, index=top["order"].to_numpy())])
             distance = pd.concat([distance, pd.Series(found.distance, index=top["order"].to_numpy())])

@@ -7,7 +7,11 @@ each patch's nearest patches (over every label's kept patches) that carry its ow
 for what only its label has and about the label's share of the patches (chance) for what every
 label has. `mine_elements` flags an element `shared` when its patches' median specificity is
 below half-way from chance to 1, and can rank the label-specific elements first
-(benchmarks/RESULTS.md 12j)."""
+(benchmarks/RESULTS.md 12j).
+
+The clusters are k-means' (the paper's) or Ward's agglomerative clustering of the same unit
+features: deterministic, and on the ground-truth sets never a top element merged from two things
+where k-means merged one in some of its draws (RESULTS.md 12k)."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gcmodels.clustering.estimators import KMeans
+from gcmodels.clustering.estimators import Agglomerative, KMeans
 
 __all__ = ["Elements", "element_order", "label_specificity", "median_interval", "mine_elements", "shared_elements"]
 
@@ -106,9 +110,12 @@ def mine_elements(
     specificity: np.ndarray | None = None,
     chance: float | None = None,
     shared_last: bool = False,
+    method: str = "kmeans",
 ) -> Elements:
-    """Cluster patch features (P, F) into at most `n_elements` elements with k-means on the
-    L2-normalised features, then rank elements by the median typicality (P,) of their patches.
+    """Cluster patch features (P, F) into at most `n_elements` elements on the L2-normalised
+    features, with k-means (`method` "kmeans": `seed`, 4 restarts) or Ward's agglomerative
+    clustering ("ward": deterministic), then rank elements by the median typicality (P,) of
+    their patches. A patch's `distance` is to its element's centre (the mean of its features).
     Element ids are renumbered so that element 0 is the most typical one. Each element's score
     comes with a 95 % interval of the median over its patches (`median_interval`): how surely it
     is as typical as it looks, given how its patches vary.
@@ -127,9 +134,16 @@ def mine_elements(
         raise ValueError(f"specificity must be ({p},), got {np.shape(specificity)}")
     unit = _unit(features)
     k = min(n_elements, p, len(np.unique(unit.round(8), axis=0)))
-    km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(unit)
-    raw = km.labels_
-    dist = km.transform(unit)[np.arange(p), raw]
+    if method == "kmeans":
+        km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(unit)
+        raw = km.labels_
+        dist = km.transform(unit)[np.arange(p), raw]
+    elif method == "ward":
+        raw = Agglomerative(n_clusters=k, linkage="ward").fit(unit).labels_
+        centres = np.stack([unit[raw == c].mean(axis=0) for c in range(k)])
+        dist = np.linalg.norm(unit - centres[raw], axis=1)
+    else:
+        raise ValueError(f"method must be 'kmeans' or 'ward', got {method!r}")
     medians = np.array([np.median(typicality[raw == c]) for c in range(k)])
     sizes = np.bincount(raw, minlength=k)
     if specificity is None:

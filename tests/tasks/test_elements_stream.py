@@ -68,6 +68,7 @@ def _reference(shards: list[pd.DataFrame], config: RankConfig) -> tuple[pd.DataF
             specificity=spec[top.index].to_numpy(),
             chance=len(top) / len(every),
             shared_last=config.shared_elements == "last",
+            method=config.clustering,
         )
         cand.loc[top.index, "element"] = found.assignment
         cand.loc[top.index, "distance"] = found.distance

@@ -21,9 +21,10 @@ def _groups(sizes=(10, 20, 30), typ=(1.0, 5.0, 3.0), seed: int = 0):
     return np.concatenate(feats)[perm], np.concatenate(tys)[perm], np.asarray(group)[perm]
 
 
-def test_three_groups_ranked_by_median_typicality() -> None:
+@pytest.mark.parametrize("method", ["kmeans", "ward"])
+def test_three_groups_ranked_by_median_typicality(method: str) -> None:
     feats, typ, group = _groups()
-    el = mine_elements(feats, typ, 3, seed=0)
+    el = mine_elements(feats, typ, 3, seed=0, method=method)
     assert isinstance(el, Elements)
     p = len(feats)
     assert el.assignment.shape == (p,) and el.distance.shape == (p,)
@@ -43,12 +44,13 @@ def test_three_groups_ranked_by_median_typicality() -> None:
     assert el.size.sum() == p
 
 
-def test_scale_of_features_does_not_matter() -> None:
+@pytest.mark.parametrize("method", ["kmeans", "ward"])
+def test_scale_of_features_does_not_matter(method: str) -> None:
     # L2 normalisation: scaling a patch's feature vector does not move it to another element
     feats, typ, _group = _groups(seed=1)
     scale = np.random.default_rng(2).uniform(0.1, 10.0, size=(len(feats), 1))
-    a = mine_elements(feats, typ, 3, seed=0)
-    b = mine_elements(feats * scale, typ, 3, seed=0)
+    a = mine_elements(feats, typ, 3, seed=0, method=method)
+    b = mine_elements(feats * scale, typ, 3, seed=0, method=method)
     assert np.array_equal(a.assignment, b.assignment)
 
 
@@ -60,23 +62,26 @@ def test_deterministic_for_a_seed() -> None:
     assert np.array_equal(a.score, b.score) and np.array_equal(a.size, b.size)
 
 
-def test_fewer_patches_than_elements() -> None:
+@pytest.mark.parametrize("method", ["kmeans", "ward"])
+def test_fewer_patches_than_elements(method: str) -> None:
     feats = np.array([[1.0, 0.0], [0.0, 1.0]])
-    el = mine_elements(feats, np.array([0.5, 2.0]), 8, seed=0)
+    el = mine_elements(feats, np.array([0.5, 2.0]), 8, seed=0, method=method)
     assert el.score.shape == (2,) and el.size.tolist() == [1, 1]
     assert el.assignment.tolist() == [1, 0]
     assert el.score.tolist() == [2.0, 0.5]
 
 
-def test_duplicate_features_cap_the_number_of_elements() -> None:
+@pytest.mark.parametrize("method", ["kmeans", "ward"])
+def test_duplicate_features_cap_the_number_of_elements(method: str) -> None:
     feats = np.array([[1.0, 0.0]] * 4 + [[0.0, 2.0]] * 3)
-    el = mine_elements(feats, np.arange(7.0), 5, seed=0)
+    el = mine_elements(feats, np.arange(7.0), 5, seed=0, method=method)
     assert el.score.shape == (2,)
     assert sorted(el.size.tolist()) == [3, 4]
 
 
-def test_single_patch() -> None:
-    el = mine_elements(np.ones((1, 4)), np.array([0.3]), 3, seed=0)
+@pytest.mark.parametrize("method", ["kmeans", "ward"])
+def test_single_patch(method: str) -> None:
+    el = mine_elements(np.ones((1, 4)), np.array([0.3]), 3, seed=0, method=method)
     assert el.assignment.tolist() == [0] and el.size.tolist() == [1]
     assert el.score.tolist() == pytest.approx([0.3])
 
@@ -154,3 +159,16 @@ def test_shared_elements_are_flagged_and_ranked_last_on_request() -> None:
     plain = mine_elements(feats[a], typ[a], 2, seed=0)  # nothing measured: nothing shared, the paper's order
     assert np.isnan(plain.specificity).all() and not plain.shared.any()
     assert np.array_equal(plain.assignment, paper.assignment)
+
+
+def test_ward_distances_are_to_the_element_mean_and_unknown_methods_are_refused() -> None:
+    feats, typ, _group = _groups(seed=5)
+    el = mine_elements(feats, typ, 3, seed=0, method="ward")
+    unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    for e in range(3):
+        members = unit[el.assignment == e]
+        np.testing.assert_allclose(el.distance[el.assignment == e], np.linalg.norm(members - members.mean(0), axis=1))
+    # deterministic: the seed plays no part
+    assert np.array_equal(el.assignment, mine_elements(feats, typ, 3, seed=9, method="ward").assignment)
+    with pytest.raises(ValueError, match="method must be 'kmeans' or 'ward'"):
+        mine_elements(feats, typ, 3, seed=0, method="dbscan")
