@@ -525,6 +525,9 @@ class ScoreConfig(_Section):
         return self
 
 
+WARD_MAX_PATCHES = 30_000  # rank.per_label Ward clusters: n (n - 1) / 2 float64 distances, 3.4 GiB at 30 000
+
+
 class RankConfig(_Section):
     patch_size: int | None = Field(None, ge=1, description="patch side in working pixels; null = 0.2 x resolution")
     per_image: int = Field(5, ge=1, description="top non-overlapping patches kept per image")
@@ -571,6 +574,17 @@ class RankConfig(_Section):
         "Diffusion at 512 px: lower it on out-of-memory, raise it on a larger card",
     )
     seed: int = Field(0, description="seed of feature noise and element clustering")
+
+    @model_validator(mode="after")
+    def _ward_fits(self) -> RankConfig:
+        if self.clustering == "ward" and self.per_label > WARD_MAX_PATCHES:
+            gib = 8 * self.per_label * (self.per_label - 1) / 2 / 2**30
+            raise ValueError(
+                f"rank.clustering=ward holds the pairwise distances of a label's rank.per_label patches: "
+                f"{self.per_label} need about {gib:.1f} GiB; set rank.clustering=kmeans, or rank.per_label <= "
+                f"{WARD_MAX_PATCHES}"
+            )
+        return self
 
 
 class TranslateConfig(_Section):

@@ -113,6 +113,8 @@ def test_min_side_and_max_aspect_are_settings(tmp_path) -> None:
         (["score.t_min=-0.2"], ["score.t_min", "-0.2"]),
         (["rank.feature_t=2"], ["rank.feature_t"]),
         (["rank.feature_pool=max"], ["rank.feature_pool", "'mean'", "'typical'"]),
+        (["rank.clustering=dbscan"], ["rank.clustering", "'kmeans'", "'ward'"]),
+        (["rank.per_label=40000"], ["rank.per_label patches: 40000 need about 6.0 GiB", "set rank.clustering=kmeans"]),
         (["data.min_side=0"], ["data.min_side"]),
         (["data.max_aspect=0.5"], ["data.max_aspect"]),
         (["data.max_labels=0"], ["data.max_labels"]),
