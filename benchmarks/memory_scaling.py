@@ -161,6 +161,8 @@ def write_candidates(work: Path, n: int) -> dict:
                 "wx1": 64,
                 "wy1": 64,
                 "typicality": rng.normal(size=m).astype(np.float32),
+                "draws": 16,
+                "top_patch_se": np.nan,
                 "feature": list(rng.normal(size=(m, FEATURE_DIM)).astype(np.float32)),
             }
         )

@@ -411,3 +411,17 @@ def test_rerank_reads_only_the_last_candidates_of_each_shard(tmp_path: Path) -> 
         path.write_bytes(b"")
         os.utime(path, (1000 + i, 1000 + (i if name != "part-00001-dddd" else -5)))
     assert [p.name for p in current_candidates(str(tmp_path))] == ["part-00000-bbbb.parquet", "part-00001-cccc.parquet"]
+
+
+def test_memory_scaling_elements_benchmark_runs(tmp_path: Path) -> None:
+    """The elements stage's memory benchmark writes candidates as rank_shard does: it must keep
+    pace with the candidate columns (it broke once when they grew draws and top_patch_se)."""
+    res = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "memory_scaling.py"), "--elements", "--sizes", "30"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "30 images, elements (now)" in res.stdout and "30 images, elements (before)" in res.stdout
