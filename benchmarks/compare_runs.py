@@ -39,6 +39,7 @@ _KEY = re.compile(r"-[0-9a-f]{16}(?=\.parquet$)")
 # the fixed dataset's settings: a small, fast, complete run (every stage, elements included)
 FIXED_SETTINGS = [
     "data.resolution=32",
+    "model.latent_factor=1",  # pixel space: no autoencoder to train in this quick run
     "train.steps=40",
     "score.draws=2",
     "rank.feature_draws=1",

@@ -56,11 +56,12 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     resolution: int = Field(
-        32,
+        64,
         ge=8,
         le=4096,
         description="working resolution the model sees: pixels per side (resize=square) or of the short side "
-        "(resize=short_side); with model.base the default is 256",
+        "(resize=short_side); the pixel model's UNet sees it model.latent_factor times smaller (64 -> a 32 x 32 "
+        "latent grid by default); with model.base the default is 256",
     )
     resize: Literal["square", "short_side"] = Field(
         "short_side",
@@ -246,12 +247,13 @@ class ModelConfig(_Section):
         "", description="model.base: the prompt of the unconditional branch (label dropout, typicality)"
     )
     latent_factor: int = Field(
-        1,
+        2,
         ge=1,
-        description="pixel model: 1 = the UNet denoises the working images' pixels; 2, 4 or 8 = a small autoencoder is "
-        "first learnt on the collection's working images (train.autoencoder_*) and the UNet denoises its latents, "
-        "a grid this many times smaller (a shallow latent diffusion model: data.resolution=64 with 2 gives the UNet the "
-        "default 32 x 32 grid with parts twice as sharp, for 1.2-1.3x the fine-tuning time, benchmarks/RESULTS.md 12i)",
+        description="pixel model: 2, 4 or 8 = a small autoencoder is first learnt on the collection's working images "
+        "(train.autoencoder_*) and the UNet denoises its latents, a grid this many times smaller (a shallow latent "
+        "diffusion model: the default data.resolution 64 with 2 gives the UNet a 32 x 32 grid on which parts are twice "
+        "as sharp as on 32 px pixels, for 1.2-1.3x the fine-tuning time, benchmarks/RESULTS.md 12i-12j); 1 = the UNet "
+        "denoises the working images' pixels (the default before 12j); with model.base the default is 1 (its own VAE)",
     )
     latent_channels: int = Field(4, ge=1, description="model.latent_factor > 1: channels of the autoencoder's latents")
     autoencoder_width: int = Field(
@@ -263,6 +265,15 @@ class ModelConfig(_Section):
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = Field(
         "linear", description="DDPM betas of the pixel model (model.base uses its checkpoint's schedule)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pixel_space_with_base(cls, values: object) -> object:
+        """model.base brings its own VAE: model.latent_factor defaults to 1 there (a value the user gives is kept,
+        and refused below when it is not 1)."""
+        if isinstance(values, dict) and values.get("base") is not None and "latent_factor" not in values:
+            return {**values, "latent_factor": 1}
+        return values
 
     @model_validator(mode="after")
     def _template(self) -> ModelConfig:
@@ -554,11 +565,12 @@ class RankConfig(_Section):
     specificity_neighbours: int = Field(
         10, ge=1, description="nearest patches that measure an element's label-specificity (rank.shared_elements)"
     )
-    feature_pool: Literal["mean", "typical"] = Field(
-        "mean",
+    feature_pool: Literal["mean", "typical"] | None = Field(
+        None,
         description="how a patch's feature is pooled from the feature map: 'mean' over the whole patch (the paper), "
         "'typical' weighted by how far the typicality map exceeds the image's median there, so that the feature "
-        "describes what made the patch typical rather than its surroundings (benchmarks/RESULTS.md 12k)",
+        "describes what made the patch typical rather than its surroundings; null = 'typical' for the pixel model "
+        "on latents (model.latent_factor > 1, the default), 'mean' otherwise (benchmarks/RESULTS.md 12k-12l)",
     )
     feature_t: float = Field(0.16, ge=0, le=1, description="timestep of the diffusion features, fraction of schedule")
     feature_draws: int = Field(4, ge=1, description="noise draws averaged for the features")
@@ -888,6 +900,20 @@ def _square_crops_default(values: dict) -> dict:
     return {**values, "train": {**train, "square_crops": resize == "short_side"}}
 
 
+def _feature_pool_default(values: dict, model: object, base: object) -> dict:
+    """rank.feature_pool null = 'typical' where the pixel model denoises its autoencoder's latents (its
+    features of a patch were mostly the patch's surroundings: benchmarks/RESULTS.md 12k), 'mean' (the
+    paper's) for the pixel model on pixels and for checkpoints (not measured there)."""
+    rank = _given(values, "rank")
+    if rank.get("feature_pool") is not None:
+        return values
+    factor = model.get("latent_factor") if isinstance(model, dict) else getattr(model, "latent_factor", None)
+    if factor is None:
+        factor = ModelConfig.model_fields["latent_factor"].default
+    latent = base is None and int(factor) > 1
+    return {**values, "rank": {**rank, "feature_pool": "typical" if latent else "mean"}}
+
+
 class Settings(_Section):
     data: DataConfig = DataConfig()
     embed: EmbedConfig = EmbedConfig()
@@ -914,6 +940,7 @@ class Settings(_Section):
         model = values.get("model")
         base = model.get("base") if isinstance(model, dict) else getattr(model, "base", None)
         given_train = _given(values, "train")
+        values = _feature_pool_default(values, model if model is not None else {}, base)
         if base is None:
             return _min_steps_under_cap(_square_crops_default(_prediction_defaults(values, model)), given_train)
         family = (info.context or {}).get("checkpoint_defaults") or {}

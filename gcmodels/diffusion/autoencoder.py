@@ -4,9 +4,9 @@
 values per cell, and back. The pixel model (`PixelDiffusion`, ``model.latent_factor`` > 1) runs
 its UNet on these latents instead of on the pixels, so the denoiser keeps the cost of a small
 grid while each cell carries the detail of `factor` x `factor` working pixels: at a working
-resolution of 64 and factor 2 the UNet sees a 32 x 32 grid, as the default 32 px pixel model does,
-but a part of 4 % of the image side still spans about 2.5 working pixels instead of 1.3
-(benchmarks/RESULTS.md 12h-12i: rank-0 on an own part 0.65 against 0.42 on the parts set).
+resolution of 64 and factor 2 (the defaults) the UNet sees a 32 x 32 grid, as a 32 px pixel model
+does, but a part of 4 % of the image side still spans about 2.5 working pixels instead of 1.3
+(benchmarks/RESULTS.md 12h-12j: rank-0 on an own part 0.65 against 0.42 on the parts set).
 
 The network is plain convolutions (no normalisation, no attention, a receptive field of a few
 pixels): a 3x3 convolution at full resolution, one 4x4 stride-2 convolution per factor of 2, a

@@ -14,7 +14,9 @@ def test_defaults_validate() -> None:
     s = Settings()
     assert Settings.from_dict({}) == s
     assert load_settings(None, []) == s
-    assert s.data.resolution == 32 and s.score.t_min < s.score.t_max
+    assert s.data.resolution == 64 and s.score.t_min < s.score.t_max
+    # the shallow latent model (RESULTS.md 12j): a 2x autoencoder, the UNet on a 32 x 32 grid
+    assert s.model.latent_factor == 2 and s.downsampling_factor == 8 and s.patch_size == 13
     assert isinstance(s.data, DataConfig)
 
 
@@ -22,6 +24,17 @@ def test_defaults_validate() -> None:
 def test_patch_size_default(resolution: int, expected: int) -> None:
     s = load_settings(None, [f"data.resolution={resolution}", "embed.size=8"])
     assert s.patch_size == expected == max(2, round(0.2 * resolution))
+
+
+def test_model_base_keeps_its_own_vae() -> None:
+    """The pixel model's latent default does not reach a checkpoint: model.base has latent_factor 1
+    (and its own defaults) unless the user sets another, which is refused."""
+    s = Settings.from_dict({"model": {"base": "/models/sd15"}})
+    assert s.model.latent_factor == 1 and s.data.resolution == 256 and s.downsampling_factor == 8
+    assert Settings.from_dict({"model": {"base": "/models/sd15", "latent_factor": 1}}) == s
+    with pytest.raises(ConfigError, match=r"latent_factor \(2\) applies to the pixel model.*leave it 1"):
+        Settings.from_dict({"model": {"base": "/models/sd15", "latent_factor": 2}})
+    assert load_settings(None, ["model.latent_factor=1", "data.resolution=32"]).downsampling_factor == 4
 
 
 def test_patch_size_explicit() -> None:
@@ -37,19 +50,16 @@ def test_patch_size_explicit() -> None:
         (["score.t_min=0.9"], ["score", "t_min (0.9)", "t_max (0.7)"]),
         (["score.t_min=-0.1"], ["score.t_min", "-0.1"]),
         (["rank.per_image=0"], ["rank.per_image", "0"]),
-        (["rank.patch_size=64"], ["rank.patch_size (64)", "data.resolution=32"]),
-        (["data.resolution=30"], ["data.resolution (30)", "divisible by 4"]),
-        (
-            ["data.resolution=36", "model.latent_factor=2"],
-            ["data.resolution (36)", "divisible by 8", "2 times smaller"],
-        ),
+        (["rank.patch_size=65"], ["rank.patch_size (65)", "data.resolution=64"]),
+        (["data.resolution=30"], ["data.resolution (30)", "divisible by 8", "2 times smaller (model.latent_factor)"]),
+        (["data.resolution=34", "model.latent_factor=1"], ["data.resolution (34)", "divisible by 4"]),
         (["model.latent_factor=3"], ["latent_factor (3)", "power of 2"]),
         (["train.min_steps=5000"], ["min_steps (5000)", "max_steps (4000)"]),
         (["cluster.k_min=20"], ["k_min (20)"]),
         (["train.label_dropout=1.0"], ["train.label_dropout"]),
         (["model.beta_schedule=cosine"], ["model.beta_schedule"]),
         (["rank.feature_block=3"], ["rank.feature_block (3)"]),
-        (["embed.size=64"], ["embed.size (64)"]),
+        (["embed.size=65"], ["embed.size (65)"]),
         (["score.holdout=0.2"], ["score", "holdout (0.2)", "cotypicality"]),
         (["score.cotypicality=true", "score.holdout=1"], ["score.holdout"]),
         (["score.adaptive=true", "score.cotypicality=true"], ["score", "adaptive", "cotypicality"]),
@@ -224,7 +234,7 @@ def test_model_base_fills_the_papers_defaults_unless_given() -> None:
     assert s.patch_size == round(0.2 * 512)
     plain = Settings()
     # the pixel model keeps the aspect ratio and trains on square crops (RESULTS.md 12); model.base never crops
-    assert (plain.data.resolution, plain.data.resize, plain.train.lr) == (32, "short_side", 2e-3)
+    assert (plain.data.resolution, plain.data.resize, plain.train.lr) == (64, "short_side", 2e-3)
     assert plain.train.square_crops is True and not s.train.square_crops
     assert Settings.from_dict({"data": {"resize": "square"}}).train.square_crops is False
     assert Settings.from_dict({"train": {"square_crops": False}}).train.square_crops is False
@@ -248,7 +258,7 @@ def test_checkpoint_defaults_layer_over_the_base_defaults_and_lora_above_2b() ->
     assert s.train.lr == 3e-4 and s.train.lr_schedule == "constant"  # given, and the common base defaults
     full = Settings.from_dict({"model": {"base": "/sdxl"}, "train": {"lora_rank": 0}, "data": {"resolution": 512}}, big)
     assert (full.train.lora_rank, full.data.resolution) == (0, 512)  # what the user sets wins
-    assert Settings.from_dict({}, big).data.resolution == 32  # no model.base: no checkpoint defaults
+    assert Settings.from_dict({}, big).data.resolution == 64  # no model.base: no checkpoint defaults
 
 
 @pytest.mark.parametrize(
@@ -256,7 +266,8 @@ def test_checkpoint_defaults_layer_over_the_base_defaults_and_lora_above_2b() ->
     [
         ({"model": {"prompt_template": "A {x} of {label}"}}, "exactly once"),
         ({"model": {"prompt_template": "no label here"}}, "exactly once"),
-        ({"data": {"resize": "short_side", "resolution": 30}}, "divisible by 4"),
+        ({"data": {"resize": "short_side", "resolution": 30}}, "divisible by 8"),
+        ({"data": {"resolution": 30}, "model": {"latent_factor": 1}}, "divisible by 4"),
         ({"train": {"lora_rank": 4}}, "needs model.base"),
         ({"model": {"base": "/sd"}, "data": {"resolution": 100}}, "multiple of 8"),
         ({"runtime": {"precision": "fp8"}}, "precision"),
@@ -284,9 +295,12 @@ def test_pixel_model_short_side_rounds_to_its_downsampling_factor() -> None:
     """data.resize=short_side works for the small pixel model: the long side is rounded to a
     multiple of the UNet's downsampling factor 2^(levels - 1), and to the VAE's 8 with model.base."""
     s = Settings.from_dict({"data": {"resize": "short_side"}})
-    assert (s.data.resize, s.working_multiple) == ("short_side", 4)  # (32, 64, 64): three levels
-    assert Settings.from_dict({"model": {"block_out_channels": [16, 32]}}).working_multiple == 2
-    assert Settings.from_dict({"model": {"block_out_channels": [8, 16, 32, 32]}}).working_multiple == 8
+    assert (s.data.resize, s.working_multiple) == ("short_side", 8)  # (32, 64, 64): three levels, on 2x latents
+    pixel = {"latent_factor": 1}
+    assert Settings.from_dict({"model": pixel}).working_multiple == 4
+    assert Settings.from_dict({"model": {**pixel, "block_out_channels": [16, 32]}}).working_multiple == 2
+    assert Settings.from_dict({"model": {**pixel, "block_out_channels": [8, 16, 32, 32]}}).working_multiple == 8
+    assert Settings.from_dict({"model": {"latent_factor": 4, "block_out_channels": [16, 32]}}).working_multiple == 8
     assert Settings.from_dict({"model": {"base": "/sd"}, "data": {"bucket": None}}).working_multiple == 8
 
 
@@ -342,3 +356,16 @@ def test_label_contrast_is_the_default_where_there_is_something_to_contrast() ->
     assert ScoreConfig(contrast=True).contrast_mode(2) == "cycled"
     with pytest.raises(ValueError, match=r"score.contrast=true needs 2 labels or more, this run has 1: set score"):
         ScoreConfig(contrast=True).contrast_mode(1)
+
+
+def test_feature_pool_default_follows_the_model() -> None:
+    """rank.feature_pool null: 'typical' for the pixel model on its autoencoder's latents (the default
+    model), 'mean' (the paper's) on pixels and for checkpoints; a value the user gives is kept."""
+    assert Settings().rank.feature_pool == "typical"
+    assert load_settings(None, ["model.latent_factor=1", "data.resolution=32"]).rank.feature_pool == "mean"
+    assert load_settings(None, ["model.latent_factor=4"]).rank.feature_pool == "typical"
+    assert Settings.from_dict({"model": {"base": "/models/sd15"}}).rank.feature_pool == "mean"
+    assert load_settings(None, ["rank.feature_pool=mean"]).rank.feature_pool == "mean"
+    assert load_settings(None, ["model.latent_factor=1", "rank.feature_pool=typical"]).rank.feature_pool == "typical"
+    s = Settings()
+    assert Settings.from_dict(s.model_dump()) == s  # a stored run's settings read back the same

@@ -1,5 +1,8 @@
 """The tiny settings of the flow tests: a whole run (every stage) on 16 px images in seconds.
 
+The UNet denoises pixels here (model.latent_factor=1): the default latent model's autoencoder has its
+own flow tests (tests/flows/test_mixed_shapes.py, tests/tasks/test_finetune_resume.py).
+
 `tiny_settings(*overrides)` returns ``--set`` style ``key=value`` strings: the shared base with
 each override replacing the base's value of its key (or adding the key), `drop` removing keys."""
 
@@ -14,6 +17,7 @@ TINY_BASE = (
     "embed.dim=4",
     "cluster.k=2",
     "model.block_out_channels=[8, 16]",
+    "model.latent_factor=1",
     "train.steps=3",
     "train.batch_size=4",
     "train.warmup_steps=1",
