@@ -59,7 +59,7 @@ def rank_shard(
     """Top `per_image` patches of each image of the shard (maps from artifact `maps`), with their
     diffusion features, written to `patch_candidates/part-*-<key>.parquet`.
 
-    Maps at latent resolution (model.base) are upsampled bilinearly to the working image first,
+    Maps at latent resolution (model.base, model.latent_factor > 1) are upsampled bilinearly to the working image first,
     so patches are chosen, and measured, in working pixels; features come from the UNet decoder
     with the label prompt, computed once per image for all its patches (averaged over each patch,
     or with `config.feature_pool` "typical" weighted by the map's excess over the image's median),

@@ -17,7 +17,8 @@ RUNTIME = RuntimeConfig(device="cpu", threads=1, progress=False)
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory) -> dict:
-    """A tiny ingested, trained (2 steps) and scored run of 10 images in one shard."""
+    """A tiny ingested, trained (2 steps) and scored run of 10 images in one shard, on the default
+    model: the UNet on a collection autoencoder's latents (maps on the 8 x 8 latent grid)."""
     import prefect.artifacts
 
     from gcmine.tasks.finetune import finetune
@@ -42,7 +43,7 @@ def scored(tmp_path_factory) -> dict:
         [shard["name"]],
         16,
         ModelConfig(block_out_channels=(8, 16)),
-        TrainConfig(steps=2, batch_size=4, warmup_steps=0),
+        TrainConfig(steps=2, batch_size=4, warmup_steps=0, autoencoder_steps=5),
         RUNTIME,
     )
     maps = score_shard.fn(out, shard, trained["fingerprint"], ScoreConfig(draws=2, batch_size=8), RUNTIME)["maps"]
@@ -80,9 +81,10 @@ def test_typical_pooling_weights_each_patch_by_its_map(scored, monkeypatch) -> N
     """rank.feature_pool=typical: the same patches, each feature the average of the feature map
     over the patch weighted by how far the image's map exceeds its median there."""
     import torch
+    import torch.nn.functional as F
 
     from gcmine.tasks.infra.artifacts import unpack_map_rows
-    from gcmodels.mining.patches import typical_weights
+    from gcmodels.mining.patches import scale_boxes, typical_weights
 
     captured = []
     original = PixelDiffusion.decoder_features
@@ -102,12 +104,17 @@ def test_typical_pooling_weights_each_patch_by_its_map(scored, monkeypatch) -> N
         assert plain[col].tolist() == typical[col].tolist()
     maps_df = RunStore(scored["out"]).read_parquet(scored["maps"])
     maps = unpack_map_rows(maps_df)
+    assert maps[0].shape == (8, 8)  # the latent grid: the task resamples each map to the working image first
     row_of = {iid: i for i, iid in enumerate(maps_df["image_id"])}
     checked = 0
     for r in typical[typical["feature"].map(len) > 0].itertuples():
         i = row_of[r.image_id]
-        w = typical_weights(torch.from_numpy(maps[i])[None], tuple(fmap.shape[-2:]))[0, 0]
-        box = (slice(r.wy0, r.wy1), slice(r.wx0, r.wx1))
+        working = F.interpolate(torch.from_numpy(maps[i])[None, None], size=(16, 16), mode="bilinear")[:, 0]
+        w = typical_weights(working, tuple(fmap.shape[-2:]))[0, 0]
+        fx0, fy0, fx1, fy1 = scale_boxes(
+            np.array([r.wx0, r.wy0, r.wx1, r.wy1]), (16, 16), (fmap.shape[-1], fmap.shape[-2])
+        )
+        box = (slice(fy0, fy1), slice(fx0, fx1))  # the working box on the 8 x 8 feature grid
         wb = w[box]
         if wb.sum() > 0:
             expected = (fmap[i][:, box[0], box[1]] * wb).sum(dim=(1, 2)) / wb.sum()
