@@ -252,8 +252,8 @@ class ModelConfig(_Section):
         description="pixel model: 2, 4 or 8 = a small autoencoder is first learnt on the collection's working images "
         "(train.autoencoder_*) and the UNet denoises its latents, a grid this many times smaller (a shallow latent "
         "diffusion model: the default data.resolution 64 with 2 gives the UNet a 32 x 32 grid on which parts are twice "
-        "as sharp as on 32 px pixels, for 1.2-1.3x the fine-tuning time, benchmarks/RESULTS.md 12i-12j); 1 = the UNet "
-        "denoises the working images' pixels (the default before 12j); with model.base the default is 1 (its own VAE)",
+        "as sharp as on 32 px pixels, for 1.2-1.3x the fine-tuning time, benchmarks/RESULTS.md 12i-12l); 1 = the UNet "
+        "denoises the working images' pixels (the default before 12l); with model.base the default is 1 (its own VAE)",
     )
     latent_channels: int = Field(4, ge=1, description="model.latent_factor > 1: channels of the autoencoder's latents")
     autoencoder_width: int = Field(
