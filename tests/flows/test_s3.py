@@ -17,7 +17,8 @@ from gcmodels.data.synthetic import motif_dataset
 pytestmark = pytest.mark.slow
 
 KEY, SECRET = "AKIAGCMINETEST000001", "gcmine-test-secret-Zq8f3LxWv92N"
-TINY = tiny_settings()
+# the default model: the UNet on a collection autoencoder's latents (model/autoencoder/ goes to S3 with the rest)
+TINY = tiny_settings("train.autoencoder_steps=5", drop=("model.latent_factor",))
 
 
 def _free_port() -> int:
@@ -75,6 +76,10 @@ def test_flow_on_s3(prefect_harness, s3, tmp_path, monkeypatch) -> None:
         assert fs.exists(f"gcmine-data/runs/r1/{name}.parquet"), name
     assert fs.exists("gcmine-data/runs/r1/model/_COMPLETE.json")
     assert fs.exists("gcmine-data/runs/r1/model/unet/config.json")
+    assert fs.exists("gcmine-data/runs/r1/model/autoencoder/model.safetensors")
+    assert settings.model.latent_factor == 2 and settings.rank.feature_pool == "typical"
+    maps = pd.read_parquet("s3://" + fs.glob("gcmine-data/runs/r1/maps/part-*.parquet")[0], storage_options=opts)
+    assert (maps["height"] == 8).all() and (maps["width"] == 8).all()  # on the latent grid of 16 px images
     assert fs.exists("gcmine-data/runs/r1/report/index.html")
     assert result["report"].startswith("s3://gcmine-data/runs/r1/report/")
 

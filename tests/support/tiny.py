@@ -1,7 +1,7 @@
 """The tiny settings of the flow tests: a whole run (every stage) on 16 px images in seconds.
 
 The UNet denoises pixels here (model.latent_factor=1): the default latent model's autoencoder has its
-own flow tests (tests/flows/test_mixed_shapes.py, tests/tasks/test_finetune_resume.py).
+own flow tests (tests/flows/test_mixed_shapes.py, tests/flows/test_s3.py, tests/tasks/test_finetune_resume.py).
 
 `tiny_settings(*overrides)` returns ``--set`` style ``key=value`` strings: the shared base with
 each override replacing the base's value of its key (or adding the key), `drop` removing keys."""
