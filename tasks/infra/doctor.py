@@ -346,7 +346,13 @@ def check_model_base(settings: Settings, check_base: Callable[[str, int], None])
     feature block; one function, so the model-family check can replace it)."""
     base = settings.model.base
     if base is None:
-        return Check("model", "ok", "model.base not set: a small pixel UNet is trained from scratch")
+        factor = settings.model.latent_factor
+        what = (
+            f"on the latents of an autoencoder learnt on the collection (model.latent_factor {factor})"
+            if factor > 1
+            else "on the working images' pixels"
+        )
+        return Check("model", "ok", f"model.base not set: a small UNet is trained from scratch {what}")
     try:
         check_base(base, settings.rank.feature_block)
     except ConfigError as err:

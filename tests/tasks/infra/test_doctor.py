@@ -211,6 +211,10 @@ def test_run_root_writable(tmp_path, monkeypatch) -> None:
 
 def test_model_base(tiny_sd_dir, tmp_path) -> None:
     assert check_model_base(Settings(), model_loadable).status == "ok"
+    # what is trained without model.base: the default latent model, or the UNet on pixels
+    assert "latents of an autoencoder" in check_model_base(Settings(), model_loadable).detail
+    pixels = Settings.from_dict({"model": {"latent_factor": 1}, "data": {"resolution": 32}})
+    assert "pixels" in check_model_base(pixels, model_loadable).detail
     assert check_model_base(Settings.from_dict({"model": {"base": str(tiny_sd_dir)}}), model_loadable).status == "ok"
     broken = check_model_base(Settings.from_dict({"model": {"base": str(tmp_path)}}), model_loadable)
     assert broken.status == "FAIL" and "model_index.json" in broken.detail
