@@ -253,7 +253,9 @@ class ModelConfig(_Section):
         "(train.autoencoder_*) and the UNet denoises its latents, a grid this many times smaller (a shallow latent "
         "diffusion model: the default data.resolution 64 with 2 gives the UNet a 32 x 32 grid on which parts are twice "
         "as sharp as on 32 px pixels, for 1.2-1.3x the fine-tuning time, benchmarks/RESULTS.md 12i-12l); 1 = the UNet "
-        "denoises the working images' pixels (the default before 12l); with model.base the default is 1 (its own VAE)",
+        "denoises the working images' pixels (the default before 12l, and still the default when data.resolution is "
+        "under 64, e.g. a settings file with data.resolution 32: the former default model); with model.base the "
+        "default is 1 (its own VAE)",
     )
     latent_channels: int = Field(4, ge=1, description="model.latent_factor > 1: channels of the autoencoder's latents")
     autoencoder_width: int = Field(
@@ -900,6 +902,23 @@ def _square_crops_default(values: dict) -> dict:
     return {**values, "train": {**train, "square_crops": resize == "short_side"}}
 
 
+LATENT_MIN_RESOLUTION = 64  # the smallest data.resolution at which the pixel model denoises latents by default
+
+
+def _latent_factor_default(values: dict, base: object) -> dict:
+    """model.latent_factor unset: the shallow latent model (the field's default, 2) from data.resolution
+    64 up, where its UNet gets a grid of 32 or more (benchmarks/RESULTS.md 12l); the UNet on pixels below
+    (a settings file with data.resolution 32 keeps the former default model, not a 16 x 16 latent grid).
+    model.base: its own VAE (`ModelConfig`'s validator)."""
+    given = _given(values, "model")
+    if base is not None or given.get("latent_factor") is not None:
+        return values
+    resolution = _given(values, "data").get("resolution", DataConfig.model_fields["resolution"].default)
+    if int(resolution) >= LATENT_MIN_RESOLUTION:
+        return values
+    return {**values, "model": {**given, "latent_factor": 1}}
+
+
 def _feature_pool_default(values: dict, model: object, base: object) -> dict:
     """rank.feature_pool null = 'typical' where the pixel model denoises its autoencoder's latents (its
     features of a patch were mostly the patch's surroundings: benchmarks/RESULTS.md 12k), 'mean' (the
@@ -940,6 +959,8 @@ class Settings(_Section):
         model = values.get("model")
         base = model.get("base") if isinstance(model, dict) else getattr(model, "base", None)
         given_train = _given(values, "train")
+        values = _latent_factor_default(values, base)
+        model = values.get("model")
         values = _feature_pool_default(values, model if model is not None else {}, base)
         if base is None:
             return _min_steps_under_cap(_square_crops_default(_prediction_defaults(values, model)), given_train)

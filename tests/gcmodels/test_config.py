@@ -51,7 +51,8 @@ def test_patch_size_explicit() -> None:
         (["score.t_min=-0.1"], ["score.t_min", "-0.1"]),
         (["rank.per_image=0"], ["rank.per_image", "0"]),
         (["rank.patch_size=65"], ["rank.patch_size (65)", "data.resolution=64"]),
-        (["data.resolution=30"], ["data.resolution (30)", "divisible by 8", "2 times smaller (model.latent_factor)"]),
+        (["data.resolution=68"], ["data.resolution (68)", "divisible by 8", "2 times smaller (model.latent_factor)"]),
+        (["data.resolution=30"], ["data.resolution (30)", "divisible by 4"]),  # under 64: the UNet on pixels
         (["data.resolution=34", "model.latent_factor=1"], ["data.resolution (34)", "divisible by 4"]),
         (["model.latent_factor=3"], ["latent_factor (3)", "power of 2"]),
         (["train.min_steps=5000"], ["min_steps (5000)", "max_steps (4000)"]),
@@ -266,7 +267,7 @@ def test_checkpoint_defaults_layer_over_the_base_defaults_and_lora_above_2b() ->
     [
         ({"model": {"prompt_template": "A {x} of {label}"}}, "exactly once"),
         ({"model": {"prompt_template": "no label here"}}, "exactly once"),
-        ({"data": {"resize": "short_side", "resolution": 30}}, "divisible by 8"),
+        ({"data": {"resize": "short_side", "resolution": 68}}, "divisible by 8"),
         ({"data": {"resolution": 30}, "model": {"latent_factor": 1}}, "divisible by 4"),
         ({"train": {"lora_rank": 4}}, "needs model.base"),
         ({"model": {"base": "/sd"}, "data": {"resolution": 100}}, "multiple of 8"),
@@ -369,3 +370,18 @@ def test_feature_pool_default_follows_the_model() -> None:
     assert load_settings(None, ["model.latent_factor=1", "rank.feature_pool=typical"]).rank.feature_pool == "typical"
     s = Settings()
     assert Settings.from_dict(s.model_dump()) == s  # a stored run's settings read back the same
+
+
+@pytest.mark.parametrize(("resolution", "factor"), [(16, 1), (32, 1), (48, 1), (64, 2), (128, 2)])
+def test_latent_factor_default_follows_the_resolution(resolution: int, factor: int) -> None:
+    """model.latent_factor unset: the latent model from data.resolution 64 up (a UNet grid of 32 or more);
+    below, the UNet on pixels, so that a settings file written for the former default (data.resolution 32)
+    keeps that model exactly instead of a 16 x 16 latent grid. A value the user gives is kept."""
+    s = load_settings(None, [f"data.resolution={resolution}"])
+    assert s.model.latent_factor == factor
+    assert s.rank.feature_pool == ("typical" if factor > 1 else "mean")
+    if factor == 1:
+        assert s == load_settings(None, [f"data.resolution={resolution}", "model.latent_factor=1"])
+    given = load_settings(None, [f"data.resolution={resolution}", "model.latent_factor=2"])
+    assert given.model.latent_factor == 2 and given.rank.feature_pool == "typical"
+    assert Settings.from_dict(s.model_dump()) == s

@@ -198,6 +198,8 @@ def test_pixel_model_settings_key_as_before_the_autoencoder_settings() -> None:
     s = Settings(model={"latent_factor": 1}, data={"resolution": 32})  # the pixel defaults before RESULTS.md 12j
     key = finetune_module._config_key(32, s.model, s.train, [np.zeros((32, 32, 3), np.uint8)], True, 0.0, 0, None)
     assert key == "5d28ac216f206808"
+    # a settings file with data.resolution 32 (the former default) keeps that model, and its run roots their model
+    assert Settings(data={"resolution": 32}).model == s.model
     other = s.train.model_copy(update={"autoencoder_steps": 10})
     assert finetune_module._config_key(32, s.model, other, [np.zeros((32, 32, 3), np.uint8)], True, 0.0, 0, None) == key
     latent = s.model.model_copy(update={"latent_factor": 2})
