@@ -919,16 +919,14 @@ def _latent_factor_default(values: dict, base: object) -> dict:
     return {**values, "model": {**given, "latent_factor": 1}}
 
 
-def _feature_pool_default(values: dict, model: object, base: object) -> dict:
+def _feature_pool_default(values: dict, base: object) -> dict:
     """rank.feature_pool null = 'typical' where the pixel model denoises its autoencoder's latents (its
     features of a patch were mostly the patch's surroundings: benchmarks/RESULTS.md 12k), 'mean' (the
     paper's) for the pixel model on pixels and for checkpoints (not measured there)."""
     rank = _given(values, "rank")
     if rank.get("feature_pool") is not None:
         return values
-    factor = model.get("latent_factor") if isinstance(model, dict) else getattr(model, "latent_factor", None)
-    if factor is None:
-        factor = ModelConfig.model_fields["latent_factor"].default
+    factor = _given(values, "model").get("latent_factor", ModelConfig.model_fields["latent_factor"].default)
     latent = base is None and int(factor) > 1
     return {**values, "rank": {**rank, "feature_pool": "typical" if latent else "mean"}}
 
@@ -959,9 +957,7 @@ class Settings(_Section):
         model = values.get("model")
         base = model.get("base") if isinstance(model, dict) else getattr(model, "base", None)
         given_train = _given(values, "train")
-        values = _latent_factor_default(values, base)
-        model = values.get("model")
-        values = _feature_pool_default(values, model if model is not None else {}, base)
+        values = _feature_pool_default(_latent_factor_default(values, base), base)
         if base is None:
             return _min_steps_under_cap(_square_crops_default(_prediction_defaults(values, model)), given_train)
         family = (info.context or {}).get("checkpoint_defaults") or {}
