@@ -61,7 +61,8 @@ class DataConfig(_Section):
         le=4096,
         description="working resolution the model sees: pixels per side (resize=square) or of the short side "
         "(resize=short_side); the pixel model's UNet sees it model.latent_factor times smaller (64 -> a 32 x 32 "
-        "latent grid by default); with model.base the default is 256",
+        "latent grid by default); with model.base the default is 256. Images larger than 64 px with small typical "
+        "elements: up to their short side, e.g. 96 (about twice the time; benchmarks/RESULTS.md 12m)",
     )
     resize: Literal["square", "short_side"] = Field(
         "short_side",
