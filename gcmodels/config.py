@@ -906,6 +906,15 @@ def _square_crops_default(values: dict) -> dict:
 LATENT_MIN_RESOLUTION = 64  # the smallest data.resolution at which the pixel model denoises latents by default
 
 
+def _whole_number(value: object) -> int | None:
+    """A given setting as an int for a default that depends on it; None when it is not one (then the
+    field's own validation reports it, naming the setting)."""
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+
+
 def _latent_factor_default(values: dict, base: object) -> dict:
     """model.latent_factor unset: the shallow latent model (the field's default, 2) from data.resolution
     64 up, where its UNet gets a grid of 32 or more (benchmarks/RESULTS.md 12l); the UNet on pixels below
@@ -914,8 +923,8 @@ def _latent_factor_default(values: dict, base: object) -> dict:
     given = _given(values, "model")
     if base is not None or given.get("latent_factor") is not None:
         return values
-    resolution = _given(values, "data").get("resolution", DataConfig.model_fields["resolution"].default)
-    if int(resolution) >= LATENT_MIN_RESOLUTION:
+    resolution = _whole_number(_given(values, "data").get("resolution", DataConfig.model_fields["resolution"].default))
+    if resolution is None or resolution >= LATENT_MIN_RESOLUTION:
         return values
     return {**values, "model": {**given, "latent_factor": 1}}
 
@@ -928,7 +937,7 @@ def _feature_pool_default(values: dict, base: object) -> dict:
     if rank.get("feature_pool") is not None:
         return values
     factor = _given(values, "model").get("latent_factor", ModelConfig.model_fields["latent_factor"].default)
-    latent = base is None and int(factor) > 1
+    latent = base is None and (_whole_number(factor) or 1) > 1
     return {**values, "rank": {**rank, "feature_pool": "typical" if latent else "mean"}}
 
 

@@ -47,6 +47,10 @@ def test_patch_size_explicit() -> None:
         (["train.stepz=5"], ["train.stepz", "unknown setting"]),
         (["nosuchsection.x=1"], ["nosuchsection"]),
         (["train.steps=abc"], ["train.steps", "'abc'"]),
+        # settings other defaults are derived from (model.latent_factor, rank.feature_pool) are named too
+        (["data.resolution=abc"], ["data.resolution", "'abc'"]),
+        (["data.resolution=null"], ["data.resolution", "None"]),
+        (["model.latent_factor=x"], ["model.latent_factor", "'x'"]),
         (["score.t_min=0.9"], ["score", "t_min (0.9)", "t_max (0.7)"]),
         (["score.t_min=-0.1"], ["score.t_min", "-0.1"]),
         (["rank.per_image=0"], ["rank.per_image", "0"]),
